@@ -1,0 +1,178 @@
+//! Codec ids and what each one means: which streams a tensor has, their lengths, element sizes and
+//! encodings (spec/FORMAT.md section 4).
+
+use crate::error::{FormatError, Result};
+use crate::Dtype;
+
+/// A codec: how a tensor is stored. The string ids are stable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Codec {
+    Raw,
+    Zstd,
+    ZstdBp,
+    Int8,
+    Int4 { group_size: u32 },
+}
+
+/// How a frame's stored bytes become its decoded bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Raw,
+    Zstd,
+    /// Byte planes of 2- or 4-byte elements, then zstd.
+    BytePlanes(usize),
+}
+
+/// One stream a codec defines for a given tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamSpec {
+    pub role: &'static str,
+    pub encoding: Encoding,
+    pub elem_size: usize,
+    pub len: u64,
+}
+
+pub const INT4_GROUP_SIZES: [u32; 3] = [32, 64, 128];
+
+impl Codec {
+    pub fn id(self) -> &'static str {
+        match self {
+            Codec::Raw => "raw",
+            Codec::Zstd => "zstd",
+            Codec::ZstdBp => "zstd-bp",
+            Codec::Int8 => "int8",
+            Codec::Int4 { .. } => "int4",
+        }
+    }
+
+    pub fn is_lossless(self) -> bool {
+        matches!(self, Codec::Raw | Codec::Zstd | Codec::ZstdBp)
+    }
+
+    pub fn group_size(self) -> Option<u32> {
+        match self {
+            Codec::Int4 { group_size } => Some(group_size),
+            _ => None,
+        }
+    }
+
+    /// Parses an index entry's codec id and group size.
+    pub fn from_id(id: &str, group_size: Option<u32>) -> Option<Codec> {
+        Some(match id {
+            "raw" => Codec::Raw,
+            "zstd" => Codec::Zstd,
+            "zstd-bp" => Codec::ZstdBp,
+            "int8" => Codec::Int8,
+            "int4" => Codec::Int4 {
+                group_size: group_size?,
+            },
+            _ => return None,
+        })
+    }
+
+    /// The streams of a tensor of this dtype and shape, or why the codec cannot hold it.
+    /// All lengths are computed with checked arithmetic.
+    pub fn streams(self, name: &str, dtype: Dtype, shape: &[u64]) -> Result<Vec<StreamSpec>> {
+        let numel = shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| FormatError::ShapeOverflow {
+                tensor: name.to_string(),
+                shape: shape.to_vec(),
+            })?;
+        let size = dtype.size();
+        let bytes = numel
+            .checked_mul(size as u64)
+            .ok_or_else(|| FormatError::ShapeOverflow {
+                tensor: name.to_string(),
+                shape: shape.to_vec(),
+            })?;
+        let data = |encoding, elem_size, len| StreamSpec {
+            role: "data",
+            encoding,
+            elem_size,
+            len,
+        };
+        match self {
+            Codec::Raw => Ok(vec![data(Encoding::Raw, size, bytes)]),
+            Codec::Zstd => Ok(vec![data(Encoding::Zstd, size, bytes)]),
+            Codec::ZstdBp => match dtype {
+                Dtype::Bf16 | Dtype::F16 => Ok(vec![data(Encoding::BytePlanes(2), 2, bytes)]),
+                Dtype::F32 => Ok(vec![data(Encoding::BytePlanes(4), 4, bytes)]),
+                _ => Err(FormatError::tensor(
+                    name,
+                    format!("codec zstd-bp needs bf16, f16 or f32, not {dtype}"),
+                )),
+            },
+            Codec::Int8 | Codec::Int4 { .. } => {
+                if !dtype.is_float() {
+                    return Err(FormatError::tensor(
+                        name,
+                        format!("codec {} needs bf16, f16 or f32, not {dtype}", self.id()),
+                    ));
+                }
+                if shape.len() != 2 {
+                    return Err(FormatError::tensor(
+                        name,
+                        format!("codec {} needs a 2-D tensor, shape is {shape:?}", self.id()),
+                    ));
+                }
+                let (rows, cols) = (shape[0], shape[1]);
+                if let Codec::Int4 { group_size } = self {
+                    if !INT4_GROUP_SIZES.contains(&group_size) {
+                        return Err(FormatError::tensor(
+                            name,
+                            format!("int4 group size {group_size} is not 32, 64 or 128"),
+                        ));
+                    }
+                    let g = group_size as u64;
+                    if cols % g != 0 {
+                        return Err(FormatError::tensor(
+                            name,
+                            format!("int4 needs columns ({cols}) divisible by the group size {g}"),
+                        ));
+                    }
+                    // cols is a multiple of g >= 32, so numel is even; rows*cols/g*2 <= numel fits.
+                    let groups = rows * (cols / g) * 2;
+                    Ok(vec![
+                        data(Encoding::Zstd, 1, numel / 2),
+                        StreamSpec {
+                            role: "scales",
+                            encoding: Encoding::Zstd,
+                            elem_size: 2,
+                            len: groups,
+                        },
+                        StreamSpec {
+                            role: "mins",
+                            encoding: Encoding::Zstd,
+                            elem_size: 2,
+                            len: groups,
+                        },
+                    ])
+                } else {
+                    Ok(vec![
+                        data(Encoding::Zstd, 1, numel),
+                        StreamSpec {
+                            role: "scales",
+                            encoding: Encoding::Zstd,
+                            elem_size: 4,
+                            len: rows.checked_mul(4).ok_or_else(|| FormatError::ShapeOverflow {
+                                tensor: name.to_string(),
+                                shape: shape.to_vec(),
+                            })?,
+                        },
+                    ])
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Codec::Int4 { group_size } => write!(f, "int4/g{group_size}"),
+            c => f.write_str(c.id()),
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Frame encodings: raw, zstd, and byte planes then zstd (spec/FORMAT.md section 4.1).
+//! Decoding never produces more bytes than the frame declares.
+
+use crate::codec::Encoding;
+
+/// Encodes one frame's decoded bytes into its stored bytes.
+pub fn encode_frame(encoding: Encoding, decoded: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    match encoding {
+        Encoding::Raw => Ok(decoded.to_vec()),
+        Encoding::Zstd => zstd::bulk::compress(decoded, level),
+        Encoding::BytePlanes(width) => {
+            let planes = split_planes(decoded, width);
+            zstd::bulk::compress(&planes, level)
+        }
+    }
+}
+
+/// Why a frame failed to decode.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// The zstd stream is malformed, or would inflate past the declared length.
+    Zstd(String),
+    /// It inflated to fewer bytes than declared.
+    Short { got: usize, declared: usize },
+    /// Raw frames store exactly their decoded bytes.
+    RawLength { stored: usize, declared: usize },
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Zstd(e) => write!(f, "zstd decode failed: {e}"),
+            DecodeError::Short { got, declared } => {
+                write!(f, "decoded to {got} bytes, index declares {declared}")
+            }
+            DecodeError::RawLength { stored, declared } => {
+                write!(f, "raw frame stores {stored} bytes but declares {declared}")
+            }
+        }
+    }
+}
+
+/// Decodes a frame into `out`, which must be exactly the declared decoded length.
+/// zstd is told the capacity, so a frame that claims 1 MiB but inflates to gigabytes fails after
+/// 1 MiB of output instead of allocating.
+pub fn decode_frame_into(
+    encoding: Encoding,
+    stored: &[u8],
+    out: &mut [u8],
+    scratch: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
+    let declared = out.len();
+    match encoding {
+        Encoding::Raw => {
+            if stored.len() != declared {
+                return Err(DecodeError::RawLength {
+                    stored: stored.len(),
+                    declared,
+                });
+            }
+            out.copy_from_slice(stored);
+            Ok(())
+        }
+        Encoding::Zstd => {
+            let got = zstd_decompress_into(stored, out)?;
+            if got != declared {
+                return Err(DecodeError::Short { got, declared });
+            }
+            Ok(())
+        }
+        Encoding::BytePlanes(width) => {
+            scratch.clear();
+            scratch.resize(declared, 0);
+            let got = zstd_decompress_into(stored, scratch)?;
+            if got != declared {
+                return Err(DecodeError::Short { got, declared });
+            }
+            join_planes(scratch, out, width);
+            Ok(())
+        }
+    }
+}
+
+fn zstd_decompress_into(stored: &[u8], out: &mut [u8]) -> Result<usize, DecodeError> {
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    DCTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| DecodeError::Zstd(e.to_string()))?);
+        }
+        let d = slot.as_mut().expect("initialized above");
+        d.decompress_to_buffer(stored, out)
+            .map_err(|e| DecodeError::Zstd(e.to_string()))
+    })
+}
+
+/// Element `i` of width `w`: rotate left by one bit, then byte `k` (most significant first) goes to
+/// plane `k`.
+pub fn split_planes(decoded: &[u8], width: usize) -> Vec<u8> {
+    let n = decoded.len() / width;
+    let mut planes = vec![0u8; n * width];
+    match width {
+        2 => {
+            let (hi, lo) = planes.split_at_mut(n);
+            for (i, c) in decoded.chunks_exact(2).enumerate() {
+                let r = u16::from_le_bytes([c[0], c[1]]).rotate_left(1);
+                hi[i] = (r >> 8) as u8;
+                lo[i] = r as u8;
+            }
+        }
+        4 => {
+            for (i, c) in decoded.chunks_exact(4).enumerate() {
+                let r = u32::from_le_bytes([c[0], c[1], c[2], c[3]]).rotate_left(1);
+                let be = r.to_be_bytes();
+                for (k, b) in be.iter().enumerate() {
+                    planes[k * n + i] = *b;
+                }
+            }
+        }
+        _ => unreachable!("byte planes are defined for widths 2 and 4"),
+    }
+    planes
+}
+
+fn join_planes(planes: &[u8], out: &mut [u8], width: usize) {
+    let n = planes.len() / width;
+    match width {
+        2 => {
+            let (hi, lo) = planes.split_at(n);
+            for (i, o) in out.chunks_exact_mut(2).enumerate() {
+                let r = ((hi[i] as u16) << 8) | lo[i] as u16;
+                o.copy_from_slice(&r.rotate_right(1).to_le_bytes());
+            }
+        }
+        4 => {
+            for (i, o) in out.chunks_exact_mut(4).enumerate() {
+                let r = u32::from_be_bytes([
+                    planes[i],
+                    planes[n + i],
+                    planes[2 * n + i],
+                    planes[3 * n + i],
+                ]);
+                o.copy_from_slice(&r.rotate_right(1).to_le_bytes());
+            }
+        }
+        _ => unreachable!("byte planes are defined for widths 2 and 4"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planes_round_trip() {
+        let data: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+        for w in [2, 4] {
+            let p = split_planes(&data, w);
+            let mut back = vec![0u8; data.len()];
+            join_planes(&p, &mut back, w);
+            assert_eq!(back, data);
+        }
+    }
+
+    #[test]
+    fn bf16_exponent_lands_in_plane_zero() {
+        // 1.0 in bf16 is 0x3f80: exponent 0x7f, sign 0, mantissa 0.
+        let p = split_planes(&0x3f80u16.to_le_bytes(), 2);
+        assert_eq!(p, vec![0x7f, 0x00]);
+        // -1.0: same exponent, sign in bit 0 of the low plane.
+        let p = split_planes(&0xbf80u16.to_le_bytes(), 2);
+        assert_eq!(p, vec![0x7f, 0x01]);
+    }
+
+    #[test]
+    fn inflation_beyond_declared_length_fails() {
+        let big = vec![0u8; 1 << 20];
+        let stored = zstd::bulk::compress(&big, 3).unwrap();
+        let mut out = vec![0u8; 1024];
+        let mut scratch = Vec::new();
+        assert!(decode_frame_into(Encoding::Zstd, &stored, &mut out, &mut scratch).is_err());
+        let mut out = vec![0u8; 2 << 20];
+        assert!(matches!(
+            decode_frame_into(Encoding::Zstd, &stored, &mut out, &mut scratch),
+            Err(DecodeError::Short { .. })
+        ));
+    }
+}

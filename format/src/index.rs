@@ -1,0 +1,135 @@
+//! The index: the JSON document that describes every tensor, stream, frame and embedded file
+//! (spec/FORMAT.md section 3). These types are its exact shape; `validate` checks what JSON cannot.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Dtype;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Index {
+    pub format: String,
+    pub version: [u16; 2],
+    pub alignment: u64,
+    pub tensors: Vec<TensorEntry>,
+    pub files: Vec<FileEntry>,
+    #[serde(default)]
+    pub policy: PolicyRecord,
+    #[serde(default)]
+    pub provenance: Provenance,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    /// Kept as a string so that an unknown codec is reported by name, with its tensor.
+    pub codec: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_size: Option<u32>,
+    pub source_xxh3: String,
+    pub streams: Vec<StreamEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamEntry {
+    pub role: String,
+    pub len: u64,
+    pub xxh3: String,
+    pub frames: Vec<FrameEntry>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameEntry {
+    pub offset: u64,
+    pub stored: u64,
+    pub decoded: u64,
+    #[serde(with = "hex64")]
+    pub xxh3: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub len: u64,
+    pub xxh3: String,
+    pub frames: Vec<FrameEntry>,
+}
+
+/// The policy as given; the policy as resolved is each tensor's codec.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    #[serde(default)]
+    pub preset: String,
+    #[serde(default)]
+    pub quant: String,
+    #[serde(default)]
+    pub group_size: u32,
+    #[serde(default)]
+    pub rules: Vec<String>,
+    #[serde(default)]
+    pub lossless: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    #[serde(default)]
+    pub tool: String,
+    #[serde(default)]
+    pub frame_size: u64,
+    #[serde(default)]
+    pub zstd_level: i32,
+    #[serde(default)]
+    pub source_files: Vec<SourceFile>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceFile {
+    pub name: String,
+    pub len: u64,
+    pub xxh3: String,
+}
+
+impl TensorEntry {
+    /// Element count, or `None` when the shape's product overflows 64 bits.
+    pub fn numel(&self) -> Option<u64> {
+        self.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
+    }
+
+    /// Stored bytes over all frames.
+    pub fn stored_bytes(&self) -> u64 {
+        self.streams
+            .iter()
+            .flat_map(|s| s.frames.iter())
+            .map(|f| f.stored)
+            .sum()
+    }
+
+    /// Bytes of the tensor in its source dtype (what unpack restores).
+    pub fn raw_bytes(&self) -> u64 {
+        self.numel().unwrap_or(0).saturating_mul(self.dtype.size() as u64)
+    }
+
+    /// Decoded payload bytes: what the tensor occupies in memory when resident in its codec's form.
+    pub fn payload_bytes(&self) -> u64 {
+        self.streams.iter().map(|s| s.len).sum()
+    }
+}
+
+mod hex64 {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:016x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(D::Error::custom(format!(
+                "frame hash '{s}' is not 16 lowercase hex digits"
+            )));
+        }
+        u64::from_str_radix(&s, 16).map_err(D::Error::custom)
+    }
+}

@@ -1,0 +1,30 @@
+//! cllm-format: the `.cllm` container (spec/FORMAT.md), its codecs and the packing policy.
+//!
+//! Everything here works over byte slices and `std::io::Write`; nothing touches the GPU or the
+//! file system. `pack` writes a container, `Container::open` checks its structure, `verify` checks
+//! every byte.
+
+pub mod codec;
+pub mod dtype;
+pub mod encoding;
+pub mod error;
+pub mod hash;
+pub mod index;
+pub mod layout;
+pub mod limits;
+pub mod pack;
+pub mod policy;
+pub mod quant;
+pub mod reader;
+pub mod tensor;
+pub mod verify;
+
+pub use codec::Codec;
+pub use dtype::Dtype;
+pub use error::{FormatError, Result};
+pub use index::Index;
+pub use limits::Limits;
+pub use pack::{pack, PackInput, PackOptions, PackSummary, Progress, SourceTensor};
+pub use policy::{Policy, Preset, Quant, Rule};
+pub use reader::Container;
+pub use verify::{verify, VerifyReport};

@@ -1,0 +1,445 @@
+//! The packing policy: presets, overrides and their resolution into a per-tensor plan.
+//!
+//! A preset only ever quantizes 2-D float projection weights; embeddings, lm_head, norms, biases
+//! and 1-D tensors stay lossless unless a rule names them explicitly.
+
+use serde::Deserialize;
+
+use crate::codec::Codec;
+use crate::error::{FormatError, Result};
+use crate::index::PolicyRecord;
+use crate::Dtype;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    Lossless,
+    MlpOnly,
+    AttnOnly,
+    AllLinear,
+}
+
+impl Preset {
+    pub fn parse(s: &str) -> Result<Preset> {
+        Ok(match s {
+            "lossless" => Preset::Lossless,
+            "mlp-only" => Preset::MlpOnly,
+            "attn-only" => Preset::AttnOnly,
+            "all-linear" => Preset::AllLinear,
+            _ => {
+                return Err(FormatError::Policy(format!(
+                    "unknown preset '{s}' (lossless, mlp-only, attn-only, all-linear)"
+                )))
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Lossless => "lossless",
+            Preset::MlpOnly => "mlp-only",
+            Preset::AttnOnly => "attn-only",
+            Preset::AllLinear => "all-linear",
+        }
+    }
+
+    fn selects(self, name: &str) -> bool {
+        const MLP: [&str; 3] = ["gate_proj.weight", "up_proj.weight", "down_proj.weight"];
+        const ATTN: [&str; 4] = [
+            "q_proj.weight",
+            "k_proj.weight",
+            "v_proj.weight",
+            "o_proj.weight",
+        ];
+        let ends = |set: &[&str]| set.iter().any(|s| name.ends_with(&format!(".{s}")));
+        match self {
+            Preset::Lossless => false,
+            Preset::MlpOnly => ends(&MLP),
+            Preset::AttnOnly => ends(&ATTN),
+            Preset::AllLinear => ends(&MLP) || ends(&ATTN),
+        }
+    }
+}
+
+/// What a rule assigns. `Lossless` means the policy's lossless codec for the tensor's dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleCodec {
+    Lossless,
+    Fixed(Codec),
+    /// int4 at the policy's group size.
+    Int4Default,
+}
+
+impl RuleCodec {
+    pub fn parse(s: &str) -> Result<RuleCodec> {
+        Ok(match s {
+            "lossless" => RuleCodec::Lossless,
+            "raw" => RuleCodec::Fixed(Codec::Raw),
+            "zstd" => RuleCodec::Fixed(Codec::Zstd),
+            "zstd-bp" => RuleCodec::Fixed(Codec::ZstdBp),
+            "int8" => RuleCodec::Fixed(Codec::Int8),
+            "int4" => RuleCodec::Int4Default,
+            "int4-g32" => RuleCodec::Fixed(Codec::Int4 { group_size: 32 }),
+            "int4-g64" => RuleCodec::Fixed(Codec::Int4 { group_size: 64 }),
+            "int4-g128" => RuleCodec::Fixed(Codec::Int4 { group_size: 128 }),
+            _ => {
+                return Err(FormatError::Policy(format!(
+                    "unknown codec '{s}' (lossless, raw, zstd, zstd-bp, int8, int4, int4-g32, int4-g64, int4-g128)"
+                )))
+            }
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Matcher {
+    Glob(globset::GlobMatcher),
+    Regex(regex::Regex),
+}
+
+/// One override: tensors whose name matches get the codec. The last matching rule wins.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub text: String,
+    matcher: Matcher,
+    pub codec: RuleCodec,
+}
+
+impl Rule {
+    /// Parses `PATTERN=CODEC`; a pattern starting `re:` is a regex that must match the whole name,
+    /// any other pattern a glob.
+    pub fn parse(text: &str) -> Result<Rule> {
+        let (pattern, codec) = text.rsplit_once('=').ok_or_else(|| {
+            FormatError::Policy(format!("rule '{text}' is not PATTERN=CODEC"))
+        })?;
+        Rule::new(pattern, codec)
+    }
+
+    pub fn new(pattern: &str, codec: &str) -> Result<Rule> {
+        let codec = RuleCodec::parse(codec)?;
+        let matcher = if let Some(re) = pattern.strip_prefix("re:") {
+            Matcher::Regex(
+                regex::Regex::new(&format!("^(?:{re})$"))
+                    .map_err(|e| FormatError::Policy(format!("rule regex '{re}': {e}")))?,
+            )
+        } else {
+            Matcher::Glob(
+                globset::GlobBuilder::new(pattern)
+                    .literal_separator(false)
+                    .build()
+                    .map_err(|e| FormatError::Policy(format!("rule glob '{pattern}': {e}")))?
+                    .compile_matcher(),
+            )
+        };
+        Ok(Rule {
+            text: format!("{pattern}={}", codec_text(codec)),
+            matcher,
+            codec,
+        })
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        match &self.matcher {
+            Matcher::Glob(g) => g.is_match(name),
+            Matcher::Regex(r) => r.is_match(name),
+        }
+    }
+}
+
+fn codec_text(c: RuleCodec) -> String {
+    match c {
+        RuleCodec::Lossless => "lossless".into(),
+        RuleCodec::Int4Default => "int4".into(),
+        RuleCodec::Fixed(Codec::Int4 { group_size }) => format!("int4-g{group_size}"),
+        RuleCodec::Fixed(c) => c.id().into(),
+    }
+}
+
+/// Quantization used by a preset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quant {
+    Int8,
+    Int4,
+}
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub preset: Preset,
+    pub quant: Quant,
+    pub group_size: u32,
+    /// Codec for tensors left lossless: `ZstdBp` (floats; others fall back to zstd), `Zstd` or `Raw`.
+    pub lossless: Codec,
+    pub rules: Vec<Rule>,
+    pub allow_unmatched: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            preset: Preset::Lossless,
+            quant: Quant::Int8,
+            group_size: 64,
+            lossless: Codec::ZstdBp,
+            rules: Vec::new(),
+            allow_unmatched: false,
+        }
+    }
+}
+
+/// A TOML policy file: the same settings as the command line.
+///
+/// ```toml
+/// preset = "mlp-only"
+/// quant = "int4"
+/// group_size = 64
+/// [[rule]]
+/// pattern = "re:.*down_proj.weight"
+/// codec = "int8"
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub preset: Option<String>,
+    pub quant: Option<String>,
+    pub group_size: Option<u32>,
+    pub lossless: Option<String>,
+    pub allow_unmatched: Option<bool>,
+    #[serde(default)]
+    pub rule: Vec<RuleTable>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleTable {
+    pub pattern: String,
+    pub codec: String,
+}
+
+impl PolicyFile {
+    pub fn parse(text: &str) -> Result<PolicyFile> {
+        toml::from_str(text).map_err(|e| FormatError::Policy(format!("policy file: {e}")))
+    }
+}
+
+impl Policy {
+    pub fn parse_quant(s: &str) -> Result<Quant> {
+        match s {
+            "int8" => Ok(Quant::Int8),
+            "int4" => Ok(Quant::Int4),
+            _ => Err(FormatError::Policy(format!("unknown quantization '{s}' (int8, int4)"))),
+        }
+    }
+
+    pub fn parse_lossless(s: &str) -> Result<Codec> {
+        match s {
+            "zstd-bp" => Ok(Codec::ZstdBp),
+            "zstd" => Ok(Codec::Zstd),
+            "raw" => Ok(Codec::Raw),
+            _ => Err(FormatError::Policy(format!(
+                "unknown lossless codec '{s}' (zstd-bp, zstd, raw)"
+            ))),
+        }
+    }
+
+    /// Applies a policy file's settings; rules from the file come before command-line rules.
+    pub fn apply_file(&mut self, file: &PolicyFile) -> Result<()> {
+        if let Some(p) = &file.preset {
+            self.preset = Preset::parse(p)?;
+        }
+        if let Some(q) = &file.quant {
+            self.quant = Policy::parse_quant(q)?;
+        }
+        if let Some(g) = file.group_size {
+            self.group_size = g;
+        }
+        if let Some(l) = &file.lossless {
+            self.lossless = Policy::parse_lossless(l)?;
+        }
+        if let Some(a) = file.allow_unmatched {
+            self.allow_unmatched = a;
+        }
+        let mut rules = file
+            .rule
+            .iter()
+            .map(|r| Rule::new(&r.pattern, &r.codec))
+            .collect::<Result<Vec<_>>>()?;
+        rules.append(&mut self.rules);
+        self.rules = rules;
+        Ok(())
+    }
+
+    pub fn record(&self) -> PolicyRecord {
+        PolicyRecord {
+            preset: self.preset.name().into(),
+            quant: match self.quant {
+                Quant::Int8 => "int8".into(),
+                Quant::Int4 => "int4".into(),
+            },
+            group_size: self.group_size,
+            rules: self.rules.iter().map(|r| r.text.clone()).collect(),
+            lossless: self.lossless.id().into(),
+        }
+    }
+
+    fn lossless_for(&self, dtype: Dtype) -> Codec {
+        match self.lossless {
+            Codec::ZstdBp if !dtype.is_float() => Codec::Zstd,
+            c => c,
+        }
+    }
+
+    fn quant_codec(&self) -> Codec {
+        match self.quant {
+            Quant::Int8 => Codec::Int8,
+            Quant::Int4 => Codec::Int4 {
+                group_size: self.group_size,
+            },
+        }
+    }
+
+    /// Resolves the codec of every tensor. Tensors are `(name, dtype, shape)`. Fails on a rule that
+    /// matches nothing (unless allowed) and on a codec that cannot hold a tensor, naming it.
+    pub fn resolve(&self, tensors: &[(&str, Dtype, &[u64])]) -> Result<Vec<Codec>> {
+        if !crate::codec::INT4_GROUP_SIZES.contains(&self.group_size) {
+            return Err(FormatError::Policy(format!(
+                "group size {} is not 32, 64 or 128",
+                self.group_size
+            )));
+        }
+        let mut used = vec![false; self.rules.len()];
+        let mut plan = Vec::with_capacity(tensors.len());
+        for &(name, dtype, shape) in tensors {
+            let by_preset = self.preset.selects(name) && shape.len() == 2 && dtype.is_float();
+            let mut codec = if by_preset {
+                self.quant_codec()
+            } else {
+                self.lossless_for(dtype)
+            };
+            for (i, rule) in self.rules.iter().enumerate() {
+                if rule.matches(name) {
+                    used[i] = true;
+                    codec = match rule.codec {
+                        RuleCodec::Lossless => self.lossless_for(dtype),
+                        RuleCodec::Int4Default => Codec::Int4 {
+                            group_size: self.group_size,
+                        },
+                        RuleCodec::Fixed(c) => c,
+                    };
+                }
+            }
+            // Fails here, at plan time, for a codec that cannot hold this tensor.
+            codec.streams(name, dtype, shape)?;
+            plan.push(codec);
+        }
+        if !self.allow_unmatched {
+            if let Some(i) = used.iter().position(|u| !u) {
+                return Err(FormatError::Policy(format!(
+                    "rule '{}' matches no tensor (pass --allow-unmatched to accept)",
+                    self.rules[i].text
+                )));
+            }
+        }
+        Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAMES: [(&str, &[u64]); 6] = [
+        ("model.embed_tokens.weight", &[320, 64]),
+        ("model.layers.0.input_layernorm.weight", &[64]),
+        ("model.layers.0.mlp.down_proj.weight", &[64, 128]),
+        ("model.layers.0.mlp.gate_proj.weight", &[128, 64]),
+        ("model.layers.0.self_attn.q_proj.weight", &[64, 64]),
+        ("lm_head.weight", &[320, 64]),
+    ];
+
+    fn resolve(p: &Policy) -> Result<Vec<Codec>> {
+        let t: Vec<_> = NAMES.iter().map(|(n, s)| (*n, Dtype::Bf16, *s)).collect();
+        p.resolve(&t)
+    }
+
+    #[test]
+    fn presets_never_touch_embeddings_norms_or_lm_head() {
+        for preset in ["mlp-only", "attn-only", "all-linear"] {
+            let p = Policy {
+                preset: Preset::parse(preset).unwrap(),
+                ..Policy::default()
+            };
+            let plan = resolve(&p).unwrap();
+            assert_eq!(plan[0], Codec::ZstdBp);
+            assert_eq!(plan[1], Codec::ZstdBp);
+            assert_eq!(plan[5], Codec::ZstdBp);
+        }
+    }
+
+    #[test]
+    fn mlp_only_quantizes_mlp_only() {
+        let p = Policy {
+            preset: Preset::MlpOnly,
+            ..Policy::default()
+        };
+        let plan = resolve(&p).unwrap();
+        assert_eq!(plan[2], Codec::Int8);
+        assert_eq!(plan[3], Codec::Int8);
+        assert_eq!(plan[4], Codec::ZstdBp);
+    }
+
+    #[test]
+    fn last_matching_rule_wins() {
+        let p = Policy {
+            preset: Preset::AllLinear,
+            quant: Quant::Int4,
+            group_size: 32,
+            rules: vec![
+                Rule::parse("*.mlp.*=int8").unwrap(),
+                Rule::parse("re:.*down_proj\\.weight=lossless").unwrap(),
+            ],
+            ..Policy::default()
+        };
+        let plan = resolve(&p).unwrap();
+        assert_eq!(plan[2], Codec::ZstdBp);
+        assert_eq!(plan[3], Codec::Int8);
+        assert_eq!(plan[4], Codec::Int4 { group_size: 32 });
+    }
+
+    #[test]
+    fn unmatched_rule_is_an_error_unless_allowed() {
+        let mut p = Policy {
+            rules: vec![Rule::parse("re:.*nothing.*=int8").unwrap()],
+            ..Policy::default()
+        };
+        let e = resolve(&p).unwrap_err().to_string();
+        assert!(e.contains("matches no tensor"), "{e}");
+        p.allow_unmatched = true;
+        assert!(resolve(&p).is_ok());
+    }
+
+    #[test]
+    fn quantizing_a_norm_by_rule_names_the_tensor() {
+        let p = Policy {
+            rules: vec![Rule::parse("*layernorm*=int8").unwrap()],
+            ..Policy::default()
+        };
+        let e = resolve(&p).unwrap_err().to_string();
+        assert!(e.contains("input_layernorm") && e.contains("2-D"), "{e}");
+    }
+
+    #[test]
+    fn policy_file_rules_come_first() {
+        let f = PolicyFile::parse(
+            "preset = \"mlp-only\"\nquant = \"int8\"\n[[rule]]\npattern = \"*q_proj*\"\ncodec = \"int8\"\n",
+        )
+        .unwrap();
+        let mut p = Policy {
+            rules: vec![Rule::parse("*q_proj*=lossless").unwrap()],
+            ..Policy::default()
+        };
+        p.apply_file(&f).unwrap();
+        assert_eq!(p.preset, Preset::MlpOnly);
+        let plan = resolve(&p).unwrap();
+        assert_eq!(plan[4], Codec::ZstdBp);
+        assert!(PolicyFile::parse("bogus = 1").is_err());
+    }
+}

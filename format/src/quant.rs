@@ -1,0 +1,182 @@
+//! Quantization exactly as spec/FORMAT.md sections 4.2 (int8) and 4.3 (int4) define it.
+//!
+//! Every step is one IEEE f32 operation in a stated order, so quantizing the same source always
+//! gives the same bytes (verify re-quantizes and compares) and another implementation can match it.
+
+use half::{bf16, f16};
+
+use crate::Dtype;
+
+/// Converts little-endian source elements to f32. bf16 and f16 convert exactly.
+pub fn to_f32(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
+    out.clear();
+    match dtype {
+        Dtype::Bf16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
+        ),
+        Dtype::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
+        ),
+        Dtype::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        _ => unreachable!("quantization is only planned for float tensors"),
+    }
+}
+
+/// Converts f32 values back to a float dtype (unpack of a quantized tensor), little-endian.
+pub fn from_f32(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
+    out.clear();
+    match dtype {
+        Dtype::Bf16 => {
+            for v in values {
+                out.extend_from_slice(&bf16::from_f32(*v).to_bits().to_le_bytes())
+            }
+        }
+        Dtype::F16 => {
+            for v in values {
+                out.extend_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes())
+            }
+        }
+        Dtype::F32 => {
+            for v in values {
+                out.extend_from_slice(&v.to_le_bytes())
+            }
+        }
+        _ => unreachable!("quantized tensors are float tensors"),
+    }
+}
+
+/// Why a value cannot be quantized.
+#[derive(Debug, PartialEq)]
+pub enum QuantError {
+    NonFinite { index: usize },
+    ScaleOverflow { group: usize },
+}
+
+impl std::fmt::Display for QuantError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuantError::NonFinite { index } => {
+                write!(f, "element {index} is NaN or infinite")
+            }
+            QuantError::ScaleOverflow { group } => {
+                write!(f, "group {group}: scale or min overflows f16")
+            }
+        }
+    }
+}
+
+/// The int8 scale of one row: `max|x| / 127`.
+pub fn int8_row_scale(row: &[f32]) -> Result<f32, usize> {
+    let mut amax = 0f32;
+    for (i, &x) in row.iter().enumerate() {
+        if !x.is_finite() {
+            return Err(i);
+        }
+        amax = amax.max(x.abs());
+    }
+    Ok(amax / 127.0)
+}
+
+/// Quantizes values of one row with its scale into `out`.
+pub fn int8_quantize(values: &[f32], scale: f32, out: &mut [u8]) {
+    if scale == 0.0 {
+        out.fill(0);
+        return;
+    }
+    for (o, &x) in out.iter_mut().zip(values) {
+        let q = (x / scale).round_ties_even().clamp(-127.0, 127.0);
+        *o = (q as i8) as u8;
+    }
+}
+
+pub fn int8_dequantize(q: i8, scale: f32) -> f32 {
+    q as f32 * scale
+}
+
+/// Scale and min of one int4 group, as f16.
+pub fn int4_group_params(group: &[f32]) -> Result<(f16, f16), QuantError> {
+    let mut mn = f32::INFINITY;
+    let mut mx = f32::NEG_INFINITY;
+    for (i, &x) in group.iter().enumerate() {
+        if !x.is_finite() {
+            return Err(QuantError::NonFinite { index: i });
+        }
+        mn = mn.min(x);
+        mx = mx.max(x);
+    }
+    let scale = f16::from_f32((mx - mn) / 15.0);
+    let min = f16::from_f32(mn);
+    if !scale.is_finite() || !min.is_finite() {
+        return Err(QuantError::ScaleOverflow { group: 0 });
+    }
+    Ok((scale, min))
+}
+
+/// The 4-bit code of one value.
+pub fn int4_code(x: f32, scale: f16, min: f16) -> u8 {
+    let s = scale.to_f32();
+    if s == 0.0 {
+        return 0;
+    }
+    ((x - min.to_f32()) / s).round_ties_even().clamp(0.0, 15.0) as u8
+}
+
+pub fn int4_dequantize(q: u8, scale: f16, min: f16) -> f32 {
+    (q as f32 * scale.to_f32()) + min.to_f32()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int8_extremes_map_to_127() {
+        let row = [0.5f32, -1.27, 0.0, 1.0];
+        let s = int8_row_scale(&row).unwrap();
+        let mut q = [0u8; 4];
+        int8_quantize(&row, s, &mut q);
+        assert_eq!(q[1] as i8, -127);
+        assert_eq!(q[2], 0);
+        assert!((int8_dequantize(q[3] as i8, s) - 1.0).abs() <= s / 2.0);
+    }
+
+    #[test]
+    fn int8_zero_row_has_zero_scale() {
+        let s = int8_row_scale(&[0.0; 8]).unwrap();
+        assert_eq!(s, 0.0);
+        let mut q = [9u8; 8];
+        int8_quantize(&[0.0; 8], s, &mut q);
+        assert_eq!(q, [0; 8]);
+    }
+
+    #[test]
+    fn int8_rejects_nan() {
+        assert_eq!(int8_row_scale(&[1.0, f32::NAN]), Err(1));
+    }
+
+    #[test]
+    fn int4_error_is_within_half_a_step() {
+        let g: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).sin() * 0.05).collect();
+        let (s, m) = int4_group_params(&g).unwrap();
+        for &x in &g {
+            let q = int4_code(x, s, m);
+            assert!(q <= 15);
+            let back = int4_dequantize(q, s, m);
+            // Half a step, plus what rounding scale and min to f16 can add.
+            assert!((back - x).abs() <= s.to_f32() * 0.5 + 1e-3 * 0.05, "{x} {back}");
+        }
+    }
+
+    #[test]
+    fn int4_overflowing_scale_is_an_error() {
+        assert!(int4_group_params(&[-1e6, 1e6]).is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! A tensor's payload: from source bytes to each stream's decoded bytes (quantizing where the codec
+//! says so), and back from streams to source-dtype bytes or f32 values.
+
+use std::ops::Range;
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::codec::Codec;
+use crate::error::{FormatError, Result};
+use crate::index::TensorEntry;
+use crate::quant;
+use crate::Dtype;
+
+/// `(rows, cols)` as spec section 4 defines them.
+pub fn rows_cols(shape: &[u64]) -> (usize, usize) {
+    let numel: u64 = shape.iter().product();
+    if shape.len() < 2 {
+        (1, numel as usize)
+    } else {
+        let rows = shape[0] as usize;
+        (rows, if rows == 0 { 0 } else { numel as usize / rows })
+    }
+}
+
+/// What quantizing needs to know beyond each value: the per-row or per-group parameters.
+pub enum QuantParams {
+    None,
+    Int8 { scales: Vec<f32> },
+    Int4 { group_size: usize, scales: Vec<f16>, mins: Vec<f16> },
+}
+
+/// Computes the quantization parameters of a whole tensor (parallel over rows).
+pub fn quant_params(name: &str, codec: Codec, dtype: Dtype, shape: &[u64], src: &[u8]) -> Result<QuantParams> {
+    let (rows, cols) = rows_cols(shape);
+    let row_bytes = cols * dtype.size();
+    let qerr = |row: usize, msg: String| FormatError::Quantize {
+        tensor: name.to_string(),
+        msg: format!("row {row}: {msg}"),
+    };
+    match codec {
+        Codec::Int8 => {
+            let scales = (0..rows)
+                .into_par_iter()
+                .map_init(Vec::new, |buf, r| {
+                    quant::to_f32(dtype, &src[r * row_bytes..(r + 1) * row_bytes], buf);
+                    quant::int8_row_scale(buf)
+                        .map_err(|j| qerr(r, format!("element {j} is NaN or infinite")))
+                })
+                .collect::<Result<Vec<f32>>>()?;
+            Ok(QuantParams::Int8 { scales })
+        }
+        Codec::Int4 { group_size } => {
+            let g = group_size as usize;
+            let per_row = (0..rows)
+                .into_par_iter()
+                .map_init(Vec::new, |buf, r| {
+                    quant::to_f32(dtype, &src[r * row_bytes..(r + 1) * row_bytes], buf);
+                    buf.chunks_exact(g)
+                        .enumerate()
+                        .map(|(k, group)| {
+                            quant::int4_group_params(group).map_err(|e| match e {
+                                quant::QuantError::NonFinite { index } => {
+                                    qerr(r, format!("element {} is NaN or infinite", k * g + index))
+                                }
+                                quant::QuantError::ScaleOverflow { .. } => {
+                                    qerr(r, format!("group {k}: scale or min overflows f16"))
+                                }
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let (scales, mins) = per_row.into_iter().flatten().unzip();
+            Ok(QuantParams::Int4 { group_size: g, scales, mins })
+        }
+        _ => Ok(QuantParams::None),
+    }
+}
+
+/// The decoded bytes `range` of stream `stream` (its position in the codec's stream list).
+/// For lossless codecs this is a copy of the source; callers that can borrow should.
+pub fn stream_range(
+    dtype: Dtype,
+    shape: &[u64],
+    params: &QuantParams,
+    src: &[u8],
+    stream: usize,
+    range: Range<usize>,
+) -> Vec<u8> {
+    let (_, cols) = rows_cols(shape);
+    let es = dtype.size();
+    match (params, stream) {
+        (QuantParams::None, _) => src[range].to_vec(),
+        (QuantParams::Int8 { scales }, 0) => {
+            let mut vals = Vec::new();
+            quant::to_f32(dtype, &src[range.start * es..range.end * es], &mut vals);
+            let mut out = vec![0u8; range.len()];
+            let mut at = 0;
+            while at < range.len() {
+                let e = range.start + at;
+                let row = e / cols;
+                let n = (cols - e % cols).min(range.len() - at);
+                quant::int8_quantize(&vals[at..at + n], scales[row], &mut out[at..at + n]);
+                at += n;
+            }
+            out
+        }
+        (QuantParams::Int8 { scales }, _) => {
+            let bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+            bytes[range].to_vec()
+        }
+        (QuantParams::Int4 { group_size, scales, mins }, 0) => {
+            let (e0, e1) = (range.start * 2, range.end * 2);
+            let mut vals = Vec::new();
+            quant::to_f32(dtype, &src[e0 * es..e1 * es], &mut vals);
+            let groups_per_row = cols / group_size;
+            let code = |e: usize, x: f32| {
+                let (row, col) = (e / cols, e % cols);
+                let gi = row * groups_per_row + col / group_size;
+                quant::int4_code(x, scales[gi], mins[gi])
+            };
+            vals.chunks_exact(2)
+                .enumerate()
+                .map(|(k, pair)| {
+                    let e = e0 + 2 * k;
+                    code(e, pair[0]) | (code(e + 1, pair[1]) << 4)
+                })
+                .collect()
+        }
+        (QuantParams::Int4 { scales, mins, .. }, s) => {
+            let v = if s == 1 { scales } else { mins };
+            let bytes: Vec<u8> = v.iter().flat_map(|h| h.to_bits().to_le_bytes()).collect();
+            bytes[range].to_vec()
+        }
+    }
+}
+
+/// Dequantizes a quantized tensor's streams to f32 values (row-major).
+pub fn dequantize(codec: Codec, shape: &[u64], streams: &[Vec<u8>]) -> Vec<f32> {
+    let (rows, cols) = rows_cols(shape);
+    match codec {
+        Codec::Int8 => {
+            let scales: Vec<f32> = streams[1]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            streams[0]
+                .iter()
+                .enumerate()
+                .map(|(e, &q)| quant::int8_dequantize(q as i8, scales[e / cols.max(1)]))
+                .collect()
+        }
+        Codec::Int4 { group_size } => {
+            let g = group_size as usize;
+            let h = |b: &[u8]| -> Vec<f16> {
+                b.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect()
+            };
+            let (scales, mins) = (h(&streams[1]), h(&streams[2]));
+            let gpr = cols / g;
+            let mut out = Vec::with_capacity(rows * cols);
+            for (k, &b) in streams[0].iter().enumerate() {
+                for (j, q) in [b & 0x0f, b >> 4].into_iter().enumerate() {
+                    let e = 2 * k + j;
+                    let gi = (e / cols) * gpr + (e % cols) / g;
+                    out.push(quant::int4_dequantize(q, scales[gi], mins[gi]));
+                }
+            }
+            out
+        }
+        _ => unreachable!("dequantize is for quantized codecs"),
+    }
+}
+
+/// A decoded tensor back in its source dtype.
+pub fn to_source_bytes(t: &TensorEntry, codec: Codec, mut streams: Vec<Vec<u8>>) -> Vec<u8> {
+    if codec.is_lossless() {
+        return streams.swap_remove(0);
+    }
+    let values = dequantize(codec, &t.shape, &streams);
+    let mut out = Vec::new();
+    quant::from_f32(t.dtype, &values, &mut out);
+    out
+}

@@ -1,0 +1,132 @@
+//! Full verification of a container's bytes (spec/FORMAT.md section 5): every frame's checksum and
+//! length, every stream's hash, every padding byte, lossless payloads against their source hash.
+//! Frames are checked in parallel a bounded window at a time; memory never holds a whole tensor.
+
+use rayon::prelude::*;
+
+use crate::codec::Encoding;
+use crate::error::FormatError;
+use crate::hash::Hasher128;
+use crate::index::FrameEntry;
+use crate::reader::Container;
+
+/// What verification found. `failures` is empty when every check holds.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyReport {
+    pub tensors: usize,
+    pub files: usize,
+    pub frames: usize,
+    pub stored_bytes: u64,
+    pub decoded_bytes: u64,
+    pub failures: Vec<String>,
+}
+
+struct StreamRef<'c> {
+    owner: String,
+    role: &'c str,
+    frames: &'c [FrameEntry],
+    hash: &'c str,
+    encoding: Encoding,
+    /// For a lossless tensor's data stream: the source hash it must also equal.
+    source_hash: Option<&'c str>,
+}
+
+/// Checks every byte of the container. `window_bytes` bounds the decoded bytes in flight.
+pub fn verify(c: &Container<'_>, window_bytes: usize) -> VerifyReport {
+    let mut report = VerifyReport {
+        tensors: c.tensors().len(),
+        files: c.index.files.len(),
+        ..VerifyReport::default()
+    };
+    for (start, end) in c.padding_ranges() {
+        if c.bytes()[start as usize..end as usize].iter().any(|&b| b != 0) {
+            report.failures.push(FormatError::Padding { start, end }.to_string());
+        }
+    }
+    let mut streams = Vec::new();
+    for (ti, t) in c.tensors().iter().enumerate() {
+        let lossless = c.codec(ti).is_lossless();
+        for (si, (s, spec)) in t.streams.iter().zip(c.stream_specs(ti)).enumerate() {
+            streams.push(StreamRef {
+                owner: crate::reader::tensor_owner(&t.name),
+                role: &s.role,
+                frames: &s.frames,
+                hash: &s.xxh3,
+                encoding: spec.encoding,
+                source_hash: (lossless && si == 0).then_some(t.source_xxh3.as_str()),
+            });
+        }
+    }
+    for f in &c.index.files {
+        streams.push(StreamRef {
+            owner: format!("file {}", f.name),
+            role: "data",
+            frames: &f.frames,
+            hash: &f.xxh3,
+            encoding: Encoding::Zstd,
+            source_hash: None,
+        });
+    }
+    for s in &streams {
+        let mut hasher = Hasher128::default();
+        let mut failed = false;
+        let mut start = 0;
+        while start < s.frames.len() {
+            let mut end = start;
+            let mut bytes = 0u64;
+            while end < s.frames.len()
+                && (end == start || bytes + s.frames[end].decoded <= window_bytes as u64)
+            {
+                bytes += s.frames[end].decoded;
+                end += 1;
+            }
+            let decoded: Vec<Result<Vec<u8>, FormatError>> = (start..end)
+                .into_par_iter()
+                .map_init(Vec::new, |scratch, i| {
+                    let f = &s.frames[i];
+                    let mut out = vec![0u8; f.decoded as usize];
+                    c.decode_frame(&s.owner, s.role, i, f, s.encoding, &mut out, scratch)
+                        .map(|_| out)
+                })
+                .collect();
+            for (i, d) in (start..end).zip(decoded) {
+                report.frames += 1;
+                report.stored_bytes += s.frames[i].stored;
+                match d {
+                    Ok(bytes) => {
+                        report.decoded_bytes += bytes.len() as u64;
+                        hasher.update(&bytes);
+                    }
+                    Err(e) => {
+                        failed = true;
+                        report.failures.push(e.to_string());
+                    }
+                }
+            }
+            start = end;
+        }
+        if failed {
+            continue;
+        }
+        let computed = hasher.hex();
+        if computed != s.hash {
+            report.failures.push(
+                FormatError::StreamHash {
+                    owner: s.owner.clone(),
+                    role: s.role.to_string(),
+                    stored: s.hash.to_string(),
+                    computed,
+                }
+                .to_string(),
+            );
+        } else if let Some(src) = s.source_hash {
+            if src != s.hash {
+                report.failures.push(format!(
+                    "{}: lossless payload hash {} differs from its source hash {src}",
+                    s.owner, s.hash
+                ));
+            }
+        }
+    }
+    report
+}

@@ -1,0 +1,118 @@
+//! Pack then open, verify and decode, on small tensors made here: every codec, every float dtype.
+
+use cllm_format::{
+    pack, tensor, verify, Codec, Container, Dtype, Limits, PackInput, PackOptions, Policy, Preset,
+    Quant, SourceTensor,
+};
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) as f32 / u32::MAX as f32 - 0.5) * 0.04)
+        .collect()
+}
+
+fn encode(dtype: Dtype, v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    cllm_format::quant::from_f32(dtype, v, &mut out);
+    out
+}
+
+fn model(dtype: Dtype) -> Vec<(String, Vec<u64>, Vec<u8>)> {
+    vec![
+        ("model.embed_tokens.weight".into(), vec![40, 64], encode(dtype, &values(40 * 64, 1))),
+        ("model.layers.0.mlp.down_proj.weight".into(), vec![64, 128], encode(dtype, &values(64 * 128, 2))),
+        ("model.layers.0.mlp.up_proj.weight".into(), vec![128, 64], encode(dtype, &values(128 * 64, 3))),
+        ("model.layers.0.self_attn.q_proj.weight".into(), vec![64, 64], encode(dtype, &values(64 * 64, 4))),
+        ("model.norm.weight".into(), vec![64], encode(dtype, &values(64, 5))),
+    ]
+}
+
+fn pack_bytes(dtype: Dtype, policy: Policy, frame_size: usize) -> Vec<u8> {
+    let m = model(dtype);
+    let input = PackInput {
+        tensors: m
+            .iter()
+            .map(|(n, s, b)| SourceTensor { name: n.clone(), dtype, shape: s.clone(), bytes: b })
+            .collect(),
+        files: vec![("config.json".into(), b"{\"model_type\":\"llama\"}".to_vec())],
+        source_files: vec![],
+    };
+    let opts = PackOptions { policy, frame_size, ..PackOptions::default() };
+    let mut out = Vec::new();
+    pack(&input, &opts, &mut out, &mut |_| {}).unwrap();
+    out
+}
+
+#[test]
+fn lossless_round_trip_every_dtype_and_codec() {
+    for dtype in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
+        for lossless in [Codec::Raw, Codec::Zstd, Codec::ZstdBp] {
+            let policy = Policy { lossless, ..Policy::default() };
+            // A small frame size forces many frames per tensor.
+            let bytes = pack_bytes(dtype, policy, 1024);
+            let c = Container::open(&bytes, &Limits::default()).unwrap();
+            let r = verify(&c, 4096);
+            assert!(r.failures.is_empty(), "{:?}", r.failures);
+            for (i, (name, shape, src)) in model(dtype).iter().enumerate() {
+                let t = &c.tensors()[i];
+                assert_eq!(&t.name, name);
+                assert_eq!(&t.shape, shape);
+                assert_eq!(c.tensor_source_bytes(i).unwrap(), *src, "{name} {dtype} {lossless}");
+            }
+            assert_eq!(
+                c.read_file("config.json").unwrap().unwrap(),
+                b"{\"model_type\":\"llama\"}"
+            );
+        }
+    }
+}
+
+#[test]
+fn quantized_tensors_requantize_to_the_same_payload() {
+    for (quant, gs) in [(Quant::Int8, 64), (Quant::Int4, 32), (Quant::Int4, 64)] {
+        let policy = Policy { preset: Preset::AllLinear, quant, group_size: gs, ..Policy::default() };
+        let bytes = pack_bytes(Dtype::Bf16, policy, 1000);
+        let c = Container::open(&bytes, &Limits::default()).unwrap();
+        assert!(verify(&c, 1 << 20).failures.is_empty());
+        for (i, (name, shape, src)) in model(Dtype::Bf16).iter().enumerate() {
+            let codec = c.codec(i);
+            if codec.is_lossless() {
+                assert!(!name.contains("proj"), "{name} should be quantized");
+                continue;
+            }
+            let params = tensor::quant_params(name, codec, Dtype::Bf16, shape, src).unwrap();
+            let stored = c.decode_tensor(i).unwrap();
+            for (si, s) in stored.iter().enumerate() {
+                let again = tensor::stream_range(Dtype::Bf16, shape, &params, src, si, 0..s.len());
+                assert_eq!(&again, s, "{name} stream {si}");
+            }
+            // Error is bounded: int8 ~ 1/254 of the row max, int4 ~ 1/30 of the group range.
+            let deq = tensor::dequantize(codec, shape, &stored);
+            let mut orig = Vec::new();
+            cllm_format::quant::to_f32(Dtype::Bf16, src, &mut orig);
+            let max_err = deq.iter().zip(&orig).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let bound = if quant == Quant::Int8 { 0.02 / 127.0 } else { 0.04 / 15.0 };
+            assert!(max_err <= bound * 0.6, "{name}: {max_err} > {bound}");
+        }
+    }
+}
+
+#[test]
+fn output_is_identical_across_thread_counts() {
+    let run = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                pack_bytes(
+                    Dtype::Bf16,
+                    Policy { preset: Preset::MlpOnly, ..Policy::default() },
+                    512,
+                )
+            })
+    };
+    let a = run(1);
+    assert_eq!(a, run(2));
+    assert_eq!(a, run(4));
+}

@@ -1,0 +1,51 @@
+//! The CPU representation of one weight matrix, as the loader hands it to the runtime.
+//!
+//! Quantized weights stay quantized here: the matrix-vector kernels dequantize inside the product,
+//! so memory holds the container's payload, not a float copy of the model.
+
+use half::{bf16, f16};
+
+/// How a weight's elements are stored. Quantization schemes are exactly those of spec/FORMAT.md.
+#[derive(Clone, Debug)]
+pub enum WeightData {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
+    /// Symmetric per-row int8: `w[r][c] = q[r*cols + c] as f32 * scales[r]`.
+    Int8 { q: Vec<i8>, scales: Vec<f32> },
+    /// Asymmetric group-wise int4. Row `r`, column `c`, group `g = c / group_size`:
+    /// `w = (nibble as f32 * scales[r*groups + g] as f32) + mins[r*groups + g] as f32`,
+    /// where byte `packed[r*cols/2 + c/2]` holds column `c` in its low nibble when `c` is even, high nibble when odd.
+    Int4 {
+        packed: Vec<u8>,
+        scales: Vec<f16>,
+        mins: Vec<f16>,
+        group_size: usize,
+    },
+}
+
+/// A weight as a `rows x cols` row-major matrix; a 1-D tensor (a norm's weight) has `rows == 1`.
+#[derive(Clone, Debug)]
+pub struct Weight {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: WeightData,
+}
+
+impl Weight {
+    /// Bytes the weight occupies in memory (payload plus scales).
+    pub fn resident_bytes(&self) -> usize {
+        match &self.data {
+            WeightData::F32(v) => v.len() * 4,
+            WeightData::Bf16(v) => v.len() * 2,
+            WeightData::F16(v) => v.len() * 2,
+            WeightData::Int8 { q, scales } => q.len() + scales.len() * 4,
+            WeightData::Int4 {
+                packed,
+                scales,
+                mins,
+                ..
+            } => packed.len() + (scales.len() + mins.len()) * 2,
+        }
+    }
+}
