@@ -156,10 +156,12 @@ impl Codec {
                             role: "scales",
                             encoding: Encoding::Zstd,
                             elem_size: 4,
-                            len: rows.checked_mul(4).ok_or_else(|| FormatError::ShapeOverflow {
-                                tensor: name.to_string(),
-                                shape: shape.to_vec(),
-                            })?,
+                            len: rows
+                                .checked_mul(4)
+                                .ok_or_else(|| FormatError::ShapeOverflow {
+                                    tensor: name.to_string(),
+                                    shape: shape.to_vec(),
+                                })?,
                         },
                     ])
                 }

@@ -89,7 +89,9 @@ fn zstd_decompress_into(stored: &[u8], out: &mut [u8]) -> Result<usize, DecodeEr
     DCTX.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| DecodeError::Zstd(e.to_string()))?);
+            *slot = Some(
+                zstd::bulk::Decompressor::new().map_err(|e| DecodeError::Zstd(e.to_string()))?,
+            );
         }
         let d = slot.as_mut().expect("initialized above");
         d.decompress_to_buffer(stored, out)
@@ -156,7 +158,9 @@ mod tests {
 
     #[test]
     fn planes_round_trip() {
-        let data: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+        let data: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+            .collect();
         for w in [2, 4] {
             let p = split_planes(&data, w);
             let mut back = vec![0u8; data.len()];

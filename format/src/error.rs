@@ -9,7 +9,9 @@ pub type Result<T, E = FormatError> = std::result::Result<T, E>;
 pub enum FormatError {
     #[error("file is {len} bytes, too short for a .cllm container (at least {min} bytes)")]
     TooShort { len: u64, min: u64 },
-    #[error("preamble: bad magic {found:02x?} (not a .cllm file, or mangled by a text-mode transfer)")]
+    #[error(
+        "preamble: bad magic {found:02x?} (not a .cllm file, or mangled by a text-mode transfer)"
+    )]
     BadMagic { found: [u8; 8] },
     #[error("preamble: format version {major}.{minor} is not readable by this reader (reads {reader_major}.x); upgrade cllm")]
     UnsupportedMajor {

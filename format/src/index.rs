@@ -93,7 +93,9 @@ pub struct SourceFile {
 impl TensorEntry {
     /// Element count, or `None` when the shape's product overflows 64 bits.
     pub fn numel(&self) -> Option<u64> {
-        self.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        self.shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
     }
 
     /// Stored bytes over all frames.
@@ -107,7 +109,9 @@ impl TensorEntry {
 
     /// Bytes of the tensor in its source dtype (what unpack restores).
     pub fn raw_bytes(&self) -> u64 {
-        self.numel().unwrap_or(0).saturating_mul(self.dtype.size() as u64)
+        self.numel()
+            .unwrap_or(0)
+            .saturating_mul(self.dtype.size() as u64)
     }
 
     /// Decoded payload bytes: what the tensor occupies in memory when resident in its codec's form.
@@ -125,7 +129,11 @@ mod hex64 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         let s = String::deserialize(d)?;
-        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() != 16
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(D::Error::custom(format!(
                 "frame hash '{s}' is not 16 lowercase hex digits"
             )));

@@ -24,7 +24,9 @@ pub use dtype::Dtype;
 pub use error::{FormatError, Result};
 pub use index::Index;
 pub use limits::Limits;
-pub use pack::{pack, PackInput, PackOptions, PackSummary, Progress, SourceTensor};
+pub use pack::{
+    pack, project, PackInput, PackOptions, PackSummary, Progress, Projection, SourceTensor,
+};
 pub use policy::{Policy, Preset, Quant, Rule};
 pub use reader::Container;
 pub use verify::{verify, VerifyReport};

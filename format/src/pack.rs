@@ -11,7 +11,9 @@ use crate::codec::{Codec, Encoding};
 use crate::encoding::encode_frame;
 use crate::error::{FormatError, Result};
 use crate::hash::Hasher128;
-use crate::index::{FileEntry, FrameEntry, Index, Provenance, SourceFile, StreamEntry, TensorEntry};
+use crate::index::{
+    FileEntry, FrameEntry, Index, Provenance, SourceFile, StreamEntry, TensorEntry,
+};
 use crate::layout::{self, align_up};
 use crate::policy::Policy;
 use crate::tensor::{quant_params, stream_range};
@@ -152,7 +154,9 @@ pub fn pack<W: Write>(
         )));
     }
     if !input.files.iter().any(|(n, _)| n == "config.json") {
-        return Err(FormatError::Index("the source has no config.json to embed".into()));
+        return Err(FormatError::Index(
+            "the source has no config.json to embed".into(),
+        ));
     }
     let mut order: Vec<&SourceTensor> = input.tensors.iter().collect();
     order.sort_by(|a, b| a.name.cmp(&b.name));
@@ -219,13 +223,28 @@ pub fn pack<W: Write>(
             })
             .collect();
         let mut hashers = vec![Hasher128::default(); specs.len()];
-        run_jobs(&jobs, opts, &mut w, &mut prog, progress, |job| match p.codec.is_lossless() {
-            true => Decoded::Borrowed(&t.bytes[job.range.clone()]),
-            false => Decoded::Owned(stream_range(t.dtype, &t.shape, &params, t.bytes, job.stream, job.range.clone())),
-        }, |job, decoded, frame| {
-            hashers[job.stream].update(decoded);
-            streams[job.stream].frames.push(frame);
-        })?;
+        run_jobs(
+            &jobs,
+            opts,
+            &mut w,
+            &mut prog,
+            progress,
+            |job| match p.codec.is_lossless() {
+                true => Decoded::Borrowed(&t.bytes[job.range.clone()]),
+                false => Decoded::Owned(stream_range(
+                    t.dtype,
+                    &t.shape,
+                    &params,
+                    t.bytes,
+                    job.stream,
+                    job.range.clone(),
+                )),
+            },
+            |job, decoded, frame| {
+                hashers[job.stream].update(decoded);
+                streams[job.stream].frames.push(frame);
+            },
+        )?;
         for (s, h) in streams.iter_mut().zip(&hashers) {
             s.xxh3 = h.hex();
         }
@@ -257,9 +276,15 @@ pub fn pack<W: Write>(
             })
             .collect();
         let mut frames = Vec::new();
-        run_jobs(&jobs, opts, &mut w, &mut prog, progress, |job| {
-            Decoded::Borrowed(&bytes[job.range.clone()])
-        }, |_, _, frame| frames.push(frame))?;
+        run_jobs(
+            &jobs,
+            opts,
+            &mut w,
+            &mut prog,
+            progress,
+            |job| Decoded::Borrowed(&bytes[job.range.clone()]),
+            |_, _, frame| frames.push(frame),
+        )?;
         file_entries.push(FileEntry {
             name: name.clone(),
             len: bytes.len() as u64,
@@ -286,7 +311,11 @@ pub fn pack<W: Write>(
     let index_offset = w.pos;
     let json = serde_json::to_vec(&index).map_err(|e| FormatError::IndexJson(e.to_string()))?;
     w.write(&json)?;
-    let footer = layout::footer(index_offset, &json, &layout::preamble(layout::MAJOR, layout::MINOR));
+    let footer = layout::footer(
+        index_offset,
+        &json,
+        &layout::preamble(layout::MAJOR, layout::MINOR),
+    );
     w.write(&footer)?;
     w.out.flush()?;
     progress(prog);
@@ -325,7 +354,9 @@ fn run_jobs<'s, W: Write>(
     while start < jobs.len() {
         let mut end = start;
         let mut bytes = 0;
-        while end < jobs.len() && (end == start || bytes + jobs[end].range.len() <= opts.window_bytes) {
+        while end < jobs.len()
+            && (end == start || bytes + jobs[end].range.len() <= opts.window_bytes)
+        {
             bytes += jobs[end].range.len();
             end += 1;
         }
@@ -355,4 +386,57 @@ fn run_jobs<'s, W: Write>(
         start = end;
     }
     Ok(())
+}
+
+/// What packing a tensor is expected to produce, for `--dry-run`.
+#[derive(Clone, Debug)]
+pub struct Projection {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    pub codec: Codec,
+    pub source_bytes: u64,
+    pub payload_bytes: u64,
+    /// Stored bytes, extrapolated from encoding each stream's first frame.
+    pub projected_bytes: u64,
+}
+
+/// Plans every tensor and projects its stored size by encoding a sample frame of each stream.
+pub fn project(input: &PackInput<'_>, opts: &PackOptions) -> Result<Vec<Projection>> {
+    let codecs = plan(&input.tensors, &opts.policy)?;
+    input
+        .tensors
+        .par_iter()
+        .zip(codecs)
+        .map(|(t, codec)| {
+            let specs = codec.streams(&t.name, t.dtype, &t.shape)?;
+            let params = quant_params(&t.name, codec, t.dtype, &t.shape, t.bytes)?;
+            let mut projected = 0u64;
+            for (si, spec) in specs.iter().enumerate() {
+                let frame = opts.frame_size - opts.frame_size % spec.elem_size;
+                let n = (spec.len as usize).min(frame);
+                if n == 0 {
+                    continue;
+                }
+                let sample = stream_range(t.dtype, &t.shape, &params, t.bytes, si, 0..n);
+                let stored = encode_frame(spec.encoding, &sample, opts.zstd_level)?.len();
+                projected += (stored as u128 * spec.len as u128 / n as u128) as u64;
+            }
+            let mut entry = Projection {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                codec,
+                source_bytes: t.bytes.len() as u64,
+                payload_bytes: specs.iter().map(|s| s.len).sum(),
+                projected_bytes: projected,
+            };
+            entry.projected_bytes = entry.projected_bytes.max(1);
+            Ok(entry)
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(|mut v| {
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            v
+        })
 }

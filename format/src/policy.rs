@@ -108,9 +108,9 @@ impl Rule {
     /// Parses `PATTERN=CODEC`; a pattern starting `re:` is a regex that must match the whole name,
     /// any other pattern a glob.
     pub fn parse(text: &str) -> Result<Rule> {
-        let (pattern, codec) = text.rsplit_once('=').ok_or_else(|| {
-            FormatError::Policy(format!("rule '{text}' is not PATTERN=CODEC"))
-        })?;
+        let (pattern, codec) = text
+            .rsplit_once('=')
+            .ok_or_else(|| FormatError::Policy(format!("rule '{text}' is not PATTERN=CODEC")))?;
         Rule::new(pattern, codec)
     }
 
@@ -225,7 +225,9 @@ impl Policy {
         match s {
             "int8" => Ok(Quant::Int8),
             "int4" => Ok(Quant::Int4),
-            _ => Err(FormatError::Policy(format!("unknown quantization '{s}' (int8, int4)"))),
+            _ => Err(FormatError::Policy(format!(
+                "unknown quantization '{s}' (int8, int4)"
+            ))),
         }
     }
 

@@ -171,7 +171,10 @@ mod tests {
             assert!(q <= 15);
             let back = int4_dequantize(q, s, m);
             // Half a step, plus what rounding scale and min to f16 can add.
-            assert!((back - x).abs() <= s.to_f32() * 0.5 + 1e-3 * 0.05, "{x} {back}");
+            assert!(
+                (back - x).abs() <= s.to_f32() * 0.5 + 1e-3 * 0.05,
+                "{x} {back}"
+            );
         }
     }
 

@@ -24,14 +24,17 @@ pub fn tensor_owner(name: &str) -> String {
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn valid_file_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 255
         && !n.starts_with('.')
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// Walks frames in file order, checking each against the spec's layout rules.
@@ -73,15 +76,24 @@ impl FrameCursor<'_> {
             if f.decoded % elem_size as u64 != 0 {
                 return Err(bad(
                     i,
-                    format!("decoded length {} is not whole {elem_size}-byte elements", f.decoded),
+                    format!(
+                        "decoded length {} is not whole {elem_size}-byte elements",
+                        f.decoded
+                    ),
                 ));
             }
             let max_stored = f.decoded + f.decoded / 128 + 4096;
             if f.stored == 0 || f.stored > max_stored {
-                return Err(bad(i, format!("stored length {} outside 1..={max_stored}", f.stored)));
+                return Err(bad(
+                    i,
+                    format!("stored length {} outside 1..={max_stored}", f.stored),
+                ));
             }
             if encoding == Encoding::Raw && f.stored != f.decoded {
-                return Err(bad(i, "raw frame must store exactly its decoded bytes".into()));
+                return Err(bad(
+                    i,
+                    "raw frame must store exactly its decoded bytes".into(),
+                ));
             }
             if f.offset != self.next {
                 return Err(bad(
@@ -116,8 +128,8 @@ impl<'a> Container<'a> {
     /// Checks framing, index and layout. Touches only the first 16 bytes, the index and the footer.
     pub fn open(bytes: &'a [u8], limits: &Limits) -> Result<Container<'a>> {
         let framing = layout::read_framing(bytes, limits.max_index_len)?;
-        let raw = &bytes[framing.index_offset as usize
-            ..(framing.index_offset + framing.index_length) as usize];
+        let raw = &bytes
+            [framing.index_offset as usize..(framing.index_offset + framing.index_length) as usize];
         let index: Index =
             serde_json::from_slice(raw).map_err(|e| FormatError::IndexJson(e.to_string()))?;
         let (codecs, specs) = validate(&index, &framing, limits)?;
@@ -193,7 +205,14 @@ impl<'a> Container<'a> {
         stream: &StreamEntry,
         encoding: Encoding,
     ) -> Result<Vec<u8>> {
-        self.decode_frames(owner, &stream.role, &stream.frames, stream.len, &stream.xxh3, encoding)
+        self.decode_frames(
+            owner,
+            &stream.role,
+            &stream.frames,
+            stream.len,
+            &stream.xxh3,
+            encoding,
+        )
     }
 
     fn decode_frames(
@@ -210,7 +229,15 @@ impl<'a> Container<'a> {
         let mut scratch = Vec::new();
         for (i, f) in frames.iter().enumerate() {
             let n = f.decoded as usize;
-            self.decode_frame(owner, role, i, f, encoding, &mut out[at..at + n], &mut scratch)?;
+            self.decode_frame(
+                owner,
+                role,
+                i,
+                f,
+                encoding,
+                &mut out[at..at + n],
+                &mut scratch,
+            )?;
             at += n;
         }
         let computed = crate::hash::xxh3_128_hex(&out);
@@ -241,7 +268,11 @@ impl<'a> Container<'a> {
     pub fn tensor_source_bytes(&self, tensor: usize) -> Result<Vec<u8>> {
         let streams = self.decode_tensor(tensor)?;
         let t = &self.index.tensors[tensor];
-        Ok(crate::tensor::to_source_bytes(t, self.codecs[tensor], streams))
+        Ok(crate::tensor::to_source_bytes(
+            t,
+            self.codecs[tensor],
+            streams,
+        ))
     }
 
     pub fn file(&self, name: &str) -> Option<&FileEntry> {
@@ -288,7 +319,10 @@ fn validate(
     limits: &Limits,
 ) -> Result<(Vec<Codec>, Vec<Vec<StreamSpec>>)> {
     if index.format != "cllm" {
-        return Err(FormatError::Index(format!("format is '{}', not 'cllm'", index.format)));
+        return Err(FormatError::Index(format!(
+            "format is '{}', not 'cllm'",
+            index.format
+        )));
     }
     if index.version != [framing.major, framing.minor] {
         return Err(FormatError::VersionMismatch {
@@ -342,7 +376,11 @@ fn validate(
         if t.shape.len() > limits.max_dims {
             return Err(FormatError::tensor(
                 name,
-                format!("{} dimensions exceed the limit of {}", t.shape.len(), limits.max_dims),
+                format!(
+                    "{} dimensions exceed the limit of {}",
+                    t.shape.len(),
+                    limits.max_dims
+                ),
             ));
         }
         let codec = Codec::from_id(&t.codec, t.group_size).ok_or_else(|| {
@@ -356,16 +394,27 @@ fn validate(
             }
         })?;
         if t.group_size.is_some() && !matches!(codec, Codec::Int4 { .. }) {
-            return Err(FormatError::tensor(name, "group_size on a codec other than int4"));
+            return Err(FormatError::tensor(
+                name,
+                "group_size on a codec other than int4",
+            ));
         }
         let specs = codec.streams(name, t.dtype, &t.shape)?;
         if !is_hex(&t.source_xxh3, 32) {
-            return Err(FormatError::tensor(name, "source_xxh3 is not 32 lowercase hex digits"));
+            return Err(FormatError::tensor(
+                name,
+                "source_xxh3 is not 32 lowercase hex digits",
+            ));
         }
         if t.streams.len() != specs.len() {
             return Err(FormatError::tensor(
                 name,
-                format!("codec {} has {} streams, index lists {}", codec, specs.len(), t.streams.len()),
+                format!(
+                    "codec {} has {} streams, index lists {}",
+                    codec,
+                    specs.len(),
+                    t.streams.len()
+                ),
             ));
         }
         let owner = tensor_owner(name);
@@ -373,7 +422,10 @@ fn validate(
             if s.role != spec.role {
                 return Err(FormatError::tensor(
                     name,
-                    format!("stream '{}' where codec {} has '{}'", s.role, codec, spec.role),
+                    format!(
+                        "stream '{}' where codec {} has '{}'",
+                        s.role, codec, spec.role
+                    ),
                 ));
             }
             if s.len != spec.len {
@@ -391,7 +443,14 @@ fn validate(
                     format!("stream '{}' hash is not 32 lowercase hex digits", s.role),
                 ));
             }
-            cursor.check_stream(&owner, &s.role, &s.frames, s.len, spec.elem_size, spec.encoding)?;
+            cursor.check_stream(
+                &owner,
+                &s.role,
+                &s.frames,
+                s.len,
+                spec.elem_size,
+                spec.encoding,
+            )?;
         }
         codecs.push(codec);
         all_specs.push(specs);
@@ -410,7 +469,9 @@ fn validate(
             msg: msg.to_string(),
         };
         if !valid_file_name(&f.name) {
-            return Err(err("not a plain file name ([A-Za-z0-9._-], not starting with '.')"));
+            return Err(err(
+                "not a plain file name ([A-Za-z0-9._-], not starting with '.')",
+            ));
         }
         if !names.insert(f.name.as_str()) {
             return Err(err("embedded twice"));
@@ -421,7 +482,14 @@ fn validate(
         if !is_hex(&f.xxh3, 32) {
             return Err(err("hash is not 32 lowercase hex digits"));
         }
-        cursor.check_stream(&format!("file {}", f.name), "data", &f.frames, f.len, 1, Encoding::Zstd)?;
+        cursor.check_stream(
+            &format!("file {}", f.name),
+            "data",
+            &f.frames,
+            f.len,
+            1,
+            Encoding::Zstd,
+        )?;
     }
     if !names.contains("config.json") {
         return Err(FormatError::Index("no embedded config.json".into()));

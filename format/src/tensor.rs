@@ -26,12 +26,24 @@ pub fn rows_cols(shape: &[u64]) -> (usize, usize) {
 /// What quantizing needs to know beyond each value: the per-row or per-group parameters.
 pub enum QuantParams {
     None,
-    Int8 { scales: Vec<f32> },
-    Int4 { group_size: usize, scales: Vec<f16>, mins: Vec<f16> },
+    Int8 {
+        scales: Vec<f32>,
+    },
+    Int4 {
+        group_size: usize,
+        scales: Vec<f16>,
+        mins: Vec<f16>,
+    },
 }
 
 /// Computes the quantization parameters of a whole tensor (parallel over rows).
-pub fn quant_params(name: &str, codec: Codec, dtype: Dtype, shape: &[u64], src: &[u8]) -> Result<QuantParams> {
+pub fn quant_params(
+    name: &str,
+    codec: Codec,
+    dtype: Dtype,
+    shape: &[u64],
+    src: &[u8],
+) -> Result<QuantParams> {
     let (rows, cols) = rows_cols(shape);
     let row_bytes = cols * dtype.size();
     let qerr = |row: usize, msg: String| FormatError::Quantize {
@@ -72,7 +84,11 @@ pub fn quant_params(name: &str, codec: Codec, dtype: Dtype, shape: &[u64], src: 
                 })
                 .collect::<Result<Vec<_>>>()?;
             let (scales, mins) = per_row.into_iter().flatten().unzip();
-            Ok(QuantParams::Int4 { group_size: g, scales, mins })
+            Ok(QuantParams::Int4 {
+                group_size: g,
+                scales,
+                mins,
+            })
         }
         _ => Ok(QuantParams::None),
     }
@@ -110,7 +126,14 @@ pub fn stream_range(
             let bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
             bytes[range].to_vec()
         }
-        (QuantParams::Int4 { group_size, scales, mins }, 0) => {
+        (
+            QuantParams::Int4 {
+                group_size,
+                scales,
+                mins,
+            },
+            0,
+        ) => {
             let (e0, e1) = (range.start * 2, range.end * 2);
             let mut vals = Vec::new();
             quant::to_f32(dtype, &src[e0 * es..e1 * es], &mut vals);
@@ -154,7 +177,9 @@ pub fn dequantize(codec: Codec, shape: &[u64], streams: &[Vec<u8>]) -> Vec<f32> 
         Codec::Int4 { group_size } => {
             let g = group_size as usize;
             let h = |b: &[u8]| -> Vec<f16> {
-                b.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect()
+                b.chunks_exact(2)
+                    .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                    .collect()
             };
             let (scales, mins) = (h(&streams[1]), h(&streams[2]));
             let gpr = cols / g;

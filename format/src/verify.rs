@@ -39,8 +39,13 @@ pub fn verify(c: &Container<'_>, window_bytes: usize) -> VerifyReport {
         ..VerifyReport::default()
     };
     for (start, end) in c.padding_ranges() {
-        if c.bytes()[start as usize..end as usize].iter().any(|&b| b != 0) {
-            report.failures.push(FormatError::Padding { start, end }.to_string());
+        if c.bytes()[start as usize..end as usize]
+            .iter()
+            .any(|&b| b != 0)
+        {
+            report
+                .failures
+                .push(FormatError::Padding { start, end }.to_string());
         }
     }
     let mut streams = Vec::new();

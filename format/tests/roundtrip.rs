@@ -7,7 +7,9 @@ use cllm_format::{
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
-        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) as f32 / u32::MAX as f32 - 0.5) * 0.04)
+        .map(|i| {
+            (((i as u32).wrapping_mul(2654435761) ^ seed) as f32 / u32::MAX as f32 - 0.5) * 0.04
+        })
         .collect()
 }
 
@@ -19,11 +21,31 @@ fn encode(dtype: Dtype, v: &[f32]) -> Vec<u8> {
 
 fn model(dtype: Dtype) -> Vec<(String, Vec<u64>, Vec<u8>)> {
     vec![
-        ("model.embed_tokens.weight".into(), vec![40, 64], encode(dtype, &values(40 * 64, 1))),
-        ("model.layers.0.mlp.down_proj.weight".into(), vec![64, 128], encode(dtype, &values(64 * 128, 2))),
-        ("model.layers.0.mlp.up_proj.weight".into(), vec![128, 64], encode(dtype, &values(128 * 64, 3))),
-        ("model.layers.0.self_attn.q_proj.weight".into(), vec![64, 64], encode(dtype, &values(64 * 64, 4))),
-        ("model.norm.weight".into(), vec![64], encode(dtype, &values(64, 5))),
+        (
+            "model.embed_tokens.weight".into(),
+            vec![40, 64],
+            encode(dtype, &values(40 * 64, 1)),
+        ),
+        (
+            "model.layers.0.mlp.down_proj.weight".into(),
+            vec![64, 128],
+            encode(dtype, &values(64 * 128, 2)),
+        ),
+        (
+            "model.layers.0.mlp.up_proj.weight".into(),
+            vec![128, 64],
+            encode(dtype, &values(128 * 64, 3)),
+        ),
+        (
+            "model.layers.0.self_attn.q_proj.weight".into(),
+            vec![64, 64],
+            encode(dtype, &values(64 * 64, 4)),
+        ),
+        (
+            "model.norm.weight".into(),
+            vec![64],
+            encode(dtype, &values(64, 5)),
+        ),
     ]
 }
 
@@ -32,12 +54,21 @@ fn pack_bytes(dtype: Dtype, policy: Policy, frame_size: usize) -> Vec<u8> {
     let input = PackInput {
         tensors: m
             .iter()
-            .map(|(n, s, b)| SourceTensor { name: n.clone(), dtype, shape: s.clone(), bytes: b })
+            .map(|(n, s, b)| SourceTensor {
+                name: n.clone(),
+                dtype,
+                shape: s.clone(),
+                bytes: b,
+            })
             .collect(),
         files: vec![("config.json".into(), b"{\"model_type\":\"llama\"}".to_vec())],
         source_files: vec![],
     };
-    let opts = PackOptions { policy, frame_size, ..PackOptions::default() };
+    let opts = PackOptions {
+        policy,
+        frame_size,
+        ..PackOptions::default()
+    };
     let mut out = Vec::new();
     pack(&input, &opts, &mut out, &mut |_| {}).unwrap();
     out
@@ -47,7 +78,10 @@ fn pack_bytes(dtype: Dtype, policy: Policy, frame_size: usize) -> Vec<u8> {
 fn lossless_round_trip_every_dtype_and_codec() {
     for dtype in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
         for lossless in [Codec::Raw, Codec::Zstd, Codec::ZstdBp] {
-            let policy = Policy { lossless, ..Policy::default() };
+            let policy = Policy {
+                lossless,
+                ..Policy::default()
+            };
             // A small frame size forces many frames per tensor.
             let bytes = pack_bytes(dtype, policy, 1024);
             let c = Container::open(&bytes, &Limits::default()).unwrap();
@@ -57,7 +91,11 @@ fn lossless_round_trip_every_dtype_and_codec() {
                 let t = &c.tensors()[i];
                 assert_eq!(&t.name, name);
                 assert_eq!(&t.shape, shape);
-                assert_eq!(c.tensor_source_bytes(i).unwrap(), *src, "{name} {dtype} {lossless}");
+                assert_eq!(
+                    c.tensor_source_bytes(i).unwrap(),
+                    *src,
+                    "{name} {dtype} {lossless}"
+                );
             }
             assert_eq!(
                 c.read_file("config.json").unwrap().unwrap(),
@@ -70,7 +108,12 @@ fn lossless_round_trip_every_dtype_and_codec() {
 #[test]
 fn quantized_tensors_requantize_to_the_same_payload() {
     for (quant, gs) in [(Quant::Int8, 64), (Quant::Int4, 32), (Quant::Int4, 64)] {
-        let policy = Policy { preset: Preset::AllLinear, quant, group_size: gs, ..Policy::default() };
+        let policy = Policy {
+            preset: Preset::AllLinear,
+            quant,
+            group_size: gs,
+            ..Policy::default()
+        };
         let bytes = pack_bytes(Dtype::Bf16, policy, 1000);
         let c = Container::open(&bytes, &Limits::default()).unwrap();
         assert!(verify(&c, 1 << 20).failures.is_empty());
@@ -90,8 +133,16 @@ fn quantized_tensors_requantize_to_the_same_payload() {
             let deq = tensor::dequantize(codec, shape, &stored);
             let mut orig = Vec::new();
             cllm_format::quant::to_f32(Dtype::Bf16, src, &mut orig);
-            let max_err = deq.iter().zip(&orig).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            let bound = if quant == Quant::Int8 { 0.02 / 127.0 } else { 0.04 / 15.0 };
+            let max_err = deq
+                .iter()
+                .zip(&orig)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            let bound = if quant == Quant::Int8 {
+                0.02 / 127.0
+            } else {
+                0.04 / 15.0
+            };
             assert!(max_err <= bound * 0.6, "{name}: {max_err} > {bound}");
         }
     }
@@ -107,7 +158,10 @@ fn output_is_identical_across_thread_counts() {
             .install(|| {
                 pack_bytes(
                     Dtype::Bf16,
-                    Policy { preset: Preset::MlpOnly, ..Policy::default() },
+                    Policy {
+                        preset: Preset::MlpOnly,
+                        ..Policy::default()
+                    },
                     512,
                 )
             })

@@ -12,7 +12,10 @@ pub enum WeightData {
     Bf16(Vec<bf16>),
     F16(Vec<f16>),
     /// Symmetric per-row int8: `w[r][c] = q[r*cols + c] as f32 * scales[r]`.
-    Int8 { q: Vec<i8>, scales: Vec<f32> },
+    Int8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+    },
     /// Asymmetric group-wise int4. Row `r`, column `c`, group `g = c / group_size`:
     /// `w = (nibble as f32 * scales[r*groups + g] as f32) + mins[r*groups + g] as f32`,
     /// where byte `packed[r*cols/2 + c/2]` holds column `c` in its low nibble when `c` is even, high nibble when odd.

@@ -1,0 +1,92 @@
+//! Writing outputs so that an interrupted command never leaves a partial file or folder under the
+//! final name, and never clobbers a good one: write beside it, fsync, then rename.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+fn parent_of(dest: &Path) -> PathBuf {
+    match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    // Persisting the rename needs the directory synced; not every file system allows it.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes `dest` through `fill`; on any error the temporary file is removed and `dest` is untouched.
+pub fn write_file<T>(
+    dest: &Path,
+    fill: impl FnOnce(&mut BufWriter<&File>) -> Result<T>,
+) -> Result<T> {
+    let dir = parent_of(dest);
+    let name = dest
+        .file_name()
+        .with_context(|| format!("{}: not a file path", dest.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let value = {
+        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+        let v = fill(&mut w)?;
+        w.flush()
+            .with_context(|| format!("writing {}", tmp.path().display()))?;
+        v
+    };
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("syncing {}", tmp.path().display()))?;
+    tmp.persist(dest)
+        .with_context(|| format!("renaming into {}", dest.display()))?;
+    sync_dir(&dir);
+    Ok(value)
+}
+
+/// Creates folder `dest` through `fill`, which writes into the temporary folder it is given.
+/// `dest` must not exist, or be an empty folder.
+pub fn write_dir<T>(dest: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    if dest.exists() {
+        let empty = std::fs::read_dir(dest)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            bail!("{} exists and is not an empty folder", dest.display());
+        }
+    }
+    let dir = parent_of(dest);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = dest
+        .file_name()
+        .with_context(|| format!("{}: not a folder path", dest.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempdir_in(&dir)
+        .with_context(|| format!("creating a temporary folder in {}", dir.display()))?;
+    let value = fill(tmp.path())?;
+    for entry in std::fs::read_dir(tmp.path())? {
+        let f = File::open(entry?.path())?;
+        f.sync_all()?;
+    }
+    if dest.exists() {
+        std::fs::remove_dir(dest).with_context(|| format!("replacing empty {}", dest.display()))?;
+    }
+    let kept = tmp.keep();
+    std::fs::rename(&kept, dest)
+        .with_context(|| format!("renaming {} into {}", kept.display(), dest.display()))?;
+    sync_dir(&dir);
+    Ok(value)
+}

@@ -1,0 +1,84 @@
+//! `cllm`: pack LLM weights into a verified, versioned container, and run them.
+//!
+//! Exit codes, for CI: 0 when everything holds, 1 when a verification or comparison fails,
+//! 2 for usage and I/O errors.
+
+mod atomic;
+mod bench;
+mod demo;
+mod import;
+mod inspect;
+mod pack;
+mod progress;
+mod run;
+mod synth;
+mod unpack;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Pack LLM weights into a verified, versioned `.cllm` container, and run them.
+#[derive(Parser)]
+#[command(name = "cllm", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Pack(pack::PackArgs),
+    Inspect(inspect::InspectArgs),
+    Verify(verify::VerifyArgs),
+    Unpack(unpack::UnpackArgs),
+    Synth(synth::SynthArgs),
+    ImportGguf(import::ImportArgs),
+    Run(run::RunArgs),
+    Demo(demo::DemoArgs),
+    Bench(bench::BenchArgs),
+}
+
+/// How a command ended, beyond success.
+#[derive(Debug)]
+pub enum Failure {
+    /// Verification or comparison failed: exit 1.
+    Check(String),
+    /// Usage or I/O error: exit 2.
+    Error(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Error(e.into())
+    }
+}
+
+pub type CmdResult = Result<(), Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Pack(a) => pack::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Unpack(a) => unpack::run(a),
+        Command::Synth(a) => synth::run(a),
+        Command::ImportGguf(a) => import::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Check(msg)) => {
+            eprintln!("cllm: FAILED: {msg}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Error(e)) => {
+            eprintln!("cllm: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! `cllm pack`: a Hugging Face folder in, a `.cllm` container out (or, with `--dry-run`, the plan).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use cllm_format::{
+    pack, policy::PolicyFile, project, PackInput, PackOptions, Policy, Preset, Rule, SourceTensor,
+};
+use cllm_loader::hf::HfFolder;
+use serde_json::json;
+
+use crate::progress::{bytes_bar, human_bytes};
+use crate::CmdResult;
+
+/// Pack a Hugging Face model folder into a .cllm container.
+#[derive(Args)]
+pub struct PackArgs {
+    /// The model folder: config.json, *.safetensors, tokenizer files.
+    pub model_dir: PathBuf,
+    /// The container to write (replaced atomically if it exists).
+    #[arg(short, long, required_unless_present = "dry_run")]
+    pub output: Option<PathBuf>,
+    /// Preset: lossless, mlp-only, attn-only or all-linear.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Quantization the preset uses: int8 or int4.
+    #[arg(long)]
+    pub quant: Option<String>,
+    /// int4 group size: 32, 64 or 128.
+    #[arg(long)]
+    pub group_size: Option<u32>,
+    /// Override PATTERN=CODEC (glob, or `re:` regex, over tensor names; the last match wins).
+    /// Codecs: lossless, raw, zstd, zstd-bp, int8, int4, int4-g32, int4-g64, int4-g128.
+    #[arg(long = "rule", value_name = "PATTERN=CODEC")]
+    pub rules: Vec<String>,
+    /// A TOML policy file (preset, quant, group_size, lossless, [[rule]] pattern/codec).
+    #[arg(long)]
+    pub policy_file: Option<PathBuf>,
+    /// Accept rules that match no tensor.
+    #[arg(long)]
+    pub allow_unmatched: bool,
+    /// Codec for tensors kept lossless: zstd-bp (default), zstd or raw.
+    #[arg(long)]
+    pub lossless: Option<String>,
+    /// Print the resolved per-tensor plan and the projected size; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// zstd compression level.
+    #[arg(long, default_value_t = 3)]
+    pub zstd_level: i32,
+    /// Largest decoded frame, in KiB.
+    #[arg(long, default_value_t = 2048)]
+    pub frame_kib: usize,
+    /// Worker threads (default: all cores). The output is the same bytes for any count.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn build_policy(a: &PackArgs) -> anyhow::Result<Policy> {
+    let mut policy = Policy::default();
+    if let Some(path) = &a.policy_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading policy file {}", path.display()))?;
+        let file = PolicyFile::parse(&text).with_context(|| path.display().to_string())?;
+        policy.apply_file(&file)?;
+    }
+    if let Some(p) = &a.policy {
+        policy.preset = Preset::parse(p)?;
+    }
+    if let Some(q) = &a.quant {
+        policy.quant = Policy::parse_quant(q)?;
+    }
+    if let Some(g) = a.group_size {
+        policy.group_size = g;
+    }
+    if let Some(l) = &a.lossless {
+        policy.lossless = Policy::parse_lossless(l)?;
+    }
+    for r in &a.rules {
+        policy.rules.push(Rule::parse(r)?);
+    }
+    policy.allow_unmatched |= a.allow_unmatched;
+    Ok(policy)
+}
+
+pub fn source_input(folder: &HfFolder) -> anyhow::Result<PackInput<'_>> {
+    let tensors = folder
+        .tensors()
+        .into_iter()
+        .map(|t| SourceTensor {
+            name: t.name.to_string(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            bytes: t.bytes,
+        })
+        .collect();
+    let mut files = vec![("config.json".to_string(), folder.config_bytes().to_vec())];
+    files.extend(folder.aux_files());
+    let source_files = folder
+        .source_files()
+        .into_iter()
+        .map(|f| cllm_format::index::SourceFile {
+            name: f.name,
+            len: f.len,
+            xxh3: f.xxh3_128,
+        })
+        .collect();
+    Ok(PackInput {
+        tensors,
+        files,
+        source_files,
+    })
+}
+
+pub fn run(a: PackArgs) -> CmdResult {
+    if let Some(n) = a.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting the thread count")?;
+    }
+    if a.frame_kib == 0 || a.frame_kib > 65536 {
+        return Err(anyhow::anyhow!("--frame-kib must be between 1 and 65536").into());
+    }
+    let policy = build_policy(&a)?;
+    let folder = HfFolder::open(&a.model_dir)?;
+    let input = source_input(&folder)?;
+    let opts = PackOptions {
+        policy,
+        frame_size: a.frame_kib * 1024,
+        zstd_level: a.zstd_level,
+        tool: format!("cllm {}", env!("CARGO_PKG_VERSION")),
+        ..PackOptions::default()
+    };
+    if a.dry_run {
+        return dry_run(&input, &opts, a.json);
+    }
+    let out = a
+        .output
+        .clone()
+        .expect("clap requires --output without --dry-run");
+    let total: u64 = input.tensors.iter().map(|t| t.bytes.len() as u64).sum();
+    let bar = bytes_bar(
+        total,
+        a.quiet,
+        "{spinner} packing [{bar:30}] {bytes}/{total_bytes} {msg} eta {eta}",
+    );
+    let start = Instant::now();
+    let summary = crate::atomic::write_file(&out, |w| {
+        Ok(pack(&input, &opts, w, &mut |p| {
+            bar.set_position(p.source_done);
+            if p.written > 0 {
+                bar.set_message(format!(
+                    "ratio {:.3}",
+                    p.source_done as f64 / p.written as f64
+                ));
+            }
+        })
+        .with_context(|| format!("packing {}", a.model_dir.display()))?)
+    })?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    let ratio = summary.source_bytes as f64 / summary.file_len as f64;
+    let mut quantized = 0;
+    for t in &summary.index.tensors {
+        if t.codec == "int8" || t.codec == "int4" {
+            quantized += 1;
+        }
+    }
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "output": out.display().to_string(),
+                "tensors": summary.index.tensors.len(),
+                "quantized_tensors": quantized,
+                "source_bytes": summary.source_bytes,
+                "file_bytes": summary.file_len,
+                "ratio": ratio,
+                "seconds": secs,
+                "policy": summary.index.policy,
+            })
+        );
+    } else {
+        println!(
+            "packed {} tensors ({} quantized) from {}: {} -> {} (ratio {:.3}) in {:.2} s -> {}",
+            summary.index.tensors.len(),
+            quantized,
+            a.model_dir.display(),
+            human_bytes(summary.source_bytes),
+            human_bytes(summary.file_len),
+            ratio,
+            secs,
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn dry_run(input: &PackInput<'_>, opts: &PackOptions, as_json: bool) -> CmdResult {
+    let plan = project(input, opts)?;
+    let source: u64 = plan.iter().map(|p| p.source_bytes).sum();
+    let projected: u64 = plan.iter().map(|p| p.projected_bytes).sum();
+    if as_json {
+        let tensors: Vec<_> = plan
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name, "dtype": p.dtype, "shape": p.shape, "codec": p.codec.id(),
+                    "group_size": p.codec.group_size(), "source_bytes": p.source_bytes,
+                    "payload_bytes": p.payload_bytes, "projected_bytes": p.projected_bytes,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"policy": opts.policy.record(), "tensors": tensors,
+                   "source_bytes": source, "projected_bytes": projected,
+                   "projected_ratio": source as f64 / projected.max(1) as f64})
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<52} {:>10} {:>5} {:>16} {:>11} {:>11}",
+        "tensor", "codec", "dtype", "shape", "source", "projected"
+    );
+    for p in &plan {
+        println!(
+            "{:<52} {:>10} {:>5} {:>16} {:>11} {:>11}",
+            p.name,
+            p.codec.to_string(),
+            p.dtype.name(),
+            format!("{:?}", p.shape),
+            human_bytes(p.source_bytes),
+            human_bytes(p.projected_bytes)
+        );
+    }
+    println!(
+        "{} tensors: {} -> about {} (projected ratio {:.3}); nothing written (--dry-run)",
+        plan.len(),
+        human_bytes(source),
+        human_bytes(projected),
+        source as f64 / projected.max(1) as f64
+    );
+    Ok(())
+}

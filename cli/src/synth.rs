@@ -1,0 +1,66 @@
+//! `cllm synth`: writes a deterministic synthetic model, so benchmarks can make large ones where
+//! they run instead of carrying them.
+
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use clap::Args;
+use cllm_fixtures::{shape, shape_names, ConfigStyle, SynthOptions};
+use cllm_format::Dtype;
+
+use crate::progress::human_bytes;
+use crate::CmdResult;
+
+/// Write a synthetic Llama-architecture model (seeded normal weights) as a Hugging Face folder.
+#[derive(Args)]
+pub struct SynthArgs {
+    /// Shape name: tiny, tiny-tied, tiny-mha, small, tinyllama-1.1b, llama-7b.
+    #[arg(long)]
+    pub shape: String,
+    /// The folder to create.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Weight dtype: bf16, f16 or f32.
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Number of safetensors shards (0: one file for small models, ~2 GB shards for large ones).
+    #[arg(long, default_value_t = 0)]
+    pub shards: usize,
+}
+
+pub fn parse_dtype(s: &str) -> anyhow::Result<Dtype> {
+    match s {
+        "bf16" => Ok(Dtype::Bf16),
+        "f16" => Ok(Dtype::F16),
+        "f32" => Ok(Dtype::F32),
+        _ => Err(anyhow!("dtype '{s}': expected bf16, f16 or f32")),
+    }
+}
+
+pub fn run(a: SynthArgs) -> CmdResult {
+    let sh = shape(&a.shape).ok_or_else(|| {
+        anyhow!(
+            "unknown shape '{}' (one of: {})",
+            a.shape,
+            shape_names().join(", ")
+        )
+    })?;
+    let opts = SynthOptions {
+        dtype: parse_dtype(&a.dtype)?,
+        seed: a.seed,
+        shards: a.shards,
+        config_style: ConfigStyle::V4,
+        ..SynthOptions::default()
+    };
+    let s = cllm_fixtures::write_model(&sh, &opts, &a.output)?;
+    println!(
+        "wrote {} ({} parameters, {}) to {}",
+        a.shape,
+        sh.parameter_count().unwrap_or(0),
+        human_bytes(s.files.iter().map(|f| f.len).sum()),
+        a.output.display()
+    );
+    Ok(())
+}

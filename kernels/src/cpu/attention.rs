@@ -1,0 +1,106 @@
+//! Scaled dot-product attention of one query head over a contiguous run of cached keys/values.
+//!
+//! The caller passes exactly the keys a query may see (causal: positions `0..=t`), so a query at
+//! position `t` always reduces over the same keys in the same order with the same code, whether
+//! it is computed during prefill or decode. Scores are `dot(q, k_j) * scale` (transformers'
+//! eager order: product first, then scale), the softmax sums in key order, and the output is
+//! accumulated key by key: `out = ((p_0 v_0) + p_1 v_1) + ...`, each lane independently.
+
+use super::activation::softmax_in_place;
+use super::dot::Lanes;
+use super::error::{check_len, KernelError};
+use super::isa::{isa, multiversion};
+
+/// `out = softmax(q . K^T * scale) V` for one head. `keys` and `values` are `len x head_dim`
+/// row-major with `len >= 1`; `scores` is scratch space (resized to `len`).
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let hd = q.len();
+    if hd == 0 {
+        return Err(KernelError::Attention("empty query".into()));
+    }
+    if keys.is_empty() || keys.len() % hd != 0 {
+        return Err(KernelError::Attention(format!(
+            "keys hold {} values, not a positive multiple of head_dim {hd}",
+            keys.len()
+        )));
+    }
+    check_len("attention values", keys.len(), values.len())?;
+    check_len("attention output", hd, out.len())?;
+    scores.clear();
+    scores.resize(keys.len() / hd, 0.0);
+    attend_isa(isa(), q, keys, values, scale, scores, out);
+    Ok(())
+}
+
+multiversion!(fn attend_isa => attend_generic(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+));
+
+#[inline(always)]
+fn attend_generic(
+    lanes: impl Lanes,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
+        *s = lanes.dot(q, k) * scale;
+    }
+    softmax_in_place(scores);
+    out.fill(0.0);
+    for (&p, v) in scores.iter().zip(values.chunks_exact(hd)) {
+        for (o, &vv) in out.iter_mut().zip(v) {
+            *o += p * vv;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_f64_reference() {
+        let hd = 8;
+        let len = 5;
+        let q: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.3).cos()).collect();
+        let k: Vec<f32> = (0..len * hd).map(|i| (i as f32 * 0.17).sin()).collect();
+        let v: Vec<f32> = (0..len * hd).map(|i| (i as f32 * 0.11).cos()).collect();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut scores = Vec::new();
+        let mut out = vec![0f32; hd];
+        attend(&q, &k, &v, scale, &mut scores, &mut out).unwrap();
+        let s: Vec<f64> = (0..len)
+            .map(|j| {
+                (0..hd)
+                    .map(|d| q[d] as f64 * k[j * hd + d] as f64)
+                    .sum::<f64>()
+                    * scale as f64
+            })
+            .collect();
+        let m = s.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for d in 0..hd {
+            let want: f64 = (0..len).map(|j| e[j] / z * v[j * hd + d] as f64).sum();
+            assert!((out[d] as f64 - want).abs() < 1e-6);
+        }
+        assert!(attend(&q, &k[..3], &v[..3], scale, &mut scores, &mut out).is_err());
+    }
+}

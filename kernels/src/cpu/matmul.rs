@@ -1,0 +1,253 @@
+//! Matrix products `y = W x` for a [`Weight`] in any storage form, dequantizing inside the product.
+//!
+//! [`matmul`] multiplies one weight (`rows x cols`) by `n` activation rows (`n x cols`, row-major)
+//! and writes `n x rows`. [`gemv`] is `matmul` with `n = 1`: the same code path, so a row computed
+//! in a batch (prefill) has the bits of the same row computed alone (decode).
+//!
+//! Each output element is one [`dot`](super::dot) of a decoded weight row with an activation row;
+//! for int8 the dot runs on the unscaled `q as f32` row and is then multiplied by the row scale.
+//! Rayon splits the work by weight rows only, so the thread count changes nothing in the result.
+
+use rayon::prelude::*;
+
+use super::decode::decode_row_unscaled;
+use super::dot::Lanes;
+use super::error::{check_len, KernelError};
+use super::isa::{isa, multiversion, Isa};
+use crate::weights::{Weight, WeightData};
+
+/// Activation rows handled per pass over a block of weight rows: their f32 values stay in cache
+/// while the block's rows are decoded once and reused for all of them.
+const TOKEN_BLOCK: usize = 32;
+
+/// Smallest amount of multiply-adds worth a rayon task.
+const MIN_TASK_WORK: usize = 32 * 1024;
+
+/// `y = W x` for one vector: `x.len() == cols`, `y.len() == rows`.
+pub fn gemv(w: &Weight, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
+    matmul(w, x, 1, y)
+}
+
+/// `y[t] = W x[t]` for `n` rows: `x` is `n x cols`, `y` is `n x rows`, both row-major.
+pub fn matmul(w: &Weight, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
+    matmul_with(isa(), w, x, n, y)
+}
+
+pub(crate) fn matmul_with(
+    isa: Isa,
+    w: &Weight,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    w.validate()?;
+    let (rows, cols) = (w.rows, w.cols);
+    check_len("matmul input (n x cols)", n * cols, x.len())?;
+    check_len("matmul output (n x rows)", n * rows, y.len())?;
+    if rows == 0 || n == 0 {
+        return Ok(());
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let min_rows = MIN_TASK_WORK.div_ceil((cols * n.min(TOKEN_BLOCK)).max(1));
+    let chunk = rows.div_ceil(threads * 4).max(min_rows).max(1);
+    if n == 1 {
+        y.par_chunks_mut(chunk).enumerate().for_each(|(i, out)| {
+            let mut buf = vec![0f32; cols];
+            rows_task(isa, w, x, 1, i * chunk, out, &mut buf);
+        });
+    } else {
+        // Tasks own blocks of weight rows, so they write a row-major `rows x n` transpose.
+        let mut yt = vec![0f32; rows * n];
+        yt.par_chunks_mut(chunk * n)
+            .enumerate()
+            .for_each(|(i, out)| {
+                let mut buf = vec![0f32; cols];
+                rows_task(isa, w, x, n, i * chunk, out, &mut buf);
+            });
+        for (r, col) in yt.chunks_exact(n).enumerate() {
+            for (t, &v) in col.iter().enumerate() {
+                y[t * rows + r] = v;
+            }
+        }
+    }
+    Ok(())
+}
+
+multiversion!(fn rows_task => rows_task_generic(
+    w: &Weight,
+    x: &[f32],
+    n: usize,
+    row0: usize,
+    out: &mut [f32],
+    buf: &mut [f32],
+));
+
+/// Computes weight rows `row0..row0 + out.len() / n` against all `n` activation rows;
+/// `out[i * n + t]` receives row `row0 + i` times activation row `t`.
+#[inline(always)]
+fn rows_task_generic(
+    lanes: impl Lanes,
+    w: &Weight,
+    x: &[f32],
+    n: usize,
+    row0: usize,
+    out: &mut [f32],
+    buf: &mut [f32],
+) {
+    let cols = w.cols;
+    let nrows = out.len() / n;
+    for t0 in (0..n).step_by(TOKEN_BLOCK) {
+        let t1 = (t0 + TOKEN_BLOCK).min(n);
+        for i in 0..nrows {
+            let r = row0 + i;
+            let o = &mut out[i * n..(i + 1) * n];
+            let xr = |t: usize| &x[t * cols..(t + 1) * cols];
+            let scale = match &w.data {
+                // bf16 rows are widened in registers (exactly), never written out as f32.
+                WeightData::Bf16(v) => {
+                    let row = &v[r * cols..(r + 1) * cols];
+                    let mut t = t0;
+                    while t + 4 <= t1 {
+                        let s4 = lanes.dot4_bf16(row, [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)]);
+                        o[t..t + 4].copy_from_slice(&s4);
+                        t += 4;
+                    }
+                    for t in t..t1 {
+                        o[t] = lanes.dot_bf16(row, xr(t));
+                    }
+                    None
+                }
+                data => {
+                    let (row, scale): (&[f32], Option<f32>) = match data {
+                        WeightData::F32(v) => (&v[r * cols..(r + 1) * cols], None),
+                        _ => {
+                            let s = decode_row_unscaled(w, r, buf);
+                            (&*buf, s)
+                        }
+                    };
+                    let mut t = t0;
+                    while t + 4 <= t1 {
+                        let s4 = lanes.dot4(row, [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)]);
+                        o[t..t + 4].copy_from_slice(&s4);
+                        t += 4;
+                    }
+                    for t in t..t1 {
+                        o[t] = lanes.dot(row, xr(t));
+                    }
+                    scale
+                }
+            };
+            if let Some(s) = scale {
+                for v in &mut o[t0..t1] {
+                    *v *= s;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::isa::available;
+    use crate::cpu::testutil::{random_weight, reference_element, Rng, FORMS};
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn gemv_matches_f64_reference_for_every_form() {
+        let mut rng = Rng(1);
+        for form in FORMS {
+            for (rows, cols) in [(37, 96), (5, 100), (16, 576), (3, 2)] {
+                let w = random_weight(&mut rng, rows, cols, form);
+                let x = rng.vec(cols);
+                let mut y = vec![0f32; rows];
+                gemv(&w, &x, &mut y).unwrap();
+                for r in 0..rows {
+                    let (mut want, mut mag) = (0f64, 0f64);
+                    for c in 0..cols {
+                        let t = reference_element(&w, r, c) * x[c] as f64;
+                        want += t;
+                        mag += t.abs();
+                    }
+                    let err = (y[r] as f64 - want).abs();
+                    assert!(
+                        err <= 1e-5 * want.abs().max(mag * 1e-2).max(1e-30),
+                        "{form:?} {rows}x{cols} row {r}: {} vs {want}",
+                        y[r]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batched_equals_gemv_bit_for_bit_on_every_isa_and_thread_count() {
+        let mut rng = Rng(2);
+        for form in FORMS {
+            let (rows, cols, n) = (45, 160, 39);
+            let w = random_weight(&mut rng, rows, cols, form);
+            let x = rng.vec(n * cols);
+            let mut single = vec![0f32; n * rows];
+            for t in 0..n {
+                gemv(
+                    &w,
+                    &x[t * cols..(t + 1) * cols],
+                    &mut single[t * rows..(t + 1) * rows],
+                )
+                .unwrap();
+            }
+            for isa in available() {
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut batched = vec![0f32; n * rows];
+                    pool.install(|| matmul_with(isa, &w, &x, n, &mut batched))
+                        .unwrap();
+                    assert_eq!(
+                        bits(&batched),
+                        bits(&single),
+                        "{form:?} {isa:?} threads {threads}"
+                    );
+                    let mut one = vec![0f32; rows];
+                    pool.install(|| matmul_with(isa, &w, &x[..cols], 1, &mut one))
+                        .unwrap();
+                    assert_eq!(
+                        bits(&one),
+                        bits(&single[..rows]),
+                        "{form:?} {isa:?} threads {threads}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let mut rng = Rng(3);
+        let w = random_weight(&mut rng, 4, 8, crate::cpu::testutil::Form::Bf16);
+        assert!(gemv(&w, &[0.0; 7], &mut [0.0; 4]).is_err());
+        assert!(gemv(&w, &[0.0; 8], &mut [0.0; 5]).is_err());
+        let mut bad = w.clone();
+        bad.rows = 5;
+        assert!(matches!(
+            gemv(&bad, &[0.0; 8], &mut [0.0; 5]),
+            Err(KernelError::WeightLength { .. })
+        ));
+        let odd = Weight {
+            rows: 1,
+            cols: 3,
+            data: WeightData::Int4 {
+                packed: vec![0; 2],
+                scales: vec![half::f16::ONE],
+                mins: vec![half::f16::ZERO],
+                group_size: 4,
+            },
+        };
+        assert_eq!(odd.validate(), Err(KernelError::Int4OddColumns(3)));
+    }
+}

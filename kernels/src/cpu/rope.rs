@@ -1,0 +1,251 @@
+//! Rotary position embeddings in the Hugging Face layout ("rotate half": element `i` pairs with
+//! `i + head_dim / 2`), with cos/sin tables precomputed in f32.
+//!
+//! Frequencies follow transformers' f32 arithmetic step by step:
+//! `inv_freq[i] = 1 / theta^((2i as f32) / (d as f32))` where the exponent is an f32 division,
+//! the power is computed in f64 from the f32 operands and rounded to f32 (the correctly rounded
+//! value, which PyTorch's f32 `pow` matches to within an ulp), and the reciprocal is an f32
+//! division. The angle is the f32 product `(pos as f32) * inv_freq[i]` (as transformers' f32
+//! matmul of frequencies by positions); `cos`/`sin` are evaluated in f64 on that f32 angle and
+//! rounded to f32. Scaling types "linear" and "llama3" are applied to `inv_freq` exactly as
+//! transformers' `_compute_linear_scaling_rope_parameters` / `_compute_llama3_parameters` do,
+//! with PyTorch's f32 semantics (a Python scalar meets an f32 tensor as an f32; `s / t` is
+//! `t.reciprocal() * s`).
+
+use super::error::{check_len, KernelError};
+
+/// `rope_scaling` / `rope_parameters` variants the runtime supports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE (`rope_type` "default", or no scaling given).
+    None,
+    /// `rope_type` "linear": every frequency divided by `factor`.
+    Linear { factor: f32 },
+    /// `rope_type` "llama3" (Llama 3.1+): long wavelengths divided by `factor`, short ones kept,
+    /// a smooth interpolation between.
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// The `head_dim / 2` inverse frequencies, scaling applied.
+pub fn inv_freq(
+    head_dim: usize,
+    theta: f32,
+    scaling: &RopeScaling,
+) -> Result<Vec<f32>, KernelError> {
+    if head_dim == 0 || head_dim % 2 != 0 {
+        return Err(KernelError::RopeHeadDim(head_dim));
+    }
+    if !(theta.is_finite() && theta > 0.0) {
+        return Err(KernelError::RopeScaling(format!(
+            "rope_theta must be positive, got {theta}"
+        )));
+    }
+    let d = head_dim as f32;
+    let base: Vec<f32> = (0..head_dim / 2)
+        .map(|i| {
+            let exponent = (2 * i) as f32 / d;
+            let pow = (theta as f64).powf(exponent as f64) as f32;
+            1.0f32 / pow
+        })
+        .collect();
+    match *scaling {
+        RopeScaling::None => Ok(base),
+        RopeScaling::Linear { factor } => {
+            if !(factor.is_finite() && factor > 0.0) {
+                return Err(KernelError::RopeScaling(format!(
+                    "linear factor must be positive, got {factor}"
+                )));
+            }
+            Ok(base.iter().map(|&f| f / factor).collect())
+        }
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
+            if !(factor.is_finite() && factor > 0.0) || high_freq_factor == low_freq_factor {
+                return Err(KernelError::RopeScaling(format!(
+                    "llama3 needs factor > 0 and high_freq_factor != low_freq_factor \
+                     (factor {factor}, low {low_freq_factor}, high {high_freq_factor})"
+                )));
+            }
+            let old = original_max_position_embeddings as f64;
+            // Python-side scalars (f64), met by f32 tensors as f32.
+            let low_wavelen = (old / low_freq_factor as f64) as f32;
+            let high_wavelen = (old / high_freq_factor as f64) as f32;
+            let two_pi = (2.0 * std::f64::consts::PI) as f32;
+            let old32 = old as f32;
+            let denom = (high_freq_factor as f64 - low_freq_factor as f64) as f32;
+            Ok(base
+                .iter()
+                .map(|&f| {
+                    let wavelen = (1.0f32 / f) * two_pi;
+                    let llama = if wavelen > low_wavelen { f / factor } else { f };
+                    let smooth = ((1.0f32 / wavelen) * old32 - low_freq_factor) / denom;
+                    let smoothed = (1.0 - smooth) * llama / factor + smooth * llama;
+                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    if medium {
+                        smoothed
+                    } else {
+                        llama
+                    }
+                })
+                .collect())
+        }
+    }
+}
+
+/// cos/sin for positions `0..positions`, each `head_dim / 2` wide.
+#[derive(Clone, Debug)]
+pub struct RopeTable {
+    half: usize,
+    positions: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    pub fn new(
+        head_dim: usize,
+        theta: f32,
+        scaling: &RopeScaling,
+        positions: usize,
+    ) -> Result<RopeTable, KernelError> {
+        let inv = inv_freq(head_dim, theta, scaling)?;
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(positions * half);
+        let mut sin = Vec::with_capacity(positions * half);
+        for p in 0..positions {
+            for &f in &inv {
+                let angle = (p as f32 * f) as f64;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Ok(RopeTable {
+            half,
+            positions,
+            cos,
+            sin,
+        })
+    }
+
+    pub fn head_dim(&self) -> usize {
+        2 * self.half
+    }
+
+    /// Number of positions the table covers.
+    pub fn positions(&self) -> usize {
+        self.positions
+    }
+
+    /// The `(cos, sin)` halves for `pos`.
+    pub fn cos_sin(&self, pos: usize) -> Result<(&[f32], &[f32]), KernelError> {
+        if pos >= self.positions {
+            return Err(KernelError::RopePosition {
+                pos,
+                len: self.positions,
+            });
+        }
+        let r = pos * self.half..(pos + 1) * self.half;
+        Ok((&self.cos[r.clone()], &self.sin[r]))
+    }
+
+    /// Rotates every head of `x` (`heads x head_dim`) for position `pos`:
+    /// `x1' = x1 cos - x2 sin`, `x2' = x2 cos + x1 sin` (transformers' `q * cos + rotate_half(q) * sin`).
+    pub fn apply(&self, x: &mut [f32], pos: usize) -> Result<(), KernelError> {
+        let hd = self.head_dim();
+        if hd == 0 || x.len() % hd != 0 {
+            return check_len(
+                "rope input (whole heads)",
+                x.len().div_ceil(hd.max(1)) * hd,
+                x.len(),
+            );
+        }
+        let (c, s) = self.cos_sin(pos)?;
+        for head in x.chunks_exact_mut(hd) {
+            let (x1, x2) = head.split_at_mut(self.half);
+            for i in 0..self.half {
+                let (a, b) = (x1[i], x2[i]);
+                x1[i] = a * c[i] - b * s[i];
+                x2[i] = b * c[i] + a * s[i];
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_direct_formula() {
+        let (hd, theta) = (16, 10000.0f32);
+        let table = RopeTable::new(hd, theta, &RopeScaling::None, 50).unwrap();
+        let x: Vec<f32> = (0..2 * hd).map(|i| (i as f32 * 0.37).sin()).collect();
+        for pos in [0usize, 1, 7, 49] {
+            let mut y = x.clone();
+            table.apply(&mut y, pos).unwrap();
+            for h in 0..2 {
+                for i in 0..hd / 2 {
+                    let f = 1.0 / (theta as f64).powf(2.0 * i as f64 / hd as f64);
+                    let a = pos as f64 * f;
+                    let (x1, x2) = (x[h * hd + i] as f64, x[h * hd + i + hd / 2] as f64);
+                    let w1 = x1 * a.cos() - x2 * a.sin();
+                    let w2 = x2 * a.cos() + x1 * a.sin();
+                    assert!((y[h * hd + i] as f64 - w1).abs() < 1e-5, "pos {pos} i {i}");
+                    assert!(
+                        (y[h * hd + i + hd / 2] as f64 - w2).abs() < 1e-5,
+                        "pos {pos} i {i}"
+                    );
+                }
+            }
+        }
+        assert!(table.apply(&mut vec![0.0; hd], 50).is_err());
+        assert!(table.apply(&mut vec![0.0; hd + 1], 0).is_err());
+    }
+
+    #[test]
+    fn llama3_scaling_matches_hand_computed_values() {
+        // Llama 3.1 8B: theta 500000, head_dim 128, factor 8, low 1, high 4, original 8192.
+        let s = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        let base = inv_freq(128, 500000.0, &RopeScaling::None).unwrap();
+        let scaled = inv_freq(128, 500000.0, &s).unwrap();
+        // i = 0: wavelength 2*pi < 2048: unchanged.
+        assert_eq!(scaled[0], 1.0);
+        // i = 63: 500000^(126/128) -> wavelength ~2.5e6 > 8192: divided by 8.
+        let f63 = 1.0 / 500000f64.powf(126.0 / 128.0);
+        assert!((scaled[63] as f64 - f63 / 8.0).abs() < 1e-6 * f63);
+        // i = 30: inv_freq = 500000^(-60/128) = 2.13112e-3, wavelength 2948.30, between 2048 and
+        // 8192: smooth = (8192 / 2948.30 - 1) / 3 = 0.592849; scaled = (1 - s) f / 8 + s f
+        // = 1.3718936e-3 (worked by hand, digits from a calculator).
+        let f30 = 1.0 / 500000f64.powf(60.0 / 128.0);
+        let wl = 2.0 * std::f64::consts::PI / f30;
+        assert!(wl > 2048.0 && wl < 8192.0);
+        let smooth = (8192.0 / wl - 1.0) / 3.0;
+        let want = (1.0 - smooth) * f30 / 8.0 + smooth * f30;
+        assert!(
+            (scaled[30] as f64 - want).abs() < 1e-6 * want,
+            "{} vs {want}",
+            scaled[30]
+        );
+        assert!((want - 1.3718936e-3).abs() < 1e-10, "hand value {want}");
+        assert!((scaled[30] as f64 - 1.3718936e-3).abs() < 1e-6 * 1.3718936e-3);
+        // i = 40: wavelength 22910.6 > 8192: divided by 8.
+        let f40 = 1.0 / 500000f64.powf(80.0 / 128.0);
+        assert!((scaled[40] as f64 - f40 / 8.0).abs() < 1e-6 * f40);
+        assert_eq!(base[0], 1.0);
+    }
+}

@@ -1,0 +1,95 @@
+//! Seeded random weights for the kernels' unit tests (splitmix64; no external RNG needed).
+
+use half::{bf16, f16};
+
+use crate::weights::{Weight, WeightData};
+
+pub(crate) struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn f32(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+/// The storage forms the tests cover.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Form {
+    F32,
+    Bf16,
+    F16,
+    Int8,
+    Int4(usize),
+}
+
+pub(crate) const FORMS: [Form; 6] = [
+    Form::F32,
+    Form::Bf16,
+    Form::F16,
+    Form::Int8,
+    Form::Int4(32),
+    Form::Int4(64),
+];
+
+pub(crate) fn random_weight(rng: &mut Rng, rows: usize, cols: usize, form: Form) -> Weight {
+    let n = rows * cols;
+    let data = match form {
+        Form::F32 => WeightData::F32(rng.vec(n)),
+        Form::Bf16 => WeightData::Bf16(rng.vec(n).into_iter().map(bf16::from_f32).collect()),
+        Form::F16 => WeightData::F16(rng.vec(n).into_iter().map(f16::from_f32).collect()),
+        Form::Int8 => WeightData::Int8 {
+            q: (0..n)
+                .map(|_| ((rng.next_u64() % 255) as i16 - 127) as i8)
+                .collect(),
+            scales: (0..rows).map(|_| 0.01 + rng.f32().abs() * 0.02).collect(),
+        },
+        Form::Int4(gs) => {
+            let groups = rows * cols.div_ceil(gs);
+            WeightData::Int4 {
+                packed: (0..n / 2).map(|_| rng.next_u64() as u8).collect(),
+                scales: (0..groups)
+                    .map(|_| f16::from_f32(0.01 + rng.f32().abs() * 0.02))
+                    .collect(),
+                mins: (0..groups)
+                    .map(|_| f16::from_f32(-0.1 + rng.f32() * 0.02))
+                    .collect(),
+                group_size: gs,
+            }
+        }
+    };
+    Weight { rows, cols, data }
+}
+
+/// Dequantizes element (r, c) straight from the format's definition, as f64.
+pub(crate) fn reference_element(w: &Weight, r: usize, c: usize) -> f64 {
+    let i = r * w.cols + c;
+    match &w.data {
+        WeightData::F32(v) => v[i] as f64,
+        WeightData::Bf16(v) => v[i].to_f64(),
+        WeightData::F16(v) => v[i].to_f64(),
+        WeightData::Int8 { q, scales } => (q[i] as f32 * scales[r]) as f64,
+        WeightData::Int4 {
+            packed,
+            scales,
+            mins,
+            group_size,
+        } => {
+            let groups = w.cols.div_ceil(*group_size);
+            let g = r * groups + c / group_size;
+            let byte = packed[r * w.cols / 2 + c / 2];
+            let nib = if c % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+            ((nib as f32 * scales[g].to_f32()) + mins[g].to_f32()) as f64
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! cllm-kernels: compute kernels. `cpu` is the reference backend.
+
+pub mod cpu;
+pub mod weights;
+
+pub use weights::{Weight, WeightData};

@@ -1,0 +1,122 @@
+//! Weights from a `.cllm` container into CPU memory. Quantized tensors stay quantized: their
+//! payload and scales become `WeightData::Int8`/`Int4` as they are, nothing is expanded to floats.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use cllm_format::{Codec, Container, Dtype, Limits};
+use cllm_kernels::{Weight, WeightData};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+use crate::error::LoadError;
+
+/// A container file, memory-mapped.
+pub struct CllmFile {
+    path: PathBuf,
+    map: Mmap,
+}
+
+impl CllmFile {
+    pub fn open(path: &Path) -> Result<CllmFile, LoadError> {
+        let f = File::open(path).map_err(|e| LoadError::io(path, e))?;
+        // SAFETY: read-only map; a file changed underneath is caught by the checksums.
+        let map = unsafe { Mmap::map(&f) }.map_err(|e| LoadError::io(path, e))?;
+        Ok(CllmFile {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Opens the container: reads only preamble, index and footer.
+    pub fn container(&self) -> Result<Container<'_>, LoadError> {
+        Container::open(&self.map, &Limits::default()).map_err(|e| LoadError::Format {
+            path: self.path.clone(),
+            source: e,
+        })
+    }
+}
+
+fn u16s(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {
+    bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+}
+
+/// Turns a tensor's decoded streams into the CPU weight form.
+pub fn weight_from_streams(
+    name: &str,
+    dtype: Dtype,
+    shape: &[u64],
+    codec: Codec,
+    mut streams: Vec<Vec<u8>>,
+) -> Result<Weight, LoadError> {
+    let (rows, cols) = cllm_format::tensor::rows_cols(shape);
+    let data = match codec {
+        Codec::Int8 => {
+            let scales = streams[1]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let q = std::mem::take(&mut streams[0])
+                .into_iter()
+                .map(|b| b as i8)
+                .collect();
+            WeightData::Int8 { q, scales }
+        }
+        Codec::Int4 { group_size } => WeightData::Int4 {
+            scales: u16s(&streams[1]).map(f16::from_bits).collect(),
+            mins: u16s(&streams[2]).map(f16::from_bits).collect(),
+            packed: std::mem::take(&mut streams[0]),
+            group_size: group_size as usize,
+        },
+        _ => {
+            let b = &streams[0];
+            match dtype {
+                Dtype::Bf16 => WeightData::Bf16(u16s(b).map(bf16::from_bits).collect()),
+                Dtype::F16 => WeightData::F16(u16s(b).map(f16::from_bits).collect()),
+                Dtype::F32 => WeightData::F32(
+                    b.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                ),
+                other => {
+                    return Err(LoadError::UnsupportedDtype {
+                        tensor: name.to_string(),
+                        dtype: other,
+                    })
+                }
+            }
+        }
+    };
+    Ok(Weight { rows, cols, data })
+}
+
+/// Decodes every tensor (in parallel) into CPU weights, checking every frame and stream hash.
+pub fn load_weights(
+    file: &CllmFile,
+    c: &Container<'_>,
+) -> Result<HashMap<String, Weight>, LoadError> {
+    (0..c.tensors().len())
+        .into_par_iter()
+        .map(|i| {
+            let t = &c.tensors()[i];
+            let streams = c.decode_tensor(i).map_err(|e| LoadError::Format {
+                path: file.path.clone(),
+                source: e,
+            })?;
+            let w = weight_from_streams(&t.name, t.dtype, &t.shape, c.codec(i), streams)?;
+            Ok((t.name.clone(), w))
+        })
+        .collect()
+}

@@ -1,0 +1,289 @@
+//! The forward pass: one code path for any number of new tokens at the end of a KV cache.
+//!
+//! Prefill (many tokens) and decode (one token) both run [`Model::forward_tokens`]: the
+//! projections are batched matrix products whose rows have the bits of single-vector products,
+//! norms and RoPE are per row, and the query at position `t` attends over cached keys `0..=t`
+//! (the new tokens' keys are written to the cache first) with the same kernel. So the logits of
+//! a position do not depend on how the sequence was split into prefill and decode calls, nor on
+//! the number of rayon threads.
+
+use cllm_kernels::cpu::{attend, embedding_row, matmul, swiglu};
+use rayon::prelude::*;
+
+use crate::kv_cache::KvCache;
+use crate::model::{Linear, Model, ModelError};
+
+/// What a [`TracePoint`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceKind {
+    /// Token embeddings (`model.embed_tokens`).
+    Embeddings,
+    /// Output of an RMSNorm (`input_layernorm`, `post_attention_layernorm`, `model.norm`).
+    Norm,
+    /// Output of a linear projection (before RoPE for q/k), bias included.
+    Projection,
+    /// Attention output, heads concatenated, before `o_proj`.
+    Attention,
+    /// The hidden state (residual stream) after a decoder layer.
+    LayerOutput,
+    /// Final logits.
+    Logits,
+}
+
+/// One intermediate tensor of a forward pass, for divergence reports.
+#[derive(Debug)]
+pub struct TracePoint<'a> {
+    pub kind: TraceKind,
+    /// Decoder layer, or `None` for tensors outside the layers (embeddings, final norm, logits).
+    pub layer: Option<usize>,
+    /// What this is: a Hugging Face module name for module outputs
+    /// (`model.layers.3.self_attn.q_proj`, `model.layers.3.input_layernorm`, `model.norm`,
+    /// `lm_head`, `model.embed_tokens`), or `model.layers.3` for the layer's output hidden state,
+    /// or `model.layers.3.self_attn.attention` for the attention output before `o_proj`.
+    pub name: &'a str,
+    /// Position of the first row.
+    pub start_position: usize,
+    /// Number of rows (tokens).
+    pub rows: usize,
+    /// `rows x width` values, row-major.
+    pub data: &'a [f32],
+}
+
+impl TracePoint<'_> {
+    pub fn width(&self) -> usize {
+        self.data.len() / self.rows.max(1)
+    }
+
+    /// Row `i` (position `start_position + i`).
+    pub fn row(&self, i: usize) -> &[f32] {
+        let w = self.width();
+        &self.data[i * w..(i + 1) * w]
+    }
+}
+
+/// A callback receiving every [`TracePoint`] of a forward pass.
+pub type Tracer<'t> = dyn FnMut(&TracePoint<'_>) + 't;
+
+/// Which logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Logits {
+    /// Only the last new token's (`vocab` values).
+    Last,
+    /// Every new token's (`n x vocab` values).
+    All,
+}
+
+struct Trace<'a, 't> {
+    tracer: Option<&'a mut Tracer<'t>>,
+    start: usize,
+    rows: usize,
+}
+
+impl Trace<'_, '_> {
+    fn emit(&mut self, kind: TraceKind, layer: Option<usize>, name: &str, data: &[f32]) {
+        if let Some(t) = self.tracer.as_mut() {
+            t(&TracePoint {
+                kind,
+                layer,
+                name,
+                start_position: self.start,
+                rows: self.rows,
+                data,
+            });
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.tracer.is_some()
+    }
+}
+
+impl Linear {
+    /// `out = x W^T (+ b)` for `n` rows of `x`.
+    fn forward(&self, x: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), ModelError> {
+        out.clear();
+        out.resize(n * self.weight.rows, 0.0);
+        matmul(&self.weight, x, n, out)?;
+        if let Some(b) = &self.bias {
+            for row in out.chunks_exact_mut(b.len()) {
+                for (o, &bv) in row.iter_mut().zip(b) {
+                    *o += bv;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Model {
+    /// Runs `tokens` at positions `cache.len()..`, appending their keys and values to `cache`.
+    pub(crate) fn forward_tokens(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        logits: Logits,
+        tracer: Option<&mut Tracer<'_>>,
+    ) -> Result<Vec<f32>, ModelError> {
+        let cfg = &self.cfg;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(ModelError::EmptyInput);
+        }
+        cache.check_room(n)?;
+        let start = cache.len();
+        let mut trace = Trace {
+            tracer,
+            start,
+            rows: n,
+        };
+        let (hidden, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let group = heads / kv_heads;
+        // transformers: `scaling = head_dim ** -0.5` (a Python float), applied to f32 scores.
+        let scale = (hd as f64).powf(-0.5) as f32;
+
+        let mut h = vec![0f32; n * hidden];
+        for (&tok, row) in tokens.iter().zip(h.chunks_exact_mut(hidden)) {
+            if tok as usize >= cfg.vocab_size {
+                return Err(ModelError::TokenOutOfRange {
+                    token: tok,
+                    vocab_size: cfg.vocab_size,
+                });
+            }
+            embedding_row(&self.embed_tokens, tok, row)?;
+        }
+        trace.emit(TraceKind::Embeddings, None, "model.embed_tokens", &h);
+
+        let mut x = vec![0f32; n * hidden];
+        let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        let mut attn = vec![0f32; n * cfg.q_dim()];
+        let (mut o, mut gate, mut up) = (Vec::new(), Vec::new(), Vec::new());
+        let mut act = vec![0f32; n * cfg.intermediate_size];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let ly = Some(l);
+            layer.input_layernorm.apply(&h, &mut x)?;
+            if trace.active() {
+                let name = format!("model.layers.{l}.input_layernorm");
+                trace.emit(TraceKind::Norm, ly, &name, &x);
+            }
+            for (proj, out) in [
+                (&layer.q_proj, &mut q),
+                (&layer.k_proj, &mut k),
+                (&layer.v_proj, &mut v),
+            ] {
+                proj.forward(&x, n, out)?;
+                trace.emit(TraceKind::Projection, ly, &proj.name, out);
+            }
+            for i in 0..n {
+                cache
+                    .rope
+                    .apply(&mut q[i * cfg.q_dim()..(i + 1) * cfg.q_dim()], start + i)?;
+                cache
+                    .rope
+                    .apply(&mut k[i * cfg.kv_dim()..(i + 1) * cfg.kv_dim()], start + i)?;
+            }
+            cache.write(l, start, &k, &v);
+
+            let cache_ref = &*cache;
+            let q_ref = &q;
+            let window = cfg.sliding_window;
+            attn.par_chunks_mut(hd).enumerate().try_for_each_init(
+                Vec::new,
+                |scores, (idx, out)| {
+                    let (i, head) = (idx / heads, idx % heads);
+                    let pos = start + i;
+                    let from = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                    let (keys, values) = cache_ref.span(l, head / group, from, pos + 1);
+                    let qh = &q_ref[(i * heads + head) * hd..(i * heads + head + 1) * hd];
+                    attend(qh, keys, values, scale, scores, out)
+                },
+            )?;
+            if trace.active() {
+                let name = format!("model.layers.{l}.self_attn.attention");
+                trace.emit(TraceKind::Attention, ly, &name, &attn);
+            }
+            layer.o_proj.forward(&attn, n, &mut o)?;
+            trace.emit(TraceKind::Projection, ly, &layer.o_proj.name, &o);
+            for (hv, &ov) in h.iter_mut().zip(&o) {
+                *hv += ov;
+            }
+
+            layer.post_attention_layernorm.apply(&h, &mut x)?;
+            if trace.active() {
+                let name = format!("model.layers.{l}.post_attention_layernorm");
+                trace.emit(TraceKind::Norm, ly, &name, &x);
+            }
+            layer.gate_proj.forward(&x, n, &mut gate)?;
+            trace.emit(TraceKind::Projection, ly, &layer.gate_proj.name, &gate);
+            layer.up_proj.forward(&x, n, &mut up)?;
+            trace.emit(TraceKind::Projection, ly, &layer.up_proj.name, &up);
+            swiglu(&gate, &up, &mut act)?;
+            layer.down_proj.forward(&act, n, &mut o)?;
+            trace.emit(TraceKind::Projection, ly, &layer.down_proj.name, &o);
+            for (hv, &ov) in h.iter_mut().zip(&o) {
+                *hv += ov;
+            }
+            if trace.active() {
+                let name = format!("model.layers.{l}");
+                trace.emit(TraceKind::LayerOutput, ly, &name, &h);
+            }
+        }
+
+        // Only the rows whose logits are wanted go through the final norm and LM head.
+        let first = match logits {
+            Logits::All => 0,
+            Logits::Last => n - 1,
+        };
+        let rows = n - first;
+        let mut normed = vec![0f32; rows * hidden];
+        self.norm.apply(&h[first * hidden..], &mut normed)?;
+        let lm_head = self.lm_head();
+        let mut out = vec![0f32; rows * lm_head.rows];
+        matmul(lm_head, &normed, rows, &mut out)?;
+        if trace.active() {
+            trace.start = start + first;
+            trace.rows = rows;
+            trace.emit(TraceKind::Norm, None, "model.norm", &normed);
+            trace.emit(TraceKind::Logits, None, "lm_head", &out);
+        }
+        cache.advance(n);
+        Ok(out)
+    }
+
+    /// Logits for every position of `tokens`, computed in one pass on a fresh cache.
+    pub fn forward_all(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.forward_all_traced(tokens, &mut |_| {})
+    }
+
+    /// [`Model::forward_all`], calling `tracer` with every intermediate tensor (see [`TracePoint`]).
+    pub fn forward_all_traced(
+        &self,
+        tokens: &[u32],
+        tracer: &mut Tracer<'_>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut cache = KvCache::new(&self.cfg, tokens.len())?;
+        let flat = self.forward_tokens(&mut cache, tokens, Logits::All, Some(tracer))?;
+        Ok(flat
+            .chunks_exact(self.lm_head().rows)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    /// Logits for every position plus the hidden state after each decoder layer:
+    /// `hidden[layer][position]` (`hidden_size` values). These are the residual stream before
+    /// the final norm, i.e. transformers' `hidden_states[layer + 1]` for every layer but the
+    /// last (transformers applies `model.norm` to its last entry).
+    pub fn forward_all_hidden(
+        &self,
+        tokens: &[u32],
+    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<Vec<f32>>>), ModelError> {
+        let layers = self.cfg.num_hidden_layers;
+        let mut hidden: Vec<Vec<Vec<f32>>> = vec![Vec::new(); layers];
+        let logits = self.forward_all_traced(tokens, &mut |p: &TracePoint<'_>| {
+            if let (TraceKind::LayerOutput, Some(l)) = (p.kind, p.layer) {
+                hidden[l] = (0..p.rows).map(|i| p.row(i).to_vec()).collect();
+            }
+        })?;
+        Ok((logits, hidden))
+    }
+}

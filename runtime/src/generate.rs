@@ -1,0 +1,127 @@
+//! The generation loop: prefill the prompt, then sample and decode one token at a time.
+
+use std::time::{Duration, Instant};
+
+use crate::model::{Model, ModelError};
+use crate::sampler::{Sampler, SamplerConfig, SamplerError};
+
+/// Why generation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("empty prompt: at least one token is needed to start from")]
+    EmptyPrompt,
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+}
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Upper bound on generated tokens (the EOS token, if produced, counts).
+    pub max_new_tokens: usize,
+    pub sampler: SamplerConfig,
+    /// Generation stops right after producing any of these (usually the config's `eos_token_ids`).
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl GenerateOptions {
+    /// Greedy decoding that stops at the model's EOS ids.
+    pub fn greedy(model: &Model, max_new_tokens: usize) -> GenerateOptions {
+        GenerateOptions {
+            max_new_tokens,
+            sampler: SamplerConfig::greedy(),
+            eos_token_ids: model.config().eos_token_ids.clone(),
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// This EOS id was generated (it is the last of `generated_ids`).
+    Eos(u32),
+    /// `max_new_tokens` were generated.
+    MaxTokens,
+}
+
+/// The generated tokens and how long it took.
+#[derive(Clone, Debug)]
+pub struct GenerationResult {
+    /// Generated ids, in order, including the EOS id that stopped generation (as transformers).
+    pub generated_ids: Vec<u32>,
+    pub stop_reason: StopReason,
+    pub prompt_tokens: usize,
+    /// Time for the prompt's forward pass (which also yields the first token's logits).
+    pub prefill_time: Duration,
+    /// Time for all single-token forward passes.
+    pub decode_time: Duration,
+    /// Single-token forward passes run (usually `generated_ids.len() - 1`).
+    pub decode_steps: usize,
+    pub prefill_tokens_per_second: f64,
+    pub decode_tokens_per_second: f64,
+}
+
+fn per_second(count: usize, d: Duration) -> f64 {
+    let s = d.as_secs_f64();
+    if s > 0.0 {
+        count as f64 / s
+    } else {
+        0.0
+    }
+}
+
+/// Generates up to `options.max_new_tokens` tokens after `prompt_ids`, calling `on_token` with
+/// each one as soon as it is chosen (the stopping EOS id included).
+pub fn generate(
+    model: &Model,
+    prompt_ids: &[u32],
+    options: &GenerateOptions,
+    mut on_token: impl FnMut(u32),
+) -> Result<GenerationResult, GenerateError> {
+    if prompt_ids.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    let mut sampler = Sampler::new(options.sampler.clone())?;
+    // The last generated token is never fed back, so the cache needs one slot less.
+    let capacity = prompt_ids.len() + options.max_new_tokens.saturating_sub(1);
+    let mut session = model.session(capacity)?;
+    let mut generated = Vec::with_capacity(options.max_new_tokens);
+    let mut stop_reason = StopReason::MaxTokens;
+    let t0 = Instant::now();
+    let mut logits = if options.max_new_tokens > 0 {
+        session.prefill(prompt_ids)?
+    } else {
+        Vec::new()
+    };
+    let prefill_time = t0.elapsed();
+    let mut decode_time = Duration::ZERO;
+    let mut decode_steps = 0;
+    while generated.len() < options.max_new_tokens {
+        let token = sampler.sample(&logits)?;
+        generated.push(token);
+        on_token(token);
+        if options.eos_token_ids.contains(&token) {
+            stop_reason = StopReason::Eos(token);
+            break;
+        }
+        if generated.len() == options.max_new_tokens {
+            break;
+        }
+        let t = Instant::now();
+        logits = session.decode(token)?;
+        decode_time += t.elapsed();
+        decode_steps += 1;
+    }
+    Ok(GenerationResult {
+        generated_ids: generated,
+        stop_reason,
+        prompt_tokens: prompt_ids.len(),
+        prefill_time,
+        decode_time,
+        decode_steps,
+        prefill_tokens_per_second: per_second(prompt_ids.len(), prefill_time),
+        decode_tokens_per_second: per_second(decode_steps, decode_time),
+    })
+}

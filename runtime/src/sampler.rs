@@ -1,0 +1,202 @@
+//! Choosing the next token from logits: greedy, or seeded temperature / top-k / top-p sampling.
+//!
+//! Random sampling is deterministic given the seed. The generator is xoshiro256** (Blackman and
+//! Vigna), its 256-bit state filled by four successive outputs of splitmix64 started at the seed.
+//! One draw per sampled token: `u = (next_u64() >> 11) / 2^53`, uniform in `[0, 1)`.
+//!
+//! Order of operations (as transformers' logits warpers): divide logits by the temperature,
+//! keep the `top_k` largest, softmax (in f64), keep the smallest prefix (by descending
+//! probability) whose mass is at least `top_p`, then draw from the kept tokens in proportion to
+//! their probabilities. Ties are broken by the lower token id, so `top_k = 1` is greedy.
+
+/// Why sampling failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SamplerError {
+    #[error("no logits to sample from")]
+    EmptyLogits,
+    #[error("logit of token {0} is NaN")]
+    NanLogit(usize),
+    #[error("temperature must be finite and >= 0, got {0}")]
+    Temperature(f32),
+    #[error("top_p must be in (0, 1], got {0}")]
+    TopP(f32),
+}
+
+/// How to pick tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplerConfig {
+    /// `0.0` means greedy (argmax), and the other fields are ignored.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; `0` disables the filter.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p`; `1.0` disables it.
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl SamplerConfig {
+    /// Always the most likely token (lowest id on ties).
+    pub fn greedy() -> SamplerConfig {
+        SamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig::greedy()
+    }
+}
+
+/// xoshiro256**, seeded through splitmix64 (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct Xoshiro256 {
+    s: [u64; 4],
+}
+
+impl Xoshiro256 {
+    pub fn seed_from_u64(seed: u64) -> Xoshiro256 {
+        let mut sm = seed;
+        let mut next = || {
+            sm = sm.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = sm;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Xoshiro256 {
+            s: [next(), next(), next(), next()],
+        }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.s;
+        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// The most likely token; ties go to the lowest id.
+pub fn argmax(logits: &[f32]) -> Result<u32, SamplerError> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in logits.iter().enumerate() {
+        if v.is_nan() {
+            return Err(SamplerError::NanLogit(i));
+        }
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i as u32).ok_or(SamplerError::EmptyLogits)
+}
+
+/// A sampler: its configuration plus the generator state.
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    cfg: SamplerConfig,
+    rng: Xoshiro256,
+}
+
+impl Sampler {
+    pub fn new(cfg: SamplerConfig) -> Result<Sampler, SamplerError> {
+        if !(cfg.temperature.is_finite() && cfg.temperature >= 0.0) {
+            return Err(SamplerError::Temperature(cfg.temperature));
+        }
+        if !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
+            return Err(SamplerError::TopP(cfg.top_p));
+        }
+        let rng = Xoshiro256::seed_from_u64(cfg.seed);
+        Ok(Sampler { cfg, rng })
+    }
+
+    pub fn config(&self) -> &SamplerConfig {
+        &self.cfg
+    }
+
+    /// Picks the next token.
+    pub fn sample(&mut self, logits: &[f32]) -> Result<u32, SamplerError> {
+        if self.cfg.is_greedy() {
+            return argmax(logits);
+        }
+        let kept = self.candidates(logits)?;
+        let total: f64 = kept.iter().map(|&(_, p)| p).sum();
+        let target = self.rng.next_f64() * total;
+        let mut cum = 0.0;
+        for &(id, p) in &kept {
+            cum += p;
+            if cum > target {
+                return Ok(id);
+            }
+        }
+        // Rounding can leave `target` at the very top; the last kept token takes it.
+        Ok(kept
+            .last()
+            .map(|&(id, _)| id)
+            .ok_or(SamplerError::EmptyLogits)?)
+    }
+
+    /// The tokens that survive temperature, top-k and top-p, with their probabilities (not
+    /// renormalized after top-p), most likely first.
+    pub fn candidates(&self, logits: &[f32]) -> Result<Vec<(u32, f64)>, SamplerError> {
+        if logits.is_empty() {
+            return Err(SamplerError::EmptyLogits);
+        }
+        if let Some(i) = logits.iter().position(|v| v.is_nan()) {
+            return Err(SamplerError::NanLogit(i));
+        }
+        let t = self.cfg.temperature as f64;
+        let mut order: Vec<(u32, f64)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (i as u32, v as f64 / t))
+            .collect();
+        // Descending by scaled logit, ascending id on ties: a total, deterministic order.
+        order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if self.cfg.top_k > 0 {
+            order.truncate(self.cfg.top_k);
+        }
+        let max = order[0].1;
+        let mut z = 0.0;
+        for e in order.iter_mut() {
+            e.1 = (e.1 - max).exp();
+            z += e.1;
+        }
+        for e in order.iter_mut() {
+            e.1 /= z;
+        }
+        if self.cfg.top_p < 1.0 {
+            let p = self.cfg.top_p as f64;
+            let mut cum = 0.0;
+            let mut keep = order.len();
+            for (i, e) in order.iter().enumerate() {
+                cum += e.1;
+                if cum >= p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            order.truncate(keep);
+        }
+        Ok(order)
+    }
+}

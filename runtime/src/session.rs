@@ -1,0 +1,85 @@
+//! A generation session: a model plus its own KV cache, advanced by prefill and decode calls.
+
+use crate::forward::{Logits, Tracer};
+use crate::kv_cache::KvCache;
+use crate::model::{Model, ModelError};
+
+/// Incremental inference over one sequence. Logits are bit-identical to
+/// [`Model::forward_all`] on the whole sequence, however the sequence is split into calls.
+#[derive(Debug)]
+pub struct Session<'m> {
+    model: &'m Model,
+    cache: KvCache,
+}
+
+impl Model {
+    /// A session whose cache holds `capacity` positions (prompt plus generated tokens).
+    pub fn session(&self, capacity: usize) -> Result<Session<'_>, ModelError> {
+        Ok(Session {
+            model: self,
+            cache: KvCache::new(&self.cfg, capacity)?,
+        })
+    }
+}
+
+impl<'m> Session<'m> {
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// Number of tokens processed so far: the position the next token gets.
+    pub fn position(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// Forgets the sequence; the cache storage is kept.
+    pub fn reset(&mut self) {
+        self.cache.clear();
+    }
+
+    /// Processes `tokens` in one batched pass; returns the logits of the last one.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        self.model
+            .forward_tokens(&mut self.cache, tokens, Logits::Last, None)
+    }
+
+    /// Processes `tokens` in one batched pass; returns the logits of every one of them.
+    pub fn prefill_all(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let flat = self
+            .model
+            .forward_tokens(&mut self.cache, tokens, Logits::All, None)?;
+        Ok(flat
+            .chunks_exact(self.model.lm_head().rows)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    /// [`Session::prefill_all`], calling `tracer` with every intermediate tensor.
+    pub fn prefill_traced(
+        &mut self,
+        tokens: &[u32],
+        tracer: &mut Tracer<'_>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let flat = self
+            .model
+            .forward_tokens(&mut self.cache, tokens, Logits::All, Some(tracer))?;
+        Ok(flat
+            .chunks_exact(self.model.lm_head().rows)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    /// Processes one token; returns its logits.
+    pub fn decode(&mut self, token: u32) -> Result<Vec<f32>, ModelError> {
+        self.model
+            .forward_tokens(&mut self.cache, &[token], Logits::Last, None)
+    }
+}

@@ -1,0 +1,92 @@
+//! Shared helpers for the integration tests: the `cllm` binary, synthetic fixture folders, the
+//! reference data in `../shared`, and the real model (fetched on first use).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `../shared/reference/smollm2-135m`: figures from Hugging Face transformers for the real model.
+pub fn reference_dir() -> PathBuf {
+    root().join("../shared/reference/smollm2-135m")
+}
+
+/// The `cllm` binary of the same profile as this test, built on first use.
+pub fn cllm_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // Test executables live in target/<profile>/deps/.
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "cllm", "--bin", "cllm"])
+            .current_dir(root());
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("running cargo build for the cllm binary");
+        assert!(status.success(), "building the cllm binary failed");
+        profile_dir.join("cllm")
+    })
+    .clone()
+}
+
+/// Runs `cllm ARGS` and returns its output.
+pub fn cllm(args: &[&str]) -> Output {
+    Command::new(cllm_bin())
+        .args(args)
+        .output()
+        .expect("running cllm")
+}
+
+/// Runs `cllm ARGS`, asserts it succeeded, returns stdout.
+pub fn cllm_ok(args: &[&str]) -> String {
+    let out = cllm(args);
+    assert!(
+        out.status.success(),
+        "cllm {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// Writes a synthetic fixture model into `dir/name` and returns its path.
+pub fn synth_model(
+    dir: &Path,
+    shape: &str,
+    dtype: cllm_format::Dtype,
+    shards: usize,
+    seed: u64,
+) -> PathBuf {
+    let out = dir.join(format!("{shape}-{}-{shards}-{seed}", dtype.name()));
+    let sh = cllm_fixtures::shape(shape).unwrap_or_else(|| panic!("no fixture shape {shape}"));
+    let opts = cllm_fixtures::SynthOptions {
+        dtype,
+        seed,
+        shards,
+        ..cllm_fixtures::SynthOptions::default()
+    };
+    cllm_fixtures::write_model(&sh, &opts, &out).expect("writing fixture model");
+    out
+}
+
+/// A path as a `&str` for command lines.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}

@@ -1,0 +1,527 @@
+//! The independent Python reader (spec/cllm_reader.py, written from spec/FORMAT.md alone) against
+//! the Rust reader, on containers packed here with every codec: same names, dtypes, shapes and
+//! codecs, the same decoded bytes (SHA-256) for lossless tensors and the same dequantized f32
+//! values, bit for bit, for int8 and int4. Then corrupt files: the Python CLI must fail cleanly.
+//!
+//! Needs python3 with spec/requirements.txt installed; without them this test fails (on purpose).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use cllm_format::codec::Encoding;
+use cllm_format::{
+    pack, tensor, Codec, Container, Dtype, Limits, PackInput, PackOptions, Policy, Preset, Quant,
+    SourceTensor,
+};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const READER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/cllm_reader.py");
+const INSTALL: &str = "pip install -r spec/requirements.txt";
+const FRAME: usize = 4096;
+
+fn python(args: &[&str]) -> Output {
+    Command::new("python3")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("python3 cannot be run ({e}): install Python 3.11, then run `{INSTALL}`")
+        })
+}
+
+/// Fails, not skips, when the reader's packages are missing: checksums must be checked here.
+fn require_python() {
+    let out = python(&["-c", "import numpy, zstandard, xxhash"]);
+    assert!(
+        out.status.success(),
+        "python3 lacks the reader's packages; run `{INSTALL}`:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn reader(file: &Path, args: &[&str]) -> Output {
+    let mut all = vec![READER, file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    python(&all)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn sha256(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            (((i as u32).wrapping_mul(2654435761) ^ seed) as f32 / u32::MAX as f32 - 0.5) * 0.04
+        })
+        .collect()
+}
+
+fn encode(dtype: Dtype, v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    cllm_format::quant::from_f32(dtype, v, &mut out);
+    out
+}
+
+/// A small model: every float dtype, 0-D, 1-D, empty, integer tensors, and a tensor of many frames.
+fn model() -> Vec<(String, Dtype, Vec<u64>, Vec<u8>)> {
+    let specials = [
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1e-40,
+        -65504.0,
+        3.5,
+    ];
+    let mut norm = values(64, 7);
+    norm[..specials.len()].copy_from_slice(&specials);
+    let mut halfs = values(33, 8);
+    halfs[..specials.len()].copy_from_slice(&specials);
+    let t = |n: &str, d: Dtype, s: &[u64], b: Vec<u8>| (n.to_string(), d, s.to_vec(), b);
+    vec![
+        t(
+            "model.embed_tokens.weight",
+            Dtype::Bf16,
+            &[40, 64],
+            encode(Dtype::Bf16, &values(40 * 64, 1)),
+        ),
+        t(
+            "model.layers.0.mlp.down_proj.weight",
+            Dtype::F16,
+            &[64, 128],
+            encode(Dtype::F16, &values(64 * 128, 2)),
+        ),
+        // 96 KiB: 24 frames lossless, 6 as int8, 3 as int4.
+        t(
+            "model.layers.0.mlp.gate_proj.weight",
+            Dtype::F32,
+            &[96, 256],
+            encode(Dtype::F32, &values(96 * 256, 3)),
+        ),
+        t(
+            "model.layers.0.mlp.up_proj.weight",
+            Dtype::Bf16,
+            &[128, 64],
+            encode(Dtype::Bf16, &values(128 * 64, 4)),
+        ),
+        t(
+            "model.layers.0.self_attn.q_proj.weight",
+            Dtype::F32,
+            &[64, 64],
+            encode(Dtype::F32, &values(64 * 64, 5)),
+        ),
+        t(
+            "model.layers.1.mlp.down_proj.weight",
+            Dtype::Bf16,
+            &[0, 64],
+            Vec::new(),
+        ),
+        t(
+            "model.layers.1.norm.weight",
+            Dtype::F16,
+            &[33],
+            encode(Dtype::F16, &halfs),
+        ),
+        t(
+            "model.mask",
+            Dtype::U8,
+            &[13],
+            (0..13u8).map(|i| i * 19).collect(),
+        ),
+        t(
+            "model.norm.weight",
+            Dtype::F32,
+            &[64],
+            encode(Dtype::F32, &norm),
+        ),
+        t(
+            "model.positions",
+            Dtype::I32,
+            &[10, 3],
+            (0..30i32).flat_map(|i| (i * -7919).to_le_bytes()).collect(),
+        ),
+        t(
+            "model.scalar",
+            Dtype::F32,
+            &[],
+            0.125f32.to_le_bytes().to_vec(),
+        ),
+    ]
+}
+
+fn pack_to_file(policy: Policy) -> tempfile::NamedTempFile {
+    let m = model();
+    let tokenizer: Vec<u8> = (0..20_000u32)
+        .flat_map(|i| format!("{} ", i * 31 % 977).into_bytes())
+        .collect();
+    let input = PackInput {
+        tensors: m
+            .iter()
+            .map(|(n, d, s, b)| SourceTensor {
+                name: n.clone(),
+                dtype: *d,
+                shape: s.clone(),
+                bytes: b,
+            })
+            .collect(),
+        files: vec![
+            ("config.json".into(), b"{\"model_type\":\"llama\"}".to_vec()),
+            ("tokenizer.json".into(), tokenizer),
+        ],
+        source_files: vec![],
+    };
+    let opts = PackOptions {
+        policy,
+        frame_size: FRAME,
+        ..PackOptions::default()
+    };
+    let mut out = Vec::new();
+    pack(&input, &opts, &mut out, &mut |_| {}).unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &out).unwrap();
+    file
+}
+
+/// Runs `--json` and compares every tensor with the Rust reader's view of the same file.
+fn compare(label: &str, policy: Policy, expect_quant: Option<Codec>) {
+    let file = pack_to_file(policy);
+    let bytes = std::fs::read(file.path()).unwrap();
+    let c = Container::open(&bytes, &Limits::default()).unwrap();
+    let out = reader(file.path(), &["--json"]);
+    assert!(
+        out.status.success(),
+        "{label}: python reader failed:\n{}",
+        stderr(&out)
+    );
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{label}: --json output is not JSON ({e})"));
+    assert_eq!(listed.len(), c.tensors().len(), "{label}: tensor count");
+    let sources = model();
+    let mut multi_frame = false;
+    for (i, (t, p)) in c.tensors().iter().zip(&listed).enumerate() {
+        let at = format!("{label}: {}", t.name);
+        assert_eq!(p["name"], json!(t.name), "{at}");
+        assert_eq!(p["dtype"], json!(t.dtype.name()), "{at}");
+        assert_eq!(p["shape"], json!(t.shape), "{at}");
+        assert_eq!(p["codec"], json!(t.codec), "{at}");
+        assert_eq!(p["group_size"], json!(t.group_size), "{at}");
+        assert_eq!(p["stored_bytes"], json!(t.stored_bytes()), "{at}");
+        multi_frame |= t.streams.iter().any(|s| s.frames.len() > 1);
+        let codec = c.codec(i);
+        let src = &sources.iter().find(|s| s.0 == t.name).unwrap().3;
+        if codec.is_lossless() {
+            let rust = c.tensor_source_bytes(i).unwrap();
+            assert_eq!(&rust, src, "{at}: Rust round trip");
+            assert_eq!(
+                p["sha256"],
+                json!(sha256(&rust)),
+                "{at}: decoded bytes differ"
+            );
+        } else {
+            if let Some(q) = expect_quant {
+                assert_eq!(codec, q, "{at}");
+            }
+            let deq = tensor::dequantize(codec, &t.shape, &c.decode_tensor(i).unwrap());
+            assert_eq!(
+                p["dequant_sha256"],
+                json!(sha256(&f32_bytes(&deq))),
+                "{at}: dequantized values differ"
+            );
+        }
+    }
+    assert!(multi_frame, "{label}: no tensor needed several frames");
+    if let Some(q) = expect_quant {
+        let n = c
+            .tensors()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| c.codec(*i) == q)
+            .count();
+        assert_eq!(n, 5, "{label}: the five projections are {q}");
+        // The dequantized f32 values themselves, bit for bit, through --dump.
+        let name = "model.layers.0.mlp.gate_proj.weight";
+        let i = c.find(name).unwrap();
+        let dump = tempfile::NamedTempFile::new().unwrap();
+        let out = reader(
+            file.path(),
+            &["--dump", name, dump.path().to_str().unwrap()],
+        );
+        assert!(
+            out.status.success(),
+            "{label}: --dump failed:\n{}",
+            stderr(&out)
+        );
+        let deq = tensor::dequantize(
+            c.codec(i),
+            &c.tensors()[i].shape,
+            &c.decode_tensor(i).unwrap(),
+        );
+        let py = std::fs::read(dump.path()).unwrap();
+        assert_eq!(py.len(), deq.len() * 4, "{label}: dump length");
+        for (k, (a, b)) in py.chunks_exact(4).zip(&deq).enumerate() {
+            let a = u32::from_le_bytes(a.try_into().unwrap());
+            assert_eq!(
+                a,
+                b.to_bits(),
+                "{label}: {name} element {k}: {} vs {b}",
+                f32::from_bits(a)
+            );
+        }
+    }
+    let out = reader(file.path(), &["--verify"]);
+    assert!(
+        out.status.success(),
+        "{label}: --verify failed:\n{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn python_reader_agrees_with_rust_on_every_codec() {
+    require_python();
+    for lossless in [Codec::Raw, Codec::Zstd, Codec::ZstdBp] {
+        let policy = Policy {
+            lossless,
+            ..Policy::default()
+        };
+        compare(&format!("lossless {lossless}"), policy, None);
+    }
+    let quants = [
+        (Quant::Int8, 64, Codec::Int8),
+        (Quant::Int4, 32, Codec::Int4 { group_size: 32 }),
+        (Quant::Int4, 64, Codec::Int4 { group_size: 64 }),
+    ];
+    for (quant, group_size, codec) in quants {
+        let policy = Policy {
+            preset: Preset::AllLinear,
+            quant,
+            group_size,
+            ..Policy::default()
+        };
+        compare(&format!("all-linear {codec}"), policy, Some(codec));
+    }
+}
+
+/// A failure of the CLI: exit status 1, a message, no Python traceback.
+fn assert_clean_failure(file: &Path, args: &[&str], what: &str, expect: &str) {
+    let out = reader(file, args);
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{what}: expected exit 1, stderr:\n{err}"
+    );
+    assert!(
+        !err.contains("Traceback"),
+        "{what}: the reader crashed:\n{err}"
+    );
+    assert!(
+        err.contains(expect),
+        "{what}: stderr lacks '{expect}':\n{err}"
+    );
+}
+
+#[test]
+fn python_reader_rejects_every_single_byte_change() {
+    require_python();
+    let policy = Policy {
+        preset: Preset::AllLinear,
+        quant: Quant::Int4,
+        group_size: 32,
+        ..Policy::default()
+    };
+    let file = pack_to_file(policy);
+    let good = std::fs::read(file.path()).unwrap();
+    let c = Container::open(&good, &Limits::default()).unwrap();
+    let first = &c.tensors()[0];
+    let frame0 = first.streams[0].frames[0];
+    let index_at = c.framing.index_offset as usize;
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = good.clone();
+        f(&mut b);
+        std::fs::write(bad.path(), &b).unwrap();
+    };
+
+    with(&|b| b[frame0.offset as usize + 3] ^= 0x10);
+    let named = format!("tensor {} stream data frame 0", first.name);
+    assert_clean_failure(bad.path(), &["--json"], "frame byte", &named);
+    with(&|b| b[index_at + 20] ^= 0x01);
+    assert_clean_failure(bad.path(), &["--list"], "index byte", "checksum");
+    with(&|b| b.truncate(b.len() - 7));
+    assert_clean_failure(bad.path(), &["--list"], "truncated", "end magic");
+    with(&|b| b.truncate(40));
+    assert_clean_failure(bad.path(), &["--list"], "tiny", "shorter than");
+    with(&|b| b[8] = 2);
+    assert_clean_failure(bad.path(), &["--list"], "major 2", "major version 2");
+    assert_clean_failure(
+        file.path(),
+        &["--dump", "no.such.tensor", "/dev/null"],
+        "unknown tensor",
+        "no.such.tensor",
+    );
+
+    // Spec section 5: any single changed byte is detected. Sample positions over every region:
+    // preamble, padding, frames of every stream, the index and the footer.
+    let mut positions: Vec<usize> = (0..16).chain([20, 63, index_at - 1]).collect();
+    positions.extend((64..good.len()).step_by(good.len() / 30));
+    positions.extend(good.len() - 32..good.len());
+    positions.extend([index_at, index_at + 1, (index_at + good.len()) / 2]);
+    for &p in &positions {
+        with(&|b| b[p] ^= 0x41);
+        let out = reader(bad.path(), &["--verify"]);
+        let err = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "byte {p} changed went unnoticed: {err}"
+        );
+        assert!(
+            !err.contains("Traceback") && err.starts_with("error: "),
+            "byte {p}:\n{err}"
+        );
+    }
+}
+
+/// A container of one u8 tensor `t` of `declared` bytes (codec zstd, one frame of `stored` bytes)
+/// and a config.json, laid out by hand.
+fn craft(stored: &[u8], declared: usize) -> Vec<u8> {
+    use cllm_format::hash::{xxh3_128_hex, xxh3_64_hex};
+    use cllm_format::layout::{align_up, footer, preamble};
+    let config = b"{}".to_vec();
+    let config_frame = cllm_format::encoding::encode_frame(Encoding::Zstd, &config, 3).unwrap();
+    let mut file = preamble(1, 0).to_vec();
+    file.resize(64, 0);
+    let mut frame = |b: &[u8], decoded: usize| {
+        let offset = file.len();
+        file.extend_from_slice(b);
+        file.resize(align_up(file.len() as u64).unwrap() as usize, 0);
+        json!({"offset": offset, "stored": b.len(), "decoded": decoded, "xxh3": xxh3_64_hex(b)})
+    };
+    let f0 = frame(stored, declared);
+    let f1 = frame(&config_frame, config.len());
+    let hash = xxh3_128_hex(&vec![0u8; declared]);
+    let index = json!({
+        "format": "cllm", "version": [1, 0], "alignment": 64,
+        "tensors": [{"name": "t", "dtype": "u8", "shape": [declared], "codec": "zstd",
+                     "source_xxh3": hash,
+                     "streams": [{"role": "data", "len": declared, "xxh3": hash, "frames": [f0]}]}],
+        "files": [{"name": "config.json", "len": config.len(), "xxh3": xxh3_128_hex(&config), "frames": [f1]}],
+    });
+    let index = serde_json::to_vec(&index).unwrap();
+    let at = file.len() as u64;
+    file.extend_from_slice(&index);
+    file.extend_from_slice(&footer(at, &index, &preamble(1, 0)));
+    file
+}
+
+#[test]
+fn python_reader_bounds_zstd_output() {
+    require_python();
+    let zstd =
+        |n: usize| cllm_format::encoding::encode_frame(Encoding::Zstd, &vec![0u8; n], 3).unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let check = |bytes: Vec<u8>, rust_ok: bool, what: &str, expect: &str| {
+        std::fs::write(file.path(), &bytes).unwrap();
+        let c = Container::open(&bytes, &Limits::default()).unwrap();
+        assert_eq!(
+            c.tensor_source_bytes(0).is_ok(),
+            rust_ok,
+            "{what}: the Rust reader"
+        );
+        let out = reader(file.path(), &["--list"]);
+        assert!(
+            out.status.success(),
+            "{what}: the layout is valid:\n{}",
+            stderr(&out)
+        );
+        if rust_ok {
+            let out = reader(file.path(), &["--json"]);
+            assert!(out.status.success(), "{what}:\n{}", stderr(&out));
+        } else {
+            assert_clean_failure(file.path(), &["--json"], what, expect);
+        }
+    };
+    check(craft(&zstd(4096), 4096), true, "a well-formed frame", "");
+    // 1 MiB of zeros compresses to a few dozen bytes: a frame that declares 4 KiB must stop there.
+    check(
+        craft(&zstd(1 << 20), 4096),
+        false,
+        "a zstd bomb",
+        "inflates past its declared 4096 bytes",
+    );
+    check(
+        craft(&zstd(1000), 4096),
+        false,
+        "a short frame",
+        "decodes to 1000 bytes",
+    );
+    let mut cut = zstd(4096);
+    cut.truncate(cut.len() - 2);
+    check(
+        craft(&cut, 4096),
+        false,
+        "a cut frame",
+        "tensor t stream data frame 0",
+    );
+}
+
+#[test]
+fn zz_tmp_experiment() {
+    std::fs::create_dir_all("/tmp/pyr").unwrap();
+    for (n, p) in [
+        ("bp", Policy::default()),
+        (
+            "int8",
+            Policy {
+                preset: Preset::AllLinear,
+                ..Policy::default()
+            },
+        ),
+        (
+            "int4",
+            Policy {
+                preset: Preset::AllLinear,
+                quant: Quant::Int4,
+                group_size: 32,
+                ..Policy::default()
+            },
+        ),
+    ] {
+        let f = pack_to_file(p);
+        std::fs::copy(f.path(), format!("/tmp/pyr/{n}.cllm")).unwrap();
+    }
+    let zstd =
+        |n: usize| cllm_format::encoding::encode_frame(Encoding::Zstd, &vec![0u8; n], 3).unwrap();
+    let mut two = zstd(2048);
+    two.extend(zstd(2048));
+    let b = craft(&two, 4096);
+    std::fs::write("/tmp/pyr/two.cllm", &b).unwrap();
+    let c = Container::open(&b, &Limits::default()).unwrap();
+    eprintln!(
+        "RUST two frames: {:?}",
+        c.tensor_source_bytes(0).map(|v| v.len())
+    );
+    let mut skip = zstd(4096);
+    skip.extend([0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4]);
+    let b = craft(&skip, 4096);
+    std::fs::write("/tmp/pyr/skip.cllm", &b).unwrap();
+    let c = Container::open(&b, &Limits::default()).unwrap();
+    eprintln!(
+        "RUST trailing skippable frame: {:?}",
+        c.tensor_source_bytes(0).map(|v| v.len())
+    );
+}
