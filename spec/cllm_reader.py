@@ -112,6 +112,13 @@ def _bad_constant(c):
     raise CllmError(f"index: {c} is not JSON (RFC 8259)")
 
 
+def _finite_float(text):
+    v = float(text)
+    if v in (float("inf"), float("-inf")):
+        raise CllmError(f"index: number {text[:40]} is out of range")
+    return v
+
+
 def _get(obj, key, kind, where):
     """obj[key], checked to be of `kind` ('int' means 0 <= n < 2**64, 'hex16', 'hex32')."""
     if not isinstance(obj, dict):
@@ -126,8 +133,9 @@ def _get(obj, key, kind, where):
     else:
         ok = isinstance(v, kind)
     if not ok:
-        raise CllmError(f"{where}: member '{key}' is {json.dumps(v)[:80]}, not a valid "
-                        f"{kind if isinstance(kind, str) else kind.__name__}")
+        want = {"int": "u64", "hex16": "16 lowercase hex digits", "hex32": "32 lowercase hex "
+                "digits", str: "string", list: "list"}[kind]
+        raise CllmError(f"{where}: member '{key}' is {json.dumps(v)[:80]}, not a {want}")
     return v
 
 
@@ -281,7 +289,15 @@ class Container:
         """Section 3: every member the reader uses, and the frame layout of 3.4."""
         try:
             ix = json.loads(self._index_bytes.decode("utf-8"), object_pairs_hook=_no_duplicates,
-                            parse_constant=_bad_constant)
+                            parse_constant=_bad_constant, parse_float=_finite_float)
+            json.dumps(ix, ensure_ascii=False).encode("utf-8")  # no lone surrogate (\ud800)
+        except CllmError:
+            raise
+        except RecursionError:
+            raise CllmError("index is nested too deeply") from None
+        except UnicodeEncodeError:
+            raise CllmError("index is not valid JSON: a string holds a lone UTF-16 surrogate "
+                            "escape") from None
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise CllmError(f"index is not valid JSON: {e}") from None
         self.index = ix
@@ -301,10 +317,7 @@ class Container:
         for i, t in enumerate(tensors):
             name = _get(t, "name", str, f"tensor #{i}")
             where = f"tensor {name}"
-            try:
-                key = name.encode("utf-8")
-            except UnicodeEncodeError:
-                raise CllmError(f"tensor #{i}: name is not valid UTF-8") from None
+            key = name.encode("utf-8")
             if not 1 <= len(key) <= LIMITS["name_len"]:
                 raise CllmError(f"tensor #{i}: name of {len(key)} bytes (1 to 1024 allowed)")
             if prev is not None and prev >= key:
@@ -332,8 +345,6 @@ class Container:
                 raise CllmError(f"{where}: codec {codec} has {len(specs)} streams, the index "
                                 f"lists {len(entries)}")
             streams = [self._check_stream(where, s, *spec) for s, spec in zip(entries, specs)]
-            if codec in LOSSLESS and src != streams[0].xxh3:
-                raise CllmError(f"{where}: source_xxh3 differs from the data stream's hash")
             self.tensors[name] = TensorInfo(
                 name, dtype, tuple(shape), codec, sum(f.stored for s in streams for f in s.frames),
                 gs, src, streams)
@@ -359,7 +370,7 @@ class Container:
         if tensor and _get(s, "role", str, where) != role:
             raise CllmError(f"{where}: the index names the stream '{s['role']}' there")
         if _get(s, "len", "int", where) != length:
-            raise CllmError(f"{where}: is {s['len']} bytes, dtype and shape make it {length}")
+            raise CllmError(f"{where}: len is {s['len']}, dtype and shape make it {length}")
         h = _get(s, "xxh3", "hex32", where)
         entries = _get(s, "frames", list, where)
         if len(entries) > LIMITS["frames"]:
@@ -421,6 +432,9 @@ class Container:
     def decode_streams(self, name):
         """Every stream of a tensor, decoded and checked, as bytearrays (role -> bytes)."""
         t = self._tensor(name)
+        if t.codec in LOSSLESS and t.source_xxh3 != t.streams[0].xxh3:
+            raise CllmError(f"tensor {name}: source_xxh3 differs from the hash of its lossless "
+                            f"data stream")
         return {s.role: self._decode_stream(f"tensor {name}", s) for s in t.streams}
 
     def decode_bytes(self, name):
@@ -438,6 +452,11 @@ class Container:
         st = self.decode_streams(name)
         if t.codec in LOSSLESS:
             return np.frombuffer(st["data"], DTYPES[t.dtype][1]).reshape(t.shape)
+        with np.errstate(all="ignore"):  # inf - inf etc. from odd scales: values, not errors
+            return self._dequantize(t, st)
+
+    @staticmethod
+    def _dequantize(t, st):
         rows, cols = t.shape
         if t.codec == "int8":
             q = np.frombuffer(st["data"], np.int8).reshape(rows, cols)

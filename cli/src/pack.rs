@@ -147,26 +147,9 @@ pub fn run(a: PackArgs) -> CmdResult {
         .output
         .clone()
         .expect("clap requires --output without --dry-run");
-    let total: u64 = input.tensors.iter().map(|t| t.bytes.len() as u64).sum();
-    let bar = bytes_bar(
-        total,
-        a.quiet,
-        "{spinner} packing [{bar:30}] {bytes}/{total_bytes} {msg} eta {eta}",
-    );
     let start = Instant::now();
-    let summary = crate::atomic::write_file(&out, |w| {
-        Ok(pack(&input, &opts, w, &mut |p| {
-            bar.set_position(p.source_done);
-            if p.written > 0 {
-                bar.set_message(format!(
-                    "ratio {:.3}",
-                    p.source_done as f64 / p.written as f64
-                ));
-            }
-        })
-        .with_context(|| format!("packing {}", a.model_dir.display()))?)
-    })?;
-    bar.finish_and_clear();
+    let summary = pack_to_file(&input, &opts, &out, a.quiet)
+        .with_context(|| format!("packing {}", a.model_dir.display()))?;
     let secs = start.elapsed().as_secs_f64();
     let ratio = summary.source_bytes as f64 / summary.file_len as f64;
     let mut quantized = 0;
@@ -203,6 +186,31 @@ pub fn run(a: PackArgs) -> CmdResult {
         );
     }
     Ok(())
+}
+
+/// Packs into `out` atomically, with a progress bar unless `quiet`.
+pub fn pack_to_file(
+    input: &PackInput<'_>,
+    opts: &PackOptions,
+    out: &std::path::Path,
+    quiet: bool,
+) -> anyhow::Result<cllm_format::PackSummary> {
+    let total: u64 = input.tensors.iter().map(|t| t.bytes.len() as u64).sum();
+    let bar = bytes_bar(
+        total,
+        quiet,
+        "{spinner} packing [{bar:30}] {bytes}/{total_bytes} {msg} eta {eta}",
+    );
+    let summary = crate::atomic::write_file(out, |w| {
+        Ok(pack(input, opts, w, &mut |p| {
+            bar.set_position(p.source_done);
+            if p.written > 0 {
+                bar.set_message(format!("ratio {:.3}", p.source_done as f64 / p.written as f64));
+            }
+        })?)
+    })?;
+    bar.finish_and_clear();
+    Ok(summary)
 }
 
 fn dry_run(input: &PackInput<'_>, opts: &PackOptions, as_json: bool) -> CmdResult {

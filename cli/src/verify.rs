@@ -180,21 +180,22 @@ pub fn compare_with_source(
     Ok(rep)
 }
 
-pub fn run(a: VerifyArgs) -> CmdResult {
+/// Verifies a container, and compares it with its source folder when given.
+pub fn build_report(path: &Path, against: Option<&Path>) -> Result<Report, Failure> {
     let start = Instant::now();
-    let bytes = open_mmap(&a.file)?;
-    let c = open_container(&a.file, &bytes)?;
+    let bytes = open_mmap(path)?;
+    let c = open_container(path, &bytes)?;
     let r = verify(&c, 256 << 20);
     let mut failures = r.failures.clone();
-    let against = match &a.against {
+    let against = match against {
         Some(dir) => {
             let folder = HfFolder::open(dir)?;
             Some(compare_with_source(&c, &folder, &mut failures)?)
         }
         None => None,
     };
-    let report = Report {
-        file: a.file.display().to_string(),
+    Ok(Report {
+        file: path.display().to_string(),
         ok: failures.is_empty(),
         version: [c.framing.major, c.framing.minor],
         tensors: r.tensors,
@@ -204,7 +205,11 @@ pub fn run(a: VerifyArgs) -> CmdResult {
         seconds: start.elapsed().as_secs_f64(),
         failures,
         against,
-    };
+    })
+}
+
+pub fn run(a: VerifyArgs) -> CmdResult {
+    let report = build_report(&a.file, a.against.as_deref())?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

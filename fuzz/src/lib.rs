@@ -144,7 +144,7 @@ pub fn fix_all_hashes(bytes: &[u8]) -> Option<Vec<u8>> {
     // 2. Stream hashes: decode what opens and hash it.
     let c = Container::open(&first, &small_limits()).ok()?;
     let mut index: Value = serde_json::from_slice(&first[off..first.len() - 32]).ok()?;
-    let mut stream_hash = |owner: &str, role: &str, frames: &[cllm_format::index::FrameEntry], enc: Encoding| {
+    let stream_hash = |owner: &str, role: &str, frames: &[cllm_format::index::FrameEntry], enc: Encoding| {
         let mut h = Hasher128::default();
         let mut scratch = Vec::new();
         for (i, f) in frames.iter().enumerate() {

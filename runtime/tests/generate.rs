@@ -37,14 +37,16 @@ fn stops_at_eos_and_sampling_is_reproducible() {
     let first = generate(&m, &prompt, &GenerateOptions::greedy(&m, 3), |_| {})
         .unwrap()
         .generated_ids;
+    let eos = first[2];
+    let k = first.iter().position(|&t| t == eos).unwrap();
     let opts = GenerateOptions {
         max_new_tokens: 20,
         sampler: SamplerConfig::greedy(),
-        eos_token_ids: vec![first[1]],
+        eos_token_ids: vec![eos],
     };
     let r = generate(&m, &prompt, &opts, |_| {}).unwrap();
-    assert_eq!(r.generated_ids, first[..2]);
-    assert_eq!(r.stop_reason, StopReason::Eos(first[1]));
+    assert_eq!(r.generated_ids, first[..=k]);
+    assert_eq!(r.stop_reason, StopReason::Eos(eos));
 
     let opts = GenerateOptions {
         max_new_tokens: 15,

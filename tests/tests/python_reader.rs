@@ -525,3 +525,29 @@ fn zz_tmp_experiment() {
         c.tensor_source_bytes(0).map(|v| v.len())
     );
 }
+
+#[test]
+fn zz_tmp_differential() {
+    let mut out = serde_json::Map::new();
+    let mut names: Vec<_> = std::fs::read_dir("/tmp/fz/corpus").unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    for p in names {
+        let b = std::fs::read(&p).unwrap();
+        let key = p.file_stem().unwrap().to_str().unwrap().to_string();
+        let v = match Container::open(&b, &Limits::default()) {
+            Err(e) => json!({"open": e.to_string(), "full": "n/a"}),
+            Ok(c) => {
+                let r = cllm_format::verify(&c, 1 << 20);
+                let mut full = if r.failures.is_empty() { "ok".to_string() } else { r.failures.join("; ") };
+                if full == "ok" {
+                    for i in 0..c.tensors().len() {
+                        if let Err(e) = c.tensor_source_bytes(i) { full = e.to_string(); break; }
+                    }
+                }
+                json!({"open": "ok", "full": full})
+            }
+        };
+        out.insert(key, v);
+    }
+    std::fs::write("/tmp/fz/rust_verdicts.json", serde_json::to_vec_pretty(&out).unwrap()).unwrap();
+}
