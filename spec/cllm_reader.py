@@ -6,11 +6,11 @@ It exists to show that the spec is enough for a stranger, and to cross-check the
 the footer checksum, every frame's XXH3-64 and every stream's XXH3-128 are checked; without it
 those checks are skipped (`Container.checksums` is False and the CLI says so on stderr).
 
-    c = open_container("model.cllm")        # checks preamble, footer, index and frame layout
-    c.list_tensors()                        # [TensorInfo(name, dtype, shape, codec, stored_bytes, ...)]
-    c.decode_bytes(name)                    # lossless: the exact source bytes
-    c.decode(name)                          # numpy array of the source dtype (lossless), or
-                                            # float32 (int8/int4, dequantized per 4.2/4.3)
+    c = open_container("model.cllm")  # checks preamble, footer, index and frame layout
+    c.list_tensors()                  # [TensorInfo(name, dtype, shape, codec, stored_bytes, ...)]
+    c.decode_bytes(name)              # lossless: the exact source bytes
+    c.decode(name)                    # numpy array of the source dtype (lossless), or float32
+                                      # (int8/int4, dequantized per sections 4.2 and 4.3)
 
 bf16 has no numpy dtype: `decode` returns a bf16 tensor as a uint16 array of its bit patterns
 (exact); `bf16_to_float32` widens it (exactly). Every problem with a file raises `CllmError`, a

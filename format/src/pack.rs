@@ -8,7 +8,7 @@ use std::io::Write;
 use rayon::prelude::*;
 
 use crate::codec::{Codec, Encoding};
-use crate::encoding::encode_frame;
+use crate::encoding::{encode_frame, Effort};
 use crate::error::{FormatError, Result};
 use crate::hash::Hasher128;
 use crate::index::{
@@ -84,6 +84,7 @@ struct Job {
     stream: usize,
     range: std::ops::Range<usize>,
     encoding: Encoding,
+    effort: Effort,
     /// Source bytes this frame accounts for (progress only).
     source_bytes: u64,
 }
@@ -210,6 +211,7 @@ pub fn pack<W: Write>(
                     source_bytes: share(&range),
                     range,
                     encoding: spec.encoding,
+                    effort: effort(p.codec, opts),
                 });
             }
         }
@@ -272,6 +274,7 @@ pub fn pack<W: Write>(
                 stream: 0,
                 range,
                 encoding: Encoding::Zstd,
+                effort: Effort::Level(opts.zstd_level),
                 source_bytes: 0,
             })
             .collect();
@@ -364,7 +367,7 @@ fn run_jobs<'s, W: Write>(
             .par_iter()
             .map(|job| {
                 let d = decoded(job);
-                let e = encode_frame(job.encoding, d.bytes(), opts.zstd_level);
+                let e = encode_frame(job.encoding, d.bytes(), job.effort);
                 (d, e)
             })
             .collect();
@@ -419,7 +422,7 @@ pub fn project(input: &PackInput<'_>, opts: &PackOptions) -> Result<Vec<Projecti
                     continue;
                 }
                 let sample = stream_range(t.dtype, &t.shape, &params, t.bytes, si, 0..n);
-                let stored = encode_frame(spec.encoding, &sample, opts.zstd_level)?.len();
+                let stored = encode_frame(spec.encoding, &sample, effort(codec, opts))?.len();
                 projected += (stored as u128 * spec.len as u128 / n as u128) as u64;
             }
             let mut entry = Projection {
@@ -439,4 +442,13 @@ pub fn project(input: &PackInput<'_>, opts: &PackOptions) -> Result<Vec<Projecti
             v.sort_by(|a, b| a.name.cmp(&b.name));
             v
         })
+}
+
+/// Float planes and quantized codes are coded for their symbol statistics; everything else at the
+/// configured zstd level.
+fn effort(codec: Codec, opts: &PackOptions) -> Effort {
+    match codec {
+        Codec::Raw | Codec::Zstd => Effort::Level(opts.zstd_level),
+        Codec::ZstdBp | Codec::Int8 | Codec::Int4 { .. } => Effort::Entropy,
+    }
 }

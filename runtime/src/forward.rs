@@ -64,6 +64,9 @@ impl TracePoint<'_> {
 /// A callback receiving every [`TracePoint`] of a forward pass.
 pub type Tracer<'t> = dyn FnMut(&TracePoint<'_>) + 't;
 
+/// Hidden states by layer, then position: `hidden[layer][position]` has `hidden_size` values.
+pub type HiddenStates = Vec<Vec<Vec<f32>>>;
+
 /// Which logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Logits {
@@ -276,7 +279,7 @@ impl Model {
     pub fn forward_all_hidden(
         &self,
         tokens: &[u32],
-    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<Vec<f32>>>), ModelError> {
+    ) -> Result<(Vec<Vec<f32>>, HiddenStates), ModelError> {
         let layers = self.cfg.num_hidden_layers;
         let mut hidden: Vec<Vec<Vec<f32>>> = vec![Vec::new(); layers];
         let logits = self.forward_all_traced(tokens, &mut |p: &TracePoint<'_>| {

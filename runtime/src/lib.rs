@@ -21,7 +21,7 @@ pub mod tokenizer;
 
 pub use chat::{ChatError, ChatMessage, ChatTemplate};
 pub use config::{Architecture, ConfigError, LlamaConfig};
-pub use forward::{TraceKind, TracePoint, Tracer};
+pub use forward::{HiddenStates, TraceKind, TracePoint, Tracer};
 pub use generate::{generate, GenerateError, GenerateOptions, GenerationResult, StopReason};
 pub use kv_cache::KvCache;
 pub use model::{Model, ModelError};

@@ -149,10 +149,9 @@ impl Sampler {
             }
         }
         // Rounding can leave `target` at the very top; the last kept token takes it.
-        Ok(kept
-            .last()
+        kept.last()
             .map(|&(id, _)| id)
-            .ok_or(SamplerError::EmptyLogits)?)
+            .ok_or(SamplerError::EmptyLogits)
     }
 
     /// The tokens that survive temperature, top-k and top-p, with their probabilities (not

@@ -5,7 +5,10 @@ use serde_json::json;
 
 /// GPT-2's byte-to-character table used by byte-level BPE.
 fn bytes_to_unicode() -> Vec<char> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -78,7 +81,10 @@ fn streaming_emits_only_complete_utf8() {
     for &id in &ids {
         match stream.push(id).unwrap() {
             Some(p) => {
-                assert!(!p.contains('\u{FFFD}'), "incomplete character emitted: {p:?}");
+                assert!(
+                    !p.contains('\u{FFFD}'),
+                    "incomplete character emitted: {p:?}"
+                );
                 pieces.push(p);
             }
             None => held += 1,
@@ -107,9 +113,15 @@ fn renders_smollm2_template_from_tokenizer_config() {
          <|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
     );
     let out = tpl
-        .render(&[ChatMessage::system("Be brief."), ChatMessage::user("Hi")], false)
+        .render(
+            &[ChatMessage::system("Be brief."), ChatMessage::user("Hi")],
+            false,
+        )
         .unwrap();
-    assert_eq!(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+    assert_eq!(
+        out,
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    );
 }
 
 #[test]
@@ -117,7 +129,9 @@ fn python_methods_block_trimming_and_special_token_variables() {
     // Block tags on their own lines vanish with their newline (trim_blocks + lstrip_blocks).
     let src = "{{ bos_token }}\n{% for m in messages %}\n    {% if m.role not in ['user', 'assistant'] %}{{ raise_exception('bad role ' + m.role) }}{% endif %}\n[{{ m.role.upper() }}] {{ m.content.strip() }}{{ eos_token }}\n{% endfor %}\n";
     let tpl = ChatTemplate::new(src, Some("<s>".into()), Some("</s>".into()));
-    let out = tpl.render(&[ChatMessage::user("  padded  ")], true).unwrap();
+    let out = tpl
+        .render(&[ChatMessage::user("  padded  ")], true)
+        .unwrap();
     assert_eq!(out, "<s>\n[USER] padded</s>\n");
     let e = tpl.render(&[ChatMessage::system("x")], true).unwrap_err();
     assert!(e.to_string().contains("bad role system"), "{e}");
@@ -126,7 +140,10 @@ fn python_methods_block_trimming_and_special_token_variables() {
 #[test]
 fn template_sources_and_missing_template() {
     let cfg = json!({"bos_token": "<s>"}).to_string();
-    assert!(matches!(ChatTemplate::from_tokenizer_config(&cfg, None), Err(ChatError::NoTemplate)));
+    assert!(matches!(
+        ChatTemplate::from_tokenizer_config(&cfg, None),
+        Err(ChatError::NoTemplate)
+    ));
     let tpl = ChatTemplate::from_tokenizer_config(&cfg, Some("{{ messages[0].content }}")).unwrap();
     assert_eq!(tpl.render(&[ChatMessage::user("x")], true).unwrap(), "x");
     let cfg = json!({"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]})

@@ -25,7 +25,7 @@ pub fn attend(
     if hd == 0 {
         return Err(KernelError::Attention("empty query".into()));
     }
-    if keys.is_empty() || keys.len() % hd != 0 {
+    if keys.is_empty() || !keys.len().is_multiple_of(hd) {
         return Err(KernelError::Attention(format!(
             "keys hold {} values, not a positive multiple of head_dim {hd}",
             keys.len()
@@ -102,5 +102,25 @@ mod tests {
             assert!((out[d] as f64 - want).abs() < 1e-6);
         }
         assert!(attend(&q, &k[..3], &v[..3], scale, &mut scores, &mut out).is_err());
+    }
+
+    #[test]
+    fn every_isa_gives_the_same_bits() {
+        let hd = 64;
+        let len = 37;
+        let q: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.31).cos()).collect();
+        let k: Vec<f32> = (0..len * hd).map(|i| (i as f32 * 0.173).sin()).collect();
+        let v: Vec<f32> = (0..len * hd).map(|i| (i as f32 * 0.117).cos()).collect();
+        let mut want: Option<Vec<u32>> = None;
+        for isa in crate::cpu::isa::available() {
+            let mut scores = vec![0f32; len];
+            let mut out = vec![0f32; hd];
+            attend_isa(isa, &q, &k, &v, 0.125, &mut scores, &mut out);
+            let b: Vec<u32> = out.iter().map(|x| x.to_bits()).collect();
+            match &want {
+                None => want = Some(b),
+                Some(w) => assert_eq!(&b, w, "{isa:?}"),
+            }
+        }
     }
 }

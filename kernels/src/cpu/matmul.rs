@@ -112,8 +112,8 @@ fn rows_task_generic(
                         o[t..t + 4].copy_from_slice(&s4);
                         t += 4;
                     }
-                    for t in t..t1 {
-                        o[t] = lanes.dot_bf16(row, xr(t));
+                    for (ov, t) in o[t..t1].iter_mut().zip(t..t1) {
+                        *ov = lanes.dot_bf16(row, xr(t));
                     }
                     None
                 }
@@ -131,8 +131,8 @@ fn rows_task_generic(
                         o[t..t + 4].copy_from_slice(&s4);
                         t += 4;
                     }
-                    for t in t..t1 {
-                        o[t] = lanes.dot(row, xr(t));
+                    for (ov, t) in o[t..t1].iter_mut().zip(t..t1) {
+                        *ov = lanes.dot(row, xr(t));
                     }
                     scale
                 }
@@ -157,6 +157,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_range_loop)] // indices mirror the format's definition
     fn gemv_matches_f64_reference_for_every_form() {
         let mut rng = Rng(1);
         for form in FORMS {
@@ -223,6 +224,40 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn bf16_rows_give_the_bits_of_their_f32_widening() {
+        let mut rng = Rng(4);
+        let w = random_weight(&mut rng, 21, 83, crate::cpu::testutil::Form::Bf16);
+        let wide = Weight {
+            rows: w.rows,
+            cols: w.cols,
+            data: WeightData::F32(w.to_f32_vec().unwrap()),
+        };
+        let x = rng.vec(6 * 83);
+        for isa in available() {
+            for n in [1, 6] {
+                let (mut a, mut b) = (vec![0f32; n * 21], vec![0f32; n * 21]);
+                matmul_with(isa, &w, &x[..n * 83], n, &mut a).unwrap();
+                matmul_with(isa, &wide, &x[..n * 83], n, &mut b).unwrap();
+                assert_eq!(bits(&a), bits(&b), "{isa:?} n={n}");
+            }
+        }
+    }
+
+    #[test]
+    fn dequantized_rows_follow_the_format() {
+        let mut rng = Rng(5);
+        for form in FORMS {
+            let w = random_weight(&mut rng, 3, 96, form);
+            let mut row = vec![0f32; 96];
+            crate::cpu::embedding_row(&w, 2, &mut row).unwrap();
+            for (c, &v) in row.iter().enumerate() {
+                assert_eq!(v as f64, reference_element(&w, 2, c), "{form:?} col {c}");
+            }
+            assert!(crate::cpu::embedding_row(&w, 3, &mut row).is_err());
         }
     }
 

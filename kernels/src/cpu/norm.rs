@@ -41,7 +41,7 @@ impl RmsNorm {
         if d == 0 {
             return check_len("rms_norm input", 0, x.len());
         }
-        if x.len() % d != 0 {
+        if !x.len().is_multiple_of(d) {
             return Err(KernelError::BufferLength {
                 what: "rms_norm input (a whole number of rows)",
                 expected: (x.len() / d + 1) * d,

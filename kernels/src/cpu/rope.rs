@@ -37,7 +37,7 @@ pub fn inv_freq(
     theta: f32,
     scaling: &RopeScaling,
 ) -> Result<Vec<f32>, KernelError> {
-    if head_dim == 0 || head_dim % 2 != 0 {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
         return Err(KernelError::RopeHeadDim(head_dim));
     }
     if !(theta.is_finite() && theta > 0.0) {
@@ -89,7 +89,8 @@ pub fn inv_freq(
                     let llama = if wavelen > low_wavelen { f / factor } else { f };
                     let smooth = ((1.0f32 / wavelen) * old32 - low_freq_factor) / denom;
                     let smoothed = (1.0 - smooth) * llama / factor + smooth * llama;
-                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    // `~(w < high) * ~(w > low)` in transformers; no NaN can occur here.
+                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                     if medium {
                         smoothed
                     } else {
@@ -161,7 +162,7 @@ impl RopeTable {
     /// `x1' = x1 cos - x2 sin`, `x2' = x2 cos + x1 sin` (transformers' `q * cos + rotate_half(q) * sin`).
     pub fn apply(&self, x: &mut [f32], pos: usize) -> Result<(), KernelError> {
         let hd = self.head_dim();
-        if hd == 0 || x.len() % hd != 0 {
+        if hd == 0 || !x.len().is_multiple_of(hd) {
             return check_len(
                 "rope input (whole heads)",
                 x.len().div_ceil(hd.max(1)) * hd,

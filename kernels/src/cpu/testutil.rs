@@ -88,7 +88,11 @@ pub(crate) fn reference_element(w: &Weight, r: usize, c: usize) -> f64 {
             let groups = w.cols.div_ceil(*group_size);
             let g = r * groups + c / group_size;
             let byte = packed[r * w.cols / 2 + c / 2];
-            let nib = if c % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+            let nib = if c.is_multiple_of(2) {
+                byte & 0x0f
+            } else {
+                byte >> 4
+            };
             ((nib as f32 * scales[g].to_f32()) + mins[g].to_f32()) as f64
         }
     }
