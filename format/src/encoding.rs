@@ -123,7 +123,31 @@ pub fn decode_frame_into(
     }
 }
 
+/// The stored bytes must be exactly one zstd frame: no second frame, no skippable frame, nothing
+/// trailing (spec section 4).
+fn check_single_frame(stored: &[u8]) -> Result<(), DecodeError> {
+    const SKIPPABLE_MASK: u32 = 0xFFFF_FFF0;
+    const SKIPPABLE_MAGIC: u32 = 0x184D_2A50;
+    if stored.len() >= 4 {
+        let magic = u32::from_le_bytes([stored[0], stored[1], stored[2], stored[3]]);
+        if magic & SKIPPABLE_MASK == SKIPPABLE_MAGIC {
+            return Err(DecodeError::Zstd("a skippable frame, not a zstd data frame".into()));
+        }
+    }
+    match zstd::zstd_safe::find_frame_compressed_size(stored) {
+        Ok(n) if n == stored.len() => Ok(()),
+        Ok(n) => Err(DecodeError::Zstd(format!(
+            "{} bytes follow the zstd frame's {n}: a frame holds exactly one zstd frame",
+            stored.len() - n
+        ))),
+        Err(code) => Err(DecodeError::Zstd(
+            zstd::zstd_safe::get_error_name(code).to_string(),
+        )),
+    }
+}
+
 fn zstd_decompress_into(stored: &[u8], out: &mut [u8]) -> Result<usize, DecodeError> {
+    check_single_frame(stored)?;
     thread_local! {
         static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
             const { std::cell::RefCell::new(None) };
@@ -220,6 +244,22 @@ mod tests {
         // -1.0: same exponent, sign in bit 0 of the low plane.
         let p = split_planes(&0xbf80u16.to_le_bytes(), 2);
         assert_eq!(p, vec![0x7f, 0x01]);
+    }
+
+    #[test]
+    fn two_concatenated_zstd_frames_are_refused() {
+        let one = encode_frame(Encoding::Zstd, b"abcdabcd", Effort::Level(3)).unwrap();
+        let two = [one.clone(), one.clone()].concat();
+        let mut out = vec![0u8; 16];
+        let mut scratch = Vec::new();
+        let e = decode_frame_into(Encoding::Zstd, &two, &mut out, &mut scratch).unwrap_err();
+        assert!(e.to_string().contains("exactly one zstd frame"), "{e}");
+        let mut skippable = vec![0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0];
+        skippable.extend_from_slice(&one);
+        assert!(decode_frame_into(Encoding::Zstd, &skippable[..8], &mut out[..0], &mut scratch).is_err());
+        let mut out = vec![0u8; 8];
+        decode_frame_into(Encoding::Zstd, &one, &mut out, &mut scratch).unwrap();
+        assert_eq!(&out, b"abcdabcd");
     }
 
     #[test]

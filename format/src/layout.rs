@@ -106,6 +106,11 @@ pub fn read_framing(file: &[u8], index_limit: u64) -> Result<Framing> {
     if index_offset < DATA_START || index_offset % ALIGNMENT != 0 {
         return Err(FormatError::MisalignedIndex(index_offset));
     }
+    if index_length < 2 {
+        return Err(FormatError::IndexJson(format!(
+            "index of {index_length} bytes cannot hold a JSON object"
+        )));
+    }
     if index_length > index_limit {
         return Err(FormatError::IndexTooLarge {
             length: index_length,
