@@ -194,7 +194,8 @@ pub fn run(a: RunArgs) -> CmdResult {
         },
         eos_token_ids: l.model.config().eos_token_ids.clone(),
     };
-    if !a.json {
+    // A plain prompt is continued, so the text reads on from it; a chat reply stands alone.
+    if !a.json && !a.chat {
         print!("{}", a.prompt);
         std::io::stdout().flush()?;
     }
