@@ -75,7 +75,7 @@ fn main() {
     };
     generate(
         &model,
-        &prompt[..8],
+        &prompt[..prompt_len.min(8)],
         &GenerateOptions {
             max_new_tokens: 4,
             ..opts.clone()

@@ -1,13 +1,13 @@
 //! The forward pass: one code path for any number of new tokens at the end of a KV cache.
 //!
-//! Prefill (many tokens) and decode (one token) both run [`Model::forward_tokens`]: the
+//! Prefill (many tokens) and decode (one token) both run `Model::forward_tokens`: the
 //! projections are batched matrix products whose rows have the bits of single-vector products,
 //! norms and RoPE are per row, and the query at position `t` attends over cached keys `0..=t`
 //! (the new tokens' keys are written to the cache first) with the same kernel. So the logits of
 //! a position do not depend on how the sequence was split into prefill and decode calls, nor on
 //! the number of rayon threads.
 
-use cllm_kernels::cpu::{attend, embedding_row, matmul, swiglu};
+use cllm_kernels::cpu::{attend, embedding_row, matmul, matmul_many, swiglu};
 use rayon::prelude::*;
 
 use crate::kv_cache::KvCache;
@@ -104,13 +104,29 @@ impl Trace<'_, '_> {
 impl Linear {
     /// `out = x W^T (+ b)` for `n` rows of `x`.
     fn forward(&self, x: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), ModelError> {
-        out.clear();
-        out.resize(n * self.weight.rows, 0.0);
-        matmul(&self.weight, x, n, out)?;
-        if let Some(b) = &self.bias {
-            for row in out.chunks_exact_mut(b.len()) {
-                for (o, &bv) in row.iter_mut().zip(b) {
-                    *o += bv;
+        Linear::forward_many(&[self], x, n, [out])
+    }
+
+    /// Several projections of the same input in one parallel pass (bits as `forward` each).
+    fn forward_many<const K: usize>(
+        linears: &[&Linear; K],
+        x: &[f32],
+        n: usize,
+        outs: [&mut Vec<f32>; K],
+    ) -> Result<(), ModelError> {
+        let mut jobs: Vec<(&cllm_kernels::Weight, &mut [f32])> = Vec::with_capacity(K);
+        for (l, out) in linears.iter().zip(outs) {
+            out.clear();
+            out.resize(n * l.weight.rows, 0.0);
+            jobs.push((&l.weight, &mut out[..]));
+        }
+        matmul_many(x, n, &mut jobs)?;
+        for (l, (_, out)) in linears.iter().zip(jobs) {
+            if let Some(b) = &l.bias {
+                for row in out.chunks_exact_mut(b.len()) {
+                    for (o, &bv) in row.iter_mut().zip(b) {
+                        *o += bv;
+                    }
                 }
             }
         }
@@ -169,14 +185,12 @@ impl Model {
                 let name = format!("model.layers.{l}.input_layernorm");
                 trace.emit(TraceKind::Norm, ly, &name, &x);
             }
-            for (proj, out) in [
-                (&layer.q_proj, &mut q),
-                (&layer.k_proj, &mut k),
-                (&layer.v_proj, &mut v),
-            ] {
-                proj.forward(&x, n, out)?;
+            let qkv = [&layer.q_proj, &layer.k_proj, &layer.v_proj];
+            Linear::forward_many(&qkv, &x, n, [&mut q, &mut k, &mut v])?;
+            for (proj, out) in qkv.iter().zip([&q, &k, &v]) {
                 trace.emit(TraceKind::Projection, ly, &proj.name, out);
             }
+
             for i in 0..n {
                 cache
                     .rope
@@ -216,9 +230,13 @@ impl Model {
                 let name = format!("model.layers.{l}.post_attention_layernorm");
                 trace.emit(TraceKind::Norm, ly, &name, &x);
             }
-            layer.gate_proj.forward(&x, n, &mut gate)?;
+            Linear::forward_many(
+                &[&layer.gate_proj, &layer.up_proj],
+                &x,
+                n,
+                [&mut gate, &mut up],
+            )?;
             trace.emit(TraceKind::Projection, ly, &layer.gate_proj.name, &gate);
-            layer.up_proj.forward(&x, n, &mut up)?;
             trace.emit(TraceKind::Projection, ly, &layer.up_proj.name, &up);
             swiglu(&gate, &up, &mut act)?;
             layer.down_proj.forward(&act, n, &mut o)?;

@@ -4,13 +4,14 @@
 //! - [`model`]: weights by Hugging Face name into a [`Model`].
 //! - [`forward`]: the forward pass, [`Model::forward_all`] and tracing.
 //! - [`kv_cache`] and [`session`]: cached prefill/decode.
-//! - [`sampler`] and [`generate`]: choosing tokens and the generation loop.
+//! - [`sampler`] and [`generate`](mod@generate): choosing tokens and the generation loop.
 //! - [`tokenizer`] and [`chat`]: text in and out.
 //!
 //! Logits are deterministic: bit-identical across prefill/decode splits and rayon thread counts.
 
 pub mod chat;
 pub mod config;
+pub mod divergence;
 pub mod forward;
 pub mod generate;
 pub mod kv_cache;

@@ -60,7 +60,7 @@ fn attend_generic(
 ) {
     let hd = q.len();
     for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
-        *s = lanes.dot(q, k) * scale;
+        *s = lanes.dot_row(q, k) * scale;
     }
     softmax_in_place(scores);
     out.fill(0.0);

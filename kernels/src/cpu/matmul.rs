@@ -4,16 +4,19 @@
 //! and writes `n x rows`. [`gemv`] is `matmul` with `n = 1`: the same code path, so a row computed
 //! in a batch (prefill) has the bits of the same row computed alone (decode).
 //!
-//! Each output element is one [`dot`](super::dot) of a decoded weight row with an activation row;
-//! for int8 the dot runs on the unscaled `q as f32` row and is then multiplied by the row scale.
+//! Each output element is one fixed-order dot product ([`dot`](mod@super::dot)) of a weight row,
+//! decoded exactly in registers chunk by chunk (see `rows`), with an activation row; for int8
+//! the dot runs on the unscaled `q as f32` row and is then multiplied by the row scale.
 //! Rayon splits the work by weight rows only, so the thread count changes nothing in the result.
 
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::decode::decode_row_unscaled;
 use super::dot::Lanes;
 use super::error::{check_len, KernelError};
 use super::isa::{isa, multiversion, Isa};
+use super::rows::{Bf16Row, F16Row, I4Row, I8Row, Row};
 use crate::weights::{Weight, WeightData};
 
 /// Activation rows handled per pass over a block of weight rows: their f32 values stay in cache
@@ -30,43 +33,88 @@ pub fn gemv(w: &Weight, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
 
 /// `y[t] = W x[t]` for `n` rows: `x` is `n x cols`, `y` is `n x rows`, both row-major.
 pub fn matmul(w: &Weight, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
-    matmul_with(isa(), w, x, n, y)
+    matmul_with(isa(), x, n, &mut [(w, y)])
+}
+
+/// Several products of the same input in one parallel pass: for each `(W, y)` in `jobs`,
+/// `y[t] = W x[t]` exactly as [`matmul`] computes it (same bits). One pass instead of one per
+/// weight saves rayon's fork/join per weight (q/k/v, gate/up) in single-token decode.
+pub fn matmul_many(
+    x: &[f32],
+    n: usize,
+    jobs: &mut [(&Weight, &mut [f32])],
+) -> Result<(), KernelError> {
+    matmul_with(isa(), x, n, jobs)
+}
+
+/// A block of weight rows and where its results go (`rows x n`, row-major when `n > 1`).
+struct Task<'a> {
+    w: &'a Weight,
+    row0: usize,
+    out: &'a mut [f32],
 }
 
 pub(crate) fn matmul_with(
     isa: Isa,
-    w: &Weight,
     x: &[f32],
     n: usize,
-    y: &mut [f32],
+    jobs: &mut [(&Weight, &mut [f32])],
 ) -> Result<(), KernelError> {
-    w.validate()?;
-    let (rows, cols) = (w.rows, w.cols);
-    check_len("matmul input (n x cols)", n * cols, x.len())?;
-    check_len("matmul output (n x rows)", n * rows, y.len())?;
-    if rows == 0 || n == 0 {
+    for (w, y) in jobs.iter() {
+        w.validate()?;
+        check_len("matmul input (n x cols)", n * w.cols, x.len())?;
+        check_len("matmul output (n x rows)", n * w.rows, y.len())?;
+    }
+    if n == 0 {
         return Ok(());
     }
     let threads = rayon::current_num_threads().max(1);
-    let min_rows = MIN_TASK_WORK.div_ceil((cols * n.min(TOKEN_BLOCK)).max(1));
-    let chunk = rows.div_ceil(threads * 4).max(min_rows).max(1);
-    if n == 1 {
-        y.par_chunks_mut(chunk).enumerate().for_each(|(i, out)| {
-            let mut buf = vec![0f32; cols];
-            rows_task(isa, w, x, 1, i * chunk, out, &mut buf);
-        });
+    // With several rows per token, tasks own blocks of weight rows and so write a row-major
+    // `rows x n` transpose of each output, copied back below.
+    let mut transposed: Vec<Vec<f32>> = if n > 1 {
+        jobs.iter().map(|(w, _)| vec![0f32; w.rows * n]).collect()
     } else {
-        // Tasks own blocks of weight rows, so they write a row-major `rows x n` transpose.
-        let mut yt = vec![0f32; rows * n];
-        yt.par_chunks_mut(chunk * n)
-            .enumerate()
-            .for_each(|(i, out)| {
-                let mut buf = vec![0f32; cols];
-                rows_task(isa, w, x, n, i * chunk, out, &mut buf);
+        Vec::new()
+    };
+    let mut tasks: Vec<Task<'_>> = Vec::new();
+    let mut transposed_iter = transposed.iter_mut();
+    for (w, y) in jobs.iter_mut() {
+        let (rows, cols) = (w.rows, w.cols);
+        let min_rows = MIN_TASK_WORK.div_ceil((cols * n.min(TOKEN_BLOCK)).max(1));
+        let chunk = rows.div_ceil(threads * 4).max(min_rows).max(1);
+        let out: &mut [f32] = if n > 1 {
+            match transposed_iter.next() {
+                Some(t) => t,
+                None => continue, // one buffer per job was made above
+            }
+        } else {
+            y
+        };
+        if out.is_empty() {
+            continue;
+        }
+        for (i, block) in out.chunks_mut(chunk * n).enumerate() {
+            tasks.push(Task {
+                w,
+                row0: i * chunk,
+                out: block,
             });
-        for (r, col) in yt.chunks_exact(n).enumerate() {
-            for (t, &v) in col.iter().enumerate() {
-                y[t * rows + r] = v;
+        }
+    }
+    tasks.into_par_iter().for_each(|t| {
+        let mut buf = vec![0f32; t.w.cols];
+        rows_task(isa, t.w, x, n, t.row0, t.out, &mut buf);
+    });
+    for (yt, (w, y)) in transposed.iter().zip(jobs.iter_mut()) {
+        let rows = w.rows;
+        // Transpose in bands of 64 weight rows: the band's `yt` cache lines stay in L1 while
+        // every activation row's slice of `y` is written sequentially.
+        for r0 in (0..rows).step_by(64) {
+            let r1 = (r0 + 64).min(rows);
+            for (t, yrow) in y.chunks_exact_mut(rows).enumerate() {
+                for (r, out) in (r0..r1).zip(&mut yrow[r0..r1]) {
+                    *out = yt[r * n + t];
+                }
             }
         }
     }
@@ -83,7 +131,9 @@ multiversion!(fn rows_task => rows_task_generic(
 ));
 
 /// Computes weight rows `row0..row0 + out.len() / n` against all `n` activation rows;
-/// `out[i * n + t]` receives row `row0 + i` times activation row `t`.
+/// `out[i * n + t]` receives row `row0 + i` times activation row `t`. `buf` (at least `cols`
+/// values) is scratch for int4 group parameters or, for int4 group sizes the fused path does not
+/// take, the decoded row.
 #[inline(always)]
 fn rows_task_generic(
     lanes: impl Lanes,
@@ -101,48 +151,63 @@ fn rows_task_generic(
         for i in 0..nrows {
             let r = row0 + i;
             let o = &mut out[i * n..(i + 1) * n];
-            let xr = |t: usize| &x[t * cols..(t + 1) * cols];
-            let scale = match &w.data {
-                // bf16 rows are widened in registers (exactly), never written out as f32.
-                WeightData::Bf16(v) => {
-                    let row = &v[r * cols..(r + 1) * cols];
-                    let mut t = t0;
-                    while t + 4 <= t1 {
-                        let s4 = lanes.dot4_bf16(row, [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)]);
-                        o[t..t + 4].copy_from_slice(&s4);
-                        t += 4;
+            let span = r * cols..(r + 1) * cols;
+            match &w.data {
+                WeightData::F32(v) => dots(lanes, &v[span], x, t0, t1, o),
+                WeightData::Bf16(v) => dots(lanes, Bf16Row(&v[span]), x, t0, t1, o),
+                WeightData::F16(v) => dots(lanes, F16Row(&v[span]), x, t0, t1, o),
+                WeightData::Int8 { q, scales } => {
+                    dots(lanes, I8Row(&q[span]), x, t0, t1, o);
+                    for v in &mut o[t0..t1] {
+                        *v *= scales[r];
                     }
-                    for (ov, t) in o[t..t1].iter_mut().zip(t..t1) {
-                        *ov = lanes.dot_bf16(row, xr(t));
-                    }
-                    None
                 }
-                data => {
-                    let (row, scale): (&[f32], Option<f32>) = match data {
-                        WeightData::F32(v) => (&v[r * cols..(r + 1) * cols], None),
-                        _ => {
-                            let s = decode_row_unscaled(w, r, buf);
-                            (&*buf, s)
-                        }
-                    };
-                    let mut t = t0;
-                    while t + 4 <= t1 {
-                        let s4 = lanes.dot4(row, [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)]);
-                        o[t..t + 4].copy_from_slice(&s4);
-                        t += 4;
+                WeightData::Int4 {
+                    packed,
+                    scales,
+                    mins,
+                    group_size,
+                } => match I4Row::chunk_shift(*group_size) {
+                    Some(chunk_shift) => {
+                        let groups = cols.div_ceil(*group_size);
+                        let (s, rest) = buf.split_at_mut(groups);
+                        let m = &mut rest[..groups];
+                        // Exact f16 -> f32, vectorized (one feature check per row, not per value).
+                        let gspan = r * groups..(r + 1) * groups;
+                        scales[gspan.clone()].convert_to_f32_slice(s);
+                        mins[gspan].convert_to_f32_slice(m);
+                        let row = I4Row {
+                            packed: &packed[span.start / 2..span.end / 2],
+                            scales: s,
+                            mins: m,
+                            group_size: *group_size,
+                            chunk_shift,
+                        };
+                        dots(lanes, row, x, t0, t1, o);
                     }
-                    for (ov, t) in o[t..t1].iter_mut().zip(t..t1) {
-                        *ov = lanes.dot(row, xr(t));
+                    None => {
+                        decode_row_unscaled(w, r, buf);
+                        dots(lanes, &buf[..cols], x, t0, t1, o);
                     }
-                    scale
-                }
-            };
-            if let Some(s) = scale {
-                for v in &mut o[t0..t1] {
-                    *v *= s;
-                }
+                },
             }
         }
+    }
+}
+
+/// `o[t] = row . x[t]` for activation rows `t0..t1`, four at a time while possible.
+#[inline(always)]
+fn dots<R: Row>(lanes: impl Lanes, row: R, x: &[f32], t0: usize, t1: usize, o: &mut [f32]) {
+    let cols = row.len();
+    let xr = |t: usize| &x[t * cols..(t + 1) * cols];
+    let mut t = t0;
+    while t + 4 <= t1 {
+        let s4 = lanes.dot4_row(row, [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)]);
+        o[t..t + 4].copy_from_slice(&s4);
+        t += 4;
+    }
+    for (ov, t) in o[t..t1].iter_mut().zip(t..t1) {
+        *ov = lanes.dot_row(row, xr(t));
     }
 }
 
@@ -207,7 +272,7 @@ mod tests {
                         .build()
                         .unwrap();
                     let mut batched = vec![0f32; n * rows];
-                    pool.install(|| matmul_with(isa, &w, &x, n, &mut batched))
+                    pool.install(|| matmul_with(isa, &x, n, &mut [(&w, &mut batched[..])]))
                         .unwrap();
                     assert_eq!(
                         bits(&batched),
@@ -215,7 +280,7 @@ mod tests {
                         "{form:?} {isa:?} threads {threads}"
                     );
                     let mut one = vec![0f32; rows];
-                    pool.install(|| matmul_with(isa, &w, &x[..cols], 1, &mut one))
+                    pool.install(|| matmul_with(isa, &x[..cols], 1, &mut [(&w, &mut one[..])]))
                         .unwrap();
                     assert_eq!(
                         bits(&one),
@@ -240,8 +305,8 @@ mod tests {
         for isa in available() {
             for n in [1, 6] {
                 let (mut a, mut b) = (vec![0f32; n * 21], vec![0f32; n * 21]);
-                matmul_with(isa, &w, &x[..n * 83], n, &mut a).unwrap();
-                matmul_with(isa, &wide, &x[..n * 83], n, &mut b).unwrap();
+                matmul_with(isa, &x[..n * 83], n, &mut [(&w, &mut a[..])]).unwrap();
+                matmul_with(isa, &x[..n * 83], n, &mut [(&wide, &mut b[..])]).unwrap();
                 assert_eq!(bits(&a), bits(&b), "{isa:?} n={n}");
             }
         }
@@ -258,6 +323,23 @@ mod tests {
                 assert_eq!(v as f64, reference_element(&w, 2, c), "{form:?} col {c}");
             }
             assert!(crate::cpu::embedding_row(&w, 3, &mut row).is_err());
+        }
+    }
+
+    #[test]
+    fn matmul_many_equals_separate_products() {
+        let mut rng = Rng(6);
+        let w1 = random_weight(&mut rng, 40, 64, crate::cpu::testutil::Form::Bf16);
+        let w2 = random_weight(&mut rng, 7, 64, crate::cpu::testutil::Form::Int4(32));
+        for n in [1, 5] {
+            let x = rng.vec(n * 64);
+            let (mut a1, mut a2) = (vec![0f32; n * 40], vec![0f32; n * 7]);
+            matmul(&w1, &x, n, &mut a1).unwrap();
+            matmul(&w2, &x, n, &mut a2).unwrap();
+            let (mut b1, mut b2) = (vec![0f32; n * 40], vec![0f32; n * 7]);
+            matmul_many(&x, n, &mut [(&w1, &mut b1[..]), (&w2, &mut b2[..])]).unwrap();
+            assert_eq!(bits(&a1), bits(&b1));
+            assert_eq!(bits(&a2), bits(&b2));
         }
     }
 

@@ -22,13 +22,14 @@ mod isa;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
+mod rows;
 
 pub use activation::{silu, softmax_in_place, swiglu};
 pub use attention::attend;
 pub use dot::{dot, LANES};
 pub use embed::embedding_row;
 pub use error::KernelError;
-pub use matmul::{gemv, matmul};
+pub use matmul::{gemv, matmul, matmul_many};
 pub use norm::{rms_norm, RmsNorm};
 pub use rope::{inv_freq, RopeScaling, RopeTable};
 

@@ -1,6 +1,6 @@
 //! RMSNorm as Llama defines it: `w * (x * (1 / sqrt(mean(x^2) + eps)))`, all in f32.
 //!
-//! The sum of squares uses the fixed-order [`dot`](super::dot), so a row normalizes to the same
+//! The sum of squares uses the fixed-order [`dot`](fn@super::dot), so a row normalizes to the same
 //! bits whether it comes alone (decode) or in a batch (prefill).
 
 use super::dot::dot;

@@ -33,13 +33,17 @@ pub(crate) enum Form {
     Int4(usize),
 }
 
-pub(crate) const FORMS: [Form; 6] = [
+/// Int4 group sizes 32 and 64 take the fused path; 48 (3 chunks) and 8 (under a chunk) the
+/// decode-to-buffer path.
+pub(crate) const FORMS: [Form; 8] = [
     Form::F32,
     Form::Bf16,
     Form::F16,
     Form::Int8,
     Form::Int4(32),
     Form::Int4(64),
+    Form::Int4(48),
+    Form::Int4(8),
 ];
 
 pub(crate) fn random_weight(rng: &mut Rng, rows: usize, cols: usize, form: Form) -> Weight {

@@ -1,0 +1,139 @@
+// Grouped-query attention of NT tokens over the KV cache, split into chunks of a fixed number
+// of key positions (ATT_CHUNK, aligned to absolute positions).
+//
+// Block (chunk c, head, token): the query at position p sees keys from..p (from = 0, or the
+// sliding window's start); chunk c covers keys [c*ATT_CHUNK, (c+1)*ATT_CHUNK) of that range.
+// Thread i scores key i of the chunk (dot over head_dim in order, then times the scale, as
+// transformers' eager order), the block takes the max and the sum of exp(s - max) with a fixed
+// tree, and thread d accumulates sum_i e_i v_i[d] in key order. A query whose keys fit in one
+// chunk finishes there (out = o / l). Otherwise every chunk writes (o, max, sum) and the last
+// block to finish (an atomic ticket) combines the chunks in chunk order. The arithmetic depends
+// only on the position, so a query gets the same bits in prefill and in decode.
+
+#define ATT_THREADS 128
+#define ATT_CHUNK 128
+#define ATT_MAX_HD 256
+
+// Must match `AttnArgs` in kernels/src/cuda/launch.rs.
+struct AttnArgs {
+    const float* q;        // [ntok][heads * head_dim]
+    const float* kcache;   // this layer: [kv_heads][capacity][head_dim]
+    const float* vcache;
+    float* out;            // [ntok][heads * head_dim]
+    float* part_o;         // [ntok][heads][cmax][head_dim]
+    float* part_ml;        // [ntok][heads][cmax][2]
+    int* counters;         // [ntok][heads], zero between uses
+    const int* pos;        // position of token 0
+    int ntok;
+    int heads;
+    int kv_heads;
+    int head_dim;
+    int capacity;
+    int window;            // 0: none
+    int cmax;              // chunks per (token, head) in the scratch layout
+    float scale;
+};
+
+__device__ __forceinline__ float block_max128(float v, float* red) {
+    v = warp_max(v);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float m = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+    return m;
+}
+
+__device__ __forceinline__ float block_sum128(float v, float* red) {
+    v = warp_sum(v);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    return (red[0] + red[1]) + (red[2] + red[3]);
+}
+
+extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) {
+    __shared__ float s_q[ATT_MAX_HD];
+    __shared__ float s_e[ATT_CHUNK];
+    __shared__ float s_red[4];
+    __shared__ int s_last;
+    const int c = blockIdx.x, head = blockIdx.y, tok = blockIdx.z;
+    const int tid = threadIdx.x;
+    const int hd = a.head_dim;
+    const int p = *a.pos + tok;
+    const int from = a.window > 0 ? max(0, p + 1 - a.window) : 0;
+    const int c_first = from / ATT_CHUNK, c_last = p / ATT_CHUNK;
+    if (c < c_first || c > c_last) return;
+    const int nch = c_last - c_first + 1;
+    const int k0 = max(c * ATT_CHUNK, from), k1 = min(c * ATT_CHUNK + ATT_CHUNK, p + 1);
+    const int kvh = head / (a.heads / a.kv_heads);
+    const float* K = a.kcache + (size_t)kvh * a.capacity * hd;
+    const float* V = a.vcache + (size_t)kvh * a.capacity * hd;
+    const size_t qo = ((size_t)tok * a.heads + head) * hd;
+
+    for (int d = tid; d < hd; d += ATT_THREADS) s_q[d] = a.q[qo + d];
+    __syncthreads();
+
+    // Scores.
+    const int k = k0 + tid;
+    float s = CLLM_NEG_INF;
+    if (k < k1) {
+        const float4* kr = (const float4*)(K + (size_t)k * hd);
+        float acc = 0.0f;
+        for (int d4 = 0; d4 < hd / 4; d4++) {
+            float4 kv = kr[d4];
+            acc = fmaf(s_q[4 * d4], kv.x, acc);
+            acc = fmaf(s_q[4 * d4 + 1], kv.y, acc);
+            acc = fmaf(s_q[4 * d4 + 2], kv.z, acc);
+            acc = fmaf(s_q[4 * d4 + 3], kv.w, acc);
+        }
+        s = acc * a.scale;
+    }
+    const float m = block_max128(s, s_red);
+    const float e = k < k1 ? expf(s - m) : 0.0f;
+    s_e[tid] = e;
+    const float l = block_sum128(e, s_red);  // its barriers also publish s_e
+
+    const int nk = k1 - k0;
+    const size_t slot = ((size_t)tok * a.heads + head) * a.cmax + c;
+    for (int d = tid; d < hd; d += ATT_THREADS) {
+        const float* vp = V + (size_t)k0 * hd + d;
+        float o = 0.0f;
+        for (int j = 0; j < nk; j++) o = fmaf(s_e[j], vp[(size_t)j * hd], o);
+        if (nch == 1) a.out[qo + d] = o / l;
+        else a.part_o[slot * hd + d] = o;
+    }
+    if (nch == 1) return;
+    if (tid == 0) {
+        a.part_ml[slot * 2] = m;
+        a.part_ml[slot * 2 + 1] = l;
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        int ticket = atomicAdd(&a.counters[tok * a.heads + head], 1);
+        s_last = ticket == nch - 1;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    // The last block combines the chunks in order (L2 reads: other blocks wrote them).
+    const size_t base = ((size_t)tok * a.heads + head) * a.cmax;
+    float M = CLLM_NEG_INF;
+    for (int cc = c_first; cc <= c_last; cc++) M = fmaxf(M, __ldcg(&a.part_ml[(base + cc) * 2]));
+    float L = 0.0f;
+    for (int cc = c_first; cc <= c_last; cc++) {
+        float w = expf(__ldcg(&a.part_ml[(base + cc) * 2]) - M);
+        L = fmaf(w, __ldcg(&a.part_ml[(base + cc) * 2 + 1]), L);
+    }
+    for (int d = tid; d < hd; d += ATT_THREADS) {
+        float o = 0.0f;
+        for (int cc = c_first; cc <= c_last; cc++) {
+            float w = expf(__ldcg(&a.part_ml[(base + cc) * 2]) - M);
+            o = fmaf(w, __ldcg(&a.part_o[(base + cc) * hd + d]), o);
+        }
+        a.out[qo + d] = o / L;
+    }
+    if (tid == 0) a.counters[tok * a.heads + head] = 0;
+}

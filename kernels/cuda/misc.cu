@@ -1,0 +1,105 @@
+// Embedding lookup (with the first norm's inputs), the residency hash, and a read-bandwidth probe.
+
+// Must match `EmbedArgs` in kernels/src/cuda/launch.rs.
+struct EmbedArgs {
+    WDesc w;
+    const int* tokens;     // [ntok], or null: the token is decoded from argmax_in[0]
+    const u64* argmax_in;
+    u64* argmax_reset;     // nreset slots zeroed by block 0 after reading argmax_in
+    const float* norm_w;   // f32 [hidden]: the first layer's input norm weight
+    float* h;              // [ntok][hidden]
+    float* xw;             // [ntok][hidden]: norm_w * h
+    float* partial;        // [ntok][PSTRIDE]: slot 0 gets sum(h^2)
+    int* err;              // set to 1 + the token id of an out-of-range token
+    int ntok;
+    int nreset;
+    int hidden;
+    int vocab;
+};
+
+extern "C" __global__ void __launch_bounds__(256) embed(EmbedArgs a) {
+    __shared__ int s_tok;
+    __shared__ float s_red[8];
+    const int t = blockIdx.x, tid = threadIdx.x;
+    if (tid == 0) {
+        int id;
+        if (a.tokens != 0) id = a.tokens[t];
+        else id = (int)(~(u32)(a.argmax_in[0] & 0xffffffffull));
+        if (id < 0 || id >= a.vocab) {
+            atomicExch(a.err, 1 + id);
+            id = 0;
+        }
+        s_tok = id;
+    }
+    __syncthreads();
+    if (t == 0 && tid == 0 && a.argmax_reset != 0)
+        for (int i = 0; i < a.nreset; i++) a.argmax_reset[i] = 0;
+    const int id = s_tok;
+    float sq = 0.0f;
+    float* h = a.h + (size_t)t * a.hidden;
+    float* xw = a.xw + (size_t)t * a.hidden;
+    for (int c = tid; c < a.hidden; c += 256) {
+        float v = weight_element(a.w, id, c);
+        h[c] = v;
+        xw[c] = a.norm_w[c] * v;
+        sq = sq + v * v;
+    }
+    sq = warp_sum(sq);
+    if ((tid & 31) == 0) s_red[tid >> 5] = sq;
+    __syncthreads();
+    if (tid == 0) {
+        float s = 0.0f;
+        for (int w = 0; w < 8; w++) s = s + s_red[w];
+        a.partial[(size_t)t * PSTRIDE] = s;
+    }
+}
+
+__device__ __forceinline__ u64 fmix64(u64 k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdull;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ull;
+    k ^= k >> 33;
+    return k;
+}
+
+// The residency hash (kernels/src/cuda/hash.rs documents it and computes it on the CPU):
+// sum over the 8-byte little-endian words w_i (the last one zero-padded) of
+// fmix64(w_i ^ (i * 0x9E3779B97F4A7C15)), modulo 2^64. Integer addition makes it independent of
+// the order of the terms; the host finishes with fmix64(sum ^ len).
+extern "C" __global__ void hash_words(const unsigned char* p, u64 nbytes, u64* out) {
+    const u64 full = nbytes / 8, nwords = (nbytes + 7) / 8;
+    const u64* w = (const u64*)p;
+    u64 s = 0;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < nwords;
+         i += (u64)gridDim.x * blockDim.x) {
+        u64 v;
+        if (i < full) v = w[i];
+        else {
+            v = 0;
+            for (u64 b = i * 8; b < nbytes; b++) v |= (u64)p[b] << (8 * (b - i * 8));
+        }
+        s += fmix64(v ^ (i * 0x9E3779B97F4A7C15ull));
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) atomicAdd(out, s);
+}
+
+// Reads n 16-byte vectors once (a grid-stride loop, four loads in flight per thread).
+extern "C" __global__ void read_bw(const uint4* p, u64 n, u32* sink) {
+    u32 acc = 0;
+    const u64 stride = (u64)gridDim.x * blockDim.x;
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i + 3 * stride < n; i += 4 * stride) {
+        uint4 a = ld_stream(p + i), b = ld_stream(p + i + stride);
+        uint4 c = ld_stream(p + i + 2 * stride), d = ld_stream(p + i + 3 * stride);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w;
+        acc ^= c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+    }
+    for (; i < n; i += stride) {
+        uint4 a = ld_stream(p + i);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w;
+    }
+    if (acc == 0x9E3779B9u) atomicAdd(sink, 1u);
+}

@@ -1,0 +1,232 @@
+//! Weight rows as sources of 16-value chunks, decoded exactly in registers.
+//!
+//! The dot products of [`dot`](super::dot) read a weight row through [`Row`]: chunk `k` is
+//! elements `16k..16k + 16` as f32, and the tail (`len % 16` elements) is read one by one. Every
+//! storage form decodes to the *same* f32 values in the portable and the AVX2 forms (widening
+//! bf16/f16 and converting small integers are exact; int4's `(nibble * scale) + min` is two
+//! f32 roundings either way), so the dot products see identical inputs on every ISA.
+//!
+//! Int8 rows yield the unscaled `q as f32`; the caller multiplies the finished dot by the row's
+//! scale. Int4 rows need their group scales and mins as f32 (decoded once per row by the caller)
+//! and a group size whose 16-value chunk count is a power of two (so a chunk's group is a shift);
+//! other group sizes take the decode-to-buffer path in the matrix kernels.
+
+use half::{bf16, f16};
+
+use super::dot::LANES;
+
+/// A weight row readable in 16-value chunks; see the module documentation.
+pub(crate) trait Row: Copy {
+    /// Number of values.
+    fn len(self) -> usize;
+    /// Values `16k..16k + 16` (requires `16k + 16 <= len`).
+    fn chunk(self, k: usize) -> [f32; LANES];
+    /// Value `i`.
+    fn get(self, i: usize) -> f32;
+    /// [`Row::chunk`] as two AVX registers (values `16k..16k+8` and `16k+8..16k+16`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and F16C, and `16k + 16 <= len`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn chunk_avx2(self, k: usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256);
+}
+
+impl Row for &[f32] {
+    #[inline(always)]
+    fn len(self) -> usize {
+        <[f32]>::len(self)
+    }
+    #[inline(always)]
+    fn chunk(self, k: usize) -> [f32; LANES] {
+        let mut out = [0f32; LANES];
+        out.copy_from_slice(&self[k * LANES..(k + 1) * LANES]);
+        out
+    }
+    #[inline(always)]
+    fn get(self, i: usize) -> f32 {
+        self[i]
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk_avx2(self, k: usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+        use std::arch::x86_64::*;
+        let p = self[k * LANES..(k + 1) * LANES].as_ptr();
+        (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+    }
+}
+
+/// A bf16 row: widened exactly (a bf16 is the high half of an f32).
+#[derive(Clone, Copy)]
+pub(crate) struct Bf16Row<'a>(pub &'a [bf16]);
+
+#[inline(always)]
+fn widen(b: bf16) -> f32 {
+    f32::from_bits((b.to_bits() as u32) << 16)
+}
+
+impl Row for Bf16Row<'_> {
+    #[inline(always)]
+    fn len(self) -> usize {
+        self.0.len()
+    }
+    #[inline(always)]
+    fn chunk(self, k: usize) -> [f32; LANES] {
+        let c = &self.0[k * LANES..(k + 1) * LANES];
+        std::array::from_fn(|l| widen(c[l]))
+    }
+    #[inline(always)]
+    fn get(self, i: usize) -> f32 {
+        widen(self.0[i])
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk_avx2(self, k: usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+        use std::arch::x86_64::*;
+        let p = self.0[k * LANES..(k + 1) * LANES].as_ptr() as *const __m128i;
+        let w = |h: __m128i| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)));
+        (w(_mm_loadu_si128(p)), w(_mm_loadu_si128(p.add(1))))
+    }
+}
+
+/// An f16 row: widened exactly (F16C `vcvtph2ps` on AVX2 machines).
+#[derive(Clone, Copy)]
+pub(crate) struct F16Row<'a>(pub &'a [f16]);
+
+impl Row for F16Row<'_> {
+    #[inline(always)]
+    fn len(self) -> usize {
+        self.0.len()
+    }
+    #[inline(always)]
+    fn chunk(self, k: usize) -> [f32; LANES] {
+        let c = &self.0[k * LANES..(k + 1) * LANES];
+        std::array::from_fn(|l| c[l].to_f32())
+    }
+    #[inline(always)]
+    fn get(self, i: usize) -> f32 {
+        self.0[i].to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk_avx2(self, k: usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+        use std::arch::x86_64::*;
+        let p = self.0[k * LANES..(k + 1) * LANES].as_ptr() as *const __m128i;
+        (
+            _mm256_cvtph_ps(_mm_loadu_si128(p)),
+            _mm256_cvtph_ps(_mm_loadu_si128(p.add(1))),
+        )
+    }
+}
+
+/// An int8 row, unscaled: `q as f32` (exact).
+#[derive(Clone, Copy)]
+pub(crate) struct I8Row<'a>(pub &'a [i8]);
+
+impl Row for I8Row<'_> {
+    #[inline(always)]
+    fn len(self) -> usize {
+        self.0.len()
+    }
+    #[inline(always)]
+    fn chunk(self, k: usize) -> [f32; LANES] {
+        let c = &self.0[k * LANES..(k + 1) * LANES];
+        std::array::from_fn(|l| c[l] as f32)
+    }
+    #[inline(always)]
+    fn get(self, i: usize) -> f32 {
+        self.0[i] as f32
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk_avx2(self, k: usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+        use std::arch::x86_64::*;
+        let p = self.0[k * LANES..(k + 1) * LANES].as_ptr() as *const __m128i;
+        let v = _mm_loadu_si128(p);
+        (
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)),
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(v, v))),
+        )
+    }
+}
+
+/// An int4 row: `packed` holds `len / 2` bytes (low nibble = even column), `scales` and `mins`
+/// one f32 per group, and a group spans `1 << chunk_shift` chunks of 16 values.
+#[derive(Clone, Copy)]
+pub(crate) struct I4Row<'a> {
+    pub packed: &'a [u8],
+    pub scales: &'a [f32],
+    pub mins: &'a [f32],
+    pub group_size: usize,
+    pub chunk_shift: u32,
+}
+
+impl I4Row<'_> {
+    /// `chunk_shift` for a group size, if the fused path supports it.
+    pub fn chunk_shift(group_size: usize) -> Option<u32> {
+        let chunks = group_size / LANES;
+        (group_size.is_multiple_of(LANES) && chunks.is_power_of_two())
+            .then(|| chunks.trailing_zeros())
+    }
+}
+
+impl Row for I4Row<'_> {
+    #[inline(always)]
+    fn len(self) -> usize {
+        self.packed.len() * 2
+    }
+    #[inline(always)]
+    fn chunk(self, k: usize) -> [f32; LANES] {
+        let g = k >> self.chunk_shift;
+        let (s, m) = (self.scales[g], self.mins[g]);
+        let b = &self.packed[k * LANES / 2..(k + 1) * LANES / 2];
+        std::array::from_fn(|l| {
+            let byte = b[l / 2];
+            let nib = if l % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+            nib as f32 * s + m
+        })
+    }
+    #[inline(always)]
+    fn get(self, i: usize) -> f32 {
+        let g = i / self.group_size;
+        let byte = self.packed[i / 2];
+        let nib = if i.is_multiple_of(2) {
+            byte & 0x0f
+        } else {
+            byte >> 4
+        };
+        nib as f32 * self.scales[g] + self.mins[g]
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk_avx2(self, k: usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+        use std::arch::x86_64::*;
+        let g = k >> self.chunk_shift;
+        let (s, m) = (_mm256_set1_ps(self.scales[g]), _mm256_set1_ps(self.mins[g]));
+        i4_decode_avx2(&self.packed[k * LANES / 2..(k + 1) * LANES / 2], s, m)
+    }
+}
+
+/// Decodes 8 int4 bytes (16 values, low nibble first) to `nibble * s + m` in two registers.
+///
+/// # Safety
+/// `bytes` holds at least 8 bytes; the CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn i4_decode_avx2(
+    bytes: &[u8],
+    s: std::arch::x86_64::__m256,
+    m: std::arch::x86_64::__m256,
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    // Nibbles split at byte level, then interleaved into column order (low nibble first).
+    let v = _mm_loadl_epi64(bytes[..8].as_ptr() as *const __m128i);
+    let mask = _mm_set1_epi8(0x0f);
+    let lo = _mm_and_si128(v, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
+    let d = _mm_unpacklo_epi8(lo, hi);
+    let w = |nibbles: __m128i| {
+        let f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(nibbles));
+        _mm256_add_ps(_mm256_mul_ps(f, s), m)
+    };
+    (w(d), w(_mm_unpackhi_epi64(d, d)))
+}

@@ -1,0 +1,244 @@
+//! Compiling the kernels with NVRTC, and the on-disk cache of compiled code.
+//!
+//! The four sources are concatenated (with `#line` markers, so NVRTC's messages name the right
+//! file) into one program, compiled for the device's own architecture (`sm_90` on H100/H200) to
+//! a cubin. The cubin is cached as `<cache>/kernels/<hash>.cubin`, where `<hash>` covers the
+//! source, the options, the architecture and the NVRTC version; `<cache>` is `$CLLM_CACHE_DIR`,
+//! else `$XDG_CACHE_HOME/cllm`, else `$HOME/.cache/cllm`. A cached cubin needs no NVRTC at all.
+
+use std::ffi::{CStr, CString};
+use std::path::PathBuf;
+
+use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
+
+use super::device::CudaError;
+
+/// One CUDA C source file of `kernels/cuda/`.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSource {
+    pub name: &'static str,
+    pub text: &'static str,
+}
+
+/// The kernel sources, in the order they are concatenated.
+pub const KERNEL_SOURCES: [KernelSource; 4] = [
+    KernelSource {
+        name: "common.cuh",
+        text: include_str!("../../cuda/common.cuh"),
+    },
+    KernelSource {
+        name: "gemv.cu",
+        text: include_str!("../../cuda/gemv.cu"),
+    },
+    KernelSource {
+        name: "attention.cu",
+        text: include_str!("../../cuda/attention.cu"),
+    },
+    KernelSource {
+        name: "misc.cu",
+        text: include_str!("../../cuda/misc.cu"),
+    },
+];
+
+/// The whole program text.
+pub(crate) fn program_source() -> String {
+    let mut s = String::new();
+    for src in KERNEL_SOURCES {
+        s.push_str(&format!("#line 1 \"{}\"\n", src.name));
+        s.push_str(src.text);
+        s.push('\n');
+    }
+    s
+}
+
+/// `<cache>/kernels`.
+pub fn kernel_cache_dir() -> PathBuf {
+    let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let base = var("CLLM_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|p| p.join("cllm")))
+        .or_else(|| var("HOME").map(|p| p.join(".cache").join("cllm")))
+        .unwrap_or_else(|| PathBuf::from(".cache").join("cllm"));
+    base.join("kernels")
+}
+
+/// FNV-1a, twice with different offsets: a 128-bit cache key (not a security boundary: the
+/// cache holds our own compiler output).
+fn cache_key(parts: &[&[u8]]) -> String {
+    let mut out = String::new();
+    for offset in [0xcbf29ce484222325u64, 0x84222325cbf29ce4u64] {
+        let mut h = offset;
+        for p in parts {
+            for &b in p.iter().chain((p.len() as u64).to_le_bytes().iter()) {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x100000001b3);
+            }
+        }
+        out.push_str(&format!("{h:016x}"));
+    }
+    out
+}
+
+fn options(arch: &str) -> Vec<String> {
+    let mut o = vec![
+        format!("--gpu-architecture={arch}"),
+        "--fmad=false".to_string(),
+        "--std=c++17".to_string(),
+        "-default-device".to_string(),
+        "-lineinfo".to_string(),
+    ];
+    if std::path::Path::new("/usr/local/cuda/include").is_dir() {
+        o.push("-I/usr/local/cuda/include".to_string());
+    }
+    o
+}
+
+fn nvrtc_present() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { nvrtc_sys::is_culib_present() }
+}
+
+fn nvrtc_version() -> Option<(i32, i32)> {
+    if !nvrtc_present() {
+        return None;
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present; out-pointers are valid.
+    let r = unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) };
+    (r == nvrtc_sys::nvrtcResult::NVRTC_SUCCESS).then_some((major, minor))
+}
+
+/// What compiling (or finding) the kernels did.
+#[derive(Clone, Debug)]
+pub struct CompileReport {
+    pub cache_hit: bool,
+    pub seconds: f64,
+    pub path: PathBuf,
+}
+
+/// The cubin for `arch` (`sm_90`), from the cache or freshly compiled (then cached).
+pub(crate) fn cubin(arch: &str) -> Result<(Vec<u8>, CompileReport), CudaError> {
+    let t = std::time::Instant::now();
+    let src = program_source();
+    let opts = options(arch);
+    let ver = nvrtc_version();
+    let opt_s = opts.join(" ");
+    // Without NVRTC, a cached cubin compiled by any version is still usable.
+    let dir = kernel_cache_dir();
+    let key = cache_key(&[src.as_bytes(), opt_s.as_bytes(), arch.as_bytes()]);
+    let path = dir.join(format!("{key}.cubin"));
+    if let Ok(bytes) = std::fs::read(&path) {
+        if !bytes.is_empty() {
+            return Ok((
+                bytes,
+                CompileReport {
+                    cache_hit: true,
+                    seconds: t.elapsed().as_secs_f64(),
+                    path,
+                },
+            ));
+        }
+    }
+    if ver.is_none() {
+        return Err(CudaError::Compile(format!(
+            "NVRTC (libnvrtc.so.13) could not be loaded, and no cached kernels exist at {}: \
+             add the CUDA toolkit's library folder (usually /usr/local/cuda/lib64) to \
+             LD_LIBRARY_PATH",
+            path.display()
+        )));
+    }
+    let bin = compile(&src, &opts)?;
+    // Cache atomically: write a temporary file, then rename it into place.
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let tmp = dir.join(format!("{key}.cubin.tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &bin).is_ok() && std::fs::rename(&tmp, &path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok((
+        bin,
+        CompileReport {
+            cache_hit: false,
+            seconds: t.elapsed().as_secs_f64(),
+            path,
+        },
+    ))
+}
+
+fn compile(src: &str, opts: &[String]) -> Result<Vec<u8>, CudaError> {
+    let csrc = CString::new(src).expect("kernel source has no NUL");
+    let name = CString::new("cllm.cu").expect("no NUL");
+    let err = |what: &str, e: cudarc::nvrtc::result::NvrtcError| {
+        CudaError::Compile(format!("NVRTC {what}: {e:?}"))
+    };
+    let prog = nvrtc::create_program(&csrc, Some(&name)).map_err(|e| err("create", e))?;
+    // SAFETY: `prog` is a live program; options are valid C strings.
+    let compiled = unsafe { nvrtc::compile_program(prog, opts) };
+    // SAFETY: as above.
+    let log = unsafe { nvrtc::get_program_log(prog) }
+        .ok()
+        .map(|l| {
+            // SAFETY: NVRTC returns a NUL-terminated log.
+            unsafe { CStr::from_ptr(l.as_ptr()) }
+                .to_string_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
+    if let Err(e) = compiled {
+        // SAFETY: destroys the program we created.
+        let _ = unsafe { nvrtc::destroy_program(prog) };
+        return Err(CudaError::Compile(format!(
+            "NVRTC could not compile the kernels ({e:?}):\n{log}"
+        )));
+    }
+    let mut size = 0usize;
+    // SAFETY: compiled program; out-pointer valid.
+    let r = unsafe { nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size) };
+    if r != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS || size == 0 {
+        // SAFETY: destroys the program we created.
+        let _ = unsafe { nvrtc::destroy_program(prog) };
+        return Err(CudaError::Compile(format!("NVRTC gave no cubin ({r:?})")));
+    }
+    let mut bin = vec![0u8; size];
+    // SAFETY: `bin` holds `size` bytes.
+    let r = unsafe { nvrtc_sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut _) };
+    // SAFETY: destroys the program we created.
+    let _ = unsafe { nvrtc::destroy_program(prog) };
+    if r != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(CudaError::Compile(format!("NVRTC cubin copy failed ({r:?})")));
+    }
+    Ok(bin)
+}
+
+/// Compiles the kernels for `arch` without a GPU (tests and `cllm bench gpu --compile-only`):
+/// the NVRTC log, or the error.
+pub fn compile_check(arch: &str) -> Result<usize, CudaError> {
+    if nvrtc_version().is_none() {
+        return Err(CudaError::Compile("NVRTC not found".into()));
+    }
+    compile(&program_source(), &options(arch)).map(|b| b.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_key_depends_on_every_part() {
+        let a = cache_key(&[b"x", b"y"]);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, cache_key(&[b"xy", b""]));
+        assert_ne!(a, cache_key(&[b"x", b"z"]));
+        assert_eq!(a, cache_key(&[b"x", b"y"]));
+    }
+
+    /// Compiles the real kernels when NVRTC can be loaded (no GPU needed); skipped otherwise.
+    #[test]
+    fn kernels_compile_with_nvrtc_when_available() {
+        if nvrtc_version().is_none() {
+            eprintln!("NVRTC not found: skipped");
+            return;
+        }
+        let n = compile_check("sm_90").unwrap_or_else(|e| panic!("{e}"));
+        assert!(n > 0);
+    }
+}
