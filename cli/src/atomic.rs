@@ -14,6 +14,11 @@ fn parent_of(dest: &Path) -> PathBuf {
     }
 }
 
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
+
 fn sync_dir(dir: &Path) {
     // Persisting the rename needs the directory synced; not every file system allows it.
     if let Ok(d) = File::open(dir) {
@@ -39,14 +44,16 @@ pub fn write_file<T>(
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     let value = {
         let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
-        let v = fill(&mut w)?;
+        let v = fill(&mut w).with_context(|| format!("writing {}", dest.display()))?;
         w.flush()
-            .with_context(|| format!("writing {}", tmp.path().display()))?;
+            .with_context(|| format!("writing {}", dest.display()))?;
         v
     };
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("syncing {}", tmp.path().display()))?;
+    // Temporary files are created private (0600); the result is an ordinary file.
+    set_mode(tmp.path(), 0o644);
     tmp.persist(dest)
         .with_context(|| format!("renaming into {}", dest.display()))?;
     sync_dir(&dir);
@@ -77,6 +84,7 @@ pub fn write_dir<T>(dest: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Resul
         .tempdir_in(&dir)
         .with_context(|| format!("creating a temporary folder in {}", dir.display()))?;
     let value = fill(tmp.path())?;
+    set_mode(tmp.path(), 0o755);
     for entry in std::fs::read_dir(tmp.path())? {
         let f = File::open(entry?.path())?;
         f.sync_all()?;

@@ -6,6 +6,7 @@
 mod atomic;
 mod bench;
 mod demo;
+mod divergence;
 mod import;
 mod inspect;
 mod pack;
@@ -32,6 +33,7 @@ enum Command {
     Pack(pack::PackArgs),
     Inspect(inspect::InspectArgs),
     Verify(verify::VerifyArgs),
+    Diff(divergence::DiffArgs),
     Unpack(unpack::UnpackArgs),
     Synth(synth::SynthArgs),
     ImportGguf(import::ImportArgs),
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Pack(a) => pack::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Diff(a) => divergence::run_diff(a),
         Command::Unpack(a) => unpack::run(a),
         Command::Synth(a) => synth::run(a),
         Command::ImportGguf(a) => import::run(a),

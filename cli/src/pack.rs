@@ -205,7 +205,10 @@ pub fn pack_to_file(
         Ok(pack(input, opts, w, &mut |p| {
             bar.set_position(p.source_done);
             if p.written > 0 {
-                bar.set_message(format!("ratio {:.3}", p.source_done as f64 / p.written as f64));
+                bar.set_message(format!(
+                    "ratio {:.3}",
+                    p.source_done as f64 / p.written as f64
+                ));
             }
         })?)
     })?;

@@ -24,6 +24,13 @@ pub struct VerifyArgs {
     /// quantized ones must re-quantize to the same payload.
     #[arg(long)]
     pub against: Option<PathBuf>,
+    /// Also run both models side by side (needs --against) and report where, and how much,
+    /// the container's outputs depart from the source's: KL divergence, top-1 agreement,
+    /// per-layer and per-tensor error, greedy continuations, KV-cache parity.
+    #[arg(long, requires = "against")]
+    pub run: bool,
+    #[command(flatten)]
+    pub run_opts: crate::divergence::RunOptions,
     /// Print a JSON report.
     #[arg(long)]
     pub json: bool,
@@ -73,6 +80,13 @@ pub struct Report {
     pub failures: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub against: Option<AgainstReport>,
+    /// With `--run`: the headline figures, and every figure under `run`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_kld: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top1_agreement: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<crate::divergence::RunOutcome>,
 }
 
 pub fn error_figures(name: &str, codec: &str, source: &[f32], approx: &[f32]) -> QuantError {
@@ -205,11 +219,30 @@ pub fn build_report(path: &Path, against: Option<&Path>) -> Result<Report, Failu
         seconds: start.elapsed().as_secs_f64(),
         failures,
         against,
+        mean_kld: None,
+        top1_agreement: None,
+        run: None,
     })
 }
 
 pub fn run(a: VerifyArgs) -> CmdResult {
-    let report = build_report(&a.file, a.against.as_deref())?;
+    let flags = a.run_opts.run_only_flags();
+    if !a.run && !flags.is_empty() {
+        return Err(anyhow::anyhow!("{} need --run", flags.join(", ")).into());
+    }
+    if a.run {
+        crate::divergence::set_run_threads(&a.run_opts)?;
+    }
+    let mut report = build_report(&a.file, a.against.as_deref())?;
+    if let (true, Some(dir)) = (a.run, a.against.as_deref()) {
+        // The run goes on when byte checks failed: it says how much that matters.
+        let o = crate::divergence::run_pair(dir, &a.file, &a.run_opts)?;
+        report.failures.extend(o.failures.iter().cloned());
+        report.ok = report.failures.is_empty();
+        report.mean_kld = Some(o.divergence.mean_kld);
+        report.top1_agreement = Some(o.divergence.top1_agreement);
+        report.run = Some(o);
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -262,14 +295,20 @@ fn print_report(r: &Report) {
             }
         }
     }
-    for f in r.failures.iter().take(20) {
+    // The run's failures come last and are printed with its summary.
+    let own = r.failures.len() - r.run.as_ref().map_or(0, |o| o.failures.len());
+    for f in r.failures[..own].iter().take(20) {
         println!("FAIL {f}");
     }
-    if r.failures.len() > 20 {
-        println!(
-            "... {} more failures (--json lists all)",
-            r.failures.len() - 20
-        );
+    if own > 20 {
+        println!("... {} more failures (--json lists all)", own - 20);
+    }
+    if let Some(o) = &r.run {
+        println!();
+        crate::divergence::summary::print_run(o);
+        if let Some(p) = o.report.as_deref() {
+            println!("report: {p}");
+        }
     }
     println!(
         "{}",

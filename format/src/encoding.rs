@@ -49,7 +49,11 @@ fn zstd_compress(data: &[u8], effort: Effort) -> std::io::Result<Vec<u8>> {
 }
 
 /// Encodes one frame's decoded bytes into its stored bytes.
-pub fn encode_frame(encoding: Encoding, decoded: &[u8], effort: Effort) -> std::io::Result<Vec<u8>> {
+pub fn encode_frame(
+    encoding: Encoding,
+    decoded: &[u8],
+    effort: Effort,
+) -> std::io::Result<Vec<u8>> {
     match encoding {
         Encoding::Raw => Ok(decoded.to_vec()),
         Encoding::Zstd => zstd_compress(decoded, effort),
@@ -131,7 +135,9 @@ fn check_single_frame(stored: &[u8]) -> Result<(), DecodeError> {
     if stored.len() >= 4 {
         let magic = u32::from_le_bytes([stored[0], stored[1], stored[2], stored[3]]);
         if magic & SKIPPABLE_MASK == SKIPPABLE_MAGIC {
-            return Err(DecodeError::Zstd("a skippable frame, not a zstd data frame".into()));
+            return Err(DecodeError::Zstd(
+                "a skippable frame, not a zstd data frame".into(),
+            ));
         }
     }
     match zstd::zstd_safe::find_frame_compressed_size(stored) {
@@ -256,7 +262,10 @@ mod tests {
         assert!(e.to_string().contains("exactly one zstd frame"), "{e}");
         let mut skippable = vec![0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0];
         skippable.extend_from_slice(&one);
-        assert!(decode_frame_into(Encoding::Zstd, &skippable[..8], &mut out[..0], &mut scratch).is_err());
+        assert!(
+            decode_frame_into(Encoding::Zstd, &skippable[..8], &mut out[..0], &mut scratch)
+                .is_err()
+        );
         let mut out = vec![0u8; 8];
         decode_frame_into(Encoding::Zstd, &one, &mut out, &mut scratch).unwrap();
         assert_eq!(&out, b"abcdabcd");

@@ -33,7 +33,7 @@ pub enum FormatError {
     MisalignedIndex(u64),
     #[error("index: {length} bytes exceeds the limit of {limit} bytes")]
     IndexTooLarge { length: u64, limit: u64 },
-    #[error("index: checksum mismatch (stored {stored:016x}, computed {computed:016x}): preamble or index corrupted")]
+    #[error("footer: index checksum mismatch (footer says {stored:016x}, preamble and index hash to {computed:016x}): the preamble, the index or the footer's checksum is corrupted")]
     IndexChecksum { stored: u64, computed: u64 },
     #[error("index: not valid JSON: {0}")]
     IndexJson(String),
@@ -69,7 +69,7 @@ pub enum FormatError {
     Policy(String),
     #[error("quantizing {tensor}: {msg}")]
     Quantize { tensor: String, msg: String },
-    #[error("write failed: {0}")]
+    #[error("write failed")]
     Io(#[from] std::io::Error),
 }
 

@@ -22,6 +22,7 @@ pub struct Index {
 pub struct TensorEntry {
     pub name: String,
     pub dtype: Dtype,
+    #[serde(deserialize_with = "bounded::shape")]
     pub shape: Vec<u64>,
     /// Kept as a string so that an unknown codec is reported by name, with its tensor.
     pub codec: String,
@@ -65,7 +66,7 @@ pub struct PolicyRecord {
     pub quant: String,
     #[serde(default)]
     pub group_size: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::vec::<_, _, 4096>")]
     pub rules: Vec<String>,
     #[serde(default)]
     pub lossless: String,
@@ -79,7 +80,7 @@ pub struct Provenance {
     pub frame_size: u64,
     #[serde(default)]
     pub zstd_level: i32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::vec::<_, _, 65536>")]
     pub source_files: Vec<SourceFile>,
 }
 
@@ -139,5 +140,48 @@ mod hex64 {
             )));
         }
         u64::from_str_radix(&s, 16).map_err(D::Error::custom)
+    }
+}
+
+/// Lists whose JSON elements can be far smaller than their parsed form (`""` is 3 bytes of JSON
+/// and 24 of `String`) are capped while parsing, so an index's memory stays a small multiple of its
+/// length whatever it holds.
+mod bounded {
+    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+    use std::marker::PhantomData;
+
+    /// A tensor shape: far more dimensions than any limit allows is refused while parsing.
+    pub fn shape<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        capped::<D, u64, 64>(d, "dimensions in a tensor shape")
+    }
+
+    pub fn vec<'de, D: Deserializer<'de>, T: Deserialize<'de>, const MAX: usize>(
+        d: D,
+    ) -> Result<Vec<T>, D::Error> {
+        capped::<D, T, MAX>(d, "elements")
+    }
+
+    fn capped<'de, D: Deserializer<'de>, T: Deserialize<'de>, const MAX: usize>(
+        d: D,
+        what: &'static str,
+    ) -> Result<Vec<T>, D::Error> {
+        struct Bounded<T, const MAX: usize>(PhantomData<T>, &'static str);
+        impl<'de, T: Deserialize<'de>, const MAX: usize> Visitor<'de> for Bounded<T, MAX> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "a list of at most {MAX} {}", self.1)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    if out.len() == MAX {
+                        return Err(A::Error::custom(format!("more than {MAX} {}", self.1)));
+                    }
+                    out.push(v);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Bounded::<T, MAX>(PhantomData, what))
     }
 }

@@ -224,21 +224,21 @@ impl<'a> Container<'a> {
         hash: &str,
         encoding: Encoding,
     ) -> Result<Vec<u8>> {
-        let mut out = vec![0u8; len as usize];
-        let mut at = 0usize;
+        // The output grows a frame at a time: a stream that declares gigabytes but whose first
+        // frame is bad fails at that frame, not in one allocation of the declared length.
+        let mut out: Vec<u8> = Vec::new();
         let mut scratch = Vec::new();
         for (i, f) in frames.iter().enumerate() {
             let n = f.decoded as usize;
-            self.decode_frame(
-                owner,
-                role,
-                i,
-                f,
-                encoding,
-                &mut out[at..at + n],
-                &mut scratch,
-            )?;
-            at += n;
+            let start = out.len();
+            out.try_reserve(n).map_err(|_| FormatError::Frame {
+                owner: owner.to_string(),
+                role: role.to_string(),
+                frame: i,
+                msg: format!("cannot allocate {n} more bytes (stream declares {len})"),
+            })?;
+            out.resize(start + n, 0);
+            self.decode_frame(owner, role, i, f, encoding, &mut out[start..], &mut scratch)?;
         }
         let computed = crate::hash::xxh3_128_hex(&out);
         if computed != hash {

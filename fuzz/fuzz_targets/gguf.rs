@@ -19,10 +19,22 @@ mod cllm_fuzz_gguf {
             walk(v);
         }
         for t in g.tensors() {
-            let end = t.file_offset.checked_add(t.n_bytes).expect("tensor end overflows");
-            assert!(end <= len as u64, "tensor {} ends at {end}, past the file ({len})", t.name);
+            let end = t
+                .file_offset
+                .checked_add(t.n_bytes)
+                .expect("tensor end overflows");
+            assert!(
+                end <= len as u64,
+                "tensor {} ends at {end}, past the file ({len})",
+                t.name
+            );
             let bytes = g.tensor_data(t);
-            assert_eq!(bytes.len() as u64, t.n_bytes, "tensor {}: data range", t.name);
+            assert_eq!(
+                bytes.len() as u64,
+                t.n_bytes,
+                "tensor {}: data range",
+                t.name
+            );
             if t.n_elements <= 1 << 22 {
                 let _ = cllm_gguf::dequant::dequantize(t.ggml_type, bytes, t.n_elements as usize);
             }
@@ -30,7 +42,14 @@ mod cllm_fuzz_gguf {
     }
 
     fn walk(v: &cllm_gguf::MetaValue<'_>) {
-        let _ = (v.as_u64(), v.as_i64(), v.as_f64(), v.as_bool(), v.as_str(), v.type_description());
+        let _ = (
+            v.as_u64(),
+            v.as_i64(),
+            v.as_f64(),
+            v.as_bool(),
+            v.as_str(),
+            v.type_description(),
+        );
         if let Some(a) = v.as_array() {
             let _ = (a.to_i64_vec(), a.to_f64_vec(), a.as_strs(), a.len());
             for e in a.iter() {

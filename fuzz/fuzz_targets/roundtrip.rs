@@ -81,7 +81,15 @@ const PATTERNS: [&str; 8] = [
 ];
 
 const RULE_CODECS: [&str; 9] = [
-    "lossless", "raw", "zstd", "zstd-bp", "int8", "int4", "int4-g32", "int4-g64", "int4-g128",
+    "lossless",
+    "raw",
+    "zstd",
+    "zstd-bp",
+    "int8",
+    "int4",
+    "int4-g32",
+    "int4-g64",
+    "int4-g128",
 ];
 
 fn name(k: u8) -> String {
@@ -107,7 +115,11 @@ fn source_bytes(t: &TensorIn, dtype: Dtype, numel: usize) -> Vec<u8> {
     if t.finite && dtype.is_float() {
         let vals: Vec<f32> = (0..numel)
             .map(|i| {
-                let b = t.values.get(i % t.values.len().max(1)).copied().unwrap_or(0);
+                let b = t
+                    .values
+                    .get(i % t.values.len().max(1))
+                    .copied()
+                    .unwrap_or(0);
                 (b as i8) as f32 / 8.0 * (1 + i % 3) as f32
             })
             .collect();
@@ -116,7 +128,13 @@ fn source_bytes(t: &TensorIn, dtype: Dtype, numel: usize) -> Vec<u8> {
         out
     } else {
         (0..numel * size)
-            .map(|i| t.values.get(i % t.values.len().max(1)).copied().unwrap_or(0).wrapping_add((i / 7) as u8))
+            .map(|i| {
+                t.values
+                    .get(i % t.values.len().max(1))
+                    .copied()
+                    .unwrap_or(0)
+                    .wrapping_add((i / 7) as u8)
+            })
             .collect()
     }
 }
@@ -127,7 +145,7 @@ fuzz_target!(|input: Input| {
         let dtype = DTYPES[t.dtype as usize % DTYPES.len()];
         let shape: Vec<u64> = t.dims.iter().take(3).map(|&d| dim(d)).collect();
         let numel: u64 = shape.iter().product();
-        if numel > 1 << 15 {
+        if numel > 1 << 13 || (frame_size_small(&input) && numel > 512) {
             continue;
         }
         let bytes = source_bytes(t, dtype, numel as usize);
@@ -138,18 +156,28 @@ fuzz_target!(|input: Input| {
         .iter()
         .take(4)
         .filter_map(|&(p, c)| {
-            Rule::new(PATTERNS[p as usize % PATTERNS.len()], RULE_CODECS[c as usize % RULE_CODECS.len()]).ok()
+            Rule::new(
+                PATTERNS[p as usize % PATTERNS.len()],
+                RULE_CODECS[c as usize % RULE_CODECS.len()],
+            )
+            .ok()
         })
         .collect();
     let policy = Policy {
-        preset: [Preset::Lossless, Preset::MlpOnly, Preset::AttnOnly, Preset::AllLinear][input.preset as usize % 4],
+        preset: [
+            Preset::Lossless,
+            Preset::MlpOnly,
+            Preset::AttnOnly,
+            Preset::AllLinear,
+        ][input.preset as usize % 4],
         quant: if input.int4 { Quant::Int4 } else { Quant::Int8 },
         group_size: [32, 64, 128, input.group_size as u32][input.group_size as usize % 4],
-        lossless: [Codec::ZstdBp, Codec::Zstd, Codec::Raw, Codec::Int8][input.lossless as usize % 4],
+        lossless: [Codec::ZstdBp, Codec::Zstd, Codec::Raw, Codec::Int8]
+            [input.lossless as usize % 4],
         rules,
         allow_unmatched: input.allow_unmatched,
     };
-    let frame_size = [8, 64, 1000, 4096, 2 << 20, 24][input.frame_size as usize % 6];
+    let frame_size = [8, 256, 1000, 4096, 2 << 20, 24][input.frame_size as usize % 6];
     let mut files = vec![("config.json".to_string(), input.config.clone())];
     if input.config.len() % 2 == 1 {
         files.push(("tokenizer.json".to_string(), input.config.repeat(3)));
@@ -157,7 +185,12 @@ fuzz_target!(|input: Input| {
     let pack_input = PackInput {
         tensors: specs
             .iter()
-            .map(|(n, d, s, b)| SourceTensor { name: n.clone(), dtype: *d, shape: s.clone(), bytes: b })
+            .map(|(n, d, s, b)| SourceTensor {
+                name: n.clone(),
+                dtype: *d,
+                shape: s.clone(),
+                bytes: b,
+            })
             .collect(),
         files: files.clone(),
         source_files: vec![],
@@ -170,15 +203,32 @@ fuzz_target!(|input: Input| {
         ..PackOptions::default()
     };
     let mut out = Vec::new();
-    let Ok(summary) = pack(&pack_input, &opts, &mut out, &mut |_| {}) else {
+    let packed = pack(&pack_input, &opts, &mut out, &mut |_| {});
+    if std::env::var_os("CLLM_FUZZ_DEBUG").is_some() {
+        eprintln!(
+            "pack: {}",
+            match &packed {
+                Ok(s) => format!("ok, {} tensors", s.index.tensors.len()),
+                Err(e) => format!("refused: {e}"),
+            }
+        );
+    }
+    let Ok(summary) = packed else {
         return;
     };
     assert_eq!(summary.file_len, out.len() as u64);
     let c = Container::open(&out, &Limits::default()).expect("a packed container opens");
     let r = verify(&c, 1 << 16);
-    assert!(r.failures.is_empty(), "a packed container verifies: {:?}", r.failures);
+    assert!(
+        r.failures.is_empty(),
+        "a packed container verifies: {:?}",
+        r.failures
+    );
     for (i, t) in c.tensors().iter().enumerate() {
-        let (_, dtype, shape, src) = specs.iter().find(|s| s.0 == t.name).expect("every tensor packed");
+        let (_, dtype, shape, src) = specs
+            .iter()
+            .find(|s| s.0 == t.name)
+            .expect("every tensor packed");
         assert_eq!((t.dtype, &t.shape), (*dtype, shape));
         let back = c.tensor_source_bytes(i).expect("a verified tensor decodes");
         assert_eq!(back.len(), src.len(), "{}", t.name);
@@ -192,15 +242,28 @@ fuzz_target!(|input: Input| {
             cllm_format::quant::to_f32(*dtype, &back, &mut deq);
             let amax = orig.iter().fold(0f32, |a, v| a.max(v.abs()));
             for (j, v) in deq.iter().enumerate() {
-                assert!(v.is_finite() && v.abs() <= amax * 1.01 + 1e-3, "{}[{j}]: {v} from {} (max |x| {amax})", t.name, orig[j]);
+                assert!(
+                    v.is_finite() && v.abs() <= amax * 1.01 + 1e-3,
+                    "{}[{j}]: {v} from {} (max |x| {amax})",
+                    t.name,
+                    orig[j]
+                );
             }
         }
     }
     assert_eq!(c.tensors().len(), specs.len());
     for (n, b) in &files {
-        assert_eq!(c.read_file(n).expect("a verified file reads").as_deref(), Some(b.as_slice()));
+        assert_eq!(
+            c.read_file(n).expect("a verified file reads").as_deref(),
+            Some(b.as_slice())
+        );
     }
     let mut again = Vec::new();
     pack(&pack_input, &opts, &mut again, &mut |_| {}).expect("packs twice");
     assert!(again == out, "packing is not deterministic");
 });
+
+/// Frames of 8 bytes make one zstd frame per few elements: keep those tensors small.
+fn frame_size_small(input: &Input) -> bool {
+    input.frame_size % 6 == 0
+}

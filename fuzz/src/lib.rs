@@ -33,21 +33,35 @@ pub fn exercise(bytes: &[u8], limits: &Limits) {
         let decoded = c.decode_tensor(i);
         let source = c.tensor_source_bytes(i);
         if clean {
-            let streams = decoded.unwrap_or_else(|e| panic!("verified clean, decode_tensor({}) failed: {e}", t.name));
+            let streams = decoded.unwrap_or_else(|e| {
+                panic!("verified clean, decode_tensor({}) failed: {e}", t.name)
+            });
             for (s, d) in t.streams.iter().zip(&streams) {
                 assert_eq!(s.len, d.len() as u64, "{} stream {}", t.name, s.role);
             }
-            let src = source.unwrap_or_else(|e| panic!("verified clean, tensor_source_bytes({}) failed: {e}", t.name));
+            let src = source.unwrap_or_else(|e| {
+                panic!(
+                    "verified clean, tensor_source_bytes({}) failed: {e}",
+                    t.name
+                )
+            });
             assert_eq!(src.len() as u64, t.raw_bytes(), "{}: source bytes", t.name);
             if c.codec(i).is_lossless() {
-                assert_eq!(cllm_format::hash::xxh3_128_hex(&src), t.source_xxh3, "{}", t.name);
+                assert_eq!(
+                    cllm_format::hash::xxh3_128_hex(&src),
+                    t.source_xxh3,
+                    "{}",
+                    t.name
+                );
             }
         }
     }
     for f in &c.index.files {
         let r = c.read_file(&f.name);
         if clean {
-            let b = r.unwrap_or_else(|e| panic!("verified clean, read_file({}) failed: {e}", f.name)).expect("listed file");
+            let b = r
+                .unwrap_or_else(|e| panic!("verified clean, read_file({}) failed: {e}", f.name))
+                .expect("listed file");
             assert_eq!(b.len() as u64, f.len);
         }
     }
@@ -124,10 +138,15 @@ pub fn fix_all_hashes(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut index: Value = serde_json::from_slice(&bytes[off..end]).ok()?;
     // 1. Frame checksums: the XXH3-64 of the bytes each frame entry points at.
     let fix_frame = |f: &mut Value| {
-        let (Some(o), Some(s)) = (f.get("offset").and_then(Value::as_u64), f.get("stored").and_then(Value::as_u64)) else {
+        let (Some(o), Some(s)) = (
+            f.get("offset").and_then(Value::as_u64),
+            f.get("stored").and_then(Value::as_u64),
+        ) else {
             return;
         };
-        let (Ok(o), Ok(s)) = (usize::try_from(o), usize::try_from(s)) else { return };
+        let (Ok(o), Ok(s)) = (usize::try_from(o), usize::try_from(s)) else {
+            return;
+        };
         if let Some(stored) = o.checked_add(s).and_then(|e| bytes.get(o..e)) {
             if let Some(obj) = f.as_object_mut() {
                 obj.insert("xxh3".into(), json!(format!("{:016x}", xxh3_64(stored))));
@@ -144,16 +163,18 @@ pub fn fix_all_hashes(bytes: &[u8]) -> Option<Vec<u8>> {
     // 2. Stream hashes: decode what opens and hash it.
     let c = Container::open(&first, &small_limits()).ok()?;
     let mut index: Value = serde_json::from_slice(&first[off..first.len() - 32]).ok()?;
-    let stream_hash = |owner: &str, role: &str, frames: &[cllm_format::index::FrameEntry], enc: Encoding| {
-        let mut h = Hasher128::default();
-        let mut scratch = Vec::new();
-        for (i, f) in frames.iter().enumerate() {
-            let mut out = vec![0u8; f.decoded as usize];
-            c.decode_frame(owner, role, i, f, enc, &mut out, &mut scratch).ok()?;
-            h.update(&out);
-        }
-        Some(h.hex())
-    };
+    let stream_hash =
+        |owner: &str, role: &str, frames: &[cllm_format::index::FrameEntry], enc: Encoding| {
+            let mut h = Hasher128::default();
+            let mut scratch = Vec::new();
+            for (i, f) in frames.iter().enumerate() {
+                let mut out = vec![0u8; f.decoded as usize];
+                c.decode_frame(owner, role, i, f, enc, &mut out, &mut scratch)
+                    .ok()?;
+                h.update(&out);
+            }
+            Some(h.hex())
+        };
     for (ti, t) in c.tensors().iter().enumerate() {
         let owner = format!("tensor {}", t.name);
         for (si, (s, spec)) in t.streams.iter().zip(c.stream_specs(ti)).enumerate() {
@@ -166,7 +187,12 @@ pub fn fix_all_hashes(bytes: &[u8]) -> Option<Vec<u8>> {
         }
     }
     for (fi, f) in c.index.files.iter().enumerate() {
-        if let Some(hex) = stream_hash(&format!("file {}", f.name), "data", &f.frames, Encoding::Zstd) {
+        if let Some(hex) = stream_hash(
+            &format!("file {}", f.name),
+            "data",
+            &f.frames,
+            Encoding::Zstd,
+        ) {
             index["files"][fi]["xxh3"] = json!(hex);
         }
     }

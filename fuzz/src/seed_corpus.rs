@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use cllm_format::{pack, Codec, Dtype, PackInput, PackOptions, Policy, Preset, Quant, Rule, SourceTensor};
+use cllm_format::{
+    pack, Codec, Dtype, PackInput, PackOptions, Policy, Preset, Quant, Rule, SourceTensor,
+};
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     assert!(bytes.len() < 64 << 10, "{name}: {} bytes", bytes.len());
@@ -33,27 +35,52 @@ fn tensor(rng: &mut Rng, dtype: Dtype, shape: &[u64]) -> Vec<u8> {
         let v: Vec<f32> = (0..n).map(|_| rng.unit() * 0.2).collect();
         cllm_format::quant::from_f32(dtype, &v, &mut out);
     } else {
-        out = (0..n * dtype.size() as u64).map(|_| rng.next() as u8).collect();
+        out = (0..n * dtype.size() as u64)
+            .map(|_| rng.next() as u8)
+            .collect();
     }
     out
 }
 
-fn container(tensors: &[(&str, Dtype, Vec<u64>)], policy: Policy, frame_size: usize, seed: u64) -> Vec<u8> {
+fn container(
+    tensors: &[(&str, Dtype, Vec<u64>)],
+    policy: Policy,
+    frame_size: usize,
+    seed: u64,
+) -> Vec<u8> {
     let mut rng = Rng(seed);
-    let data: Vec<Vec<u8>> = tensors.iter().map(|(_, d, s)| tensor(&mut rng, *d, s)).collect();
+    let data: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, d, s)| tensor(&mut rng, *d, s))
+        .collect();
     let input = PackInput {
         tensors: tensors
             .iter()
             .zip(&data)
-            .map(|((n, d, s), b)| SourceTensor { name: n.to_string(), dtype: *d, shape: s.clone(), bytes: b })
+            .map(|((n, d, s), b)| SourceTensor {
+                name: n.to_string(),
+                dtype: *d,
+                shape: s.clone(),
+                bytes: b,
+            })
             .collect(),
         files: vec![
-            ("config.json".into(), br#"{"model_type":"llama","hidden_size":64}"#.to_vec()),
-            ("tokenizer_config.json".into(), br#"{"bos_token":"<s>"}"#.to_vec()),
+            (
+                "config.json".into(),
+                br#"{"model_type":"llama","hidden_size":64}"#.to_vec(),
+            ),
+            (
+                "tokenizer_config.json".into(),
+                br#"{"bos_token":"<s>"}"#.to_vec(),
+            ),
         ],
         source_files: vec![],
     };
-    let opts = PackOptions { policy, frame_size, ..PackOptions::default() };
+    let opts = PackOptions {
+        policy,
+        frame_size,
+        ..PackOptions::default()
+    };
     let mut out = Vec::new();
     pack(&input, &opts, &mut out, &mut |_| {}).expect("seed packs");
     out
@@ -70,7 +97,10 @@ fn container_seeds(dir: &Path) {
         (
             "lossless_bf16",
             container(
-                &[("model.embed_tokens.weight", Dtype::Bf16, vec![16, 32]), ("model.norm.weight", Dtype::Bf16, vec![32])],
+                &[
+                    ("model.embed_tokens.weight", Dtype::Bf16, vec![16, 32]),
+                    ("model.norm.weight", Dtype::Bf16, vec![32]),
+                ],
                 Policy::default(),
                 256,
                 1,
@@ -80,8 +110,16 @@ fn container_seeds(dir: &Path) {
             "int8_int4_f32",
             container(
                 &[
-                    ("model.layers.0.mlp.down_proj.weight", Dtype::F32, vec![16, 64]),
-                    ("model.layers.0.mlp.up_proj.weight", Dtype::Bf16, vec![32, 16]),
+                    (
+                        "model.layers.0.mlp.down_proj.weight",
+                        Dtype::F32,
+                        vec![16, 64],
+                    ),
+                    (
+                        "model.layers.0.mlp.up_proj.weight",
+                        Dtype::Bf16,
+                        vec![32, 16],
+                    ),
                     ("model.norm.weight", Dtype::F32, vec![16]),
                 ],
                 quantized,
@@ -99,7 +137,11 @@ fn container_seeds(dir: &Path) {
                     ("d.mask", Dtype::Bool, vec![3, 3]),
                     ("e.f16", Dtype::F16, vec![4, 8]),
                 ],
-                Policy { lossless: Codec::Raw, rules: vec![Rule::parse("c.ids=zstd").unwrap()], ..Policy::default() },
+                Policy {
+                    lossless: Codec::Raw,
+                    rules: vec![Rule::parse("c.ids=zstd").unwrap()],
+                    ..Policy::default()
+                },
                 64,
                 3,
             ),
@@ -132,7 +174,13 @@ fn gstr(out: &mut Vec<u8>, s: &str) {
 
 impl Gguf {
     fn new() -> Gguf {
-        Gguf { kv: vec![], n_kv: 0, infos: vec![], n_tensors: 0, data: vec![] }
+        Gguf {
+            kv: vec![],
+            n_kv: 0,
+            infos: vec![],
+            n_tensors: 0,
+            data: vec![],
+        }
     }
     fn kv(&mut self, key: &str, ty: u32, value: &[u8]) {
         gstr(&mut self.kv, key);
@@ -169,12 +217,14 @@ impl Gguf {
             self.data.push(0);
         }
         gstr(&mut self.infos, name);
-        self.infos.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        self.infos
+            .extend_from_slice(&(dims.len() as u32).to_le_bytes());
         for d in dims {
             self.infos.extend_from_slice(&d.to_le_bytes());
         }
         self.infos.extend_from_slice(&ty.to_le_bytes());
-        self.infos.extend_from_slice(&(self.data.len() as u64).to_le_bytes());
+        self.infos
+            .extend_from_slice(&(self.data.len() as u64).to_le_bytes());
         self.data.extend_from_slice(data);
         self.n_tensors += 1;
     }
@@ -206,7 +256,10 @@ fn gguf_seeds(dir: &Path) {
     g.kv("general.big", 10, &u64::MAX.to_le_bytes());
     g.kv("general.pi", 12, &std::f64::consts::PI.to_le_bytes());
     g.kv_str("tokenizer.ggml.model", "gpt2");
-    g.kv_str_array("tokenizer.ggml.tokens", &["<s>", "</s>", "a", "b", "ab", " "]);
+    g.kv_str_array(
+        "tokenizer.ggml.tokens",
+        &["<s>", "</s>", "a", "b", "ab", " "],
+    );
     g.kv_f32_array("tokenizer.ggml.scores", &[0.0, 0.0, -1.0, -1.0, -2.0, -3.0]);
     g.kv_str_array("tokenizer.ggml.merges", &["a b"]);
     // An array of arrays of i32: [[1, 2], [3]].
@@ -222,7 +275,9 @@ fn gguf_seeds(dir: &Path) {
     g.kv("general.nested", 9, &nested);
     let f32s: Vec<u8> = (0..32).flat_map(|_| rng.unit().to_le_bytes()).collect();
     g.tensor("token_embd.weight", &[8, 4], 0, &f32s);
-    let f16s: Vec<u8> = (0..16).flat_map(|i| (0x3c00u16 + i).to_le_bytes()).collect();
+    let f16s: Vec<u8> = (0..16)
+        .flat_map(|i| (0x3c00u16 + i).to_le_bytes())
+        .collect();
     g.tensor("output_norm.weight", &[16], 1, &f16s);
     // Q8_0: one block of 32: f16 scale, 32 signed bytes.
     let mut q8 = 0x2c00u16.to_le_bytes().to_vec();
@@ -287,16 +342,40 @@ fn safetensors_seeds(dir: &Path) {
         out
     };
     let st = safetensors(&[
-        ("model.embed_tokens.weight", "BF16", &[4, 8], bf16(&mut rng, 32)),
-        ("model.layers.0.input_layernorm.weight", "BF16", &[8], bf16(&mut rng, 8)),
-        ("model.layers.0.mlp.down_proj.weight", "BF16", &[8, 16], bf16(&mut rng, 128)),
-        ("model.norm.weight", "F32", &[8], (0..8).flat_map(|_| rng.unit().to_le_bytes()).collect()),
+        (
+            "model.embed_tokens.weight",
+            "BF16",
+            &[4, 8],
+            bf16(&mut rng, 32),
+        ),
+        (
+            "model.layers.0.input_layernorm.weight",
+            "BF16",
+            &[8],
+            bf16(&mut rng, 8),
+        ),
+        (
+            "model.layers.0.mlp.down_proj.weight",
+            "BF16",
+            &[8, 16],
+            bf16(&mut rng, 128),
+        ),
+        (
+            "model.norm.weight",
+            "F32",
+            &[8],
+            (0..8).flat_map(|_| rng.unit().to_le_bytes()).collect(),
+        ),
         ("model.ids", "I64", &[2], (0..16).map(|i| i as u8).collect()),
     ]);
     write(dir, "single_file", &folder_input(config, "", &st));
     let index = r#"{"metadata":{"total_size":420},"weight_map":{"model.embed_tokens.weight":"model-00001-of-00001.safetensors","model.layers.0.input_layernorm.weight":"model-00001-of-00001.safetensors","model.layers.0.mlp.down_proj.weight":"model-00001-of-00001.safetensors","model.norm.weight":"model-00001-of-00001.safetensors","model.ids":"model-00001-of-00001.safetensors"}}"#;
     write(dir, "sharded", &folder_input(config, index, &st));
-    write(dir, "empty_header", &folder_input(config, "", &safetensors(&[])));
+    write(
+        dir,
+        "empty_header",
+        &folder_input(config, "", &safetensors(&[])),
+    );
 }
 
 fn roundtrip_seeds(dir: &Path) {

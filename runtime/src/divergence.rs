@@ -168,6 +168,13 @@ pub enum DivergenceError {
     NoStreams,
     #[error("{what} {index} has no tokens")]
     EmptyStream { what: &'static str, index: usize },
+    #[error("{side} model returned {rows} rows of logits for {tokens} tokens (each row must have {vocab} values)")]
+    LogitShape {
+        side: &'static str,
+        rows: usize,
+        tokens: usize,
+        vocab: usize,
+    },
 }
 
 /// What to run.
@@ -209,6 +216,7 @@ pub struct StreamSummary {
     pub index: usize,
     pub tokens: usize,
     pub prompt_tokens: usize,
+    pub scored_positions: usize,
     pub mean_kld: f64,
     pub top1_agreement: f64,
 }
@@ -337,18 +345,24 @@ pub struct DivergenceReport {
     pub ppl_test: f64,
     /// `ppl_test / ppl_reference`.
     pub ppl_ratio: f64,
-    /// Scored positions: every position that has a next token in its stream.
+    /// Scored positions: in a prompt stream, those that predict a generated token (the prompt
+    /// is context); in an evaluation window, its second half (the first half is context, as in
+    /// llama.cpp's `llama-perplexity --kl-divergence`). Every figure above is over these.
     pub positions: usize,
     pub prompts: SetSummary,
     pub eval: SetSummary,
+    /// The same figures over every position that has a next token, context included.
+    pub every_position: SetSummary,
     pub streams: Vec<StreamSummary>,
-    /// Mean KLD at each position index, over the streams long enough to have it.
+    /// Mean KLD at each position index (scored or not), over the streams long enough to have it.
     pub kld_by_position: Vec<f64>,
     pub greedy: Vec<GreedyPair>,
     pub logits: LogitIdentity,
     pub kv_cache: KvParityPair,
     /// Per decoder layer, in order.
     pub layers: Vec<LayerError>,
+    /// The first layer whose output hidden state differs at all from the reference's.
+    pub first_divergent_layer: Option<usize>,
     /// Per weight tensor, largest error first.
     pub tensors: Vec<TensorError>,
     /// In-model error of every traced tensor (norms and attention outputs included), in trace order.
@@ -370,8 +384,8 @@ impl DivergenceReport {
     pub fn failures(&self, c: &Criteria) -> Vec<String> {
         let mut f = Vec::new();
         if let Some(max) = c.max_kld {
-            // `!(a <= b)` so that a NaN mean fails.
-            if !(self.mean_kld <= max) {
+            // A NaN mean fails too.
+            if self.mean_kld.is_nan() || self.mean_kld > max {
                 f.push(format!(
                     "mean KLD {:.6} exceeds --max-kld {max}",
                     self.mean_kld
@@ -379,7 +393,7 @@ impl DivergenceReport {
             }
         }
         if let Some(min) = c.min_top1 {
-            if !(self.top1_agreement >= min) {
+            if self.top1_agreement.is_nan() || self.top1_agreement < min {
                 f.push(format!(
                     "top-1 agreement {:.4} is below --min-top1 {min}",
                     self.top1_agreement
@@ -433,7 +447,7 @@ struct Acc {
 impl Acc {
     /// Adds `rows` rows of `width` values; mismatched lengths (models of different shapes) are skipped.
     fn add(&mut self, r: &[f32], t: &[f32], width: usize) {
-        if r.len() != t.len() || width == 0 || r.len() % width != 0 {
+        if r.len() != t.len() || width == 0 || !r.len().is_multiple_of(width) {
             return;
         }
         let parts: Vec<(f64, f64, f64, f64)> = r
@@ -497,6 +511,8 @@ impl Acc {
 #[derive(Clone, Copy, Debug)]
 struct Pos {
     index: usize,
+    /// Counted in the headline figures (see [`DivergenceReport::positions`]).
+    scored: bool,
     kld: f64,
     top1: bool,
     /// `p_ref(next) − p_test(next)`, and each model's −log p(next).
@@ -700,6 +716,16 @@ pub fn measure(
             })
             .map_err(stage_err("test", format!("forward on {kind:?} {index}")))?;
         timing.forward_seconds += t1.elapsed().as_secs_f64();
+        for (side, l) in [("reference", &ref_logits), ("test", &test_logits)] {
+            if l.len() != stream.len() || l.iter().any(|r| r.len() != rv) {
+                return Err(DivergenceError::LogitShape {
+                    side,
+                    rows: l.len(),
+                    tokens: stream.len(),
+                    vocab: rv,
+                });
+            }
+        }
 
         // The error each projection of the test model adds on its own, on the reference's input.
         let t2 = Instant::now();
@@ -714,8 +740,15 @@ pub fn measure(
             .map(|i| {
                 let next = stream.get(i + 1).copied();
                 let (kld, lp) = kl_row(&ref_logits[i], &test_logits[i], next);
+                // The context part of a stream is run but not scored: a prompt's own tokens, and
+                // the first half of an evaluation window (as llama.cpp's perplexity tool does).
+                let from = match kind {
+                    StreamKind::Prompt => prompt_len - 1,
+                    StreamKind::Eval => stream.len() / 2,
+                };
                 Pos {
                     index: i,
+                    scored: i >= from,
                     kld,
                     top1: argmax_lenient(&ref_logits[i]) == argmax_lenient(&test_logits[i]),
                     next: lp.map(|(a, b)| (a.exp() - b.exp(), -a, -b)),
@@ -731,16 +764,20 @@ pub fn measure(
                 logits_id.max_abs_diff = nan_max(logits_id.max_abs_diff, max_abs_diff(r, t));
             }
         }
-        let scored: Vec<&Pos> = pos.iter().filter(|p| p.next.is_some()).collect();
+        let scored: Vec<&Pos> = pos
+            .iter()
+            .filter(|p| p.scored && p.next.is_some())
+            .collect();
         streams.push(StreamSummary {
             kind,
             index,
             tokens: stream.len(),
             prompt_tokens: prompt_len,
+            scored_positions: scored.len(),
             mean_kld: mean(scored.iter().map(|p| p.kld)),
             top1_agreement: mean(scored.iter().map(|p| f64::from(u8::from(p.top1)))),
         });
-        positions.extend(scored.into_iter().map(|p| (kind, *p)));
+        positions.extend(pos.iter().filter(|p| p.next.is_some()).map(|p| (kind, *p)));
 
         // Greedy continuations, and KV-cache parity on them.
         if let Some(rg) = ref_greedy {
@@ -798,27 +835,26 @@ fn own_errors(
     modules.push(("lm_head".into(), "model.norm".into()));
     for (module, input_name) in modules {
         let act;
-        let (input, rows): (&[f32], usize) =
-            if let Some(gate_name) = input_name.strip_suffix(".act") {
-                // `model.layers.3.mlp.act`: SwiGLU of the reference's gate and up outputs.
-                let (Some(g), Some(u)) = (
-                    trace.points.get(&format!("{gate_name}.gate_proj")),
-                    trace.points.get(&format!("{gate_name}.up_proj")),
-                ) else {
-                    continue;
-                };
-                let mut a = vec![0f32; g.3.len()];
-                if swiglu(&g.3, &u.3, &mut a).is_err() {
-                    continue;
-                }
-                act = a;
-                (&act, g.2)
-            } else {
-                match trace.points.get(&input_name) {
-                    Some(p) => (&p.3, p.2),
-                    None => continue,
-                }
+        let (input, rows): (&[f32], usize) = if let Some(mlp) = input_name.strip_suffix(".act") {
+            // `model.layers.3.mlp.act`: SwiGLU of the reference's gate and up outputs.
+            let (Some(g), Some(u)) = (
+                trace.points.get(&format!("{mlp}.gate_proj")),
+                trace.points.get(&format!("{mlp}.up_proj")),
+            ) else {
+                continue;
             };
+            let mut a = vec![0f32; g.3.len()];
+            if swiglu(&g.3, &u.3, &mut a).is_err() {
+                continue;
+            }
+            act = a;
+            (&act, g.2)
+        } else {
+            match trace.points.get(&input_name) {
+                Some(p) => (&p.3, p.2),
+                None => continue,
+            }
+        };
         let Some(out) = test.project(&module, input, rows) else {
             if module != "lm_head" {
                 totals.own_supported = false;
@@ -831,9 +867,9 @@ fn own_errors(
         if module == "lm_head" {
             // The LM head runs on every position here; compare row by row with the logits.
             let w = out.len() / rows.max(1);
-            let first = stream.len() - rows;
-            for (i, row) in out.chunks_exact(w.max(1)).enumerate() {
-                acc.add(&ref_logits[first + i], row, w);
+            let first = stream.len().saturating_sub(rows);
+            for (r, row) in ref_logits[first..].iter().zip(out.chunks_exact(w.max(1))) {
+                acc.add(r, row, w);
             }
         } else if let Some(r) = trace.points.get(&module) {
             acc.add(&r.3, &out, out.len() / rows.max(1));
@@ -928,11 +964,16 @@ fn summarize(
     mut timing: Timing,
     start: Instant,
 ) -> DivergenceReport {
-    let all: Vec<&Pos> = positions.iter().map(|(_, p)| p).collect();
+    let every: Vec<&Pos> = positions.iter().map(|(_, p)| p).collect();
+    let all: Vec<&Pos> = positions
+        .iter()
+        .filter(|(_, p)| p.scored)
+        .map(|(_, p)| p)
+        .collect();
     let of = |k: StreamKind| -> Vec<&Pos> {
         positions
             .iter()
-            .filter(|(kind, _)| *kind == k)
+            .filter(|(kind, p)| *kind == k && p.scored)
             .map(|(_, p)| p)
             .collect()
     };
@@ -948,9 +989,9 @@ fn summarize(
         max: sorted.last().copied().unwrap_or(0.0),
     };
     let rms_dp = mean(all.iter().filter_map(|p| p.next.map(|n| n.0 * n.0))).sqrt();
-    let longest = all.iter().map(|p| p.index + 1).max().unwrap_or(0);
+    let longest = every.iter().map(|p| p.index + 1).max().unwrap_or(0);
     let mut by_pos = vec![(0f64, 0usize); longest];
-    for p in &all {
+    for p in &every {
         by_pos[p.index].0 += p.kld;
         by_pos[p.index].1 += 1;
     }
@@ -1046,11 +1087,16 @@ fn summarize(
         positions: overall.positions,
         prompts: set_summary(&pk, count(StreamKind::Prompt)),
         eval: set_summary(&ek, count(StreamKind::Eval)),
+        every_position: set_summary(&every, streams.len()),
         streams,
         kld_by_position,
         greedy,
         logits,
         kv_cache,
+        first_divergent_layer: layers
+            .iter()
+            .find(|l| l.figures.rel_err != 0.0)
+            .map(|l| l.layer),
         layers,
         tensors,
         points,
@@ -1071,6 +1117,10 @@ mod tests {
         assert_eq!(a, b);
         let q = [3.0f32, 2.0, 1.0, -1.0];
         assert!(kl_row(&p, &q, None).0 > 0.1);
+        // P = (1/4, 3/4), Q = (1/2, 1/2): KL = 1/4 ln(1/2) + 3/4 ln(3/2).
+        let (k, _) = kl_row(&[0.0, 3f32.ln()], &[5.0, 5.0], None);
+        let want = 0.25 * 0.5f64.ln() + 0.75 * 1.5f64.ln();
+        assert!((k - want).abs() < 1e-7, "{k} vs {want}");
     }
 
     #[test]

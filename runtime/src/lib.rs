@@ -11,6 +11,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod cuda;
 pub mod divergence;
 pub mod forward;
 pub mod generate;

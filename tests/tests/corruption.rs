@@ -949,10 +949,12 @@ fn hostile_cases() -> Vec<(&'static str, Case)> {
             let mut ix = b.index.clone();
             let ti = tensor_pos(&ix, ZSTD_T);
             ix["tensors"][ti]["shape"] = Value::Array(vec![json!(1); 1_000_000]);
+            // Refused while the index is parsed (so memory stays bounded), before the tensor's
+            // name is known: the error gives the index position instead.
             open_fails(
                 &b.with_index(&ix),
                 &Limits::default(),
-                &[ZSTD_T, "dimensions"],
+                &["dimensions", "column"],
             )
         }),
         ("zstd_bomb_1gib_declared_1mib", |b| {

@@ -34,21 +34,41 @@ fn golden_v1_container_decodes_to_the_same_bytes() {
         let src = synth_model(tmp.path(), "tiny", Dtype::Bf16, 1, 42);
         std::fs::create_dir_all(golden_dir()).unwrap();
         cllm_ok(&[
-            "pack", s(&src), "-o", s(&file), "--quiet", "--frame-kib", "16",
-            "--policy", "all-linear", "--quant", "int4", "--group-size", "32",
-            "--rule", "*.down_proj.weight=int8", "--rule", "model.embed_tokens.weight=zstd",
-            "--rule", "lm_head.weight=raw",
+            "pack",
+            s(&src),
+            "-o",
+            s(&file),
+            "--quiet",
+            "--frame-kib",
+            "16",
+            "--policy",
+            "all-linear",
+            "--quant",
+            "int4",
+            "--group-size",
+            "32",
+            "--rule",
+            "*.down_proj.weight=int8",
+            "--rule",
+            "model.embed_tokens.weight=zstd",
+            "--rule",
+            "lm_head.weight=raw",
         ]);
         let bytes = std::fs::read(&file).unwrap();
         let c = Container::open(&bytes, &Limits::default()).unwrap();
-        std::fs::write(&manifest, serde_json::to_string_pretty(&digests(&c)).unwrap()).unwrap();
+        std::fs::write(
+            &manifest,
+            serde_json::to_string_pretty(&digests(&c)).unwrap(),
+        )
+        .unwrap();
     }
     let bytes = std::fs::read(&file).expect("fixtures/golden/tiny-v1.cllm is checked in");
     let c = Container::open(&bytes, &Limits::default()).unwrap();
     assert_eq!((c.framing.major, c.framing.minor), (1, 0));
     let report = cllm_format::verify(&c, 1 << 20);
     assert!(report.failures.is_empty(), "{:?}", report.failures);
-    let codecs: std::collections::BTreeSet<_> = c.tensors().iter().map(|t| t.codec.as_str()).collect();
+    let codecs: std::collections::BTreeSet<_> =
+        c.tensors().iter().map(|t| t.codec.as_str()).collect();
     assert_eq!(
         codecs.into_iter().collect::<Vec<_>>(),
         ["int4", "int8", "raw", "zstd", "zstd-bp"],

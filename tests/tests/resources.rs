@@ -10,7 +10,12 @@ use cllm_tests::{cllm_ok, s};
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 /// Writes a sparse container of `frames` raw 64 MiB frames of zeros (one u8 tensor), returning
@@ -24,7 +29,12 @@ fn sparse_container(path: &std::path::Path, frames: u64) -> u64 {
     let mut offset = layout::DATA_START;
     let frame_entries: Vec<FrameEntry> = (0..frames)
         .map(|_| {
-            let f = FrameEntry { offset, stored: FRAME, decoded: FRAME, xxh3: zero_frame_hash };
+            let f = FrameEntry {
+                offset,
+                stored: FRAME,
+                decoded: FRAME,
+                xxh3: zero_frame_hash,
+            };
             offset += FRAME;
             f
         })
@@ -73,7 +83,8 @@ fn sparse_container(path: &std::path::Path, frames: u64) -> u64 {
     f.write_all(&config).unwrap();
     f.seek(SeekFrom::Start(index_offset)).unwrap();
     f.write_all(&json).unwrap();
-    f.write_all(&layout::footer(index_offset, &json, &preamble)).unwrap();
+    f.write_all(&layout::footer(index_offset, &json, &preamble))
+        .unwrap();
     index_offset + json.len() as u64 + layout::FOOTER_LEN
 }
 
@@ -90,10 +101,14 @@ fn a_100_gib_container_opens_with_little_memory() {
     assert_eq!(c.tensors()[0].raw_bytes(), 1600 * (64 << 20));
     assert_eq!(c.read_file("config.json").unwrap().unwrap(), b"{}");
     let grown = rss_bytes().saturating_sub(before);
-    assert!(grown < 16 << 20, "opening grew the resident set by {grown} bytes");
+    assert!(
+        grown < 16 << 20,
+        "opening grew the resident set by {grown} bytes"
+    );
 
     // The CLI too: inspect reads the index alone.
-    let v: serde_json::Value = serde_json::from_str(&cllm_ok(&["inspect", s(&path), "--json"])).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&cllm_ok(&["inspect", s(&path), "--json"])).unwrap();
     assert_eq!(v["file_bytes"].as_u64().unwrap(), len);
     assert_eq!(v["tensors"][0]["frames"], 1600);
 }
