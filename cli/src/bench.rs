@@ -26,6 +26,31 @@ pub enum BenchWhat {
     Codec(CodecArgs),
     /// CPU decode tokens/s of a model (folder or .cllm): see `cllm run --json` for one run.
     Decode(crate::run::DecodeBenchArgs),
+    /// GPU load and decode of models (folders or .cllm files), against measured HBM bandwidth.
+    Gpu(GpuBenchArgs),
+}
+
+#[derive(Args)]
+pub struct GpuBenchArgs {
+    /// Models: .cllm files or Hugging Face folders (measured one after the other).
+    #[arg(required = true)]
+    pub models: Vec<std::path::PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    pub prompt_tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// Decode runs per model (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// GiB read by the bandwidth probe.
+    #[arg(long, default_value_t = 4)]
+    pub probe_gib: usize,
+    /// One JSON object per model, one per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Also time one decode step launch by launch (outside the graph): microseconds per kind.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Args)]
@@ -46,10 +71,19 @@ pub fn run(a: BenchArgs) -> CmdResult {
     match a.what {
         BenchWhat::Codec(c) => codec(c),
         BenchWhat::Decode(d) => crate::run::bench_decode(d),
+        BenchWhat::Gpu(g) => gpu(g),
     }
 }
 
-const CODECS: [&str; 7] = ["raw", "zstd", "zstd-bp", "int8", "int4-g32", "int4-g64", "int4-g128"];
+const CODECS: [&str; 7] = [
+    "raw",
+    "zstd",
+    "zstd-bp",
+    "int8",
+    "int4-g32",
+    "int4-g64",
+    "int4-g128",
+];
 
 fn codec(a: CodecArgs) -> CmdResult {
     let cols: u64 = 8192;
@@ -108,7 +142,15 @@ fn codec(a: CodecArgs) -> CmdResult {
         for (s, spec) in entry.streams.iter().zip(specs) {
             for (i, f) in s.frames.iter().enumerate() {
                 let n = f.decoded as usize;
-                c.decode_frame("bench", &s.role, i, f, spec.encoding, &mut buf[..n], &mut scratch)?;
+                c.decode_frame(
+                    "bench",
+                    &s.role,
+                    i,
+                    f,
+                    spec.encoding,
+                    &mut buf[..n],
+                    &mut scratch,
+                )?;
                 decoded += n as u64;
             }
         }
@@ -139,7 +181,150 @@ fn codec(a: CodecArgs) -> CmdResult {
         rows_out.push(row);
     }
     if a.json {
-        println!("{}", json!({"size_mib": a.size_mib, "dtype": "bf16", "std": 0.02, "codecs": rows_out}));
+        println!(
+            "{}",
+            json!({"size_mib": a.size_mib, "dtype": "bf16", "std": 0.02, "codecs": rows_out})
+        );
+    }
+    Ok(())
+}
+
+/// Reads every file of a model once, so the load that follows is timed from a warm page cache.
+fn warm_page_cache(path: &std::path::Path) -> anyhow::Result<u64> {
+    use std::io::Read;
+    let files: Vec<std::path::PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 8 << 20];
+    for f in files {
+        let mut file = std::fs::File::open(&f)?;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+    }
+    Ok(total)
+}
+
+fn gpu(a: GpuBenchArgs) -> CmdResult {
+    use cllm_runtime::cuda::generate_gpu;
+    use cllm_runtime::{GenerateOptions, SamplerConfig};
+    let gpu = crate::run::open_gpu()?;
+    let info = gpu.info().clone();
+    let bw = gpu.read_bandwidth(a.probe_gib << 30, 10)?;
+    eprintln!(
+        "{}: {} SMs, {:.1} GiB; measured read bandwidth {:.0} GB/s; kernels {} in {:.2} s",
+        info.name,
+        info.multiprocessors,
+        info.total_memory as f64 / (1u64 << 30) as f64,
+        bw / 1e9,
+        if info.kernels_cached {
+            "from the cache"
+        } else {
+            "compiled"
+        },
+        info.kernel_seconds
+    );
+    let mut rows = Vec::new();
+    for path in &a.models {
+        let file_bytes = warm_page_cache(path)?;
+        let l = crate::run::load_on_gpu(&gpu, path, false, false)?;
+        let cfg = l.model.config().clone();
+        let ids: Vec<u32> = (0..a.prompt_tokens as u32)
+            .map(|i| 1 + (i * 7919) % (cfg.vocab_size as u32 - 1))
+            .collect();
+        let opts = GenerateOptions {
+            max_new_tokens: a.new_tokens,
+            sampler: SamplerConfig::greedy(),
+            eos_token_ids: vec![],
+        };
+        // One untimed run captures the decode graph's first use and warms the clocks.
+        generate_gpu(&l.model, &ids, &opts, |_| {})?;
+        let mut tps = Vec::new();
+        let mut prefill = Vec::new();
+        for _ in 0..a.reps.max(1) {
+            let r = generate_gpu(&l.model, &ids, &opts, |_| {})?;
+            tps.push(r.decode_tokens_per_second);
+            prefill.push(r.prefill_tokens_per_second);
+        }
+        tps.sort_by(f64::total_cmp);
+        prefill.sort_by(f64::total_cmp);
+        let t = tps[tps.len() / 2];
+        let bpt = l.model.bytes_per_token() as f64;
+        let mut profile = serde_json::Map::new();
+        if a.profile {
+            let steps = 20;
+            let mut s = l.model.session(ids.len() + steps)?;
+            s.prefill(&ids)?;
+            let mut acc: Vec<(&'static str, f64)> = Vec::new();
+            for _ in 0..steps {
+                for (name, us) in s.profile_decode_step()? {
+                    match acc.iter_mut().find(|(n, _)| *n == name) {
+                        Some(x) => x.1 += us / steps as f64,
+                        None => acc.push((name, us / steps as f64)),
+                    }
+                }
+            }
+            let total: f64 = acc.iter().map(|(_, us)| us).sum();
+            eprintln!(
+                "  one decode step launch by launch: {total:.0} us ({})",
+                acc.iter()
+                    .map(|(n, us)| format!("{n} {us:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for (n, us) in acc {
+                profile.insert(n.to_string(), json!(us));
+            }
+        }
+        let row = json!({
+            "profile_us": profile,
+            "model": path.display().to_string(),
+            "gpu": info.name,
+            "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            "file_bytes": file_bytes,
+            "load_seconds": l.stats.seconds,
+            "load_decoded_bytes": l.stats.decoded_bytes,
+            "load_gb_s": l.stats.gb_per_s(),
+            "load_read_bytes": l.stats.read_bytes,
+            "pinned_ring_bytes": l.stats.ring_bytes,
+            "vram_weight_bytes": l.stats.vram_bytes,
+            "vram_used_bytes": l.stats.vram_used_bytes,
+            "prompt_tokens": a.prompt_tokens,
+            "new_tokens": a.new_tokens,
+            "decode_tokens_per_second": t,
+            "decode_tokens_per_second_all": tps,
+            "prefill_tokens_per_second": prefill[prefill.len() / 2],
+            "bytes_read_per_token": bpt,
+            "read_bandwidth_gb_s": bw / 1e9,
+            "fraction_of_bandwidth": bpt * t / bw,
+        });
+        if a.json {
+            println!("{row}");
+        } else {
+            println!(
+                "{:<60} decode {:>8.1} tok/s ({:>5.1}% of {:.0} GB/s, {:.0} MB/token) | load {:>6.2} s, {:>6.2} GB/s | VRAM {:.2} GB",
+                path.display(),
+                t,
+                100.0 * bpt * t / bw,
+                bw / 1e9,
+                bpt / 1e6,
+                l.stats.seconds,
+                l.stats.gb_per_s(),
+                l.stats.vram_bytes as f64 / 1e9
+            );
+        }
+        rows.push(row);
+        drop(l);
     }
     Ok(())
 }

@@ -4,9 +4,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use anyhow::{anyhow, Context};
 use clap::Args;
+use cllm_kernels::cuda::Gpu;
+use cllm_loader::gpu::{load_gpu, GpuLoadOptions, GpuLoadStats, ResidencyReport};
 use cllm_loader::{load_cpu, ModelFiles};
+use cllm_runtime::cuda::{generate_gpu, GpuModel};
 use cllm_runtime::{
     generate, ChatMessage, ChatTemplate, GenerateOptions, GenerationResult, LlamaConfig, Model,
     SamplerConfig, Tokenizer,
@@ -50,6 +55,10 @@ pub struct RunArgs {
     /// Print one JSON object with the text, ids and figures.
     #[arg(long)]
     pub json: bool,
+    /// With --device cuda: after loading, hash every tensor resident on the GPU with a GPU kernel
+    /// and compare with the hash of the bytes decoded while loading; fail naming any mismatch.
+    #[arg(long)]
+    pub check_resident: bool,
 }
 
 /// A model ready to generate, with its tokenizer and how it was loaded.
@@ -73,15 +82,18 @@ pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses devices this build cannot serve, clearly.
+/// Refuses devices this build cannot serve, clearly: `cuda` needs a CUDA driver and a GPU.
 pub fn check_device(device: &str) -> anyhow::Result<()> {
     match device {
         "cpu" => Ok(()),
-        "cuda" => Err(anyhow!(
-            "--device cuda: this build of cllm has no CUDA backend yet; use --device cpu"
-        )),
+        "cuda" => open_gpu().map(|_| ()),
         other => Err(anyhow!("--device {other}: expected cpu or cuda")),
     }
+}
+
+/// The first GPU, with its kernels ready; "--device cuda: no CUDA driver found ..." otherwise.
+pub fn open_gpu() -> anyhow::Result<Arc<Gpu>> {
+    Gpu::new(0).map_err(|e| anyhow!("--device cuda: {e}"))
 }
 
 pub fn load(path: &Path) -> anyhow::Result<Loaded> {
@@ -89,13 +101,15 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     let m = load_cpu(path)?;
     let config = std::str::from_utf8(&m.files.config_json)
         .with_context(|| format!("{}: config.json is not UTF-8", path.display()))?;
-    let cfg = LlamaConfig::from_json(config).with_context(|| format!("{}: config.json", path.display()))?;
+    let cfg = LlamaConfig::from_json(config)
+        .with_context(|| format!("{}: config.json", path.display()))?;
     let tok_json = m
         .files
         .tokenizer_json
         .as_deref()
         .ok_or_else(|| anyhow!("{}: no tokenizer.json", path.display()))?;
-    let tokenizer = Tokenizer::from_bytes(tok_json).with_context(|| format!("{}: tokenizer.json", path.display()))?;
+    let tokenizer = Tokenizer::from_bytes(tok_json)
+        .with_context(|| format!("{}: tokenizer.json", path.display()))?;
     let weight_bytes = m.resident_bytes;
     let embedding = m
         .weights
@@ -119,18 +133,26 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
 
 /// The prompt's token ids, through the chat template when asked.
 pub fn prompt_ids(l: &Loaded, prompt: &str, chat: bool) -> anyhow::Result<Vec<u32>> {
+    prompt_ids_with(&l.tokenizer, &l.files, prompt, chat)
+}
+
+/// [`prompt_ids`] for any backend's tokenizer and files.
+pub fn prompt_ids_with(
+    tokenizer: &Tokenizer,
+    files: &ModelFiles,
+    prompt: &str,
+    chat: bool,
+) -> anyhow::Result<Vec<u32>> {
     let text = if chat {
-        let cfg = l
-            .files
-            .tokenizer_config_json
-            .as_deref()
-            .ok_or_else(|| anyhow!("--chat: the model has no tokenizer_config.json with a chat template"))?;
+        let cfg = files.tokenizer_config_json.as_deref().ok_or_else(|| {
+            anyhow!("--chat: the model has no tokenizer_config.json with a chat template")
+        })?;
         let tpl = ChatTemplate::from_tokenizer_config(std::str::from_utf8(cfg)?, None)?;
         tpl.render(&[ChatMessage::user(prompt)], true)?
     } else {
         prompt.to_string()
     };
-    let ids = l.tokenizer.encode(&text)?;
+    let ids = tokenizer.encode(&text)?;
     if ids.is_empty() {
         return Err(anyhow!("the prompt encodes to no tokens"));
     }
@@ -180,6 +202,14 @@ pub fn generate_text(
 }
 
 pub fn run(a: RunArgs) -> CmdResult {
+    if a.device == "cuda" {
+        return run_gpu(a);
+    }
+    if a.check_resident {
+        return Err(
+            anyhow!("--check-resident checks GPU residency: use it with --device cuda").into(),
+        );
+    }
     check_device(&a.device)?;
     set_threads(a.threads)?;
     let l = load(&a.model)?;
@@ -252,7 +282,10 @@ fn measure_read_bandwidth() -> f64 {
     let mut best = 0f64;
     for _ in 0..5 {
         let t = Instant::now();
-        let s: u64 = buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b))).sum();
+        let s: u64 = buf
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+            .sum();
         let secs = t.elapsed().as_secs_f64();
         std::hint::black_box(s);
         best = best.max((buf.len() * 8) as f64 / secs);
@@ -264,7 +297,9 @@ pub fn bench_decode(a: DecodeBenchArgs) -> CmdResult {
     set_threads(a.threads)?;
     let l = load(&a.model)?;
     let cfg = l.model.config();
-    let ids: Vec<u32> = (0..a.prompt_tokens as u32).map(|i| 1 + (i * 7919) % (cfg.vocab_size as u32 - 1)).collect();
+    let ids: Vec<u32> = (0..a.prompt_tokens as u32)
+        .map(|i| 1 + (i * 7919) % (cfg.vocab_size as u32 - 1))
+        .collect();
     let opts = GenerateOptions {
         max_new_tokens: a.new_tokens,
         sampler: SamplerConfig::greedy(),
@@ -299,6 +334,173 @@ pub fn bench_decode(a: DecodeBenchArgs) -> CmdResult {
             100.0 * achieved / bw,
             bw / 1e9,
             rayon::current_num_threads()
+        );
+    }
+    Ok(())
+}
+
+/// A model on the GPU, ready to generate.
+pub struct GpuLoaded {
+    pub gpu: Arc<Gpu>,
+    pub model: GpuModel,
+    pub tokenizer: Option<Tokenizer>,
+    pub files: ModelFiles,
+    pub stats: GpuLoadStats,
+    /// The residency check's result, when asked for.
+    pub residency: Option<ResidencyReport>,
+    /// Load plus model construction, seconds.
+    pub load_seconds: f64,
+}
+
+/// Streams a `.cllm` file or a folder onto the GPU and builds the model; with `check`, verifies
+/// residency (a mismatch is an error naming the tensor).
+pub fn load_on_gpu(
+    gpu: &Arc<Gpu>,
+    path: &Path,
+    check: bool,
+    need_tokenizer: bool,
+) -> anyhow::Result<GpuLoaded> {
+    let start = Instant::now();
+    let opts = GpuLoadOptions {
+        hash: check,
+        ..GpuLoadOptions::default()
+    };
+    let mut w = load_gpu(path, gpu, &opts)
+        .with_context(|| format!("loading {} onto the GPU", path.display()))?;
+    let config = std::str::from_utf8(&w.files.config_json)
+        .with_context(|| format!("{}: config.json is not UTF-8", path.display()))?;
+    let cfg = LlamaConfig::from_json(config)
+        .with_context(|| format!("{}: config.json", path.display()))?;
+    let tokenizer = match w.files.tokenizer_json.as_deref() {
+        Some(t) => Some(
+            Tokenizer::from_bytes(t)
+                .with_context(|| format!("{}: tokenizer.json", path.display()))?,
+        ),
+        None if need_tokenizer => return Err(anyhow!("{}: no tokenizer.json", path.display())),
+        None => None,
+    };
+    let weights = std::mem::take(&mut w.weights);
+    let model = GpuModel::new(gpu, cfg, weights).with_context(|| format!("{}", path.display()))?;
+    let load_seconds = start.elapsed().as_secs_f64();
+    let residency = if check {
+        Some(
+            w.check_resident(gpu)
+                .with_context(|| format!("{}", path.display()))?,
+        )
+    } else {
+        None
+    };
+    Ok(GpuLoaded {
+        gpu: gpu.clone(),
+        model,
+        tokenizer,
+        files: w.files,
+        stats: w.stats,
+        residency,
+        load_seconds,
+    })
+}
+
+/// Generates on the GPU, streaming text to stdout when `stream` is set.
+pub fn generate_text_gpu(
+    l: &GpuLoaded,
+    ids: &[u32],
+    opts: &GenerateOptions,
+    stream: bool,
+) -> anyhow::Result<(GenerationResult, String)> {
+    let tok = l
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| anyhow!("the model has no tokenizer"))?;
+    let mut text_stream = tok.stream(true);
+    let mut text = String::new();
+    let mut stdout = std::io::stdout();
+    let mut err = None;
+    let result = generate_gpu(&l.model, ids, opts, |id| match text_stream.push(id) {
+        Ok(Some(piece)) => {
+            text.push_str(&piece);
+            if stream {
+                let _ = write!(stdout, "{piece}");
+                let _ = stdout.flush();
+            }
+        }
+        Ok(None) => {}
+        Err(e) => err = Some(e),
+    })?;
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    if let Some(rest) = text_stream.finish()? {
+        text.push_str(&rest);
+        if stream {
+            print!("{rest}");
+        }
+    }
+    Ok((result, text))
+}
+
+fn run_gpu(a: RunArgs) -> CmdResult {
+    set_threads(a.threads)?;
+    let gpu = open_gpu()?;
+    let l = load_on_gpu(&gpu, &a.model, a.check_resident, true)?;
+    let tok = l.tokenizer.as_ref().expect("required above");
+    let ids = prompt_ids_with(tok, &l.files, &a.prompt, a.chat)?;
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        sampler: SamplerConfig {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
+        eos_token_ids: l.model.config().eos_token_ids.clone(),
+    };
+    if !a.json {
+        print!("{}", a.prompt);
+        std::io::stdout().flush()?;
+    }
+    let (r, text) = generate_text_gpu(&l, &ids, &opts, !a.json)?;
+    let info = l.gpu.info();
+    let residency = l
+        .residency
+        .as_ref()
+        .map(|c| json!({"ok": true, "streams": c.streams, "bytes": c.bytes, "seconds": c.seconds}));
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "model": a.model.display().to_string(), "device": "cuda", "gpu": info.name,
+                "prompt": a.prompt, "prompt_ids": ids, "generated_ids": r.generated_ids,
+                "text": text, "stop": format!("{:?}", r.stop_reason),
+                "load_seconds": l.load_seconds, "load_decoded_bytes": l.stats.decoded_bytes,
+                "load_gb_s": l.stats.gb_per_s(), "vram_weight_bytes": l.stats.vram_bytes,
+                "vram_used_bytes": l.stats.vram_used_bytes, "pinned_ring_bytes": l.stats.ring_bytes,
+                "prefill_tokens_per_second": r.prefill_tokens_per_second,
+                "decode_tokens_per_second": r.decode_tokens_per_second,
+                "weight_bytes": l.model.resident_bytes(), "check_resident": residency,
+                "kernels_cached": info.kernels_cached, "kernel_seconds": info.kernel_seconds,
+            })
+        );
+    } else {
+        println!();
+        if let Some(c) = &l.residency {
+            eprintln!(
+                "check-resident OK: {} streams, {} hashed on the GPU in {:.2} s, all equal to the decoded bytes",
+                c.streams,
+                human_bytes(c.bytes),
+                c.seconds
+            );
+        }
+        eprintln!(
+            "{} | load {:.2} s ({:.2} GB/s decoded, {} in VRAM) | prefill {} tokens at {:.1} tokens/s | decode {} tokens at {:.1} tokens/s",
+            info.name,
+            l.load_seconds,
+            l.stats.gb_per_s(),
+            human_bytes(l.stats.vram_bytes),
+            r.prompt_tokens,
+            r.prefill_tokens_per_second,
+            r.generated_ids.len(),
+            r.decode_tokens_per_second,
         );
     }
     Ok(())

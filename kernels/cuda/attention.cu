@@ -56,10 +56,13 @@ __device__ __forceinline__ float block_sum128(float v, float* red) {
 extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) {
     __shared__ float s_q[ATT_MAX_HD];
     __shared__ float s_e[ATT_CHUNK];
+    __shared__ float s_o[4][ATT_MAX_HD];
     __shared__ float s_red[4];
     __shared__ int s_last;
     const int c = blockIdx.x, head = blockIdx.y, tok = blockIdx.z;
     const int tid = threadIdx.x;
+    pdl_wait();
+    pdl_launch_dependents();
     const int hd = a.head_dim;
     const int p = *a.pos + tok;
     const int from = a.window > 0 ? max(0, p + 1 - a.window) : 0;
@@ -95,14 +98,31 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) 
     s_e[tid] = e;
     const float l = block_sum128(e, s_red);  // its barriers also publish s_e
 
+    // Output: warp w accumulates keys w, w + 4, ... (lane: dims lane, lane + 32, ...), then the
+    // four warp sums are added in warp order.
     const int nk = k1 - k0;
     const size_t slot = ((size_t)tok * a.heads + head) * a.cmax + c;
+    const int warp = tid >> 5, lane = tid & 31;
+    float o[ATT_MAX_HD / 32];
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_HD / 32; i++) o[i] = 0.0f;
+    const float* vbase = V + (size_t)k0 * hd;
+#pragma unroll 2
+    for (int j = warp; j < nk; j += 4) {
+        const float e = s_e[j];
+        const float* vr = vbase + (size_t)j * hd;
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_HD / 32; i++)
+            if (lane + 32 * i < hd) o[i] = fmaf(e, vr[lane + 32 * i], o[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_HD / 32; i++)
+        if (lane + 32 * i < hd) s_o[warp][lane + 32 * i] = o[i];
+    __syncthreads();
     for (int d = tid; d < hd; d += ATT_THREADS) {
-        const float* vp = V + (size_t)k0 * hd + d;
-        float o = 0.0f;
-        for (int j = 0; j < nk; j++) o = fmaf(s_e[j], vp[(size_t)j * hd], o);
-        if (nch == 1) a.out[qo + d] = o / l;
-        else a.part_o[slot * hd + d] = o;
+        float od = ((s_o[0][d] + s_o[1][d]) + s_o[2][d]) + s_o[3][d];
+        if (nch == 1) a.out[qo + d] = od / l;
+        else a.part_o[slot * hd + d] = od;
     }
     if (nch == 1) return;
     if (tid == 0) {

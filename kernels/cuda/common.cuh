@@ -13,10 +13,9 @@ typedef unsigned long long u64;
 
 #define CLLM_NEG_INF __int_as_float(0xff800000u)
 
-#define WARPS 8                 // warps per GEMV block
+#define WARPS 4                 // warps per GEMV block
 #define GEMV_THREADS (WARPS * 32)
-#define PSTRIDE 1024            // norm partial sums per token (max blocks of a residual GEMV)
-#define UNROLL 4                // 16-byte weight vectors in flight per lane and row
+#define PSTRIDE 4096            // norm partial sums per token (max blocks of a residual GEMV)
 
 // Weight kinds: the storage forms of spec/FORMAT.md section 4.
 #define KIND_F32 0

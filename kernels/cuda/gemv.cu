@@ -1,14 +1,16 @@
 // Matrix-vector products for decode (one token) and prefill (NT tokens per block), with the
 // weight dequantized in registers and a fused epilogue per use in a Llama layer.
 //
-// Work unit: one warp computes two weight rows (A and B) against the block's NT tokens. Lane
-// `l` reads the 16-byte weight vectors l, l + 32, l + 64, ... of a row (coalesced, UNROLL loads
-// in flight per row), accumulates each token's partial dot product in float32 in vector order
-// and element order, and the warp combines the 32 lane sums with a fixed xor butterfly. That
-// order depends only on the row length: the same row gets the same bits for any NT.
+// Work unit: `ksplit` warps compute two weight rows (A and B) against the block's NT tokens.
+// Lane `l` of the unit's warp `k` reads the 16-byte weight vectors 32k + l, 32k + l + 32 ksplit,
+// ... of a row (coalesced, UNROLL loads in flight per row), accumulates each token's partial dot
+// product in float32 in vector order and element order; each warp combines its 32 lane sums
+// with a fixed xor butterfly, and the unit's first warp adds the ksplit warp sums in warp order.
+// The host picks ksplit from the weight's shape alone, so the order depends only on the weight:
+// the same row gets the same bits for any NT (prefill or decode).
 //
 // RMSNorm is folded in by linearity: the producer of a normed input writes `xw = w_norm * h`
-// and per-block partial sums of `h^2`; the consumer sums the partials in block order, forms
+// and per-block partial sums of `h^2`; the consumer sums the partials in a fixed order, forms
 // `inv = 1 / sqrt(sum / dim + eps)` and scales each dot product by it.
 //
 // Modes (the unit -> rows mapping and the epilogue):
@@ -29,14 +31,14 @@
 struct GemvArgs {
     WDesc w[3];
     const float* x;           // input rows [ntok][x_stride]
-    const float* partial;     // norm partials [ntok][PSTRIDE], or null (no norm)
+    const float* partial;     // [ntok][PSTRIDE]: the producer's block partials of h^2, or null
     const float* norm_next;   // RESID: f32 weight of the next norm [rows]
     const float* rope_cos;    // QKV: [capacity][head_dim / 2]
     const float* rope_sin;
     const int* pos;           // position of token 0
     float* out;               // QKV: q [ntok][out_stride]; RESID: h; GATEUP: act; LOGITS: logits
     float* xw_out;            // RESID: xw [ntok][out_stride]
-    float* partial_out;       // RESID: [ntok][PSTRIDE]
+    float* partial_out;       // RESID: [ntok][PSTRIDE] block partials of h^2
     float* kcache;            // QKV: this layer's keys [kv_heads][capacity][head_dim]
     float* vcache;
     u64* argmax;              // LOGITS: [ntok], or null
@@ -45,165 +47,251 @@ struct GemvArgs {
     int ntok;
     int x_stride;
     int out_stride;
-    int nparts;
-    int norm_dim;
-    float eps;
+    int nparts;               // partials per token in `partial`
+    int norm_dim;             // the input norm's width
+    float eps;                // the input norm's epsilon
     int units;
-    int u1;                   // QKV: first unit of k; GATEUP/RESID/LOGITS: unused
+    int u1;                   // QKV: first unit of k
     int u2;                   // QKV: first unit of v
     int head_dim;
     int capacity;
+    int ksplit;               // warps per unit: 1, 2 or 4
+    int pad_;
 };
 
-// acc[t] += row . x[t] for the lane's vectors. Returns nothing; caller reduces across the warp.
-template <int NT, int KIND>
-__device__ __forceinline__ void dot_row(const WDesc& w, int row, const float* const* xs,
-                                        float* acc) {
-    const int lane = threadIdx.x & 31;
-    // Elements per 16-byte vector.
-    const int EPV = KIND == KIND_F32 ? 4 : (KIND == KIND_INT8 ? 16 : (KIND == KIND_INT4 ? 32 : 8));
-    const int nvec = w.cols / EPV;
-    const size_t row_bytes = KIND == KIND_INT4 ? (size_t)w.cols / 2
-                             : (KIND == KIND_INT8 ? (size_t)w.cols
-                                : (KIND == KIND_F32 ? (size_t)w.cols * 4 : (size_t)w.cols * 2));
-    const uint4* wr = (const uint4*)((const char*)w.data + (size_t)row * row_bytes);
-    int groups = 1;
-    if (KIND == KIND_INT4) groups = w.cols / w.group;
-    for (int v0 = lane; v0 < nvec; v0 += 32 * UNROLL) {
-        uint4 wv[UNROLL];
+// Programmatic dependent launch: a kernel may start while its predecessor finishes; it streams
+// its first weights (which no kernel writes) and then waits for the predecessor's results.
+__device__ __forceinline__ void pdl_launch_dependents() {
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
+// acc[r][t] += row_r[vector v] . x_t[vector v], for R rows of one form sharing the x loads.
+template <int NT, int KIND, int R>
+__device__ __forceinline__ void vec_fma(const uint4* wv, int v, const WDesc* const* w,
+                                        const int* row, int groups, const float* const* xs,
+                                        float (*acc)[NT]) {
+    if (KIND == KIND_INT4) {
+        float s[R], m[R];
+        float q[R][32];
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            int v = v0 + 32 * u;
-            if (v < nvec) wv[u] = ld_stream(wr + v);
-            else wv[u] = make_uint4(0, 0, 0, 0);
+        for (int r = 0; r < R; r++) {
+            int g = (v * 32) / w[r]->group;
+            s[r] = f16_to_f32(((const unsigned short*)w[r]->scales)[(size_t)row[r] * groups + g]);
+            m[r] = f16_to_f32(((const unsigned short*)w[r]->mins)[(size_t)row[r] * groups + g]);
+            u32 ww[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                u32 lo = ww[j] & 0x0f0f0f0fu;
+                u32 hi = (ww[j] >> 4) & 0x0f0f0f0fu;
+#pragma unroll
+                for (int b = 0; b < 4; b++) {
+                    // 0x4B0000nn is 2^23 + nn: subtracting 2^23 gives the nibble exactly.
+                    q[r][8 * j + 2 * b] =
+                        __uint_as_float(__byte_perm(lo, 0x4B000000u, 0x7540 + b)) - 8388608.0f;
+                    q[r][8 * j + 2 * b + 1] =
+                        __uint_as_float(__byte_perm(hi, 0x4B000000u, 0x7540 + b)) - 8388608.0f;
+                }
+            }
         }
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            int v = v0 + 32 * u;
-            if (v >= nvec) break;
-            u32 ww[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
-            if (KIND == KIND_INT4) {
-                int g = (v * 32) / w.group;
-                float s = f16_to_f32(((const unsigned short*)w.scales)[(size_t)row * groups + g]);
-                float m = f16_to_f32(((const unsigned short*)w.mins)[(size_t)row * groups + g]);
-                float q[32];
+        for (int t = 0; t < NT; t++) {
+            // Eight independent chains (one per float4 of x), then a fixed tree: short
+            // dependency chains keep the multiply-adds off the critical path.
+            const float4* xp = (const float4*)(xs[t] + (size_t)v * 32);
+            float qc[R][8], sc[8];
 #pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    u32 lo = ww[j] & 0x0f0f0f0fu;
-                    u32 hi = (ww[j] >> 4) & 0x0f0f0f0fu;
+            for (int k = 0; k < 8; k++) {
+                float4 xv = __ldg(xp + k);
 #pragma unroll
-                    for (int b = 0; b < 4; b++) {
-                        // 0x4B0000nn is 2^23 + nn: subtracting 2^23 gives the nibble exactly.
-                        q[8 * j + 2 * b] =
-                            __uint_as_float(__byte_perm(lo, 0x4B000000u, 0x7540 + b)) - 8388608.0f;
-                        q[8 * j + 2 * b + 1] =
-                            __uint_as_float(__byte_perm(hi, 0x4B000000u, 0x7540 + b)) - 8388608.0f;
-                    }
+                for (int r = 0; r < R; r++) {
+                    float c = q[r][4 * k] * xv.x;
+                    c = fmaf(q[r][4 * k + 1], xv.y, c);
+                    c = fmaf(q[r][4 * k + 2], xv.z, c);
+                    qc[r][k] = fmaf(q[r][4 * k + 3], xv.w, c);
                 }
+                sc[k] = (xv.x + xv.y) + (xv.z + xv.w);
+            }
+            float sx = ((sc[0] + sc[1]) + (sc[2] + sc[3])) + ((sc[4] + sc[5]) + (sc[6] + sc[7]));
 #pragma unroll
-                for (int t = 0; t < NT; t++) {
-                    const float4* xp = (const float4*)(xs[t] + (size_t)v * 32);
-                    float qx = 0.0f, sx = 0.0f;
+            for (int r = 0; r < R; r++) {
+                float qx = ((qc[r][0] + qc[r][1]) + (qc[r][2] + qc[r][3])) +
+                           ((qc[r][4] + qc[r][5]) + (qc[r][6] + qc[r][7]));
+                acc[r][t] = fmaf(s[r], qx, acc[r][t]);
+                acc[r][t] = fmaf(m[r], sx, acc[r][t]);
+            }
+        }
+    } else if (KIND == KIND_INT8) {
+        float q[R][16];
 #pragma unroll
-                    for (int k = 0; k < 8; k++) {
-                        float4 xv = __ldg(xp + k);
-                        qx = fmaf(q[4 * k], xv.x, qx);
-                        qx = fmaf(q[4 * k + 1], xv.y, qx);
-                        qx = fmaf(q[4 * k + 2], xv.z, qx);
-                        qx = fmaf(q[4 * k + 3], xv.w, qx);
-                        sx = sx + xv.x;
-                        sx = sx + xv.y;
-                        sx = sx + xv.z;
-                        sx = sx + xv.w;
-                    }
-                    acc[t] = fmaf(s, qx, acc[t]);
-                    acc[t] = fmaf(m, sx, acc[t]);
+        for (int r = 0; r < R; r++) {
+            u32 ww[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                u32 b = ww[j] ^ 0x80808080u;  // two's complement -> biased by 128
+#pragma unroll
+                for (int k = 0; k < 4; k++)
+                    q[r][4 * j + k] =
+                        __uint_as_float(__byte_perm(b, 0x4B000000u, 0x7540 + k)) - 8388736.0f;
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            // Four independent chains (one per float4 of x), then a fixed tree.
+            const float4* xp = (const float4*)(xs[t] + (size_t)v * 16);
+            float c[R][4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                float4 xv = __ldg(xp + k);
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    float d = q[r][4 * k] * xv.x;
+                    d = fmaf(q[r][4 * k + 1], xv.y, d);
+                    d = fmaf(q[r][4 * k + 2], xv.z, d);
+                    c[r][k] = fmaf(q[r][4 * k + 3], xv.w, d);
                 }
-            } else if (KIND == KIND_INT8) {
-                float q[16];
+            }
 #pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    u32 b = ww[j] ^ 0x80808080u;  // two's complement -> biased by 128
+            for (int r = 0; r < R; r++)
+                acc[r][t] = acc[r][t] + ((c[r][0] + c[r][1]) + (c[r][2] + c[r][3]));
+        }
+    } else if (KIND == KIND_F32) {
 #pragma unroll
-                    for (int k = 0; k < 4; k++)
-                        q[4 * j + k] =
-                            __uint_as_float(__byte_perm(b, 0x4B000000u, 0x7540 + k)) - 8388736.0f;
+        for (int t = 0; t < NT; t++) {
+            float4 xv = __ldg((const float4*)(xs[t] + (size_t)v * 4));
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                acc[r][t] = fmaf(__uint_as_float(wv[r].x), xv.x, acc[r][t]);
+                acc[r][t] = fmaf(__uint_as_float(wv[r].y), xv.y, acc[r][t]);
+                acc[r][t] = fmaf(__uint_as_float(wv[r].z), xv.z, acc[r][t]);
+                acc[r][t] = fmaf(__uint_as_float(wv[r].w), xv.w, acc[r][t]);
+            }
+        }
+    } else {
+        float f[R][8];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            u32 ww[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (KIND == KIND_BF16) {
+                    f[r][2 * j] = bf16_lo(ww[j]);
+                    f[r][2 * j + 1] = bf16_hi(ww[j]);
+                } else {
+                    f[r][2 * j] = f16_to_f32((unsigned short)(ww[j] & 0xffffu));
+                    f[r][2 * j + 1] = f16_to_f32((unsigned short)(ww[j] >> 16));
                 }
+            }
+        }
 #pragma unroll
-                for (int t = 0; t < NT; t++) {
-                    const float4* xp = (const float4*)(xs[t] + (size_t)v * 16);
+        for (int t = 0; t < NT; t++) {
+            // Two independent chains (one per float4 of x), then their sum.
+            const float4* xp = (const float4*)(xs[t] + (size_t)v * 8);
+            float4 xa = __ldg(xp);
+            float4 xb = __ldg(xp + 1);
 #pragma unroll
-                    for (int k = 0; k < 4; k++) {
-                        float4 xv = __ldg(xp + k);
-                        acc[t] = fmaf(q[4 * k], xv.x, acc[t]);
-                        acc[t] = fmaf(q[4 * k + 1], xv.y, acc[t]);
-                        acc[t] = fmaf(q[4 * k + 2], xv.z, acc[t]);
-                        acc[t] = fmaf(q[4 * k + 3], xv.w, acc[t]);
-                    }
-                }
-            } else if (KIND == KIND_F32) {
-                float f[4] = {__uint_as_float(ww[0]), __uint_as_float(ww[1]),
-                              __uint_as_float(ww[2]), __uint_as_float(ww[3])};
-#pragma unroll
-                for (int t = 0; t < NT; t++) {
-                    float4 xv = __ldg((const float4*)(xs[t] + (size_t)v * 4));
-                    acc[t] = fmaf(f[0], xv.x, acc[t]);
-                    acc[t] = fmaf(f[1], xv.y, acc[t]);
-                    acc[t] = fmaf(f[2], xv.z, acc[t]);
-                    acc[t] = fmaf(f[3], xv.w, acc[t]);
-                }
-            } else {
-                float f[8];
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    if (KIND == KIND_BF16) {
-                        f[2 * j] = bf16_lo(ww[j]);
-                        f[2 * j + 1] = bf16_hi(ww[j]);
-                    } else {
-                        f[2 * j] = f16_to_f32((unsigned short)(ww[j] & 0xffffu));
-                        f[2 * j + 1] = f16_to_f32((unsigned short)(ww[j] >> 16));
-                    }
-                }
-#pragma unroll
-                for (int t = 0; t < NT; t++) {
-                    const float4* xp = (const float4*)(xs[t] + (size_t)v * 8);
-                    float4 xa = __ldg(xp);
-                    float4 xb = __ldg(xp + 1);
-                    acc[t] = fmaf(f[0], xa.x, acc[t]);
-                    acc[t] = fmaf(f[1], xa.y, acc[t]);
-                    acc[t] = fmaf(f[2], xa.z, acc[t]);
-                    acc[t] = fmaf(f[3], xa.w, acc[t]);
-                    acc[t] = fmaf(f[4], xb.x, acc[t]);
-                    acc[t] = fmaf(f[5], xb.y, acc[t]);
-                    acc[t] = fmaf(f[6], xb.z, acc[t]);
-                    acc[t] = fmaf(f[7], xb.w, acc[t]);
-                }
+            for (int r = 0; r < R; r++) {
+                float c0 = f[r][0] * xa.x;
+                c0 = fmaf(f[r][1], xa.y, c0);
+                c0 = fmaf(f[r][2], xa.z, c0);
+                c0 = fmaf(f[r][3], xa.w, c0);
+                float c1 = f[r][4] * xb.x;
+                c1 = fmaf(f[r][5], xb.y, c1);
+                c1 = fmaf(f[r][6], xb.z, c1);
+                c1 = fmaf(f[r][7], xb.w, c1);
+                acc[r][t] = acc[r][t] + (c0 + c1);
             }
         }
     }
 }
 
-// The finished dot products of one row for the NT tokens, on every lane: the warp sum, then
-// the int8 row scale.
-template <int NT>
-__device__ __forceinline__ void row_dots(const WDesc& w, int row, const float* const* xs,
-                                         float* out) {
-    float acc[NT];
+// The lane's share of R rows' dot products (same form and width): vectors 32 wk + lane +
+// 32 ks i in order, U vectors of each row in flight. The first batch is loaded before the
+// programmatic-launch wait (weights are never written by a kernel).
+template <int NT, int KIND, int R, int U, class F>
+__device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
+                                         const float* const* xs, int wk, int ks,
+                                         float (*acc)[NT], bool& waited, F& after_wait) {
+    const int lane = threadIdx.x & 31;
+    const int EPV = KIND == KIND_F32 ? 4 : (KIND == KIND_INT8 ? 16 : (KIND == KIND_INT4 ? 32 : 8));
+    const int nvec = w[0]->cols / EPV;
+    const size_t row_bytes = (size_t)nvec * 16;
+    const uint4* wr[R];
 #pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    switch (w.kind) {
-    case KIND_F32: dot_row<NT, KIND_F32>(w, row, xs, acc); break;
-    case KIND_BF16: dot_row<NT, KIND_BF16>(w, row, xs, acc); break;
-    case KIND_F16: dot_row<NT, KIND_F16>(w, row, xs, acc); break;
-    case KIND_INT8: dot_row<NT, KIND_INT8>(w, row, xs, acc); break;
-    default: dot_row<NT, KIND_INT4>(w, row, xs, acc); break;
+    for (int r = 0; r < R; r++) wr[r] = (const uint4*)((const char*)w[r]->data + (size_t)row[r] * row_bytes);
+    const int groups = KIND == KIND_INT4 ? w[0]->cols / w[0]->group : 1;
+    const int step = 32 * ks;
+    int v0 = 32 * wk + lane;
+    uint4 wv[U][R];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        int v = v0 + step * u;
+#pragma unroll
+        for (int r = 0; r < R; r++) wv[u][r] = v < nvec ? ld_stream(wr[r] + v) : make_uint4(0, 0, 0, 0);
     }
-    float scale = w.kind == KIND_INT8 ? ((const float*)w.scales)[row] : 1.0f;
+    if (!waited) {
+        pdl_wait();
+        pdl_launch_dependents();
+        after_wait();
+        waited = true;
+    }
+    while (v0 < nvec) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int v = v0 + step * u;
+            if (v < nvec) vec_fma<NT, KIND, R>(wv[u], v, w, row, groups, xs, acc);
+        }
+        v0 += step * U;
+        if (v0 >= nvec) break;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int v = v0 + step * u;
+#pragma unroll
+            for (int r = 0; r < R; r++) wv[u][r] = v < nvec ? ld_stream(wr[r] + v) : make_uint4(0, 0, 0, 0);
+        }
+    }
+}
+
+template <int NT, int R, class F>
+__device__ __forceinline__ void dot_rows_kind(int kind, const WDesc* const* w, const int* row,
+                                              const float* const* xs, int wk, int ks,
+                                              float (*acc)[NT], bool& waited, F& after_wait) {
+    constexpr int U = NT == 1 ? 8 : (NT == 2 ? 4 : 2);
+    switch (kind) {
+    case KIND_F32: dot_rows<NT, KIND_F32, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
+    case KIND_BF16: dot_rows<NT, KIND_BF16, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
+    case KIND_F16: dot_rows<NT, KIND_F16, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
+    case KIND_INT8: dot_rows<NT, KIND_INT8, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
+    default: dot_rows<NT, KIND_INT4, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
+    }
+}
+
+// This warp's share of rows A and B (B optional) for the NT tokens: the warp sums, on every
+// lane. Rows of the same form stream together and share the x loads.
+template <int NT, class F>
+__device__ __forceinline__ void row_dots2(const WDesc* wa, int ra, const WDesc* wb, int rb,
+                                          bool has_b, const float* const* xs, int wk, int ks,
+                                          float* da, float* db, F& after_wait) {
+    float acc[2][NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) {
-        float s = warp_sum(acc[t]);
-        if (w.kind == KIND_INT8) s = s * scale;
-        out[t] = s;
+        acc[0][t] = 0.0f;
+        acc[1][t] = 0.0f;
+    }
+    bool waited = false;
+    if (has_b && wa->kind == wb->kind && wa->cols == wb->cols &&
+        (wa->kind != KIND_INT4 || wa->group == wb->group)) {
+        const WDesc* w2[2] = {wa, wb};
+        const int r2[2] = {ra, rb};
+        dot_rows_kind<NT, 2>(wa->kind, w2, r2, xs, wk, ks, acc, waited, after_wait);
+    } else {
+        dot_rows_kind<NT, 1>(wa->kind, &wa, &ra, xs, wk, ks, acc, waited, after_wait);
+        if (has_b) dot_rows_kind<NT, 1>(wb->kind, &wb, &rb, xs, wk, ks, acc + 1, waited, after_wait);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        da[t] = warp_sum(acc[0][t]);
+        db[t] = warp_sum(acc[1][t]);
     }
 }
 
@@ -211,32 +299,16 @@ __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 
 template <int NT>
 __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
-    __shared__ float s_inv[NT];
+    __shared__ float s_part[WARPS][2][NT];
+    __shared__ float s_norm[WARPS][NT];
     __shared__ float s_red[WARPS][NT];
     __shared__ u64 s_key[NT];  // LOGITS: the block's argmax per token
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int ks = a.ksplit, upb = WARPS / a.ksplit;
+    const int wu = warp / ks, wk = warp % ks;
     const int tok0 = blockIdx.y * NT;
-    const int unit = blockIdx.x * WARPS + warp;
-
-    // The norm factor of each token: warp t sums token t's partials (lane-strided, then the
-    // fixed butterfly).
-    if (warp < NT) {
-        float inv = 1.0f;
-        int tok = tok0 + warp;
-        if (a.partial != 0 && tok < a.ntok) {
-            const float* p = a.partial + (size_t)tok * PSTRIDE;
-            float s = 0.0f;
-            for (int i = lane; i < a.nparts; i += 32) s = s + p[i];
-            s = warp_sum(s);
-            float mean = __fdiv_rn(s, (float)a.norm_dim);
-            inv = __fdiv_rn(1.0f, __fsqrt_rn(mean + a.eps));
-        }
-        if (lane == 0) {
-            s_inv[warp] = inv;
-            s_key[warp] = 0;
-        }
-    }
-    __syncthreads();
+    const int unit = blockIdx.x * upb + wu;
+    for (int t = threadIdx.x; t < NT; t += GEMV_THREADS) s_key[t] = 0;
 
     // Token input rows (tokens past ntok read token 0 of the block and are discarded).
     const float* xs[NT];
@@ -246,45 +318,83 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
         xs[t] = a.x + (size_t)tok * a.x_stride;
     }
 
-    float sq = 0.0f;  // RESID: this lane's token's h^2 over the warp's rows
-    if (unit < a.units) {
-        int seg = 0, ra = 0, rb = 0;
-        const WDesc* wa;
-        const WDesc* wb;
-        if (a.mode == MODE_QKV) {
-            int uu = unit;
-            if (unit >= a.u2) { seg = 2; uu = unit - a.u2; }
-            else if (unit >= a.u1) { seg = 1; uu = unit - a.u1; }
-            int half = a.head_dim >> 1;
-            ra = (uu / half) * a.head_dim + uu % half;
-            rb = ra + half;
-            wa = &a.w[seg];
-            wb = &a.w[seg];
-        } else if (a.mode == MODE_GATEUP) {
-            ra = unit; rb = unit;
-            wa = &a.w[0];
-            wb = &a.w[1];
-        } else {
-            ra = 2 * unit; rb = 2 * unit + 1;
-            wa = &a.w[0];
-            wb = &a.w[0];
-        }
-        bool has_b = rb < wb->rows;
-        float da[NT], db[NT];
-        row_dots<NT>(*wa, ra, xs, da);
-        if (has_b) row_dots<NT>(*wb, rb, xs, db);
-        else {
+    int seg = 0, ra = 0, rb = 0;
+    const WDesc* wa = &a.w[0];
+    const WDesc* wb = &a.w[0];
+    if (a.mode == MODE_QKV) {
+        int uu = unit;
+        if (unit >= a.u2) { seg = 2; uu = unit - a.u2; }
+        else if (unit >= a.u1) { seg = 1; uu = unit - a.u1; }
+        int half = a.head_dim >> 1;
+        ra = (uu / half) * a.head_dim + uu % half;
+        rb = ra + half;
+        wa = &a.w[seg];
+        wb = &a.w[seg];
+    } else if (a.mode == MODE_GATEUP) {
+        ra = unit; rb = unit;
+        wb = &a.w[1];
+    } else {
+        ra = 2 * unit; rb = 2 * unit + 1;
+    }
+    // The input's norm factor per token, from the producer's block partials, read right after
+    // the programmatic-launch wait while the first weight loads are in flight. Fixed order for
+    // any NT: thread (w, l) sums partials i = 32 w + l (mod 128) in order, each warp adds its 32
+    // lanes with the butterfly, and the epilogue adds the 4 warp sums in warp order.
+    auto norm_sums = [&]() {
+        if (a.partial != 0) {
 #pragma unroll
-            for (int t = 0; t < NT; t++) db[t] = 0.0f;
+            for (int t = 0; t < NT; t++) {
+                int tok = tok0 + t < a.ntok ? tok0 + t : tok0;
+                const float* p = a.partial + (size_t)tok * PSTRIDE;
+                float s = 0.0f;
+                for (int i = threadIdx.x; i < a.nparts; i += GEMV_THREADS) s = s + p[i];
+                s = warp_sum(s);
+                if (lane == 0) s_norm[warp][t] = s;
+            }
         }
+    };
+    const bool valid = unit < a.units;
+    const bool has_b = valid && rb < wb->rows;
+    if (valid) {
+        float da[NT], db[NT];
+        row_dots2<NT>(wa, ra, wb, rb, has_b, xs, wk, ks, da, db, norm_sums);
+        if (lane == 0) {
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                s_part[warp][0][t] = da[t];
+                s_part[warp][1][t] = has_b ? db[t] : 0.0f;
+            }
+        }
+    } else {
+        pdl_wait();
+        pdl_launch_dependents();
+        norm_sums();
+    }
+
+    __syncthreads();
+
+    float sq = 0.0f;  // RESID: this lane's token's h^2 over the unit's rows
+    if (valid && wk == 0) {
         // Epilogue: lane t handles token t.
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             int tok = tok0 + t;
             if (lane != t || tok >= a.ntok) continue;
-            float inv = s_inv[t];
-            float ya = da[t], yb = db[t];
-            if (a.partial != 0) { ya = ya * inv; yb = yb * inv; }
+            float ya = s_part[warp][0][t], yb = s_part[warp][1][t];
+            for (int k = 1; k < ks; k++) {
+                ya = ya + s_part[warp + k][0][t];
+                yb = yb + s_part[warp + k][1][t];
+            }
+            if (wa->kind == KIND_INT8) ya = ya * ((const float*)wa->scales)[ra];
+            if (has_b && wb->kind == KIND_INT8) yb = yb * ((const float*)wb->scales)[rb];
+            if (a.partial != 0) {
+                float tot = s_norm[0][t];
+                for (int w = 1; w < WARPS; w++) tot = tot + s_norm[w][t];
+                float mean = __fdiv_rn(tot, (float)a.norm_dim);
+                float inv = __fdiv_rn(1.0f, __fsqrt_rn(mean + a.eps));
+                ya = ya * inv;
+                yb = yb * inv;
+            }
             if (wa->bias != 0) ya = ya + wa->bias[ra];
             if (has_b && wb->bias != 0) yb = yb + wb->bias[rb];
             if (a.mode == MODE_QKV) {
@@ -339,14 +449,14 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     }
 
     if (a.mode == MODE_RESID) {
-        // Block partial of h^2 per token: warps in order.
-        if (lane < NT) s_red[warp][lane] = sq;
+        // Block partial of h^2 per token: units in order.
+        if (wk == 0 && lane < NT) s_red[wu][lane] = sq;
         __syncthreads();
         if (threadIdx.x < NT) {
             int tok = tok0 + threadIdx.x;
             if (tok < a.ntok) {
                 float s = 0.0f;
-                for (int w = 0; w < WARPS; w++) s = s + s_red[w][threadIdx.x];
+                for (int u = 0; u < upb; u++) s = s + s_red[u][threadIdx.x];
                 a.partial_out[(size_t)tok * PSTRIDE + blockIdx.x] = s;
             }
         }
@@ -355,10 +465,9 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
         __syncthreads();
         if (threadIdx.x < NT && tok0 + threadIdx.x < a.ntok && a.argmax != 0)
             atomicMax(&a.argmax[tok0 + threadIdx.x], s_key[threadIdx.x]);
+        if (a.pos_inc != 0 && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
+            atomicAdd(a.pos_inc, a.ntok);
     }
-    if (a.mode == MODE_LOGITS && a.pos_inc != 0 && blockIdx.x == 0 && blockIdx.y == 0 &&
-        threadIdx.x == 0)
-        atomicAdd(a.pos_inc, a.ntok);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_t1(GemvArgs a) { gemv_body<1>(a); }

@@ -9,7 +9,7 @@ struct EmbedArgs {
     const float* norm_w;   // f32 [hidden]: the first layer's input norm weight
     float* h;              // [ntok][hidden]
     float* xw;             // [ntok][hidden]: norm_w * h
-    float* partial;        // [ntok][PSTRIDE]: slot 0 gets sum(h^2)
+    float* partial;        // [ntok][PSTRIDE]: slot 0 gets sum(h^2) (the first norm's input)
     int* err;              // set to 1 + the token id of an out-of-range token
     int ntok;
     int nreset;
@@ -21,6 +21,8 @@ extern "C" __global__ void __launch_bounds__(256) embed(EmbedArgs a) {
     __shared__ int s_tok;
     __shared__ float s_red[8];
     const int t = blockIdx.x, tid = threadIdx.x;
+    pdl_wait();
+    pdl_launch_dependents();
     if (tid == 0) {
         int id;
         if (a.tokens != 0) id = a.tokens[t];

@@ -3,6 +3,7 @@
 
 pub mod cllm;
 pub mod error;
+pub mod gpu;
 pub mod hf;
 pub mod model;
 

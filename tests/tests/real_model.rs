@@ -19,15 +19,29 @@ struct Real {
 fn real() -> &'static Real {
     static REAL: OnceLock<Real> = OnceLock::new();
     REAL.get_or_init(|| {
-        let gguf = cllm_fixtures::real_model::ensure_smollm2_gguf().expect("fetching the real model");
+        let gguf =
+            cllm_fixtures::real_model::ensure_smollm2_gguf().expect("fetching the real model");
         let tmp = tempfile::tempdir().unwrap();
         let hf = tmp.path().join("hf");
         cllm_gguf::import(&gguf, &hf).expect("importing the real model");
         let lossless = tmp.path().join("lossless.cllm");
         cllm_ok(&["pack", s(&hf), "-o", s(&lossless), "--quiet"]);
         let mlp_int8 = tmp.path().join("mlp-int8.cllm");
-        cllm_ok(&["pack", s(&hf), "-o", s(&mlp_int8), "--quiet", "--policy", "mlp-only"]);
-        Real { _tmp: tmp, hf, lossless, mlp_int8 }
+        cllm_ok(&[
+            "pack",
+            s(&hf),
+            "-o",
+            s(&mlp_int8),
+            "--quiet",
+            "--policy",
+            "mlp-only",
+        ]);
+        Real {
+            _tmp: tmp,
+            hf,
+            lossless,
+            mlp_int8,
+        }
     })
 }
 
@@ -43,7 +57,11 @@ fn reference(name: &str) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -65,10 +83,25 @@ fn greedy_continuations_match_transformers_from_folder_and_lossless_container() 
         let (model, tok) = load(path);
         for case in reference("greedy.json")["cases"].as_array().unwrap() {
             let prompt = ids(&case["prompt_ids"]);
-            assert_eq!(tok.encode(case["prompt"].as_str().unwrap()).unwrap(), prompt);
+            assert_eq!(
+                tok.encode(case["prompt"].as_str().unwrap()).unwrap(),
+                prompt
+            );
             let want = ids(&case["greedy_ids"]);
-            let r = generate(&model, &prompt, &GenerateOptions::greedy(&model, 32), |_| {}).unwrap();
-            assert_eq!(r.generated_ids, want, "{} from {}", case["prompt"], path.display());
+            let r = generate(
+                &model,
+                &prompt,
+                &GenerateOptions::greedy(&model, 32),
+                |_| {},
+            )
+            .unwrap();
+            assert_eq!(
+                r.generated_ids,
+                want,
+                "{} from {}",
+                case["prompt"],
+                path.display()
+            );
         }
     }
 }
@@ -85,11 +118,17 @@ fn logits_match_transformers_top5_within_1e3() {
         let mut order: Vec<u32> = (0..l.len() as u32).collect();
         order.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]).then(a.cmp(&b)));
         assert_eq!(order[..5].to_vec(), ids(&row["top5_ids"]), "position {pos}");
-        for (id, want) in ids(&row["top5_ids"]).iter().zip(row["top5_logits"].as_array().unwrap()) {
+        for (id, want) in ids(&row["top5_ids"])
+            .iter()
+            .zip(row["top5_logits"].as_array().unwrap())
+        {
             let want = want.as_f64().unwrap();
             let got = l[*id as usize] as f64;
             // The reference rounds logits to 4 decimals; 1e-3 relative covers that and float order.
-            assert!((got - want).abs() <= 1e-3 * want.abs(), "position {pos} id {id}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-3 * want.abs(),
+                "position {pos} id {id}: {got} vs {want}"
+            );
         }
     }
 }
@@ -109,7 +148,9 @@ fn lossless_container_gives_bit_identical_logits() {
 #[test]
 fn kv_cache_decode_is_bit_identical_to_recompute() {
     let (model, _) = load(&real().mlp_int8);
-    let tokens: Vec<u32> = vec![6403, 1980, 253, 655, 28, 665, 436, 253, 1838, 8085, 617, 1005, 314, 4649];
+    let tokens: Vec<u32> = vec![
+        6403, 1980, 253, 655, 28, 665, 436, 253, 1838, 8085, 617, 1005, 314, 4649,
+    ];
     let full = model.forward_all(&tokens).unwrap();
     for split in [1, 5] {
         let mut session = model.session(tokens.len()).unwrap();
@@ -134,12 +175,27 @@ fn int8_mlp_only_still_answers_paris() {
 
 #[test]
 fn cllm_run_json_reports_ids_and_speed() {
-    let out = cllm_ok(&["run", s(&real().mlp_int8), "--prompt", "The capital of France is", "-n", "4", "--json"]);
+    let out = cllm_ok(&[
+        "run",
+        s(&real().mlp_int8),
+        "--prompt",
+        "The capital of France is",
+        "-n",
+        "4",
+        "--json",
+    ]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(ids(&v["prompt_ids"]), vec![504, 3575, 282, 4649, 314]);
     assert_eq!(ids(&v["generated_ids"])[0], 7042);
     assert!(v["decode_tokens_per_second"].as_f64().unwrap() > 0.0);
-    let r = cllm_tests::cllm(&["run", s(&real().mlp_int8), "--prompt", "x", "--device", "cuda"]);
+    let r = cllm_tests::cllm(&[
+        "run",
+        s(&real().mlp_int8),
+        "--prompt",
+        "x",
+        "--device",
+        "cuda",
+    ]);
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("CUDA"));
 }

@@ -53,7 +53,11 @@ pub(crate) fn program_source() -> String {
 
 /// `<cache>/kernels`.
 pub fn kernel_cache_dir() -> PathBuf {
-    let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |n: &str| {
+        std::env::var_os(n)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let base = var("CLLM_CACHE_DIR")
         .or_else(|| var("XDG_CACHE_HOME").map(|p| p.join("cllm")))
         .or_else(|| var("HOME").map(|p| p.join(".cache").join("cllm")))
@@ -204,7 +208,9 @@ fn compile(src: &str, opts: &[String]) -> Result<Vec<u8>, CudaError> {
     // SAFETY: destroys the program we created.
     let _ = unsafe { nvrtc::destroy_program(prog) };
     if r != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS {
-        return Err(CudaError::Compile(format!("NVRTC cubin copy failed ({r:?})")));
+        return Err(CudaError::Compile(format!(
+            "NVRTC cubin copy failed ({r:?})"
+        )));
     }
     Ok(bin)
 }

@@ -18,9 +18,10 @@ pub mod hash;
 mod launch;
 mod weight;
 
-pub use compile::{kernel_cache_dir, KernelSource, KERNEL_SOURCES};
-pub use device::{CudaError, DeviceBuffer, Gpu, GpuInfo, Graph, PinnedBuffer};
+pub use compile::{compile_check, kernel_cache_dir, KernelSource, KERNEL_SOURCES};
+pub use device::{CudaError, DeviceBuffer, Event, Gpu, GpuInfo, Graph, OwnedStream, PinnedBuffer};
 pub use launch::{
-    AttnArgs, EmbedArgs, GemvArgs, GemvMode, WDesc, ATT_CHUNK, GEMV_ROWS_PER_BLOCK, PSTRIDE,
+    ksplit_for, tokens_per_block, AttnArgs, EmbedArgs, GemvArgs, GemvMode, WDesc, ATT_CHUNK,
+    GEMV_WARPS, PSTRIDE,
 };
 pub use weight::{GpuWeight, GpuWeightKind};

@@ -1,0 +1,309 @@
+//! The kernels' parameter structs (kept in step with their definitions in `kernels/cuda/*.cu`:
+//! the same fields in the same order, `#[repr(C)]`) and their launches.
+
+use std::sync::Arc;
+
+use super::device::{CudaError, Gpu};
+use super::weight::GpuWeight;
+
+/// Norm partial sums per token (`PSTRIDE` in common.cuh).
+pub const PSTRIDE: usize = 4096;
+/// Warps per GEMV block (`WARPS`); a unit (two weight rows) takes `ksplit` of them.
+pub const GEMV_WARPS: usize = 4;
+const GEMV_THREADS: u32 = 128;
+/// Key positions per attention chunk (`ATT_CHUNK`).
+pub const ATT_CHUNK: usize = 128;
+/// Largest head dimension of the attention kernel (`ATT_MAX_HD`).
+pub const ATT_MAX_HD: usize = 256;
+const ATT_THREADS: u32 = 128;
+
+/// `struct WDesc` of common.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WDesc {
+    pub data: u64,
+    pub scales: u64,
+    pub mins: u64,
+    pub bias: u64,
+    pub kind: i32,
+    pub rows: i32,
+    pub cols: i32,
+    pub group: i32,
+}
+
+/// What a GEMV launch computes after the products (see gemv.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemvMode {
+    Qkv = 0,
+    Resid = 1,
+    GateUp = 2,
+    Logits = 3,
+}
+
+/// `struct GemvArgs` of gemv.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GemvArgs {
+    pub w: [WDesc; 3],
+    pub x: u64,
+    pub partial: u64,
+    pub norm_next: u64,
+    pub rope_cos: u64,
+    pub rope_sin: u64,
+    pub pos: u64,
+    pub out: u64,
+    pub xw_out: u64,
+    pub partial_out: u64,
+    pub kcache: u64,
+    pub vcache: u64,
+    pub argmax: u64,
+    pub pos_inc: u64,
+    pub mode: i32,
+    pub ntok: i32,
+    pub x_stride: i32,
+    pub out_stride: i32,
+    pub nparts: i32,
+    pub norm_dim: i32,
+    pub eps: f32,
+    pub units: i32,
+    pub u1: i32,
+    pub u2: i32,
+    pub head_dim: i32,
+    pub capacity: i32,
+    pub ksplit: i32,
+    pub pad_: i32,
+}
+
+/// `struct AttnArgs` of attention.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttnArgs {
+    pub q: u64,
+    pub kcache: u64,
+    pub vcache: u64,
+    pub out: u64,
+    pub part_o: u64,
+    pub part_ml: u64,
+    pub counters: u64,
+    pub pos: u64,
+    pub ntok: i32,
+    pub heads: i32,
+    pub kv_heads: i32,
+    pub head_dim: i32,
+    pub capacity: i32,
+    pub window: i32,
+    pub cmax: i32,
+    pub scale: f32,
+}
+
+/// `struct EmbedArgs` of misc.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EmbedArgs {
+    pub w: WDesc,
+    pub tokens: u64,
+    pub argmax_in: u64,
+    pub argmax_reset: u64,
+    pub norm_w: u64,
+    pub h: u64,
+    pub xw: u64,
+    pub partial: u64,
+    pub err: u64,
+    pub ntok: i32,
+    pub nreset: i32,
+    pub hidden: i32,
+    pub vocab: i32,
+}
+
+// The .cu structs have these sizes (checked by `layouts_match_the_cuda_structs`).
+const _: () = assert!(std::mem::size_of::<WDesc>() == 48);
+const _: () = assert!(std::mem::size_of::<GemvArgs>() == 304);
+const _: () = assert!(std::mem::size_of::<AttnArgs>() == 96);
+const _: () = assert!(std::mem::size_of::<EmbedArgs>() == 128);
+
+/// Tokens per GEMV block for a batch of `ntok`: 8 for prefill, 1 for decode. Any choice gives
+/// each token the same bits.
+pub fn tokens_per_block(ntok: usize) -> usize {
+    match ntok {
+        0 | 1 => 1,
+        2 | 3 => 2,
+        4..=7 => 4,
+        _ => 8,
+    }
+}
+
+/// Warps per unit for a weight: enough that each warp streams at least 256 16-byte vectors
+/// of a row (8 per lane), at most [`GEMV_WARPS`]. A function of the weight's shape and form only,
+/// so prefill and decode reduce every row in the same order.
+pub fn ksplit_for(w: &GpuWeight) -> i32 {
+    let nvec = w.cols / w.kind.elements_per_vector();
+    let mut k = 1;
+    while k < GEMV_WARPS && nvec / (2 * k) >= 256 {
+        k *= 2;
+    }
+    k as i32
+}
+
+impl Gpu {
+    /// One GEMV launch: `args.units` units of two rows, `args.ntok` tokens. A zero `ksplit`
+    /// is taken from the first weight.
+    pub fn gemv(&self, args: &GemvArgs) -> Result<(), CudaError> {
+        let ntok = args.ntok.max(0) as usize;
+        let nt = tokens_per_block(ntok);
+        let f = self.f.gemv[nt.trailing_zeros() as usize];
+        let ks = args.ksplit;
+        if !matches!(ks, 1 | 2 | 4) {
+            return Err(CudaError::Kernel(format!("gemv: ksplit {ks} (1, 2 or 4)")));
+        }
+        let blocks = Gpu::gemv_blocks(args.units.max(0) as usize, ks);
+        if blocks > PSTRIDE && args.mode == super::GemvMode::Resid as i32 {
+            return Err(CudaError::Unsupported(format!(
+                "gemv: {blocks} blocks exceed {PSTRIDE} norm partials"
+            )));
+        }
+        let grid = (blocks as u32, ntok.div_ceil(nt) as u32, 1);
+        self.launch(f, grid, GEMV_THREADS, args, "gemv")
+    }
+
+    /// Blocks of a GEMV launch with `units` units and `ksplit` warps per unit (the residual
+    /// modes' count of norm partials).
+    pub fn gemv_blocks(units: usize, ksplit: i32) -> usize {
+        units.div_ceil(GEMV_WARPS / ksplit.max(1) as usize)
+    }
+
+    /// Attention over `chunks` chunk slots per (head, token).
+    pub fn attention(&self, args: &AttnArgs, chunks: usize) -> Result<(), CudaError> {
+        if args.head_dim as usize > ATT_MAX_HD || args.head_dim % 4 != 0 {
+            return Err(CudaError::Unsupported(format!(
+                "head_dim {} (the GPU attention takes multiples of 4 up to {ATT_MAX_HD})",
+                args.head_dim
+            )));
+        }
+        let grid = (chunks as u32, args.heads as u32, args.ntok as u32);
+        self.launch(self.f.attention, grid, ATT_THREADS, args, "attention")
+    }
+
+    /// Embedding rows for `args.ntok` tokens.
+    pub fn embed(&self, args: &EmbedArgs) -> Result<(), CudaError> {
+        self.launch(self.f.embed, (args.ntok as u32, 1, 1), 256, args, "embed")
+    }
+
+    /// The residency hash ([`super::hash`]) of `len` bytes at device address `ptr`.
+    pub fn hash_device(
+        self: &Arc<Self>,
+        ptr: u64,
+        len: u64,
+        scratch: u64,
+    ) -> Result<u64, CudaError> {
+        self.fill_u32(scratch, 0, 2)?;
+        #[repr(C)]
+        struct HashArgs {
+            p: u64,
+            n: u64,
+            out: u64,
+        }
+        let args = HashArgs {
+            p: ptr,
+            n: len,
+            out: scratch,
+        };
+        let words = len.div_ceil(8);
+        let blocks = words.div_ceil(256).clamp(1, 4096) as u32;
+        self.launch_fields(
+            self.f.hash_words,
+            (blocks, 1, 1),
+            256,
+            &args,
+            3,
+            "hash_words",
+        )?;
+        let mut sum = [0u64];
+        self.dtoh(&mut sum, scratch)?;
+        Ok(super::hash::finish(sum[0], len))
+    }
+
+    /// Read bandwidth of device memory in bytes per second: the median of `reps` passes of a
+    /// read-only kernel over `bytes` (several times the L2 cache).
+    pub fn read_bandwidth(self: &Arc<Self>, bytes: usize, reps: usize) -> Result<f64, CudaError> {
+        let bytes = bytes / 16 * 16;
+        let buf = self.alloc("bandwidth probe", bytes)?;
+        self.fill_u32(buf.ptr(), 0x3c00_3c01, bytes / 4)?;
+        let sink = self.alloc("bandwidth sink", 4)?;
+        self.fill_u32(sink.ptr(), 0, 1)?;
+        #[repr(C)]
+        struct BwArgs {
+            p: u64,
+            n: u64,
+            sink: u64,
+        }
+        let args = BwArgs {
+            p: buf.ptr(),
+            n: (bytes / 16) as u64,
+            sink: sink.ptr(),
+        };
+        let blocks = (self.info().multiprocessors.max(1) as u32) * 8;
+        let (start, end) = (self.event()?, self.event()?);
+        let mut times = Vec::new();
+        for i in 0..reps + 2 {
+            self.record(&start)?;
+            self.launch_fields(self.f.read_bw, (blocks, 1, 1), 256, &args, 3, "read_bw")?;
+            self.record(&end)?;
+            end.wait()?;
+            if i >= 2 {
+                times.push(start.elapsed_ms(&end)? as f64 / 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        Ok(bytes as f64 / median)
+    }
+
+    /// Launches a kernel whose parameters are `nfields` consecutive 8-byte fields of `args`.
+    fn launch_fields<A>(
+        &self,
+        f: cudarc::driver::sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &A,
+        nfields: usize,
+        what: &str,
+    ) -> Result<(), CudaError> {
+        use cudarc::driver::result;
+        use std::ffi::c_void;
+        debug_assert_eq!(std::mem::size_of::<A>(), nfields * 8);
+        self.bind()?;
+        let base = args as *const A as *const u64;
+        // SAFETY: `A` is `nfields` u64 fields; each kernel parameter is one of them.
+        let mut params: Vec<*mut c_void> = (0..nfields)
+            .map(|i| unsafe { base.add(i) } as *mut c_void)
+            .collect();
+        // SAFETY: parameters match the kernel's (pointer, u64, pointer) signatures.
+        unsafe { result::launch_kernel(f, grid, (block, 1, 1), 0, self.stream.0, &mut params) }
+            .map_err(|source| CudaError::Driver {
+                what: format!("launching {what}"),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_match_the_cuda_structs() {
+        // Offsets of a few fields, as the C compiler lays them out (8-byte pointers first).
+        let a = GemvArgs::default();
+        let base = &a as *const _ as usize;
+        assert_eq!(&a.x as *const _ as usize - base, 144);
+        assert_eq!(&a.mode as *const _ as usize - base, 248);
+        assert_eq!(&a.ksplit as *const _ as usize - base, 296);
+        let e = EmbedArgs::default();
+        let base = &e as *const _ as usize;
+        assert_eq!(&e.tokens as *const _ as usize - base, 48);
+        assert_eq!(&e.vocab as *const _ as usize - base, 124);
+        assert_eq!(tokens_per_block(1), 1);
+        assert_eq!(tokens_per_block(5), 4);
+        assert_eq!(tokens_per_block(100), 8);
+    }
+}

@@ -1,0 +1,567 @@
+//! A generation session on the GPU: the KV cache and activations in device memory, prefill by
+//! batched launches, decode by replaying a CUDA graph of one step.
+//!
+//! One step (see kernels/cuda/gemv.cu for the fused epilogues):
+//! `embed` -> per layer [`QKV` (norm, RoPE, cache write) -> `attention` -> `o_proj` (+ residual,
+//! next norm's inputs) -> `gate/up` (norm, SwiGLU) -> `down` (+ residual, next norm's inputs)]
+//! -> `LM head` (final norm, logits, argmax). Prefill runs the same kernels on up to `nmax`
+//! tokens per launch; a row's arithmetic does not depend on how many tokens share its launch, so
+//! decode logits are bit-identical to recomputing the whole sequence.
+//!
+//! The decode graph reads the position and the input token from device memory (the token is the
+//! previous step's argmax, or one the host wrote), and its last kernel advances the position, so
+//! greedy decoding needs no host work but the replay and an 8-byte read.
+
+use std::sync::Arc;
+
+use cllm_kernels::cpu::RopeTable;
+use cllm_kernels::cuda::{
+    ksplit_for, AttnArgs, DeviceBuffer, EmbedArgs, Event, GemvArgs, GemvMode, Gpu, Graph,
+    ATT_CHUNK, PSTRIDE,
+};
+
+use super::model::{GpuError, GpuModel};
+use crate::model::ModelError;
+
+/// Tokens per prefill launch.
+pub const PREFILL_CHUNK: usize = 64;
+
+/// Device scalars: position, error flag, then (from byte 16) per-token argmax keys.
+const STATE_POS: u64 = 0;
+const STATE_ERR: u64 = 4;
+const STATE_ARGMAX: u64 = 16;
+
+/// Incremental inference over one sequence on the GPU.
+pub struct GpuSession<'m> {
+    model: &'m GpuModel,
+    capacity: usize,
+    len: usize,
+    /// Whether the device position equals `len`.
+    pos_synced: bool,
+    nmax: usize,
+    cmax: usize,
+    kcache: DeviceBuffer,
+    vcache: DeviceBuffer,
+    rope_cos: DeviceBuffer,
+    rope_sin: DeviceBuffer,
+    h: DeviceBuffer,
+    xw: DeviceBuffer,
+    q: DeviceBuffer,
+    attn: DeviceBuffer,
+    act: DeviceBuffer,
+    partial: DeviceBuffer,
+    logits: DeviceBuffer,
+    part_o: DeviceBuffer,
+    part_ml: DeviceBuffer,
+    counters: DeviceBuffer,
+    tokens: DeviceBuffer,
+    state: DeviceBuffer,
+    graph: Option<Graph>,
+    /// Profiling: events recorded after each launch, with the launch's name.
+    prof: std::cell::RefCell<Option<Vec<(&'static str, Event)>>>,
+}
+
+/// Which logits a step computes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Logits {
+    None,
+    Last,
+    All,
+}
+
+impl GpuModel {
+    /// A session whose cache holds `capacity` positions.
+    pub fn session(&self, capacity: usize) -> Result<GpuSession<'_>, GpuError> {
+        GpuSession::new(self, capacity, PREFILL_CHUNK)
+    }
+
+    /// Logits for every position of `tokens`, in one batched pass on a fresh cache.
+    pub fn forward_all(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, GpuError> {
+        let mut s = self.session(tokens.len())?;
+        s.prefill_all(tokens)
+    }
+}
+
+impl<'m> GpuSession<'m> {
+    pub fn new(
+        model: &'m GpuModel,
+        capacity: usize,
+        nmax: usize,
+    ) -> Result<GpuSession<'m>, GpuError> {
+        let cfg = &model.cfg;
+        if capacity > cfg.max_position_embeddings {
+            return Err(ModelError::CapacityTooLarge {
+                capacity,
+                max_position_embeddings: cfg.max_position_embeddings,
+            }
+            .into());
+        }
+        let gpu = &model.gpu;
+        let capacity = capacity.max(1);
+        let nmax = nmax.clamp(1, PREFILL_CHUNK.max(nmax));
+        let cmax = capacity.div_ceil(ATT_CHUNK);
+        let (hidden, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (heads, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let cache_floats = cfg.num_hidden_layers * kvh * capacity * hd;
+        let f = 4usize;
+        let sizes = [
+            cache_floats * f,
+            cache_floats * f,
+            capacity * hd / 2 * f,
+            capacity * hd / 2 * f,
+            nmax * hidden * f,
+            nmax * hidden * f,
+            nmax * cfg.q_dim() * f,
+            nmax * cfg.q_dim() * f,
+            nmax * cfg.intermediate_size * f,
+            nmax * PSTRIDE * f,
+            nmax * cfg.vocab_size * f,
+            nmax * heads * cmax * hd * f,
+            nmax * heads * cmax * 2 * f,
+            nmax * heads * 4,
+            nmax * 4,
+            16 + nmax * 8,
+        ];
+        let total: usize = sizes.iter().sum();
+        gpu.check_free("the KV cache and activations", total as u64)?;
+        let a = |what: &str, i: usize| gpu.alloc(what, sizes[i]);
+        let rope = RopeTable::new(hd, cfg.rope_theta as f32, &cfg.rope_scaling, capacity)
+            .map_err(ModelError::from)?;
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(capacity * hd / 2),
+            Vec::with_capacity(capacity * hd / 2),
+        );
+        for p in 0..capacity {
+            let (c, s) = rope.cos_sin(p).map_err(ModelError::from)?;
+            cos.extend_from_slice(c);
+            sin.extend_from_slice(s);
+        }
+        let s = GpuSession {
+            model,
+            capacity,
+            len: 0,
+            pos_synced: false,
+            nmax,
+            cmax,
+            kcache: a("keys", 0)?,
+            vcache: a("values", 1)?,
+            rope_cos: gpu.upload("rope cos", &cos)?,
+            rope_sin: gpu.upload("rope sin", &sin)?,
+            h: a("hidden states", 4)?,
+            xw: a("norm inputs", 5)?,
+            q: a("queries", 6)?,
+            attn: a("attention output", 7)?,
+            act: a("MLP activations", 8)?,
+            partial: a("norm partials", 9)?,
+            logits: a("logits", 10)?,
+            part_o: a("attention chunks", 11)?,
+            part_ml: a("attention chunk sums", 12)?,
+            counters: a("attention counters", 13)?,
+            tokens: a("tokens", 14)?,
+            state: a("state", 15)?,
+            graph: None,
+            prof: std::cell::RefCell::new(None),
+        };
+        gpu.fill_u32(s.counters.ptr(), 0, nmax * heads)?;
+        gpu.fill_u32(s.state.ptr(), 0, sizes[15] / 4)?;
+        // Poison the cache: a read of an unwritten position shows as NaN.
+        gpu.fill_u32(s.kcache.ptr(), 0x7fc0_0000, cache_floats)?;
+        gpu.fill_u32(s.vcache.ptr(), 0x7fc0_0000, cache_floats)?;
+        gpu.sync()?;
+        Ok(s)
+    }
+
+    pub fn model(&self) -> &'m GpuModel {
+        self.model
+    }
+
+    /// Tokens processed so far.
+    pub fn position(&self) -> usize {
+        self.len
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets the sequence (the storage is kept).
+    pub fn reset(&mut self) {
+        self.len = 0;
+        self.pos_synced = false;
+    }
+
+    fn gpu(&self) -> &Arc<Gpu> {
+        &self.model.gpu
+    }
+
+    fn check_room(&self, n: usize) -> Result<(), GpuError> {
+        if n == 0 {
+            return Err(ModelError::EmptyInput.into());
+        }
+        if self.len + n > self.capacity {
+            return Err(ModelError::CacheFull {
+                capacity: self.capacity,
+                position: self.len,
+                requested: n,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    fn set_pos(&mut self, pos: usize) -> Result<(), GpuError> {
+        self.gpu()
+            .htod(self.state.ptr() + STATE_POS, &[pos as i32])?;
+        Ok(())
+    }
+
+    /// Profiling: records an event named `name` after the launch just made.
+    fn mark(&self, name: &'static str) -> Result<(), GpuError> {
+        let mut p = self.prof.borrow_mut();
+        if let Some(v) = p.as_mut() {
+            let e = self.gpu().event()?;
+            self.gpu().record(&e)?;
+            v.push((name, e));
+        }
+        Ok(())
+    }
+
+    /// Times one decode step launch by launch (not through the graph): microseconds per launch
+    /// kind, summed over the step. The step consumes the current argmax token.
+    pub fn profile_decode_step(&mut self) -> Result<Vec<(&'static str, f64)>, GpuError> {
+        self.check_room(1)?;
+        if !self.pos_synced {
+            self.set_pos(self.len)?;
+            self.pos_synced = true;
+        }
+        let start = self.gpu().event()?;
+        self.gpu().record(&start)?;
+        *self.prof.borrow_mut() = Some(Vec::new());
+        let r = self.enqueue(1, true, Logits::Last, true, self.cmax);
+        let marks = self.prof.borrow_mut().take().unwrap_or_default();
+        r?;
+        self.gpu().sync()?;
+        self.len += 1;
+        let mut out: Vec<(&'static str, f64)> = Vec::new();
+        let mut prev = &start;
+        for (name, e) in &marks {
+            let us = prev.elapsed_ms(e)? as f64 * 1e3;
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some(x) => x.1 += us,
+                None => out.push((name, us)),
+            }
+            prev = e;
+        }
+        Ok(out)
+    }
+
+    /// Enqueues one step over `n` tokens at positions `len..len+n` (the device position must be
+    /// `len`). Tokens come from the token buffer, or (decode graph) from the argmax slot.
+    fn enqueue(
+        &self,
+        n: usize,
+        from_argmax: bool,
+        logits: Logits,
+        advance: bool,
+        chunks: usize,
+    ) -> Result<(), GpuError> {
+        let m = self.model;
+        let cfg = &m.cfg;
+        let gpu = &m.gpu;
+        let (hidden, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let (heads, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let eps = cfg.rms_norm_eps as f32;
+        let state = self.state.ptr();
+        let pos = state + STATE_POS;
+        let argmax = state + STATE_ARGMAX;
+        let layer_floats = (kvh * self.capacity * hd) as u64;
+        let resid_units = hidden.div_ceil(2);
+
+        gpu.embed(&EmbedArgs {
+            w: m.embed.desc(0),
+            tokens: if from_argmax { 0 } else { self.tokens.ptr() },
+            argmax_in: argmax,
+            argmax_reset: argmax,
+            norm_w: m
+                .layers
+                .first()
+                .map_or(m.final_norm.ptr(), |l| l.input_norm.ptr()),
+            h: self.h.ptr(),
+            xw: self.xw.ptr(),
+            partial: self.partial.ptr(),
+            err: state + STATE_ERR,
+            ntok: n as i32,
+            nreset: n as i32,
+            hidden: hidden as i32,
+            vocab: cfg.vocab_size as i32,
+        })?;
+        self.mark("embed")?;
+        // Norm partials per token of the last residual producer (the embedding writes one).
+        let mut nparts = 1;
+        for (l, layer) in m.layers.iter().enumerate() {
+            let kbase = self.kcache.ptr() + 4 * layer_floats * l as u64;
+            let vbase = self.vcache.ptr() + 4 * layer_floats * l as u64;
+            gpu.gemv(&GemvArgs {
+                w: [layer.q.desc(), layer.k.desc(), layer.v.desc()],
+                x: self.xw.ptr(),
+                partial: self.partial.ptr(),
+                nparts,
+                norm_dim: hidden as i32,
+                eps,
+                rope_cos: self.rope_cos.ptr(),
+                rope_sin: self.rope_sin.ptr(),
+                pos,
+                out: self.q.ptr(),
+                kcache: kbase,
+                vcache: vbase,
+                mode: GemvMode::Qkv as i32,
+                ntok: n as i32,
+                x_stride: hidden as i32,
+                out_stride: qd as i32,
+                units: ((qd + 2 * kvd) / 2) as i32,
+                u1: (qd / 2) as i32,
+                u2: ((qd + kvd) / 2) as i32,
+                head_dim: hd as i32,
+                capacity: self.capacity as i32,
+                ksplit: layer.q.ksplit(),
+                ..GemvArgs::default()
+            })?;
+            self.mark("qkv")?;
+            gpu.attention(
+                &AttnArgs {
+                    q: self.q.ptr(),
+                    kcache: kbase,
+                    vcache: vbase,
+                    out: self.attn.ptr(),
+                    part_o: self.part_o.ptr(),
+                    part_ml: self.part_ml.ptr(),
+                    counters: self.counters.ptr(),
+                    pos,
+                    ntok: n as i32,
+                    heads: heads as i32,
+                    kv_heads: kvh as i32,
+                    head_dim: hd as i32,
+                    capacity: self.capacity as i32,
+                    window: cfg
+                        .sliding_window
+                        .map_or(0, |w| w.min(i32::MAX as usize) as i32),
+                    cmax: self.cmax as i32,
+                    // transformers: `scaling = head_dim ** -0.5` (a Python float), used in f32.
+                    scale: (hd as f64).powf(-0.5) as f32,
+                },
+                chunks,
+            )?;
+            self.mark("attention")?;
+            gpu.gemv(&GemvArgs {
+                w: [layer.o.desc(), Default::default(), Default::default()],
+                x: self.attn.ptr(),
+                norm_next: layer.post_norm.ptr(),
+                out: self.h.ptr(),
+                xw_out: self.xw.ptr(),
+                partial_out: self.partial.ptr(),
+                mode: GemvMode::Resid as i32,
+                ntok: n as i32,
+                x_stride: qd as i32,
+                out_stride: hidden as i32,
+                units: resid_units as i32,
+                ksplit: layer.o.ksplit(),
+                ..GemvArgs::default()
+            })?;
+            self.mark("o_proj")?;
+            nparts = Gpu::gemv_blocks(resid_units, layer.o.ksplit()) as i32;
+            gpu.gemv(&GemvArgs {
+                w: [layer.gate.desc(), layer.up.desc(), Default::default()],
+                x: self.xw.ptr(),
+                partial: self.partial.ptr(),
+                nparts,
+                norm_dim: hidden as i32,
+                eps,
+                out: self.act.ptr(),
+                mode: GemvMode::GateUp as i32,
+                ntok: n as i32,
+                x_stride: hidden as i32,
+                out_stride: inter as i32,
+                units: inter as i32,
+                ksplit: layer.gate.ksplit(),
+                ..GemvArgs::default()
+            })?;
+            self.mark("gate_up")?;
+            let next_norm = m
+                .layers
+                .get(l + 1)
+                .map_or(m.final_norm.ptr(), |nl| nl.input_norm.ptr());
+            gpu.gemv(&GemvArgs {
+                w: [layer.down.desc(), Default::default(), Default::default()],
+                x: self.act.ptr(),
+                norm_next: next_norm,
+                out: self.h.ptr(),
+                xw_out: self.xw.ptr(),
+                partial_out: self.partial.ptr(),
+                mode: GemvMode::Resid as i32,
+                ntok: n as i32,
+                x_stride: inter as i32,
+                out_stride: hidden as i32,
+                units: resid_units as i32,
+                ksplit: layer.down.ksplit(),
+                ..GemvArgs::default()
+            })?;
+            self.mark("down")?;
+            nparts = Gpu::gemv_blocks(resid_units, layer.down.ksplit()) as i32;
+        }
+        if logits != Logits::None {
+            let (first, rows) = if logits == Logits::All {
+                (0, n)
+            } else {
+                (n - 1, 1)
+            };
+            gpu.gemv(&GemvArgs {
+                w: [m.lm_head.desc(0), Default::default(), Default::default()],
+                x: self.xw.ptr() + (4 * first * hidden) as u64,
+                partial: self.partial.ptr() + (4 * first * PSTRIDE) as u64,
+                nparts,
+                norm_dim: hidden as i32,
+                eps,
+                out: self.logits.ptr(),
+                argmax,
+                pos_inc: if advance { pos } else { 0 },
+                mode: GemvMode::Logits as i32,
+                ntok: rows as i32,
+                x_stride: hidden as i32,
+                out_stride: cfg.vocab_size as i32,
+                units: cfg.vocab_size.div_ceil(2) as i32,
+                ksplit: ksplit_for(&m.lm_head),
+                ..GemvArgs::default()
+            })?;
+            self.mark("lm_head")?;
+        }
+        Ok(())
+    }
+
+    /// Runs `tokens` in launches of at most `nmax` tokens; returns the last token's logits, or
+    /// every token's.
+    fn run(&mut self, tokens: &[u32], all: bool) -> Result<Vec<f32>, GpuError> {
+        self.check_room(tokens.len())?;
+        let vocab = self.model.cfg.vocab_size;
+        for &t in tokens {
+            if t as usize >= vocab {
+                return Err(ModelError::TokenOutOfRange {
+                    token: t,
+                    vocab_size: vocab,
+                }
+                .into());
+            }
+        }
+        let mut out = Vec::with_capacity(if all { tokens.len() * vocab } else { vocab });
+        let chunks: Vec<&[u32]> = tokens.chunks(self.nmax).collect();
+        for (ci, chunk) in chunks.iter().enumerate() {
+            let last = ci + 1 == chunks.len();
+            let n = chunk.len();
+            let ids: Vec<i32> = chunk.iter().map(|&t| t as i32).collect();
+            self.gpu().htod(self.tokens.ptr(), &ids)?;
+            self.set_pos(self.len)?;
+            let mode = if all {
+                Logits::All
+            } else if last {
+                Logits::Last
+            } else {
+                Logits::None
+            };
+            let attn_chunks = (self.len + n).div_ceil(ATT_CHUNK);
+            self.enqueue(n, false, mode, false, attn_chunks)?;
+            self.gpu().sync()?;
+            self.len += n;
+            self.pos_synced = false;
+            if mode != Logits::None {
+                let rows = if all { n } else { 1 };
+                let mut l = vec![0f32; rows * vocab];
+                self.gpu().dtoh(&mut l, self.logits.ptr())?;
+                out.extend_from_slice(&l);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Processes `tokens` in batched launches; returns the logits of the last one.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GpuError> {
+        self.run(tokens, false)
+    }
+
+    /// Processes `tokens` in batched launches; returns the logits of every one of them.
+    pub fn prefill_all(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, GpuError> {
+        let vocab = self.model.cfg.vocab_size;
+        let flat = self.run(tokens, true)?;
+        Ok(flat.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Replays the decode graph (capturing it on first use): one token from the argmax slot at
+    /// position `len`.
+    fn step(&mut self) -> Result<(), GpuError> {
+        self.check_room(1)?;
+        if !self.pos_synced {
+            self.set_pos(self.len)?;
+            self.pos_synced = true;
+        }
+        if self.graph.is_none() {
+            let gpu = self.gpu().clone();
+            gpu.begin_capture()?;
+            let r = self.enqueue(1, true, Logits::Last, true, self.cmax);
+            let g = gpu.end_capture();
+            r?;
+            self.graph = Some(g?);
+        }
+        self.graph.as_mut().expect("captured").launch()?;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// The argmax of the last logits computed (the lowest id among equal maxima).
+    pub fn argmax(&self) -> Result<u32, GpuError> {
+        let mut k = [0u64];
+        self.gpu().dtoh(&mut k, self.state.ptr() + STATE_ARGMAX)?;
+        Ok(!(k[0] as u32))
+    }
+
+    /// The last token's logits of the last step.
+    pub fn last_logits(&self) -> Result<Vec<f32>, GpuError> {
+        let mut l = vec![0f32; self.model.cfg.vocab_size];
+        self.gpu().dtoh(&mut l, self.logits.ptr())?;
+        Ok(l)
+    }
+
+    /// Sets the token the next decode step consumes.
+    fn set_input(&mut self, token: u32) -> Result<(), GpuError> {
+        let vocab = self.model.cfg.vocab_size;
+        if token as usize >= vocab {
+            return Err(ModelError::TokenOutOfRange {
+                token,
+                vocab_size: vocab,
+            }
+            .into());
+        }
+        let key = (!token) as u64;
+        self.gpu().htod(self.state.ptr() + STATE_ARGMAX, &[key])?;
+        Ok(())
+    }
+
+    /// Processes one token; returns its logits.
+    pub fn decode(&mut self, token: u32) -> Result<Vec<f32>, GpuError> {
+        self.set_input(token)?;
+        self.step()?;
+        self.last_logits()
+    }
+
+    /// Processes `token` and returns the most likely next token, without reading logits.
+    pub fn decode_greedy(&mut self, token: u32) -> Result<u32, GpuError> {
+        self.set_input(token)?;
+        self.step()?;
+        self.argmax()
+    }
+
+    /// Processes the token the previous step chose (its argmax, still on the device) and
+    /// returns the next one: greedy decoding with no host-side token at all.
+    pub fn decode_chained(&mut self) -> Result<u32, GpuError> {
+        self.step()?;
+        self.argmax()
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU tests (tests/tests/gpu.rs), run on a machine with an NVIDIA GPU.
+#
+#   scripts/gpu-tests.sh                 build with cargo, then run
+#   scripts/gpu-tests.sh --bin-dir DIR   run prebuilt binaries DIR/cllm and DIR/gpu-tests
+#                                        (a machine without cargo; build them elsewhere with
+#                                        `cargo build --release -p cllm` and
+#                                        `cargo test --release -p cllm-tests --test gpu --no-run`)
+#
+# The real-model tests need SmolLM2-135M-Instruct.Q4_1.gguf in the cache
+# (~/.cache/cllm/models/smollm2-135m-instruct/, fetched on first use where there is a network) and
+# the reference JSON files (../shared/reference/smollm2-135m, or CLLM_REFERENCE_DIR).
+# Extra arguments go to the test binary (a test name filter, --test-threads, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin_dir=""
+if [[ "${1:-}" == "--bin-dir" ]]; then
+    bin_dir="$2"
+    shift 2
+fi
+# NVRTC (libnvrtc.so.13) compiles the kernels on first use; it lives with the CUDA toolkit.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [[ -d "$d" ]] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+export CLLM_GPU_TESTS=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+if [[ -n "$bin_dir" ]]; then
+    export CLLM_BIN="$(cd "$bin_dir" && pwd)/cllm"
+    "$bin_dir/gpu-tests" --test-threads 1 "$@"
+else
+    cargo build --release -p cllm
+    cargo test --release -p cllm-tests --test gpu -- --test-threads 1 "$@"
+fi

@@ -1,0 +1,607 @@
+//! The CUDA backend against the CPU reference. Opt-in: these tests need an NVIDIA GPU and run
+//! only with `CLLM_GPU_TESTS=1` (scripts/gpu-tests.sh sets it on the GPU machine); elsewhere
+//! they pass without doing anything, except `no_gpu_is_a_clear_error`, which checks the
+//! message a machine without a driver gives.
+//!
+//! Environment (for running a prebuilt test binary where there is no cargo):
+//! `CLLM_BIN` the `cllm` binary, `CLLM_REFERENCE_DIR` the reference JSON folder.
+//!
+//! "Agree within 1e-4 relative" means, per position, `max |gpu - cpu| / max |cpu|` over the
+//! vocabulary is at most 1e-4 (logits near zero make per-element ratios meaningless).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use cllm_kernels::cpu::matmul;
+use cllm_kernels::cuda::{GemvArgs, GemvMode, Gpu, GpuWeight};
+use cllm_kernels::{Weight, WeightData};
+use cllm_loader::gpu::{load_gpu, GpuLoadOptions, GpuModelWeights};
+use cllm_runtime::cuda::{generate_gpu, GpuModel};
+use cllm_runtime::{GenerateOptions, LlamaConfig, Model};
+use serde_json::Value;
+
+fn enabled() -> bool {
+    std::env::var("CLLM_GPU_TESTS").is_ok_and(|v| v == "1")
+}
+
+macro_rules! gpu_test {
+    () => {
+        if !enabled() {
+            eprintln!("skipped: set CLLM_GPU_TESTS=1 on a machine with an NVIDIA GPU");
+            return;
+        }
+    };
+}
+
+fn gpu() -> Arc<Gpu> {
+    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::new(0).unwrap_or_else(|e| panic!("opening the GPU: {e}")))
+        .clone()
+}
+
+fn cllm_bin() -> PathBuf {
+    match std::env::var_os("CLLM_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => cllm_tests::cllm_bin(),
+    }
+}
+
+fn cllm_ok(args: &[&str]) -> String {
+    let out = Command::new(cllm_bin())
+        .args(args)
+        .output()
+        .expect("running cllm");
+    assert!(
+        out.status.success(),
+        "cllm {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn reference(name: &str) -> Value {
+    let dir = std::env::var_os("CLLM_REFERENCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(cllm_tests::reference_dir);
+    serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// `max |a - b| / max |b|`.
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mut d = 0f64;
+    let mut m = 0f64;
+    for (&x, &y) in a.iter().zip(b) {
+        assert!(x.is_finite(), "non-finite GPU value {x}");
+        d = d.max((x as f64 - y as f64).abs());
+        m = m.max((y as f64).abs());
+    }
+    d / m.max(1e-30)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 11
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+/// A random weight in each storage form (quantized ones with in-range codes and scales).
+fn random_weight(rng: &mut Rng, rows: usize, cols: usize, form: &str) -> Weight {
+    use half::{bf16, f16};
+    let n = rows * cols;
+    let data = match form {
+        "f32" => WeightData::F32(rng.vec(n)),
+        "bf16" => WeightData::Bf16(rng.vec(n).into_iter().map(bf16::from_f32).collect()),
+        "f16" => WeightData::F16(rng.vec(n).into_iter().map(f16::from_f32).collect()),
+        "int8" => WeightData::Int8 {
+            q: (0..n)
+                .map(|_| (rng.next() % 255) as i32 as i8)
+                .map(|q| q.max(-127))
+                .collect(),
+            scales: (0..rows).map(|_| rng.f32().abs() * 0.01 + 1e-4).collect(),
+        },
+        g => {
+            let group_size: usize = g.trim_start_matches("int4-g").parse().unwrap();
+            let groups = rows * cols / group_size;
+            WeightData::Int4 {
+                packed: (0..n / 2).map(|_| rng.next() as u8).collect(),
+                scales: (0..groups)
+                    .map(|_| f16::from_f32(rng.f32().abs() * 0.01))
+                    .collect(),
+                mins: (0..groups)
+                    .map(|_| f16::from_f32(rng.f32() * 0.05))
+                    .collect(),
+                group_size,
+            }
+        }
+    };
+    Weight { rows, cols, data }
+}
+
+/// `W x` for `n` tokens through the LM-head mode (no norm): `n x rows`.
+fn gpu_matmul(gpu: &Arc<Gpu>, w: &GpuWeight, x: &[f32], n: usize) -> Vec<f32> {
+    let xb = gpu.upload("x", x).unwrap();
+    let out = gpu.alloc("out", n * w.rows * 4).unwrap();
+    let argmax = gpu.alloc("argmax", n * 8).unwrap();
+    gpu.fill_u32(out.ptr(), 0x7fc0_0001, n * w.rows).unwrap(); // poison: NaN
+    gpu.fill_u32(argmax.ptr(), 0, n * 2).unwrap();
+    gpu.gemv(&GemvArgs {
+        w: [w.desc(0), Default::default(), Default::default()],
+        x: xb.ptr(),
+        out: out.ptr(),
+        argmax: argmax.ptr(),
+        mode: GemvMode::Logits as i32,
+        ntok: n as i32,
+        x_stride: w.cols as i32,
+        out_stride: w.rows as i32,
+        units: w.rows.div_ceil(2) as i32,
+        ksplit: cllm_kernels::cuda::ksplit_for(w),
+        ..GemvArgs::default()
+    })
+    .unwrap();
+    gpu.sync().unwrap();
+    let v: Vec<f32> = out.download().unwrap();
+    // The argmax of every token is the lowest index of its maximum.
+    let keys: Vec<u64> = argmax.download().unwrap();
+    for t in 0..n {
+        let row = &v[t * w.rows..(t + 1) * w.rows];
+        let want = cllm_runtime::argmax(row).unwrap();
+        assert_eq!(!(keys[t] as u32), want, "argmax of token {t}");
+    }
+    v
+}
+
+#[test]
+fn no_gpu_is_a_clear_error() {
+    if Gpu::driver_present() {
+        return;
+    }
+    let e = Gpu::new(0).unwrap_err().to_string();
+    assert!(e.contains("no CUDA driver found"), "{e}");
+}
+
+#[test]
+fn gpu_gemv_matches_cpu_for_every_form_and_batch() {
+    gpu_test!();
+    let gpu = gpu();
+    let mut rng = Rng(11);
+    for form in [
+        "f32",
+        "bf16",
+        "f16",
+        "int8",
+        "int4-g32",
+        "int4-g64",
+        "int4-g128",
+    ] {
+        for (rows, cols) in [(37, 128), (64, 576), (300, 1536), (2, 4096)] {
+            if let Some(g) = form.strip_prefix("int4-g") {
+                if cols % g.parse::<usize>().unwrap() != 0 {
+                    continue;
+                }
+            }
+            let w = random_weight(&mut rng, rows, cols, form);
+            let gw = GpuWeight::upload(&gpu, &w).unwrap();
+            for n in [1usize, 3, 5, 16] {
+                let x = rng.vec(n * cols);
+                let mut want = vec![0f32; n * rows];
+                matmul(&w, &x, n, &mut want).unwrap();
+                let got = gpu_matmul(&gpu, &gw, &x, n);
+                let e = rel_err(&got, &want);
+                assert!(e < 2e-5, "{form} {rows}x{cols} n={n}: relative error {e}");
+                // Each token's row has the bits it has alone.
+                for t in 0..n {
+                    let one = gpu_matmul(&gpu, &gw, &x[t * cols..(t + 1) * cols], 1);
+                    assert_eq!(
+                        bits(&one),
+                        bits(&got[t * rows..(t + 1) * rows]),
+                        "{form} {rows}x{cols} n={n} token {t}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn cpu_model(path: &Path) -> Model {
+    let m = cllm_loader::load_cpu(path).unwrap();
+    let cfg = LlamaConfig::from_json(std::str::from_utf8(&m.files.config_json).unwrap()).unwrap();
+    Model::new(cfg, m.weights).unwrap()
+}
+
+fn gpu_load(path: &Path) -> (GpuModel, GpuModelWeights) {
+    let gpu = gpu();
+    let mut w = load_gpu(
+        path,
+        &gpu,
+        &GpuLoadOptions {
+            hash: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("loading {} on the GPU: {e}", path.display()));
+    let cfg = LlamaConfig::from_json(std::str::from_utf8(&w.files.config_json).unwrap()).unwrap();
+    let weights = std::mem::take(&mut w.weights);
+    let model = GpuModel::new(&gpu, cfg, weights).unwrap();
+    (model, w)
+}
+
+/// forward_all on the GPU agrees with the CPU, and every prefill/decode split gives its bits.
+fn check_model(cpu: &Model, gpu_m: &GpuModel, tokens: &[u32], splits: &[usize], what: &str) {
+    let want = cpu.forward_all(tokens).unwrap();
+    let full = gpu_m.forward_all(tokens).unwrap();
+    for (pos, (g, c)) in full.iter().zip(&want).enumerate() {
+        let e = rel_err(g, c);
+        assert!(
+            e <= 1e-4,
+            "{what}: position {pos}: GPU vs CPU relative error {e}"
+        );
+    }
+    for &split in splits {
+        let mut s = gpu_m.session(tokens.len()).unwrap();
+        let mut got = s.prefill_all(&tokens[..split]).unwrap();
+        for &t in &tokens[split..] {
+            got.push(s.decode(t).unwrap());
+        }
+        for (pos, (x, y)) in full.iter().zip(&got).enumerate() {
+            assert_eq!(
+                bits(x),
+                bits(y),
+                "{what}: position {pos}, prefill of {split}"
+            );
+        }
+        // Prefill in pieces of 7 gives the same bits too.
+        let mut s = gpu_m.session(tokens.len()).unwrap();
+        let mut got = Vec::new();
+        for c in tokens[..split].chunks(7) {
+            got.extend(s.prefill_all(c).unwrap());
+        }
+        for (pos, (x, y)) in full.iter().zip(&got).enumerate() {
+            assert_eq!(
+                bits(x),
+                bits(y),
+                "{what}: position {pos}, prefill of {split} in sevens"
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_synthetic_models_match_cpu_with_long_contexts() {
+    gpu_test!();
+    let tmp = tempfile::tempdir().unwrap();
+    let small = cllm_tests::synth_model(tmp.path(), "small", cllm_format::Dtype::Bf16, 0, 3);
+    let tied = cllm_tests::synth_model(tmp.path(), "tiny-mha", cllm_format::Dtype::F32, 0, 4);
+    let mut rng = Rng(5);
+    for (src, packs) in [
+        (
+            &small,
+            vec![
+                vec!["--policy", "lossless"],
+                vec!["--policy", "all-linear"],
+                vec!["--policy", "all-linear", "--quant", "int4"],
+                vec![
+                    "--policy",
+                    "mlp-only",
+                    "--quant",
+                    "int4",
+                    "--group-size",
+                    "32",
+                ],
+            ],
+        ),
+        (
+            &tied,
+            vec![vec!["--policy", "lossless"], vec!["--policy", "attn-only"]],
+        ),
+    ] {
+        let cfg: Value =
+            serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+        let vocab = cfg["vocab_size"].as_u64().unwrap();
+        let maxpos = cfg["max_position_embeddings"].as_u64().unwrap() as usize;
+        let len = maxpos.min(300);
+        let tokens: Vec<u32> = (0..len).map(|_| (rng.next() % vocab) as u32).collect();
+        // The folder itself, then each packing.
+        let mut paths = vec![src.clone()];
+        for (i, p) in packs.iter().enumerate() {
+            let out = tmp.path().join(format!(
+                "{}-{i}.cllm",
+                src.file_name().unwrap().to_string_lossy()
+            ));
+            let mut args = vec![
+                "pack",
+                src.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--quiet",
+            ];
+            args.extend(p.iter().copied());
+            cllm_ok(&args);
+            paths.push(out);
+        }
+        for path in &paths {
+            let what = path.display().to_string();
+            let cpu = cpu_model(path);
+            let (g, w) = gpu_load(path);
+            w.check_resident(&gpu()).unwrap();
+            let splits: Vec<usize> = [1, 127, 129, len - 1]
+                .into_iter()
+                .filter(|&s| s < len)
+                .collect();
+            check_model(&cpu, &g, &tokens, &splits, &what);
+        }
+    }
+}
+
+#[test]
+fn gpu_check_resident_names_a_corrupted_tensor() {
+    gpu_test!();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = cllm_tests::synth_model(tmp.path(), "tiny", cllm_format::Dtype::Bf16, 0, 1);
+    let out = tmp.path().join("t.cllm");
+    cllm_ok(&[
+        "pack",
+        src.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--policy",
+        "mlp-only",
+    ]);
+    let gpu = gpu();
+    let w = load_gpu(
+        &out,
+        &gpu,
+        &GpuLoadOptions {
+            hash: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    w.check_resident(&gpu).unwrap();
+    let s = w
+        .streams
+        .iter()
+        .find(|s| s.tensor == "model.layers.1.mlp.up_proj.weight" && s.role == "data")
+        .unwrap();
+    let mut b = [0u8; 1];
+    gpu.dtoh(&mut b, s.ptr + 5).unwrap();
+    b[0] ^= 0x10;
+    gpu.htod(s.ptr + 5, &b).unwrap();
+    let e = w.check_resident(&gpu).unwrap_err().to_string();
+    assert!(e.contains("model.layers.1.mlp.up_proj.weight"), "{e}");
+}
+
+struct Real {
+    _tmp: tempfile::TempDir,
+    hf: PathBuf,
+    lossless: PathBuf,
+    mlp_int8: PathBuf,
+    dir: PathBuf,
+}
+
+fn real() -> &'static Real {
+    static REAL: OnceLock<Real> = OnceLock::new();
+    REAL.get_or_init(|| {
+        let gguf = cllm_fixtures::real_model::ensure_smollm2_gguf()
+            .expect("the real model (GGUF in the cache)");
+        let tmp = tempfile::tempdir().unwrap();
+        let hf = tmp.path().join("hf");
+        cllm_gguf::import(&gguf, &hf).expect("importing the real model");
+        let lossless = tmp.path().join("lossless.cllm");
+        cllm_ok(&[
+            "pack",
+            hf.to_str().unwrap(),
+            "-o",
+            lossless.to_str().unwrap(),
+            "--quiet",
+        ]);
+        let mlp_int8 = tmp.path().join("mlp-int8.cllm");
+        cllm_ok(&[
+            "pack",
+            hf.to_str().unwrap(),
+            "-o",
+            mlp_int8.to_str().unwrap(),
+            "--quiet",
+            "--policy",
+            "mlp-only",
+        ]);
+        let dir = tmp.path().to_path_buf();
+        Real {
+            _tmp: tmp,
+            hf,
+            lossless,
+            mlp_int8,
+            dir,
+        }
+    })
+}
+
+fn real_gpu(path: &Path) -> GpuModel {
+    gpu_load(path).0
+}
+
+#[test]
+fn gpu_real_model_greedy_continuations_match_transformers() {
+    gpu_test!();
+    for path in [&real().hf, &real().lossless] {
+        let m = real_gpu(path);
+        for case in reference("greedy.json")["cases"].as_array().unwrap() {
+            let prompt = ids(&case["prompt_ids"]);
+            let want = ids(&case["greedy_ids"]);
+            let opts = GenerateOptions {
+                max_new_tokens: want.len(),
+                sampler: cllm_runtime::SamplerConfig::greedy(),
+                eos_token_ids: m.config().eos_token_ids.clone(),
+            };
+            let r = generate_gpu(&m, &prompt, &opts, |_| {}).unwrap();
+            assert_eq!(
+                r.generated_ids,
+                want,
+                "{} from {}",
+                case["prompt"],
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_real_model_logits_match_cpu_and_lossless_is_bit_identical_to_folder() {
+    gpu_test!();
+    let tokens = [504u32, 3575, 282, 4649, 314, 7042, 30, 198];
+    let cpu = cpu_model(&real().hf);
+    let want = cpu.forward_all(&tokens).unwrap();
+    let a = real_gpu(&real().hf).forward_all(&tokens).unwrap();
+    let b = real_gpu(&real().lossless).forward_all(&tokens).unwrap();
+    let mut worst = 0f64;
+    for (pos, ((x, y), c)) in a.iter().zip(&b).zip(&want).enumerate() {
+        assert_eq!(
+            bits(x),
+            bits(y),
+            "folder vs lossless container, position {pos}"
+        );
+        let e = rel_err(x, c);
+        worst = worst.max(e);
+        assert!(e <= 1e-4, "position {pos}: GPU vs CPU relative error {e}");
+    }
+    eprintln!("real model: worst GPU vs CPU relative logit error {worst:.3e}");
+    // The reference top-5 (transformers, float32) too.
+    let r = reference("logits_top5.json");
+    for row in r["rows"].as_array().unwrap() {
+        let pos = row["position"].as_u64().unwrap() as usize;
+        for (id, want) in ids(&row["top5_ids"])
+            .iter()
+            .zip(row["top5_logits"].as_array().unwrap())
+        {
+            let want = want.as_f64().unwrap();
+            let got = a[pos][*id as usize] as f64;
+            assert!(
+                (got - want).abs() <= 1e-3 * want.abs(),
+                "position {pos} id {id}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_real_model_kv_cache_decode_is_bit_identical_to_recompute() {
+    gpu_test!();
+    let tokens: Vec<u32> = vec![
+        6403, 1980, 253, 655, 28, 665, 436, 253, 1838, 8085, 617, 1005, 314, 4649,
+    ];
+    for path in [&real().mlp_int8, &real().hf] {
+        let m = real_gpu(path);
+        let cpu = cpu_model(path);
+        check_model(&cpu, &m, &tokens, &[1, 5, 13], &path.display().to_string());
+    }
+}
+
+#[test]
+fn gpu_real_model_check_resident_passes_for_every_preset() {
+    gpu_test!();
+    let r = real();
+    let mut results: HashMap<String, u64> = HashMap::new();
+    for (name, args) in [
+        ("lossless", vec!["--policy", "lossless"]),
+        ("mlp-only", vec!["--policy", "mlp-only"]),
+        ("attn-only", vec!["--policy", "attn-only"]),
+        ("all-linear", vec!["--policy", "all-linear"]),
+        (
+            "all-linear-int4",
+            vec!["--policy", "all-linear", "--quant", "int4"],
+        ),
+        (
+            "mlp-only-int4-g32",
+            vec![
+                "--policy",
+                "mlp-only",
+                "--quant",
+                "int4",
+                "--group-size",
+                "32",
+            ],
+        ),
+    ] {
+        let out = r.dir.join(format!("{name}.cllm"));
+        let mut a = vec![
+            "pack",
+            r.hf.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        a.extend(args);
+        cllm_ok(&a);
+        let stdout = cllm_ok(&[
+            "run",
+            out.to_str().unwrap(),
+            "--device",
+            "cuda",
+            "--check-resident",
+            "--prompt",
+            "The capital of France is",
+            "-n",
+            "3",
+            "--json",
+        ]);
+        let v: Value =
+            serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        assert_eq!(v["check_resident"]["ok"], true, "{name}: {v}");
+        assert_eq!(ids(&v["generated_ids"])[0], 7042, "{name}: {v}");
+        results.insert(name.into(), v["vram_weight_bytes"].as_u64().unwrap());
+    }
+    eprintln!("resident bytes by preset: {results:?}");
+    assert!(results["all-linear"] < results["lossless"]);
+    assert!(results["all-linear-int4"] < results["all-linear"]);
+}
+
+#[test]
+fn gpu_cllm_run_works_for_container_and_folder() {
+    gpu_test!();
+    for path in [&real().mlp_int8, &real().hf] {
+        let out = cllm_ok(&[
+            "run",
+            path.to_str().unwrap(),
+            "--device",
+            "cuda",
+            "--prompt",
+            "The capital of France is",
+            "-n",
+            "4",
+            "--json",
+        ]);
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(ids(&v["prompt_ids"]), vec![504, 3575, 282, 4649, 314]);
+        assert_eq!(ids(&v["generated_ids"])[0], 7042, "{v}");
+        assert_eq!(v["device"], "cuda");
+        assert!(v["decode_tokens_per_second"].as_f64().unwrap() > 0.0);
+    }
+}
