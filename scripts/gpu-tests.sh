@@ -26,8 +26,8 @@ export CLLM_GPU_TESTS=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 if [[ -n "$bin_dir" ]]; then
     export CLLM_BIN="$(cd "$bin_dir" && pwd)/cllm"
-    "$bin_dir/gpu-tests" --test-threads 1 "$@"
+    "$bin_dir/gpu-tests" --include-ignored --test-threads 1 "$@"
 else
     cargo build --release -p cllm
-    cargo test --release -p cllm-tests --test gpu -- --test-threads 1 "$@"
+    cargo test --release -p cllm-tests --test gpu -- --include-ignored --test-threads 1 "$@"
 fi
