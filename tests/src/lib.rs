@@ -90,3 +90,26 @@ pub fn synth_model(
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// The tests' seeded randomness: SplitMix64 (the fixture generator's), with the draws tests need.
+pub struct Rng(cllm_fixtures::rng::SplitMix64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(cllm_fixtures::rng::SplitMix64::new(seed))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    /// Uniform in `0..n` (modulo bias is irrelevant for test inputs).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Uniform in `[-0.5, 0.5)`.
+    pub fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }
+}

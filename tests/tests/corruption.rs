@@ -17,6 +17,7 @@
 //! naming the case) under a 1 GiB address-space limit (`RLIMIT_AS`), so an unbounded allocation
 //! aborts the child and fails the test instead of going unnoticed on a large machine.
 
+use cllm_tests::Rng;
 use std::process::Command;
 
 use cllm_format::codec::Encoding;
@@ -133,25 +134,6 @@ fn child() {
 // ---------------------------------------------------------------------------------------------
 // The base container
 
-/// SplitMix64: the seeded randomness of this file.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    }
-}
-
 /// The tensors of the base container: (name, dtype, shape). Codecs come from the policy below.
 fn base_tensors() -> Vec<(&'static str, Dtype, Vec<u64>)> {
     vec![
@@ -221,7 +203,7 @@ struct Base {
 
 impl Base {
     fn new() -> Base {
-        let mut rng = Rng(0x5eed_c11a);
+        let mut rng = Rng::new(0x5eed_c11a);
         let specs = base_tensors();
         let sources: Vec<Vec<u8>> = specs
             .iter()
@@ -548,7 +530,7 @@ fn run_group(base: &Base, group: &str, report: impl Fn(String)) {
             for k in [8, 16, 24] {
                 points.push((len - 32 + k, format!("footer + {k}")));
             }
-            let mut rng = Rng(0x7a0c_a7e5);
+            let mut rng = Rng::new(0x7a0c_a7e5);
             for i in 0..200 {
                 points.push((rng.below(len), format!("random point {i}")));
             }

@@ -14,20 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cllm_format::{verify, Container, Limits};
-use cllm_tests::{cllm_bin, s, synth_model};
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
+use cllm_tests::{cllm_bin, s, synth_model, Rng};
 
 /// Slow enough to be killed in the middle (plain zstd at level 19 on f32 weights: ~1.5 s for the
 /// "small" fixture on a 2-core machine), small enough to run 25 times.
@@ -107,7 +94,7 @@ fn sigkill_at_random_moments_never_leaves_a_partial_file() {
     std::fs::remove_file(&previous_path).unwrap();
 
     println!("reference pack: {full:?}; setup done at {:?}", t0.elapsed());
-    let mut rng = Rng(0xc1a5_4a11);
+    let mut rng = Rng::new(0xc1a5_4a11);
     let runs = 24;
     let (mut absent, mut kept, mut complete, mut temps) = (0, 0, 0, 0);
     let dest_name = "model.cllm";

@@ -15,6 +15,7 @@
 //! Every case runs in a child process (this test binary, re-executed with `CLLM_HOSTILE_CASE`)
 //! under a 1 GiB address-space limit, so an unbounded allocation fails the test.
 
+use cllm_tests::Rng;
 use std::path::Path;
 use std::process::Command;
 
@@ -122,19 +123,6 @@ fn run_all(kind: &str, cases: Vec<(&'static str, Case)>) {
         problems.len(),
         problems.join("\n")
     );
-}
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -891,7 +879,7 @@ fn gguf_cases() -> Vec<(&'static str, Case)> {
             // 3000 seeded mutations of the valid file: any result, never a panic; what parses
             // keeps every tensor inside the file.
             let full = valid_gguf().bytes();
-            let mut rng = Rng(0x9916);
+            let mut rng = Rng::new(0x9916);
             let mut parsed = 0;
             for i in 0..3000 {
                 let mut b = full.clone();
@@ -1293,7 +1281,7 @@ fn hf_cases() -> Vec<(&'static str, Case)> {
         }),
         ("random_mutations", || {
             let full = valid_safetensors();
-            let mut rng = Rng(0x5afe);
+            let mut rng = Rng::new(0x5afe);
             let mut opened = 0;
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
             std::fs::write(dir.path().join("config.json"), CONFIG).unwrap();
