@@ -167,18 +167,18 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Generates, streaming text to stdout when `stream` is set.
-pub fn generate_text(
-    l: &Loaded,
-    ids: &[u32],
-    opts: &GenerateOptions,
+/// Runs a generation loop whose token callback decodes text as it comes (only complete UTF-8),
+/// printing each piece at once when `stream` is set.
+fn with_text<E: Into<anyhow::Error>>(
+    tokenizer: &Tokenizer,
     stream: bool,
+    generate: impl FnOnce(&mut dyn FnMut(u32)) -> Result<GenerationResult, E>,
 ) -> anyhow::Result<(GenerationResult, String)> {
-    let mut text_stream = l.tokenizer.stream(true);
+    let mut text_stream = tokenizer.stream(true);
     let mut text = String::new();
     let mut stdout = std::io::stdout();
     let mut err = None;
-    let result = generate(&l.model, ids, opts, |id| match text_stream.push(id) {
+    let result = generate(&mut |id| match text_stream.push(id) {
         Ok(Some(piece)) => {
             text.push_str(&piece);
             if stream {
@@ -188,7 +188,8 @@ pub fn generate_text(
         }
         Ok(None) => {}
         Err(e) => err = Some(e),
-    })?;
+    })
+    .map_err(Into::into)?;
     if let Some(e) = err {
         return Err(e.into());
     }
@@ -199,6 +200,18 @@ pub fn generate_text(
         }
     }
     Ok((result, text))
+}
+
+/// Generates on the CPU, streaming text to stdout when `stream` is set.
+pub fn generate_text(
+    l: &Loaded,
+    ids: &[u32],
+    opts: &GenerateOptions,
+    stream: bool,
+) -> anyhow::Result<(GenerationResult, String)> {
+    with_text(&l.tokenizer, stream, |on_token| {
+        generate(&l.model, ids, opts, on_token)
+    })
 }
 
 pub fn run(a: RunArgs) -> CmdResult {
@@ -412,31 +425,9 @@ pub fn generate_text_gpu(
         .tokenizer
         .as_ref()
         .ok_or_else(|| anyhow!("the model has no tokenizer"))?;
-    let mut text_stream = tok.stream(true);
-    let mut text = String::new();
-    let mut stdout = std::io::stdout();
-    let mut err = None;
-    let result = generate_gpu(&l.model, ids, opts, |id| match text_stream.push(id) {
-        Ok(Some(piece)) => {
-            text.push_str(&piece);
-            if stream {
-                let _ = write!(stdout, "{piece}");
-                let _ = stdout.flush();
-            }
-        }
-        Ok(None) => {}
-        Err(e) => err = Some(e),
-    })?;
-    if let Some(e) = err {
-        return Err(e.into());
-    }
-    if let Some(rest) = text_stream.finish()? {
-        text.push_str(&rest);
-        if stream {
-            print!("{rest}");
-        }
-    }
-    Ok((result, text))
+    with_text(tok, stream, |on_token| {
+        generate_gpu(&l.model, ids, opts, on_token)
+    })
 }
 
 fn run_gpu(a: RunArgs) -> CmdResult {

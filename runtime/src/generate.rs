@@ -63,7 +63,7 @@ pub struct GenerationResult {
     pub decode_tokens_per_second: f64,
 }
 
-fn per_second(count: usize, d: Duration) -> f64 {
+pub(crate) fn per_second(count: usize, d: Duration) -> f64 {
     let s = d.as_secs_f64();
     if s > 0.0 {
         count as f64 / s

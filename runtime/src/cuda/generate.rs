@@ -8,18 +8,9 @@
 use std::time::{Duration, Instant};
 
 use super::model::{GpuError, GpuModel};
-use crate::generate::{GenerateOptions, GenerationResult, StopReason};
+use crate::generate::{per_second, GenerateOptions, GenerationResult, StopReason};
 use crate::model::ModelError;
 use crate::sampler::Sampler;
-
-fn per_second(count: usize, d: Duration) -> f64 {
-    let s = d.as_secs_f64();
-    if s > 0.0 {
-        count as f64 / s
-    } else {
-        0.0
-    }
-}
 
 /// Generates up to `options.max_new_tokens` tokens after `prompt_ids` on the GPU, calling
 /// `on_token` with each one as soon as it is chosen (the stopping EOS id included).
