@@ -113,3 +113,68 @@ impl Rng {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     }
 }
+
+/// Runs one case of the calling test binary in a child process: the binary re-executes its own
+/// `child` test with `case_env=case`, and that test (see [`limit_memory`]) runs the case under an
+/// address-space limit. Returns the lines the child printed after `RESULT `; panics (failing the
+/// calling test) when the child does not exit normally, as an allocation past the limit does.
+pub fn in_child(case_env: &str, case: &str, memory_limit: u64) -> Vec<String> {
+    use std::os::unix::process::ExitStatusExt;
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let out = Command::new(exe)
+        .args([
+            "child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--quiet",
+        ])
+        .env(case_env, case)
+        .output()
+        .expect("re-executing the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        panic!(
+            "case {case}: child process failed ({}{})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+            match out.status.code() {
+                Some(c) => format!("exit code {c}"),
+                None => String::new(),
+            },
+            match out.status.signal() {
+                Some(s) => format!(
+                    "killed by signal {s}: an abort is typically an allocation over the {} MiB limit",
+                    memory_limit >> 20
+                ),
+                None => String::new(),
+            }
+        );
+    }
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("RESULT "))
+        .map(String::from)
+        .collect()
+}
+
+/// Limits this process's address space to `bytes` (and turns off core dumps): the child side of
+/// [`in_child`].
+pub fn limit_memory(bytes: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on this process's own limits, with valid pointers.
+    unsafe {
+        assert_eq!(
+            libc::setrlimit(libc::RLIMIT_AS, &lim),
+            0,
+            "setrlimit(RLIMIT_AS)"
+        );
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+    }
+}

@@ -18,7 +18,6 @@
 //! aborts the child and fails the test instead of going unnoticed on a large machine.
 
 use cllm_tests::Rng;
-use std::process::Command;
 
 use cllm_format::codec::Encoding;
 use cllm_format::layout;
@@ -38,62 +37,8 @@ const FRAME_SIZE: usize = 4096;
 // ---------------------------------------------------------------------------------------------
 // Child processes
 
-/// Runs `case` in a child process under the memory limit; returns the lines it reported.
-/// Panics (failing the calling test) when the child does not exit normally.
 fn in_child(case: &str) -> Vec<String> {
-    let exe = std::env::current_exe().expect("path of the test binary");
-    let out = Command::new(exe)
-        .args([
-            "child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "--quiet",
-        ])
-        .env(CASE_ENV, case)
-        .output()
-        .expect("re-executing the test binary");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        use std::os::unix::process::ExitStatusExt;
-        panic!(
-            "case {case}: child process failed ({}{})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-            match out.status.code() {
-                Some(c) => format!("exit code {c}"),
-                None => String::new(),
-            },
-            match out.status.signal() {
-                Some(s) => format!("killed by signal {s}: an abort is typically an allocation over the {} MiB limit", MEMORY_LIMIT >> 20),
-                None => String::new(),
-            }
-        );
-    }
-    stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("RESULT "))
-        .map(String::from)
-        .collect()
-}
-
-fn limit_memory(bytes: u64) {
-    let lim = libc::rlimit {
-        rlim_cur: bytes,
-        rlim_max: bytes,
-    };
-    let no_core = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls on this process's own limits, with valid pointers.
-    unsafe {
-        assert_eq!(
-            libc::setrlimit(libc::RLIMIT_AS, &lim),
-            0,
-            "setrlimit(RLIMIT_AS)"
-        );
-        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-    }
+    cllm_tests::in_child(CASE_ENV, case, MEMORY_LIMIT)
 }
 
 /// The child's side: does nothing in a normal test run; in a child, runs the case it was given.
@@ -102,7 +47,7 @@ fn child() {
     let Ok(case) = std::env::var(CASE_ENV) else {
         return;
     };
-    limit_memory(MEMORY_LIMIT);
+    cllm_tests::limit_memory(MEMORY_LIMIT);
     let base = Base::new();
     let report = |line: String| println!("RESULT {line}");
     match case.split_once(':') {

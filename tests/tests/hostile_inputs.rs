@@ -17,7 +17,6 @@
 
 use cllm_tests::Rng;
 use std::path::Path;
-use std::process::Command;
 
 use cllm_gguf::{GgufError, GgufFile, Limits};
 use cllm_loader::hf::HfFolder;
@@ -26,57 +25,10 @@ const CASE_ENV: &str = "CLLM_HOSTILE_CASE";
 const MEMORY_LIMIT: u64 = 1 << 30;
 
 // ---------------------------------------------------------------------------------------------
-// Child processes (as in corruption.rs)
+// Child processes (cllm_tests::in_child)
 
 fn in_child(case: &str) -> Vec<String> {
-    let exe = std::env::current_exe().expect("path of the test binary");
-    let out = Command::new(exe)
-        .args([
-            "child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "--quiet",
-        ])
-        .env(CASE_ENV, case)
-        .output()
-        .expect("re-executing the test binary");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        use std::os::unix::process::ExitStatusExt;
-        panic!(
-            "case {case}: child process failed ({:?}, signal {:?}; an abort is typically an allocation over the {} MiB limit)\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-            out.status.code(),
-            out.status.signal(),
-            MEMORY_LIMIT >> 20
-        );
-    }
-    stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("RESULT "))
-        .map(String::from)
-        .collect()
-}
-
-fn limit_memory(bytes: u64) {
-    let lim = libc::rlimit {
-        rlim_cur: bytes,
-        rlim_max: bytes,
-    };
-    let no_core = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls on this process's own limits, with valid pointers.
-    unsafe {
-        assert_eq!(
-            libc::setrlimit(libc::RLIMIT_AS, &lim),
-            0,
-            "setrlimit(RLIMIT_AS)"
-        );
-        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-    }
+    cllm_tests::in_child(CASE_ENV, case, MEMORY_LIMIT)
 }
 
 #[test]
@@ -84,7 +36,7 @@ fn child() {
     let Ok(case) = std::env::var(CASE_ENV) else {
         return;
     };
-    limit_memory(MEMORY_LIMIT);
+    cllm_tests::limit_memory(MEMORY_LIMIT);
     let (kind, name) = case.split_once(':').expect("KIND:NAME");
     let cases = match kind {
         "gguf" => gguf_cases(),
