@@ -232,23 +232,9 @@ pub fn unpermute_rows<T: Copy + Default + Send + Sync>(
     cols: usize,
     n_head: usize,
 ) -> Option<Vec<T>> {
-    if n_head == 0 || rows % (2 * n_head) != 0 || rows.checked_mul(cols)? != w.len() || cols == 0 {
-        return None;
-    }
-    let hd = rows / n_head;
-    let half = hd / 2;
-    let mut out = vec![T::default(); w.len()];
-    out.par_chunks_exact_mut(cols)
-        .enumerate()
-        .for_each(|(dst, row)| {
-            let (h, r) = (dst / hd, dst % hd);
-            let (j, k) = (r / half, r % half);
-            let src = h * hd + 2 * k + j;
-            if let Some(s) = w.get(src * cols..(src + 1) * cols) {
-                row.copy_from_slice(s);
-            }
-        });
-    Some(out)
+    gather_rows(w, rows, cols, n_head, |h, r, hd, half| {
+        h * hd + 2 * (r % half) + r / half
+    })
 }
 
 /// llama.cpp's forward permutation (the inverse of [`unpermute_rows`]):
@@ -259,6 +245,19 @@ pub fn permute_rows<T: Copy + Default + Send + Sync>(
     cols: usize,
     n_head: usize,
 ) -> Option<Vec<T>> {
+    gather_rows(w, rows, cols, n_head, |h, r, hd, half| {
+        h * hd + (r % 2) * half + r / 2
+    })
+}
+
+/// Output row `h*hd + r` (head `h`, row `r` within it) is input row `src(h, r, hd, hd/2)`.
+fn gather_rows<T: Copy + Default + Send + Sync>(
+    w: &[T],
+    rows: usize,
+    cols: usize,
+    n_head: usize,
+    src: impl Fn(usize, usize, usize, usize) -> usize + Sync,
+) -> Option<Vec<T>> {
     if n_head == 0 || rows % (2 * n_head) != 0 || rows.checked_mul(cols)? != w.len() || cols == 0 {
         return None;
     }
@@ -268,10 +267,8 @@ pub fn permute_rows<T: Copy + Default + Send + Sync>(
     out.par_chunks_exact_mut(cols)
         .enumerate()
         .for_each(|(dst, row)| {
-            let (h, r) = (dst / hd, dst % hd);
-            let (k, j) = (r / 2, r % 2);
-            let src = h * hd + j * half + k;
-            if let Some(s) = w.get(src * cols..(src + 1) * cols) {
+            let s = src(dst / hd, dst % hd, hd, half);
+            if let Some(s) = w.get(s * cols..(s + 1) * cols) {
                 row.copy_from_slice(s);
             }
         });
