@@ -63,7 +63,30 @@ pub struct GenerationResult {
     pub decode_tokens_per_second: f64,
 }
 
-pub(crate) fn per_second(count: usize, d: Duration) -> f64 {
+impl GenerationResult {
+    /// A result with its rates derived from the counts and times.
+    pub(crate) fn new(
+        generated_ids: Vec<u32>,
+        stop_reason: StopReason,
+        prompt_tokens: usize,
+        prefill_time: Duration,
+        decode_time: Duration,
+        decode_steps: usize,
+    ) -> GenerationResult {
+        GenerationResult {
+            generated_ids,
+            stop_reason,
+            prompt_tokens,
+            prefill_time,
+            decode_time,
+            decode_steps,
+            prefill_tokens_per_second: per_second(prompt_tokens, prefill_time),
+            decode_tokens_per_second: per_second(decode_steps, decode_time),
+        }
+    }
+}
+
+fn per_second(count: usize, d: Duration) -> f64 {
     let s = d.as_secs_f64();
     if s > 0.0 {
         count as f64 / s
@@ -114,14 +137,12 @@ pub fn generate(
         decode_time += t.elapsed();
         decode_steps += 1;
     }
-    Ok(GenerationResult {
-        generated_ids: generated,
+    Ok(GenerationResult::new(
+        generated,
         stop_reason,
-        prompt_tokens: prompt_ids.len(),
+        prompt_ids.len(),
         prefill_time,
         decode_time,
         decode_steps,
-        prefill_tokens_per_second: per_second(prompt_ids.len(), prefill_time),
-        decode_tokens_per_second: per_second(decode_steps, decode_time),
-    })
+    ))
 }

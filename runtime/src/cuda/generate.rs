@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use super::model::{GpuError, GpuModel};
-use crate::generate::{per_second, GenerateOptions, GenerationResult, StopReason};
+use crate::generate::{GenerateOptions, GenerationResult, StopReason};
 use crate::model::ModelError;
 use crate::sampler::Sampler;
 
@@ -62,14 +62,12 @@ pub fn generate_gpu(
         decode_time += t.elapsed();
         decode_steps += 1;
     }
-    Ok(GenerationResult {
-        generated_ids: generated,
+    Ok(GenerationResult::new(
+        generated,
         stop_reason,
-        prompt_tokens: prompt_ids.len(),
+        prompt_ids.len(),
         prefill_time,
         decode_time,
         decode_steps,
-        prefill_tokens_per_second: per_second(prompt_ids.len(), prefill_time),
-        decode_tokens_per_second: per_second(decode_steps, decode_time),
-    })
+    ))
 }
