@@ -98,6 +98,18 @@ fn meta_err(key: &str, reason: impl Into<String>) -> GgufError {
     }
 }
 
+/// A required metadata key holding an array of strings.
+fn required_strs<'m, 'a>(md: &'m Metadata<'a>, key: &str) -> Result<&'m [&'a str], GgufError> {
+    let arr = md
+        .get_array(key)
+        .ok_or_else(|| GgufError::MissingMetadata { key: key.into() })?;
+    arr.as_strs().ok_or_else(|| GgufError::WrongMetadataType {
+        key: key.into(),
+        expected: "array of string",
+        found: format!("array of {}", arr.elem_type()),
+    })
+}
+
 fn token_id(md: &Metadata<'_>, key: &str, n_tokens: usize) -> Result<Option<usize>, GgufError> {
     let Some(v) = md.get(key) else {
         return Ok(None);
@@ -175,18 +187,7 @@ pub fn build_hf_tokenizer(
 
     // ---- vocabulary
     let tokens_key = "tokenizer.ggml.tokens";
-    let tokens_arr = md
-        .get_array(tokens_key)
-        .ok_or_else(|| GgufError::MissingMetadata {
-            key: tokens_key.into(),
-        })?;
-    let tokens = tokens_arr
-        .as_strs()
-        .ok_or_else(|| GgufError::WrongMetadataType {
-            key: tokens_key.into(),
-            expected: "array of string",
-            found: format!("array of {}", tokens_arr.elem_type()),
-        })?;
+    let tokens = required_strs(md, tokens_key)?;
     if tokens.is_empty() {
         return Err(meta_err(tokens_key, "empty vocabulary"));
     }
@@ -222,18 +223,7 @@ pub fn build_hf_tokenizer(
 
     // ---- merges
     let merges_key = "tokenizer.ggml.merges";
-    let merges_arr = md
-        .get_array(merges_key)
-        .ok_or_else(|| GgufError::MissingMetadata {
-            key: merges_key.into(),
-        })?;
-    let merges_raw = merges_arr
-        .as_strs()
-        .ok_or_else(|| GgufError::WrongMetadataType {
-            key: merges_key.into(),
-            expected: "array of string",
-            found: format!("array of {}", merges_arr.elem_type()),
-        })?;
+    let merges_raw = required_strs(md, merges_key)?;
     let vocab_set: std::collections::HashSet<&str> = tokens.iter().copied().collect();
     let mut merges: Vec<[&str; 2]> = Vec::with_capacity(merges_raw.len());
     for (i, m) in merges_raw.iter().enumerate() {
