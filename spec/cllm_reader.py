@@ -10,7 +10,8 @@ those checks are skipped (`Container.checksums` is False and the CLI says so on 
     c.list_tensors()                  # [TensorInfo(name, dtype, shape, codec, stored_bytes, ...)]
     c.decode_bytes(name)              # lossless: the exact source bytes
     c.decode(name)                    # numpy array of the source dtype (lossless), or float32
-                                      # (int8/int4, dequantized per sections 4.2 and 4.3)
+                                      # (int8/int4/int8g, dequantized per sections
+                                      # 4.2 to 4.4)
 
 bf16 has no numpy dtype: `decode` returns a bf16 tensor as a uint16 array of its bit patterns
 (exact); `bf16_to_float32` widens it (exactly). Every problem with a file raises `CllmError`, a
@@ -20,7 +21,7 @@ ValueError whose message names the tensor, stream and frame. As a CLI:
 
 `--json` prints a JSON list of {name, dtype, shape, codec, stored_bytes, sha256 | dequant_sha256}:
 `sha256` of the decoded source bytes for lossless tensors, `dequant_sha256` of the dequantized
-float32 values (little-endian, row-major) for int8/int4. `--dump` writes the same bytes to a file.
+float32 values (little-endian, row-major) for int8/int4/int8g. `--dump` writes the same bytes to a file.
 `--verify` decodes every tensor and embedded file and checks every padding byte (section 5).
 """
 
@@ -154,7 +155,7 @@ def codec_streams(where, codec, group_size, dtype, shape):
         return [("data", "raw", size, nbytes)]
     if codec == "zstd":
         return [("data", "zstd", size, nbytes)]
-    if codec not in ("zstd-bp", "int8", "int4"):
+    if codec not in ("zstd-bp", "int8", "int8g", "int4"):
         raise CllmError(f"{where}: unknown codec '{codec}'")
     if dtype not in FLOATS:
         raise CllmError(f"{where}: codec {codec} needs bf16, f16 or f32, not {dtype}")
@@ -166,8 +167,10 @@ def codec_streams(where, codec, group_size, dtype, shape):
     if codec == "int8":
         return [("data", "zstd", 1, numel), ("scales", "zstd", 4, rows * 4)]
     if group_size not in (32, 64, 128) or cols % group_size:
-        raise CllmError(f"{where}: int4 group size {group_size} must be 32, 64 or 128 and "
+        raise CllmError(f"{where}: {codec} group size {group_size} must be 32, 64 or 128 and "
                         f"divide the {cols} columns")
+    if codec == "int8g":
+        return [("data", "zstd", 1, numel), ("scales", "zstd", 4, rows * (cols // group_size) * 4)]
     groups = rows * (cols // group_size) * 2
     return [("data", "zstd", 1, numel // 2), ("scales", "zstd", 2, groups),
             ("mins", "zstd", 2, groups)]
@@ -334,10 +337,13 @@ class Container:
                 raise CllmError(f"{where}: shape {json.dumps(shape)[:80]} is not a list of u64")
             codec = _get(t, "codec", str, where)
             gs = t.get("group_size")
-            if codec == "int4":
+            if codec in ("int4", "int8g"):
                 gs = _get(t, "group_size", "int", where)
             elif gs is not None:
-                raise CllmError(f"{where}: group_size on codec {codec} (int4 only)")
+                raise CllmError(f"{where}: group_size on codec {codec} (int4 and int8g only)")
+            if codec == "int8g" and self.version[1] < 1:
+                raise CllmError(f"{where}: codec int8g needs format 1.1, the file says "
+                                f"1.{self.version[1]}")
             specs = codec_streams(where, codec, gs, dtype, shape)
             src = _get(t, "source_xxh3", "hex32", where)
             entries = _get(t, "streams", list, where)
@@ -446,8 +452,8 @@ class Container:
         return bytes(self.decode_streams(name)["data"])
 
     def decode(self, name):
-        """Lossless: an array of the source dtype (bf16 as uint16 bit patterns). int8/int4: the
-        dequantized float32 values of sections 4.2 and 4.3, bit for bit."""
+        """Lossless: an array of the source dtype (bf16 as uint16 bit patterns). int8/int4/int8g:
+        the dequantized float32 values of sections 4.2 to 4.4, bit for bit."""
         t = self._tensor(name)
         st = self.decode_streams(name)
         if t.codec in LOSSLESS:
@@ -463,6 +469,10 @@ class Container:
             scales = np.frombuffer(st["scales"], "<f4").reshape(rows, 1)
             return q.astype(np.float32) * scales  # one f32 multiplication
         g = t.group_size
+        if t.codec == "int8g":
+            q = np.frombuffer(st["data"], np.int8).reshape(rows, cols // g, g)
+            scales = np.frombuffer(st["scales"], "<f4").reshape(rows, cols // g, 1)
+            return (q.astype(np.float32) * scales).reshape(rows, cols)  # one f32 multiplication
         b = np.frombuffer(st["data"], np.uint8)
         q = np.empty(rows * cols, np.uint8)
         q[0::2], q[1::2] = b & 0x0F, b >> 4

@@ -75,11 +75,12 @@ pub fn run(a: BenchArgs) -> CmdResult {
     }
 }
 
-const CODECS: [&str; 7] = [
+const CODECS: [&str; 8] = [
     "raw",
     "zstd",
     "zstd-bp",
-    "int8",
+    "int8-row",
+    "int8-g64",
     "int4-g32",
     "int4-g64",
     "int4-g128",

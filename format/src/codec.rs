@@ -10,8 +10,15 @@ pub enum Codec {
     Raw,
     Zstd,
     ZstdBp,
+    /// Symmetric int8 with one f32 scale per row (format 1.0).
     Int8,
-    Int4 { group_size: u32 },
+    /// Symmetric int8 with one f32 scale per group of `group_size` columns (format 1.1).
+    Int8Group {
+        group_size: u32,
+    },
+    Int4 {
+        group_size: u32,
+    },
 }
 
 /// How a frame's stored bytes become its decoded bytes.
@@ -32,7 +39,8 @@ pub struct StreamSpec {
     pub len: u64,
 }
 
-pub const INT4_GROUP_SIZES: [u32; 3] = [32, 64, 128];
+/// Group sizes of the group-wise codecs (`int4`, `int8g`).
+pub const GROUP_SIZES: [u32; 3] = [32, 64, 128];
 
 impl Codec {
     pub fn id(self) -> &'static str {
@@ -41,7 +49,16 @@ impl Codec {
             Codec::Zstd => "zstd",
             Codec::ZstdBp => "zstd-bp",
             Codec::Int8 => "int8",
+            Codec::Int8Group { .. } => "int8g",
             Codec::Int4 { .. } => "int4",
+        }
+    }
+
+    /// The lowest minor version of format 1 that defines this codec.
+    pub fn min_minor(self) -> u16 {
+        match self {
+            Codec::Int8Group { .. } => 1,
+            _ => 0,
         }
     }
 
@@ -51,7 +68,7 @@ impl Codec {
 
     pub fn group_size(self) -> Option<u32> {
         match self {
-            Codec::Int4 { group_size } => Some(group_size),
+            Codec::Int4 { group_size } | Codec::Int8Group { group_size } => Some(group_size),
             _ => None,
         }
     }
@@ -63,6 +80,9 @@ impl Codec {
             "zstd" => Codec::Zstd,
             "zstd-bp" => Codec::ZstdBp,
             "int8" => Codec::Int8,
+            "int8g" => Codec::Int8Group {
+                group_size: group_size?,
+            },
             "int4" => Codec::Int4 {
                 group_size: group_size?,
             },
@@ -104,7 +124,7 @@ impl Codec {
                     format!("codec zstd-bp needs bf16, f16 or f32, not {dtype}"),
                 )),
             },
-            Codec::Int8 | Codec::Int4 { .. } => {
+            Codec::Int8 | Codec::Int8Group { .. } | Codec::Int4 { .. } => {
                 if !dtype.is_float() {
                     return Err(FormatError::tensor(
                         name,
@@ -118,52 +138,57 @@ impl Codec {
                     ));
                 }
                 let (rows, cols) = (shape[0], shape[1]);
-                if let Codec::Int4 { group_size } = self {
-                    if !INT4_GROUP_SIZES.contains(&group_size) {
+                let overflow = || FormatError::ShapeOverflow {
+                    tensor: name.to_string(),
+                    shape: shape.to_vec(),
+                };
+                // Groups per row, for the group-wise codecs (checked before any length).
+                let groups = |group_size: u32| -> Result<u64> {
+                    if !GROUP_SIZES.contains(&group_size) {
                         return Err(FormatError::tensor(
                             name,
-                            format!("int4 group size {group_size} is not 32, 64 or 128"),
+                            format!("{} group size {group_size} is not 32, 64 or 128", self.id()),
                         ));
                     }
                     let g = group_size as u64;
                     if cols % g != 0 {
                         return Err(FormatError::tensor(
                             name,
-                            format!("int4 needs columns ({cols}) divisible by the group size {g}"),
+                            format!(
+                                "{} needs columns ({cols}) divisible by the group size {g}",
+                                self.id()
+                            ),
                         ));
                     }
-                    // cols is a multiple of g >= 32, so numel is even; rows*cols/g*2 <= numel fits.
-                    let groups = rows * (cols / g) * 2;
-                    Ok(vec![
-                        data(Encoding::Zstd, 1, numel / 2),
-                        StreamSpec {
-                            role: "scales",
-                            encoding: Encoding::Zstd,
-                            elem_size: 2,
-                            len: groups,
-                        },
-                        StreamSpec {
-                            role: "mins",
-                            encoding: Encoding::Zstd,
-                            elem_size: 2,
-                            len: groups,
-                        },
-                    ])
-                } else {
-                    Ok(vec![
-                        data(Encoding::Zstd, 1, numel),
-                        StreamSpec {
-                            role: "scales",
-                            encoding: Encoding::Zstd,
-                            elem_size: 4,
-                            len: rows
-                                .checked_mul(4)
-                                .ok_or_else(|| FormatError::ShapeOverflow {
-                                    tensor: name.to_string(),
-                                    shape: shape.to_vec(),
-                                })?,
-                        },
-                    ])
+                    Ok(cols / g)
+                };
+                let scales = |elem_size: usize, count: u64| -> Result<StreamSpec> {
+                    Ok(StreamSpec {
+                        role: "scales",
+                        encoding: Encoding::Zstd,
+                        elem_size,
+                        len: count.checked_mul(elem_size as u64).ok_or_else(overflow)?,
+                    })
+                };
+                match self {
+                    Codec::Int4 { group_size } => {
+                        // cols is a multiple of g >= 32, so numel is even and rows * groups <= numel.
+                        let count = rows * groups(group_size)?;
+                        let scales = scales(2, count)?;
+                        Ok(vec![
+                            data(Encoding::Zstd, 1, numel / 2),
+                            scales,
+                            StreamSpec {
+                                role: "mins",
+                                ..scales
+                            },
+                        ])
+                    }
+                    Codec::Int8Group { group_size } => {
+                        let count = rows * groups(group_size)?;
+                        Ok(vec![data(Encoding::Zstd, 1, numel), scales(4, count)?])
+                    }
+                    _ => Ok(vec![data(Encoding::Zstd, 1, numel), scales(4, rows)?]),
                 }
             }
         }
@@ -174,6 +199,7 @@ impl std::fmt::Display for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Codec::Int4 { group_size } => write!(f, "int4/g{group_size}"),
+            Codec::Int8Group { group_size } => write!(f, "int8/g{group_size}"),
             c => f.write_str(c.id()),
         }
     }

@@ -180,8 +180,10 @@ pub fn pack<W: Write>(
     files.sort_by(|a, b| a.0.cmp(&b.0));
 
     let source_total: u64 = sorted.iter().map(|t| t.bytes.len() as u64).sum();
+    // The lowest minor version whose codecs the file uses (spec section 1, "Versions").
+    let minor = codecs.iter().map(|c| c.min_minor()).max().unwrap_or(0);
     let mut w = Writer { out, pos: 0 };
-    w.write(&layout::preamble(layout::MAJOR, layout::MINOR))?;
+    w.write(&layout::preamble(layout::MAJOR, minor))?;
     w.pad()?;
 
     let mut entries: Vec<TensorEntry> = Vec::with_capacity(planned.len());
@@ -298,7 +300,7 @@ pub fn pack<W: Write>(
 
     let index = Index {
         format: "cllm".into(),
-        version: [layout::MAJOR, layout::MINOR],
+        version: [layout::MAJOR, minor],
         alignment: layout::ALIGNMENT,
         tensors: entries,
         files: file_entries,
@@ -314,11 +316,7 @@ pub fn pack<W: Write>(
     let index_offset = w.pos;
     let json = serde_json::to_vec(&index).map_err(|e| FormatError::IndexJson(e.to_string()))?;
     w.write(&json)?;
-    let footer = layout::footer(
-        index_offset,
-        &json,
-        &layout::preamble(layout::MAJOR, layout::MINOR),
-    );
+    let footer = layout::footer(index_offset, &json, &layout::preamble(layout::MAJOR, minor));
     w.write(&footer)?;
     w.out.flush()?;
     progress(prog);
@@ -449,6 +447,8 @@ pub fn project(input: &PackInput<'_>, opts: &PackOptions) -> Result<Vec<Projecti
 fn effort(codec: Codec, opts: &PackOptions) -> Effort {
     match codec {
         Codec::Raw | Codec::Zstd => Effort::Level(opts.zstd_level),
-        Codec::ZstdBp | Codec::Int8 | Codec::Int4 { .. } => Effort::Entropy,
+        Codec::ZstdBp | Codec::Int8 | Codec::Int8Group { .. } | Codec::Int4 { .. } => {
+            Effort::Entropy
+        }
     }
 }

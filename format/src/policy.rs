@@ -65,7 +65,10 @@ impl Preset {
 pub enum RuleCodec {
     Lossless,
     Fixed(Codec),
-    /// int4 at the policy's group size.
+    /// Group-wise int8 at the policy's group size (a smaller one where that does not divide the
+    /// columns, per-row where none does).
+    Int8Default,
+    /// int4 at the policy's group size (a smaller one where that does not divide the columns).
     Int4Default,
 }
 
@@ -76,14 +79,18 @@ impl RuleCodec {
             "raw" => RuleCodec::Fixed(Codec::Raw),
             "zstd" => RuleCodec::Fixed(Codec::Zstd),
             "zstd-bp" => RuleCodec::Fixed(Codec::ZstdBp),
-            "int8" => RuleCodec::Fixed(Codec::Int8),
+            "int8" => RuleCodec::Int8Default,
+            "int8-row" => RuleCodec::Fixed(Codec::Int8),
+            "int8-g32" => RuleCodec::Fixed(Codec::Int8Group { group_size: 32 }),
+            "int8-g64" => RuleCodec::Fixed(Codec::Int8Group { group_size: 64 }),
+            "int8-g128" => RuleCodec::Fixed(Codec::Int8Group { group_size: 128 }),
             "int4" => RuleCodec::Int4Default,
             "int4-g32" => RuleCodec::Fixed(Codec::Int4 { group_size: 32 }),
             "int4-g64" => RuleCodec::Fixed(Codec::Int4 { group_size: 64 }),
             "int4-g128" => RuleCodec::Fixed(Codec::Int4 { group_size: 128 }),
             _ => {
                 return Err(FormatError::Policy(format!(
-                    "unknown codec '{s}' (lossless, raw, zstd, zstd-bp, int8, int4, int4-g32, int4-g64, int4-g128)"
+                    "unknown codec '{s}' (lossless, raw, zstd, zstd-bp, int8, int8-row, int8-g32, int8-g64, int8-g128, int4, int4-g32, int4-g64, int4-g128)"
                 )))
             }
         })
@@ -148,7 +155,10 @@ impl Rule {
 fn codec_text(c: RuleCodec) -> String {
     match c {
         RuleCodec::Lossless => "lossless".into(),
+        RuleCodec::Int8Default => "int8".into(),
         RuleCodec::Int4Default => "int4".into(),
+        RuleCodec::Fixed(Codec::Int8) => "int8-row".into(),
+        RuleCodec::Fixed(Codec::Int8Group { group_size }) => format!("int8-g{group_size}"),
         RuleCodec::Fixed(Codec::Int4 { group_size }) => format!("int4-g{group_size}"),
         RuleCodec::Fixed(c) => c.id().into(),
     }
@@ -157,8 +167,22 @@ fn codec_text(c: RuleCodec) -> String {
 /// Quantization used by a preset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quant {
+    /// Symmetric int8, one scale per group of `group_size` columns (codec `int8g`).
     Int8,
+    /// Symmetric int8, one scale per row (codec `int8`, readable by format 1.0 readers).
+    Int8Row,
+    /// Asymmetric int4 per group of `group_size` columns.
     Int4,
+}
+
+impl Quant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Quant::Int8 => "int8",
+            Quant::Int8Row => "int8-row",
+            Quant::Int4 => "int4",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -224,9 +248,10 @@ impl Policy {
     pub fn parse_quant(s: &str) -> Result<Quant> {
         match s {
             "int8" => Ok(Quant::Int8),
+            "int8-row" => Ok(Quant::Int8Row),
             "int4" => Ok(Quant::Int4),
             _ => Err(FormatError::Policy(format!(
-                "unknown quantization '{s}' (int8, int4)"
+                "unknown quantization '{s}' (int8, int8-row, int4)"
             ))),
         }
     }
@@ -272,10 +297,7 @@ impl Policy {
     pub fn record(&self) -> PolicyRecord {
         PolicyRecord {
             preset: self.preset.name().into(),
-            quant: match self.quant {
-                Quant::Int8 => "int8".into(),
-                Quant::Int4 => "int4".into(),
-            },
+            quant: self.quant.name().into(),
             group_size: self.group_size,
             rules: self.rules.iter().map(|r| r.text.clone()).collect(),
             lossless: self.lossless.id().into(),
@@ -289,19 +311,46 @@ impl Policy {
         }
     }
 
-    fn quant_codec(&self) -> Codec {
+    /// The policy's group size, or the largest smaller one that divides `cols` (finer groups
+    /// only ever lower the error); `None` when no group size divides it.
+    fn group_for(&self, cols: u64) -> Option<u32> {
+        crate::codec::GROUP_SIZES
+            .iter()
+            .rev()
+            .copied()
+            .find(|&g| g <= self.group_size && cols % g as u64 == 0)
+    }
+
+    /// Group-wise int8 at the policy's group size (see [`Policy::group_for`]), or per-row int8
+    /// for a width no group size divides.
+    fn int8_for(&self, shape: &[u64]) -> Codec {
+        match self.group_for(shape.get(1).copied().unwrap_or(0)) {
+            Some(group_size) => Codec::Int8Group { group_size },
+            None => Codec::Int8,
+        }
+    }
+
+    /// int4 at the policy's group size (see [`Policy::group_for`]); a width no group size
+    /// divides keeps the policy's size, and planning then names the tensor.
+    fn int4_for(&self, shape: &[u64]) -> Codec {
+        let cols = shape.get(1).copied().unwrap_or(0);
+        Codec::Int4 {
+            group_size: self.group_for(cols).unwrap_or(self.group_size),
+        }
+    }
+
+    fn quant_codec(&self, shape: &[u64]) -> Codec {
         match self.quant {
-            Quant::Int8 => Codec::Int8,
-            Quant::Int4 => Codec::Int4 {
-                group_size: self.group_size,
-            },
+            Quant::Int8 => self.int8_for(shape),
+            Quant::Int8Row => Codec::Int8,
+            Quant::Int4 => self.int4_for(shape),
         }
     }
 
     /// Resolves the codec of every tensor. Tensors are `(name, dtype, shape)`. Fails on a rule that
     /// matches nothing (unless allowed) and on a codec that cannot hold a tensor, naming it.
     pub fn resolve(&self, tensors: &[(&str, Dtype, &[u64])]) -> Result<Vec<Codec>> {
-        if !crate::codec::INT4_GROUP_SIZES.contains(&self.group_size) {
+        if !crate::codec::GROUP_SIZES.contains(&self.group_size) {
             return Err(FormatError::Policy(format!(
                 "group size {} is not 32, 64 or 128",
                 self.group_size
@@ -312,7 +361,7 @@ impl Policy {
         for &(name, dtype, shape) in tensors {
             let by_preset = self.preset.selects(name) && shape.len() == 2 && dtype.is_float();
             let mut codec = if by_preset {
-                self.quant_codec()
+                self.quant_codec(shape)
             } else {
                 self.lossless_for(dtype)
             };
@@ -321,9 +370,8 @@ impl Policy {
                     used[i] = true;
                     codec = match rule.codec {
                         RuleCodec::Lossless => self.lossless_for(dtype),
-                        RuleCodec::Int4Default => Codec::Int4 {
-                            group_size: self.group_size,
-                        },
+                        RuleCodec::Int8Default => self.int8_for(shape),
+                        RuleCodec::Int4Default => self.int4_for(shape),
                         RuleCodec::Fixed(c) => c,
                     };
                 }
@@ -383,9 +431,58 @@ mod tests {
             ..Policy::default()
         };
         let plan = resolve(&p).unwrap();
-        assert_eq!(plan[2], Codec::Int8);
-        assert_eq!(plan[3], Codec::Int8);
+        let g64 = Codec::Int8Group { group_size: 64 };
+        assert_eq!(plan[2], g64);
+        assert_eq!(plan[3], g64);
         assert_eq!(plan[4], Codec::ZstdBp);
+    }
+
+    #[test]
+    fn group_size_falls_back_to_one_that_divides_the_width() {
+        let t = |cols: u64| {
+            vec![(
+                "model.layers.0.mlp.up_proj.weight",
+                Dtype::Bf16,
+                vec![4, cols],
+            )]
+        };
+        let plan = |quant, cols| {
+            let p = Policy {
+                preset: Preset::MlpOnly,
+                quant,
+                group_size: 128,
+                ..Policy::default()
+            };
+            let t = t(cols);
+            let t: Vec<_> = t.iter().map(|(n, d, s)| (*n, *d, s.as_slice())).collect();
+            p.resolve(&t)
+        };
+        let g = |group_size| Codec::Int8Group { group_size };
+        assert_eq!(plan(Quant::Int8, 256).unwrap(), [g(128)]);
+        assert_eq!(plan(Quant::Int8, 576).unwrap(), [g(64)]);
+        assert_eq!(plan(Quant::Int8, 160).unwrap(), [g(32)]);
+        assert_eq!(plan(Quant::Int8, 40).unwrap(), [Codec::Int8]);
+        assert_eq!(
+            plan(Quant::Int4, 96).unwrap(),
+            [Codec::Int4 { group_size: 32 }]
+        );
+        let e = plan(Quant::Int4, 40).unwrap_err().to_string();
+        assert!(e.contains("up_proj") && e.contains("divisible"), "{e}");
+    }
+
+    #[test]
+    fn int8_row_is_the_format_1_0_codec() {
+        let p = Policy {
+            preset: Preset::AllLinear,
+            quant: Policy::parse_quant("int8-row").unwrap(),
+            rules: vec![Rule::parse("*q_proj*=int8-g32").unwrap()],
+            ..Policy::default()
+        };
+        let plan = resolve(&p).unwrap();
+        assert_eq!(plan[2], Codec::Int8);
+        assert_eq!(plan[4], Codec::Int8Group { group_size: 32 });
+        assert_eq!(p.record().quant, "int8-row");
+        assert_eq!(p.record().rules, ["*q_proj*=int8-g32"]);
     }
 
     #[test]
@@ -402,7 +499,7 @@ mod tests {
         };
         let plan = resolve(&p).unwrap();
         assert_eq!(plan[2], Codec::ZstdBp);
-        assert_eq!(plan[3], Codec::Int8);
+        assert_eq!(plan[3], Codec::Int8Group { group_size: 32 });
         assert_eq!(plan[4], Codec::Int4 { group_size: 32 });
     }
 

@@ -1,4 +1,5 @@
-//! Quantization exactly as spec/FORMAT.md sections 4.2 (int8) and 4.3 (int4) define it.
+//! Quantization exactly as spec/FORMAT.md sections 4.2 (int8), 4.3 (int4) and 4.4 (int8g) define
+//! it.
 //!
 //! Every step is one IEEE f32 operation in a stated order, so quantizing the same source always
 //! gives the same bytes (verify re-quantizes and compares) and another implementation can match it.
@@ -73,8 +74,9 @@ impl std::fmt::Display for QuantError {
     }
 }
 
-/// The int8 scale of one row: `max|x| / 127`.
-pub fn int8_row_scale(row: &[f32]) -> Result<f32, usize> {
+/// The int8 scale of one row (`int8`) or one group (`int8g`): `max|x| / 127`; `Err(i)` names
+/// the first NaN or infinite element.
+pub fn int8_scale(row: &[f32]) -> Result<f32, usize> {
     let mut amax = 0f32;
     for (i, &x) in row.iter().enumerate() {
         if !x.is_finite() {
@@ -140,7 +142,7 @@ mod tests {
     #[test]
     fn int8_extremes_map_to_127() {
         let row = [0.5f32, -1.27, 0.0, 1.0];
-        let s = int8_row_scale(&row).unwrap();
+        let s = int8_scale(&row).unwrap();
         let mut q = [0u8; 4];
         int8_quantize(&row, s, &mut q);
         assert_eq!(q[1] as i8, -127);
@@ -150,7 +152,7 @@ mod tests {
 
     #[test]
     fn int8_zero_row_has_zero_scale() {
-        let s = int8_row_scale(&[0.0; 8]).unwrap();
+        let s = int8_scale(&[0.0; 8]).unwrap();
         assert_eq!(s, 0.0);
         let mut q = [9u8; 8];
         int8_quantize(&[0.0; 8], s, &mut q);
@@ -159,7 +161,7 @@ mod tests {
 
     #[test]
     fn int8_rejects_nan() {
-        assert_eq!(int8_row_scale(&[1.0, f32::NAN]), Err(1));
+        assert_eq!(int8_scale(&[1.0, f32::NAN]), Err(1));
     }
 
     #[test]

@@ -348,6 +348,7 @@ fn validate(
         next: DATA_START,
         limits,
     };
+    let minor = framing.minor;
     let mut codecs = Vec::with_capacity(index.tensors.len());
     let mut all_specs = Vec::with_capacity(index.tensors.len());
     let mut prev: Option<&str> = None;
@@ -384,8 +385,8 @@ fn validate(
             ));
         }
         let codec = Codec::from_id(&t.codec, t.group_size).ok_or_else(|| {
-            if t.codec == "int4" {
-                FormatError::tensor(name, "int4 without group_size")
+            if t.codec == "int4" || t.codec == "int8g" {
+                FormatError::tensor(name, format!("{} without group_size", t.codec))
             } else {
                 FormatError::UnknownCodec {
                     tensor: name.to_string(),
@@ -393,10 +394,20 @@ fn validate(
                 }
             }
         })?;
-        if t.group_size.is_some() && !matches!(codec, Codec::Int4 { .. }) {
+        if t.group_size.is_some() && codec.group_size().is_none() {
             return Err(FormatError::tensor(
                 name,
-                "group_size on a codec other than int4",
+                format!("group_size on codec {}, which has no groups", t.codec),
+            ));
+        }
+        if codec.min_minor() > minor {
+            return Err(FormatError::tensor(
+                name,
+                format!(
+                    "codec {} needs format 1.{}, the file says 1.{minor}",
+                    t.codec,
+                    codec.min_minor()
+                ),
             ));
         }
         let specs = codec.streams(name, t.dtype, &t.shape)?;

@@ -26,7 +26,9 @@ pub fn rows_cols(shape: &[u64]) -> (usize, usize) {
 /// What quantizing needs to know beyond each value: the per-row or per-group parameters.
 pub enum QuantParams {
     None,
+    /// `int8` (one group per row: `group_size == cols`) and `int8g`.
     Int8 {
+        group_size: usize,
         scales: Vec<f32>,
     },
     Int4 {
@@ -51,16 +53,33 @@ pub fn quant_params(
         msg: format!("row {row}: {msg}"),
     };
     match codec {
-        Codec::Int8 => {
-            let scales = (0..rows)
+        Codec::Int8 | Codec::Int8Group { .. } => {
+            let g = codec.group_size().map_or(cols, |g| g as usize).max(1);
+            let per_row = (0..rows)
                 .into_par_iter()
                 .map_init(Vec::new, |buf, r| {
                     quant::to_f32(dtype, &src[r * row_bytes..(r + 1) * row_bytes], buf);
-                    quant::int8_row_scale(buf)
-                        .map_err(|j| qerr(r, format!("element {j} is NaN or infinite")))
+                    // A per-row scale exists even for an empty row (its scale is 0).
+                    let groups: Vec<&[f32]> = if codec == Codec::Int8 {
+                        vec![&buf[..]]
+                    } else {
+                        buf.chunks(g).collect()
+                    };
+                    groups
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, group)| {
+                            quant::int8_scale(group).map_err(|j| {
+                                qerr(r, format!("element {} is NaN or infinite", k * g + j))
+                            })
+                        })
+                        .collect::<Result<Vec<f32>>>()
                 })
-                .collect::<Result<Vec<f32>>>()?;
-            Ok(QuantParams::Int8 { scales })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(QuantParams::Int8 {
+                group_size: g,
+                scales: per_row.into_iter().flatten().collect(),
+            })
         }
         Codec::Int4 { group_size } => {
             let g = group_size as usize;
@@ -108,21 +127,24 @@ pub fn stream_range(
     let es = dtype.size();
     match (params, stream) {
         (QuantParams::None, _) => src[range].to_vec(),
-        (QuantParams::Int8 { scales }, 0) => {
+        (QuantParams::Int8 { group_size, scales }, 0) => {
             let mut vals = Vec::new();
             quant::to_f32(dtype, &src[range.start * es..range.end * es], &mut vals);
             let mut out = vec![0u8; range.len()];
+            let groups_per_row = cols.div_ceil(*group_size);
             let mut at = 0;
             while at < range.len() {
                 let e = range.start + at;
-                let row = e / cols;
-                let n = (cols - e % cols).min(range.len() - at);
-                quant::int8_quantize(&vals[at..at + n], scales[row], &mut out[at..at + n]);
+                let (row, col) = (e / cols, e % cols);
+                let gi = row * groups_per_row + col / group_size;
+                // Up to the end of this group (a group never spans rows).
+                let n = (group_size - col % group_size).min(range.len() - at);
+                quant::int8_quantize(&vals[at..at + n], scales[gi], &mut out[at..at + n]);
                 at += n;
             }
             out
         }
-        (QuantParams::Int8 { scales }, _) => {
+        (QuantParams::Int8 { scales, .. }, _) => {
             let bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
             bytes[range].to_vec()
         }
@@ -163,15 +185,21 @@ pub fn stream_range(
 pub fn dequantize(codec: Codec, shape: &[u64], streams: &[Vec<u8>]) -> Vec<f32> {
     let (rows, cols) = rows_cols(shape);
     match codec {
-        Codec::Int8 => {
+        Codec::Int8 | Codec::Int8Group { .. } => {
             let scales: Vec<f32> = streams[1]
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
+            let cols = cols.max(1);
+            let g = codec.group_size().map_or(cols, |g| g as usize);
+            let gpr = cols.div_ceil(g);
             streams[0]
                 .iter()
                 .enumerate()
-                .map(|(e, &q)| quant::int8_dequantize(q as i8, scales[e / cols.max(1)]))
+                .map(|(e, &q)| {
+                    let gi = (e / cols) * gpr + (e % cols) / g;
+                    quant::int8_dequantize(q as i8, scales[gi])
+                })
                 .collect()
         }
         Codec::Int4 { group_size } => {

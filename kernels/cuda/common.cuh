@@ -23,18 +23,19 @@ typedef unsigned long long u64;
 #define KIND_F16 2
 #define KIND_INT8 3
 #define KIND_INT4 4
+#define KIND_INT8G 5
 
 // One weight matrix resident on the GPU (rows x cols, row-major). Must match `WDesc` in
 // kernels/src/cuda/launch.rs.
 struct WDesc {
     const void* data;     // payload (f32/bf16/f16 values, int8 codes, packed int4 nibbles)
-    const void* scales;   // int8: f32 per row; int4: f16 per group
+    const void* scales;   // int8: f32 per row; int8g: f32 per group; int4: f16 per group
     const void* mins;     // int4: f16 per group
     const float* bias;    // f32 per row, or null
     int kind;
     int rows;
     int cols;
-    int group;            // int4 group size
+    int group;            // int4 and int8g group size (32, 64 or 128 columns)
 };
 
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
@@ -67,7 +68,8 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // One element of a weight, dequantized exactly as spec/FORMAT.md defines it (the CPU's
-// `Weight::dequantize_row`): int8 `q * scale`, int4 `(nibble * scale) + min`, two roundings.
+// `Weight::dequantize_row`): int8 and int8g `q * scale` (one rounding), int4
+// `(nibble * scale) + min`, two roundings.
 __device__ __forceinline__ float weight_element(const WDesc& w, int row, int col) {
     size_t i = (size_t)row * (size_t)w.cols + (size_t)col;
     switch (w.kind) {
@@ -79,6 +81,10 @@ __device__ __forceinline__ float weight_element(const WDesc& w, int row, int col
         return f16_to_f32(((const unsigned short*)w.data)[i]);
     case KIND_INT8:
         return (float)((const signed char*)w.data)[i] * ((const float*)w.scales)[row];
+    case KIND_INT8G: {
+        size_t g = (size_t)row * (size_t)(w.cols / w.group) + (size_t)(col / w.group);
+        return (float)((const signed char*)w.data)[i] * ((const float*)w.scales)[g];
+    }
     default: {
         unsigned char b = ((const unsigned char*)w.data)[i >> 1];
         u32 nib = (col & 1) ? (b >> 4) : (b & 15);

@@ -67,10 +67,12 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
 // acc[r][t] += row_r[vector v] . x_t[vector v], for R rows of one form sharing the x loads.
+// `wv[r]` is the vector of row r; int8g's `sv[r]` is the scale of its group, loaded with it
+// (see load_vecs).
 template <int NT, int KIND, int R>
-__device__ __forceinline__ void vec_fma(const uint4* wv, int v, const WDesc* const* w,
-                                        const int* row, int groups, const float* const* xs,
-                                        float (*acc)[NT]) {
+__device__ __forceinline__ void vec_fma(const uint4* wv, const float* sv, int v,
+                                        const WDesc* const* w, const int* row, int groups,
+                                        const float* const* xs, float (*acc)[NT]) {
     if (KIND == KIND_INT4) {
         float s[R], m[R];
         float q[R][32];
@@ -121,7 +123,7 @@ __device__ __forceinline__ void vec_fma(const uint4* wv, int v, const WDesc* con
                 acc[r][t] = fmaf(m[r], sx, acc[r][t]);
             }
         }
-    } else if (KIND == KIND_INT8) {
+    } else if (KIND == KIND_INT8 || KIND == KIND_INT8G) {
         float q[R][16];
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -152,8 +154,13 @@ __device__ __forceinline__ void vec_fma(const uint4* wv, int v, const WDesc* con
                 }
             }
 #pragma unroll
-            for (int r = 0; r < R; r++)
-                acc[r][t] = acc[r][t] + ((c[r][0] + c[r][1]) + (c[r][2] + c[r][3]));
+            for (int r = 0; r < R; r++) {
+                float d = (c[r][0] + c[r][1]) + (c[r][2] + c[r][3]);
+                // int8g: the vector's 16 columns lie in one group, scaled here; int8: the row
+                // scale multiplies the whole dot product in the epilogue.
+                if (KIND == KIND_INT8G) acc[r][t] = fmaf(sv[r], d, acc[r][t]);
+                else acc[r][t] = acc[r][t] + d;
+            }
         }
     } else if (KIND == KIND_F32) {
 #pragma unroll
@@ -205,30 +212,56 @@ __device__ __forceinline__ void vec_fma(const uint4* wv, int v, const WDesc* con
     }
 }
 
-// The lane's share of R rows' dot products (same form and width): vectors 32 wk + lane +
-// 32 ks i in order, U vectors of each row in flight. The first batch is loaded before the
-// programmatic-launch wait (weights are never written by a kernel).
+// Vector v of R rows (zeros past the row's end) and, for int8g, the f32 scale of the vector's
+// group: both weights, never written by a kernel, so they are loaded together, also before the
+// programmatic-launch wait (a scale load that waited for its vector's dot product would put a
+// dependent load on the critical path). The vector's 16 columns lie in group
+// (v * 16) >> gshift (groups of 32, 64 or 128 columns, checked by the host). Past the row's end
+// the scale load reads the row's first group (a valid address, unconditional), not used.
+template <int KIND, int R>
+__device__ __forceinline__ void load_vecs(const uint4* const* wr, const float* const* gs, int v,
+                                          int nvec, int gshift, uint4* wv, float* sv) {
+    const bool in = v < nvec;
+#pragma unroll
+    for (int r = 0; r < R; r++) wv[r] = in ? ld_stream(wr[r] + v) : make_uint4(0, 0, 0, 0);
+    if (KIND == KIND_INT8G) {
+        const int g = in ? (v * 16) >> gshift : 0;
+#pragma unroll
+        for (int r = 0; r < R; r++) sv[r] = __ldg(gs[r] + g);
+    }
+}
+
+// The lane's share of R rows' dot products (same form and width, and group size): vectors
+// 32 wk + lane + 32 ks i in order, U vectors of each row in flight (int8g: with their group
+// scales). The first batch is loaded before the programmatic-launch wait (weights are never
+// written by a kernel).
 template <int NT, int KIND, int R, int U, class F>
 __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
                                          const float* const* xs, int wk, int ks,
                                          float (*acc)[NT], bool& waited, F& after_wait) {
     const int lane = threadIdx.x & 31;
-    const int EPV = KIND == KIND_F32 ? 4 : (KIND == KIND_INT8 ? 16 : (KIND == KIND_INT4 ? 32 : 8));
+    const int EPV = KIND == KIND_F32 ? 4
+                    : ((KIND == KIND_INT8 || KIND == KIND_INT8G) ? 16 : (KIND == KIND_INT4 ? 32 : 8));
     const int nvec = w[0]->cols / EPV;
     const size_t row_bytes = (size_t)nvec * 16;
     const uint4* wr[R];
 #pragma unroll
     for (int r = 0; r < R; r++) wr[r] = (const uint4*)((const char*)w[r]->data + (size_t)row[r] * row_bytes);
     const int groups = KIND == KIND_INT4 ? w[0]->cols / w[0]->group : 1;
+    // int8g: row r's group scales start at gs[r]; the group of vector v is (v * 16) >> gshift.
+    const int gshift = KIND == KIND_INT8G ? __ffs(w[0]->group) - 1 : 0;
+    const float* gs[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        gs[r] = KIND == KIND_INT8G
+                    ? (const float*)w[r]->scales + (size_t)row[r] * (size_t)(w[0]->cols >> gshift)
+                    : (const float*)w[r]->scales;
     const int step = 32 * ks;
     int v0 = 32 * wk + lane;
     uint4 wv[U][R];
+    float sv[U][R];  // int8g: the group scale of wv[u][r] (unused by the other forms)
 #pragma unroll
-    for (int u = 0; u < U; u++) {
-        int v = v0 + step * u;
-#pragma unroll
-        for (int r = 0; r < R; r++) wv[u][r] = v < nvec ? ld_stream(wr[r] + v) : make_uint4(0, 0, 0, 0);
-    }
+    for (int u = 0; u < U; u++) load_vecs<KIND, R>(wr, gs, v0 + step * u, nvec, gshift, wv[u], sv[u]);
     if (!waited) {
         pdl_wait();
         pdl_launch_dependents();
@@ -239,16 +272,12 @@ __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int v = v0 + step * u;
-            if (v < nvec) vec_fma<NT, KIND, R>(wv[u], v, w, row, groups, xs, acc);
+            if (v < nvec) vec_fma<NT, KIND, R>(wv[u], sv[u], v, w, row, groups, xs, acc);
         }
         v0 += step * U;
         if (v0 >= nvec) break;
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            int v = v0 + step * u;
-#pragma unroll
-            for (int r = 0; r < R; r++) wv[u][r] = v < nvec ? ld_stream(wr[r] + v) : make_uint4(0, 0, 0, 0);
-        }
+        for (int u = 0; u < U; u++) load_vecs<KIND, R>(wr, gs, v0 + step * u, nvec, gshift, wv[u], sv[u]);
     }
 }
 
@@ -262,6 +291,7 @@ __device__ __forceinline__ void dot_rows_kind(int kind, const WDesc* const* w, c
     case KIND_BF16: dot_rows<NT, KIND_BF16, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
     case KIND_F16: dot_rows<NT, KIND_F16, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
     case KIND_INT8: dot_rows<NT, KIND_INT8, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
+    case KIND_INT8G: dot_rows<NT, KIND_INT8G, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
     default: dot_rows<NT, KIND_INT4, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
     }
 }
@@ -280,7 +310,7 @@ __device__ __forceinline__ void row_dots2(const WDesc* wa, int ra, const WDesc* 
     }
     bool waited = false;
     if (has_b && wa->kind == wb->kind && wa->cols == wb->cols &&
-        (wa->kind != KIND_INT4 || wa->group == wb->group)) {
+        ((wa->kind != KIND_INT4 && wa->kind != KIND_INT8G) || wa->group == wb->group)) {
         const WDesc* w2[2] = {wa, wb};
         const int r2[2] = {ra, rb};
         dot_rows_kind<NT, 2>(wa->kind, w2, r2, xs, wk, ks, acc, waited, after_wait);
@@ -385,6 +415,7 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
                 ya = ya + s_part[warp + k][0][t];
                 yb = yb + s_part[warp + k][1][t];
             }
+            // Per-row int8 only: int8g's group scales were applied per vector.
             if (wa->kind == KIND_INT8) ya = ya * ((const float*)wa->scales)[ra];
             if (has_b && wb->kind == KIND_INT8) yb = yb * ((const float*)wb->scales)[rb];
             if (a.partial != 0) {

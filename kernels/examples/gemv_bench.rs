@@ -1,7 +1,8 @@
 //! GEMV throughput on bf16 matrices of SmolLM2-135M's shapes, in GB/s of weights read.
 //!
 //! Run: `cargo run -p cllm-kernels --release --example gemv_bench [-- FORM]` where FORM is
-//! bf16 (default), f32, f16, int8 or int4. Threads: `RAYON_NUM_THREADS`.
+//! bf16 (default), f32, f16, int8, int8g (group-wise int8, groups of 64) or int4. Threads:
+//! `RAYON_NUM_THREADS`.
 
 use std::time::Instant;
 
@@ -18,6 +19,11 @@ fn weight(rows: usize, cols: usize, form: &str) -> Weight {
         "int8" => WeightData::Int8 {
             q: (0..n).map(|i| (i % 251) as u8 as i8).collect(),
             scales: vec![0.01; rows],
+        },
+        "int8g" => WeightData::Int8Group {
+            q: (0..n).map(|i| (i % 251) as u8 as i8).collect(),
+            scales: vec![0.01; rows * (cols / 64)],
+            group_size: 64,
         },
         "int4" => {
             let groups = rows * cols.div_ceil(32);

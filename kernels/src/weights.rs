@@ -16,6 +16,14 @@ pub enum WeightData {
         q: Vec<i8>,
         scales: Vec<f32>,
     },
+    /// Symmetric group-wise int8 (format 1.1 codec `int8g`). Row `r`, column `c`, group
+    /// `g = c / group_size` (`group_size` is 32, 64 or 128 and divides `cols`):
+    /// `w = q[r*cols + c] as f32 * scales[r*(cols/group_size) + g]` (one f32 multiplication).
+    Int8Group {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+        group_size: usize,
+    },
     /// Asymmetric group-wise int4. Row `r`, column `c`, group `g = c / group_size`:
     /// `w = (nibble as f32 * scales[r*groups + g] as f32) + mins[r*groups + g] as f32`,
     /// where byte `packed[r*cols/2 + c/2]` holds column `c` in its low nibble when `c` is even, high nibble when odd.
@@ -42,7 +50,9 @@ impl Weight {
             WeightData::F32(v) => v.len() * 4,
             WeightData::Bf16(v) => v.len() * 2,
             WeightData::F16(v) => v.len() * 2,
-            WeightData::Int8 { q, scales } => q.len() + scales.len() * 4,
+            WeightData::Int8 { q, scales } | WeightData::Int8Group { q, scales, .. } => {
+                q.len() + scales.len() * 4
+            }
             WeightData::Int4 {
                 packed,
                 scales,

@@ -1,5 +1,5 @@
 //! Weights from a `.cllm` container into CPU memory. Quantized tensors stay quantized: their
-//! payload and scales become `WeightData::Int8`/`Int4` as they are, nothing is expanded to floats.
+//! payload and scales become `WeightData::Int8`/`Int8Group`/`Int4` as they are, nothing is expanded to floats.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -63,7 +63,7 @@ pub fn weight_from_streams(
 ) -> Result<Weight, LoadError> {
     let (rows, cols) = cllm_format::tensor::rows_cols(shape);
     let data = match codec {
-        Codec::Int8 => {
+        Codec::Int8 | Codec::Int8Group { .. } => {
             let scales = streams[1]
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -72,7 +72,14 @@ pub fn weight_from_streams(
                 .into_iter()
                 .map(|b| b as i8)
                 .collect();
-            WeightData::Int8 { q, scales }
+            match codec.group_size() {
+                Some(g) => WeightData::Int8Group {
+                    q,
+                    scales,
+                    group_size: g as usize,
+                },
+                None => WeightData::Int8 { q, scales },
+            }
         }
         Codec::Int4 { group_size } => WeightData::Int4 {
             scales: u16s(&streams[1]).map(f16::from_bits).collect(),

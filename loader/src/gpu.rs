@@ -9,7 +9,7 @@
 //! is the ring (slots x largest frame) whatever the model's size; decoding and copying overlap.
 //!
 //! Residency. Every stream of a tensor lands in device memory as decoded: quantized tensors stay
-//! quantized (int8 codes + f32 row scales, int4 nibbles + f16 scales and mins), lossless ones in
+//! quantized (int8 codes + f32 row or group scales, int4 nibbles + f16 scales and mins), lossless ones in
 //! their source dtype. So VRAM for weights is the container's decoded payload size (plus 256-byte
 //! alignment per stream), and nothing is expanded per token.
 //!
@@ -217,6 +217,9 @@ impl Ring {
 fn kind_of(name: &str, dtype: Dtype, codec: Codec) -> Result<GpuWeightKind, LoadError> {
     Ok(match codec {
         Codec::Int8 => GpuWeightKind::Int8,
+        Codec::Int8Group { group_size } => GpuWeightKind::Int8Group {
+            group_size: group_size as usize,
+        },
         Codec::Int4 { group_size } => GpuWeightKind::Int4 {
             group_size: group_size as usize,
         },

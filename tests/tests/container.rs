@@ -137,6 +137,11 @@ fn policy_presets_choose_the_documented_tensors() {
     let mlp = plan(&["--policy", "mlp-only"]);
     assert_eq!(
         codec_of(&mlp, "model.layers.0.mlp.down_proj.weight"),
+        "int8g"
+    );
+    let row = plan(&["--policy", "mlp-only", "--quant", "int8-row"]);
+    assert_eq!(
+        codec_of(&row, "model.layers.0.mlp.down_proj.weight"),
         "int8"
     );
     assert_eq!(
@@ -158,7 +163,7 @@ fn policy_presets_choose_the_documented_tensors() {
     ]);
     assert_eq!(
         codec_of(&all, "model.layers.1.mlp.down_proj.weight"),
-        "int8"
+        "int8g"
     );
     assert_eq!(codec_of(&all, "model.layers.1.mlp.up_proj.weight"), "int4");
     assert_eq!(
@@ -203,7 +208,7 @@ fn policy_presets_choose_the_documented_tensors() {
     );
     assert_eq!(
         codec_of(&v, "model.layers.0.self_attn.k_proj.weight"),
-        "int8"
+        "int8g"
     );
 }
 
@@ -247,9 +252,12 @@ fn inspect_reports_codecs_sizes_and_provenance() {
         "--quiet",
     ]);
     let v = json(&cllm_ok(&["inspect", s(&out), "--json"]));
-    assert_eq!(v["version"], serde_json::json!([1, 0]));
+    // Group-wise int8 is a format 1.1 codec; the writer says so.
+    assert_eq!(v["version"], serde_json::json!([1, 1]));
     assert_eq!(v["policy"]["preset"], "mlp-only");
-    assert_eq!(v["codecs"]["int8"]["tensors"], 6);
+    // down_proj's 160 columns take groups of 32, the 64-column gate/up the default 64.
+    assert_eq!(v["codecs"]["int8g/g64"]["tensors"], 4);
+    assert_eq!(v["codecs"]["int8g/g32"]["tensors"], 2);
     assert!(v["provenance"]["tool"]
         .as_str()
         .unwrap()
@@ -266,7 +274,24 @@ fn inspect_reports_codecs_sizes_and_provenance() {
     let total = &v["total"];
     assert!(total["stored_bytes"].as_u64().unwrap() < total["raw_bytes"].as_u64().unwrap());
     let text = cllm_ok(&["inspect", s(&out)]);
-    assert!(text.contains("model.layers.0.mlp.up_proj.weight") && text.contains("int8"));
+    assert!(text.contains("model.layers.0.mlp.up_proj.weight") && text.contains("int8g/g64"));
+
+    // Per-row int8 only: the file stays readable by 1.0 readers and says 1.0.
+    let row = tmp.path().join("row.cllm");
+    cllm_ok(&[
+        "pack",
+        s(&src),
+        "-o",
+        s(&row),
+        "--policy",
+        "mlp-only",
+        "--quant",
+        "int8-row",
+        "--quiet",
+    ]);
+    let v = json(&cllm_ok(&["inspect", s(&row), "--json"]));
+    assert_eq!(v["version"], serde_json::json!([1, 0]));
+    assert_eq!(v["codecs"]["int8"]["tensors"], 6);
 }
 
 #[test]
@@ -366,18 +391,15 @@ fn an_existing_good_file_survives_a_failed_pack() {
     let out = tmp.path().join("m.cllm");
     cllm_ok(&["pack", s(&src), "-o", s(&out), "--quiet"]);
     let before = std::fs::read(&out).unwrap();
-    // int4 at group 128 cannot hold the tiny model's 64-column tensors: the pack fails.
+    // An explicit int4 group of 128 cannot hold the tiny model's 64-column tensors: the pack
+    // fails.
     let r = cllm(&[
         "pack",
         s(&src),
         "-o",
         s(&out),
-        "--policy",
-        "mlp-only",
-        "--quant",
-        "int4",
-        "--group-size",
-        "128",
+        "--rule",
+        "*.up_proj.weight=int4-g128",
     ]);
     assert_eq!(r.status.code(), Some(2));
     assert_eq!(std::fs::read(&out).unwrap(), before);

@@ -92,7 +92,7 @@ fn base_tensors() -> Vec<(&'static str, Dtype, Vec<u64>)> {
             Dtype::Bf16,
             vec![96, 128],
         ),
-        // int8 (mlp-only preset), f32: data 12288 bytes (3 frames), scales 512 bytes.
+        // int8 per row (mlp-only preset), f32: data 12288 bytes (3 frames), scales 512 bytes.
         (
             "model.layers.0.mlp.up_proj.weight",
             Dtype::F32,
@@ -112,7 +112,7 @@ fn base_tensors() -> Vec<(&'static str, Dtype, Vec<u64>)> {
 fn base_policy() -> Policy {
     Policy {
         preset: Preset::MlpOnly,
-        quant: Quant::Int8,
+        quant: Quant::Int8Row,
         rules: vec![
             Rule::parse(r"re:.*down_proj\.weight=int4-g32").unwrap(),
             Rule::parse("lm_head.weight=zstd").unwrap(),
@@ -1005,6 +1005,28 @@ fn hostile_cases() -> Vec<(&'static str, Case)> {
                 &b.with_index(&ix),
                 &Limits::default(),
                 &[INT8_T, "group_size"],
+            )
+        }),
+        ("int8g_in_a_1_0_file", |b| {
+            // The base file uses only 1.0 codecs, so it says 1.0; int8g needs 1.1.
+            let mut ix = b.index.clone();
+            let ti = tensor_pos(&ix, INT8_T);
+            ix["tensors"][ti]["codec"] = json!("int8g");
+            ix["tensors"][ti]["group_size"] = json!(32);
+            open_fails(
+                &b.with_index(&ix),
+                &Limits::default(),
+                &[INT8_T, "needs format 1.1"],
+            )
+        }),
+        ("int8g_without_group_size", |b| {
+            let mut ix = b.index.clone();
+            let ti = tensor_pos(&ix, INT8_T);
+            ix["tensors"][ti]["codec"] = json!("int8g");
+            open_fails(
+                &b.with_index(&ix),
+                &Limits::default(),
+                &[INT8_T, "int8g without group_size"],
             )
         }),
         ("int8_on_1d_tensor", |b| {

@@ -372,18 +372,19 @@ fn broken_container_is_caught_and_the_permuted_tensor_named() {
     assert!(text.contains("first layer that departs: 7"), "{text}");
 }
 
-/// Bounds for the int8 containers on the default run. Issue #5 asks for mean KLD <= 0.002 and
-/// top-1 >= 98%; the per-row int8 codec measures mean KLD 0.0018 / top-1 97.8% (mlp-only) and
-/// 0.0030 / 97.4% (all-linear) on this model (BENCHMARKS.md, Divergence), so these bounds guard
-/// against regressions from there rather than state the issue's target.
-const INT8_MAX_KLD: f64 = 0.004;
-const INT8_MIN_TOP1: f64 = 0.965;
+/// Issue #5's bounds for int8 `mlp-only` and `all-linear` (llama.cpp's Q8_0 on Llama-3-8B:
+/// 0.00136 / 97.7 %). Group-wise int8 (`int8g`, 64 columns per scale, the presets' default)
+/// meets them on this model; per-row int8 did not (0.0030 / 97.4 % all-linear).
+const INT8_MAX_KLD: f64 = 0.002;
+const INT8_MIN_TOP1: f64 = 0.98;
 
 /// Runs the default prompt set and evaluation windows; returns the JSON.
 fn full_run(model: &Path, report: Option<&Path>) -> Value {
     let r = real();
     let mut args = vec!["verify", s(model), "--against", s(&r.hf), "--run", "--json"];
-    args.extend_from_slice(&["--max-kld", "0.01", "--min-top1", "0.95"]);
+    // The gate a CI job would use: the exit status says whether the bounds hold.
+    let (kld, top1) = (INT8_MAX_KLD.to_string(), INT8_MIN_TOP1.to_string());
+    args.extend_from_slice(&["--max-kld", &kld, "--min-top1", &top1]);
     if let Some(p) = report {
         args.extend_from_slice(&["--report", s(p)]);
     }

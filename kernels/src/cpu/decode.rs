@@ -2,9 +2,11 @@
 //! that a weight's buffers agree with its declared shape.
 //!
 //! The matrix kernels decode one row at a time into a small scratch buffer and immediately use
-//! it, so quantized matrices are never expanded as a whole. For int8 the matrix kernels use the
-//! *unscaled* row (`q as f32`, exact) and multiply the finished dot product by the row's scale;
-//! [`Weight::dequantize_row`] gives the scaled values for lookups (embeddings, norms).
+//! it, so quantized matrices are never expanded as a whole. For per-row int8 the matrix kernels
+//! use the *unscaled* row (`q as f32`, exact) and multiply the finished dot product by the row's
+//! scale; [`Weight::dequantize_row`] gives the scaled values for lookups (embeddings, norms).
+//! Group-wise int8 has several scales per row, which no single post-multiplication can apply, so
+//! it decodes to the dequantized `q as f32 * scale` like every other form.
 
 use half::slice::HalfFloatSliceExt;
 
@@ -53,6 +55,22 @@ impl Weight {
                 check("int8 values", n, q.len())?;
                 check("int8 row scales", rows, scales.len())
             }
+            WeightData::Int8Group {
+                q,
+                scales,
+                group_size,
+            } => {
+                // Multiples of 16 keep every 16-value chunk inside one group (see `rows`).
+                let gs = *group_size;
+                if gs == 0 || !gs.is_multiple_of(16) || !cols.is_multiple_of(gs) {
+                    return Err(KernelError::Int8GroupSize {
+                        group_size: gs,
+                        cols,
+                    });
+                }
+                check("int8 group-wise values", n, q.len())?;
+                check("int8 group scales", rows * (cols / gs), scales.len())
+            }
             WeightData::Int4 {
                 packed,
                 scales,
@@ -73,7 +91,7 @@ impl Weight {
         }
     }
 
-    /// Writes row `row`, dequantized to f32 (int8 scale applied: `q as f32 * scale`), into `out`.
+    /// Writes row `row`, dequantized to f32 (int8 scales applied: `q as f32 * scale`), into `out`.
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<(), KernelError> {
         self.validate()?;
         if row >= self.rows {
@@ -104,8 +122,9 @@ impl Weight {
     }
 }
 
-/// Writes row `row` of a *validated* weight into `out` (length `cols`). For int8 writes the
-/// unscaled `q as f32` and returns the row scale that the caller must apply; otherwise `None`.
+/// Writes row `row` of a *validated* weight into `out` (length `cols`). For per-row int8 writes
+/// the unscaled `q as f32` and returns the row scale that the caller must apply; otherwise
+/// (group-wise int8 included) writes the dequantized values and returns `None`.
 #[inline(always)]
 pub(crate) fn decode_row_unscaled(w: &Weight, row: usize, out: &mut [f32]) -> Option<f32> {
     let cols = w.cols;
@@ -132,6 +151,27 @@ pub(crate) fn decode_row_unscaled(w: &Weight, row: usize, out: &mut [f32]) -> Op
                 *o = b as f32;
             }
             Some(scales[row])
+        }
+        WeightData::Int8Group {
+            q,
+            scales,
+            group_size,
+        } => {
+            let gs = *group_size;
+            let groups = cols / gs;
+            let row_q = &q[start..start + cols];
+            let row_scales = &scales[row * groups..(row + 1) * groups];
+            // One f32 rounding, as the format defines it: `q as f32` is exact.
+            for ((o, qg), &s) in out
+                .chunks_exact_mut(gs)
+                .zip(row_q.chunks_exact(gs))
+                .zip(row_scales)
+            {
+                for (o, &b) in o.iter_mut().zip(qg) {
+                    *o = b as f32 * s;
+                }
+            }
+            None
         }
         WeightData::Int4 {
             packed,

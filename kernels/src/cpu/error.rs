@@ -17,6 +17,11 @@ pub enum KernelError {
     Int4GroupSize(usize),
     #[error("int4 weight: column count {0} is odd (rows must be whole bytes)")]
     Int4OddColumns(usize),
+    #[error(
+        "int8 group-wise weight: group size must be a nonzero multiple of 16 dividing the \
+         column count {cols}, got {group_size}"
+    )]
+    Int8GroupSize { group_size: usize, cols: usize },
     #[error("{what}: expected {expected} values, got {actual}")]
     BufferLength {
         what: &'static str,

@@ -5,8 +5,9 @@
 //! in a batch (prefill) has the bits of the same row computed alone (decode).
 //!
 //! Each output element is one fixed-order dot product ([`dot`](mod@super::dot)) of a weight row,
-//! decoded exactly in registers chunk by chunk (see `rows`), with an activation row; for int8
-//! the dot runs on the unscaled `q as f32` row and is then multiplied by the row scale.
+//! decoded exactly in registers chunk by chunk (see `rows`), with an activation row; for per-row
+//! int8 the dot runs on the unscaled `q as f32` row and is then multiplied by the row scale,
+//! while group-wise int8 applies each group's scale to its values before the dot.
 //! Rayon splits the work by weight rows only, so the thread count changes nothing in the result.
 
 use half::slice::HalfFloatSliceExt;
@@ -16,7 +17,7 @@ use super::decode::decode_row_unscaled;
 use super::dot::Lanes;
 use super::error::{check_len, KernelError};
 use super::isa::{isa, multiversion, Isa};
-use super::rows::{Bf16Row, F16Row, I4Row, I8Row, Row};
+use super::rows::{Bf16Row, F16Row, I4Row, I8GroupRow, I8Row, Row};
 use crate::weights::{Weight, WeightData};
 
 /// Activation rows handled per pass over a block of weight rows: their f32 values stay in cache
@@ -132,8 +133,8 @@ multiversion!(fn rows_task => rows_task_generic(
 
 /// Computes weight rows `row0..row0 + out.len() / n` against all `n` activation rows;
 /// `out[i * n + t]` receives row `row0 + i` times activation row `t`. `buf` (at least `cols`
-/// values) is scratch for int4 group parameters or, for int4 group sizes the fused path does not
-/// take, the decoded row.
+/// values) is scratch for int4 group parameters or, for group sizes the fused paths do not take,
+/// the decoded row.
 #[inline(always)]
 fn rows_task_generic(
     lanes: impl Lanes,
@@ -162,6 +163,26 @@ fn rows_task_generic(
                         *v *= scales[r];
                     }
                 }
+                WeightData::Int8Group {
+                    q,
+                    scales,
+                    group_size,
+                } => match I8GroupRow::chunk_shift(*group_size) {
+                    Some(chunk_shift) => {
+                        let groups = cols / group_size;
+                        let row = I8GroupRow {
+                            q: &q[span],
+                            scales: &scales[r * groups..(r + 1) * groups],
+                            chunk_shift,
+                        };
+                        dots(lanes, row, x, t0, t1, o);
+                    }
+                    None => {
+                        // Same values as the fused row (`q as f32 * scale`), so same bits.
+                        decode_row_unscaled(w, r, buf);
+                        dots(lanes, &buf[..cols], x, t0, t1, o);
+                    }
+                },
                 WeightData::Int4 {
                     packed,
                     scales,
@@ -226,7 +247,12 @@ mod tests {
     fn gemv_matches_f64_reference_for_every_form() {
         let mut rng = Rng(1);
         for form in FORMS {
-            for (rows, cols) in [(37, 96), (5, 100), (16, 576), (3, 2)] {
+            let mut ran = 0;
+            for (rows, cols) in [(37, 96), (5, 100), (16, 576), (3, 2), (9, 384)] {
+                if !form.fits(cols) {
+                    continue;
+                }
+                ran += 1;
                 let w = random_weight(&mut rng, rows, cols, form);
                 let x = rng.vec(cols);
                 let mut y = vec![0f32; rows];
@@ -246,6 +272,7 @@ mod tests {
                     );
                 }
             }
+            assert!(ran > 0, "{form:?} fits none of the shapes");
         }
     }
 
@@ -253,41 +280,56 @@ mod tests {
     fn batched_equals_gemv_bit_for_bit_on_every_isa_and_thread_count() {
         let mut rng = Rng(2);
         for form in FORMS {
-            let (rows, cols, n) = (45, 160, 39);
-            let w = random_weight(&mut rng, rows, cols, form);
-            let x = rng.vec(n * cols);
-            let mut single = vec![0f32; n * rows];
-            for t in 0..n {
-                gemv(
-                    &w,
-                    &x[t * cols..(t + 1) * cols],
-                    &mut single[t * rows..(t + 1) * rows],
-                )
-                .unwrap();
+            // 384 columns fit every group size; 160 is kept for the forms that fit it.
+            let shapes = [(45, 160, 39), (13, 384, 37)];
+            let shapes = shapes.into_iter().filter(|&(_, cols, _)| form.fits(cols));
+            for (rows, cols, n) in shapes {
+                batched_equals_gemv(&mut rng, form, rows, cols, n);
             }
-            for isa in available() {
-                for threads in [1, 2, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    let mut batched = vec![0f32; n * rows];
-                    pool.install(|| matmul_with(isa, &x, n, &mut [(&w, &mut batched[..])]))
-                        .unwrap();
-                    assert_eq!(
-                        bits(&batched),
-                        bits(&single),
-                        "{form:?} {isa:?} threads {threads}"
-                    );
-                    let mut one = vec![0f32; rows];
-                    pool.install(|| matmul_with(isa, &x[..cols], 1, &mut [(&w, &mut one[..])]))
-                        .unwrap();
-                    assert_eq!(
-                        bits(&one),
-                        bits(&single[..rows]),
-                        "{form:?} {isa:?} threads {threads}"
-                    );
-                }
+        }
+    }
+
+    /// One shape of `batched_equals_gemv_bit_for_bit_on_every_isa_and_thread_count`.
+    fn batched_equals_gemv(
+        rng: &mut Rng,
+        form: crate::cpu::testutil::Form,
+        rows: usize,
+        cols: usize,
+        n: usize,
+    ) {
+        let w = random_weight(rng, rows, cols, form);
+        let x = rng.vec(n * cols);
+        let mut single = vec![0f32; n * rows];
+        for t in 0..n {
+            gemv(
+                &w,
+                &x[t * cols..(t + 1) * cols],
+                &mut single[t * rows..(t + 1) * rows],
+            )
+            .unwrap();
+        }
+        for isa in available() {
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut batched = vec![0f32; n * rows];
+                pool.install(|| matmul_with(isa, &x, n, &mut [(&w, &mut batched[..])]))
+                    .unwrap();
+                assert_eq!(
+                    bits(&batched),
+                    bits(&single),
+                    "{form:?} {isa:?} threads {threads}"
+                );
+                let mut one = vec![0f32; rows];
+                pool.install(|| matmul_with(isa, &x[..cols], 1, &mut [(&w, &mut one[..])]))
+                    .unwrap();
+                assert_eq!(
+                    bits(&one),
+                    bits(&single[..rows]),
+                    "{form:?} {isa:?} threads {threads}"
+                );
             }
         }
     }
@@ -313,16 +355,46 @@ mod tests {
     }
 
     #[test]
+    fn int8_group_rows_give_the_bits_of_their_dequantized_f32() {
+        // Fused (32, 64, 128) and decode-to-buffer (48) rows feed the dot the same f32 values as
+        // the dequantized matrix, so the products agree bit for bit.
+        let mut rng = Rng(7);
+        for gs in [32, 64, 128, 48] {
+            let form = crate::cpu::testutil::Form::Int8Group(gs);
+            let w = random_weight(&mut rng, 19, 384, form);
+            let wide = Weight {
+                rows: w.rows,
+                cols: w.cols,
+                data: WeightData::F32(w.to_f32_vec().unwrap()),
+            };
+            let x = rng.vec(6 * 384);
+            for isa in available() {
+                for n in [1, 6] {
+                    let (mut a, mut b) = (vec![0f32; n * 19], vec![0f32; n * 19]);
+                    matmul_with(isa, &x[..n * 384], n, &mut [(&w, &mut a[..])]).unwrap();
+                    matmul_with(isa, &x[..n * 384], n, &mut [(&wide, &mut b[..])]).unwrap();
+                    assert_eq!(bits(&a), bits(&b), "group {gs} {isa:?} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn dequantized_rows_follow_the_format() {
         let mut rng = Rng(5);
         for form in FORMS {
-            let w = random_weight(&mut rng, 3, 96, form);
-            let mut row = vec![0f32; 96];
-            crate::cpu::embedding_row(&w, 2, &mut row).unwrap();
-            for (c, &v) in row.iter().enumerate() {
-                assert_eq!(v as f64, reference_element(&w, 2, c), "{form:?} col {c}");
+            let mut ran = 0;
+            for cols in [96, 384].into_iter().filter(|&c| form.fits(c)) {
+                ran += 1;
+                let w = random_weight(&mut rng, 3, cols, form);
+                let mut row = vec![0f32; cols];
+                crate::cpu::embedding_row(&w, 2, &mut row).unwrap();
+                for (c, &v) in row.iter().enumerate() {
+                    assert_eq!(v as f64, reference_element(&w, 2, c), "{form:?} col {c}");
+                }
+                assert!(crate::cpu::embedding_row(&w, 3, &mut row).is_err());
             }
-            assert!(crate::cpu::embedding_row(&w, 3, &mut row).is_err());
+            assert!(ran > 0, "{form:?} fits none of the shapes");
         }
     }
 
@@ -366,5 +438,42 @@ mod tests {
             },
         };
         assert_eq!(odd.validate(), Err(KernelError::Int4OddColumns(3)));
+    }
+
+    #[test]
+    fn int8_group_layouts_are_validated() {
+        let w = |cols: usize, group_size: usize, q_len: usize, scales_len: usize| Weight {
+            rows: 2,
+            cols,
+            data: WeightData::Int8Group {
+                q: vec![1; q_len],
+                scales: vec![0.5; scales_len],
+                group_size,
+            },
+        };
+        assert_eq!(w(96, 32, 192, 6).validate(), Ok(()));
+        assert_eq!(w(96, 48, 192, 4).validate(), Ok(()));
+        for (cols, gs) in [(96, 0), (96, 8), (96, 24), (96, 64), (100, 32)] {
+            assert_eq!(
+                w(cols, gs, 2 * cols, 2).validate(),
+                Err(KernelError::Int8GroupSize {
+                    group_size: gs,
+                    cols
+                }),
+                "cols {cols} group {gs}"
+            );
+        }
+        assert!(matches!(
+            w(96, 32, 191, 6).validate(),
+            Err(KernelError::WeightLength { .. })
+        ));
+        assert!(matches!(
+            w(96, 32, 192, 3).validate(),
+            Err(KernelError::WeightLength { .. })
+        ));
+        assert!(gemv(&w(96, 32, 192, 5), &[0.0; 96], &mut [0.0; 2]).is_err());
+        let mut row = [0f32; 96];
+        w(96, 32, 192, 6).dequantize_row(1, &mut row).unwrap();
+        assert!(row.iter().all(|&v| v == 0.5));
     }
 }

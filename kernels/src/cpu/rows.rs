@@ -6,10 +6,13 @@
 //! bf16/f16 and converting small integers are exact; int4's `(nibble * scale) + min` is two
 //! f32 roundings either way), so the dot products see identical inputs on every ISA.
 //!
-//! Int8 rows yield the unscaled `q as f32`; the caller multiplies the finished dot by the row's
-//! scale. Int4 rows need their group scales and mins as f32 (decoded once per row by the caller)
-//! and a group size whose 16-value chunk count is a power of two (so a chunk's group is a shift);
-//! other group sizes take the decode-to-buffer path in the matrix kernels.
+//! Per-row int8 rows yield the unscaled `q as f32`; the caller multiplies the finished dot by the
+//! row's scale. Group-wise int8 rows cannot defer their scales (a row has several), so they yield
+//! `q as f32 * scale` (the exact conversion, then one f32 multiplication, never fused) from the
+//! row's f32 group scales. Int4 rows need their group scales and mins as f32 (decoded once per
+//! row by the caller). Both grouped forms need a group size whose 16-value chunk count is a power
+//! of two (so a chunk's group is a shift); other group sizes take the decode-to-buffer path in
+//! the matrix kernels.
 
 use half::{bf16, f16};
 
@@ -149,6 +152,47 @@ impl Row for I8Row<'_> {
     }
 }
 
+/// A group-wise int8 row: `q` holds the row's codes, `scales` its group scales, and a group
+/// spans `1 << chunk_shift` chunks of 16 values. Values are `q as f32 * scale`.
+#[derive(Clone, Copy)]
+pub(crate) struct I8GroupRow<'a> {
+    pub q: &'a [i8],
+    pub scales: &'a [f32],
+    pub chunk_shift: u32,
+}
+
+impl I8GroupRow<'_> {
+    /// `chunk_shift` for a group size, if the fused path supports it.
+    pub fn chunk_shift(group_size: usize) -> Option<u32> {
+        group_chunk_shift(group_size)
+    }
+}
+
+impl Row for I8GroupRow<'_> {
+    #[inline(always)]
+    fn len(self) -> usize {
+        self.q.len()
+    }
+    #[inline(always)]
+    fn chunk(self, k: usize) -> [f32; LANES] {
+        let s = self.scales[k >> self.chunk_shift];
+        I8Row(self.q).chunk(k).map(|v| v * s)
+    }
+    #[inline(always)]
+    fn get(self, i: usize) -> f32 {
+        self.q[i] as f32 * self.scales[(i / LANES) >> self.chunk_shift]
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk_avx2(self, k: usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+        use std::arch::x86_64::*;
+        let s = _mm256_set1_ps(self.scales[k >> self.chunk_shift]);
+        let (lo, hi) = I8Row(self.q).chunk_avx2(k);
+        // A separate multiply, like the portable `v * s`: same rounding, same bits.
+        (_mm256_mul_ps(lo, s), _mm256_mul_ps(hi, s))
+    }
+}
+
 /// An int4 row: `packed` holds `len / 2` bytes (low nibble = even column), `scales` and `mins`
 /// one f32 per group, and a group spans `1 << chunk_shift` chunks of 16 values.
 #[derive(Clone, Copy)]
@@ -160,12 +204,17 @@ pub(crate) struct I4Row<'a> {
     pub chunk_shift: u32,
 }
 
+/// `log2` of the chunks per group, if whole chunks make up a group and their count is a power
+/// of two (the fused grouped rows find a chunk's group with a shift, not a division).
+fn group_chunk_shift(group_size: usize) -> Option<u32> {
+    let chunks = group_size / LANES;
+    (group_size.is_multiple_of(LANES) && chunks.is_power_of_two()).then(|| chunks.trailing_zeros())
+}
+
 impl I4Row<'_> {
     /// `chunk_shift` for a group size, if the fused path supports it.
     pub fn chunk_shift(group_size: usize) -> Option<u32> {
-        let chunks = group_size / LANES;
-        (group_size.is_multiple_of(LANES) && chunks.is_power_of_two())
-            .then(|| chunks.trailing_zeros())
+        group_chunk_shift(group_size)
     }
 }
 

@@ -30,16 +30,34 @@ pub(crate) enum Form {
     Bf16,
     F16,
     Int8,
+    Int8Group(usize),
     Int4(usize),
 }
 
+impl Form {
+    /// Whether a weight with `cols` columns can take this form: group-wise int8 groups must
+    /// divide the row (other forms take any width the tests use). Tests skip shapes a form does
+    /// not fit and check that each form still ran on some shape.
+    pub fn fits(self, cols: usize) -> bool {
+        match self {
+            Form::Int8Group(gs) => cols.is_multiple_of(gs),
+            _ => true,
+        }
+    }
+}
+
 /// Int4 group sizes 32 and 64 take the fused path; 48 (3 chunks) and 8 (under a chunk) the
-/// decode-to-buffer path.
-pub(crate) const FORMS: [Form; 8] = [
+/// decode-to-buffer path. Int8 group sizes 32, 64 and 128 are the container's and take the fused
+/// path; 48 (valid, but 3 chunks) takes the decode-to-buffer path.
+pub(crate) const FORMS: [Form; 12] = [
     Form::F32,
     Form::Bf16,
     Form::F16,
     Form::Int8,
+    Form::Int8Group(32),
+    Form::Int8Group(64),
+    Form::Int8Group(128),
+    Form::Int8Group(48),
     Form::Int4(32),
     Form::Int4(64),
     Form::Int4(48),
@@ -58,6 +76,18 @@ pub(crate) fn random_weight(rng: &mut Rng, rows: usize, cols: usize, form: Form)
                 .collect(),
             scales: (0..rows).map(|_| 0.01 + rng.f32().abs() * 0.02).collect(),
         },
+        Form::Int8Group(gs) => {
+            assert!(form.fits(cols), "{form:?} does not fit {cols} columns");
+            WeightData::Int8Group {
+                q: (0..n)
+                    .map(|_| ((rng.next_u64() % 255) as i16 - 127) as i8)
+                    .collect(),
+                scales: (0..rows * (cols / gs))
+                    .map(|_| 0.01 + rng.f32().abs() * 0.02)
+                    .collect(),
+                group_size: gs,
+            }
+        }
         Form::Int4(gs) => {
             let groups = rows * cols.div_ceil(gs);
             WeightData::Int4 {
@@ -83,6 +113,11 @@ pub(crate) fn reference_element(w: &Weight, r: usize, c: usize) -> f64 {
         WeightData::Bf16(v) => v[i].to_f64(),
         WeightData::F16(v) => v[i].to_f64(),
         WeightData::Int8 { q, scales } => (q[i] as f32 * scales[r]) as f64,
+        WeightData::Int8Group {
+            q,
+            scales,
+            group_size,
+        } => (q[i] as f32 * scales[r * (w.cols / group_size) + c / group_size]) as f64,
         WeightData::Int4 {
             packed,
             scales,

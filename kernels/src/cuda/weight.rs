@@ -13,6 +13,10 @@ pub enum GpuWeightKind {
     F16,
     /// `data`: i8 codes, `scales`: one f32 per row.
     Int8,
+    /// `data`: i8 codes, `scales`: one f32 per group of `group_size` columns.
+    Int8Group {
+        group_size: usize,
+    },
     /// `data`: packed nibbles, `scales` and `mins`: one f16 per group.
     Int4 {
         group_size: usize,
@@ -27,6 +31,7 @@ impl GpuWeightKind {
             GpuWeightKind::F16 => 2,
             GpuWeightKind::Int8 => 3,
             GpuWeightKind::Int4 { .. } => 4,
+            GpuWeightKind::Int8Group { .. } => 5,
         }
     }
 
@@ -35,7 +40,7 @@ impl GpuWeightKind {
         match self {
             GpuWeightKind::F32 => 4,
             GpuWeightKind::Bf16 | GpuWeightKind::F16 => 8,
-            GpuWeightKind::Int8 => 16,
+            GpuWeightKind::Int8 | GpuWeightKind::Int8Group { .. } => 16,
             GpuWeightKind::Int4 { .. } => 32,
         }
     }
@@ -47,6 +52,7 @@ impl GpuWeightKind {
             GpuWeightKind::F16 => "f16".into(),
             GpuWeightKind::Int8 => "int8".into(),
             GpuWeightKind::Int4 { group_size } => format!("int4-g{group_size}"),
+            GpuWeightKind::Int8Group { group_size } => format!("int8-g{group_size}"),
         }
     }
 }
@@ -83,7 +89,9 @@ impl GpuWeight {
     /// The kernels' descriptor, with an optional f32 bias (device pointer, 0 for none).
     pub fn desc(&self, bias: u64) -> WDesc {
         let group = match self.kind {
-            GpuWeightKind::Int4 { group_size } => group_size as i32,
+            GpuWeightKind::Int4 { group_size } | GpuWeightKind::Int8Group { group_size } => {
+                group_size as i32
+            }
             _ => 0,
         };
         WDesc {
@@ -99,7 +107,8 @@ impl GpuWeight {
     }
 
     /// Whether the matrix-vector kernels can take this weight: whole 16-byte vectors per row,
-    /// int4 groups of 32, 64 or 128 columns, sizes within `i32`.
+    /// int4 and int8g groups of 32, 64 or 128 columns dividing the row (the kernels find a
+    /// vector's group with a shift), sizes within `i32`.
     pub fn check_gemv(&self, name: &str) -> Result<(), CudaError> {
         let epv = self.kind.elements_per_vector();
         if !self.cols.is_multiple_of(epv) {
@@ -109,10 +118,16 @@ impl GpuWeight {
                 self.kind.name()
             )));
         }
-        if let GpuWeightKind::Int4 { group_size } = self.kind {
+        if let GpuWeightKind::Int4 { group_size } | GpuWeightKind::Int8Group { group_size } =
+            self.kind
+        {
             if !matches!(group_size, 32 | 64 | 128) || !self.cols.is_multiple_of(group_size) {
+                let form = match self.kind {
+                    GpuWeightKind::Int4 { .. } => "int4",
+                    _ => "int8g",
+                };
                 return Err(CudaError::Unsupported(format!(
-                    "tensor {name}: int4 group size {group_size} with {} columns is not supported on the GPU",
+                    "tensor {name}: {form} group size {group_size} with {} columns is not supported on the GPU",
                     self.cols
                 )));
             }
@@ -137,7 +152,9 @@ impl GpuWeight {
             WeightData::F32(v) => vec![bytes(v)],
             WeightData::Bf16(v) => vec![bytes(v)],
             WeightData::F16(v) => vec![bytes(v)],
-            WeightData::Int8 { q, scales } => vec![bytes(q), bytes(scales)],
+            WeightData::Int8 { q, scales } | WeightData::Int8Group { q, scales, .. } => {
+                vec![bytes(q), bytes(scales)]
+            }
             WeightData::Int4 {
                 packed,
                 scales,
@@ -150,6 +167,9 @@ impl GpuWeight {
             WeightData::Bf16(_) => GpuWeightKind::Bf16,
             WeightData::F16(_) => GpuWeightKind::F16,
             WeightData::Int8 { .. } => GpuWeightKind::Int8,
+            WeightData::Int8Group { group_size, .. } => GpuWeightKind::Int8Group {
+                group_size: *group_size,
+            },
             WeightData::Int4 { group_size, .. } => GpuWeightKind::Int4 {
                 group_size: *group_size,
             },

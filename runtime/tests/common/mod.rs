@@ -35,10 +35,19 @@ pub enum Form {
     Bf16,
     F16,
     Int8,
+    /// Group-wise int8, groups of 32 (the test model's widths, 64 and 96, are multiples of 32).
+    Int8Group,
     Int4,
 }
 
-pub const FORMS: [Form; 5] = [Form::F32, Form::Bf16, Form::F16, Form::Int8, Form::Int4];
+pub const FORMS: [Form; 6] = [
+    Form::F32,
+    Form::Bf16,
+    Form::F16,
+    Form::Int8,
+    Form::Int8Group,
+    Form::Int4,
+];
 
 /// A random matrix with entries of magnitude about `amp`.
 pub fn matrix(rng: &mut Rng, rows: usize, cols: usize, amp: f32, form: Form) -> Weight {
@@ -56,6 +65,18 @@ pub fn matrix(rng: &mut Rng, rows: usize, cols: usize, amp: f32, form: Form) -> 
                 .map(|_| amp / 127.0 * (0.5 + rng.f32().abs()))
                 .collect(),
         },
+        Form::Int8Group => {
+            let gs = 32;
+            WeightData::Int8Group {
+                q: (0..n)
+                    .map(|_| ((rng.next_u64() % 255) as i16 - 127) as i8)
+                    .collect(),
+                scales: (0..rows * (cols / gs))
+                    .map(|_| amp / 127.0 * (0.5 + rng.f32().abs()))
+                    .collect(),
+                group_size: gs,
+            }
+        }
         Form::Int4 => {
             let gs = 32;
             let groups = rows * cols.div_ceil(gs);
