@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # The GPU benchmark of BENCHMARKS.md, on a machine with an NVIDIA GPU:
 #
-#   scripts/gpu-bench.sh [--bin DIR/cllm] [--work DIR] [--out DIR] SHAPE...
+#   scripts/gpu-bench.sh [--bin DIR/cllm] [--work DIR] [--out DIR] [--no-hf] SHAPE...
 #
 # For each SHAPE (tinyllama-1.1b, llama-7b): makes the synthetic bf16 model with `cllm synth`,
-# packs it four ways (bf16 lossless, int8 mlp-only, int8 all-linear, int4 all-linear), runs
-# `cllm bench gpu` on the folder and the four containers (decode tokens/s at batch 1, 128 new
+# packs it five ways (bf16 lossless, int8 mlp-only, int8 all-linear, per-row int8 all-linear,
+# int4 all-linear), runs `cllm bench gpu` on the folder and the containers (decode tokens/s at batch 1, 128 new
 # tokens after a 16-token prompt, against the read bandwidth measured in the same run; load time
 # and GB/s from a warm page cache; VRAM), then Hugging Face transformers on the same folder
-# (bf16, load to GPU and the same generation), and deletes the shape's files.
+# (bf16, load to GPU and the same generation; `--no-hf` leaves it out), and deletes the shape's
+# files.
 # Results: OUT/bench-SHAPE.jsonl (cllm) and OUT/hf-SHAPE.jsonl (transformers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cllm="target/release/cllm"
 work="${TMPDIR:-/tmp}/cllm-gpu-bench"
 out="."
+hf=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --bin) cllm="$2"; shift 2 ;;
         --work) work="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
+        --no-hf) hf=0; shift ;;
         *) break ;;
     esac
 done
@@ -81,15 +84,18 @@ for shape in "$@"; do
     "$cllm" pack "$src" -o "$src.bf16.cllm" --quiet --policy lossless
     "$cllm" pack "$src" -o "$src.int8-mlp.cllm" --quiet --policy mlp-only
     "$cllm" pack "$src" -o "$src.int8-all.cllm" --quiet --policy all-linear
+    "$cllm" pack "$src" -o "$src.int8row-all.cllm" --quiet --policy all-linear --quant int8-row
     "$cllm" pack "$src" -o "$src.int4-all.cllm" --quiet --policy all-linear --quant int4
     ls -l "$src"/*.safetensors "$src".*.cllm >&2
     echo "== $shape: cllm bench gpu" >&2
-    "$cllm" bench gpu "$src" "$src.bf16.cllm" "$src.int8-mlp.cllm" "$src.int8-all.cllm" "$src.int4-all.cllm" --json --profile \
+    "$cllm" bench gpu "$src" "$src.bf16.cllm" "$src.int8-mlp.cllm" "$src.int8-all.cllm" "$src.int8row-all.cllm" "$src.int4-all.cllm" --json --profile \
         | tee "$out/bench-$shape.jsonl"
-    echo "== $shape: transformers" >&2
-    : > "$out/hf-$shape.jsonl"
-    for impl in eager sdpa; do
-        PYTHONUNBUFFERED=1 python3 "$hf_py" "$src" "$impl" | tee -a "$out/hf-$shape.jsonl" || echo "transformers ($impl) failed" >&2
-    done
+    if [[ $hf == 1 ]]; then
+        echo "== $shape: transformers" >&2
+        : > "$out/hf-$shape.jsonl"
+        for impl in eager sdpa; do
+            PYTHONUNBUFFERED=1 python3 "$hf_py" "$src" "$impl" | tee -a "$out/hf-$shape.jsonl" || echo "transformers ($impl) failed" >&2
+        done
+    fi
     rm -rf "$src" "$src".*.cllm
 done

@@ -8,6 +8,13 @@
 //! keep the `top_k` largest, softmax (in f64), keep the smallest prefix (by descending
 //! probability) whose mass is at least `top_p`, then draw from the kept tokens in proportion to
 //! their probabilities. Ties are broken by the lower token id, so `top_k = 1` is greedy.
+//!
+//! The CUDA backend samples on the GPU (kernels/cuda/sample.cu, driven by
+//! `GpuSession::set_sampler`) with the same generator, seeding, single draw per token, order,
+//! tie-breaking and top-k set, bit for bit; its probabilities, top-p cut and draw are the same
+//! f64 quantities summed in a different (fixed) order, so it picks the token this sampler picks
+//! on the same logits unless a cumulative sum lies within about 1e-14 of the draw or of
+//! `top_p`. The kernel's header lists the exact differences.
 
 /// Why sampling failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -75,6 +82,11 @@ impl Xoshiro256 {
         Xoshiro256 {
             s: [next(), next(), next(), next()],
         }
+    }
+
+    /// The four state words (the GPU sampler starts from them: see `GpuSession::set_sampler`).
+    pub fn state(&self) -> [u64; 4] {
+        self.s
     }
 
     pub fn next_u64(&mut self) -> u64 {

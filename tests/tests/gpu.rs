@@ -125,6 +125,26 @@ fn random_weight(rng: &mut Rng, rows: usize, cols: usize, form: &str) -> Weight 
                 .collect(),
             scales: (0..rows).map(|_| rng.f32().abs() * 0.01 + 1e-4).collect(),
         },
+        // Group-wise int8: "int8g" takes groups of 64 columns (32 where 64 does not divide the
+        // row), "int8g-g32" and "int8g-g128" name the group size.
+        g if g.starts_with("int8g") => {
+            let group_size = match g.strip_prefix("int8g-g") {
+                Some(n) => n.parse().unwrap(),
+                None if cols.is_multiple_of(64) => 64,
+                None => 32,
+            };
+            assert!(cols.is_multiple_of(group_size), "{form}: {cols} columns");
+            WeightData::Int8Group {
+                q: (0..n)
+                    .map(|_| (rng.next() % 255) as i32 as i8)
+                    .map(|q| q.max(-127))
+                    .collect(),
+                scales: (0..rows * cols / group_size)
+                    .map(|_| rng.f32().abs() * 0.01 + 1e-4)
+                    .collect(),
+                group_size,
+            }
+        }
         g => {
             let group_size: usize = g.trim_start_matches("int4-g").parse().unwrap();
             let groups = rows * cols / group_size;
@@ -196,12 +216,18 @@ fn gpu_gemv_matches_cpu_for_every_form_and_batch() {
         "bf16",
         "f16",
         "int8",
+        "int8g",
+        "int8g-g32",
+        "int8g-g128",
         "int4-g32",
         "int4-g64",
         "int4-g128",
     ] {
         for (rows, cols) in [(37, 128), (64, 576), (300, 1536), (2, 4096)] {
-            if let Some(g) = form.strip_prefix("int4-g") {
+            if let Some(g) = form
+                .strip_prefix("int4-g")
+                .or_else(|| form.strip_prefix("int8g-g"))
+            {
                 if cols % g.parse::<usize>().unwrap() != 0 {
                     continue;
                 }
@@ -610,4 +636,406 @@ fn gpu_cllm_run_works_for_container_and_folder() {
         assert_eq!(v["device"], "cuda");
         assert!(v["decode_tokens_per_second"].as_f64().unwrap() > 0.0);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampling on the GPU (kernels/cuda/sample.cu) against the CPU `Sampler`.
+
+/// Synthetic logits for the sampling tests: `peaked` has clear peaks, tied groups (one across
+/// the top-40 boundary), -inf, both zeros and a long tail; otherwise a flat field in [-1, 1)
+/// with a tied group (nuclei and draws past the 1024 sorted candidates).
+fn sampling_logits(vocab: usize, peaked: bool, seed: u64) -> Vec<f32> {
+    let mut rng = Rng(seed);
+    if !peaked {
+        let mut l = rng.vec(vocab);
+        for j in 0..20 {
+            l[(j * 997 + 5) % vocab] = 0.75;
+        }
+        return l;
+    }
+    let mut l: Vec<f32> = (0..vocab).map(|_| -1.0 + 3.0 * rng.f32()).collect();
+    let peaks = [
+        (17, 12.0),
+        (101, 11.5),
+        (4000, 11.5),
+        (4001, 11.0),
+        (30000, 10.0),
+        (vocab - 1, 9.5),
+        (7, 9.0),
+        (12345, 8.5),
+        (22222, 8.0),
+        (33333, 8.0),
+    ];
+    for (i, v) in peaks {
+        l[i % vocab] = v;
+    }
+    for j in 0..6 {
+        l[(500 + 7 * j) % vocab] = 6.0;
+    }
+    // 60 tokens tied at 5.0: top_k = 40 keeps the 24 lowest ids among them.
+    for j in 0..60 {
+        l[(1000 + 13 * j) % vocab] = 5.0;
+    }
+    l[2] = f32::NEG_INFINITY;
+    l[3] = f32::NEG_INFINITY;
+    l[40] = -0.0;
+    l[41] = 0.0;
+    l[42] = -1e30;
+    l
+}
+
+fn sampler_cfg(
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    seed: u64,
+) -> cllm_runtime::SamplerConfig {
+    cllm_runtime::SamplerConfig {
+        temperature,
+        top_k,
+        top_p,
+        seed,
+    }
+}
+
+fn gpu_sampler(
+    gpu: &Arc<Gpu>,
+    cfg: &cllm_runtime::SamplerConfig,
+) -> cllm_kernels::cuda::GpuSampler {
+    cllm_kernels::cuda::GpuSampler::new(
+        gpu,
+        cllm_kernels::cuda::SampleParams {
+            temperature: cfg.temperature,
+            top_k: cfg.top_k,
+            top_p: cfg.top_p,
+        },
+        cllm_runtime::Xoshiro256::seed_from_u64(cfg.seed).state(),
+        151936,
+    )
+    .unwrap()
+}
+
+fn sampled_token(s: cllm_kernels::cuda::Sampled) -> cllm_kernels::cuda::SampleOutcome {
+    match s {
+        cllm_kernels::cuda::Sampled::Token(o) => o,
+        other => panic!("expected a token, got {other:?}"),
+    }
+}
+
+/// The GPU draws exactly what the CPU `Sampler` draws, seed for seed, over many successive
+/// draws: the same token, the same kept-set size and rank, the same generator state after.
+/// (The kernel's sums differ from the CPU's in order, so a draw within ~1e-14 of a cumulative
+/// boundary could in principle differ; on these fixed logits and seeds none is.)
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-tests.sh"]
+fn gpu_sampling_matches_the_cpu_sampler_draw_for_draw() {
+    gpu_test!();
+    use cllm_runtime::{Sampler, Xoshiro256};
+    let gpu = gpu();
+    let configs = [
+        (0.7, 1, 1.0),
+        (0.7, 40, 1.0),
+        (0.7, 0, 0.9),
+        (0.7, 0, 1.0),
+        (1.5, 40, 0.9),
+        (1.5, 0, 0.9),
+        (1.5, 0, 1.0),
+        (1.0, 10000, 0.95),
+        (1.0, 5000, 1.0),
+        (0.3, 0, 0.5),
+    ];
+    let sets = [
+        ("peaked 49152", sampling_logits(49152, true, 1), 200),
+        ("flat 49152", sampling_logits(49152, false, 2), 200),
+        ("peaked 1000", sampling_logits(1000, true, 3), 200),
+        ("peaked 128256", sampling_logits(128256, true, 4), 40),
+    ];
+    let out = gpu.alloc("argmax slot", 8).unwrap();
+    let mut past_cap = 0usize;
+    for (name, logits, draws) in &sets {
+        let dev = gpu.upload("logits", logits).unwrap();
+        for (ci, &(t, k, p)) in configs.iter().enumerate() {
+            let cfg = sampler_cfg(t, k, p, 1000 + ci as u64);
+            let what = format!("{name}, temperature {t}, top_k {k}, top_p {p}");
+            let mut cpu = Sampler::new(cfg.clone()).unwrap();
+            let cands = cpu.candidates(logits).unwrap();
+            let rank: HashMap<u32, usize> = cands
+                .iter()
+                .enumerate()
+                .map(|(r, &(id, _))| (id, r))
+                .collect();
+            let g = gpu_sampler(&gpu, &cfg);
+            for d in 0..*draws {
+                let want = cpu.sample(logits).unwrap();
+                let got = sampled_token(g.sample(dev.ptr(), logits.len(), out.ptr()).unwrap());
+                assert_eq!(got.token, want, "{what}: draw {d}: GPU {got:?}");
+                assert_eq!(got.kept as usize, cands.len(), "{what}: draw {d}: kept");
+                assert_eq!(got.rank as usize, rank[&want], "{what}: draw {d}: rank");
+                assert_eq!(got.draws, d as u64 + 1, "{what}");
+                let mut slot = [0u64];
+                gpu.dtoh(&mut slot, out.ptr()).unwrap();
+                assert_eq!(slot[0], got.key, "{what}: the argmax slot");
+                assert_eq!(!(slot[0] as u32), want, "{what}: the key embed decodes");
+                past_cap += (got.rank as usize >= cllm_kernels::cuda::SAMPLE_CAP) as usize;
+            }
+            let mut rng = Xoshiro256::seed_from_u64(cfg.seed);
+            for _ in 0..*draws {
+                rng.next_u64();
+            }
+            assert_eq!(
+                g.rng_state().unwrap(),
+                rng.state(),
+                "{what}: generator state"
+            );
+        }
+    }
+    // The flat field's draws exercise the fixed-point tail past the sorted candidates.
+    assert!(
+        past_cap > 100,
+        "only {past_cap} draws past the sorted candidates"
+    );
+
+    // A NaN logit: the lowest NaN id is reported, nothing is drawn, the generator stays.
+    let mut bad = sampling_logits(1000, true, 5);
+    bad[9] = f32::NAN;
+    bad[5] = f32::NAN;
+    let dev = gpu.upload("logits", &bad).unwrap();
+    let cfg = sampler_cfg(1.0, 0, 1.0, 9);
+    let g = gpu_sampler(&gpu, &cfg);
+    let before = g.rng_state().unwrap();
+    assert_eq!(
+        g.sample(dev.ptr(), bad.len(), out.ptr()).unwrap(),
+        cllm_kernels::cuda::Sampled::NanLogit(5)
+    );
+    assert_eq!(
+        Sampler::new(cfg).unwrap().sample(&bad),
+        Err(cllm_runtime::SamplerError::NanLogit(5))
+    );
+    assert_eq!(g.rng_state().unwrap(), before);
+}
+
+/// Time per GPU draw (enqueued back to back, one wait), printed for the record.
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-tests.sh"]
+fn gpu_sampling_speed() {
+    gpu_test!();
+    let gpu = gpu();
+    let out = gpu.alloc("argmax slot", 8).unwrap();
+    for (name, logits) in [
+        ("peaked 49152", sampling_logits(49152, true, 1)),
+        ("flat 49152", sampling_logits(49152, false, 2)),
+        ("peaked 1000", sampling_logits(1000, true, 3)),
+        ("peaked 128256", sampling_logits(128256, true, 4)),
+        ("flat 151936", sampling_logits(151936, false, 5)),
+    ] {
+        let dev = gpu.upload("logits", &logits).unwrap();
+        for &(t, k, p) in &[
+            (0.7, 40, 1.0),
+            (0.7, 50, 0.9),
+            (1.0, 0, 0.9),
+            (1.0, 0, 1.0),
+            (1.5, 0, 1.0),
+        ] {
+            let g = gpu_sampler(&gpu, &sampler_cfg(t, k, p, 1));
+            g.sample(dev.ptr(), logits.len(), out.ptr()).unwrap();
+            let reps = 50;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                g.enqueue(dev.ptr(), logits.len(), out.ptr()).unwrap();
+            }
+            let o = sampled_token(g.read().unwrap());
+            let us = t0.elapsed().as_secs_f64() * 1e6 / reps as f64;
+            eprintln!(
+                "sample_token, {name}, temperature {t}, top_k {k}, top_p {p}: {us:.1} us per draw (kept {})",
+                o.kept
+            );
+        }
+    }
+}
+
+/// top_k = 1 is the argmax (lowest id among equal maxima), whatever the temperature.
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-tests.sh"]
+fn gpu_sampling_top_k_1_is_argmax() {
+    gpu_test!();
+    let gpu = gpu();
+    let out = gpu.alloc("argmax slot", 8).unwrap();
+    let mut cases = vec![
+        sampling_logits(49152, true, 6),
+        sampling_logits(49152, false, 7),
+        sampling_logits(1000, true, 8),
+    ];
+    // Tied maxima far apart, and a maximum at the last id.
+    let mut tied = sampling_logits(32000, false, 9);
+    tied[31000] = 3.0;
+    tied[123] = 3.0;
+    tied[20000] = 3.0;
+    cases.push(tied);
+    let mut last = sampling_logits(5000, false, 10);
+    last[4999] = 2.0;
+    cases.push(last);
+    for (i, logits) in cases.iter().enumerate() {
+        let want = cllm_runtime::argmax(logits).unwrap();
+        let dev = gpu.upload("logits", logits).unwrap();
+        for (t, p) in [(0.1, 1.0), (1.0, 0.5), (3.0, 1.0)] {
+            let g = gpu_sampler(&gpu, &sampler_cfg(t, 1, p, i as u64));
+            for _ in 0..5 {
+                let o = sampled_token(g.sample(dev.ptr(), logits.len(), out.ptr()).unwrap());
+                assert_eq!(o.token, want, "case {i}, temperature {t}, top_p {p}");
+                assert_eq!((o.kept, o.rank), (1, 0));
+            }
+        }
+    }
+}
+
+/// Generation with sampling on a synthetic model: reproducible for a seed; every draw equals the
+/// CPU `Sampler`'s on the GPU's own logits; top_k = 1 is greedy; and against the CPU backend
+/// (logits equal to float32 rounding) the draws agree wherever the draw is farther from a
+/// cumulative boundary than the two backends' probabilities differ (the only robust claim).
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-tests.sh"]
+fn gpu_sampled_generation_is_reproducible_and_matches_the_cpu_sampler() {
+    gpu_test!();
+    use cllm_runtime::{generate, Sampler, Xoshiro256};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = cllm_tests::synth_model(tmp.path(), "small", cllm_format::Dtype::Bf16, 0, 3);
+    let cpu = cpu_model(&src);
+    let (g, _w) = gpu_load(&src);
+    let vocab = cpu.config().vocab_size as u64;
+    let mut rng = Rng(21);
+    let prompt: Vec<u32> = (0..70).map(|_| (rng.next() % vocab) as u32).collect();
+    let n = 24;
+    for (t, k, p) in [(0.8, 0, 1.0), (0.8, 0, 0.95), (0.8, 40, 0.9), (1.3, 0, 0.9)] {
+        let cfg = sampler_cfg(t, k, p, 4242);
+        let what = format!("temperature {t}, top_k {k}, top_p {p}");
+        let opts = GenerateOptions {
+            max_new_tokens: n,
+            sampler: cfg.clone(),
+            eos_token_ids: vec![],
+        };
+        let a = generate_gpu(&g, &prompt, &opts, |_| {})
+            .unwrap()
+            .generated_ids;
+        let b = generate_gpu(&g, &prompt, &opts, |_| {})
+            .unwrap()
+            .generated_ids;
+        assert_eq!(a.len(), n, "{what}");
+        assert_eq!(a, b, "{what}: the same seed twice");
+        let other = GenerateOptions {
+            sampler: sampler_cfg(t, k, p, 4243),
+            ..opts.clone()
+        };
+        let c = generate_gpu(&g, &prompt, &other, |_| {})
+            .unwrap()
+            .generated_ids;
+        assert_ne!(a, c, "{what}: another seed");
+
+        // The CPU sampler on the GPU's own logits (read back step by step) draws the same.
+        let mut s = g.session(prompt.len() + n).unwrap();
+        let mut logits = s.prefill(&prompt).unwrap();
+        let mut cpu_sampler = Sampler::new(cfg.clone()).unwrap();
+        for (i, &tok) in a.iter().enumerate() {
+            assert_eq!(
+                cpu_sampler.sample(&logits).unwrap(),
+                tok,
+                "{what}: token {i}"
+            );
+            logits = s.decode(tok).unwrap();
+        }
+
+        // The session API step by step gives the generation's tokens.
+        let mut s = g.session(prompt.len() + n).unwrap();
+        s.set_sampler(&cfg).unwrap();
+        let mut got = vec![s.prefill_sampled(&prompt).unwrap()];
+        while got.len() < n {
+            got.push(s.decode_sampled().unwrap());
+        }
+        assert_eq!(got, a, "{what}: prefill_sampled / decode_sampled");
+        assert_eq!(s.last_sample().unwrap().draws, n as u64);
+
+        // Against the CPU backend, fed the same tokens: the CPU's pick with the same draw must be
+        // the GPU's unless the draw lies within the L1 distance of the two distributions of a
+        // cumulative boundary (top_p = 1 only: a top-p cut can move by as much).
+        if p == 1.0 {
+            let mut cs = cpu.session(prompt.len() + n).unwrap();
+            let mut gs = g.session(prompt.len() + n).unwrap();
+            let (mut cl, mut gl) = (cs.prefill(&prompt).unwrap(), gs.prefill(&prompt).unwrap());
+            let mut draws = Xoshiro256::seed_from_u64(cfg.seed);
+            let sampler = Sampler::new(cfg.clone()).unwrap();
+            let (mut checked, mut skipped, mut leading) = (0, 0, 0);
+            for (i, &tok) in a.iter().enumerate().take(8) {
+                assert!(rel_err(&gl, &cl) <= 1e-4, "{what}: step {i}: logits differ");
+                let u = draws.next_f64();
+                let cc = sampler.candidates(&cl).unwrap();
+                let gc: HashMap<u32, f64> = sampler.candidates(&gl).unwrap().into_iter().collect();
+                let l1: f64 = cc
+                    .iter()
+                    .map(|(id, q)| (q - gc.get(id).copied().unwrap_or(0.0)).abs())
+                    .sum();
+                let total: f64 = cc.iter().map(|&(_, q)| q).sum();
+                let target = u * total;
+                let (mut cum, mut pick, mut margin) = (0.0, cc.last().unwrap().0, f64::INFINITY);
+                for &(id, q) in &cc {
+                    if cum + q > target {
+                        pick = id;
+                        margin = (target - cum).min(cum + q - target);
+                        break;
+                    }
+                    cum += q;
+                }
+                if margin > 2.0 * l1 + 1e-12 {
+                    assert_eq!(
+                        pick, tok,
+                        "{what}: step {i}: CPU backend draw (margin {margin:e}, L1 {l1:e})"
+                    );
+                    checked += 1;
+                    if skipped == 0 {
+                        leading += 1;
+                    }
+                } else {
+                    skipped += 1;
+                }
+                cl = cs.decode(tok).unwrap();
+                gl = gs.decode(tok).unwrap();
+            }
+            eprintln!(
+                "{what}: CPU backend agreement checked on {checked} draws, {skipped} too close to call"
+            );
+            // So the CPU backend's own generation starts with the same tokens.
+            let cpu_gen = generate(&cpu, &prompt, &opts, |_| {})
+                .unwrap()
+                .generated_ids;
+            assert_eq!(
+                cpu_gen[..leading],
+                a[..leading],
+                "{what}: CPU backend generation"
+            );
+        }
+    }
+
+    // top_k = 1 at any temperature is greedy decoding.
+    let greedy = GenerateOptions {
+        max_new_tokens: n,
+        sampler: cllm_runtime::SamplerConfig::greedy(),
+        eos_token_ids: vec![],
+    };
+    let want = generate_gpu(&g, &prompt, &greedy, |_| {})
+        .unwrap()
+        .generated_ids;
+    let top1 = GenerateOptions {
+        sampler: sampler_cfg(0.8, 1, 1.0, 5),
+        ..greedy.clone()
+    };
+    assert_eq!(
+        generate_gpu(&g, &prompt, &top1, |_| {})
+            .unwrap()
+            .generated_ids,
+        want
+    );
+
+    // Greedy configurations are refused by the GPU sampler (greedy decoding needs none).
+    let mut s = g.session(8).unwrap();
+    assert!(s
+        .set_sampler(&cllm_runtime::SamplerConfig::greedy())
+        .is_err());
 }

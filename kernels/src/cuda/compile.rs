@@ -1,6 +1,6 @@
 //! Compiling the kernels with NVRTC, and the on-disk cache of compiled code.
 //!
-//! The four sources are concatenated (with `#line` markers, so NVRTC's messages name the right
+//! The sources of `KERNEL_SOURCES` are concatenated (with `#line` markers, so NVRTC's messages name the right
 //! file) into one program, compiled for the device's own architecture (`sm_90` on H100/H200) to
 //! a cubin. The cubin is cached as `<cache>/kernels/<hash>.cubin`, where `<hash>` covers the
 //! source, the options, the architecture and the NVRTC version; `<cache>` is `$CLLM_CACHE_DIR`,
@@ -21,7 +21,7 @@ pub struct KernelSource {
 }
 
 /// The kernel sources, in the order they are concatenated.
-pub const KERNEL_SOURCES: [KernelSource; 4] = [
+pub const KERNEL_SOURCES: [KernelSource; 5] = [
     KernelSource {
         name: "common.cuh",
         text: include_str!("../../cuda/common.cuh"),
@@ -37,6 +37,10 @@ pub const KERNEL_SOURCES: [KernelSource; 4] = [
     KernelSource {
         name: "misc.cu",
         text: include_str!("../../cuda/misc.cu"),
+    },
+    KernelSource {
+        name: "sample.cu",
+        text: include_str!("../../cuda/sample.cu"),
     },
 ];
 

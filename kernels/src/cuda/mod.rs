@@ -16,6 +16,7 @@ mod compile;
 mod device;
 pub mod hash;
 mod launch;
+mod sample;
 mod weight;
 
 pub use compile::{compile_check, kernel_cache_dir, KernelSource, KERNEL_SOURCES};
@@ -23,5 +24,9 @@ pub use device::{CudaError, DeviceBuffer, Event, Gpu, GpuInfo, Graph, OwnedStrea
 pub use launch::{
     ksplit_for, tokens_per_block, AttnArgs, EmbedArgs, GemvArgs, GemvMode, WDesc, ATT_CHUNK,
     GEMV_WARPS, PSTRIDE,
+};
+pub use sample::{
+    GpuSampler, SampleArgs, SampleOutcome, SampleParams, Sampled, SAMPLE_CAP, SAMPLE_STATE_WORDS,
+    SAMPLE_THREADS,
 };
 pub use weight::{GpuWeight, GpuWeightKind};

@@ -1,9 +1,13 @@
 //! The generation loop on the GPU.
 //!
-//! Greedy decoding stays on the device: the LM head's kernel keeps a running argmax, the next
-//! step's embedding reads it, and the host only reads the 8-byte result to stream the token and
-//! stop at EOS. Sampling (temperature > 0) reads the logits back and draws with the CPU
-//! [`Sampler`], so a seed gives the same choices as the CPU backend would on the same logits.
+//! Both ways of choosing stay on the device. Greedy: the LM head's kernel keeps a running
+//! argmax and the next step's embedding reads it. Sampling (temperature > 0): the
+//! `sample_token` kernel draws from the step's logits with the CPU [`Sampler`]'s generator,
+//! seeding and rules (kernels/cuda/sample.cu says what is bit-identical and what is only equal
+//! up to f64 rounding) and writes the token where the next step reads it. Either way the host
+//! only reads the small result to stream the token and stop at EOS; no logits come back.
+//!
+//! [`Sampler`]: crate::Sampler
 
 use std::time::{Duration, Instant};
 
@@ -23,20 +27,24 @@ pub fn generate_gpu(
     if prompt_ids.is_empty() {
         return Err(ModelError::EmptyInput.into());
     }
-    let mut sampler = Sampler::new(options.sampler.clone())?;
+    // The CPU sampler's checks of the configuration, for both paths.
+    Sampler::new(options.sampler.clone())?;
     let greedy = options.sampler.is_greedy();
     let capacity = prompt_ids.len() + options.max_new_tokens.saturating_sub(1);
     let mut session = model.session(capacity)?;
+    if !greedy {
+        session.set_sampler(&options.sampler)?;
+    }
     let mut generated = Vec::with_capacity(options.max_new_tokens);
     let mut stop_reason = StopReason::MaxTokens;
     let t0 = Instant::now();
     let mut next = None;
     if options.max_new_tokens > 0 {
-        let logits = session.prefill(prompt_ids)?;
         next = Some(if greedy {
+            session.prefill(prompt_ids)?;
             session.argmax()?
         } else {
-            sampler.sample(&logits)?
+            session.prefill_sampled(prompt_ids)?
         });
     }
     let prefill_time = t0.elapsed();
@@ -56,8 +64,7 @@ pub fn generate_gpu(
         next = Some(if greedy {
             session.decode_chained()?
         } else {
-            let logits = session.decode(token)?;
-            sampler.sample(&logits)?
+            session.decode_sampled()?
         });
         decode_time += t.elapsed();
         decode_steps += 1;

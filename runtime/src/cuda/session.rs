@@ -11,17 +11,24 @@
 //! The decode graph reads the position and the input token from device memory (the token is the
 //! previous step's argmax, or one the host wrote), and its last kernel advances the position, so
 //! greedy decoding needs no host work but the replay and an 8-byte read.
+//!
+//! Sampling (temperature > 0) stays on the device too: [`GpuSession::set_sampler`] sets up the
+//! `sample_token` kernel (kernels/cuda/sample.cu) with the generator seeded as the CPU
+//! [`Sampler`](crate::Sampler) seeds it; a second graph holds the decode step plus that kernel,
+//! which draws from the step's logits and writes the token into the argmax slot the next step
+//! reads. The host reads 32 bytes of result per token.
 
 use std::sync::Arc;
 
 use cllm_kernels::cpu::RopeTable;
 use cllm_kernels::cuda::{
-    ksplit_for, AttnArgs, DeviceBuffer, EmbedArgs, Event, GemvArgs, GemvMode, Gpu, Graph,
-    ATT_CHUNK, PSTRIDE,
+    ksplit_for, AttnArgs, CudaError, DeviceBuffer, EmbedArgs, Event, GemvArgs, GemvMode, Gpu,
+    GpuSampler, Graph, SampleOutcome, SampleParams, Sampled, ATT_CHUNK, PSTRIDE,
 };
 
 use super::model::{GpuError, GpuModel};
 use crate::model::ModelError;
+use crate::sampler::{Sampler, SamplerConfig, SamplerError, Xoshiro256};
 
 /// Tokens per prefill launch.
 pub const PREFILL_CHUNK: usize = 64;
@@ -57,6 +64,11 @@ pub struct GpuSession<'m> {
     tokens: DeviceBuffer,
     state: DeviceBuffer,
     graph: Option<Graph>,
+    /// The GPU sampler (set by `set_sampler`) and the graph of a decode step plus a draw.
+    sampler: Option<GpuSampler>,
+    sampled_graph: Option<Graph>,
+    /// The logits row (in `logits`) of the last token processed.
+    last_row: usize,
     /// Profiling: events recorded after each launch, with the launch's name.
     prof: std::cell::RefCell<Option<Vec<(&'static str, Event)>>>,
 }
@@ -160,6 +172,9 @@ impl<'m> GpuSession<'m> {
             tokens: a("tokens", 14)?,
             state: a("state", 15)?,
             graph: None,
+            sampler: None,
+            sampled_graph: None,
+            last_row: 0,
             prof: std::cell::RefCell::new(None),
         };
         gpu.fill_u32(s.counters.ptr(), 0, nmax * heads)?;
@@ -242,6 +257,7 @@ impl<'m> GpuSession<'m> {
         r?;
         self.gpu().sync()?;
         self.len += 1;
+        self.last_row = 0;
         let mut out: Vec<(&'static str, f64)> = Vec::new();
         let mut prev = &start;
         for (name, e) in &marks {
@@ -439,8 +455,8 @@ impl<'m> GpuSession<'m> {
     }
 
     /// Runs `tokens` in launches of at most `nmax` tokens; returns the last token's logits, or
-    /// every token's.
-    fn run(&mut self, tokens: &[u32], all: bool) -> Result<Vec<f32>, GpuError> {
+    /// every token's (nothing unless `read`).
+    fn run(&mut self, tokens: &[u32], all: bool, read: bool) -> Result<Vec<f32>, GpuError> {
         self.check_room(tokens.len())?;
         let vocab = self.model.cfg.vocab_size;
         for &t in tokens {
@@ -452,7 +468,11 @@ impl<'m> GpuSession<'m> {
                 .into());
             }
         }
-        let mut out = Vec::with_capacity(if all { tokens.len() * vocab } else { vocab });
+        let mut out = Vec::with_capacity(match (read, all) {
+            (false, _) => 0,
+            (true, true) => tokens.len() * vocab,
+            (true, false) => vocab,
+        });
         let chunks: Vec<&[u32]> = tokens.chunks(self.nmax).collect();
         for (ci, chunk) in chunks.iter().enumerate() {
             let last = ci + 1 == chunks.len();
@@ -474,9 +494,12 @@ impl<'m> GpuSession<'m> {
             self.pos_synced = false;
             if mode != Logits::None {
                 let rows = if all { n } else { 1 };
-                let mut l = vec![0f32; rows * vocab];
-                self.gpu().dtoh(&mut l, self.logits.ptr())?;
-                out.extend_from_slice(&l);
+                self.last_row = rows - 1;
+                if read {
+                    let mut l = vec![0f32; rows * vocab];
+                    self.gpu().dtoh(&mut l, self.logits.ptr())?;
+                    out.extend_from_slice(&l);
+                }
             }
         }
         Ok(out)
@@ -484,13 +507,13 @@ impl<'m> GpuSession<'m> {
 
     /// Processes `tokens` in batched launches; returns the logits of the last one.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GpuError> {
-        self.run(tokens, false)
+        self.run(tokens, false, true)
     }
 
     /// Processes `tokens` in batched launches; returns the logits of every one of them.
     pub fn prefill_all(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, GpuError> {
         let vocab = self.model.cfg.vocab_size;
-        let flat = self.run(tokens, true)?;
+        let flat = self.run(tokens, true, true)?;
         Ok(flat.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 
@@ -512,6 +535,7 @@ impl<'m> GpuSession<'m> {
         }
         self.graph.as_mut().expect("captured").launch()?;
         self.len += 1;
+        self.last_row = 0;
         Ok(())
     }
 
@@ -563,5 +587,107 @@ impl<'m> GpuSession<'m> {
     pub fn decode_chained(&mut self) -> Result<u32, GpuError> {
         self.step()?;
         self.argmax()
+    }
+
+    /// Sets up sampling on the GPU with `cfg` (temperature > 0): its top-k and top-p, and the
+    /// generator seeded from `cfg.seed` exactly as the CPU [`Sampler`] seeds it, so the same
+    /// seed gives the same stream of draws. Replaces an earlier sampler; with the same
+    /// parameters it only restarts the generator.
+    pub fn set_sampler(&mut self, cfg: &SamplerConfig) -> Result<(), GpuError> {
+        // The CPU sampler's own checks (finite temperature >= 0, top_p in (0, 1]).
+        Sampler::new(cfg.clone())?;
+        if cfg.is_greedy() {
+            return Err(CudaError::Unsupported(
+                "GPU sampling needs temperature > 0 (greedy decoding uses decode_chained)".into(),
+            )
+            .into());
+        }
+        let params = SampleParams {
+            temperature: cfg.temperature,
+            top_k: cfg.top_k,
+            top_p: cfg.top_p,
+        };
+        let rng = Xoshiro256::seed_from_u64(cfg.seed).state();
+        match &self.sampler {
+            Some(s) if s.params() == params => s.reseed(rng)?,
+            _ => {
+                // The sampled graph names the old sampler's state buffer.
+                self.sampled_graph = None;
+                let vocab = self.model.cfg.vocab_size;
+                self.sampler = Some(GpuSampler::new(self.gpu(), params, rng, vocab)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn gpu_sampler(&self) -> Result<&GpuSampler, GpuError> {
+        self.sampler.as_ref().ok_or_else(|| {
+            CudaError::Unsupported("no GPU sampler: call set_sampler first".into()).into()
+        })
+    }
+
+    /// Waits for the last draw and reads it.
+    fn read_sampled(&self) -> Result<u32, GpuError> {
+        match self.gpu_sampler()?.read()? {
+            Sampled::Token(o) => Ok(o.token),
+            Sampled::NanLogit(i) => Err(SamplerError::NanLogit(i).into()),
+        }
+    }
+
+    /// Details of the last draw (its kept-set size and rank, the number of draws).
+    pub fn last_sample(&self) -> Result<SampleOutcome, GpuError> {
+        match self.gpu_sampler()?.read()? {
+            Sampled::Token(o) => Ok(o),
+            Sampled::NanLogit(i) => Err(SamplerError::NanLogit(i).into()),
+        }
+    }
+
+    /// Draws the next token on the GPU from the last token's logits (after `prefill`,
+    /// `prefill_all`, `decode` or a decode step) and makes it the input of the next
+    /// `decode_sampled` or `decode_chained` step. Advances the generator once.
+    pub fn sample_last(&mut self) -> Result<u32, GpuError> {
+        if self.len == 0 {
+            return Err(ModelError::EmptyInput.into());
+        }
+        let vocab = self.model.cfg.vocab_size;
+        let logits = self.logits.ptr() + (4 * self.last_row * vocab) as u64;
+        let out = self.state.ptr() + STATE_ARGMAX;
+        self.gpu_sampler()?.enqueue(logits, vocab, out)?;
+        self.read_sampled()
+    }
+
+    /// Processes `tokens` and draws the next token on the GPU, without reading logits back.
+    pub fn prefill_sampled(&mut self, tokens: &[u32]) -> Result<u32, GpuError> {
+        self.run(tokens, false, false)?;
+        self.sample_last()
+    }
+
+    /// Processes the token the previous step chose (drawn or argmax, still on the device) and
+    /// draws the next one: one graph replay (the decode step and the draw) and a 32-byte read.
+    pub fn decode_sampled(&mut self) -> Result<u32, GpuError> {
+        self.check_room(1)?;
+        if !self.pos_synced {
+            self.set_pos(self.len)?;
+            self.pos_synced = true;
+        }
+        if self.sampled_graph.is_none() {
+            let gpu = self.gpu().clone();
+            let vocab = self.model.cfg.vocab_size;
+            let sampler = self.gpu_sampler()?;
+            gpu.begin_capture()?;
+            let r = self
+                .enqueue(1, true, Logits::Last, true, self.cmax)
+                .and_then(|()| {
+                    let out = self.state.ptr() + STATE_ARGMAX;
+                    Ok(sampler.enqueue(self.logits.ptr(), vocab, out)?)
+                });
+            let g = gpu.end_capture();
+            r?;
+            self.sampled_graph = Some(g?);
+        }
+        self.sampled_graph.as_mut().expect("captured").launch()?;
+        self.len += 1;
+        self.last_row = 0;
+        self.read_sampled()
     }
 }
