@@ -17,7 +17,7 @@ use super::decode::decode_row_unscaled;
 use super::dot::Lanes;
 use super::error::{check_len, KernelError};
 use super::isa::{isa, multiversion, Isa};
-use super::rows::{Bf16Row, F16Row, I4Row, I8GroupRow, I8Row, Row};
+use super::rows::{group_chunk_shift, Bf16Row, F16Row, I4Row, I8GroupRow, I8Row, Row};
 use crate::weights::{Weight, WeightData};
 
 /// Activation rows handled per pass over a block of weight rows: their f32 values stay in cache
@@ -167,7 +167,7 @@ fn rows_task_generic(
                     q,
                     scales,
                     group_size,
-                } => match I8GroupRow::chunk_shift(*group_size) {
+                } => match group_chunk_shift(*group_size) {
                     Some(chunk_shift) => {
                         let groups = cols / group_size;
                         let row = I8GroupRow {
@@ -188,7 +188,7 @@ fn rows_task_generic(
                     scales,
                     mins,
                     group_size,
-                } => match I4Row::chunk_shift(*group_size) {
+                } => match group_chunk_shift(*group_size) {
                     Some(chunk_shift) => {
                         let groups = cols.div_ceil(*group_size);
                         let (s, rest) = buf.split_at_mut(groups);
@@ -334,24 +334,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bf16_rows_give_the_bits_of_their_f32_widening() {
-        let mut rng = Rng(4);
-        let w = random_weight(&mut rng, 21, 83, crate::cpu::testutil::Form::Bf16);
+    /// A `rows x cols` weight of `form` gives, on every ISA and for 1 and 6 tokens, the bits of
+    /// the f32 matrix its rows decode to: the dot products see the same values.
+    fn assert_bits_of_f32_copy(
+        rng: &mut Rng,
+        form: crate::cpu::testutil::Form,
+        rows: usize,
+        cols: usize,
+    ) {
+        let w = random_weight(rng, rows, cols, form);
         let wide = Weight {
-            rows: w.rows,
-            cols: w.cols,
+            rows,
+            cols,
             data: WeightData::F32(w.to_f32_vec().unwrap()),
         };
-        let x = rng.vec(6 * 83);
+        let x = rng.vec(6 * cols);
         for isa in available() {
             for n in [1, 6] {
-                let (mut a, mut b) = (vec![0f32; n * 21], vec![0f32; n * 21]);
-                matmul_with(isa, &x[..n * 83], n, &mut [(&w, &mut a[..])]).unwrap();
-                matmul_with(isa, &x[..n * 83], n, &mut [(&wide, &mut b[..])]).unwrap();
-                assert_eq!(bits(&a), bits(&b), "{isa:?} n={n}");
+                let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+                matmul_with(isa, &x[..n * cols], n, &mut [(&w, &mut a[..])]).unwrap();
+                matmul_with(isa, &x[..n * cols], n, &mut [(&wide, &mut b[..])]).unwrap();
+                assert_eq!(bits(&a), bits(&b), "{form:?} {isa:?} n={n}");
             }
         }
+    }
+
+    #[test]
+    fn bf16_rows_give_the_bits_of_their_f32_widening() {
+        assert_bits_of_f32_copy(&mut Rng(4), crate::cpu::testutil::Form::Bf16, 21, 83);
     }
 
     #[test]
@@ -360,22 +370,7 @@ mod tests {
         // the dequantized matrix, so the products agree bit for bit.
         let mut rng = Rng(7);
         for gs in [32, 64, 128, 48] {
-            let form = crate::cpu::testutil::Form::Int8Group(gs);
-            let w = random_weight(&mut rng, 19, 384, form);
-            let wide = Weight {
-                rows: w.rows,
-                cols: w.cols,
-                data: WeightData::F32(w.to_f32_vec().unwrap()),
-            };
-            let x = rng.vec(6 * 384);
-            for isa in available() {
-                for n in [1, 6] {
-                    let (mut a, mut b) = (vec![0f32; n * 19], vec![0f32; n * 19]);
-                    matmul_with(isa, &x[..n * 384], n, &mut [(&w, &mut a[..])]).unwrap();
-                    matmul_with(isa, &x[..n * 384], n, &mut [(&wide, &mut b[..])]).unwrap();
-                    assert_eq!(bits(&a), bits(&b), "group {gs} {isa:?} n={n}");
-                }
-            }
+            assert_bits_of_f32_copy(&mut rng, crate::cpu::testutil::Form::Int8Group(gs), 19, 384);
         }
     }
 

@@ -161,13 +161,6 @@ pub(crate) struct I8GroupRow<'a> {
     pub chunk_shift: u32,
 }
 
-impl I8GroupRow<'_> {
-    /// `chunk_shift` for a group size, if the fused path supports it.
-    pub fn chunk_shift(group_size: usize) -> Option<u32> {
-        group_chunk_shift(group_size)
-    }
-}
-
 impl Row for I8GroupRow<'_> {
     #[inline(always)]
     fn len(self) -> usize {
@@ -205,17 +198,11 @@ pub(crate) struct I4Row<'a> {
 }
 
 /// `log2` of the chunks per group, if whole chunks make up a group and their count is a power
-/// of two (the fused grouped rows find a chunk's group with a shift, not a division).
-fn group_chunk_shift(group_size: usize) -> Option<u32> {
+/// of two: the `chunk_shift` of [`I8GroupRow`] and [`I4Row`], which find a chunk's group with a
+/// shift, not a division. Other group sizes take the decode-to-buffer path.
+pub(crate) fn group_chunk_shift(group_size: usize) -> Option<u32> {
     let chunks = group_size / LANES;
     (group_size.is_multiple_of(LANES) && chunks.is_power_of_two()).then(|| chunks.trailing_zeros())
-}
-
-impl I4Row<'_> {
-    /// `chunk_shift` for a group size, if the fused path supports it.
-    pub fn chunk_shift(group_size: usize) -> Option<u32> {
-        group_chunk_shift(group_size)
-    }
 }
 
 impl Row for I4Row<'_> {
