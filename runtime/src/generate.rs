@@ -101,7 +101,7 @@ pub fn generate(
     model: &Model,
     prompt_ids: &[u32],
     options: &GenerateOptions,
-    mut on_token: impl FnMut(u32),
+    on_token: impl FnMut(u32),
 ) -> Result<GenerationResult, GenerateError> {
     if prompt_ids.is_empty() {
         return Err(GenerateError::EmptyPrompt);
@@ -110,19 +110,44 @@ pub fn generate(
     // The last generated token is never fed back, so the cache needs one slot less.
     let capacity = prompt_ids.len() + options.max_new_tokens.saturating_sub(1);
     let mut session = model.session(capacity)?;
+    drive(
+        &mut session,
+        prompt_ids.len(),
+        options,
+        |s| s.prefill(prompt_ids).map_err(GenerateError::from),
+        |logits: Vec<f32>| Ok(sampler.sample(&logits)?),
+        |s, token| s.decode(token).map_err(GenerateError::from),
+        on_token,
+    )
+}
+
+/// The loop of [`generate`] and the GPU's `generate_gpu`: `prefill` runs the prompt (timed as
+/// prefill), `choose` takes a token from what a forward pass left (not timed), `decode` feeds a
+/// token back (timed as decode). Each token goes to `on_token` as soon as it is chosen;
+/// generation stops right after an EOS id or at `max_new_tokens`, and the last token is never
+/// fed back.
+pub(crate) fn drive<S, T, E>(
+    session: &mut S,
+    prompt_tokens: usize,
+    options: &GenerateOptions,
+    prefill: impl FnOnce(&mut S) -> Result<T, E>,
+    mut choose: impl FnMut(T) -> Result<u32, E>,
+    mut decode: impl FnMut(&mut S, u32) -> Result<T, E>,
+    mut on_token: impl FnMut(u32),
+) -> Result<GenerationResult, E> {
     let mut generated = Vec::with_capacity(options.max_new_tokens);
     let mut stop_reason = StopReason::MaxTokens;
     let t0 = Instant::now();
-    let mut logits = if options.max_new_tokens > 0 {
-        session.prefill(prompt_ids)?
+    let mut out = if options.max_new_tokens > 0 {
+        Some(prefill(session)?)
     } else {
-        Vec::new()
+        None
     };
     let prefill_time = t0.elapsed();
     let mut decode_time = Duration::ZERO;
     let mut decode_steps = 0;
-    while generated.len() < options.max_new_tokens {
-        let token = sampler.sample(&logits)?;
+    while let Some(o) = out.take() {
+        let token = choose(o)?;
         generated.push(token);
         on_token(token);
         if options.eos_token_ids.contains(&token) {
@@ -133,14 +158,14 @@ pub fn generate(
             break;
         }
         let t = Instant::now();
-        logits = session.decode(token)?;
+        out = Some(decode(session, token)?);
         decode_time += t.elapsed();
         decode_steps += 1;
     }
     Ok(GenerationResult::new(
         generated,
         stop_reason,
-        prompt_ids.len(),
+        prompt_tokens,
         prefill_time,
         decode_time,
         decode_steps,

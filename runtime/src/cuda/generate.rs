@@ -9,10 +9,8 @@
 //!
 //! [`Sampler`]: crate::Sampler
 
-use std::time::{Duration, Instant};
-
 use super::model::{GpuError, GpuModel};
-use crate::generate::{GenerateOptions, GenerationResult, StopReason};
+use crate::generate::{drive, GenerateOptions, GenerationResult};
 use crate::model::ModelError;
 use crate::sampler::Sampler;
 
@@ -22,7 +20,7 @@ pub fn generate_gpu(
     model: &GpuModel,
     prompt_ids: &[u32],
     options: &GenerateOptions,
-    mut on_token: impl FnMut(u32),
+    on_token: impl FnMut(u32),
 ) -> Result<GenerationResult, GpuError> {
     if prompt_ids.is_empty() {
         return Err(ModelError::EmptyInput.into());
@@ -35,46 +33,29 @@ pub fn generate_gpu(
     if !greedy {
         session.set_sampler(&options.sampler)?;
     }
-    let mut generated = Vec::with_capacity(options.max_new_tokens);
-    let mut stop_reason = StopReason::MaxTokens;
-    let t0 = Instant::now();
-    let mut next = None;
-    if options.max_new_tokens > 0 {
-        next = Some(if greedy {
-            session.prefill(prompt_ids)?;
-            session.argmax()?
-        } else {
-            session.prefill_sampled(prompt_ids)?
-        });
-    }
-    let prefill_time = t0.elapsed();
-    let mut decode_time = Duration::ZERO;
-    let mut decode_steps = 0;
-    while let Some(token) = next {
-        generated.push(token);
-        on_token(token);
-        if options.eos_token_ids.contains(&token) {
-            stop_reason = StopReason::Eos(token);
-            break;
-        }
-        if generated.len() == options.max_new_tokens {
-            break;
-        }
-        let t = Instant::now();
-        next = Some(if greedy {
-            session.decode_chained()?
-        } else {
-            session.decode_sampled()?
-        });
-        decode_time += t.elapsed();
-        decode_steps += 1;
-    }
-    Ok(GenerationResult::new(
-        generated,
-        stop_reason,
+    // The draw (argmax or sample) happens on the device with each forward pass, so it is timed
+    // with the pass, and the loop's `choose` only takes the token.
+    drive(
+        &mut session,
         prompt_ids.len(),
-        prefill_time,
-        decode_time,
-        decode_steps,
-    ))
+        options,
+        |s| {
+            if greedy {
+                s.prefill(prompt_ids)?;
+                s.argmax()
+            } else {
+                s.prefill_sampled(prompt_ids)
+            }
+        },
+        Ok,
+        |s, _token| {
+            // The token is already where the step reads it.
+            if greedy {
+                s.decode_chained()
+            } else {
+                s.decode_sampled()
+            }
+        },
+        on_token,
+    )
 }

@@ -520,20 +520,55 @@ impl<'m> GpuSession<'m> {
     /// Replays the decode graph (capturing it on first use): one token from the argmax slot at
     /// position `len`.
     fn step(&mut self) -> Result<(), GpuError> {
+        self.replay(false)
+    }
+
+    /// Replays one decode step, and with `draw` the GPU sampler's draw after it, each kind as its
+    /// own graph captured on first use.
+    fn replay(&mut self, draw: bool) -> Result<(), GpuError> {
         self.check_room(1)?;
         if !self.pos_synced {
             self.set_pos(self.len)?;
             self.pos_synced = true;
         }
-        if self.graph.is_none() {
+        let captured = if draw {
+            self.sampled_graph.is_some()
+        } else {
+            self.graph.is_some()
+        };
+        if !captured {
             let gpu = self.gpu().clone();
+            let vocab = self.model.cfg.vocab_size;
+            let sampler = if draw {
+                Some(self.gpu_sampler()?)
+            } else {
+                None
+            };
             gpu.begin_capture()?;
-            let r = self.enqueue(1, true, Logits::Last, true, self.cmax);
+            let r = self
+                .enqueue(1, true, Logits::Last, true, self.cmax)
+                .and_then(|()| match sampler {
+                    Some(smp) => {
+                        let out = self.state.ptr() + STATE_ARGMAX;
+                        Ok(smp.enqueue(self.logits.ptr(), vocab, out)?)
+                    }
+                    None => Ok(()),
+                });
             let g = gpu.end_capture();
             r?;
-            self.graph = Some(g?);
+            let g = Some(g?);
+            if draw {
+                self.sampled_graph = g;
+            } else {
+                self.graph = g;
+            }
         }
-        self.graph.as_mut().expect("captured").launch()?;
+        let graph = if draw {
+            &mut self.sampled_graph
+        } else {
+            &mut self.graph
+        };
+        graph.as_mut().expect("captured").launch()?;
         self.len += 1;
         self.last_row = 0;
         Ok(())
@@ -628,10 +663,7 @@ impl<'m> GpuSession<'m> {
 
     /// Waits for the last draw and reads it.
     fn read_sampled(&self) -> Result<u32, GpuError> {
-        match self.gpu_sampler()?.read()? {
-            Sampled::Token(o) => Ok(o.token),
-            Sampled::NanLogit(i) => Err(SamplerError::NanLogit(i).into()),
-        }
+        Ok(self.last_sample()?.token)
     }
 
     /// Details of the last draw (its kept-set size and rank, the number of draws).
@@ -665,29 +697,7 @@ impl<'m> GpuSession<'m> {
     /// Processes the token the previous step chose (drawn or argmax, still on the device) and
     /// draws the next one: one graph replay (the decode step and the draw) and a 32-byte read.
     pub fn decode_sampled(&mut self) -> Result<u32, GpuError> {
-        self.check_room(1)?;
-        if !self.pos_synced {
-            self.set_pos(self.len)?;
-            self.pos_synced = true;
-        }
-        if self.sampled_graph.is_none() {
-            let gpu = self.gpu().clone();
-            let vocab = self.model.cfg.vocab_size;
-            let sampler = self.gpu_sampler()?;
-            gpu.begin_capture()?;
-            let r = self
-                .enqueue(1, true, Logits::Last, true, self.cmax)
-                .and_then(|()| {
-                    let out = self.state.ptr() + STATE_ARGMAX;
-                    Ok(sampler.enqueue(self.logits.ptr(), vocab, out)?)
-                });
-            let g = gpu.end_capture();
-            r?;
-            self.sampled_graph = Some(g?);
-        }
-        self.sampled_graph.as_mut().expect("captured").launch()?;
-        self.len += 1;
-        self.last_row = 0;
+        self.replay(true)?;
         self.read_sampled()
     }
 }
