@@ -11,4 +11,4 @@ mod session;
 
 pub use generate::generate_gpu;
 pub use model::{GpuError, GpuModel};
-pub use session::{GpuSession, PREFILL_CHUNK};
+pub use session::{GpuSession, LayerHook, PREFILL_CHUNK};

@@ -73,6 +73,32 @@ pub struct GpuSession<'m> {
     prof: std::cell::RefCell<Option<Vec<(&'static str, Event)>>>,
 }
 
+/// Receives a decoder layer's output hidden states: `(layer, position of the first row, rows,
+/// rows x hidden_size values)`.
+pub type LayerHook<'a> = dyn FnMut(usize, usize, usize, &[f32]) + 'a;
+
+/// One launch of a step (or a point between launches).
+enum Op {
+    Embed(EmbedArgs),
+    /// Arguments and the name profiles show.
+    Gemv(GemvArgs, &'static str),
+    /// Arguments and chunk slots per (head, token).
+    Attention(AttnArgs, usize),
+    /// Layer `l`'s output hidden state is complete.
+    LayerEnd(usize),
+}
+
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Embed(_) => "embed",
+            Op::Gemv(_, name) => name,
+            Op::Attention(..) => "attention",
+            Op::LayerEnd(_) => "layer end",
+        }
+    }
+}
+
 /// Which logits a step computes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Logits {
@@ -91,6 +117,17 @@ impl GpuModel {
     pub fn forward_all(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, GpuError> {
         let mut s = self.session(tokens.len())?;
         s.prefill_all(tokens)
+    }
+
+    /// [`GpuModel::forward_all`], also handing each decoder layer's output hidden states to
+    /// `on_layer` (see [`LayerHook`]).
+    pub fn forward_all_traced(
+        &self,
+        tokens: &[u32],
+        on_layer: &mut LayerHook<'_>,
+    ) -> Result<Vec<Vec<f32>>, GpuError> {
+        let mut s = self.session(tokens.len())?;
+        s.prefill_all_traced(tokens, on_layer)
     }
 }
 
@@ -281,9 +318,45 @@ impl<'m> GpuSession<'m> {
         advance: bool,
         chunks: usize,
     ) -> Result<(), GpuError> {
+        let ops = self.plan(n, from_argmax, logits, advance, chunks);
+        self.launch_ops(&ops, &mut |_| Ok(()))
+    }
+
+    /// Launches `ops` in order; `at_layer_end(l)` runs (on the host, between launches) where
+    /// layer `l`'s output is complete in `h`.
+    fn launch_ops(
+        &self,
+        ops: &[Op],
+        at_layer_end: &mut dyn FnMut(usize) -> Result<(), GpuError>,
+    ) -> Result<(), GpuError> {
+        let gpu = &self.model.gpu;
+        for op in ops {
+            match op {
+                Op::Embed(a) => gpu.embed(a)?,
+                Op::Gemv(a, _) => gpu.gemv(a)?,
+                Op::Attention(a, chunks) => gpu.attention(a, *chunks)?,
+                Op::LayerEnd(l) => {
+                    at_layer_end(*l)?;
+                    continue;
+                }
+            }
+            self.mark(op.name())?;
+        }
+        Ok(())
+    }
+
+    /// The launches of one step over `n` tokens (see [`GpuSession::enqueue`]), with a
+    /// [`Op::LayerEnd`] after each layer.
+    fn plan(
+        &self,
+        n: usize,
+        from_argmax: bool,
+        logits: Logits,
+        advance: bool,
+        chunks: usize,
+    ) -> Vec<Op> {
         let m = self.model;
         let cfg = &m.cfg;
-        let gpu = &m.gpu;
         let (hidden, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let (heads, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
@@ -294,7 +367,8 @@ impl<'m> GpuSession<'m> {
         let layer_floats = (kvh * self.capacity * hd) as u64;
         let resid_units = hidden.div_ceil(2);
 
-        gpu.embed(&EmbedArgs {
+        let mut ops = Vec::with_capacity(2 + 6 * m.layers.len());
+        ops.push(Op::Embed(EmbedArgs {
             w: m.embed.desc(0),
             tokens: if from_argmax { 0 } else { self.tokens.ptr() },
             argmax_in: argmax,
@@ -311,41 +385,42 @@ impl<'m> GpuSession<'m> {
             nreset: n as i32,
             hidden: hidden as i32,
             vocab: cfg.vocab_size as i32,
-        })?;
-        self.mark("embed")?;
+        }));
         // Norm partials per token of the last residual producer (the embedding writes one).
         let mut nparts = 1;
         for (l, layer) in m.layers.iter().enumerate() {
             let kbase = self.kcache.ptr() + 4 * layer_floats * l as u64;
             let vbase = self.vcache.ptr() + 4 * layer_floats * l as u64;
-            gpu.gemv(&GemvArgs {
-                w: [layer.q.desc(), layer.k.desc(), layer.v.desc()],
-                x: self.xw.ptr(),
-                partial: self.partial.ptr(),
-                nparts,
-                norm_dim: hidden as i32,
-                eps,
-                rope_cos: self.rope_cos.ptr(),
-                rope_sin: self.rope_sin.ptr(),
-                pos,
-                out: self.q.ptr(),
-                kcache: kbase,
-                vcache: vbase,
-                mode: GemvMode::Qkv as i32,
-                ntok: n as i32,
-                x_stride: hidden as i32,
-                out_stride: qd as i32,
-                units: ((qd + 2 * kvd) / 2) as i32,
-                u1: (qd / 2) as i32,
-                u2: ((qd + kvd) / 2) as i32,
-                head_dim: hd as i32,
-                capacity: self.capacity as i32,
-                ksplit: layer.q.ksplit(),
-                ..GemvArgs::default()
-            })?;
-            self.mark("qkv")?;
-            gpu.attention(
-                &AttnArgs {
+            ops.push(Op::Gemv(
+                GemvArgs {
+                    w: [layer.q.desc(), layer.k.desc(), layer.v.desc()],
+                    x: self.xw.ptr(),
+                    partial: self.partial.ptr(),
+                    nparts,
+                    norm_dim: hidden as i32,
+                    eps,
+                    rope_cos: self.rope_cos.ptr(),
+                    rope_sin: self.rope_sin.ptr(),
+                    pos,
+                    out: self.q.ptr(),
+                    kcache: kbase,
+                    vcache: vbase,
+                    mode: GemvMode::Qkv as i32,
+                    ntok: n as i32,
+                    x_stride: hidden as i32,
+                    out_stride: qd as i32,
+                    units: ((qd + 2 * kvd) / 2) as i32,
+                    u1: (qd / 2) as i32,
+                    u2: ((qd + kvd) / 2) as i32,
+                    head_dim: hd as i32,
+                    capacity: self.capacity as i32,
+                    ksplit: layer.q.ksplit(),
+                    ..GemvArgs::default()
+                },
+                "qkv",
+            ));
+            ops.push(Op::Attention(
+                AttnArgs {
                     q: self.q.ptr(),
                     kcache: kbase,
                     vcache: vbase,
@@ -367,62 +442,68 @@ impl<'m> GpuSession<'m> {
                     scale: (hd as f64).powf(-0.5) as f32,
                 },
                 chunks,
-            )?;
-            self.mark("attention")?;
-            gpu.gemv(&GemvArgs {
-                w: [layer.o.desc(), Default::default(), Default::default()],
-                x: self.attn.ptr(),
-                norm_next: layer.post_norm.ptr(),
-                out: self.h.ptr(),
-                xw_out: self.xw.ptr(),
-                partial_out: self.partial.ptr(),
-                mode: GemvMode::Resid as i32,
-                ntok: n as i32,
-                x_stride: qd as i32,
-                out_stride: hidden as i32,
-                units: resid_units as i32,
-                ksplit: layer.o.ksplit(),
-                ..GemvArgs::default()
-            })?;
-            self.mark("o_proj")?;
+            ));
+            ops.push(Op::Gemv(
+                GemvArgs {
+                    w: [layer.o.desc(), Default::default(), Default::default()],
+                    x: self.attn.ptr(),
+                    norm_next: layer.post_norm.ptr(),
+                    out: self.h.ptr(),
+                    xw_out: self.xw.ptr(),
+                    partial_out: self.partial.ptr(),
+                    mode: GemvMode::Resid as i32,
+                    ntok: n as i32,
+                    x_stride: qd as i32,
+                    out_stride: hidden as i32,
+                    units: resid_units as i32,
+                    ksplit: layer.o.ksplit(),
+                    ..GemvArgs::default()
+                },
+                "o_proj",
+            ));
             nparts = Gpu::gemv_blocks(resid_units, layer.o.ksplit()) as i32;
-            gpu.gemv(&GemvArgs {
-                w: [layer.gate.desc(), layer.up.desc(), Default::default()],
-                x: self.xw.ptr(),
-                partial: self.partial.ptr(),
-                nparts,
-                norm_dim: hidden as i32,
-                eps,
-                out: self.act.ptr(),
-                mode: GemvMode::GateUp as i32,
-                ntok: n as i32,
-                x_stride: hidden as i32,
-                out_stride: inter as i32,
-                units: inter as i32,
-                ksplit: layer.gate.ksplit(),
-                ..GemvArgs::default()
-            })?;
-            self.mark("gate_up")?;
+            ops.push(Op::Gemv(
+                GemvArgs {
+                    w: [layer.gate.desc(), layer.up.desc(), Default::default()],
+                    x: self.xw.ptr(),
+                    partial: self.partial.ptr(),
+                    nparts,
+                    norm_dim: hidden as i32,
+                    eps,
+                    out: self.act.ptr(),
+                    mode: GemvMode::GateUp as i32,
+                    ntok: n as i32,
+                    x_stride: hidden as i32,
+                    out_stride: inter as i32,
+                    units: inter as i32,
+                    ksplit: layer.gate.ksplit(),
+                    ..GemvArgs::default()
+                },
+                "gate_up",
+            ));
             let next_norm = m
                 .layers
                 .get(l + 1)
                 .map_or(m.final_norm.ptr(), |nl| nl.input_norm.ptr());
-            gpu.gemv(&GemvArgs {
-                w: [layer.down.desc(), Default::default(), Default::default()],
-                x: self.act.ptr(),
-                norm_next: next_norm,
-                out: self.h.ptr(),
-                xw_out: self.xw.ptr(),
-                partial_out: self.partial.ptr(),
-                mode: GemvMode::Resid as i32,
-                ntok: n as i32,
-                x_stride: inter as i32,
-                out_stride: hidden as i32,
-                units: resid_units as i32,
-                ksplit: layer.down.ksplit(),
-                ..GemvArgs::default()
-            })?;
-            self.mark("down")?;
+            ops.push(Op::Gemv(
+                GemvArgs {
+                    w: [layer.down.desc(), Default::default(), Default::default()],
+                    x: self.act.ptr(),
+                    norm_next: next_norm,
+                    out: self.h.ptr(),
+                    xw_out: self.xw.ptr(),
+                    partial_out: self.partial.ptr(),
+                    mode: GemvMode::Resid as i32,
+                    ntok: n as i32,
+                    x_stride: inter as i32,
+                    out_stride: hidden as i32,
+                    units: resid_units as i32,
+                    ksplit: layer.down.ksplit(),
+                    ..GemvArgs::default()
+                },
+                "down",
+            ));
+            ops.push(Op::LayerEnd(l));
             nparts = Gpu::gemv_blocks(resid_units, layer.down.ksplit()) as i32;
         }
         if logits != Logits::None {
@@ -431,32 +512,47 @@ impl<'m> GpuSession<'m> {
             } else {
                 (n - 1, 1)
             };
-            gpu.gemv(&GemvArgs {
-                w: [m.lm_head.desc(0), Default::default(), Default::default()],
-                x: self.xw.ptr() + (4 * first * hidden) as u64,
-                partial: self.partial.ptr() + (4 * first * PSTRIDE) as u64,
-                nparts,
-                norm_dim: hidden as i32,
-                eps,
-                out: self.logits.ptr(),
-                argmax,
-                pos_inc: if advance { pos } else { 0 },
-                mode: GemvMode::Logits as i32,
-                ntok: rows as i32,
-                x_stride: hidden as i32,
-                out_stride: cfg.vocab_size as i32,
-                units: cfg.vocab_size.div_ceil(2) as i32,
-                ksplit: ksplit_for(&m.lm_head),
-                ..GemvArgs::default()
-            })?;
-            self.mark("lm_head")?;
+            ops.push(Op::Gemv(
+                GemvArgs {
+                    w: [m.lm_head.desc(0), Default::default(), Default::default()],
+                    x: self.xw.ptr() + (4 * first * hidden) as u64,
+                    partial: self.partial.ptr() + (4 * first * PSTRIDE) as u64,
+                    nparts,
+                    norm_dim: hidden as i32,
+                    eps,
+                    out: self.logits.ptr(),
+                    argmax,
+                    pos_inc: if advance { pos } else { 0 },
+                    mode: GemvMode::Logits as i32,
+                    ntok: rows as i32,
+                    x_stride: hidden as i32,
+                    out_stride: cfg.vocab_size as i32,
+                    units: cfg.vocab_size.div_ceil(2) as i32,
+                    ksplit: ksplit_for(&m.lm_head),
+                    ..GemvArgs::default()
+                },
+                "lm_head",
+            ));
         }
-        Ok(())
+        ops
     }
 
     /// Runs `tokens` in launches of at most `nmax` tokens; returns the last token's logits, or
     /// every token's (nothing unless `read`).
     fn run(&mut self, tokens: &[u32], all: bool, read: bool) -> Result<Vec<f32>, GpuError> {
+        self.run_traced(tokens, all, read, None)
+    }
+
+    /// [`GpuSession::run`], handing each layer's output hidden states to `on_layer` as
+    /// `(layer, first position, rows, rows x hidden values)` (a synchronising read per layer and
+    /// launch).
+    fn run_traced(
+        &mut self,
+        tokens: &[u32],
+        all: bool,
+        read: bool,
+        mut on_layer: Option<&mut LayerHook<'_>>,
+    ) -> Result<Vec<f32>, GpuError> {
         self.check_room(tokens.len())?;
         let vocab = self.model.cfg.vocab_size;
         for &t in tokens {
@@ -488,7 +584,18 @@ impl<'m> GpuSession<'m> {
                 Logits::None
             };
             let attn_chunks = (self.len + n).div_ceil(ATT_CHUNK);
-            self.enqueue(n, false, mode, false, attn_chunks)?;
+            let ops = self.plan(n, false, mode, false, attn_chunks);
+            let hidden = self.model.cfg.hidden_size;
+            let start = self.len;
+            let mut rows = Vec::new();
+            self.launch_ops(&ops, &mut |l| {
+                if let Some(hook) = on_layer.as_mut() {
+                    rows.resize(n * hidden, 0f32);
+                    self.gpu().dtoh(&mut rows, self.h.ptr())?;
+                    hook(l, start, n, &rows);
+                }
+                Ok(())
+            })?;
             self.gpu().sync()?;
             self.len += n;
             self.pos_synced = false;
@@ -514,6 +621,18 @@ impl<'m> GpuSession<'m> {
     pub fn prefill_all(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, GpuError> {
         let vocab = self.model.cfg.vocab_size;
         let flat = self.run(tokens, true, true)?;
+        Ok(flat.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// [`GpuSession::prefill_all`], also handing each decoder layer's output hidden states to
+    /// `on_layer` (see [`LayerHook`]).
+    pub fn prefill_all_traced(
+        &mut self,
+        tokens: &[u32],
+        on_layer: &mut LayerHook<'_>,
+    ) -> Result<Vec<Vec<f32>>, GpuError> {
+        let vocab = self.model.cfg.vocab_size;
+        let flat = self.run_traced(tokens, true, true, Some(on_layer))?;
         Ok(flat.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 
