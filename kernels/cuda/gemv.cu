@@ -56,7 +56,9 @@ struct GemvArgs {
     int head_dim;
     int capacity;
     int ksplit;               // warps per unit: 1, 2 or 4
-    int pad_;
+    int pipe;                 // one token: 0 or 1 = batches of 8 vectors per row, loaded after
+                              // each batch's products; 2 / 3 = batches of 4 / 2, the next batch's
+                              // loads issued before this batch's products (same order, same bits)
 };
 
 // Programmatic dependent launch: a kernel may start while its predecessor finishes; it streams
@@ -235,7 +237,7 @@ __device__ __forceinline__ void load_vecs(const uint4* const* wr, const float* c
 // 32 wk + lane + 32 ks i in order, U vectors of each row in flight (int8g: with their group
 // scales). The first batch is loaded before the programmatic-launch wait (weights are never
 // written by a kernel).
-template <int NT, int KIND, int R, int U, class F>
+template <int NT, int KIND, int R, int U, bool PIPE, class F>
 __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
                                          const float* const* xs, int wk, int ks,
                                          float (*acc)[NT], bool& waited, F& after_wait) {
@@ -268,31 +270,76 @@ __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
         after_wait();
         waited = true;
     }
+    if (!PIPE) {
+        while (v0 < nvec) {
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                int v = v0 + step * u;
+                if (v < nvec) vec_fma<NT, KIND, R>(wv[u], sv[u], v, w, row, groups, xs, acc);
+            }
+            v0 += step * U;
+            if (v0 >= nvec) break;
+#pragma unroll
+            for (int u = 0; u < U; u++) load_vecs<KIND, R>(wr, gs, v0 + step * u, nvec, gshift, wv[u], sv[u]);
+        }
+        return;
+    }
+    // Pipelined: the next batch streams in while this one is multiplied, so the products of a
+    // burst of arriving weights overlap the transfer of the next (the products are in the same
+    // order either way).
+    uint4 wn[U][R];
+    float sn[U][R];
     while (v0 < nvec) {
+        const int v1 = v0 + step * U;
+        const bool more = v1 < nvec;
+        if (more) {
+#pragma unroll
+            for (int u = 0; u < U; u++) load_vecs<KIND, R>(wr, gs, v1 + step * u, nvec, gshift, wn[u], sn[u]);
+        }
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int v = v0 + step * u;
             if (v < nvec) vec_fma<NT, KIND, R>(wv[u], sv[u], v, w, row, groups, xs, acc);
         }
-        v0 += step * U;
-        if (v0 >= nvec) break;
+        if (!more) break;
+        v0 = v1;
 #pragma unroll
-        for (int u = 0; u < U; u++) load_vecs<KIND, R>(wr, gs, v0 + step * u, nvec, gshift, wv[u], sv[u]);
+        for (int u = 0; u < U; u++) {
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                wv[u][r] = wn[u][r];
+                sv[u][r] = sn[u][r];
+            }
+        }
+    }
+}
+
+template <int NT, int R, int U, bool PIPE, class F>
+__device__ __forceinline__ void dot_rows_u(int kind, const WDesc* const* w, const int* row,
+                                           const float* const* xs, int wk, int ks,
+                                           float (*acc)[NT], bool& waited, F& after_wait) {
+    switch (kind) {
+    case KIND_F32: dot_rows<NT, KIND_F32, R, U, PIPE>(w, row, xs, wk, ks, acc, waited, after_wait); break;
+    case KIND_BF16: dot_rows<NT, KIND_BF16, R, U, PIPE>(w, row, xs, wk, ks, acc, waited, after_wait); break;
+    case KIND_F16: dot_rows<NT, KIND_F16, R, U, PIPE>(w, row, xs, wk, ks, acc, waited, after_wait); break;
+    case KIND_INT8: dot_rows<NT, KIND_INT8, R, U, PIPE>(w, row, xs, wk, ks, acc, waited, after_wait); break;
+    case KIND_INT8G: dot_rows<NT, KIND_INT8G, R, U, PIPE>(w, row, xs, wk, ks, acc, waited, after_wait); break;
+    default: dot_rows<NT, KIND_INT4, R, U, PIPE>(w, row, xs, wk, ks, acc, waited, after_wait); break;
     }
 }
 
 template <int NT, int R, class F>
-__device__ __forceinline__ void dot_rows_kind(int kind, const WDesc* const* w, const int* row,
-                                              const float* const* xs, int wk, int ks,
-                                              float (*acc)[NT], bool& waited, F& after_wait) {
-    constexpr int U = NT == 1 ? 8 : (NT == 2 ? 4 : 2);
-    switch (kind) {
-    case KIND_F32: dot_rows<NT, KIND_F32, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
-    case KIND_BF16: dot_rows<NT, KIND_BF16, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
-    case KIND_F16: dot_rows<NT, KIND_F16, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
-    case KIND_INT8: dot_rows<NT, KIND_INT8, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
-    case KIND_INT8G: dot_rows<NT, KIND_INT8G, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
-    default: dot_rows<NT, KIND_INT4, R, U>(w, row, xs, wk, ks, acc, waited, after_wait); break;
+__device__ __forceinline__ void dot_rows_kind(int kind, int pipe, const WDesc* const* w,
+                                              const int* row, const float* const* xs, int wk,
+                                              int ks, float (*acc)[NT], bool& waited,
+                                              F& after_wait) {
+    if (NT == 1 && pipe == 2) {
+        dot_rows_u<NT, R, 4, true>(kind, w, row, xs, wk, ks, acc, waited, after_wait);
+    } else if (NT == 1 && pipe == 3) {
+        dot_rows_u<NT, R, 2, true>(kind, w, row, xs, wk, ks, acc, waited, after_wait);
+    } else {
+        constexpr int U = NT == 1 ? 8 : (NT == 2 ? 4 : 2);
+        dot_rows_u<NT, R, U, false>(kind, w, row, xs, wk, ks, acc, waited, after_wait);
     }
 }
 
@@ -300,7 +347,8 @@ __device__ __forceinline__ void dot_rows_kind(int kind, const WDesc* const* w, c
 // lane. Rows of the same form stream together and share the x loads.
 template <int NT, class F>
 __device__ __forceinline__ void row_dots2(const WDesc* wa, int ra, const WDesc* wb, int rb,
-                                          bool has_b, const float* const* xs, int wk, int ks,
+                                          bool has_b, int pipe, const float* const* xs, int wk,
+                                          int ks,
                                           float* da, float* db, F& after_wait) {
     float acc[2][NT];
 #pragma unroll
@@ -313,10 +361,11 @@ __device__ __forceinline__ void row_dots2(const WDesc* wa, int ra, const WDesc* 
         ((wa->kind != KIND_INT4 && wa->kind != KIND_INT8G) || wa->group == wb->group)) {
         const WDesc* w2[2] = {wa, wb};
         const int r2[2] = {ra, rb};
-        dot_rows_kind<NT, 2>(wa->kind, w2, r2, xs, wk, ks, acc, waited, after_wait);
+        dot_rows_kind<NT, 2>(wa->kind, pipe, w2, r2, xs, wk, ks, acc, waited, after_wait);
     } else {
-        dot_rows_kind<NT, 1>(wa->kind, &wa, &ra, xs, wk, ks, acc, waited, after_wait);
-        if (has_b) dot_rows_kind<NT, 1>(wb->kind, &wb, &rb, xs, wk, ks, acc + 1, waited, after_wait);
+        dot_rows_kind<NT, 1>(wa->kind, pipe, &wa, &ra, xs, wk, ks, acc, waited, after_wait);
+        if (has_b)
+            dot_rows_kind<NT, 1>(wb->kind, pipe, &wb, &rb, xs, wk, ks, acc + 1, waited, after_wait);
     }
 #pragma unroll
     for (int t = 0; t < NT; t++) {
@@ -387,7 +436,7 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     const bool has_b = valid && rb < wb->rows;
     if (valid) {
         float da[NT], db[NT];
-        row_dots2<NT>(wa, ra, wb, rb, has_b, xs, wk, ks, da, db, norm_sums);
+        row_dots2<NT>(wa, ra, wb, rb, has_b, a.pipe, xs, wk, ks, da, db, norm_sums);
         if (lane == 0) {
 #pragma unroll
             for (int t = 0; t < NT; t++) {

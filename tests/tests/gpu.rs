@@ -165,6 +165,11 @@ fn random_weight(rng: &mut Rng, rows: usize, cols: usize, form: &str) -> Weight 
 
 /// `W x` for `n` tokens through the LM-head mode (no norm): `n x rows`.
 fn gpu_matmul(gpu: &Arc<Gpu>, w: &GpuWeight, x: &[f32], n: usize) -> Vec<f32> {
+    gpu_matmul_piped(gpu, w, x, n, 0)
+}
+
+/// [`gpu_matmul`] with the GEMV's weight streaming `pipe` (0: the launcher's choice).
+fn gpu_matmul_piped(gpu: &Arc<Gpu>, w: &GpuWeight, x: &[f32], n: usize, pipe: i32) -> Vec<f32> {
     let xb = gpu.upload("x", x).unwrap();
     let out = gpu.alloc("out", n * w.rows * 4).unwrap();
     let argmax = gpu.alloc("argmax", n * 8).unwrap();
@@ -181,6 +186,7 @@ fn gpu_matmul(gpu: &Arc<Gpu>, w: &GpuWeight, x: &[f32], n: usize) -> Vec<f32> {
         out_stride: w.rows as i32,
         units: w.rows.div_ceil(2) as i32,
         ksplit: cllm_kernels::cuda::ksplit_for(w),
+        pipe,
         ..GemvArgs::default()
     })
     .unwrap();
@@ -241,14 +247,18 @@ fn gpu_gemv_matches_cpu_for_every_form_and_batch() {
                 let got = gpu_matmul(&gpu, &gw, &x, n);
                 let e = rel_err(&got, &want);
                 assert!(e < 2e-5, "{form} {rows}x{cols} n={n}: relative error {e}");
-                // Each token's row has the bits it has alone.
+                // Each token's row has the bits it has alone, however the one-token launch
+                // streams its weights.
                 for t in 0..n {
-                    let one = gpu_matmul(&gpu, &gw, &x[t * cols..(t + 1) * cols], 1);
-                    assert_eq!(
-                        bits(&one),
-                        bits(&got[t * rows..(t + 1) * rows]),
-                        "{form} {rows}x{cols} n={n} token {t}"
-                    );
+                    for pipe in [0, 1, 2, 3] {
+                        let xt = &x[t * cols..(t + 1) * cols];
+                        let one = gpu_matmul_piped(&gpu, &gw, xt, 1, pipe);
+                        assert_eq!(
+                            bits(&one),
+                            bits(&got[t * rows..(t + 1) * rows]),
+                            "{form} {rows}x{cols} n={n} token {t} pipe {pipe}"
+                        );
+                    }
                 }
             }
         }
