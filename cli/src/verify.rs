@@ -26,7 +26,7 @@ pub struct VerifyArgs {
     pub against: Option<PathBuf>,
     /// Also run both models side by side (needs --against) and report where, and how much,
     /// the container's outputs depart from the source's: KL divergence, top-1 agreement,
-    /// per-layer and per-tensor error, greedy continuations, KV-cache parity.
+    /// per-layer and (on --device cpu) per-tensor error, greedy continuations, KV-cache parity.
     #[arg(long, requires = "against")]
     pub run: bool,
     #[command(flatten)]
@@ -232,6 +232,8 @@ pub fn run(a: VerifyArgs) -> CmdResult {
     }
     if a.run {
         crate::divergence::set_run_threads(&a.run_opts)?;
+        // Bad run options (a missing CUDA driver too) fail before the byte checks.
+        a.run_opts.check()?;
     }
     let mut report = build_report(&a.file, a.against.as_deref())?;
     if let (true, Some(dir)) = (a.run, a.against.as_deref()) {

@@ -1,8 +1,8 @@
 //! Where, and how much, a test model departs from a reference model on the same token streams.
 //!
-//! Both models run side by side through the [`Backend`] trait (the CPU [`Model`] implements it; a
-//! GPU model can later, with the same logits and traces). [`measure`] takes prompts and evaluation
-//! windows and reports:
+//! Both models run side by side through the [`Backend`] trait (the CPU [`Model`] implements it,
+//! and the CUDA [`GpuModel`](crate::cuda::GpuModel), which traces only each layer's output).
+//! [`measure`] takes prompts and evaluation windows and reports:
 //!
 //! - per position, teacher-forced on the reference's tokens: KL(P_ref || P_test) of the next-token
 //!   distributions (softmax in f64), top-1 agreement, |Δp| of the stream's next token, and each
@@ -365,6 +365,11 @@ pub struct DivergenceReport {
     pub first_divergent_layer: Option<usize>,
     /// Per weight tensor, largest error first.
     pub tensors: Vec<TensorError>,
+    /// Whether error was attributed to single tensors: the backends traced each projection and
+    /// the test backend ran each alone on the reference's input. False for a backend that
+    /// traces only each layer's output (the CUDA one): `layers` holds the per-layer errors,
+    /// `tensors` and the layers' `worst_tensor` are then empty, not "no error".
+    pub tensor_attribution: bool,
     /// In-model error of every traced tensor (norms and attention outputs included), in trace order.
     pub points: Vec<PointError>,
     pub timing: Timing,
@@ -1098,6 +1103,7 @@ fn summarize(
             .find(|l| l.figures.rel_err != 0.0)
             .map(|l| l.layer),
         layers,
+        tensor_attribution: totals.own_supported && !totals.own.is_empty(),
         tensors,
         points,
         timing,

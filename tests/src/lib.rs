@@ -86,6 +86,45 @@ pub fn synth_model(
     out
 }
 
+/// Copies the Hugging Face folder `src` to `dst`, reversing the rows of `tensor` in its
+/// safetensors file: a model broken in one known tensor, for the divergence tests.
+pub fn permute_rows(src: &Path, dst: &Path, tensor: &str) {
+    std::fs::create_dir_all(dst).unwrap();
+    let mut found = false;
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_owned();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+            if let Some(t) = header.get(tensor) {
+                let offsets: Vec<usize> = t["data_offsets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as usize)
+                    .collect();
+                let shape: Vec<usize> = t["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as usize)
+                    .collect();
+                let data = &mut bytes[8 + n + offsets[0]..8 + n + offsets[1]];
+                let row_bytes = data.len() / shape[0];
+                let rows: Vec<Vec<u8>> = data.chunks(row_bytes).map(<[u8]>::to_vec).collect();
+                for (dst_row, src_row) in data.chunks_mut(row_bytes).zip(rows.iter().rev()) {
+                    dst_row.copy_from_slice(src_row);
+                }
+                found = true;
+            }
+        }
+        std::fs::write(dst.join(name), bytes).unwrap();
+    }
+    assert!(found, "{tensor} not found in {}", src.display());
+}
+
 /// A path as a `&str` for command lines.
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")

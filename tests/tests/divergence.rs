@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::OnceLock;
 
-use cllm_tests::{cllm, cllm_ok, s};
+use cllm_tests::{cllm, cllm_ok, permute_rows, s};
 use serde_json::Value;
 
 /// The tensor whose rows the broken container has reversed.
@@ -58,44 +58,6 @@ fn real() -> &'static Real {
             tmp,
         }
     })
-}
-
-/// Copies the folder `src` to `dst`, reversing the rows of `tensor` in its safetensors file.
-fn permute_rows(src: &Path, dst: &Path, tensor: &str) {
-    std::fs::create_dir_all(dst).unwrap();
-    let mut found = false;
-    for entry in std::fs::read_dir(src).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_owned();
-        let mut bytes = std::fs::read(&path).unwrap();
-        if path.extension().is_some_and(|e| e == "safetensors") {
-            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-            let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-            if let Some(t) = header.get(tensor) {
-                let offsets: Vec<usize> = t["data_offsets"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_u64().unwrap() as usize)
-                    .collect();
-                let shape: Vec<usize> = t["shape"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_u64().unwrap() as usize)
-                    .collect();
-                let data = &mut bytes[8 + n + offsets[0]..8 + n + offsets[1]];
-                let row_bytes = data.len() / shape[0];
-                let rows: Vec<Vec<u8>> = data.chunks(row_bytes).map(<[u8]>::to_vec).collect();
-                for (dst_row, src_row) in data.chunks_mut(row_bytes).zip(rows.iter().rev()) {
-                    dst_row.copy_from_slice(src_row);
-                }
-                found = true;
-            }
-        }
-        std::fs::write(dst.join(name), bytes).unwrap();
-    }
-    assert!(found, "{tensor} not found in {}", src.display());
 }
 
 fn json_of(out: &Output) -> Value {
@@ -235,7 +197,11 @@ fn lossless_container_gives_zero_kld_and_bit_identical_logits() {
     assert_eq!(v["top1_agreement"].as_f64(), Some(1.0));
     let run = &v["run"];
     assert_eq!(run["lossless"]["logits_must_be_identical"], true);
+    assert_eq!(run["device"], "cpu");
+    assert!(run.get("gpu").is_none());
+    assert_eq!(run["notes"].as_array().map(Vec::len), Some(0));
     let d = &run["divergence"];
+    assert_eq!(d["tensor_attribution"], true);
     assert_eq!(d["logits"]["identical"], true);
     assert_eq!(d["logits"]["positions_differing"], 0);
     assert_eq!(d["kld"]["max"].as_f64(), Some(0.0));
@@ -463,18 +429,42 @@ fn diff_without_run_compares_weights() {
 #[test]
 fn usage_errors_exit_2() {
     let r = real();
-    // CUDA is refused clearly until that backend exists.
-    let out = cllm(&[
-        "verify",
-        s(&r.lossless),
-        "--against",
-        s(&r.hf),
-        "--run",
-        "--device",
-        "cuda",
-    ]);
+    // Without a GPU, `--device cuda` says so and exits 2, as `cllm run --device cuda` does (on a
+    // GPU machine tests/tests/gpu.rs runs it instead).
+    let gpu_machine = std::env::var("CLLM_GPU_TESTS").is_ok_and(|v| v == "1")
+        || cllm_kernels::cuda::Gpu::driver_present();
+    if !gpu_machine {
+        for args in [
+            vec![
+                "verify",
+                s(&r.lossless),
+                "--against",
+                s(&r.hf),
+                "--run",
+                "--device",
+                "cuda",
+            ],
+            vec![
+                "diff",
+                s(&r.hf),
+                s(&r.lossless),
+                "--run",
+                "--device",
+                "cuda",
+            ],
+        ] {
+            let out = cllm(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains("--device cuda: no CUDA driver found"), "{err}");
+            // Refused before any measuring: nothing on stdout.
+            assert!(out.stdout.is_empty(), "{args:?}");
+        }
+    }
+    // An unknown device.
+    let out = cllm(&["diff", s(&r.hf), s(&r.lossless), "--run", "--device", "tpu"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("CUDA"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--device tpu"));
     // Run options without --run, --run without --against, a percentage for a fraction.
     for args in [
         vec![

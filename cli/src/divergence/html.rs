@@ -168,7 +168,7 @@ fn text_row(s: &mut String, key: &str, label: &str, value: &str) {
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}\
 table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:3px 8px;\
 text-align:left;font-size:13px;vertical-align:top}th{background:#f4f4f4}\
-.pass{color:#17702a}.fail{color:#b00020}.mono{font-family:monospace;white-space:pre-wrap}\
+.pass{color:#17702a}.fail{color:#b00020}.note{color:#8a5a00}.mono{font-family:monospace;white-space:pre-wrap}\
 svg{border:1px solid #ddd;margin:6px 0}.t{font-size:14px;font-weight:600}.a{font-size:11px;fill:#444}\
 .g{stroke:#eee}";
 
@@ -187,7 +187,7 @@ pub fn render(o: &RunOutcome) -> String {
         "<h1>Divergence report</h1><p>Test <code>{}</code> against reference <code>{}</code> on {}: {} prompts x {} generated tokens and {} evaluation windows x {} tokens, {} scored positions (those predicting a generated token, and the second half of each window), {:.1} s.</p>",
         esc(&o.test),
         esc(&o.reference),
-        esc(&o.device),
+        esc(&super::summary::device(o)),
         r.prompts.streams,
         o.gen_tokens,
         r.eval.streams,
@@ -319,29 +319,43 @@ pub fn render(o: &RunOutcome) -> String {
 
     s.push_str("<h2>Error by layer</h2>");
     let in_model: Vec<f64> = r.layers.iter().map(|l| l.figures.rel_err).collect();
-    let own: Vec<f64> = r
-        .layers
-        .iter()
-        .map(|l| l.worst_own_rel_err.unwrap_or(0.0))
-        .collect();
+    let mut series = vec![Series {
+        name: "hidden state, in-model",
+        color: "#1f5fbf",
+        values: in_model,
+    }];
+    if r.tensor_attribution {
+        series.push(Series {
+            name: "worst tensor of the layer, own",
+            color: "#d2691e",
+            values: r
+                .layers
+                .iter()
+                .map(|l| l.worst_own_rel_err.unwrap_or(0.0))
+                .collect(),
+        });
+    }
     s.push_str(&line_chart(
         "relative error after each decoder layer",
         "layer",
-        &[
-            Series {
-                name: "hidden state, in-model",
-                color: "#1f5fbf",
-                values: in_model,
-            },
-            Series {
-                name: "worst tensor of the layer, own",
-                color: "#d2691e",
-                values: own,
-            },
-        ],
+        &series,
     ));
-    s.push_str("<table id=\"layers\"><tr><th>layer</th><th>rel err</th><th>added</th><th>cosine</th><th>worst tensor (own error)</th></tr>");
+    // Without per-tensor attribution the last column names the layer's most changed weight
+    // (from the weight comparison) rather than a tensor's own error.
+    let last = if r.tensor_attribution {
+        "worst tensor (own error)"
+    } else {
+        "weight most changed (weight rel RMS)"
+    };
+    let _ = write!(s, "<table id=\"layers\"><tr><th>layer</th><th>rel err</th><th>added</th><th>cosine</th><th>{last}</th></tr>");
     for l in &r.layers {
+        let (name, err) = if r.tensor_attribution {
+            (l.worst_tensor.clone(), l.worst_own_rel_err)
+        } else {
+            o.weights
+                .most_changed_in_layer(l.layer)
+                .map_or((None, None), |w| (Some(w.name.clone()), Some(w.rel_rms)))
+        };
         let _ = write!(
             s,
             "<tr><td>{}</td><td data-value=\"{}\">{}</td><td>{}</td><td>{:.6}</td><td>{} ({})</td></tr>",
@@ -350,8 +364,8 @@ pub fn render(o: &RunOutcome) -> String {
             fig(l.figures.rel_err),
             fig(l.growth),
             l.figures.cosine,
-            esc(l.worst_tensor.as_deref().unwrap_or("-")),
-            l.worst_own_rel_err.map_or("-".into(), fig)
+            esc(name.as_deref().unwrap_or("-")),
+            err.map_or("-".into(), fig)
         );
     }
     s.push_str("</table>");
@@ -367,28 +381,34 @@ pub fn render(o: &RunOutcome) -> String {
         }],
     ));
 
-    s.push_str("<h2>Error by tensor</h2><p>Own: the test tensor applied to the reference's input, the error it adds alone. In-model: its output in the test model's own run, upstream error included. Weight: relative RMS difference of the weights.</p>");
-    s.push_str("<table id=\"tensors\"><tr><th>tensor</th><th>layer</th><th>own rel err</th><th>own cosine</th><th>in-model rel err</th><th>in-model cosine</th><th>weight rel RMS</th></tr>");
-    for t in &r.tensors {
-        let w = o.weights.get(&t.tensor);
-        let _ = write!(
-            s,
-            "<tr><td class=\"mono\">{}</td><td>{}</td><td data-value=\"{}\">{}</td><td>{}</td><td>{}</td><td>{:.6}</td><td>{}</td></tr>",
-            esc(&if t.module == "lm_head" {
-                format!("{} (as LM head)", t.tensor)
-            } else {
-                t.tensor.clone()
-            }),
-            t.layer.map_or("-".into(), |l| l.to_string()),
-            t.rank_err(),
-            t.own.as_ref().map_or("-".into(), |f| fig(f.rel_err)),
-            t.own.as_ref().map_or("-".into(), |f| format!("{:.6}", f.cosine)),
-            fig(t.in_model.rel_err),
-            t.in_model.cosine,
-            w.map_or("-".into(), |w| fig(w.rel_rms))
-        );
+    s.push_str("<h2>Error by tensor</h2>");
+    for n in &o.notes {
+        let _ = write!(s, "<p class=\"note\">{}.</p>", esc(n));
     }
-    s.push_str("</table>");
+    if !r.tensors.is_empty() {
+        s.push_str("<p>Own: the test tensor applied to the reference's input, the error it adds alone. In-model: its output in the test model's own run, upstream error included. Weight: relative RMS difference of the weights.</p>");
+        s.push_str("<table id=\"tensors\"><tr><th>tensor</th><th>layer</th><th>own rel err</th><th>own cosine</th><th>in-model rel err</th><th>in-model cosine</th><th>weight rel RMS</th></tr>");
+        for t in &r.tensors {
+            let w = o.weights.get(&t.tensor);
+            let _ = write!(
+                s,
+                "<tr><td class=\"mono\">{}</td><td>{}</td><td data-value=\"{}\">{}</td><td>{}</td><td>{}</td><td>{:.6}</td><td>{}</td></tr>",
+                esc(&if t.module == "lm_head" {
+                    format!("{} (as LM head)", t.tensor)
+                } else {
+                    t.tensor.clone()
+                }),
+                t.layer.map_or("-".into(), |l| l.to_string()),
+                t.rank_err(),
+                t.own.as_ref().map_or("-".into(), |f| fig(f.rel_err)),
+                t.own.as_ref().map_or("-".into(), |f| format!("{:.6}", f.cosine)),
+                fig(t.in_model.rel_err),
+                t.in_model.cosine,
+                w.map_or("-".into(), |w| fig(w.rel_rms))
+            );
+        }
+        s.push_str("</table>");
+    }
 
     s.push_str("<h2>Greedy continuations</h2><table id=\"greedy\"><tr><th>prompt</th><th>first divergence</th><th>shared</th><th>reference</th><th>test</th></tr>");
     for g in &o.greedy_text {

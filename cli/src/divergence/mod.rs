@@ -9,16 +9,18 @@ pub mod weights;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
+use cllm_kernels::cuda::Gpu;
 use cllm_loader::{load_cpu, LoadedModel};
-use cllm_runtime::divergence::{measure, Criteria, DivergenceReport, Plan};
+use cllm_runtime::divergence::{measure, Backend, Criteria, DivergenceReport, Plan};
 use cllm_runtime::{LlamaConfig, Model, Tokenizer};
 use serde::Serialize;
 
-use crate::run::set_threads;
+use crate::run::{load_on_gpu, open_gpu, set_threads, GpuLoaded};
 use crate::verify::{open_container, open_mmap};
 use crate::{CmdResult, Failure};
 use weights::WeightDiff;
@@ -26,7 +28,8 @@ use weights::WeightDiff;
 /// How a divergence run is made and judged (shared by `verify --run` and `diff --run`).
 #[derive(Args, Clone, Debug)]
 pub struct RunOptions {
-    /// Backend both models run on: cpu or cuda.
+    /// Backend both models run on: cpu or cuda. On cuda each layer's output error is measured
+    /// but not each tensor's own (the weights are still compared tensor by tensor).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// More prompts, one per line, added to the built-in set.
@@ -80,15 +83,16 @@ impl RunOptions {
         v
     }
 
-    fn check(&self) -> anyhow::Result<()> {
-        // Not `run::check_device`: that accepts cuda once a GPU is there, and this run must not
-        // then measure the CPU while saying cuda.
+    /// Refuses bad options before anything is loaded or compared: also `--device cuda` on a
+    /// machine without a CUDA driver (`run_pair` opens the GPU itself).
+    pub fn check(&self) -> anyhow::Result<()> {
         match self.device.as_str() {
             "cpu" => {}
-            "cuda" => bail!(
-                "--device cuda: the divergence run has no CUDA backend yet (a GPU model joins it by \
-                 implementing cllm_runtime::divergence::Backend); use --device cpu"
-            ),
+            // Only the driver's presence here: opening the GPU compiles its kernels.
+            "cuda" if !Gpu::driver_present() => {
+                open_gpu()?;
+            }
+            "cuda" => {}
             other => bail!("--device {other}: expected cpu or cuda"),
         }
         if let Some(k) = self.max_kld {
@@ -163,6 +167,11 @@ pub struct RunOutcome {
     pub reference: String,
     pub test: String,
     pub device: String,
+    /// The GPU's name, with `--device cuda`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
+    /// What this run did not measure, and why, one sentence each.
+    pub notes: Vec<String>,
     pub ok: bool,
     pub failures: Vec<String>,
     pub lossless: Lossless,
@@ -210,6 +219,54 @@ fn build_model(path: &Path, m: LoadedModel) -> anyhow::Result<(Model, Option<Tok
     Ok((model, tok))
 }
 
+/// Both models, on the backend `--device` names (boxed: the variants differ much in size).
+enum Models {
+    Cpu(Box<Model>, Box<Model>),
+    Gpu(Box<GpuLoaded>, Box<GpuLoaded>),
+}
+
+impl Models {
+    fn backends(&self) -> (&dyn Backend, &dyn Backend) {
+        match self {
+            Models::Cpu(r, t) => (r.as_ref(), t.as_ref()),
+            Models::Gpu(r, t) => (&r.model, &t.model),
+        }
+    }
+}
+
+/// Loads both models for the run: on the CPU from the weights already decoded, or onto `gpu`
+/// (the decoded copies are dropped first: the GPU loader streams the files itself). Returns the
+/// models and the tokenizer (the reference's, else the test's).
+fn load_models(
+    reference: (&Path, LoadedModel),
+    test: (&Path, LoadedModel),
+    gpu: Option<&Arc<Gpu>>,
+) -> anyhow::Result<(Models, Tokenizer)> {
+    let ((rp, rw), (tp, tw)) = (reference, test);
+    let (models, ref_tok, test_tok) = match gpu {
+        None => {
+            let (r, rt) = build_model(rp, rw)?;
+            let (t, tt) = build_model(tp, tw)?;
+            (Models::Cpu(Box::new(r), Box::new(t)), rt, tt)
+        }
+        Some(gpu) => {
+            drop((rw, tw));
+            let mut r = load_on_gpu(gpu, rp, false, false)?;
+            let mut t = load_on_gpu(gpu, tp, false, false)?;
+            let (rt, tt) = (r.tokenizer.take(), t.tokenizer.take());
+            (Models::Gpu(Box::new(r), Box::new(t)), rt, tt)
+        }
+    };
+    let tok = ref_tok.or(test_tok).ok_or_else(|| {
+        anyhow!(
+            "neither {} nor {} has a tokenizer.json",
+            rp.display(),
+            tp.display()
+        )
+    })?;
+    Ok((models, tok))
+}
+
 /// Progress on stderr, on one overwritten line, only when stderr is a terminal.
 fn progress_line() -> impl FnMut(&str) {
     let tty = std::io::stderr().is_terminal();
@@ -249,19 +306,18 @@ fn greedy_texts(
 pub fn run_pair(reference: &Path, test: &Path, opts: &RunOptions) -> Result<RunOutcome, Failure> {
     let start = Instant::now();
     opts.check()?;
+    // A machine without a GPU is told so before anything is loaded.
+    let gpu = match opts.device.as_str() {
+        "cuda" => Some(open_gpu()?),
+        _ => None,
+    };
     let lossless_ref = is_lossless(reference)?;
     let lossless_test = is_lossless(test)?;
+    // The weights are compared on the CPU whatever the device.
     let (wa, wb) = (load_weights(reference)?, load_weights(test)?);
     let weights = weights::compare(&wa.weights, &wb.weights);
-    let (ref_model, ref_tok) = build_model(reference, wa)?;
-    let (test_model, test_tok) = build_model(test, wb)?;
-    let tok = ref_tok.or(test_tok).ok_or_else(|| {
-        anyhow!(
-            "neither {} nor {} has a tokenizer.json",
-            reference.display(),
-            test.display()
-        )
-    })?;
+    let (models, tok) = load_models((reference, wa), (test, wb), gpu.as_ref())?;
+    let (ref_model, test_model) = models.backends();
 
     let mut prompts: Vec<String> = Vec::new();
     if !opts.no_builtin_prompts {
@@ -281,7 +337,7 @@ pub fn run_pair(reference: &Path, test: &Path, opts: &RunOptions) -> Result<RunO
         eos: ref_model.config().eos_token_ids.clone(),
     };
     let mut progress = progress_line();
-    let report = measure(&ref_model, &test_model, &plan, &mut progress)
+    let report = measure(ref_model, test_model, &plan, &mut progress)
         .map_err(|e| anyhow!("{} against {}: {e}", test.display(), reference.display()))?;
     progress("");
 
@@ -292,10 +348,21 @@ pub fn run_pair(reference: &Path, test: &Path, opts: &RunOptions) -> Result<RunO
         require_identical: must_identical,
     };
     let failures = report.failures(&criteria);
+    let mut notes = Vec::new();
+    if !report.tensor_attribution {
+        notes.push(format!(
+            "per-tensor attribution was not measured: the {} backend traces only each decoder \
+             layer's output, so the error is placed by layer (and the weights are compared \
+             tensor by tensor); --device cpu names the tensor that adds it",
+            opts.device
+        ));
+    }
     let outcome = RunOutcome {
         reference: reference.display().to_string(),
         test: test.display().to_string(),
         device: opts.device.clone(),
+        gpu: gpu.as_ref().map(|g| g.info().name.clone()),
+        notes,
         ok: failures.is_empty(),
         failures,
         lossless: Lossless {

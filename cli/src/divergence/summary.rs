@@ -34,13 +34,21 @@ pub fn fig(v: f64) -> String {
     }
 }
 
+/// The device, with the GPU's name when there is one.
+pub fn device(o: &RunOutcome) -> String {
+    match &o.gpu {
+        Some(name) => format!("{} ({name})", o.device),
+        None => o.device.clone(),
+    }
+}
+
 pub fn print_run(o: &RunOutcome) {
     let r = &o.divergence;
     println!(
         "cllm divergence: {} against {} (reference) on {}: {} prompts x {} tokens + {} windows x {} tokens, {} scored positions, {:.1} s",
         o.test,
         o.reference,
-        o.device,
+        device(o),
         r.prompts.streams,
         o.gen_tokens,
         r.eval.streams,
@@ -132,15 +140,34 @@ pub fn print_run(o: &RunOutcome) {
         None if r.layers.is_empty() => println!("layers    the backends gave no per-layer traces"),
         None => println!("layers    every layer's output matches the reference exactly"),
         Some(first) => {
-            println!("worst layers (error each adds to the hidden state); first layer that departs: {first}");
+            // Without per-tensor attribution the first departing layer is the best lead (error
+            // grows downstream, so a later layer can add more), and the weights say what in it
+            // changed.
+            let lead = match o.weights.most_changed_in_layer(first) {
+                Some(w) if !r.tensor_attribution => {
+                    format!(", where {} changed most ({})", w.name, fig(w.rel_rms))
+                }
+                _ => String::new(),
+            };
+            println!("worst layers (error each adds to the hidden state); first layer that departs: {first}{lead}");
             for l in r
                 .worst_layers(WORST)
                 .into_iter()
                 .filter(|l| l.growth.is_nan() || l.growth > 0.0)
             {
-                let worst = match (l.worst_tensor.as_deref(), l.worst_own_rel_err) {
-                    (Some(t), Some(e)) if e != 0.0 => format!("worst tensor {t} ({})", fig(e)),
-                    _ => "none of its tensors differs".into(),
+                let worst = if r.tensor_attribution {
+                    match (l.worst_tensor.as_deref(), l.worst_own_rel_err) {
+                        (Some(t), Some(e)) if e != 0.0 => {
+                            format!("worst tensor {t} ({})", fig(e))
+                        }
+                        _ => "none of its tensors differs".into(),
+                    }
+                } else {
+                    // No tensor's own error on this backend: say which weight changed instead.
+                    match o.weights.most_changed_in_layer(l.layer) {
+                        Some(w) => format!("weight most changed {} ({})", w.name, fig(w.rel_rms)),
+                        None => "its weights equal the reference's".into(),
+                    }
                 };
                 println!(
                     "  layer {:>3}  +{:<10} rel err {:<10} cos {:.6}  {worst}",
@@ -157,7 +184,12 @@ pub fn print_run(o: &RunOutcome) {
         .iter()
         .filter(|t| t.rank_err() != 0.0)
         .collect();
-    if r.tensors.is_empty() {
+    if !r.tensor_attribution {
+        println!(
+            "tensors   per-tensor attribution not measured on {} (it traces each layer's output only); --device cpu names the tensor",
+            o.device
+        );
+    } else if r.tensors.is_empty() {
         println!("tensors   the backends gave no per-tensor traces");
     } else if worst.is_empty() {
         println!("tensors   every tensor's output matches the reference exactly");

@@ -56,6 +56,15 @@ impl WeightDiff {
     pub fn get(&self, name: &str) -> Option<&WeightRow> {
         self.tensors.iter().find(|t| t.name == name)
     }
+
+    /// The weight of decoder layer `layer` that differs most from the reference's, if any does:
+    /// where a backend cannot attribute a layer's error to a tensor, the weights still hint.
+    pub fn most_changed_in_layer(&self, layer: usize) -> Option<&WeightRow> {
+        let prefix = format!("model.layers.{layer}.");
+        self.tensors
+            .iter()
+            .find(|t| !t.identical && t.name.starts_with(&prefix))
+    }
 }
 
 fn row(name: &str, a: &Weight, b: &Weight) -> Result<WeightRow, String> {
