@@ -66,6 +66,28 @@ pub trait Backend {
     }
 }
 
+/// The greedy loop every backend shares: from the prompt's last logits `first`, take the argmax
+/// (keeping each step's logits, which KV-cache parity compares with the teacher-forced pass),
+/// and feed it to `decode` until `max_new` tokens or an `eos` token.
+pub(crate) fn greedy_loop<E: Into<BackendError>>(
+    first: Vec<f32>,
+    max_new: usize,
+    eos: &[u32],
+    mut decode: impl FnMut(u32) -> Result<Vec<f32>, E>,
+) -> Result<Greedy, BackendError> {
+    let mut g = Greedy::default();
+    let mut logits = first;
+    loop {
+        let tok = argmax_lenient(&logits);
+        g.tokens.push(tok);
+        g.logits.push(logits);
+        if g.tokens.len() >= max_new || eos.contains(&tok) {
+            return Ok(g);
+        }
+        logits = decode(tok).map_err(Into::into)?;
+    }
+}
+
 /// The most likely token; ties go to the lowest id and NaN never wins (a broken model must not
 /// stop the report).
 pub fn argmax_lenient(logits: &[f32]) -> u32 {
@@ -92,21 +114,12 @@ impl Backend for Model {
     }
 
     fn greedy(&self, prompt: &[u32], max_new: usize, eos: &[u32]) -> Result<Greedy, BackendError> {
-        let mut g = Greedy::default();
         if max_new == 0 {
-            return Ok(g);
+            return Ok(Greedy::default());
         }
         let mut session = self.session(prompt.len() + max_new)?;
-        let mut logits = session.prefill(prompt)?;
-        loop {
-            let tok = argmax_lenient(&logits);
-            g.tokens.push(tok);
-            g.logits.push(logits);
-            if g.tokens.len() >= max_new || eos.contains(&tok) {
-                return Ok(g);
-            }
-            logits = session.decode(tok)?;
-        }
+        let first = session.prefill(prompt)?;
+        greedy_loop(first, max_new, eos, |t| session.decode(t))
     }
 
     fn project(

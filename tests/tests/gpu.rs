@@ -46,6 +46,19 @@ fn cllm_bin() -> PathBuf {
     }
 }
 
+/// `cllm pack SRC -o OUT --quiet EXTRA...`.
+fn pack(src: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "pack",
+        src.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    cllm_ok(&args);
+}
+
 fn cllm_ok(args: &[&str]) -> String {
     let out = Command::new(cllm_bin())
         .args(args)
@@ -371,15 +384,7 @@ fn gpu_synthetic_models_match_cpu_with_long_contexts() {
                 "{}-{i}.cllm",
                 src.file_name().unwrap().to_string_lossy()
             ));
-            let mut args = vec![
-                "pack",
-                src.to_str().unwrap(),
-                "-o",
-                out.to_str().unwrap(),
-                "--quiet",
-            ];
-            args.extend(p.iter().copied());
-            cllm_ok(&args);
+            pack(src, &out, p);
             paths.push(out);
         }
         for path in &paths {
@@ -403,15 +408,7 @@ fn gpu_check_resident_names_a_corrupted_tensor() {
     let tmp = tempfile::tempdir().unwrap();
     let src = cllm_tests::synth_model(tmp.path(), "tiny", cllm_format::Dtype::Bf16, 0, 1);
     let out = tmp.path().join("t.cllm");
-    cllm_ok(&[
-        "pack",
-        src.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--quiet",
-        "--policy",
-        "mlp-only",
-    ]);
+    pack(&src, &out, &["--policy", "mlp-only"]);
     let gpu = gpu();
     let w = load_gpu(
         &out,
@@ -453,23 +450,9 @@ fn real() -> &'static Real {
         let hf = tmp.path().join("hf");
         cllm_gguf::import(&gguf, &hf).expect("importing the real model");
         let lossless = tmp.path().join("lossless.cllm");
-        cllm_ok(&[
-            "pack",
-            hf.to_str().unwrap(),
-            "-o",
-            lossless.to_str().unwrap(),
-            "--quiet",
-        ]);
+        pack(&hf, &lossless, &[]);
         let mlp_int8 = tmp.path().join("mlp-int8.cllm");
-        cllm_ok(&[
-            "pack",
-            hf.to_str().unwrap(),
-            "-o",
-            mlp_int8.to_str().unwrap(),
-            "--quiet",
-            "--policy",
-            "mlp-only",
-        ]);
+        pack(&hf, &mlp_int8, &["--policy", "mlp-only"]);
         let dir = tmp.path().to_path_buf();
         Real {
             _tmp: tmp,
@@ -592,15 +575,7 @@ fn gpu_real_model_check_resident_passes_for_every_preset() {
         ),
     ] {
         let out = r.dir.join(format!("{name}.cllm"));
-        let mut a = vec![
-            "pack",
-            r.hf.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--quiet",
-        ];
-        a.extend(args);
-        cllm_ok(&a);
+        pack(&r.hf, &out, args);
         let stdout = cllm_ok(&[
             "run",
             out.to_str().unwrap(),
@@ -1145,20 +1120,12 @@ fn gpu_divergence_synthetic_lossless_is_exact_and_int8_matches_the_cpu() {
     gpu_test!();
     let tmp = tempfile::tempdir().unwrap();
     let src = cllm_tests::synth_model(tmp.path(), "small", cllm_format::Dtype::Bf16, 0, 11);
-    let pack = |name: &str, policy: &str| {
+    let packed = |name: &str, policy: &str| {
         let out = tmp.path().join(name);
-        cllm_ok(&[
-            "pack",
-            src.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--quiet",
-            "--policy",
-            policy,
-        ]);
+        pack(&src, &out, &["--policy", policy]);
         out
     };
-    let (lossless, int8) = (pack("l.cllm", "lossless"), pack("q.cllm", "all-linear"));
+    let (lossless, int8) = (packed("l.cllm", "lossless"), packed("q.cllm", "all-linear"));
     let layers = 4; // the "small" shape
 
     let mut args = vec!["--device", "cuda", "--max-kld", "0", "--min-top1", "1"];
@@ -1316,13 +1283,7 @@ fn gpu_divergence_real_model_names_the_broken_layer() {
     let broken = r.dir.join("divergence-broken.cllm");
     let report = r.dir.join("divergence-broken.html");
     cllm_tests::permute_rows(&r.hf, &broken_hf, PERMUTED);
-    cllm_ok(&[
-        "pack",
-        broken_hf.to_str().unwrap(),
-        "-o",
-        broken.to_str().unwrap(),
-        "--quiet",
-    ]);
+    pack(&broken_hf, &broken, &[]);
     let mut args = vec![
         "diff",
         r.hf.to_str().unwrap(),

@@ -9,7 +9,7 @@
 
 use super::model::GpuModel;
 use crate::config::LlamaConfig;
-use crate::divergence::{argmax_lenient, Backend, BackendError, Greedy};
+use crate::divergence::{greedy_loop, Backend, BackendError, Greedy};
 use crate::forward::{TraceKind, TracePoint, Tracer};
 
 /// A layer hook's rows that do not fit the sequence traced (a session bug, not bad input).
@@ -83,22 +83,12 @@ impl Backend for GpuModel {
     }
 
     fn greedy(&self, prompt: &[u32], max_new: usize, eos: &[u32]) -> Result<Greedy, BackendError> {
-        let mut g = Greedy::default();
         if max_new == 0 {
-            return Ok(g);
+            return Ok(Greedy::default());
         }
-        // The same loop as the CPU's: the logits come back each step (KV-cache parity compares
-        // them with the teacher-forced pass), and the host's argmax picks the token.
+        // Logits come back each step (KV-cache parity compares them), unlike `generate_gpu`.
         let mut session = self.session(prompt.len() + max_new)?;
-        let mut logits = session.prefill(prompt)?;
-        loop {
-            let tok = argmax_lenient(&logits);
-            g.tokens.push(tok);
-            g.logits.push(logits);
-            if g.tokens.len() >= max_new || eos.contains(&tok) {
-                return Ok(g);
-            }
-            logits = session.decode(tok)?;
-        }
+        let first = session.prefill(prompt)?;
+        greedy_loop(first, max_new, eos, |t| session.decode(t))
     }
 }
