@@ -575,7 +575,7 @@ fn gpu_real_model_check_resident_passes_for_every_preset() {
         ),
     ] {
         let out = r.dir.join(format!("{name}.cllm"));
-        pack(&r.hf, &out, args);
+        pack(&r.hf, &out, &args);
         let stdout = cllm_ok(&[
             "run",
             out.to_str().unwrap(),
