@@ -419,7 +419,30 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     // the programmatic-launch wait while the first weight loads are in flight. Fixed order for
     // any NT: thread (w, l) sums partials i = 32 w + l (mod 128) in order, each warp adds its 32
     // lanes with the butterfly, and the epilogue adds the 4 warp sums in warp order.
+    // One token: the epilogue's inputs that do not depend on the products (the residual rows and
+    // the next norm's weights, or the position and its RoPE factors) are loaded by the epilogue's
+    // lane right after the wait, while the weights stream, instead of as a round trip after them.
+    float pre_a = 0.0f, pre_b = 0.0f, pre_c = 0.0f, pre_d = 0.0f;
+    int pre_p = 0;
     auto norm_sums = [&]() {
+        if (NT == 1 && wk == 0 && lane == 0 && unit < a.units && tok0 < a.ntok) {
+            if (a.mode == MODE_RESID) {
+                const float* h = a.out + (size_t)tok0 * a.out_stride;
+                pre_a = h[ra];
+                pre_c = a.norm_next[ra];
+                if (rb < wb->rows) {
+                    pre_b = h[rb];
+                    pre_d = a.norm_next[rb];
+                }
+            } else if (a.mode == MODE_QKV) {
+                pre_p = *a.pos + tok0;
+                if (seg < 2) {
+                    const size_t at = (size_t)pre_p * (a.head_dim >> 1) + ra % a.head_dim;
+                    pre_a = a.rope_cos[at];
+                    pre_b = a.rope_sin[at];
+                }
+            }
+        }
         if (a.partial != 0) {
 #pragma unroll
             for (int t = 0; t < NT; t++) {
@@ -478,12 +501,12 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
             if (wa->bias != 0) ya = ya + wa->bias[ra];
             if (has_b && wb->bias != 0) yb = yb + wb->bias[rb];
             if (a.mode == MODE_QKV) {
-                int p = *a.pos + tok;
+                int p = NT == 1 ? pre_p : *a.pos + tok;
                 int half = a.head_dim >> 1;
                 int i = ra % a.head_dim;
                 if (seg < 2) {
-                    float c = a.rope_cos[(size_t)p * half + i];
-                    float s = a.rope_sin[(size_t)p * half + i];
+                    float c = NT == 1 ? pre_a : a.rope_cos[(size_t)p * half + i];
+                    float s = NT == 1 ? pre_b : a.rope_sin[(size_t)p * half + i];
                     float na = __fsub_rn(__fmul_rn(ya, c), __fmul_rn(yb, s));
                     float nb = __fadd_rn(__fmul_rn(yb, c), __fmul_rn(ya, s));
                     ya = na; yb = nb;
@@ -502,14 +525,14 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
             } else if (a.mode == MODE_RESID) {
                 float* h = a.out + (size_t)tok * a.out_stride;
                 float* xw = a.xw_out + (size_t)tok * a.out_stride;
-                float ha = h[ra] + ya;
+                float ha = (NT == 1 ? pre_a : h[ra]) + ya;
                 h[ra] = ha;
-                xw[ra] = a.norm_next[ra] * ha;
+                xw[ra] = (NT == 1 ? pre_c : a.norm_next[ra]) * ha;
                 sq = ha * ha;
                 if (has_b) {
-                    float hb = h[rb] + yb;
+                    float hb = (NT == 1 ? pre_b : h[rb]) + yb;
                     h[rb] = hb;
-                    xw[rb] = a.norm_next[rb] * hb;
+                    xw[rb] = (NT == 1 ? pre_d : a.norm_next[rb]) * hb;
                     sq = sq + hb * hb;
                 }
             } else if (a.mode == MODE_GATEUP) {
