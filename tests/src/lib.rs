@@ -18,10 +18,15 @@ pub fn reference_dir() -> PathBuf {
     root().join("../shared/reference/smollm2-135m")
 }
 
-/// The `cllm` binary of the same profile as this test, built on first use.
+/// The `cllm` binary: `CLLM_BIN` where set (a prebuilt one, as `scripts/gpu-tests.sh --bin-dir`
+/// runs the tests on a machine without cargo), else the one of the same profile as this test,
+/// built on first use.
 pub fn cllm_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("CLLM_BIN") {
+            return PathBuf::from(p);
+        }
         // Test executables live in target/<profile>/deps/.
         let exe = std::env::current_exe().expect("test executable path");
         let profile_dir = exe

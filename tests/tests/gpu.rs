@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use cllm_kernels::cpu::matmul;
@@ -20,6 +19,7 @@ use cllm_kernels::{Weight, WeightData};
 use cllm_loader::gpu::{load_gpu, GpuLoadOptions, GpuModelWeights};
 use cllm_runtime::cuda::{generate_gpu, GpuModel};
 use cllm_runtime::{GenerateOptions, LlamaConfig, Model};
+use cllm_tests::{cllm, cllm_ok};
 use serde_json::Value;
 
 /// GPU tests are `#[ignore]`d, so a machine without a GPU reports them as ignored rather than
@@ -39,13 +39,6 @@ fn gpu() -> Arc<Gpu> {
         .clone()
 }
 
-fn cllm_bin() -> PathBuf {
-    match std::env::var_os("CLLM_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => cllm_tests::cllm_bin(),
-    }
-}
-
 /// `cllm pack SRC -o OUT --quiet EXTRA...`.
 fn pack(src: &Path, out: &Path, extra: &[&str]) {
     let mut args = vec![
@@ -57,21 +50,6 @@ fn pack(src: &Path, out: &Path, extra: &[&str]) {
     ];
     args.extend_from_slice(extra);
     cllm_ok(&args);
-}
-
-fn cllm_ok(args: &[&str]) -> String {
-    let out = Command::new(cllm_bin())
-        .args(args)
-        .output()
-        .expect("running cllm");
-    assert!(
-        out.status.success(),
-        "cllm {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
 }
 
 fn reference(name: &str) -> Value {
@@ -312,32 +290,25 @@ fn check_model(cpu: &Model, gpu_m: &GpuModel, tokens: &[u32], splits: &[usize], 
             "{what}: position {pos}: GPU vs CPU relative error {e}"
         );
     }
+    let same_bits = |got: &[Vec<f32>], how: &str| {
+        for (pos, (x, y)) in full.iter().zip(got).enumerate() {
+            assert_eq!(bits(x), bits(y), "{what}: position {pos}, {how}");
+        }
+    };
     for &split in splits {
         let mut s = gpu_m.session(tokens.len()).unwrap();
         let mut got = s.prefill_all(&tokens[..split]).unwrap();
         for &t in &tokens[split..] {
             got.push(s.decode(t).unwrap());
         }
-        for (pos, (x, y)) in full.iter().zip(&got).enumerate() {
-            assert_eq!(
-                bits(x),
-                bits(y),
-                "{what}: position {pos}, prefill of {split}"
-            );
-        }
+        same_bits(&got, &format!("prefill of {split}"));
         // Prefill in pieces of 7 gives the same bits too.
         let mut s = gpu_m.session(tokens.len()).unwrap();
         let mut got = Vec::new();
         for c in tokens[..split].chunks(7) {
             got.extend(s.prefill_all(c).unwrap());
         }
-        for (pos, (x, y)) in full.iter().zip(&got).enumerate() {
-            assert_eq!(
-                bits(x),
-                bits(y),
-                "{what}: position {pos}, prefill of {split} in sevens"
-            );
-        }
+        same_bits(&got, &format!("prefill of {split} in sevens"));
     }
 }
 
@@ -1041,10 +1012,7 @@ const DIV_SHORT: &[&str] = &[
 
 /// Runs `cllm ARGS`, asserts the exit code, returns stdout as JSON.
 fn cllm_json(args: &[&str], code: i32) -> Value {
-    let out = Command::new(cllm_bin())
-        .args(args)
-        .output()
-        .expect("running cllm");
+    let out = cllm(args);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -1335,17 +1303,17 @@ fn gpu_divergence_real_model_names_the_broken_layer() {
 
     // The summary names the layer and, from the weights, the tensor, and says that no tensor's
     // own error was measured.
-    let out = Command::new(cllm_bin())
-        .args([
-            "verify",
-            broken.to_str().unwrap(),
-            "--against",
-            r.hf.to_str().unwrap(),
-        ])
-        .args(["--run", "--device", "cuda"])
-        .args(DIV_SHORT)
-        .output()
-        .unwrap();
+    let mut args = vec![
+        "verify",
+        broken.to_str().unwrap(),
+        "--against",
+        r.hf.to_str().unwrap(),
+        "--run",
+        "--device",
+        "cuda",
+    ];
+    args.extend_from_slice(DIV_SHORT);
+    let out = cllm(&args);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("on cuda ("), "{text}");
