@@ -262,12 +262,9 @@ impl Gpu {
         if src.is_empty() {
             return Ok(());
         }
-        self.bind()?;
         // SAFETY: `dst` holds at least `size_of_val(src)` bytes (caller); `src` outlives the
         // copy, which is waited for.
-        unsafe {
-            result::memcpy_htod_async(dst, src, self.stream.0).ctx("copying to the device")?;
-        }
+        unsafe { self.htod_async(dst, src)? };
         self.sync()
     }
 
@@ -276,18 +273,8 @@ impl Gpu {
         if dst.is_empty() {
             return Ok(());
         }
-        self.bind()?;
         // SAFETY: `src` holds at least `size_of_val(dst)` bytes (caller); waited for below.
-        unsafe {
-            sys::cuMemcpyDtoHAsync_v2(
-                dst.as_mut_ptr() as *mut c_void,
-                src,
-                std::mem::size_of_val(dst),
-                self.stream.0,
-            )
-            .result()
-            .ctx("copying from the device")?;
-        }
+        unsafe { self.dtoh_async(dst, src)? };
         self.sync()
     }
 
