@@ -85,6 +85,31 @@ pub struct Model {
     unused_tensors: Vec<String>,
 }
 
+/// Removes tensor `name` from `map` (the CPU's or the GPU's weights), checking that `shape` of
+/// it is `rows x cols`.
+pub(crate) fn take_shaped<W>(
+    map: &mut HashMap<String, W>,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    shape: impl Fn(&W) -> (usize, usize),
+) -> Result<W, ModelError> {
+    let w = map
+        .remove(name)
+        .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+    let (r, c) = shape(&w);
+    if (r, c) != (rows, cols) {
+        return Err(ModelError::Shape {
+            name: name.to_string(),
+            expected_rows: rows,
+            expected_cols: cols,
+            rows: r,
+            cols: c,
+        });
+    }
+    Ok(w)
+}
+
 /// Takes tensors out of the loader's map, checking them.
 struct Tensors {
     map: HashMap<String, Weight>,
@@ -93,19 +118,7 @@ struct Tensors {
 
 impl Tensors {
     fn take(&mut self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
-        let w = self
-            .map
-            .remove(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        if (w.rows, w.cols) != (rows, cols) {
-            return Err(ModelError::Shape {
-                name: name.to_string(),
-                expected_rows: rows,
-                expected_cols: cols,
-                rows: w.rows,
-                cols: w.cols,
-            });
-        }
+        let w = take_shaped(&mut self.map, name, rows, cols, |w| (w.rows, w.cols))?;
         w.validate().map_err(|source| ModelError::InvalidWeight {
             name: name.to_string(),
             source,

@@ -9,7 +9,7 @@ use cllm_kernels::cuda::{
 };
 
 use crate::config::LlamaConfig;
-use crate::model::ModelError;
+use crate::model::{take_shaped, ModelError};
 use crate::sampler::SamplerError;
 
 /// Why the GPU model could not be built or run.
@@ -113,20 +113,7 @@ struct Take<'a> {
 
 impl Take<'_> {
     fn weight(&mut self, name: &str, rows: usize, cols: usize) -> Result<GpuWeight, GpuError> {
-        let w = self
-            .map
-            .remove(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        if (w.rows, w.cols) != (rows, cols) {
-            return Err(ModelError::Shape {
-                name: name.to_string(),
-                expected_rows: rows,
-                expected_cols: cols,
-                rows: w.rows,
-                cols: w.cols,
-            }
-            .into());
-        }
+        let w = take_shaped(&mut self.map, name, rows, cols, |w| (w.rows, w.cols))?;
         self.bytes += w.bytes;
         Ok(w)
     }
