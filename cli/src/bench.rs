@@ -218,7 +218,6 @@ fn warm_page_cache(path: &std::path::Path) -> anyhow::Result<u64> {
 
 fn gpu(a: GpuBenchArgs) -> CmdResult {
     use cllm_runtime::cuda::generate_gpu;
-    use cllm_runtime::{GenerateOptions, SamplerConfig};
     let gpu = crate::run::open_gpu()?;
     let info = gpu.info().clone();
     let bw = gpu.read_bandwidth(a.probe_gib << 30, 10)?;
@@ -240,14 +239,7 @@ fn gpu(a: GpuBenchArgs) -> CmdResult {
         let file_bytes = warm_page_cache(path)?;
         let l = crate::run::load_on_gpu(&gpu, path, false, false)?;
         let cfg = l.model.config().clone();
-        let ids: Vec<u32> = (0..a.prompt_tokens as u32)
-            .map(|i| 1 + (i * 7919) % (cfg.vocab_size as u32 - 1))
-            .collect();
-        let opts = GenerateOptions {
-            max_new_tokens: a.new_tokens,
-            sampler: SamplerConfig::greedy(),
-            eos_token_ids: vec![],
-        };
+        let (ids, opts) = crate::run::bench_request(a.prompt_tokens, a.new_tokens, cfg.vocab_size);
         // One untimed run captures the decode graph's first use and warms the clocks.
         generate_gpu(&l.model, &ids, &opts, |_| {})?;
         let mut tps = Vec::new();

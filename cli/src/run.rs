@@ -61,6 +61,40 @@ pub struct RunArgs {
     pub check_resident: bool,
 }
 
+impl RunArgs {
+    /// The generation settings these options ask for, stopping at `eos`.
+    fn generate_options(&self, eos: Vec<u32>) -> GenerateOptions {
+        GenerateOptions {
+            max_new_tokens: self.max_new_tokens,
+            sampler: SamplerConfig {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                seed: self.seed,
+            },
+            eos_token_ids: eos,
+        }
+    }
+}
+
+/// The benchmark request of `cllm bench decode` and `cllm bench gpu`: a fixed prompt of
+/// `prompt_tokens` ids spread over the vocabulary, then `new_tokens` greedy tokens, no stop token.
+pub fn bench_request(
+    prompt_tokens: usize,
+    new_tokens: usize,
+    vocab_size: usize,
+) -> (Vec<u32>, GenerateOptions) {
+    let ids = (0..prompt_tokens as u32)
+        .map(|i| 1 + (i * 7919) % (vocab_size as u32 - 1))
+        .collect();
+    let opts = GenerateOptions {
+        max_new_tokens: new_tokens,
+        sampler: SamplerConfig::greedy(),
+        eos_token_ids: vec![],
+    };
+    (ids, opts)
+}
+
 /// A model ready to generate, with its tokenizer and how it was loaded.
 pub struct Loaded {
     pub model: Model,
@@ -227,16 +261,7 @@ pub fn run(a: RunArgs) -> CmdResult {
     set_threads(a.threads)?;
     let l = load(&a.model)?;
     let ids = prompt_ids(&l, &a.prompt, a.chat)?;
-    let opts = GenerateOptions {
-        max_new_tokens: a.max_new_tokens,
-        sampler: SamplerConfig {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed,
-        },
-        eos_token_ids: l.model.config().eos_token_ids.clone(),
-    };
+    let opts = a.generate_options(l.model.config().eos_token_ids.clone());
     // A plain prompt is continued, so the text reads on from it; a chat reply stands alone.
     if !a.json && !a.chat {
         print!("{}", a.prompt);
@@ -310,14 +335,7 @@ pub fn bench_decode(a: DecodeBenchArgs) -> CmdResult {
     set_threads(a.threads)?;
     let l = load(&a.model)?;
     let cfg = l.model.config();
-    let ids: Vec<u32> = (0..a.prompt_tokens as u32)
-        .map(|i| 1 + (i * 7919) % (cfg.vocab_size as u32 - 1))
-        .collect();
-    let opts = GenerateOptions {
-        max_new_tokens: a.new_tokens,
-        sampler: SamplerConfig::greedy(),
-        eos_token_ids: vec![],
-    };
+    let (ids, opts) = bench_request(a.prompt_tokens, a.new_tokens, cfg.vocab_size);
     let (r, _) = generate_text(&l, &ids, &opts, false)?;
     let bytes_per_token = l.bytes_per_token as f64;
     let bw = measure_read_bandwidth();
@@ -436,16 +454,7 @@ fn run_gpu(a: RunArgs) -> CmdResult {
     let l = load_on_gpu(&gpu, &a.model, a.check_resident, true)?;
     let tok = l.tokenizer.as_ref().expect("required above");
     let ids = prompt_ids_with(tok, &l.files, &a.prompt, a.chat)?;
-    let opts = GenerateOptions {
-        max_new_tokens: a.max_new_tokens,
-        sampler: SamplerConfig {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed,
-        },
-        eos_token_ids: l.model.config().eos_token_ids.clone(),
-    };
+    let opts = a.generate_options(l.model.config().eos_token_ids.clone());
     if !a.json {
         print!("{}", a.prompt);
         std::io::stdout().flush()?;
