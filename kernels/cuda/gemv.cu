@@ -270,29 +270,15 @@ __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
         after_wait();
         waited = true;
     }
-    if (!PIPE) {
-        while (v0 < nvec) {
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                int v = v0 + step * u;
-                if (v < nvec) vec_fma<NT, KIND, R>(wv[u], sv[u], v, w, row, groups, xs, acc);
-            }
-            v0 += step * U;
-            if (v0 >= nvec) break;
-#pragma unroll
-            for (int u = 0; u < U; u++) load_vecs<KIND, R>(wr, gs, v0 + step * u, nvec, gshift, wv[u], sv[u]);
-        }
-        return;
-    }
-    // Pipelined: the next batch streams in while this one is multiplied, so the products of a
-    // burst of arriving weights overlap the transfer of the next (the products are in the same
-    // order either way).
-    uint4 wn[U][R];
-    float sn[U][R];
+    // PIPE: the next batch streams in while this one is multiplied, so the products of a burst
+    // of arriving weights overlap the transfer of the next; otherwise the next batch is loaded
+    // after the products. The products are in the same order either way.
+    uint4 wn[PIPE ? U : 1][R];
+    float sn[PIPE ? U : 1][R];
     while (v0 < nvec) {
         const int v1 = v0 + step * U;
         const bool more = v1 < nvec;
-        if (more) {
+        if (PIPE && more) {
 #pragma unroll
             for (int u = 0; u < U; u++) load_vecs<KIND, R>(wr, gs, v1 + step * u, nvec, gshift, wn[u], sn[u]);
         }
@@ -302,15 +288,19 @@ __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
             if (v < nvec) vec_fma<NT, KIND, R>(wv[u], sv[u], v, w, row, groups, xs, acc);
         }
         if (!more) break;
-        v0 = v1;
 #pragma unroll
         for (int u = 0; u < U; u++) {
+            if (PIPE) {
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                wv[u][r] = wn[u][r];
-                sv[u][r] = sn[u][r];
+                for (int r = 0; r < R; r++) {
+                    wv[u][r] = wn[u][r];
+                    sv[u][r] = sn[u][r];
+                }
+            } else {
+                load_vecs<KIND, R>(wr, gs, v1 + step * u, nvec, gshift, wv[u], sv[u]);
             }
         }
+        v0 = v1;
     }
 }
 
