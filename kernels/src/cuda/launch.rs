@@ -1,7 +1,7 @@
 //! The kernels' parameter structs (kept in step with their definitions in `kernels/cuda/*.cu`:
 //! the same fields in the same order, `#[repr(C)]`) and their launches.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::device::{CudaError, Gpu};
 use super::weight::GpuWeight;
@@ -96,6 +96,10 @@ pub struct AttnArgs {
     pub window: i32,
     pub cmax: i32,
     pub scale: f32,
+    /// 2: the chunk's keys and values stream into the L2 before the launch wait; 1: not; 0 lets
+    /// the launcher choose ([`attention_prefetch`]).
+    pub prefetch: i32,
+    pub pad_: i32,
 }
 
 /// `struct EmbedArgs` of misc.cu.
@@ -120,7 +124,7 @@ pub struct EmbedArgs {
 // The .cu structs have these sizes (checked by `layouts_match_the_cuda_structs`).
 const _: () = assert!(std::mem::size_of::<WDesc>() == 48);
 const _: () = assert!(std::mem::size_of::<GemvArgs>() == 304);
-const _: () = assert!(std::mem::size_of::<AttnArgs>() == 96);
+const _: () = assert!(std::mem::size_of::<AttnArgs>() == 104);
 const _: () = assert!(std::mem::size_of::<EmbedArgs>() == 128);
 
 /// Tokens per GEMV block for a batch of `ntok`: 8 for prefill, 1 for decode. Any choice gives
@@ -157,20 +161,35 @@ pub fn ksplit_for(w: &GpuWeight) -> i32 {
 /// TinyLlama's matrices and 7 % slower on 7B's, so the float forms keep batches of 8. Every
 /// choice gives the same bits.
 pub fn gemv_pipe(first: &WDesc) -> i32 {
-    use std::sync::OnceLock;
     static FORCED: OnceLock<Option<i32>> = OnceLock::new();
-    let forced = FORCED.get_or_init(|| {
-        std::env::var("CLLM_GEMV_PIPE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|p| (1..=3).contains(p))
-    });
-    match (forced, first.kind) {
-        (Some(p), _) => *p,
+    match (forced(&FORCED, "CLLM_GEMV_PIPE", 1..=3), first.kind) {
+        (Some(p), _) => p,
         // int8 per row, int8g: batches of 2
         (None, 3 | 5) => 3,
         (None, _) => 1,
     }
+}
+
+/// Whether attention asks the L2 for its keys and values before its launch wait (2) or not (1)
+/// when its arguments leave it 0: `CLLM_ATT_PREFETCH=1|2`, else 2. Same bits either way.
+pub fn attention_prefetch() -> i32 {
+    static FORCED: OnceLock<Option<i32>> = OnceLock::new();
+    forced(&FORCED, "CLLM_ATT_PREFETCH", 1..=2).unwrap_or(2)
+}
+
+/// A launch setting forced for the whole process by environment variable `name` (read once),
+/// for measuring one setting against another in the same run.
+fn forced(
+    cell: &OnceLock<Option<i32>>,
+    name: &str,
+    allowed: std::ops::RangeInclusive<i32>,
+) -> Option<i32> {
+    *cell.get_or_init(|| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|p| allowed.contains(p))
+    })
 }
 
 impl Gpu {
@@ -213,7 +232,11 @@ impl Gpu {
             )));
         }
         let grid = (chunks as u32, args.heads as u32, args.ntok as u32);
-        self.launch(self.f.attention, grid, ATT_THREADS, args, "attention")
+        let mut args = *args;
+        if args.prefetch == 0 {
+            args.prefetch = attention_prefetch();
+        }
+        self.launch(self.f.attention, grid, ATT_THREADS, &args, "attention")
     }
 
     /// Embedding rows for `args.ntok` tokens.
@@ -331,6 +354,10 @@ mod tests {
         assert_eq!(&a.x as *const _ as usize - base, 144);
         assert_eq!(&a.mode as *const _ as usize - base, 248);
         assert_eq!(&a.ksplit as *const _ as usize - base, 296);
+        let t = AttnArgs::default();
+        let base = &t as *const _ as usize;
+        assert_eq!(&t.scale as *const _ as usize - base, 92);
+        assert_eq!(&t.prefetch as *const _ as usize - base, 96);
         let e = EmbedArgs::default();
         let base = &e as *const _ as usize;
         assert_eq!(&e.tokens as *const _ as usize - base, 48);

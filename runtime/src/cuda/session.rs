@@ -440,6 +440,7 @@ impl<'m> GpuSession<'m> {
                     cmax: self.cmax as i32,
                     // transformers: `scaling = head_dim ** -0.5` (a Python float), used in f32.
                     scale: (hd as f64).powf(-0.5) as f32,
+                    ..AttnArgs::default()
                 },
                 chunks,
             ));
