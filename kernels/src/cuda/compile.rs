@@ -97,7 +97,11 @@ fn options(arch: &str) -> Vec<String> {
     // Measurement aid: `CLLM_NVRTC_DEFINES="-DNAME[=VALUE],..."` compiles a variant of the
     // kernels (cached under its own key) to time one choice against another in the same run.
     if let Ok(defs) = std::env::var("CLLM_NVRTC_DEFINES") {
-        o.extend(defs.split([' ', ',']).filter(|d| d.starts_with("-D")).map(String::from));
+        o.extend(
+            defs.split([' ', ','])
+                .filter(|d| d.starts_with("-D"))
+                .map(String::from),
+        );
     }
     if std::path::Path::new("/usr/local/cuda/include").is_dir() {
         o.push("-I/usr/local/cuda/include".to_string());
