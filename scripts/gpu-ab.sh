@@ -28,9 +28,7 @@ shape="$1"
 shift
 variants=("$@")
 [[ ${#variants[@]} -gt 0 ]] || variants=("default|")
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [[ -d "$d" ]] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+source scripts/cuda-env.sh
 work="${TMPDIR:-/tmp}/cllm-gpu-ab"
 mkdir -p "$work"
 [[ -d "$work/$shape" ]] || "$cllm" synth --shape "$shape" -o "$work/$shape" >/dev/null

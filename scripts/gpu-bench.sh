@@ -27,9 +27,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ $# -gt 0 ]] || set -- tinyllama-1.1b llama-7b
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [[ -d "$d" ]] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+source scripts/cuda-env.sh
 mkdir -p "$work" "$out"
 hf_py="$work/hf_bench.py"
 cat > "$hf_py" <<'PY'

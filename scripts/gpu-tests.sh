@@ -18,10 +18,7 @@ if [[ "${1:-}" == "--bin-dir" ]]; then
     bin_dir="$2"
     shift 2
 fi
-# NVRTC (libnvrtc.so.13) compiles the kernels on first use; it lives with the CUDA toolkit.
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [[ -d "$d" ]] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+source scripts/cuda-env.sh
 export CLLM_GPU_TESTS=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 if [[ -n "$bin_dir" ]]; then
