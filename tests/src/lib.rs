@@ -71,6 +71,28 @@ pub fn cllm_ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
+/// `cllm verify --run` / `cllm diff --run` arguments for a short run: enough positions for exact
+/// checks (zero KLD, a named tensor or layer), not for statistics.
+pub const SHORT_RUN: &[&str] = &[
+    "--gen-tokens",
+    "8",
+    "--eval-windows",
+    "1",
+    "--window-tokens",
+    "64",
+];
+
+/// A command's stdout as JSON; panics with its stdout and stderr where it is not JSON.
+pub fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// Writes a synthetic fixture model into `dir/name` and returns its path.
 pub fn synth_model(
     dir: &Path,

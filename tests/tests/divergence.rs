@@ -4,24 +4,13 @@
 //! close; the HTML report is well formed and holds the run's figures.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::OnceLock;
 
-use cllm_tests::{cllm, cllm_ok, permute_rows, s};
+use cllm_tests::{cllm, cllm_ok, json_of, permute_rows, s, SHORT_RUN};
 use serde_json::Value;
 
 /// The tensor whose rows the broken container has reversed.
 const PERMUTED: &str = "model.layers.7.mlp.down_proj.weight";
-
-/// A short run: enough positions for exact checks (zero KLD, a named tensor), not for statistics.
-const SHORT: &[&str] = &[
-    "--gen-tokens",
-    "8",
-    "--eval-windows",
-    "1",
-    "--window-tokens",
-    "64",
-];
 
 struct Real {
     tmp: tempfile::TempDir,
@@ -57,16 +46,6 @@ fn real() -> &'static Real {
             hf,
             tmp,
         }
-    })
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}):\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
     })
 }
 
@@ -189,7 +168,7 @@ fn lossless_container_gives_zero_kld_and_bit_identical_logits() {
         "--min-top1",
         "1",
     ];
-    args.extend_from_slice(SHORT);
+    args.extend_from_slice(SHORT_RUN);
     let out = cllm(&args);
     let v = json_of(&out);
     assert_eq!(out.status.code(), Some(0), "{v:#}");
@@ -253,7 +232,7 @@ fn lossless_container_gives_zero_kld_and_bit_identical_logits() {
 
     // The terminal summary says so in one line.
     let mut args = vec!["diff", s(&r.hf), s(&r.lossless), "--run"];
-    args.extend_from_slice(SHORT);
+    args.extend_from_slice(SHORT_RUN);
     let text = cllm_ok(&args);
     assert!(text.contains("verdict: PASS"), "{text}");
     assert!(text.contains("bit-identical at all"), "{text}");
@@ -274,7 +253,7 @@ fn broken_container_is_caught_and_the_permuted_tensor_named() {
         "--report",
         s(&report),
     ];
-    args.extend_from_slice(SHORT);
+    args.extend_from_slice(SHORT_RUN);
     let out = cllm(&args);
     assert_eq!(
         out.status.code(),
@@ -325,7 +304,7 @@ fn broken_container_is_caught_and_the_permuted_tensor_named() {
 
     // `verify --run` fails on it too, and its summary names the tensor first.
     let mut args = vec!["verify", s(&r.broken), "--against", s(&r.hf), "--run"];
-    args.extend_from_slice(SHORT);
+    args.extend_from_slice(SHORT_RUN);
     let out = cllm(&args);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);

@@ -19,7 +19,7 @@ use cllm_kernels::{Weight, WeightData};
 use cllm_loader::gpu::{load_gpu, GpuLoadOptions, GpuModelWeights};
 use cllm_runtime::cuda::{generate_gpu, GpuModel};
 use cllm_runtime::{GenerateOptions, LlamaConfig, Model};
-use cllm_tests::{cllm, cllm_ok};
+use cllm_tests::{cllm, cllm_ok, json_of, SHORT_RUN};
 use serde_json::Value;
 
 /// GPU tests are `#[ignore]`d, so a machine without a GPU reports them as ignored rather than
@@ -1000,31 +1000,16 @@ fn gpu_sampled_generation_is_reproducible_and_matches_the_cpu_sampler() {
 // The divergence run on the GPU (`cllm verify --run --device cuda`, `cllm diff --run --device
 // cuda`): the same figures as the CPU's, per layer but without per-tensor attribution.
 
-/// A short run: enough positions for exact checks, not for statistics (tests/tests/divergence.rs).
-const DIV_SHORT: &[&str] = &[
-    "--gen-tokens",
-    "8",
-    "--eval-windows",
-    "1",
-    "--window-tokens",
-    "64",
-];
-
 /// Runs `cllm ARGS`, asserts the exit code, returns stdout as JSON.
 fn cllm_json(args: &[&str], code: i32) -> Value {
     let out = cllm(args);
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!("cllm {args:?}: not JSON ({e})\nstdout: {stdout}\nstderr: {stderr}")
-    });
+    let v = json_of(&out);
     assert_eq!(
         out.status.code(),
         Some(code),
-        "cllm {args:?}: failures {}\nstderr: {stderr}",
-        v["failures"]
+        "cllm {args:?}: failures {}\nstderr: {}",
+        v["failures"],
+        String::from_utf8_lossy(&out.stderr)
     );
     v
 }
@@ -1097,7 +1082,7 @@ fn gpu_divergence_synthetic_lossless_is_exact_and_int8_matches_the_cpu() {
     let layers = 4; // the "small" shape
 
     let mut args = vec!["--device", "cuda", "--max-kld", "0", "--min-top1", "1"];
-    args.extend_from_slice(DIV_SHORT);
+    args.extend_from_slice(SHORT_RUN);
     let v = verify_run(&lossless, &src, &args, 0);
     assert_eq!(v["mean_kld"].as_f64(), Some(0.0));
     assert_eq!(v["top1_agreement"].as_f64(), Some(1.0));
@@ -1186,7 +1171,7 @@ fn gpu_divergence_real_model_lossless_is_bit_identical() {
     gpu_test!();
     let r = real();
     let mut args = vec!["--device", "cuda", "--max-kld", "0", "--min-top1", "1"];
-    args.extend_from_slice(DIV_SHORT);
+    args.extend_from_slice(SHORT_RUN);
     let v = verify_run(&r.lossless, &r.hf, &args, 0);
     assert_eq!(v["mean_kld"].as_f64(), Some(0.0));
     assert_eq!(v["top1_agreement"].as_f64(), Some(1.0));
@@ -1265,7 +1250,7 @@ fn gpu_divergence_real_model_names_the_broken_layer() {
         "--report",
         report.to_str().unwrap(),
     ];
-    args.extend_from_slice(DIV_SHORT);
+    args.extend_from_slice(SHORT_RUN);
     let v = cllm_json(&args, 1);
     assert_eq!(v["ok"], false);
     assert!(
@@ -1312,7 +1297,7 @@ fn gpu_divergence_real_model_names_the_broken_layer() {
         "--device",
         "cuda",
     ];
-    args.extend_from_slice(DIV_SHORT);
+    args.extend_from_slice(SHORT_RUN);
     let out = cllm(&args);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
