@@ -1,6 +1,7 @@
 //! `cllm bench`: measured figures for BENCHMARKS.md. `codec` times every codec on seeded normal
 //! bf16 data; `decode` times the CPU runtime on a model.
 
+use std::io::Write as _;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -51,6 +52,12 @@ pub struct GpuBenchArgs {
     /// Also time one decode step launch by launch (outside the graph): microseconds per kind.
     #[arg(long)]
     pub profile: bool,
+    /// Also write each block's timeline in one decode step (a graph replay, halfway through the
+    /// new tokens) to this CSV file, one row per block, for every model: start, programmatic-
+    /// launch wait, end and the kernel's marks, in ns. Needs kernels built with tracing:
+    /// `CLLM_NVRTC_DEFINES=-DCLLM_TRACE` (which slows every block a little).
+    #[arg(long, value_name = "CSV")]
+    pub trace: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -235,6 +242,25 @@ fn gpu(a: GpuBenchArgs) -> CmdResult {
         info.kernel_seconds
     );
     let mut rows = Vec::new();
+    let mut trace = match &a.trace {
+        Some(p) => {
+            if !gpu.trace_reset()? {
+                return Err(anyhow::anyhow!(
+                    "--trace: the kernels were compiled without tracing; set CLLM_NVRTC_DEFINES=-DCLLM_TRACE"
+                )
+                .into());
+            }
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+            );
+            writeln!(
+                f,
+                "model,kernel,sm,block_x,block_y,start_ns,wait_ns,end_ns,mark1_ns,mark2_ns,mark3_ns,mark4_ns"
+            )?;
+            Some(f)
+        }
+        None => None,
+    };
     for path in &a.models {
         let file_bytes = warm_page_cache(path)?;
         let l = crate::run::load_on_gpu(&gpu, path, false, false)?;
@@ -278,6 +304,36 @@ fn gpu(a: GpuBenchArgs) -> CmdResult {
             for (n, us) in acc {
                 profile.insert(n.to_string(), json!(us));
             }
+        }
+        if let Some(f) = trace.as_mut() {
+            let mut s = l.model.session(ids.len() + a.new_tokens + 1)?;
+            s.prefill(&ids)?;
+            for _ in 0..a.new_tokens / 2 {
+                s.decode_chained()?;
+            }
+            gpu.trace_reset()?;
+            s.decode_chained()?;
+            let recs = gpu.trace_take()?;
+            let t0 = recs.iter().map(|r| r.start_ns).min().unwrap_or(0);
+            for r in &recs {
+                writeln!(
+                    f,
+                    "{},{},{},{},{},{},{},{},{},{},{},{}",
+                    path.display(),
+                    r.kernel(),
+                    r.sm,
+                    r.block.0,
+                    r.block.1,
+                    r.start_ns - t0,
+                    r.wait_ns,
+                    r.end_ns,
+                    r.marks_ns[0],
+                    r.marks_ns[1],
+                    r.marks_ns[2],
+                    r.marks_ns[3]
+                )?;
+            }
+            f.flush()?;
         }
         let row = json!({
             "profile_us": profile,

@@ -55,7 +55,54 @@ __device__ __forceinline__ float block_sum128(float v, float* red) {
     return (red[0] + red[1]) + (red[2] + red[3]);
 }
 
+// Keys per warp with loads in flight in the output sum (a measuring knob; same bits for any).
+#ifndef ATT_V_UNROLL
+#define ATT_V_UNROLL 4
+#endif
+
+// o[i] += e_j * v_j[lane + 32 i] over this warp's keys j = warp, warp + 4, ... < nk, in key
+// order, for a head width of 32 DPL known at compile time: the loads are unconditional, so
+// the unrolled keys' loads are all in flight at once.
+template <int DPL>
+__device__ __forceinline__ void attention_values_w(const float* vbase, int nk, int warp, int lane,
+                                                   const float* s_e, float* o) {
+#pragma unroll ATT_V_UNROLL
+    for (int j = warp; j < nk; j += 4) {
+        const float e = s_e[j];
+        const float* vr = vbase + (size_t)j * (32 * DPL);
+#pragma unroll
+        for (int i = 0; i < DPL; i++) o[i] = fmaf(e, vr[lane + 32 * i], o[i]);
+    }
+}
+
+// The same for any head width (multiples of 32 up to ATT_MAX_HD take the fixed-width loop; on
+// an H100 the predicated loop of the other widths took 5.4 us per block at 80 keys and a 64-wide
+// head where the fixed one takes 1.5-1.9, a third of the TinyLlama shape's attention time).
+__device__ __forceinline__ void attention_values(const float* vbase, int nk, int hd, int warp,
+                                                 int lane, const float* s_e, float* o) {
+    switch (hd) {
+    case 32: attention_values_w<1>(vbase, nk, warp, lane, s_e, o); return;
+    case 64: attention_values_w<2>(vbase, nk, warp, lane, s_e, o); return;
+    case 96: attention_values_w<3>(vbase, nk, warp, lane, s_e, o); return;
+    case 128: attention_values_w<4>(vbase, nk, warp, lane, s_e, o); return;
+    case 160: attention_values_w<5>(vbase, nk, warp, lane, s_e, o); return;
+    case 192: attention_values_w<6>(vbase, nk, warp, lane, s_e, o); return;
+    case 224: attention_values_w<7>(vbase, nk, warp, lane, s_e, o); return;
+    case 256: attention_values_w<8>(vbase, nk, warp, lane, s_e, o); return;
+    default: break;
+    }
+#pragma unroll ATT_V_UNROLL
+    for (int j = warp; j < nk; j += 4) {
+        const float e = s_e[j];
+        const float* vr = vbase + (size_t)j * hd;
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_HD / 32; i++)
+            if (lane + 32 * i < hd) o[i] = fmaf(e, vr[lane + 32 * i], o[i]);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) {
+    TRACE_BLOCK(4);
     __shared__ float s_q[ATT_MAX_HD];
     __shared__ float s_e[ATT_CHUNK];
     __shared__ float s_o[4][ATT_MAX_HD];
@@ -92,6 +139,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) 
 
     for (int d = tid; d < hd; d += ATT_THREADS) s_q[d] = a.q[qo + d];
     __syncthreads();
+    TRACE_MARK(1);
 
     // Scores.
     const int k = k0 + tid;
@@ -108,10 +156,12 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) 
         }
         s = acc * a.scale;
     }
+    TRACE_MARK(2);
     const float m = block_max128(s, s_red);
     const float e = k < k1 ? expf(s - m) : 0.0f;
     s_e[tid] = e;
     const float l = block_sum128(e, s_red);  // its barriers also publish s_e
+    TRACE_MARK(3);
 
     // Output: warp w accumulates keys w, w + 4, ... (lane: dims lane, lane + 32, ...), then the
     // four warp sums are added in warp order.
@@ -122,24 +172,12 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) 
 #pragma unroll
     for (int i = 0; i < ATT_MAX_HD / 32; i++) o[i] = 0.0f;
     const float* vbase = V + (size_t)k0 * hd;
-    // Keys per warp with loads in flight (ATT_V_UNROLL, a measuring knob; same bits for any):
-    // on an H100, TinyLlama decode tokens/s bf16 / int8g: 2 keys 823 / 942, 1 key 800 / 907,
-    // 4 keys 802 / 913, 8 keys 765 / 865.
-#ifndef ATT_V_UNROLL
-#define ATT_V_UNROLL 2
-#endif
-#pragma unroll ATT_V_UNROLL
-    for (int j = warp; j < nk; j += 4) {
-        const float e = s_e[j];
-        const float* vr = vbase + (size_t)j * hd;
-#pragma unroll
-        for (int i = 0; i < ATT_MAX_HD / 32; i++)
-            if (lane + 32 * i < hd) o[i] = fmaf(e, vr[lane + 32 * i], o[i]);
-    }
+    attention_values(vbase, nk, hd, warp, lane, s_e, o);
 #pragma unroll
     for (int i = 0; i < ATT_MAX_HD / 32; i++)
         if (lane + 32 * i < hd) s_o[warp][lane + 32 * i] = o[i];
     __syncthreads();
+    TRACE_MARK(4);
     for (int d = tid; d < hd; d += ATT_THREADS) {
         float od = ((s_o[0][d] + s_o[1][d]) + s_o[2][d]) + s_o[3][d];
         if (nch == 1) a.out[qo + d] = od / l;

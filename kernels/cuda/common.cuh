@@ -105,3 +105,68 @@ __device__ __forceinline__ u64 argmax_key(float v, u32 idx) {
     // Ties go to the lowest index (the CPU's `argmax`): a larger key for a smaller index.
     return ((u64)b << 32) | (u64)(~idx);
 }
+
+// Programmatic dependent launch: a kernel may start while its predecessor finishes; it streams
+// its first weights (which no kernel writes) and then waits for the predecessor's results.
+__device__ __forceinline__ void pdl_launch_dependents() {
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+// Block timelines, a measurement aid compiled in only with -DCLLM_TRACE (for example
+// CLLM_NVRTC_DEFINES=-DCLLM_TRACE; read back by kernels/src/cuda/trace.rs): each traced block's
+// thread 0 appends one record of TRACE_WORDS words to `cllm_trace`: the kernel's tag, SM and
+// block index; its start on the global timer (ns); then the offsets from the start of its
+// programmatic-launch wait's return, of its end, and of up to four marks (TRACE_MARK(i), i in
+// 1..4, placed by the kernel at points of interest; 0: not reached).
+#ifdef CLLM_TRACE
+#define CLLM_TRACE_CAP 262144
+#define TRACE_WORDS 5
+__device__ u64 cllm_trace[CLLM_TRACE_CAP * TRACE_WORDS];
+__device__ u32 cllm_trace_n;
+__device__ __forceinline__ u64 global_ns() {
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+// Thread 0's times of this block: the wait's return, then marks 1..4.
+__device__ __forceinline__ u64* trace_slots() {
+    __shared__ u64 s[5];
+    return s;
+}
+struct BlockTrace {
+    u64 t0;
+    int tag;
+    __device__ BlockTrace(int tag_) : tag(tag_) {
+        t0 = global_ns();
+        if (threadIdx.x == 0)
+            for (int i = 0; i < 5; i++) trace_slots()[i] = t0;
+    }
+    __device__ ~BlockTrace() {
+        if (threadIdx.x != 0) return;
+        const u64 t2 = global_ns();
+        u32 sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        const u32 i = atomicAdd(&cllm_trace_n, 1u);
+        if (i >= CLLM_TRACE_CAP) return;
+        u64* r = cllm_trace + (size_t)i * TRACE_WORDS;
+        const u64* m = trace_slots();
+        r[0] = (u64)(tag & 0xff) | ((u64)(sm & 0xff) << 8) | ((u64)(blockIdx.x & 0xffffff) << 16) |
+               ((u64)blockIdx.y << 40);
+        r[1] = t0;
+        r[2] = ((m[0] - t0) << 32) | (t2 - t0);
+        r[3] = ((m[1] - t0) << 32) | (m[2] - t0);
+        r[4] = ((m[3] - t0) << 32) | (m[4] - t0);
+    }
+};
+#define TRACE_BLOCK(tag) BlockTrace cllm_block_trace(tag)
+#define TRACE_MARK(i) \
+    if (threadIdx.x == 0) trace_slots()[i] = global_ns()
+__device__ __forceinline__ void pdl_wait() {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (threadIdx.x == 0) trace_slots()[0] = global_ns();
+}
+#else
+#define TRACE_BLOCK(tag)
+#define TRACE_MARK(i)
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+#endif

@@ -61,12 +61,24 @@ struct GemvArgs {
                               // loads issued before this batch's products (same order, same bits)
 };
 
-// Programmatic dependent launch: a kernel may start while its predecessor finishes; it streams
-// its first weights (which no kernel writes) and then waits for the predecessor's results.
-__device__ __forceinline__ void pdl_launch_dependents() {
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+// One-token launches whose weights include a float form may get a copy of the token's x in
+// dynamic shared memory (see gemv_body).
+extern __shared__ float4 gemv_x[];
+
+// Float forms' x vectors for NT tokens. One token: `xs[1]` is the shared copy, or the global
+// row where the launch has none, read with generic loads; more: global memory through the
+// read-only cache. The int8 and int4 forms read global memory always: in shared memory their
+// wider x per weight vector (16 or 32 floats per lane, so lanes 64 or 128 bytes apart) met bank
+// conflicts, and int8g decode measured 4.5 % slower on an H100.
+template <int NT>
+__device__ __forceinline__ const float4* float_x(const float* const* xs, int t, size_t col) {
+    return (const float4*)(xs[NT == 1 ? 1 : t] + col);
 }
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+template <int NT>
+__device__ __forceinline__ float4 ldx(const float4* p) {
+    if (NT == 1) return *p;
+    return __ldg(p);
+}
 
 // acc[r][t] += row_r[vector v] . x_t[vector v], for R rows of one form sharing the x loads.
 // `wv[r]` is the vector of row r; int8g's `sv[r]` is the scale of its group, loaded with it
@@ -167,7 +179,7 @@ __device__ __forceinline__ void vec_fma(const uint4* wv, const float* sv, int v,
     } else if (KIND == KIND_F32) {
 #pragma unroll
         for (int t = 0; t < NT; t++) {
-            float4 xv = __ldg((const float4*)(xs[t] + (size_t)v * 4));
+            float4 xv = ldx<NT>(float_x<NT>(xs, t, (size_t)v * 4));
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 acc[r][t] = fmaf(__uint_as_float(wv[r].x), xv.x, acc[r][t]);
@@ -195,9 +207,9 @@ __device__ __forceinline__ void vec_fma(const uint4* wv, const float* sv, int v,
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             // Two independent chains (one per float4 of x), then their sum.
-            const float4* xp = (const float4*)(xs[t] + (size_t)v * 8);
-            float4 xa = __ldg(xp);
-            float4 xb = __ldg(xp + 1);
+            const float4* xp = float_x<NT>(xs, t, (size_t)v * 8);
+            float4 xa = ldx<NT>(xp);
+            float4 xb = ldx<NT>(xp + 1);
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 float c0 = f[r][0] * xa.x;
@@ -268,6 +280,7 @@ __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
         pdl_wait();
         pdl_launch_dependents();
         after_wait();
+        TRACE_MARK(2);
         waited = true;
     }
     // PIPE: the next batch streams in while this one is multiplied, so the products of a burst
@@ -302,6 +315,7 @@ __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
         }
         v0 = v1;
     }
+    TRACE_MARK(3);
 }
 
 template <int NT, int R, int U, bool PIPE, class F>
@@ -368,6 +382,7 @@ __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 
 template <int NT>
 __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
+    TRACE_BLOCK(a.mode);
     __shared__ float s_part[WARPS][2][NT];
     __shared__ float s_norm[WARPS][NT];
     __shared__ float s_red[WARPS][NT];
@@ -380,12 +395,23 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     for (int t = threadIdx.x; t < NT; t += GEMV_THREADS) s_key[t] = 0;
 
     // Token input rows (tokens past ntok read token 0 of the block and are discarded).
-    const float* xs[NT];
+    // One token: xs[1] is where the float forms read x (see float_x).
+    const float* xs[NT + 1];
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         int tok = tok0 + t < a.ntok ? tok0 + t : tok0;
         xs[t] = a.x + (size_t)tok * a.x_stride;
     }
+    // One token with float weights in a launch of one wave: the host gives the block dynamic
+    // shared memory for the token's x, copied there right after the programmatic-launch wait
+    // with all its loads in flight at once, so the products read it at shared-memory latency.
+    // Read from global memory inside the products' loop, its loads waited a round trip per
+    // batch of vectors (on an H100, 4 of the 4.7 us an o_proj block spent after the wait;
+    // `cllm bench gpu --trace`).
+    u32 smem_bytes = 0;
+    if (NT == 1) asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(smem_bytes));
+    const bool x_shared = NT == 1 && smem_bytes >= (u32)a.w[0].cols * 4u;
+    xs[NT] = x_shared ? (const float*)gemv_x : xs[0];
 
     int seg = 0, ra = 0, rb = 0;
     const WDesc* wa = &a.w[0];
@@ -433,17 +459,48 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
                 }
             }
         }
+        if (x_shared) {
+            const float4* gx = (const float4*)xs[0];
+            const int n4 = a.w[0].cols >> 2;
+            for (int i0 = threadIdx.x; i0 < n4; i0 += 8 * GEMV_THREADS) {
+                float4 v[8];
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    const int i = i0 + k * GEMV_THREADS;
+                    if (i < n4) v[k] = __ldg(gx + i);
+                }
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    const int i = i0 + k * GEMV_THREADS;
+                    if (i < n4) gemv_x[i] = v[k];
+                }
+            }
+        }
         if (a.partial != 0) {
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 int tok = tok0 + t < a.ntok ? tok0 + t : tok0;
                 const float* p = a.partial + (size_t)tok * PSTRIDE;
+                // Eight partials in flight per thread; the padding zeros come after every real
+                // partial of the thread and add exactly (the partials are sums of squares).
                 float s = 0.0f;
-                for (int i = threadIdx.x; i < a.nparts; i += GEMV_THREADS) s = s + p[i];
+                for (int i0 = threadIdx.x; i0 < a.nparts; i0 += 8 * GEMV_THREADS) {
+                    float v[8];
+#pragma unroll
+                    for (int k = 0; k < 8; k++) {
+                        const int i = i0 + k * GEMV_THREADS;
+                        v[k] = i < a.nparts ? p[i] : 0.0f;
+                    }
+#pragma unroll
+                    for (int k = 0; k < 8; k++) s = s + v[k];
+                }
                 s = warp_sum(s);
                 if (lane == 0) s_norm[warp][t] = s;
             }
         }
+        // Every warp calls this once (valid units after their first weight loads, others
+        // right away): the copy of x is complete after the barrier.
+        if (x_shared) __syncthreads();
     };
     const bool valid = unit < a.units;
     const bool has_b = valid && rb < wb->rows;
@@ -463,6 +520,7 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
         norm_sums();
     }
 
+    TRACE_MARK(1);
     __syncthreads();
 
     float sq = 0.0f;  // RESID: this lane's token's h^2 over the unit's rows

@@ -18,6 +18,7 @@ struct EmbedArgs {
 };
 
 extern "C" __global__ void __launch_bounds__(256) embed(EmbedArgs a) {
+    TRACE_BLOCK(5);
     __shared__ int s_tok;
     __shared__ float s_red[8];
     const int t = blockIdx.x, tid = threadIdx.x;

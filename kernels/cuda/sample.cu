@@ -436,6 +436,7 @@ __device__ u64 smp_find(const float* lg, int n, const u64* src, int len, u64 lo,
 }
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_token(SampleArgs a) {
+    TRACE_BLOCK(6);
     __shared__ SampleShared sh;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int n = a.vocab;

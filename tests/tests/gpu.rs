@@ -594,6 +594,105 @@ fn gpu_cllm_run_works_for_container_and_folder() {
     }
 }
 
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-tests.sh"]
+fn gpu_bench_trace_records_every_block_of_a_step_in_order() {
+    gpu_test!();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = cllm_tests::synth_model(tmp.path(), "small", cllm_format::Dtype::Bf16, 0, 1);
+    let csv = tmp.path().join("trace.csv");
+    let model_s = model.to_str().unwrap();
+    let args = [
+        "bench",
+        "gpu",
+        model_s,
+        "--reps",
+        "1",
+        "--prompt-tokens",
+        "16",
+        "--new-tokens",
+        "8",
+        "--probe-gib",
+        "1",
+        "--trace",
+        csv.to_str().unwrap(),
+    ];
+    // Without tracing compiled in, --trace is a clear error that names the switch.
+    let plain = cllm(&args);
+    assert!(!plain.status.success());
+    assert!(String::from_utf8_lossy(&plain.stderr).contains("CLLM_TRACE"));
+    let out = std::process::Command::new(cllm_tests::cllm_bin())
+        .args(args)
+        .env("CLLM_NVRTC_DEFINES", "-DCLLM_TRACE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // (kernel, start, wait, end) per block.
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "model,kernel,sm,block_x,block_y,start_ns,wait_ns,end_ns,mark1_ns,mark2_ns,mark3_ns,mark4_ns"
+    );
+    let mut blocks: Vec<(String, u64, u64, u64)> = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), 12, "{l}");
+            assert_eq!(f[0], model_s);
+            let n = |i: usize| f[i].parse::<u64>().unwrap();
+            (f[1].to_string(), n(5), n(6), n(7))
+        })
+        .collect();
+    // The "small" shape: 4 layers, hidden 256, 8 heads and 2 key-value heads of 32, MLP 704,
+    // vocabulary 2048; bf16, so every GEMV launch has 4 units of two rows per block, and the
+    // 25-position cache is one attention chunk per head.
+    let count = |k: &str| blocks.iter().filter(|b| b.0 == k).count();
+    assert_eq!(count("embed"), 1);
+    assert_eq!(count("qkv"), 4 * (256 + 2 * 64) / 2 / 4);
+    assert_eq!(count("attention"), 4 * 8);
+    assert_eq!(count("resid"), 2 * 4 * 256 / 2 / 4);
+    assert_eq!(count("gate/up"), 4 * 704 / 4);
+    assert_eq!(count("logits"), 2048 / 2 / 4);
+    assert_eq!(blocks.len(), 1 + 192 + 32 + 256 + 704 + 256);
+
+    // In the order the waits returned, the blocks form the step's launches, and each launch's
+    // waits returned after every block of the one before had ended (programmatic launch).
+    assert!(
+        blocks.iter().all(|b| b.2 <= b.3),
+        "a block's wait after its end"
+    );
+    blocks.sort_by_key(|b| b.1 + b.2);
+    let mut launches: Vec<(String, u64, u64)> = Vec::new(); // kernel, first wait, last end
+    for (k, start, wait, end) in &blocks {
+        match launches.last_mut() {
+            Some(l) if l.0 == *k => l.2 = l.2.max(start + end),
+            _ => launches.push((k.clone(), start + wait, start + end)),
+        }
+    }
+    let kinds: Vec<&str> = launches.iter().map(|l| l.0.as_str()).collect();
+    let mut expected = vec!["embed"];
+    for _ in 0..4 {
+        expected.extend(["qkv", "attention", "resid", "gate/up", "resid"]);
+    }
+    expected.push("logits");
+    assert_eq!(kinds, expected);
+    for w in launches.windows(2) {
+        assert!(
+            w[1].1 > w[0].2,
+            "{} waited until {} but {} ended at {}",
+            w[1].0,
+            w[1].1,
+            w[0].0,
+            w[0].2
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sampling on the GPU (kernels/cuda/sample.cu) against the CPU `Sampler`.
 

@@ -83,7 +83,39 @@ pub struct Gpu {
     pub(crate) stream: Stream,
     module: sys::CUmodule,
     pub(crate) f: Funcs,
+    /// Bytes of dynamic shared memory a one-token GEMV block may take for its copy of x.
+    pub(crate) gemv_x_smem: u32,
     info: GpuInfo,
+}
+
+/// The dynamic shared memory `gemv_t1` may use: the device's opt-in maximum per block less the
+/// kernel's static shared memory, raised to that on the function (48 KiB less the static part if
+/// the driver refuses).
+fn gemv_x_smem_limit(ctx: &CudaContext, f: sys::CUfunction) -> u32 {
+    use sys::CUfunction_attribute_enum as A;
+    // SAFETY: `f` is a function of the loaded module; attribute queries have no side effects.
+    let fixed = unsafe {
+        result::function::get_function_attribute(f, A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+    }
+    .unwrap_or(0)
+    .max(0) as u32;
+    let optin = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .unwrap_or(48 << 10)
+        .max(0) as u32;
+    let want = optin.saturating_sub(fixed);
+    // SAFETY: as above; this only raises the function's launch limit.
+    let raised = unsafe {
+        result::function::set_function_attribute(
+            f,
+            A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            want as i32,
+        )
+    };
+    match raised {
+        Ok(()) => want,
+        Err(_) => (48u32 << 10).saturating_sub(fixed),
+    }
 }
 
 // SAFETY: the raw handles (module, functions, stream) are process-wide driver objects, usable
@@ -165,6 +197,7 @@ impl Gpu {
             hash_words: get("hash_words")?,
             read_bw: get("read_bw")?,
         };
+        let gemv_x_smem = gemv_x_smem_limit(&ctx, f.gemv[0]);
         let stream = Stream(
             result::stream::create(result::stream::StreamKind::NonBlocking)
                 .ctx("creating the compute stream")?,
@@ -174,6 +207,7 @@ impl Gpu {
             stream,
             module,
             f,
+            gemv_x_smem,
             info: GpuInfo {
                 ordinal,
                 name,
@@ -189,6 +223,10 @@ impl Gpu {
 
     pub fn info(&self) -> &GpuInfo {
         &self.info
+    }
+
+    pub(crate) fn module(&self) -> sys::CUmodule {
+        self.module
     }
 
     /// Makes the context current on the calling thread.
@@ -412,6 +450,19 @@ impl Gpu {
         args: &A,
         what: &str,
     ) -> Result<(), CudaError> {
+        self.launch_smem(f, grid, block, 0, args, what)
+    }
+
+    /// [`Gpu::launch`] with `smem` bytes of dynamic shared memory per block.
+    pub(crate) fn launch_smem<A>(
+        &self,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &A,
+        what: &str,
+    ) -> Result<(), CudaError> {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
@@ -432,7 +483,7 @@ impl Gpu {
                 blockDimX: block,
                 blockDimY: 1,
                 blockDimZ: 1,
-                sharedMemBytes: 0,
+                sharedMemBytes: smem,
                 hStream: self.stream.0,
                 attrs: &mut attr,
                 numAttrs: 1,
@@ -444,8 +495,10 @@ impl Gpu {
         } else {
             // SAFETY: `A` is the kernel's #[repr(C)] parameter struct (launch.rs keeps them in
             // step with the .cu definitions); the driver copies parameters at launch.
-            unsafe { result::launch_kernel(f, grid, (block, 1, 1), 0, self.stream.0, &mut params) }
-                .ctx(format!("launching {what}"))?;
+            unsafe {
+                result::launch_kernel(f, grid, (block, 1, 1), smem, self.stream.0, &mut params)
+            }
+            .ctx(format!("launching {what}"))?;
         }
         if debug_sync() {
             // SAFETY: our stream.

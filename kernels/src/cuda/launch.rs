@@ -17,6 +17,11 @@ pub const ATT_CHUNK: usize = 128;
 pub const ATT_MAX_HD: usize = 256;
 const ATT_THREADS: u32 = 128;
 
+/// `KIND_*` of common.cuh: the float forms.
+const KIND_F32: i32 = 0;
+const KIND_BF16: i32 = 1;
+const KIND_F16: i32 = 2;
+
 /// `struct WDesc` of common.cuh.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -170,6 +175,16 @@ pub fn gemv_pipe(first: &WDesc) -> i32 {
     }
 }
 
+/// How many of `args.w` a GEMV launch reads: three for the q, k, v projections, two for
+/// gate/up, else one.
+fn gemv_weights(args: &GemvArgs) -> usize {
+    match args.mode {
+        m if m == GemvMode::Qkv as i32 => 3,
+        m if m == GemvMode::GateUp as i32 => 2,
+        _ => 1,
+    }
+}
+
 /// Whether attention asks the L2 for its keys and values before its launch wait (2) or not (1)
 /// when its arguments leave it 0: `CLLM_ATT_PREFETCH=1|2`, else 2. Same bits either way.
 pub fn attention_prefetch() -> i32 {
@@ -209,12 +224,43 @@ impl Gpu {
                 "gemv: {blocks} blocks exceed {PSTRIDE} norm partials"
             )));
         }
-        let grid = (blocks as u32, ntok.div_ceil(nt) as u32, 1);
         let mut args = *args;
         if args.pipe == 0 {
             args.pipe = gemv_pipe(&args.w[0]);
         }
-        self.launch(f, grid, GEMV_THREADS, &args, "gemv")
+        let grid = (blocks as u32, ntok.div_ceil(nt) as u32, 1);
+        let smem = if nt == 1 {
+            self.gemv_x_bytes(&args, blocks)
+        } else {
+            0
+        };
+        self.launch_smem(f, grid, GEMV_THREADS, smem, &args, "gemv")
+    }
+
+    /// Dynamic shared memory for a one-token GEMV's copy of x (gemv.cu): the row's bytes where
+    /// float weights read it and the launch's `blocks` fit in one wave (4 per multiprocessor),
+    /// else 0 (x read from global memory). Measured on an H100: in the one-wave products the
+    /// shared copy made TinyLlama bf16 decode 4 % faster (their x loads had waited a round trip
+    /// per batch of vectors); in the 7B shape's launches of several waves it made bf16 8 %
+    /// slower (every block paid the copy's round trip, where x had come from the L1).
+    /// `CLLM_GEMV_XSMEM=0|1|2` (never, one wave, always) overrides, for measuring.
+    fn gemv_x_bytes(&self, args: &GemvArgs, blocks: usize) -> u32 {
+        static FORCED: OnceLock<Option<i32>> = OnceLock::new();
+        let float_weights = args.w[..gemv_weights(args)]
+            .iter()
+            .any(|w| matches!(w.kind, KIND_F32 | KIND_BF16 | KIND_F16));
+        let one_wave = blocks <= 4 * self.info().multiprocessors.max(1) as usize;
+        let x_bytes = args.w[0].cols.max(0) as u64 * 4;
+        let wanted = match forced(&FORCED, "CLLM_GEMV_XSMEM", 0..=2) {
+            Some(0) => false,
+            Some(2) => true,
+            _ => one_wave,
+        };
+        if float_weights && wanted && x_bytes <= self.gemv_x_smem as u64 {
+            x_bytes as u32
+        } else {
+            0
+        }
     }
 
     /// Blocks of a GEMV launch with `units` units and `ksplit` warps per unit (the residual

@@ -17,6 +17,7 @@ mod device;
 pub mod hash;
 mod launch;
 mod sample;
+mod trace;
 mod weight;
 
 pub use compile::{compile_check, kernel_cache_dir, KernelSource, KERNEL_SOURCES};
@@ -29,4 +30,5 @@ pub use sample::{
     GpuSampler, SampleArgs, SampleOutcome, SampleParams, Sampled, SAMPLE_CAP, SAMPLE_STATE_WORDS,
     SAMPLE_THREADS,
 };
+pub use trace::BlockRecord;
 pub use weight::{GpuWeight, GpuWeightKind};
