@@ -53,9 +53,9 @@ pub struct GpuBenchArgs {
     #[arg(long)]
     pub profile: bool,
     /// Also write each block's timeline in one decode step (a graph replay, halfway through the
-    /// new tokens) to this CSV file, one row per block, for every model: start, programmatic-
-    /// launch wait, end and the kernel's marks, in ns. Needs kernels built with tracing:
-    /// `CLLM_NVRTC_DEFINES=-DCLLM_TRACE` (which slows every block a little).
+    /// new tokens) to this CSV file, one row per block, for every model: its start, the return
+    /// of its programmatic-launch wait, its end and the kernel's marks, in ns. Needs kernels
+    /// built with tracing: `CLLM_NVRTC_DEFINES=-DCLLM_TRACE` (which slows every block a little).
     #[arg(long, value_name = "CSV")]
     pub trace: Option<std::path::PathBuf>,
 }
