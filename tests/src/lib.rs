@@ -60,7 +60,16 @@ pub fn cllm(args: &[&str]) -> Output {
 
 /// Runs `cllm ARGS`, asserts it succeeded, returns stdout.
 pub fn cllm_ok(args: &[&str]) -> String {
-    let out = cllm(args);
+    cllm_ok_env(args, &[])
+}
+
+/// [`cllm_ok`] with extra environment variables.
+pub fn cllm_ok_env(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(cllm_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("running cllm");
     assert!(
         out.status.success(),
         "cllm {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",

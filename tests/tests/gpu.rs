@@ -621,16 +621,7 @@ fn gpu_bench_trace_records_every_block_of_a_step_in_order() {
     let plain = cllm(&args);
     assert!(!plain.status.success());
     assert!(String::from_utf8_lossy(&plain.stderr).contains("CLLM_TRACE"));
-    let out = std::process::Command::new(cllm_tests::cllm_bin())
-        .args(args)
-        .env("CLLM_NVRTC_DEFINES", "-DCLLM_TRACE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cllm_tests::cllm_ok_env(&args, &[("CLLM_NVRTC_DEFINES", "-DCLLM_TRACE")]);
 
     // (kernel, start, wait, end) per block.
     let text = std::fs::read_to_string(&csv).unwrap();
