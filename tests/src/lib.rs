@@ -50,6 +50,34 @@ pub fn cllm_bin() -> PathBuf {
     .clone()
 }
 
+/// A fresh directory for a fixture that a test binary keeps in a `static` for its whole run
+/// (statics are never dropped, so a `TempDir` there would leave gigabytes behind every run):
+/// `$TMPDIR/cllm-tests/NAME-PID`. Directories of the same NAME whose process has ended (no
+/// `/proc/PID`) are removed first, so runs do not pile up, and concurrent runs do not collide.
+pub fn static_fixture_dir(name: &str) -> PathBuf {
+    let root = std::env::temp_dir().join("cllm-tests");
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            let file = e.file_name();
+            let Some(pid) = file
+                .to_str()
+                .and_then(|f| f.strip_prefix(name))
+                .and_then(|f| f.strip_prefix('-'))
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = root.join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a test fixture directory");
+    dir
+}
+
 /// Runs `cllm ARGS` and returns its output.
 pub fn cllm(args: &[&str]) -> Output {
     Command::new(cllm_bin())

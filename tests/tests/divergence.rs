@@ -13,7 +13,7 @@ use serde_json::Value;
 const PERMUTED: &str = "model.layers.7.mlp.down_proj.weight";
 
 struct Real {
-    tmp: tempfile::TempDir,
+    tmp: PathBuf,
     hf: PathBuf,
     lossless: PathBuf,
     mlp_int8: PathBuf,
@@ -26,17 +26,17 @@ fn real() -> &'static Real {
     REAL.get_or_init(|| {
         let gguf =
             cllm_fixtures::real_model::ensure_smollm2_gguf().expect("fetching the real model");
-        let tmp = tempfile::tempdir().unwrap();
-        let hf = tmp.path().join("hf");
+        let tmp = cllm_tests::static_fixture_dir("divergence-real-model");
+        let hf = tmp.join("hf");
         cllm_gguf::import(&gguf, &hf).expect("importing the real model");
         let pack = |name: &str, src: &Path, extra: &[&str]| {
-            let out = tmp.path().join(name);
+            let out = tmp.join(name);
             let mut args = vec!["pack", s(src), "-o", s(&out), "--quiet"];
             args.extend_from_slice(extra);
             cllm_ok(&args);
             out
         };
-        let broken_hf = tmp.path().join("broken-hf");
+        let broken_hf = tmp.join("broken-hf");
         permute_rows(&hf, &broken_hf, PERMUTED);
         Real {
             lossless: pack("lossless.cllm", &hf, &[]),
@@ -153,7 +153,7 @@ fn report_value(html: &str, key: &str) -> f64 {
 #[test]
 fn lossless_container_gives_zero_kld_and_bit_identical_logits() {
     let r = real();
-    let report = r.tmp.path().join("lossless.html");
+    let report = r.tmp.join("lossless.html");
     let mut args = vec![
         "verify",
         s(&r.lossless),
@@ -223,7 +223,7 @@ fn lossless_container_gives_zero_kld_and_bit_identical_logits() {
         "per-layer and per-position plots"
     );
     // The HTML report was written atomically: no temporary file is left beside it.
-    let leftovers: Vec<_> = std::fs::read_dir(r.tmp.path())
+    let leftovers: Vec<_> = std::fs::read_dir(&r.tmp)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
@@ -241,7 +241,7 @@ fn lossless_container_gives_zero_kld_and_bit_identical_logits() {
 #[test]
 fn broken_container_is_caught_and_the_permuted_tensor_named() {
     let r = real();
-    let report = r.tmp.path().join("broken.html");
+    let report = r.tmp.join("broken.html");
     let mut args = vec![
         "diff",
         s(&r.hf),
@@ -342,7 +342,7 @@ fn full_run(model: &Path, report: Option<&Path>) -> Value {
 #[test]
 fn int8_containers_stay_close_to_the_source() {
     let r = real();
-    let report = r.tmp.path().join("int8.html");
+    let report = r.tmp.join("int8.html");
     for (model, report) in [(&r.mlp_int8, Some(report.as_path())), (&r.all_int8, None)] {
         let v = full_run(model, report);
         let (kld, top1) = (
@@ -467,7 +467,7 @@ fn usage_errors_exit_2() {
         let out = cllm(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
-    let prompts = r.tmp.path().join("empty-prompts.txt");
+    let prompts = r.tmp.join("empty-prompts.txt");
     std::fs::write(&prompts, "\n\n").unwrap();
     let out = cllm(&[
         "diff",

@@ -405,7 +405,6 @@ fn gpu_check_resident_names_a_corrupted_tensor() {
 }
 
 struct Real {
-    _tmp: tempfile::TempDir,
     hf: PathBuf,
     lossless: PathBuf,
     mlp_int8: PathBuf,
@@ -417,16 +416,14 @@ fn real() -> &'static Real {
     REAL.get_or_init(|| {
         let gguf = cllm_fixtures::real_model::ensure_smollm2_gguf()
             .expect("the real model (GGUF in the cache)");
-        let tmp = tempfile::tempdir().unwrap();
-        let hf = tmp.path().join("hf");
+        let dir = cllm_tests::static_fixture_dir("gpu-real-model");
+        let hf = dir.join("hf");
         cllm_gguf::import(&gguf, &hf).expect("importing the real model");
-        let lossless = tmp.path().join("lossless.cllm");
+        let lossless = dir.join("lossless.cllm");
         pack(&hf, &lossless, &[]);
-        let mlp_int8 = tmp.path().join("mlp-int8.cllm");
+        let mlp_int8 = dir.join("mlp-int8.cllm");
         pack(&hf, &mlp_int8, &["--policy", "mlp-only"]);
-        let dir = tmp.path().to_path_buf();
         Real {
-            _tmp: tmp,
             hf,
             lossless,
             mlp_int8,

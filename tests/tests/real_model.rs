@@ -10,7 +10,6 @@ use cllm_tests::{cllm_ok, reference_dir, s};
 use serde_json::Value;
 
 struct Real {
-    _tmp: tempfile::TempDir,
     hf: PathBuf,
     lossless: PathBuf,
     mlp_int8: PathBuf,
@@ -21,12 +20,12 @@ fn real() -> &'static Real {
     REAL.get_or_init(|| {
         let gguf =
             cllm_fixtures::real_model::ensure_smollm2_gguf().expect("fetching the real model");
-        let tmp = tempfile::tempdir().unwrap();
-        let hf = tmp.path().join("hf");
+        let tmp = cllm_tests::static_fixture_dir("real-model");
+        let hf = tmp.join("hf");
         cllm_gguf::import(&gguf, &hf).expect("importing the real model");
-        let lossless = tmp.path().join("lossless.cllm");
+        let lossless = tmp.join("lossless.cllm");
         cllm_ok(&["pack", s(&hf), "-o", s(&lossless), "--quiet"]);
-        let mlp_int8 = tmp.path().join("mlp-int8.cllm");
+        let mlp_int8 = tmp.join("mlp-int8.cllm");
         cllm_ok(&[
             "pack",
             s(&hf),
@@ -37,7 +36,6 @@ fn real() -> &'static Real {
             "mlp-only",
         ]);
         Real {
-            _tmp: tmp,
             hf,
             lossless,
             mlp_int8,
