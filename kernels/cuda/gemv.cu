@@ -431,8 +431,9 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     } else {
         ra = 2 * unit; rb = 2 * unit + 1;
     }
-    // The input's norm factor per token, from the producer's block partials, read right after
-    // the programmatic-launch wait while the first weight loads are in flight. Fixed order for
+    // What each warp does once, right after the programmatic-launch wait, while its first
+    // weight loads are in flight: the copy of x (above), the epilogue's inputs and the norm sums.
+    // The input's norm factor per token, from the producer's block partials. Fixed order for
     // any NT: thread (w, l) sums partials i = 32 w + l (mod 128) in order, each warp adds its 32
     // lanes with the butterfly, and the epilogue adds the 4 warp sums in warp order.
     // One token: the epilogue's inputs that do not depend on the products (the residual rows and
@@ -440,7 +441,7 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     // lane right after the wait, while the weights stream, instead of as a round trip after them.
     float pre_a = 0.0f, pre_b = 0.0f, pre_c = 0.0f, pre_d = 0.0f;
     int pre_p = 0;
-    auto norm_sums = [&]() {
+    auto after_wait = [&]() {
         if (NT == 1 && wk == 0 && lane == 0 && unit < a.units && tok0 < a.ntok) {
             if (a.mode == MODE_RESID) {
                 const float* h = a.out + (size_t)tok0 * a.out_stride;
@@ -506,7 +507,7 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     const bool has_b = valid && rb < wb->rows;
     if (valid) {
         float da[NT], db[NT];
-        row_dots2<NT>(wa, ra, wb, rb, has_b, a.pipe, xs, wk, ks, da, db, norm_sums);
+        row_dots2<NT>(wa, ra, wb, rb, has_b, a.pipe, xs, wk, ks, da, db, after_wait);
         if (lane == 0) {
 #pragma unroll
             for (int t = 0; t < NT; t++) {
@@ -517,7 +518,7 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     } else {
         pdl_wait();
         pdl_launch_dependents();
-        norm_sums();
+        after_wait();
     }
 
     TRACE_MARK(1);

@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use super::device::{CudaError, Gpu};
-use super::weight::GpuWeight;
+use super::weight::{GpuWeight, KIND_BF16, KIND_F16, KIND_F32, KIND_INT8, KIND_INT8G};
 
 /// Norm partial sums per token (`PSTRIDE` in common.cuh).
 pub const PSTRIDE: usize = 4096;
@@ -16,11 +16,6 @@ pub const ATT_CHUNK: usize = 128;
 /// Largest head dimension of the attention kernel (`ATT_MAX_HD`).
 pub const ATT_MAX_HD: usize = 256;
 const ATT_THREADS: u32 = 128;
-
-/// `KIND_*` of common.cuh: the float forms.
-const KIND_F32: i32 = 0;
-const KIND_BF16: i32 = 1;
-const KIND_F16: i32 = 2;
 
 /// `struct WDesc` of common.cuh.
 #[repr(C)]
@@ -170,7 +165,7 @@ pub fn gemv_pipe(first: &WDesc) -> i32 {
     match (forced(&FORCED, "CLLM_GEMV_PIPE", 1..=3), first.kind) {
         (Some(p), _) => p,
         // int8 per row, int8g: batches of 2
-        (None, 3 | 5) => 3,
+        (None, KIND_INT8 | KIND_INT8G) => 3,
         (None, _) => 1,
     }
 }

@@ -23,15 +23,23 @@ pub enum GpuWeightKind {
     },
 }
 
+/// The kinds' codes in `WDesc::kind` (`KIND_*` of common.cuh).
+pub(crate) const KIND_F32: i32 = 0;
+pub(crate) const KIND_BF16: i32 = 1;
+pub(crate) const KIND_F16: i32 = 2;
+pub(crate) const KIND_INT8: i32 = 3;
+pub(crate) const KIND_INT4: i32 = 4;
+pub(crate) const KIND_INT8G: i32 = 5;
+
 impl GpuWeightKind {
     pub(crate) fn code(self) -> i32 {
         match self {
-            GpuWeightKind::F32 => 0,
-            GpuWeightKind::Bf16 => 1,
-            GpuWeightKind::F16 => 2,
-            GpuWeightKind::Int8 => 3,
-            GpuWeightKind::Int4 { .. } => 4,
-            GpuWeightKind::Int8Group { .. } => 5,
+            GpuWeightKind::F32 => KIND_F32,
+            GpuWeightKind::Bf16 => KIND_BF16,
+            GpuWeightKind::F16 => KIND_F16,
+            GpuWeightKind::Int8 => KIND_INT8,
+            GpuWeightKind::Int4 { .. } => KIND_INT4,
+            GpuWeightKind::Int8Group { .. } => KIND_INT8G,
         }
     }
 
