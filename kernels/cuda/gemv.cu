@@ -80,21 +80,58 @@ __device__ __forceinline__ float4 ldx(const float4* p) {
     return __ldg(p);
 }
 
+// Quantized rows are read in chunks of 32 vectors (512 int8 or 1024 int4 columns), one chunk
+// per warp and step. Lane l's 16 bytes of a whole chunk are the chunk's 4-byte words l, l + 32,
+// l + 64 and l + 96, so each of the lane's x reads (4 columns of int8, 8 of int4 per word) is
+// part of one contiguous warp-wide read. With each lane's 16 contiguous bytes (what a partial
+// last chunk still reads), lanes' x lay 64 or 128 bytes apart and every warp-wide x load touched
+// 16 or 32 L1 lines: the x reads, not the weights, bounded the int8 and int4 forms (int8g decode
+// streamed at 54 % of an H100's bandwidth on the 7B shape where bf16 reached 78 %).
+// GEMV_COAL=0 (a define, for measuring) reads every chunk the partial way.
+#ifndef GEMV_COAL
+#define GEMV_COAL 1
+#endif
+
+
+// Whether vector v of a row of nvec vectors lies in a whole chunk read word-wise (the same on
+// every lane of the warp: lanes read vectors 32 c + lane).
+template <int KIND>
+__device__ __forceinline__ bool word_chunk(int v, int nvec) {
+    return GEMV_COAL && (KIND == KIND_INT8 || KIND == KIND_INT8G || KIND == KIND_INT4) &&
+           (v | 31) < nvec;
+}
+
+// The first column of word j of vector v (within its row): word-wise chunks put lane l's words
+// 32 words apart, partial chunks keep them contiguous.
+template <int KIND>
+__device__ __forceinline__ int word_col(int v, bool words, int j) {
+    const int EPW = KIND == KIND_INT4 ? 8 : 4;  // elements per 4-byte word
+    return words ? (v & ~31) * (4 * EPW) + (v & 31) * EPW + 32 * EPW * j : v * (4 * EPW) + EPW * j;
+}
+
 // acc[r][t] += row_r[vector v] . x_t[vector v], for R rows of one form sharing the x loads.
-// `wv[r]` is the vector of row r; int8g's `sv[r]` is the scale of its group, loaded with it
-// (see load_vecs).
+// `wv[r]` is the vector of row r; int8g's `sv[r][j]` is the scale of word j's group, loaded with
+// it (see load_vecs). `words`: v lies in a word-wise chunk (see word_chunk).
 template <int NT, int KIND, int R>
-__device__ __forceinline__ void vec_fma(const uint4* wv, const float* sv, int v,
+__device__ __forceinline__ void vec_fma(const uint4* wv, const float (*sv)[4], int v, bool words,
                                         const WDesc* const* w, const int* row, int groups,
-                                        const float* const* xs, float (*acc)[NT]) {
+                                        int gshift, const float* const* xs, float (*acc)[NT]) {
     if (KIND == KIND_INT4) {
-        float s[R], m[R];
+        // s, m: each word's group (one group for the whole vector in a partial chunk)
+        float s[R][4], m[R][4];
         float q[R][32];
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            int g = (v * 32) / w[r]->group;
-            s[r] = f16_to_f32(((const unsigned short*)w[r]->scales)[(size_t)row[r] * groups + g]);
-            m[r] = f16_to_f32(((const unsigned short*)w[r]->mins)[(size_t)row[r] * groups + g]);
+            const unsigned short* sc = (const unsigned short*)w[r]->scales + (size_t)row[r] * groups;
+            const unsigned short* mn = (const unsigned short*)w[r]->mins + (size_t)row[r] * groups;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (words || j == 0) {
+                    const int g = word_col<KIND>(v, words, j) >> gshift;
+                    s[r][j] = f16_to_f32(sc[g]);
+                    m[r][j] = f16_to_f32(mn[g]);
+                }
+            }
             u32 ww[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
 #pragma unroll
             for (int j = 0; j < 4; j++) {
@@ -112,13 +149,13 @@ __device__ __forceinline__ void vec_fma(const uint4* wv, const float* sv, int v,
         }
 #pragma unroll
         for (int t = 0; t < NT; t++) {
-            // Eight independent chains (one per float4 of x), then a fixed tree: short
+            // Eight independent chains (one per float4 of x), then a fixed tree per group: short
             // dependency chains keep the multiply-adds off the critical path.
-            const float4* xp = (const float4*)(xs[t] + (size_t)v * 32);
             float qc[R][8], sc[8];
 #pragma unroll
             for (int k = 0; k < 8; k++) {
-                float4 xv = __ldg(xp + k);
+                const float4 xv =
+                    __ldg((const float4*)(xs[t] + word_col<KIND>(v, words, k >> 1)) + (k & 1));
 #pragma unroll
                 for (int r = 0; r < R; r++) {
                     float c = q[r][4 * k] * xv.x;
@@ -128,13 +165,26 @@ __device__ __forceinline__ void vec_fma(const uint4* wv, const float* sv, int v,
                 }
                 sc[k] = (xv.x + xv.y) + (xv.z + xv.w);
             }
-            float sx = ((sc[0] + sc[1]) + (sc[2] + sc[3])) + ((sc[4] + sc[5]) + (sc[6] + sc[7]));
+            if (words) {
+                // One scale and min per word (8 columns, one group).
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                float qx = ((qc[r][0] + qc[r][1]) + (qc[r][2] + qc[r][3])) +
-                           ((qc[r][4] + qc[r][5]) + (qc[r][6] + qc[r][7]));
-                acc[r][t] = fmaf(s[r], qx, acc[r][t]);
-                acc[r][t] = fmaf(m[r], sx, acc[r][t]);
+                for (int j = 0; j < 4; j++) {
+                    const float sx = sc[2 * j] + sc[2 * j + 1];
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        acc[r][t] = fmaf(s[r][j], qc[r][2 * j] + qc[r][2 * j + 1], acc[r][t]);
+                        acc[r][t] = fmaf(m[r][j], sx, acc[r][t]);
+                    }
+                }
+            } else {
+                float sx = ((sc[0] + sc[1]) + (sc[2] + sc[3])) + ((sc[4] + sc[5]) + (sc[6] + sc[7]));
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    float qx = ((qc[r][0] + qc[r][1]) + (qc[r][2] + qc[r][3])) +
+                               ((qc[r][4] + qc[r][5]) + (qc[r][6] + qc[r][7]));
+                    acc[r][t] = fmaf(s[r][0], qx, acc[r][t]);
+                    acc[r][t] = fmaf(m[r][0], sx, acc[r][t]);
+                }
             }
         }
     } else if (KIND == KIND_INT8 || KIND == KIND_INT8G) {
@@ -153,12 +203,11 @@ __device__ __forceinline__ void vec_fma(const uint4* wv, const float* sv, int v,
         }
 #pragma unroll
         for (int t = 0; t < NT; t++) {
-            // Four independent chains (one per float4 of x), then a fixed tree.
-            const float4* xp = (const float4*)(xs[t] + (size_t)v * 16);
+            // Four independent chains (one per word, 4 columns of x), then a fixed tree.
             float c[R][4];
 #pragma unroll
             for (int k = 0; k < 4; k++) {
-                float4 xv = __ldg(xp + k);
+                const float4 xv = __ldg((const float4*)(xs[t] + word_col<KIND>(v, words, k)));
 #pragma unroll
                 for (int r = 0; r < R; r++) {
                     float d = q[r][4 * k] * xv.x;
@@ -169,11 +218,17 @@ __device__ __forceinline__ void vec_fma(const uint4* wv, const float* sv, int v,
             }
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                float d = (c[r][0] + c[r][1]) + (c[r][2] + c[r][3]);
-                // int8g: the vector's 16 columns lie in one group, scaled here; int8: the row
-                // scale multiplies the whole dot product in the epilogue.
-                if (KIND == KIND_INT8G) acc[r][t] = fmaf(sv[r], d, acc[r][t]);
-                else acc[r][t] = acc[r][t] + d;
+                if (KIND == KIND_INT8G && words) {
+                    // Each word in its own group, scaled here.
+#pragma unroll
+                    for (int k = 0; k < 4; k++) acc[r][t] = fmaf(sv[r][k], c[r][k], acc[r][t]);
+                } else {
+                    float d = (c[r][0] + c[r][1]) + (c[r][2] + c[r][3]);
+                    // int8g in a partial chunk: the vector's 16 columns lie in one group, scaled
+                    // here; int8: the row scale multiplies the whole dot product in the epilogue.
+                    if (KIND == KIND_INT8G) acc[r][t] = fmaf(sv[r][0], d, acc[r][t]);
+                    else acc[r][t] = acc[r][t] + d;
+                }
             }
         }
     } else if (KIND == KIND_F32) {
@@ -226,22 +281,38 @@ __device__ __forceinline__ void vec_fma(const uint4* wv, const float* sv, int v,
     }
 }
 
-// Vector v of R rows (zeros past the row's end) and, for int8g, the f32 scale of the vector's
-// group: both weights, never written by a kernel, so they are loaded together, also before the
-// programmatic-launch wait (a scale load that waited for its vector's dot product would put a
-// dependent load on the critical path). The vector's 16 columns lie in group
-// (v * 16) >> gshift (groups of 32, 64 or 128 columns, checked by the host). Past the row's end
+// Vector v of R rows (zeros past the row's end; see word_chunk for which bytes a lane reads) and,
+// for int8g, the f32 scales of its words' groups: both weights, never written by a kernel, so
+// they are loaded together, also before the programmatic-launch wait (a scale load that waited
+// for its vector's dot product would put a dependent load on the critical path). A column's
+// group is col >> gshift (groups of 32, 64 or 128 columns, checked by the host): a word-wise
+// vector has 4 groups (its words are 128 columns apart), a contiguous one 1. Past the row's end
 // the scale load reads the row's first group (a valid address, unconditional), not used.
 template <int KIND, int R>
 __device__ __forceinline__ void load_vecs(const uint4* const* wr, const float* const* gs, int v,
-                                          int nvec, int gshift, uint4* wv, float* sv) {
-    const bool in = v < nvec;
+                                          int nvec, int gshift, uint4* wv, float (*sv)[4]) {
+    const bool words = word_chunk<KIND>(v, nvec);
+    if (words) {
 #pragma unroll
-    for (int r = 0; r < R; r++) wv[r] = in ? ld_stream(wr[r] + v) : make_uint4(0, 0, 0, 0);
+        for (int r = 0; r < R; r++) {
+            const u32* c = (const u32*)(wr[r] + (v & ~31)) + (v & 31);
+            wv[r] = make_uint4(ld_stream32(c), ld_stream32(c + 32), ld_stream32(c + 64),
+                               ld_stream32(c + 96));
+        }
+    } else {
+        const bool in = v < nvec;
+#pragma unroll
+        for (int r = 0; r < R; r++) wv[r] = in ? ld_stream(wr[r] + v) : make_uint4(0, 0, 0, 0);
+    }
     if (KIND == KIND_INT8G) {
-        const int g = in ? (v * 16) >> gshift : 0;
 #pragma unroll
-        for (int r = 0; r < R; r++) sv[r] = __ldg(gs[r] + g);
+        for (int j = 0; j < 4; j++) {
+            if (words || j == 0) {
+                const int g = v < nvec ? word_col<KIND>(v, words, j) >> gshift : 0;
+#pragma unroll
+                for (int r = 0; r < R; r++) sv[r][j] = __ldg(gs[r] + g);
+            }
+        }
     }
 }
 
@@ -262,8 +333,8 @@ __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
 #pragma unroll
     for (int r = 0; r < R; r++) wr[r] = (const uint4*)((const char*)w[r]->data + (size_t)row[r] * row_bytes);
     const int groups = KIND == KIND_INT4 ? w[0]->cols / w[0]->group : 1;
-    // int8g: row r's group scales start at gs[r]; the group of vector v is (v * 16) >> gshift.
-    const int gshift = KIND == KIND_INT8G ? __ffs(w[0]->group) - 1 : 0;
+    // int4, int8g: the group of column c is c >> gshift; int8g's row r's scales start at gs[r].
+    const int gshift = KIND == KIND_INT8G || KIND == KIND_INT4 ? __ffs(w[0]->group) - 1 : 0;
     const float* gs[R];
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -273,7 +344,7 @@ __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
     const int step = 32 * ks;
     int v0 = 32 * wk + lane;
     uint4 wv[U][R];
-    float sv[U][R];  // int8g: the group scale of wv[u][r] (unused by the other forms)
+    float sv[U][R][4];  // int8g: the group scales of wv[u][r]'s words (unused by the other forms)
 #pragma unroll
     for (int u = 0; u < U; u++) load_vecs<KIND, R>(wr, gs, v0 + step * u, nvec, gshift, wv[u], sv[u]);
     if (!waited) {
@@ -287,7 +358,7 @@ __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
     // of arriving weights overlap the transfer of the next; otherwise the next batch is loaded
     // after the products. The products are in the same order either way.
     uint4 wn[PIPE ? U : 1][R];
-    float sn[PIPE ? U : 1][R];
+    float sn[PIPE ? U : 1][R][4];
     while (v0 < nvec) {
         const int v1 = v0 + step * U;
         const bool more = v1 < nvec;
@@ -298,7 +369,9 @@ __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int v = v0 + step * u;
-            if (v < nvec) vec_fma<NT, KIND, R>(wv[u], sv[u], v, w, row, groups, xs, acc);
+            if (v < nvec)
+                vec_fma<NT, KIND, R>(wv[u], sv[u], v, word_chunk<KIND>(v, nvec), w, row, groups,
+                                     gshift, xs, acc);
         }
         if (!more) break;
 #pragma unroll
@@ -307,7 +380,8 @@ __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
 #pragma unroll
                 for (int r = 0; r < R; r++) {
                     wv[u][r] = wn[u][r];
-                    sv[u][r] = sn[u][r];
+#pragma unroll
+                    for (int j = 0; j < 4; j++) sv[u][r][j] = sn[u][r][j];
                 }
             } else {
                 load_vecs<KIND, R>(wr, gs, v1 + step * u, nvec, gshift, wv[u], sv[u]);

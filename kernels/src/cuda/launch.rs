@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use super::device::{CudaError, Gpu};
-use super::weight::{GpuWeight, KIND_BF16, KIND_F16, KIND_F32, KIND_INT8, KIND_INT8G};
+use super::weight::{GpuWeight, KIND_BF16, KIND_F16, KIND_F32, KIND_INT4, KIND_INT8, KIND_INT8G};
 
 /// Norm partial sums per token (`PSTRIDE` in common.cuh).
 pub const PSTRIDE: usize = 4096;
@@ -154,18 +154,17 @@ pub fn ksplit_for(w: &GpuWeight) -> i32 {
 }
 
 /// How a one-token GEMV streams its weights (`pipe` in gemv.cu) when its arguments leave it 0:
-/// `CLLM_GEMV_PIPE=1|2|3` for every launch, else by the first weight's form. The int8 forms
+/// `CLLM_GEMV_PIPE=1|2|3` for every launch, else by the first weight's form. The quantized forms
 /// spend about three times the instructions per weight byte of bf16, and their products of one
-/// batch overlapping the next batch's transfer (2 vectors per row and batch) measured 4-5 %
-/// faster decode on an H100 (TinyLlama and 7B shapes); on bf16 the same was 3 % faster on
-/// TinyLlama's matrices and 7 % slower on 7B's, so the float forms keep batches of 8. Every
-/// choice gives the same bits.
+/// batch overlapping the next batch's transfer (2 vectors per row and batch) measured faster
+/// decode on an H100 than batches of 8: int8 and int8g 4-5 % (TinyLlama and 7B shapes), int4
+/// 11 % on TinyLlama. On bf16 the same was 3 % faster on TinyLlama's matrices and 7 % slower on
+/// 7B's, so the float forms keep batches of 8. Every choice gives the same bits.
 pub fn gemv_pipe(first: &WDesc) -> i32 {
     static FORCED: OnceLock<Option<i32>> = OnceLock::new();
     match (forced(&FORCED, "CLLM_GEMV_PIPE", 1..=3), first.kind) {
         (Some(p), _) => p,
-        // int8 per row, int8g: batches of 2
-        (None, KIND_INT8 | KIND_INT8G) => 3,
+        (None, KIND_INT8 | KIND_INT8G | KIND_INT4) => 3,
         (None, _) => 1,
     }
 }
