@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use super::device::{CudaError, Gpu};
-use super::weight::{GpuWeight, KIND_BF16, KIND_F16, KIND_F32, KIND_INT4, KIND_INT8, KIND_INT8G};
+use super::weight::{GpuWeight, KIND_BF16, KIND_F16, KIND_F32, KIND_INT4, KIND_INT8G};
 
 /// Norm partial sums per token (`PSTRIDE` in common.cuh).
 pub const PSTRIDE: usize = 4096;
@@ -154,17 +154,18 @@ pub fn ksplit_for(w: &GpuWeight) -> i32 {
 }
 
 /// How a one-token GEMV streams its weights (`pipe` in gemv.cu) when its arguments leave it 0:
-/// `CLLM_GEMV_PIPE=1|2|3` for every launch, else by the first weight's form. The quantized forms
-/// spend about three times the instructions per weight byte of bf16, and their products of one
-/// batch overlapping the next batch's transfer (2 vectors per row and batch) measured faster
-/// decode on an H100 than batches of 8: int8 and int8g 4-5 % (TinyLlama and 7B shapes), int4
-/// 11 % on TinyLlama. On bf16 the same was 3 % faster on TinyLlama's matrices and 7 % slower on
-/// 7B's, so the float forms keep batches of 8. Every choice gives the same bits.
+/// `CLLM_GEMV_PIPE=1|2|3` for every launch, else by the first weight's form. int8g and int4 hold
+/// group scales next to their codes; with their products of one batch overlapping the next
+/// batch's transfer (2 vectors per row and batch) decode measured faster on an H100 than with
+/// batches of 8, whose scales spilled: int8g 1010 against 733 tokens/s on TinyLlama, 265 against
+/// 168 on 7B; int4 1018 / 916 and 198 / 178. Per-row int8, with no scales to hold, and the float
+/// forms keep batches of 8 (per-row int8 1034 against 1001 on TinyLlama, 268 / 267 on 7B; bf16
+/// had been 7 % slower on 7B with batches of 2). Every choice gives the same bits.
 pub fn gemv_pipe(first: &WDesc) -> i32 {
     static FORCED: OnceLock<Option<i32>> = OnceLock::new();
     match (forced(&FORCED, "CLLM_GEMV_PIPE", 1..=3), first.kind) {
         (Some(p), _) => p,
-        (None, KIND_INT8 | KIND_INT8G | KIND_INT4) => 3,
+        (None, KIND_INT8G | KIND_INT4) => 3,
         (None, _) => 1,
     }
 }
