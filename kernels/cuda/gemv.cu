@@ -3,7 +3,8 @@
 //
 // Work unit: `ksplit` warps compute two weight rows (A and B) against the block's NT tokens.
 // Lane `l` of the unit's warp `k` reads the 16-byte weight vectors 32k + l, 32k + l + 32 ksplit,
-// ... of a row (coalesced, UNROLL loads in flight per row), accumulates each token's partial dot
+// ... of a row (coalesced, UNROLL loads in flight per row; the quantized forms' vectors of a
+// whole chunk of 32 are read word-wise, see word_chunk), accumulates each token's partial dot
 // product in float32 in vector order and element order; each warp combines its 32 lane sums
 // with a fixed xor butterfly, and the unit's first warp adds the ksplit warp sums in warp order.
 // The host picks ksplit from the weight's shape alone, so the order depends only on the weight:
