@@ -87,12 +87,12 @@ __device__ __forceinline__ float4 ldx(const float4* p) {
 // part of one contiguous warp-wide read. With each lane's 16 contiguous bytes (what a partial
 // last chunk still reads), lanes' x lay 64 or 128 bytes apart and every warp-wide x load touched
 // 16 or 32 L1 lines: the x reads, not the weights, bounded the int8 and int4 forms (int8g decode
-// streamed at 54 % of an H100's bandwidth on the 7B shape where bf16 reached 78 %).
+// streamed at 54 % of an H100's bandwidth on the 7B shape where bf16 reached 78 %; read this
+// way, int8g decode is 9 % faster there and int4 14-27 %, BENCHMARKS.md).
 // GEMV_COAL=0 (a define, for measuring) reads every chunk the partial way.
 #ifndef GEMV_COAL
 #define GEMV_COAL 1
 #endif
-
 
 // Whether vector v of a row of nvec vectors lies in a whole chunk read word-wise (the same on
 // every lane of the warp: lanes read vectors 32 c + lane).
