@@ -139,19 +139,38 @@ pub fn tokens_per_block(ntok: usize) -> usize {
 }
 
 /// Warps per unit for a weight: enough that each warp streams at least 256 16-byte vectors of a
-/// row (int4: 2048 columns, 64 vectors), at most [`GEMV_WARPS`]. A function of the weight's shape
-/// and form only, so prefill and decode reduce every row in the same order. Measured on an H100
-/// (decode tokens/s against the vector bound): int4 +14 % on the TinyLlama shape, -2 % on 7B;
-/// the same column bound for int8 gave +7 % and -4.5 %, so the int8 forms keep the vector bound.
+/// row (int4: 2048 columns, 64 vectors), at most [`GEMV_WARPS`]; and, for the int8 forms, more
+/// while a one-token launch over the weight's rows would have fewer than [`FILL_BLOCKS`] blocks
+/// and each warp keeps at least 2048 columns (4 chunks; at 1024, TinyLlama's q and o
+/// projections split too, and int8g decode gained 7 % instead of 10 %). A function of the weight's shape and form only, so
+/// prefill and decode reduce every row in the same order. Measured on an H100 (decode tokens/s
+/// against the vector bound): int4 +14 % on the TinyLlama shape, -2 % on 7B; the same column
+/// bound for int8 +10 % and -11 % (its gain on TinyLlama was all in the down projection, 2048
+/// rows in 256 blocks of one warp per unit, half a wave; on 7B it split launches that already
+/// filled the GPU), hence the block count for int8.
 pub fn ksplit_for(w: &GpuWeight) -> i32 {
+    static FORCED: OnceLock<Option<i32>> = OnceLock::new();
     let epv = w.kind.elements_per_vector();
     let min_cols = if epv == 32 { 2048 } else { 256 * epv };
     let mut k = 1;
     while k < GEMV_WARPS && w.cols / (2 * k) >= min_cols {
         k *= 2;
     }
+    let fill = forced(&FORCED, "CLLM_KSPLIT_FILL", 0..=1).unwrap_or(1) == 1;
+    if fill && epv == 16 {
+        while k < GEMV_WARPS
+            && Gpu::gemv_blocks(w.rows.div_ceil(2), k as i32) < FILL_BLOCKS
+            && w.cols / (2 * k) >= 2048
+        {
+            k *= 2;
+        }
+    }
     k as i32
 }
+
+/// Blocks a one-token int8 launch should have (about 4 per multiprocessor of an H100, which
+/// holds 4 at a time): a constant, not the device's count, so the order stays the weight's.
+pub const FILL_BLOCKS: usize = 512;
 
 /// How a one-token GEMV streams its weights (`pipe` in gemv.cu) when its arguments leave it 0:
 /// `CLLM_GEMV_PIPE=1|2|3` for every launch, else by the first weight's form. int8g and int4 hold
