@@ -221,7 +221,7 @@ fn gpu_gemv_matches_cpu_for_every_form_and_batch() {
         "int4-g128",
     ] {
         // Columns: int8 rows of part of one chunk of 512, one whole and one partial chunk, whole
-        // chunks only, and (11008, two warps per unit) 21 whole chunks and a partial one.
+        // chunks only, and (11008, four warps per unit) 21 whole chunks and a partial one.
         for (rows, cols) in [(37, 128), (64, 576), (300, 1536), (2, 4096), (3, 11008)] {
             if let Some(g) = form
                 .strip_prefix("int4-g")

@@ -4,7 +4,9 @@
 use std::sync::{Arc, OnceLock};
 
 use super::device::{CudaError, Gpu};
-use super::weight::{GpuWeight, KIND_BF16, KIND_F16, KIND_F32, KIND_INT4, KIND_INT8G};
+use super::weight::{
+    GpuWeight, GpuWeightKind, KIND_BF16, KIND_F16, KIND_F32, KIND_INT4, KIND_INT8G,
+};
 
 /// Norm partial sums per token (`PSTRIDE` in common.cuh).
 pub const PSTRIDE: usize = 4096;
@@ -141,13 +143,14 @@ pub fn tokens_per_block(ntok: usize) -> usize {
 /// Warps per unit for a weight: enough that each warp streams at least 256 16-byte vectors of a
 /// row (int4: 2048 columns, 64 vectors), at most [`GEMV_WARPS`]; and, for the int8 forms, more
 /// while a one-token launch over the weight's rows would have fewer than [`FILL_BLOCKS`] blocks
-/// and each warp keeps at least 2048 columns (4 chunks; at 1024, TinyLlama's q and o
-/// projections split too, and int8g decode gained 7 % instead of 10 %). A function of the weight's shape and form only, so
+/// and each warp keeps at least 2048 columns. A function of the weight's shape and form only, so
 /// prefill and decode reduce every row in the same order. Measured on an H100 (decode tokens/s
-/// against the vector bound): int4 +14 % on the TinyLlama shape, -2 % on 7B; the same column
-/// bound for int8 +10 % and -11 % (its gain on TinyLlama was all in the down projection, 2048
-/// rows in 256 blocks of one warp per unit, half a wave; on 7B it split launches that already
-/// filled the GPU), hence the block count for int8.
+/// against the vector bound): int4 +14 % on the TinyLlama shape, -2 % on 7B. For int8 the same
+/// column bound gave +10 % and -11 %: its gain on TinyLlama was all in the down projection (2048
+/// rows in 256 blocks of one warp per unit, half a wave), and on 7B it split launches that
+/// already filled the GPU, hence the block count. With 1024 columns per warp as the floor,
+/// TinyLlama's q and o projections split too, and int8g decode gained 7 % instead of 10 %.
+/// `CLLM_KSPLIT_FILL=0` leaves the block count out, for measuring.
 pub fn ksplit_for(w: &GpuWeight) -> i32 {
     static FORCED: OnceLock<Option<i32>> = OnceLock::new();
     let epv = w.kind.elements_per_vector();
@@ -156,8 +159,11 @@ pub fn ksplit_for(w: &GpuWeight) -> i32 {
     while k < GEMV_WARPS && w.cols / (2 * k) >= min_cols {
         k *= 2;
     }
-    let fill = forced(&FORCED, "CLLM_KSPLIT_FILL", 0..=1).unwrap_or(1) == 1;
-    if fill && epv == 16 {
+    let int8 = matches!(
+        w.kind,
+        GpuWeightKind::Int8 | GpuWeightKind::Int8Group { .. }
+    );
+    if int8 && forced(&FORCED, "CLLM_KSPLIT_FILL", 0..=1) != Some(0) {
         while k < GEMV_WARPS
             && Gpu::gemv_blocks(w.rows.div_ceil(2), k as i32) < FILL_BLOCKS
             && w.cols / (2 * k) >= 2048
