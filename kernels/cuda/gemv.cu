@@ -393,11 +393,11 @@ __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
     TRACE_MARK(3);
 }
 
-template <int NT, int R, int U, bool PIPE, class F>
+template <int NT, int R, int U, bool PIPE, int FK, class F>
 __device__ __forceinline__ void dot_rows_u(int kind, const WDesc* const* w, const int* row,
                                            const float* const* xs, int wk, int ks,
                                            float (*acc)[NT], bool& waited, F& after_wait) {
-    switch (kind) {
+    switch (FK >= 0 ? FK : kind) {
     case KIND_F32: dot_rows<NT, KIND_F32, R, U, PIPE>(w, row, xs, wk, ks, acc, waited, after_wait); break;
     case KIND_BF16: dot_rows<NT, KIND_BF16, R, U, PIPE>(w, row, xs, wk, ks, acc, waited, after_wait); break;
     case KIND_F16: dot_rows<NT, KIND_F16, R, U, PIPE>(w, row, xs, wk, ks, acc, waited, after_wait); break;
@@ -407,24 +407,24 @@ __device__ __forceinline__ void dot_rows_u(int kind, const WDesc* const* w, cons
     }
 }
 
-template <int NT, int R, class F>
+template <int NT, int R, int FK, class F>
 __device__ __forceinline__ void dot_rows_kind(int kind, int pipe, const WDesc* const* w,
                                               const int* row, const float* const* xs, int wk,
                                               int ks, float (*acc)[NT], bool& waited,
                                               F& after_wait) {
     if (NT == 1 && pipe == 2) {
-        dot_rows_u<NT, R, 4, true>(kind, w, row, xs, wk, ks, acc, waited, after_wait);
+        dot_rows_u<NT, R, 4, true, FK>(kind, w, row, xs, wk, ks, acc, waited, after_wait);
     } else if (NT == 1 && pipe == 3) {
-        dot_rows_u<NT, R, 2, true>(kind, w, row, xs, wk, ks, acc, waited, after_wait);
+        dot_rows_u<NT, R, 2, true, FK>(kind, w, row, xs, wk, ks, acc, waited, after_wait);
     } else {
         constexpr int U = NT == 1 ? 8 : (NT == 2 ? 4 : 2);
-        dot_rows_u<NT, R, U, false>(kind, w, row, xs, wk, ks, acc, waited, after_wait);
+        dot_rows_u<NT, R, U, false, FK>(kind, w, row, xs, wk, ks, acc, waited, after_wait);
     }
 }
 
 // This warp's share of rows A and B (B optional) for the NT tokens: the warp sums, on every
 // lane. Rows of the same form stream together and share the x loads.
-template <int NT, class F>
+template <int NT, int FK, class F>
 __device__ __forceinline__ void row_dots2(const WDesc* wa, int ra, const WDesc* wb, int rb,
                                           bool has_b, int pipe, const float* const* xs, int wk,
                                           int ks,
@@ -436,15 +436,15 @@ __device__ __forceinline__ void row_dots2(const WDesc* wa, int ra, const WDesc* 
         acc[1][t] = 0.0f;
     }
     bool waited = false;
-    if (has_b && wa->kind == wb->kind && wa->cols == wb->cols &&
+    if (has_b && (FK >= 0 || wa->kind == wb->kind) && wa->cols == wb->cols &&
         ((wa->kind != KIND_INT4 && wa->kind != KIND_INT8G) || wa->group == wb->group)) {
         const WDesc* w2[2] = {wa, wb};
         const int r2[2] = {ra, rb};
-        dot_rows_kind<NT, 2>(wa->kind, pipe, w2, r2, xs, wk, ks, acc, waited, after_wait);
+        dot_rows_kind<NT, 2, FK>(wa->kind, pipe, w2, r2, xs, wk, ks, acc, waited, after_wait);
     } else {
-        dot_rows_kind<NT, 1>(wa->kind, pipe, &wa, &ra, xs, wk, ks, acc, waited, after_wait);
+        dot_rows_kind<NT, 1, FK>(wa->kind, pipe, &wa, &ra, xs, wk, ks, acc, waited, after_wait);
         if (has_b)
-            dot_rows_kind<NT, 1>(wb->kind, pipe, &wb, &rb, xs, wk, ks, acc + 1, waited, after_wait);
+            dot_rows_kind<NT, 1, FK>(wb->kind, pipe, &wb, &rb, xs, wk, ks, acc + 1, waited, after_wait);
     }
 #pragma unroll
     for (int t = 0; t < NT; t++) {
@@ -455,7 +455,7 @@ __device__ __forceinline__ void row_dots2(const WDesc* wa, int ra, const WDesc* 
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 
-template <int NT>
+template <int NT, int FK>
 __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     TRACE_BLOCK(a.mode);
     __shared__ float s_part[WARPS][2][NT];
@@ -582,7 +582,7 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     const bool has_b = valid && rb < wb->rows;
     if (valid) {
         float da[NT], db[NT];
-        row_dots2<NT>(wa, ra, wb, rb, has_b, a.pipe, xs, wk, ks, da, db, after_wait);
+        row_dots2<NT, FK>(wa, ra, wb, rb, has_b, a.pipe, xs, wk, ks, da, db, after_wait);
         if (lane == 0) {
 #pragma unroll
             for (int t = 0; t < NT; t++) {
@@ -699,7 +699,20 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
 
 // Four resident blocks per multiprocessor: the register cap this implies made batched prefill
 // 1.3-1.5x faster on an H100 with decode unchanged (within 3 %) and identical bits.
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4) gemv_t1(GemvArgs a) { gemv_body<1>(a); }
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4) gemv_t2(GemvArgs a) { gemv_body<2>(a); }
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4) gemv_t4(GemvArgs a) { gemv_body<4>(a); }
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4) gemv_t8(GemvArgs a) { gemv_body<8>(a); }
+// FK: the weights' kind where every weight of the launch has it, or -1 for any mix. A one-token
+// launch whose weights share a kind may take that kind's own kernel (launch.rs `gemv_kind`
+// says which kinds do): the same code with the other kinds' loops left out, so a tenth of the
+// size, and allocated registers of its own instead of the union's, which spilled in every path.
+#define GEMV_ENTRY(NAME, NT, FK) \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4) NAME(GemvArgs a) { gemv_body<NT, FK>(a); }
+GEMV_ENTRY(gemv_t1, 1, -1)
+GEMV_ENTRY(gemv_t2, 2, -1)
+GEMV_ENTRY(gemv_t4, 4, -1)
+GEMV_ENTRY(gemv_t8, 8, -1)
+GEMV_ENTRY(gemv_t1_k0, 1, KIND_F32)
+GEMV_ENTRY(gemv_t1_k1, 1, KIND_BF16)
+GEMV_ENTRY(gemv_t1_k2, 1, KIND_F16)
+GEMV_ENTRY(gemv_t1_k3, 1, KIND_INT8)
+GEMV_ENTRY(gemv_t1_k4, 1, KIND_INT4)
+// int8g has none: alone it was slower on an H100 (its registers still spill), and each entry
+// adds to the kernels' first compile.

@@ -71,6 +71,9 @@ unsafe impl Sync for Stream {}
 
 pub(crate) struct Funcs {
     pub gemv: [sys::CUfunction; 4],
+    /// One-token GEMVs compiled for one weight kind each (`gemv_t1_k{kind}`), for launches whose
+    /// weights all have it.
+    pub gemv1_kind: [sys::CUfunction; 5],
     pub attention: sys::CUfunction,
     pub embed: sys::CUfunction,
     pub hash_words: sys::CUfunction,
@@ -88,7 +91,7 @@ pub struct Gpu {
     info: GpuInfo,
 }
 
-/// The dynamic shared memory `gemv_t1` may use: the device's opt-in maximum per block less the
+/// The dynamic shared memory a one-token GEMV kernel may use: the device's opt-in maximum per block less the
 /// kernel's static shared memory, raised to that on the function (48 KiB less the static part if
 /// the driver refuses).
 fn gemv_x_smem_limit(ctx: &CudaContext, f: sys::CUfunction) -> u32 {
@@ -192,12 +195,23 @@ impl Gpu {
                 get("gemv_t4")?,
                 get("gemv_t8")?,
             ],
+            gemv1_kind: [
+                get("gemv_t1_k0")?,
+                get("gemv_t1_k1")?,
+                get("gemv_t1_k2")?,
+                get("gemv_t1_k3")?,
+                get("gemv_t1_k4")?,
+            ],
             attention: get("attention")?,
             embed: get("embed")?,
             hash_words: get("hash_words")?,
             read_bw: get("read_bw")?,
         };
-        let gemv_x_smem = gemv_x_smem_limit(&ctx, f.gemv[0]);
+        let gemv_x_smem = std::iter::once(f.gemv[0])
+            .chain(f.gemv1_kind)
+            .map(|g| gemv_x_smem_limit(&ctx, g))
+            .min()
+            .unwrap_or(0);
         let stream = Stream(
             result::stream::create(result::stream::StreamKind::NonBlocking)
                 .ctx("creating the compute stream")?,
