@@ -80,8 +80,14 @@ pub fn static_fixture_dir(name: &str) -> PathBuf {
 
 /// Runs `cllm ARGS` and returns its output.
 pub fn cllm(args: &[&str]) -> Output {
+    cllm_env(args, &[])
+}
+
+/// [`cllm`] with extra environment variables.
+pub fn cllm_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(cllm_bin())
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("running cllm")
 }
@@ -93,11 +99,7 @@ pub fn cllm_ok(args: &[&str]) -> String {
 
 /// [`cllm_ok`] with extra environment variables.
 pub fn cllm_ok_env(args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = Command::new(cllm_bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("running cllm");
+    let out = cllm_env(args, env);
     assert!(
         out.status.success(),
         "cllm {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",

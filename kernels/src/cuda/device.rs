@@ -91,9 +91,9 @@ pub struct Gpu {
     info: GpuInfo,
 }
 
-/// The dynamic shared memory a one-token GEMV kernel may use: the device's opt-in maximum per block less the
-/// kernel's static shared memory, raised to that on the function (48 KiB less the static part if
-/// the driver refuses).
+/// The dynamic shared memory a one-token GEMV kernel `f` may use: the device's opt-in maximum
+/// per block less the kernel's static shared memory, raised to that on the function (48 KiB less
+/// the static part if the driver refuses).
 fn gemv_x_smem_limit(ctx: &CudaContext, f: sys::CUfunction) -> u32 {
     use sys::CUfunction_attribute_enum as A;
     // SAFETY: `f` is a function of the loaded module; attribute queries have no side effects.
