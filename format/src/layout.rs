@@ -105,7 +105,7 @@ pub fn read_framing(file: &[u8], index_limit: u64) -> Result<Framing> {
             file_len: len,
         });
     }
-    if index_offset < DATA_START || index_offset % ALIGNMENT != 0 {
+    if index_offset < DATA_START || !index_offset.is_multiple_of(ALIGNMENT) {
         return Err(FormatError::MisalignedIndex(index_offset));
     }
     if index_length < 2 {

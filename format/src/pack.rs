@@ -148,7 +148,7 @@ pub fn pack<W: Write>(
     out: &mut W,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<PackSummary> {
-    if opts.frame_size == 0 || opts.frame_size % 8 != 0 || opts.frame_size > 64 << 20 {
+    if opts.frame_size == 0 || !opts.frame_size.is_multiple_of(8) || opts.frame_size > 64 << 20 {
         return Err(FormatError::Policy(format!(
             "frame size {} must be a multiple of 8 bytes, at most 64 MiB",
             opts.frame_size

@@ -318,7 +318,7 @@ impl Policy {
             .iter()
             .rev()
             .copied()
-            .find(|&g| g <= self.group_size && cols % g as u64 == 0)
+            .find(|&g| g <= self.group_size && cols.is_multiple_of(g as u64))
     }
 
     /// Group-wise int8 at the policy's group size (see [`Policy::group_for`]), or per-row int8

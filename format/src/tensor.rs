@@ -19,7 +19,7 @@ pub fn rows_cols(shape: &[u64]) -> (usize, usize) {
         (1, numel as usize)
     } else {
         let rows = shape[0] as usize;
-        (rows, if rows == 0 { 0 } else { numel as usize / rows })
+        (rows, (numel as usize).checked_div(rows).unwrap_or(0))
     }
 }
 

@@ -258,7 +258,11 @@ fn gather_rows<T: Copy + Default + Send + Sync>(
     n_head: usize,
     src: impl Fn(usize, usize, usize, usize) -> usize + Sync,
 ) -> Option<Vec<T>> {
-    if n_head == 0 || rows % (2 * n_head) != 0 || rows.checked_mul(cols)? != w.len() || cols == 0 {
+    if n_head == 0
+        || !rows.is_multiple_of(2 * n_head)
+        || rows.checked_mul(cols)? != w.len()
+        || cols == 0
+    {
         return None;
     }
     let hd = rows / n_head;

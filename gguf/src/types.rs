@@ -234,7 +234,7 @@ impl GgmlType {
     /// multiple of the block size or the size overflows `u64`.
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
         let bs = self.block_size();
-        if n_elements % bs != 0 {
+        if !n_elements.is_multiple_of(bs) {
             return None;
         }
         (n_elements / bs).checked_mul(self.type_size())

@@ -42,7 +42,7 @@ impl B {
         self.u32(ty).u64(offset)
     }
     fn pad(&mut self, align: usize) -> &mut Self {
-        while self.0.len() % align != 0 {
+        while !self.0.len().is_multiple_of(align) {
             self.0.push(0);
         }
         self
@@ -606,7 +606,7 @@ fn data_section_beyond_file() {
     let mut b = B::header(3, 1, 0);
     b.tensor("t", &[0], 0, 0);
     let bytes = b.bytes();
-    assert!(bytes.len() % 32 != 0);
+    assert!(!bytes.len().is_multiple_of(32));
     assert!(matches!(
         parse(&bytes),
         Err(GgufError::DataSectionOutOfBounds { .. })

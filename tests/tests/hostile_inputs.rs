@@ -163,7 +163,7 @@ impl Gguf {
         offset: Option<u64>,
         data: &[u8],
     ) -> Self {
-        while self.data.len() % 32 != 0 {
+        while !self.data.len().is_multiple_of(32) {
             self.data.push(0);
         }
         gstr(&mut self.infos, name.as_bytes());
@@ -187,7 +187,7 @@ impl Gguf {
         out.extend_from_slice(&self.kv_count.unwrap_or(self.n_kv).to_le_bytes());
         out.extend_from_slice(&self.kv);
         out.extend_from_slice(&self.infos);
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         out.extend_from_slice(&self.data);
@@ -774,7 +774,7 @@ fn gguf_cases() -> Vec<(&'static str, Case)> {
                 &[],
             );
             let mut b = g.bytes();
-            while b.last() == Some(&0) && b.len() % 32 != 0 {
+            while b.last() == Some(&0) && !b.len().is_multiple_of(32) {
                 b.pop();
             }
             match parse(&b) {
@@ -878,7 +878,7 @@ const CONFIG: &str = r#"{"architectures":["LlamaForCausalLM"],"model_type":"llam
 /// A safetensors file from a raw header (as given, padded with spaces to 8 bytes) and data.
 fn safetensors_raw(header: &str, data: &[u8]) -> Vec<u8> {
     let mut h = header.to_string();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
