@@ -8,7 +8,9 @@
 // product in float32 in vector order and element order; each warp combines its 32 lane sums
 // with a fixed xor butterfly, and the unit's first warp adds the ksplit warp sums in warp order.
 // The host picks ksplit from the weight's shape alone, so the order depends only on the weight:
-// the same row gets the same bits for any NT (prefill or decode).
+// the same row gets the same bits for any NT (prefill or decode). One-token launches whose
+// weights share a kind stream instead (gemv_stream, at the end): the same units and reductions,
+// with each block running several blocks' units.
 //
 // RMSNorm is folded in by linearity: the producer of a normed input writes `xw = w_norm * h`
 // and per-block partial sums of `h^2`; the consumer sums the partials in a fixed order, forms
@@ -79,6 +81,13 @@ template <int NT>
 __device__ __forceinline__ float4 ldx(const float4* p) {
     if (NT == 1) return *p;
     return __ldg(p);
+}
+
+// Weight elements per 16-byte vector.
+template <int KIND>
+__device__ constexpr int elements_per_vector() {
+    return KIND == KIND_F32 ? 4
+           : ((KIND == KIND_INT8 || KIND == KIND_INT8G) ? 16 : (KIND == KIND_INT4 ? 32 : 8));
 }
 
 // Quantized rows are read in chunks of 32 vectors (512 int8 or 1024 int4 columns), one chunk
@@ -326,8 +335,7 @@ __device__ __forceinline__ void dot_rows(const WDesc* const* w, const int* row,
                                          const float* const* xs, int wk, int ks,
                                          float (*acc)[NT], bool& waited, F& after_wait) {
     const int lane = threadIdx.x & 31;
-    const int EPV = KIND == KIND_F32 ? 4
-                    : ((KIND == KIND_INT8 || KIND == KIND_INT8G) ? 16 : (KIND == KIND_INT4 ? 32 : 8));
+    constexpr int EPV = elements_per_vector<KIND>();
     const int nvec = w[0]->cols / EPV;
     const size_t row_bytes = (size_t)nvec * 16;
     const uint4* wr[R];
@@ -455,6 +463,156 @@ __device__ __forceinline__ void row_dots2(const WDesc* wa, int ra, const WDesc* 
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 
+// Unit `unit`'s two rows and their weights (see the modes above); seg: QKV's q, k or v.
+__device__ __forceinline__ void unit_rows(const GemvArgs& a, int unit, int& seg, int& ra, int& rb,
+                                          const WDesc*& wa, const WDesc*& wb) {
+    seg = 0;
+    if (a.mode == MODE_QKV) {
+        int uu = unit;
+        if (unit >= a.u2) { seg = 2; uu = unit - a.u2; }
+        else if (unit >= a.u1) { seg = 1; uu = unit - a.u1; }
+        const int half = a.head_dim >> 1;
+        ra = (uu / half) * a.head_dim + uu % half;
+        rb = ra + half;
+        wa = &a.w[seg];
+        wb = &a.w[seg];
+    } else if (a.mode == MODE_GATEUP) {
+        ra = unit; rb = unit;
+        wa = &a.w[0];
+        wb = &a.w[1];
+    } else {
+        ra = 2 * unit; rb = 2 * unit + 1;
+        wa = &a.w[0];
+        wb = &a.w[0];
+    }
+}
+
+// A one-token block's copy of x into dynamic shared memory, every thread's loads in flight at
+// once (the caller's barrier completes it).
+__device__ __forceinline__ void copy_x_shared(const float* x, int cols) {
+    const float4* gx = (const float4*)x;
+    const int n4 = cols >> 2;
+    for (int i0 = threadIdx.x; i0 < n4; i0 += 8 * GEMV_THREADS) {
+        float4 v[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const int i = i0 + k * GEMV_THREADS;
+            if (i < n4) v[k] = __ldg(gx + i);
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const int i = i0 + k * GEMV_THREADS;
+            if (i < n4) gemv_x[i] = v[k];
+        }
+    }
+}
+
+// The warp's sum of one token's norm partials `p[0..nparts)`: thread (w, l) sums partials
+// i = 32 w + l (mod 128) in order, eight in flight (the padding zeros come after every real
+// partial of the thread and add exactly: the partials are sums of squares), then the butterfly.
+__device__ __forceinline__ float partials_sum(const float* p, int nparts) {
+    float s = 0.0f;
+    for (int i0 = threadIdx.x; i0 < nparts; i0 += 8 * GEMV_THREADS) {
+        float v[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const int i = i0 + k * GEMV_THREADS;
+            v[k] = i < nparts ? p[i] : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++) s = s + v[k];
+    }
+    return warp_sum(s);
+}
+
+// The input norm's factor from the block's warp sums, added in warp order.
+__device__ __forceinline__ float norm_inv(const GemvArgs& a, const float* warp_sums, int stride) {
+    float tot = warp_sums[0];
+    for (int w = 1; w < WARPS; w++) tot = tot + warp_sums[w * stride];
+    const float mean = __fdiv_rn(tot, (float)a.norm_dim);
+    return __fdiv_rn(1.0f, __fsqrt_rn(mean + a.eps));
+}
+
+// The epilogue's inputs that do not depend on the products: RESID the residual rows h[ra], h[rb]
+// and the next norm's weights at ra, rb (a, b, c, d); QKV the RoPE factors cos, sin (a, b).
+struct EpiIn { float a, b, c, d; };
+
+__device__ __forceinline__ void epi_load(const GemvArgs& a, int tok, int pos, int seg, int ra,
+                                         int rb, bool has_b, EpiIn& in) {
+    if (a.mode == MODE_RESID) {
+        const float* h = a.out + (size_t)tok * a.out_stride;
+        in.a = h[ra];
+        in.c = a.norm_next[ra];
+        if (has_b) {
+            in.b = h[rb];
+            in.d = a.norm_next[rb];
+        }
+    } else if (a.mode == MODE_QKV && seg < 2) {
+        const size_t at = (size_t)pos * (a.head_dim >> 1) + ra % a.head_dim;
+        in.a = a.rope_cos[at];
+        in.b = a.rope_sin[at];
+    }
+}
+
+// A unit's epilogue for token `tok` at position `pos`, from its rows' dot products (per-row int8
+// scales already applied): the norm factor `inv` where the input is normed, the bias, then the
+// mode's work. RESID returns h^2 over the rows in `sq`; LOGITS raises `key` to the rows' argmax.
+__device__ __forceinline__ void epi_store(const GemvArgs& a, int tok, int pos, int seg, int ra,
+                                          int rb, bool has_b, const WDesc* wa, const WDesc* wb,
+                                          float ya, float yb, float inv, const EpiIn& in,
+                                          float& sq, u64& key) {
+    if (a.partial != 0) {
+        ya = ya * inv;
+        yb = yb * inv;
+    }
+    if (wa->bias != 0) ya = ya + wa->bias[ra];
+    if (has_b && wb->bias != 0) yb = yb + wb->bias[rb];
+    if (a.mode == MODE_QKV) {
+        const int half = a.head_dim >> 1;
+        const int i = ra % a.head_dim;
+        if (seg < 2) {
+            const float na = __fsub_rn(__fmul_rn(ya, in.a), __fmul_rn(yb, in.b));
+            const float nb = __fadd_rn(__fmul_rn(yb, in.a), __fmul_rn(ya, in.b));
+            ya = na; yb = nb;
+        }
+        if (seg == 0) {
+            float* o = a.out + (size_t)tok * a.out_stride;
+            o[ra] = ya;
+            o[rb] = yb;
+        } else {
+            const int kvh = ra / a.head_dim;
+            float* c = (seg == 1 ? a.kcache : a.vcache) + ((size_t)kvh * a.capacity + pos) * a.head_dim;
+            c[i] = ya;
+            c[i + half] = yb;
+        }
+    } else if (a.mode == MODE_RESID) {
+        float* h = a.out + (size_t)tok * a.out_stride;
+        float* xw = a.xw_out + (size_t)tok * a.out_stride;
+        const float ha = in.a + ya;
+        h[ra] = ha;
+        xw[ra] = in.c * ha;
+        sq = ha * ha;
+        if (has_b) {
+            const float hb = in.b + yb;
+            h[rb] = hb;
+            xw[rb] = in.d * hb;
+            sq = sq + hb * hb;
+        }
+    } else if (a.mode == MODE_GATEUP) {
+        a.out[(size_t)tok * a.out_stride + ra] = silu(ya) * yb;
+    } else {
+        float* o = a.out + (size_t)tok * a.out_stride;
+        o[ra] = ya;
+        u64 k = argmax_key(ya, (u32)ra);
+        if (has_b) {
+            o[rb] = yb;
+            const u64 kb = argmax_key(yb, (u32)rb);
+            k = kb > k ? kb : k;
+        }
+        key = k > key ? k : key;
+    }
+}
+
 template <int NT, int FK>
 __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     TRACE_BLOCK(a.mode);
@@ -488,24 +646,10 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     const bool x_shared = NT == 1 && smem_bytes >= (u32)a.w[0].cols * 4u;
     xs[NT] = x_shared ? (const float*)gemv_x : xs[0];
 
-    int seg = 0, ra = 0, rb = 0;
-    const WDesc* wa = &a.w[0];
-    const WDesc* wb = &a.w[0];
-    if (a.mode == MODE_QKV) {
-        int uu = unit;
-        if (unit >= a.u2) { seg = 2; uu = unit - a.u2; }
-        else if (unit >= a.u1) { seg = 1; uu = unit - a.u1; }
-        int half = a.head_dim >> 1;
-        ra = (uu / half) * a.head_dim + uu % half;
-        rb = ra + half;
-        wa = &a.w[seg];
-        wb = &a.w[seg];
-    } else if (a.mode == MODE_GATEUP) {
-        ra = unit; rb = unit;
-        wb = &a.w[1];
-    } else {
-        ra = 2 * unit; rb = 2 * unit + 1;
-    }
+    int seg, ra, rb;
+    const WDesc* wa;
+    const WDesc* wb;
+    unit_rows(a, unit, seg, ra, rb, wa, wb);
     // What each warp does once, right after the programmatic-launch wait, while its first
     // weight loads are in flight: the copy of x (above), the epilogue's inputs and the norm sums.
     // The input's norm factor per token, from the producer's block partials. Fixed order for
@@ -514,63 +658,19 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     // One token: the epilogue's inputs that do not depend on the products (the residual rows and
     // the next norm's weights, or the position and its RoPE factors) are loaded by the epilogue's
     // lane right after the wait, while the weights stream, instead of as a round trip after them.
-    float pre_a = 0.0f, pre_b = 0.0f, pre_c = 0.0f, pre_d = 0.0f;
+    EpiIn pre = {0.0f, 0.0f, 0.0f, 0.0f};
     int pre_p = 0;
     auto after_wait = [&]() {
         if (NT == 1 && wk == 0 && lane == 0 && unit < a.units && tok0 < a.ntok) {
-            if (a.mode == MODE_RESID) {
-                const float* h = a.out + (size_t)tok0 * a.out_stride;
-                pre_a = h[ra];
-                pre_c = a.norm_next[ra];
-                if (rb < wb->rows) {
-                    pre_b = h[rb];
-                    pre_d = a.norm_next[rb];
-                }
-            } else if (a.mode == MODE_QKV) {
-                pre_p = *a.pos + tok0;
-                if (seg < 2) {
-                    const size_t at = (size_t)pre_p * (a.head_dim >> 1) + ra % a.head_dim;
-                    pre_a = a.rope_cos[at];
-                    pre_b = a.rope_sin[at];
-                }
-            }
+            if (a.mode == MODE_QKV) pre_p = *a.pos + tok0;
+            epi_load(a, tok0, pre_p, seg, ra, rb, rb < wb->rows, pre);
         }
-        if (x_shared) {
-            const float4* gx = (const float4*)xs[0];
-            const int n4 = a.w[0].cols >> 2;
-            for (int i0 = threadIdx.x; i0 < n4; i0 += 8 * GEMV_THREADS) {
-                float4 v[8];
-#pragma unroll
-                for (int k = 0; k < 8; k++) {
-                    const int i = i0 + k * GEMV_THREADS;
-                    if (i < n4) v[k] = __ldg(gx + i);
-                }
-#pragma unroll
-                for (int k = 0; k < 8; k++) {
-                    const int i = i0 + k * GEMV_THREADS;
-                    if (i < n4) gemv_x[i] = v[k];
-                }
-            }
-        }
+        if (x_shared) copy_x_shared(xs[0], a.w[0].cols);
         if (a.partial != 0) {
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 int tok = tok0 + t < a.ntok ? tok0 + t : tok0;
-                const float* p = a.partial + (size_t)tok * PSTRIDE;
-                // Eight partials in flight per thread; the padding zeros come after every real
-                // partial of the thread and add exactly (the partials are sums of squares).
-                float s = 0.0f;
-                for (int i0 = threadIdx.x; i0 < a.nparts; i0 += 8 * GEMV_THREADS) {
-                    float v[8];
-#pragma unroll
-                    for (int k = 0; k < 8; k++) {
-                        const int i = i0 + k * GEMV_THREADS;
-                        v[k] = i < a.nparts ? p[i] : 0.0f;
-                    }
-#pragma unroll
-                    for (int k = 0; k < 8; k++) s = s + v[k];
-                }
-                s = warp_sum(s);
+                const float s = partials_sum(a.partial + (size_t)tok * PSTRIDE, a.nparts);
                 if (lane == 0) s_norm[warp][t] = s;
             }
         }
@@ -614,64 +714,13 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
             // Per-row int8 only: int8g's group scales were applied per vector.
             if (wa->kind == KIND_INT8) ya = ya * ((const float*)wa->scales)[ra];
             if (has_b && wb->kind == KIND_INT8) yb = yb * ((const float*)wb->scales)[rb];
-            if (a.partial != 0) {
-                float tot = s_norm[0][t];
-                for (int w = 1; w < WARPS; w++) tot = tot + s_norm[w][t];
-                float mean = __fdiv_rn(tot, (float)a.norm_dim);
-                float inv = __fdiv_rn(1.0f, __fsqrt_rn(mean + a.eps));
-                ya = ya * inv;
-                yb = yb * inv;
-            }
-            if (wa->bias != 0) ya = ya + wa->bias[ra];
-            if (has_b && wb->bias != 0) yb = yb + wb->bias[rb];
-            if (a.mode == MODE_QKV) {
-                int p = NT == 1 ? pre_p : *a.pos + tok;
-                int half = a.head_dim >> 1;
-                int i = ra % a.head_dim;
-                if (seg < 2) {
-                    float c = NT == 1 ? pre_a : a.rope_cos[(size_t)p * half + i];
-                    float s = NT == 1 ? pre_b : a.rope_sin[(size_t)p * half + i];
-                    float na = __fsub_rn(__fmul_rn(ya, c), __fmul_rn(yb, s));
-                    float nb = __fadd_rn(__fmul_rn(yb, c), __fmul_rn(ya, s));
-                    ya = na; yb = nb;
-                }
-                if (seg == 0) {
-                    float* o = a.out + (size_t)tok * a.out_stride;
-                    o[ra] = ya;
-                    o[rb] = yb;
-                } else {
-                    int kvh = ra / a.head_dim;
-                    float* c = (seg == 1 ? a.kcache : a.vcache) +
-                               ((size_t)kvh * a.capacity + p) * a.head_dim;
-                    c[i] = ya;
-                    c[i + half] = yb;
-                }
-            } else if (a.mode == MODE_RESID) {
-                float* h = a.out + (size_t)tok * a.out_stride;
-                float* xw = a.xw_out + (size_t)tok * a.out_stride;
-                float ha = (NT == 1 ? pre_a : h[ra]) + ya;
-                h[ra] = ha;
-                xw[ra] = (NT == 1 ? pre_c : a.norm_next[ra]) * ha;
-                sq = ha * ha;
-                if (has_b) {
-                    float hb = (NT == 1 ? pre_b : h[rb]) + yb;
-                    h[rb] = hb;
-                    xw[rb] = (NT == 1 ? pre_d : a.norm_next[rb]) * hb;
-                    sq = sq + hb * hb;
-                }
-            } else if (a.mode == MODE_GATEUP) {
-                a.out[(size_t)tok * a.out_stride + ra] = silu(ya) * yb;
-            } else {
-                float* o = a.out + (size_t)tok * a.out_stride;
-                o[ra] = ya;
-                u64 key = argmax_key(ya, (u32)ra);
-                if (has_b) {
-                    o[rb] = yb;
-                    u64 kb = argmax_key(yb, (u32)rb);
-                    key = kb > key ? kb : key;
-                }
-                atomicMax(&s_key[t], key);
-            }
+            const float inv = a.partial != 0 ? norm_inv(a, &s_norm[0][t], NT) : 1.0f;
+            const int p = a.mode != MODE_QKV ? 0 : (NT == 1 ? pre_p : *a.pos + tok);
+            EpiIn in = pre;
+            if (NT > 1) epi_load(a, tok, p, seg, ra, rb, has_b, in);
+            u64 key = 0;
+            epi_store(a, tok, p, seg, ra, rb, has_b, wa, wb, ya, yb, inv, in, sq, key);
+            if (a.mode == MODE_LOGITS) atomicMax(&s_key[t], key);
         }
     }
 
@@ -716,3 +765,210 @@ GEMV_ENTRY(gemv_t1_k3, 1, KIND_INT8)
 GEMV_ENTRY(gemv_t1_k4, 1, KIND_INT4)
 // int8g has none: alone it was slower on an H100 (its registers still spill), and each entry
 // adds to the kernels' first compile.
+
+// ---------------------------------------------------------------------------------------------
+// Streaming one-token GEMV (gemv_s1_k{kind}): the grid holds at most one wave of blocks, and each
+// block runs the launch's virtual blocks blockIdx.x, blockIdx.x + gridDim.x, ... (a virtual block
+// is what one block of gemv_t1 does: WARPS / ksplit units). Each warp streams its units' vectors
+// as one sequence, the next batch's loads (the next unit's first batch at a unit's end) issued
+// before this batch's products, so a warp pays the memory round trip and its fixed work (the
+// arguments, the wait, the norm sums, the copy of x) once per launch instead of once per unit.
+// Every row is reduced as in gemv_t1 (lane sums in vector order, the butterfly, the ksplit warp
+// sums in warp order), and the norm partials are per virtual block, so the bits are gemv_t1's.
+// Vectors per row and batch, per kind: STREAM_U_F for the float forms, STREAM_U_I8, STREAM_U_I4
+// (defines, for measuring). Measured on an H100 (TinyLlama shape, decode tokens/s): bf16 954
+// with 4 and 915 with 2; per-row int8 1215 with 2 and 1159 with 4; int4 the same with 2 or 4;
+// with 8 every form spilled (bf16 635).
+#ifndef STREAM_U
+#define STREAM_U 4
+#endif
+#ifndef STREAM_U_F
+#define STREAM_U_F STREAM_U
+#endif
+#ifndef STREAM_U_I8
+#define STREAM_U_I8 2
+#endif
+#ifndef STREAM_U_I4
+#define STREAM_U_I4 2
+#endif
+#define STREAM_MAXV 16  // virtual blocks per block of a residual launch (the host keeps to it)
+
+// A unit as a streaming warp holds it: its rows and weights, where its vectors start, and the
+// epilogue's inputs (loaded by the epilogue's lane when the unit's first weights are requested).
+struct SUnit {
+    const WDesc* w[2];
+    int row[2];           // rows read (row[1] = ra where the unit has no second row)
+    const uint4* wr[2];
+    int seg, ra, rb;
+    bool has_b;
+    EpiIn in;
+    float sa, sb;         // per-row int8: the rows' scales
+};
+
+template <int KIND, int EPV>
+__device__ __forceinline__ void stream_unit(const GemvArgs& a, int unit, bool epi, int pos, SUnit& s) {
+    unit_rows(a, unit, s.seg, s.ra, s.rb, s.w[0], s.w[1]);
+    s.has_b = s.rb < s.w[1]->rows;
+    s.row[0] = s.ra;
+    s.row[1] = s.has_b ? s.rb : s.ra;
+    const size_t row_bytes = (size_t)(a.w[0].cols / EPV) * 16;
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+        s.wr[r] = (const uint4*)((const char*)s.w[r]->data + (size_t)s.row[r] * row_bytes);
+    if (epi) {
+        epi_load(a, 0, pos, s.seg, s.ra, s.rb, s.has_b, s.in);
+        if (KIND == KIND_INT8) {
+            s.sa = ((const float*)s.w[0]->scales)[s.ra];
+            if (s.has_b) s.sb = ((const float*)s.w[1]->scales)[s.rb];
+        }
+    }
+}
+
+template <int KIND>
+__device__ __forceinline__ void gemv_stream(const GemvArgs& a) {
+    TRACE_BLOCK(a.mode);  // one record per block, not per virtual block
+    constexpr int U = KIND == KIND_INT8 ? STREAM_U_I8 : KIND == KIND_INT4 ? STREAM_U_I4 : STREAM_U_F;
+    constexpr int EPV = elements_per_vector<KIND>();
+    __shared__ float s_norm[WARPS];
+    __shared__ float s_part[2][WARPS][2];
+    __shared__ float s_red[STREAM_MAXV][WARPS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int ks = a.ksplit, upb = WARPS / ks;
+    const int wu = warp / ks, wk = warp % ks;
+    const int nvb = (a.units + upb - 1) / upb;
+    const int grid = gridDim.x;
+    const int nmine = (nvb - (int)blockIdx.x + grid - 1) / grid;
+    // Units grow with m, so the warp's valid ones are a prefix.
+    int mv = nmine;
+    if (mv > 0 && ((int)blockIdx.x + grid * (mv - 1)) * upb + wu >= a.units) mv--;
+    const bool epi = wk == 0 && lane == 0;
+
+    u32 smem_bytes = 0;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(smem_bytes));
+    const bool x_shared = smem_bytes >= (u32)a.w[0].cols * 4u;
+    const float* xs[2];
+    xs[0] = a.x;
+    xs[1] = x_shared ? (const float*)gemv_x : a.x;
+
+    const int nvec = a.w[0].cols / EPV;
+    const int step = 32 * ks;
+    const int v0 = 32 * wk + lane;
+    const int nb = (nvec + step * U - 1) / (step * U);  // batches per unit
+    const int groups = KIND == KIND_INT4 ? a.w[0].cols / a.w[0].group : 1;
+    const int gshift = KIND == KIND_INT4 ? __ffs(a.w[0].group) - 1 : 0;
+    const float* no_gs[2] = {0, 0};  // int8g's group scales: int8g does not stream
+
+    SUnit cu, nu;
+    uint4 wv[U][2], wn[U][2];
+    float sv[U][2][4], sn[U][2][4];
+    // The first unit's rows before the wait (the weights are never written by a kernel), its
+    // epilogue's inputs after it.
+    const int unit0 = (int)blockIdx.x * upb + wu;
+    if (mv > 0) {
+        stream_unit<KIND, EPV>(a, unit0, false, 0, cu);
+#pragma unroll
+        for (int u = 0; u < U; u++) load_vecs<KIND, 2>(cu.wr, no_gs, v0 + step * u, nvec, gshift, wv[u], sv[u]);
+    }
+    pdl_wait();
+    pdl_launch_dependents();
+    const int pos = a.mode == MODE_QKV ? *a.pos : 0;
+    if (mv > 0 && epi) stream_unit<KIND, EPV>(a, unit0, true, pos, cu);
+    if (x_shared) copy_x_shared(a.x, a.w[0].cols);
+    if (a.partial != 0) {
+        const float s = partials_sum(a.partial, a.nparts);
+        if (lane == 0) s_norm[warp] = s;
+    }
+    for (int i = threadIdx.x; i < STREAM_MAXV * WARPS; i += GEMV_THREADS) (&s_red[0][0])[i] = 0.0f;
+    __syncthreads();
+    const float inv = a.partial != 0 ? norm_inv(a, s_norm, 1) : 1.0f;
+
+    float acc[2][1] = {{0.0f}, {0.0f}};
+    u64 key = 0;
+    int m = 0, b = 0;
+    while (m < mv) {
+        int b1 = b + 1, m1 = m;
+        if (b1 == nb) { b1 = 0; m1 = m + 1; }
+        const bool more = m1 < mv;
+        if (more) {
+            if (b1 == 0) stream_unit<KIND, EPV>(a, ((int)blockIdx.x + grid * m1) * upb + wu, epi, pos, nu);
+            const uint4* lw[2] = {b1 == 0 ? nu.wr[0] : cu.wr[0], b1 == 0 ? nu.wr[1] : cu.wr[1]};
+#pragma unroll
+            for (int u = 0; u < U; u++)
+                load_vecs<KIND, 2>(lw, no_gs, v0 + step * (U * b1 + u), nvec, gshift, wn[u], sn[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int v = v0 + step * (U * b + u);
+            if (v < nvec)
+                vec_fma<1, KIND, 2>(wv[u], sv[u], v, word_chunk<KIND>(v, nvec), cu.w, cu.row, groups,
+                                    gshift, xs, acc);
+        }
+        if (b == nb - 1) {
+            // The unit's rows are done: the warp sums, the ksplit warps' sums in warp order.
+            float ya = warp_sum(acc[0][0]), yb = warp_sum(acc[1][0]);
+            acc[0][0] = 0.0f;
+            acc[1][0] = 0.0f;
+            if (ks > 1) {
+                const int par = m & 1;
+                if (lane == 0) {
+                    s_part[par][warp][0] = ya;
+                    s_part[par][warp][1] = cu.has_b ? yb : 0.0f;
+                }
+                asm volatile("bar.sync %0, %1;" ::"r"(1 + wu), "r"(ks * 32) : "memory");
+                if (wk == 0) {
+                    ya = s_part[par][warp][0];
+                    yb = s_part[par][warp][1];
+                    for (int k = 1; k < ks; k++) {
+                        ya = ya + s_part[par][warp + k][0];
+                        yb = yb + s_part[par][warp + k][1];
+                    }
+                }
+            }
+            if (epi) {
+                if (KIND == KIND_INT8) {
+                    ya = ya * cu.sa;
+                    if (cu.has_b) yb = yb * cu.sb;
+                }
+                float sq = 0.0f;
+                epi_store(a, 0, pos, cu.seg, cu.ra, cu.rb, cu.has_b, cu.w[0], cu.w[1], ya, yb, inv,
+                          cu.in, sq, key);
+                if (a.mode == MODE_RESID && m < STREAM_MAXV) s_red[m][wu] = sq;
+            }
+        }
+        if (!more) break;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                wv[u][r] = wn[u][r];
+#pragma unroll
+                for (int j = 0; j < 4; j++) sv[u][r][j] = sn[u][r][j];
+            }
+        }
+        if (b1 == 0) cu = nu;
+        m = m1;
+        b = b1;
+    }
+
+    if (a.mode == MODE_RESID) {
+        // Each virtual block's partial of h^2: its units in order (gemv_t1's block partial).
+        __syncthreads();
+        if ((int)threadIdx.x < nmine && threadIdx.x < STREAM_MAXV) {
+            float s = 0.0f;
+            for (int u = 0; u < upb; u++) s = s + s_red[threadIdx.x][u];
+            a.partial_out[(size_t)blockIdx.x + (size_t)grid * threadIdx.x] = s;
+        }
+    }
+    if (a.mode == MODE_LOGITS) {
+        if (epi && key != 0 && a.argmax != 0) atomicMax(&a.argmax[0], key);
+        if (a.pos_inc != 0 && blockIdx.x == 0 && threadIdx.x == 0) atomicAdd(a.pos_inc, a.ntok);
+    }
+}
+
+#define GEMV_STREAM_ENTRY(NAME, FK) \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4) NAME(GemvArgs a) { gemv_stream<FK>(a); }
+GEMV_STREAM_ENTRY(gemv_s1_k0, KIND_F32)
+GEMV_STREAM_ENTRY(gemv_s1_k1, KIND_BF16)
+GEMV_STREAM_ENTRY(gemv_s1_k2, KIND_F16)
+GEMV_STREAM_ENTRY(gemv_s1_k3, KIND_INT8)
+GEMV_STREAM_ENTRY(gemv_s1_k4, KIND_INT4)

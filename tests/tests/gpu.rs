@@ -639,8 +639,10 @@ fn gpu_bench_trace_records_every_block_of_a_step_in_order() {
         })
         .collect();
     // The "small" shape: 4 layers, hidden 256, 8 heads and 2 key-value heads of 32, MLP 704,
-    // vocabulary 2048; bf16, so every GEMV launch has 4 units of two rows per block, and the
-    // 25-position cache is one attention chunk per head.
+    // vocabulary 2048; bf16, so every GEMV launch has 4 units of two rows per block (the
+    // streaming one-token launches hold at most one wave of blocks, more than any launch here
+    // needs, so one block's units each), and the 25-position cache is one attention chunk per
+    // head.
     let count = |k: &str| blocks.iter().filter(|b| b.0 == k).count();
     assert_eq!(count("embed"), 1);
     assert_eq!(count("qkv"), 4 * (256 + 2 * 64) / 2 / 4);

@@ -74,6 +74,8 @@ pub(crate) struct Funcs {
     /// One-token GEMVs compiled for one weight kind each (`gemv_t1_k{kind}`), for launches whose
     /// weights all have it.
     pub gemv1_kind: [sys::CUfunction; 5],
+    /// Their streaming forms (`gemv_s1_k{kind}`, see `gemv_stream` in launch.rs).
+    pub gemv1_stream: [sys::CUfunction; 5],
     pub attention: sys::CUfunction,
     pub embed: sys::CUfunction,
     pub hash_words: sys::CUfunction,
@@ -202,6 +204,13 @@ impl Gpu {
                 get("gemv_t1_k3")?,
                 get("gemv_t1_k4")?,
             ],
+            gemv1_stream: [
+                get("gemv_s1_k0")?,
+                get("gemv_s1_k1")?,
+                get("gemv_s1_k2")?,
+                get("gemv_s1_k3")?,
+                get("gemv_s1_k4")?,
+            ],
             attention: get("attention")?,
             embed: get("embed")?,
             hash_words: get("hash_words")?,
@@ -209,6 +218,7 @@ impl Gpu {
         };
         let gemv_x_smem = std::iter::once(f.gemv[0])
             .chain(f.gemv1_kind)
+            .chain(f.gemv1_stream)
             .map(|g| gemv_x_smem_limit(&ctx, g))
             .min()
             .unwrap_or(0);
