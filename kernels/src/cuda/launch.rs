@@ -234,8 +234,8 @@ pub const GEMV_KIND_OWN: i32 =
 const GEMV_BLOCKS_PER_SM: usize = 4;
 
 /// The kinds whose one-token launches stream (`gemv_s1_k{kind}`, bit k for kind k): all with a
-/// kernel of their own. int8g does not: streaming, with its group scales in batches of 2 vectors,
-/// it measured 987 against 1118 tokens/s on the TinyLlama shape (H100).
+/// kernel of their own. int8g does not: streaming, with its group scales, it measured 969-987
+/// against 1116-1120 tokens/s on the TinyLlama shape and 234 against 263 on 7B (H100).
 const GEMV_STREAM_KINDS: i32 = GEMV_KIND_OWN;
 
 /// Virtual blocks a streaming block of a residual launch may run (`STREAM_MAXV` in gemv.cu).
@@ -303,29 +303,44 @@ impl Gpu {
                 "gemv: {blocks} blocks exceed {PSTRIDE} norm partials"
             )));
         }
-        let stream = gemv_stream(args).filter(|_| nt == 1);
-        let (f, grid_x) = match (kind, stream) {
-            (_, Some(k)) => {
-                let wave = GEMV_BLOCKS_PER_SM * self.info().multiprocessors.max(1) as usize;
-                let mut g = blocks.min(wave);
-                if resid {
-                    g = g.max(blocks.div_ceil(STREAM_MAXV));
-                }
-                (self.f.gemv1_stream[k], g.max(1))
-            }
-            (Some(k), None) => (self.f.gemv1_kind[k], blocks),
-            (None, None) => (self.f.gemv[nt.trailing_zeros() as usize], blocks),
-        };
         let mut args = *args;
         if args.pipe == 0 {
             args.pipe = gemv_pipe(&args.w[0]);
         }
-        let grid = (grid_x as u32, ntok.div_ceil(nt) as u32, 1);
-        let smem = if nt == 1 {
-            self.gemv_x_bytes(&args, grid_x)
-        } else {
-            0
+        let stream = gemv_stream(&args).filter(|_| nt == 1);
+        let (f, grid_x, smem) = match (kind, stream) {
+            (_, Some(k)) => {
+                // One wave of blocks, however many of them the x copy leaves resident: a block
+                // beyond the wave would start its whole share of units only when one ended.
+                let f = self.f.gemv1_stream[k];
+                let smem = self.gemv_x_bytes(&args, 0);
+                self.bind()?;
+                // SAFETY: `f` is a function of the loaded module; the query has no side effects.
+                let per_sm = unsafe {
+                    cudarc::driver::result::occupancy::max_active_block_per_multiprocessor(
+                        f,
+                        GEMV_THREADS as i32,
+                        smem as usize,
+                    )
+                }
+                .unwrap_or(1)
+                .clamp(1, GEMV_BLOCKS_PER_SM as i32) as usize;
+                let wave = per_sm * self.info().multiprocessors.max(1) as usize;
+                let mut g = blocks.min(wave);
+                if resid {
+                    g = g.max(blocks.div_ceil(STREAM_MAXV));
+                }
+                (f, g.max(1), smem)
+            }
+            (Some(k), None) => (self.f.gemv1_kind[k], blocks, 0),
+            (None, None) => (self.f.gemv[nt.trailing_zeros() as usize], blocks, 0),
         };
+        let smem = match stream {
+            Some(_) => smem,
+            None if nt == 1 => self.gemv_x_bytes(&args, blocks),
+            None => 0,
+        };
+        let grid = (grid_x as u32, ntok.div_ceil(nt) as u32, 1);
         self.launch_smem(f, grid, GEMV_THREADS, smem, &args, "gemv")
     }
 
