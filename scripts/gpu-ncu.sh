@@ -47,11 +47,11 @@ for form in "$@"; do
     esac
     [[ -e "$model" ]] || "$cllm" pack "$work/$shape" -o "$model" --quiet "${pack[@]}"
     report="$out/ncu-$shape-$form.txt"
-    "$ncu" --clock-control none -k regex:gemv_t1 -s "$skip" -c "$count" \
+    "$ncu" --clock-control none -k "regex:gemv_[st]1" -s "$skip" -c "$count" \
         --section SpeedOfLight --section SchedulerStats --section WarpStateStats \
         --section InstructionStats --section MemoryWorkloadAnalysis --print-details all \
         --log-file "$report" \
         "$cllm" bench gpu "$model" --reps 1 --prompt-tokens 1 --new-tokens 1 --probe-gib 1 >/dev/null
     echo "== $shape $form ($report)"
-    grep -E "^  gemv_t1|DRAM Throughput|Duration|No Eligible|Issued Warp Per Scheduler|Cycles Per Issued|Stall (No Instruction|Long Scoreboard|Wait|Short Scoreboard)|Local Memory Spilling Requests  |^    Executed Instructions " "$report"
+    grep -E "^  gemv_[st]1|DRAM Throughput|Duration|No Eligible|Issued Warp Per Scheduler|Cycles Per Issued|Stall (No Instruction|Long Scoreboard|Wait|Short Scoreboard)|Local Memory Spilling Requests  |^    Executed Instructions " "$report"
 done
