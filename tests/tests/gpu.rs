@@ -154,6 +154,23 @@ fn random_weight(rng: &mut Rng, rows: usize, cols: usize, form: &str) -> Weight 
     Weight { rows, cols, data }
 }
 
+/// Caps the blocks of the streaming one-token GEMV launches while alive (see
+/// `Gpu::set_gemv_stream_blocks`), so each block runs many blocks' units; back to one wave on drop.
+struct FewStreamingBlocks(Arc<Gpu>);
+
+impl FewStreamingBlocks {
+    fn new(gpu: &Arc<Gpu>, blocks: usize) -> Self {
+        gpu.set_gemv_stream_blocks(blocks);
+        FewStreamingBlocks(gpu.clone())
+    }
+}
+
+impl Drop for FewStreamingBlocks {
+    fn drop(&mut self) {
+        self.0.set_gemv_stream_blocks(0);
+    }
+}
+
 /// `W x` for `n` tokens through the LM-head mode (no norm): `n x rows`.
 fn gpu_matmul(gpu: &Arc<Gpu>, w: &GpuWeight, x: &[f32], n: usize) -> Vec<f32> {
     gpu_matmul_piped(gpu, w, x, n, 0)
@@ -250,6 +267,19 @@ fn gpu_gemv_matches_cpu_for_every_form_and_batch() {
                             bits(&one),
                             bits(&got[t * rows..(t + 1) * rows]),
                             "{form} {rows}x{cols} n={n} token {t} pipe {pipe}"
+                        );
+                    }
+                }
+                // And where a streaming launch's units go through one or two blocks (several
+                // units per warp, with four warps per unit at 11008 columns).
+                if n == 1 {
+                    for blocks in [1, 2] {
+                        let _few = FewStreamingBlocks::new(&gpu, blocks);
+                        let one = gpu_matmul(&gpu, &gw, &x, 1);
+                        assert_eq!(
+                            bits(&one),
+                            bits(&got),
+                            "{form} {rows}x{cols} through {blocks} streaming blocks"
                         );
                     }
                 }
@@ -370,6 +400,45 @@ fn gpu_synthetic_models_match_cpu_with_long_contexts() {
                 .filter(|&s| s < len)
                 .collect();
             check_model(&cpu, &g, &tokens, &splits, &what);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-tests.sh"]
+fn gpu_decode_through_few_streaming_blocks_gives_the_recompute_bits() {
+    gpu_test!();
+    // Decoding with every one-token launch's units through 3 blocks, so every mode runs several
+    // blocks' units per block: the q/k/v rows into the cache, the residual launches' norm
+    // partials (up to 11 per block here), gate/up and the LM head. The forms that stream.
+    let tmp = tempfile::tempdir().unwrap();
+    let small = cllm_tests::synth_model(tmp.path(), "small", cllm_format::Dtype::Bf16, 0, 6);
+    let mut paths = vec![small.clone()];
+    for (i, p) in [
+        vec!["--policy", "all-linear", "--quant", "int8-row"],
+        vec!["--policy", "all-linear", "--quant", "int4"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = tmp.path().join(format!("small-{i}.cllm"));
+        pack(&small, &out, p);
+        paths.push(out);
+    }
+    let mut rng = Rng(7);
+    let tokens: Vec<u32> = (0..40).map(|_| (rng.next() % 2048) as u32).collect();
+    let gpu = gpu();
+    for path in &paths {
+        let (g, _w) = gpu_load(path);
+        let full = g.forward_all(&tokens).unwrap();
+        let _few = FewStreamingBlocks::new(&gpu, 3);
+        let mut s = g.session(tokens.len()).unwrap();
+        let mut got = s.prefill_all(&tokens[..1]).unwrap();
+        for &t in &tokens[1..] {
+            got.push(s.decode(t).unwrap());
+        }
+        for (pos, (x, y)) in full.iter().zip(&got).enumerate() {
+            assert_eq!(bits(x), bits(y), "{}: position {pos}", path.display());
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The GPU handle, buffers, streams, events and graphs, over cudarc's raw driver layer.
 
 use std::ffi::{c_void, CString};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::{result, sys, CudaContext, DriverError};
@@ -90,6 +91,9 @@ pub struct Gpu {
     pub(crate) f: Funcs,
     /// Bytes of dynamic shared memory a one-token GEMV block may take for its copy of x.
     pub(crate) gemv_x_smem: u32,
+    /// The most blocks a streaming GEMV launch may have (0: one wave); see
+    /// [`Gpu::set_gemv_stream_blocks`].
+    pub(crate) gemv_stream_blocks: AtomicUsize,
     info: GpuInfo,
 }
 
@@ -232,6 +236,7 @@ impl Gpu {
             module,
             f,
             gemv_x_smem,
+            gemv_stream_blocks: AtomicUsize::new(0),
             info: GpuInfo {
                 ordinal,
                 name,
@@ -247,6 +252,14 @@ impl Gpu {
 
     pub fn info(&self) -> &GpuInfo {
         &self.info
+    }
+
+    /// Caps the blocks of the streaming one-token GEMV launches (launch.rs `gemv_stream`) at
+    /// `blocks` (0: one wave, the default), so that each block runs more virtual blocks. The
+    /// bits do not depend on it; the GPU tests use it to run every launch's units through a
+    /// few blocks.
+    pub fn set_gemv_stream_blocks(&self, blocks: usize) {
+        self.gemv_stream_blocks.store(blocks, Ordering::Relaxed);
     }
 
     pub(crate) fn module(&self) -> sys::CUmodule {

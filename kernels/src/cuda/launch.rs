@@ -1,6 +1,7 @@
 //! The kernels' parameter structs (kept in step with their definitions in `kernels/cuda/*.cu`:
 //! the same fields in the same order, `#[repr(C)]`) and their launches.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use super::device::{CudaError, Gpu};
@@ -326,7 +327,8 @@ impl Gpu {
                 .unwrap_or(1)
                 .clamp(1, GEMV_BLOCKS_PER_SM as i32) as usize;
                 let wave = per_sm * self.info().multiprocessors.max(1) as usize;
-                let mut g = blocks.min(wave);
+                let cap = self.gemv_stream_blocks.load(Ordering::Relaxed);
+                let mut g = blocks.min(if cap > 0 { cap } else { wave });
                 if resid {
                     g = g.max(blocks.div_ceil(STREAM_MAXV));
                 }
