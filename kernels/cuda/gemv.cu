@@ -794,7 +794,7 @@ GEMV_ENTRY(gemv_t1_k4, 1, KIND_INT4)
 #define STREAM_MAXV 16  // virtual blocks per block of a residual launch (the host keeps to it)
 
 // A unit as a streaming warp holds it: its rows and weights, where its vectors start, and the
-// epilogue's inputs (loaded by the epilogue's lane when the unit's first weights are requested).
+// epilogue's inputs (see stream_epi).
 struct SUnit {
     const WDesc* w[2];
     int row[2];           // rows read (row[1] = ra where the unit has no second row)
@@ -805,8 +805,8 @@ struct SUnit {
     float sa, sb;         // per-row int8: the rows' scales
 };
 
-template <int KIND, int EPV>
-__device__ __forceinline__ void stream_unit(const GemvArgs& a, int unit, bool epi, int pos, SUnit& s) {
+template <int EPV>
+__device__ __forceinline__ void stream_unit(const GemvArgs& a, int unit, SUnit& s) {
     unit_rows(a, unit, s.seg, s.ra, s.rb, s.w[0], s.w[1]);
     s.has_b = s.rb < s.w[1]->rows;
     s.row[0] = s.ra;
@@ -815,12 +815,16 @@ __device__ __forceinline__ void stream_unit(const GemvArgs& a, int unit, bool ep
 #pragma unroll
     for (int r = 0; r < 2; r++)
         s.wr[r] = (const uint4*)((const char*)s.w[r]->data + (size_t)s.row[r] * row_bytes);
-    if (epi) {
-        epi_load(a, 0, pos, s.seg, s.ra, s.rb, s.has_b, s.in);
-        if (KIND == KIND_INT8) {
-            s.sa = ((const float*)s.w[0]->scales)[s.ra];
-            if (s.has_b) s.sb = ((const float*)s.w[1]->scales)[s.rb];
-        }
+}
+
+// The unit's epilogue inputs, loaded by the epilogue's lane after the wait, when the unit's first
+// weights are requested: epi_load's, and the per-row int8 scales.
+template <int KIND>
+__device__ __forceinline__ void stream_epi(const GemvArgs& a, int pos, SUnit& s) {
+    epi_load(a, 0, pos, s.seg, s.ra, s.rb, s.has_b, s.in);
+    if (KIND == KIND_INT8) {
+        s.sa = ((const float*)s.w[0]->scales)[s.ra];
+        if (s.has_b) s.sb = ((const float*)s.w[1]->scales)[s.rb];
     }
 }
 
@@ -865,14 +869,14 @@ __device__ __forceinline__ void gemv_stream(const GemvArgs& a) {
     // epilogue's inputs after it.
     const int unit0 = (int)blockIdx.x * upb + wu;
     if (mv > 0) {
-        stream_unit<KIND, EPV>(a, unit0, false, 0, cu);
+        stream_unit<EPV>(a, unit0, cu);
 #pragma unroll
         for (int u = 0; u < U; u++) load_vecs<KIND, 2>(cu.wr, no_gs, v0 + step * u, nvec, gshift, wv[u], sv[u]);
     }
     pdl_wait();
     pdl_launch_dependents();
     const int pos = a.mode == MODE_QKV ? *a.pos : 0;
-    if (mv > 0 && epi) stream_unit<KIND, EPV>(a, unit0, true, pos, cu);
+    if (mv > 0 && epi) stream_epi<KIND>(a, pos, cu);
     if (x_shared) copy_x_shared(a.x, a.w[0].cols);
     if (a.partial != 0) {
         const float s = partials_sum(a.partial, a.nparts);
@@ -890,7 +894,10 @@ __device__ __forceinline__ void gemv_stream(const GemvArgs& a) {
         if (b1 == nb) { b1 = 0; m1 = m + 1; }
         const bool more = m1 < mv;
         if (more) {
-            if (b1 == 0) stream_unit<KIND, EPV>(a, ((int)blockIdx.x + grid * m1) * upb + wu, epi, pos, nu);
+            if (b1 == 0) {
+                stream_unit<EPV>(a, ((int)blockIdx.x + grid * m1) * upb + wu, nu);
+                if (epi) stream_epi<KIND>(a, pos, nu);
+            }
             const uint4* lw[2] = {b1 == 0 ? nu.wr[0] : cu.wr[0], b1 == 0 ? nu.wr[1] : cu.wr[1]};
 #pragma unroll
             for (int u = 0; u < U; u++)

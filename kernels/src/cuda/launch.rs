@@ -214,10 +214,16 @@ fn gemv_weights(args: &GemvArgs) -> usize {
 fn gemv_kind(args: &GemvArgs) -> Option<usize> {
     static FORCED: OnceLock<Option<i32>> = OnceLock::new();
     let own = GEMV_KIND_OWN & forced(&FORCED, "CLLM_GEMV_KIND", 0..=63).unwrap_or(GEMV_KIND_OWN);
+    shared_kind(args, |_| true, own)
+}
+
+/// The kind of a launch's weights where all of them have it, every weight passes `also`, and
+/// the kind's bit is set in `kinds` (bit k for kind k).
+fn shared_kind(args: &GemvArgs, also: impl Fn(&WDesc) -> bool, kinds: i32) -> Option<usize> {
     let ws = &args.w[..gemv_weights(args)];
     let k = ws[0].kind;
-    let shared = ws.iter().all(|w| w.kind == k) && (KIND_F32..=KIND_INT8G).contains(&k);
-    (shared && own & (1 << k) != 0).then_some(k as usize)
+    let shared = ws.iter().all(|w| w.kind == k && also(w)) && (KIND_F32..=KIND_INT8G).contains(&k);
+    (shared && kinds & (1 << k) != 0).then_some(k as usize)
 }
 
 /// The kinds with a one-token kernel of their own (`gemv_t1_k{kind}`, bit k for kind k): all
@@ -255,13 +261,9 @@ const STREAM_MAXV: usize = 16;
 /// measuring.
 fn gemv_stream(args: &GemvArgs) -> Option<usize> {
     static FORCED: OnceLock<Option<i32>> = OnceLock::new();
-    let ws = &args.w[..gemv_weights(args)];
-    let k = ws[0].kind;
-    let same = ws
-        .iter()
-        .all(|w| w.kind == k && w.cols == ws[0].cols && w.group == ws[0].group);
     let on = forced(&FORCED, "CLLM_GEMV_STREAM", 0..=31).unwrap_or(GEMV_STREAM_KINDS);
-    (same && (KIND_F32..=KIND_INT4).contains(&k) && on & (1 << k) != 0).then_some(k as usize)
+    let w0 = &args.w[0];
+    shared_kind(args, |w| w.cols == w0.cols && w.group == w0.group, on)
 }
 
 /// Whether attention asks the L2 for its keys and values before its launch wait (2) or not (1)
@@ -309,12 +311,13 @@ impl Gpu {
             args.pipe = gemv_pipe(&args.w[0]);
         }
         let stream = gemv_stream(&args).filter(|_| nt == 1);
+        let one_wave = blocks <= GEMV_BLOCKS_PER_SM * self.info().multiprocessors.max(1) as usize;
         let (f, grid_x, smem) = match (kind, stream) {
             (_, Some(k)) => {
                 // One wave of blocks, however many of them the x copy leaves resident: a block
                 // beyond the wave would start its whole share of units only when one ended.
                 let f = self.f.gemv1_stream[k];
-                let smem = self.gemv_x_bytes(&args, 0);
+                let smem = self.gemv_x_bytes(&args, true);
                 self.bind()?;
                 // SAFETY: `f` is a function of the loaded module; the query has no side effects.
                 let per_sm = unsafe {
@@ -334,31 +337,30 @@ impl Gpu {
                 }
                 (f, g.max(1), smem)
             }
-            (Some(k), None) => (self.f.gemv1_kind[k], blocks, 0),
+            (Some(k), None) => (
+                self.f.gemv1_kind[k],
+                blocks,
+                self.gemv_x_bytes(&args, one_wave),
+            ),
+            (None, None) if nt == 1 => (self.f.gemv[0], blocks, self.gemv_x_bytes(&args, one_wave)),
             (None, None) => (self.f.gemv[nt.trailing_zeros() as usize], blocks, 0),
-        };
-        let smem = match stream {
-            Some(_) => smem,
-            None if nt == 1 => self.gemv_x_bytes(&args, blocks),
-            None => 0,
         };
         let grid = (grid_x as u32, ntok.div_ceil(nt) as u32, 1);
         self.launch_smem(f, grid, GEMV_THREADS, smem, &args, "gemv")
     }
 
     /// Dynamic shared memory for a one-token GEMV's copy of x (gemv.cu): the row's bytes where
-    /// float weights read it and the launch's `blocks` fit in one wave (4 per multiprocessor),
-    /// else 0 (x read from global memory). Measured on an H100: in the one-wave products the
+    /// float weights read it and the launch's blocks fit in `one_wave` (4 per multiprocessor; a
+    /// streaming launch's always do), else 0 (x read from global memory). Measured on an H100: in the one-wave products the
     /// shared copy made TinyLlama bf16 decode 4 % faster (their x loads had waited a round trip
     /// per batch of vectors); in the 7B shape's launches of several waves it made bf16 8 %
     /// slower (every block paid the copy's round trip, where x had come from the L1).
     /// `CLLM_GEMV_XSMEM=0|1|2` (never, one wave, always) overrides, for measuring.
-    fn gemv_x_bytes(&self, args: &GemvArgs, blocks: usize) -> u32 {
+    fn gemv_x_bytes(&self, args: &GemvArgs, one_wave: bool) -> u32 {
         static FORCED: OnceLock<Option<i32>> = OnceLock::new();
         let float_weights = args.w[..gemv_weights(args)]
             .iter()
             .any(|w| matches!(w.kind, KIND_F32 | KIND_BF16 | KIND_F16));
-        let one_wave = blocks <= 4 * self.info().multiprocessors.max(1) as usize;
         let x_bytes = args.w[0].cols.max(0) as u64 * 4;
         let wanted = match forced(&FORCED, "CLLM_GEMV_XSMEM", 0..=2) {
             Some(0) => false,
