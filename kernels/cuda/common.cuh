@@ -1,6 +1,6 @@
 // Shared definitions of the cllm CUDA kernels. The Rust side (kernels/src/cuda/compile.rs)
-// concatenates common.cuh, gemv.cu, attention.cu, misc.cu and sample.cu into one NVRTC program, so
-// no file includes another and no CUDA header is needed.
+// concatenates common.cuh, gemv.cu, gemv_mma.cu, attention.cu, misc.cu and sample.cu into one
+// NVRTC program, so no file includes another and no CUDA header is needed.
 //
 // Determinism: the program is compiled with --fmad=false, so the compiler never contracts a
 // multiply and an add; every fused multiply-add is an explicit fmaf(). Floating-point sums are

@@ -181,6 +181,8 @@ fn gpu_matmul_piped(gpu: &Arc<Gpu>, w: &GpuWeight, x: &[f32], n: usize, pipe: i3
     let xb = gpu.upload("x", x).unwrap();
     let out = gpu.alloc("out", n * w.rows * 4).unwrap();
     let argmax = gpu.alloc("argmax", n * 8).unwrap();
+    let pieces = Gpu::mma_pieces_bytes(n, w.cols);
+    let xq = gpu.alloc("x pieces", pieces + 4 * n).unwrap();
     gpu.fill_u32(out.ptr(), 0x7fc0_0001, n * w.rows).unwrap(); // poison: NaN
     gpu.fill_u32(argmax.ptr(), 0, n * 2).unwrap();
     gpu.gemv(&GemvArgs {
@@ -188,6 +190,8 @@ fn gpu_matmul_piped(gpu: &Arc<Gpu>, w: &GpuWeight, x: &[f32], n: usize, pipe: i3
         x: xb.ptr(),
         out: out.ptr(),
         argmax: argmax.ptr(),
+        xq: xq.ptr(),
+        xq_shift: xq.ptr() + pieces as u64,
         mode: GemvMode::Logits as i32,
         ntok: n as i32,
         x_stride: w.cols as i32,
@@ -283,6 +287,84 @@ fn gpu_gemv_matches_cpu_for_every_form_and_batch() {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The tensor-core per-row int8 products of kernels/cuda/gemv_mma.cu, on the CPU, for one
+/// token: x as the fixed-point X = rint(x 2^S) with S = 29 - floor(log2 max |x|), the exact
+/// integer sum of q X, rounded once to f32, times 2^-S (two exact steps), times the row scale.
+fn int8_fixed_point_matmul(w: &Weight, x: &[f32]) -> Vec<f32> {
+    let WeightData::Int8 { q, scales } = &w.data else {
+        panic!("per-row int8 only")
+    };
+    let m = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(m.is_finite() && (m == 0.0 || m.is_normal()));
+    let s: i32 = if m == 0.0 {
+        0
+    } else {
+        29 - (((m.to_bits() >> 23) & 0xff) as i32 - 127)
+    };
+    let fixed: Vec<i64> = x
+        .iter()
+        .map(|&v| (v as f64 * 2f64.powi(s)).round_ties_even() as i64)
+        .collect();
+    assert!(fixed.iter().all(|v| v.abs() < 1 << 30));
+    let (sa, sb) = (2f32.powi(-(s >> 1)), 2f32.powi(-(s - (s >> 1))));
+    (0..w.rows)
+        .map(|r| {
+            let row = &q[r * w.cols..(r + 1) * w.cols];
+            let t: i64 = row.iter().zip(&fixed).map(|(&c, &v)| c as i64 * v).sum();
+            (((t as f32) * sa) * sb) * scales[r]
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-tests.sh"]
+fn gpu_int8_tensor_core_products_are_exact_for_every_batch() {
+    gpu_test!();
+    let gpu = gpu();
+    let mut rng = Rng(23);
+    // One tile, partial tiles, two and four warps per tile, the widest shape of the 7B.
+    for (rows, cols) in [(5, 64), (300, 576), (37, 2048), (40, 11008)] {
+        let w = random_weight(&mut rng, rows, cols, "int8");
+        let gw = GpuWeight::upload(&gpu, &w).unwrap();
+        let probe = GemvArgs {
+            w: [gw.desc(0), Default::default(), Default::default()],
+            mode: GemvMode::Logits as i32,
+            ..GemvArgs::default()
+        };
+        assert!(
+            gpu.gemv_mma(&probe),
+            "{rows}x{cols} runs on the tensor cores"
+        );
+        // x: random; with an outlier 10^4 times the rest; scaled to 1e-30; zero but one; zero.
+        let mut xs: Vec<Vec<f32>> = Vec::new();
+        xs.push(rng.vec(cols));
+        let mut v = rng.vec(cols);
+        v[cols / 3] = 1e4;
+        xs.push(v);
+        xs.push(rng.vec(cols).into_iter().map(|v| v * 1e-30).collect());
+        let mut v = vec![0f32; cols];
+        v[cols - 1] = -3.5;
+        xs.push(v);
+        xs.push(vec![0f32; cols]);
+        for n in [1usize, 3, 8, 16] {
+            let x: Vec<f32> = (0..n).flat_map(|t| xs[t % xs.len()].clone()).collect();
+            let got = gpu_matmul(&gpu, &gw, &x, n);
+            let mut want_f = vec![0f32; n * rows];
+            matmul(&w, &x, n, &mut want_f).unwrap();
+            for t in 0..n {
+                let want = int8_fixed_point_matmul(&w, &x[t * cols..(t + 1) * cols]);
+                let row = &got[t * rows..(t + 1) * rows];
+                assert_eq!(bits(row), bits(&want), "{rows}x{cols} n={n} token {t}");
+                let e = rel_err(row, &want_f[t * rows..(t + 1) * rows]);
+                assert!(
+                    e < 2e-5,
+                    "{rows}x{cols} token {t}: {e} from the f32 products"
+                );
             }
         }
     }

@@ -21,7 +21,7 @@ pub struct KernelSource {
 }
 
 /// The kernel sources, in the order they are concatenated.
-pub const KERNEL_SOURCES: [KernelSource; 5] = [
+pub const KERNEL_SOURCES: [KernelSource; 6] = [
     KernelSource {
         name: "common.cuh",
         text: include_str!("../../cuda/common.cuh"),
@@ -29,6 +29,10 @@ pub const KERNEL_SOURCES: [KernelSource; 5] = [
     KernelSource {
         name: "gemv.cu",
         text: include_str!("../../cuda/gemv.cu"),
+    },
+    KernelSource {
+        name: "gemv_mma.cu",
+        text: include_str!("../../cuda/gemv_mma.cu"),
     },
     KernelSource {
         name: "attention.cu",

@@ -77,6 +77,10 @@ pub(crate) struct Funcs {
     pub gemv1_kind: [sys::CUfunction; 5],
     /// Their streaming forms (`gemv_s1_k{kind}`, see `gemv_stream` in launch.rs).
     pub gemv1_stream: [sys::CUfunction; 5],
+    /// Per-row int8 on the integer tensor cores (`gemv_m{1,2,4,8}`, see `Gpu::gemv_mma`), and
+    /// their batches' x pre-pass.
+    pub gemv_mma: [sys::CUfunction; 4],
+    pub x_pieces: sys::CUfunction,
     pub attention: sys::CUfunction,
     pub embed: sys::CUfunction,
     pub hash_words: sys::CUfunction,
@@ -91,6 +95,8 @@ pub struct Gpu {
     pub(crate) f: Funcs,
     /// Bytes of dynamic shared memory a one-token GEMV block may take for its copy of x.
     pub(crate) gemv_x_smem: u32,
+    /// Bytes of dynamic shared memory a `gemv_m1` block may take for x's pieces.
+    pub(crate) gemv_mma_smem: u32,
     /// The most blocks a streaming GEMV launch may have (0: one wave); see
     /// [`Gpu::set_gemv_stream_blocks`].
     pub(crate) gemv_stream_blocks: AtomicUsize,
@@ -215,6 +221,13 @@ impl Gpu {
                 get("gemv_s1_k3")?,
                 get("gemv_s1_k4")?,
             ],
+            gemv_mma: [
+                get("gemv_m1")?,
+                get("gemv_m2")?,
+                get("gemv_m4")?,
+                get("gemv_m8")?,
+            ],
+            x_pieces: get("x_pieces")?,
             attention: get("attention")?,
             embed: get("embed")?,
             hash_words: get("hash_words")?,
@@ -226,6 +239,7 @@ impl Gpu {
             .map(|g| gemv_x_smem_limit(&ctx, g))
             .min()
             .unwrap_or(0);
+        let gemv_mma_smem = gemv_x_smem_limit(&ctx, f.gemv_mma[0]);
         let stream = Stream(
             result::stream::create(result::stream::StreamKind::NonBlocking)
                 .ctx("creating the compute stream")?,
@@ -236,6 +250,7 @@ impl Gpu {
             module,
             f,
             gemv_x_smem,
+            gemv_mma_smem,
             gemv_stream_blocks: AtomicUsize::new(0),
             info: GpuInfo {
                 ordinal,

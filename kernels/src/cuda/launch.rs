@@ -61,6 +61,10 @@ pub struct GemvArgs {
     pub vcache: u64,
     pub argmax: u64,
     pub pos_inc: u64,
+    /// Batches of per-row int8 weights ([`Gpu::gemv_mma`]): room for x's pieces,
+    /// [`Gpu::mma_pieces_bytes`] from here, and each token's shift (`i32`) at `xq_shift`.
+    pub xq: u64,
+    pub xq_shift: u64,
     pub mode: i32,
     pub ntok: i32,
     pub x_stride: i32,
@@ -126,7 +130,7 @@ pub struct EmbedArgs {
 
 // The .cu structs have these sizes (checked by `layouts_match_the_cuda_structs`).
 const _: () = assert!(std::mem::size_of::<WDesc>() == 48);
-const _: () = assert!(std::mem::size_of::<GemvArgs>() == 304);
+const _: () = assert!(std::mem::size_of::<GemvArgs>() == 320);
 const _: () = assert!(std::mem::size_of::<AttnArgs>() == 104);
 const _: () = assert!(std::mem::size_of::<EmbedArgs>() == 128);
 
@@ -241,7 +245,8 @@ pub const GEMV_KIND_OWN: i32 =
 const GEMV_BLOCKS_PER_SM: usize = 4;
 
 /// The kinds whose one-token launches stream (`gemv_s1_k{kind}`, bit k for kind k): all with a
-/// kernel of their own. int8g does not: streaming, with its group scales, it measured 969-987
+/// kernel of their own (per-row int8 only where the tensor cores do not take it,
+/// [`Gpu::gemv_mma`]). int8g does not: streaming, with its group scales, it measured 969-987
 /// against 1116-1120 tokens/s on the TinyLlama shape and 234 against 263 on 7B (H100).
 const GEMV_STREAM_KINDS: i32 = GEMV_KIND_OWN;
 
@@ -288,10 +293,107 @@ fn forced(
     })
 }
 
+/// The widest per-row int8 row the tensor-core GEMV takes (gemv_mma.cu: each column adds at
+/// most 2^15 to a piece's 32-bit sum).
+const MMA_MAX_COLS: i32 = 65536;
+/// Units (two rows each) per tensor-core tile (gemv_mma.cu).
+const MMA_TILE_UNITS: usize = 8;
+/// Warps per tensor-core block (`MMA_WARPS`) and resident blocks per multiprocessor.
+const MMA_WARPS: usize = 8;
+const MMA_BLOCKS_PER_SM: usize = 2;
+
+/// [`Gpu::gemv_mma`]'s test of the weights, with `smem` bytes of shared memory for x's pieces.
+fn mma_takes(args: &GemvArgs, smem: u32) -> bool {
+    let cols = args.w[0].cols;
+    shared_kind(args, |w| w.cols == cols, 1 << KIND_INT8).is_some()
+        && cols > 0
+        && cols % 64 == 0
+        && cols <= MMA_MAX_COLS
+        && cols as u64 * 4 <= smem as u64
+}
+
 impl Gpu {
+    /// Whether a GEMV launch runs on the integer tensor cores (gemv_mma.cu): every weight is
+    /// per-row int8 of one width, a multiple of 64 columns, at most [`MMA_MAX_COLS`], whose
+    /// pieces (4 bytes a column) fit a block's shared memory. A function of the weights and the
+    /// device, so a launch's prefill and decode take the same path: its arithmetic (an exact
+    /// integer dot product with a fixed-point x) has bits of its own. Measured on an H100 in a
+    /// kernel alone: a 11008 x 4096 matrix streamed at the speed of a plain read of its bytes.
+    /// `CLLM_GEMV_MMA=0` turns it off, for measuring.
+    pub fn gemv_mma(&self, args: &GemvArgs) -> bool {
+        static FORCED: OnceLock<Option<i32>> = OnceLock::new();
+        if forced(&FORCED, "CLLM_GEMV_MMA", 0..=1) == Some(0) {
+            return false;
+        }
+        mma_takes(args, self.gemv_mma_smem)
+    }
+
+    /// The norm partials per token a residual launch writes: the next launch's `nparts`.
+    pub fn gemv_norm_parts(&self, args: &GemvArgs) -> usize {
+        let units = args.units.max(0) as usize;
+        if self.gemv_mma(args) {
+            units.div_ceil(MMA_TILE_UNITS)
+        } else {
+            Gpu::gemv_blocks(units, args.ksplit)
+        }
+    }
+
+    /// Bytes of [`GemvArgs::xq`] a batch of `ntok` tokens over `cols` columns needs (and
+    /// `4 * ntok` at `xq_shift`).
+    pub fn mma_pieces_bytes(ntok: usize, cols: usize) -> usize {
+        ntok * cols * 4
+    }
+
+    /// Warps per tile of a tensor-core launch: the most (up to [`MMA_WARPS`], at most one per
+    /// 64-column step) that keep the launch within one wave. Any choice gives the same bits
+    /// (integer sums).
+    fn mma_ksplit(&self, tiles: usize, cols: i32) -> i32 {
+        let steps = (cols / 64).max(1) as usize;
+        let wave = MMA_BLOCKS_PER_SM * self.info().multiprocessors.max(1) as usize;
+        [8usize, 4, 2]
+            .into_iter()
+            .find(|&k| k <= steps && (tiles * k).div_ceil(MMA_WARPS) <= wave)
+            .unwrap_or(1) as i32
+    }
+
+    /// A launch on the integer tensor cores ([`Gpu::gemv_mma`]); a batch's x goes through the
+    /// `x_pieces` pre-pass first.
+    fn gemv_mma_launch(&self, args: &GemvArgs) -> Result<(), CudaError> {
+        let ntok = args.ntok.max(0) as usize;
+        let nt = tokens_per_block(ntok);
+        let tiles = (args.units.max(0) as usize).div_ceil(MMA_TILE_UNITS);
+        if tiles > PSTRIDE && args.mode == super::GemvMode::Resid as i32 {
+            return Err(CudaError::Unsupported(format!(
+                "gemv: {tiles} tiles exceed {PSTRIDE} norm partials"
+            )));
+        }
+        let mut a = *args;
+        a.ksplit = self.mma_ksplit(tiles, a.w[0].cols);
+        if nt > 1 {
+            if a.xq == 0 || a.xq_shift == 0 {
+                return Err(CudaError::Kernel(
+                    "gemv: a batch over per-row int8 weights needs room for x's pieces (xq)".into(),
+                ));
+            }
+            self.launch(self.f.x_pieces, (ntok as u32, 1, 1), 256, &a, "x_pieces")?;
+        }
+        let per_block = MMA_WARPS / a.ksplit as usize;
+        let grid = (
+            tiles.div_ceil(per_block) as u32,
+            ntok.div_ceil(nt) as u32,
+            1,
+        );
+        let smem = if nt == 1 { a.w[0].cols as u32 * 4 } else { 0 };
+        let f = self.f.gemv_mma[nt.trailing_zeros() as usize];
+        self.launch_smem(f, grid, 32 * MMA_WARPS as u32, smem, &a, "gemv_mma")
+    }
+
     /// One GEMV launch: `args.units` units of two rows, `args.ntok` tokens. A zero `ksplit`
     /// is taken from the first weight.
     pub fn gemv(&self, args: &GemvArgs) -> Result<(), CudaError> {
+        if self.gemv_mma(args) {
+            return self.gemv_mma_launch(args);
+        }
         let ntok = args.ntok.max(0) as usize;
         let nt = tokens_per_block(ntok);
         let kind = gemv_kind(args).filter(|_| nt == 1);
@@ -509,8 +611,9 @@ mod tests {
         let a = GemvArgs::default();
         let base = &a as *const _ as usize;
         assert_eq!(&a.x as *const _ as usize - base, 144);
-        assert_eq!(&a.mode as *const _ as usize - base, 248);
-        assert_eq!(&a.ksplit as *const _ as usize - base, 296);
+        assert_eq!(&a.xq as *const _ as usize - base, 248);
+        assert_eq!(&a.mode as *const _ as usize - base, 264);
+        assert_eq!(&a.ksplit as *const _ as usize - base, 312);
         let t = AttnArgs::default();
         let base = &t as *const _ as usize;
         assert_eq!(&t.scale as *const _ as usize - base, 92);
@@ -557,6 +660,46 @@ mod tests {
         assert_eq!(gemv_kind(&a), None);
         a.w = [desc(KIND_INT4); 3];
         assert_eq!(gemv_kind(&a), Some(KIND_INT4 as usize));
+    }
+
+    #[test]
+    fn per_row_int8_launches_of_one_width_take_the_tensor_cores() {
+        let src = super::super::compile::program_source();
+        for nt in [1, 2, 4, 8] {
+            let entry = format!("GEMV_MMA_ENTRY(gemv_m{nt}, {nt})");
+            assert!(src.contains(&entry), "{entry}");
+        }
+        assert!(src.contains("x_pieces(GemvArgs a)"));
+        let desc = |kind, cols| WDesc {
+            kind,
+            cols,
+            ..WDesc::default()
+        };
+        let smem = 200 << 10;
+        let mut a = GemvArgs {
+            mode: GemvMode::Qkv as i32,
+            w: [desc(KIND_INT8, 2048); 3],
+            ..GemvArgs::default()
+        };
+        assert!(mma_takes(&a, smem));
+        assert!(
+            !mma_takes(&a, 2048 * 4 - 1),
+            "x's pieces must fit shared memory"
+        );
+        a.w[1] = desc(KIND_INT8G, 2048);
+        assert!(!mma_takes(&a, smem), "a mix keeps the float products");
+        a.w[1] = desc(KIND_INT8, 1024);
+        assert!(!mma_takes(&a, smem), "one width");
+        a.mode = GemvMode::Resid as i32;
+        assert!(mma_takes(&a, smem), "a residual launch reads one weight");
+        for cols in [0, 96, 65600] {
+            a.w[0] = desc(KIND_INT8, cols);
+            assert!(!mma_takes(&a, u32::MAX), "{cols} columns");
+        }
+        a.w[0] = desc(KIND_INT8, 65536);
+        assert!(mma_takes(&a, u32::MAX));
+        a.w[0] = desc(KIND_BF16, 2048);
+        assert!(!mma_takes(&a, smem));
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub struct GpuSession<'m> {
     counters: DeviceBuffer,
     tokens: DeviceBuffer,
     state: DeviceBuffer,
+    xq: DeviceBuffer,
     graph: Option<Graph>,
     /// The GPU sampler (set by `set_sampler`) and the graph of a decode step plus a draw.
     sampler: Option<GpuSampler>,
@@ -77,7 +78,9 @@ pub struct GpuSession<'m> {
 /// rows x hidden_size values)`.
 pub type LayerHook<'a> = dyn FnMut(usize, usize, usize, &[f32]) + 'a;
 
-/// One launch of a step (or a point between launches).
+/// One launch of a step (or a point between launches). Unboxed: a plan is a few ops per layer,
+/// built once per step or graph.
+#[allow(clippy::large_enum_variant)]
 enum Op {
     Embed(EmbedArgs),
     /// Arguments and the name profiles show.
@@ -170,6 +173,9 @@ impl<'m> GpuSession<'m> {
             nmax * heads * 4,
             nmax * 4,
             16 + nmax * 8,
+            // x's pieces for batches over per-row int8 weights (gemv_mma.cu), then the shifts.
+            Gpu::mma_pieces_bytes(nmax, hidden.max(cfg.q_dim()).max(cfg.intermediate_size))
+                + nmax * 4,
         ];
         let total: usize = sizes.iter().sum();
         gpu.check_free("the KV cache and activations", total as u64)?;
@@ -208,6 +214,7 @@ impl<'m> GpuSession<'m> {
             counters: a("attention counters", 13)?,
             tokens: a("tokens", 14)?,
             state: a("state", 15)?,
+            xq: a("int8 x pieces", 16)?,
             graph: None,
             sampler: None,
             sampled_graph: None,
@@ -462,7 +469,7 @@ impl<'m> GpuSession<'m> {
                 },
                 "o_proj",
             ));
-            nparts = Gpu::gemv_blocks(resid_units, layer.o.ksplit()) as i32;
+            nparts = self.norm_parts(ops.last());
             ops.push(Op::Gemv(
                 GemvArgs {
                     w: [layer.gate.desc(), layer.up.desc(), Default::default()],
@@ -504,8 +511,8 @@ impl<'m> GpuSession<'m> {
                 },
                 "down",
             ));
+            nparts = self.norm_parts(ops.last());
             ops.push(Op::LayerEnd(l));
-            nparts = Gpu::gemv_blocks(resid_units, layer.down.ksplit()) as i32;
         }
         if logits != Logits::None {
             let (first, rows) = if logits == Logits::All {
@@ -535,7 +542,23 @@ impl<'m> GpuSession<'m> {
                 "lm_head",
             ));
         }
+        // Every GEMV may take x's pieces room (batches over per-row int8 weights).
+        let pieces = Gpu::mma_pieces_bytes(self.nmax, hidden.max(qd).max(inter)) as u64;
+        for op in &mut ops {
+            if let Op::Gemv(a, _) = op {
+                a.xq = self.xq.ptr();
+                a.xq_shift = self.xq.ptr() + pieces;
+            }
+        }
         ops
+    }
+
+    /// The norm partials per token the residual launch `op` writes (the next `nparts`).
+    fn norm_parts(&self, op: Option<&Op>) -> i32 {
+        match op {
+            Some(Op::Gemv(a, _)) => self.model.gpu.gemv_norm_parts(a) as i32,
+            _ => 1,
+        }
     }
 
     /// Runs `tokens` in launches of at most `nmax` tokens; returns the last token's logits, or

@@ -1,0 +1,341 @@
+// Per-row int8 GEMVs on the integer tensor cores: gemv_m1 for one token, gemv_m2 / m4 / m8 for
+// batches (whose x goes through the x_pieces pre-pass first), in every mode of gemv.cu with its
+// epilogue. launch.rs `gemv_mma` says which launches take them.
+//
+// Arithmetic. A token's x row becomes the fixed-point vector X = rint(x 2^S), with
+// S = 29 - floor(log2 max|x|), so |X| < 2^30 (an element of at least max|x| 2^-7 keeps every
+// bit). Its offset-binary form X + 2^31 is split into four bytes, the pieces P_0 (most
+// significant) to P_3. A row of int8 codes q then has the exact integer dot product
+//   T = sum_k q_k X_k = sum_j 2^(24 - 8 j) D_j - 2^31 Q,   D_j = sum_k q_k P_jk,  Q = sum_k q_k,
+// where D_j and Q are s8 x u8 -> s32 tensor-core products and sums (mma m16n8k32): exact, so T
+// depends on neither how the columns are split among warps nor the order partial sums are added
+// in, nor the batch. The row's dot product is y = (float)T 2^-S, one rounding (the row scale
+// follows in the epilogue, as in gemv.cu). |q| <= 128 and P <= 255 bound |D_j| by 2^15 per
+// column, so the host takes this path for rows of at most 65536 columns, a multiple of 64.
+// A row of x with an infinity or a NaN gives NaN dot products.
+//
+// Tiles. A warp computes a tile of 8 units (16 rows: unit g's rows A and B are the tile's rows g
+// and g + 8) over a part of the columns. Lane (g, t) loads 16 bytes of each of its unit's rows per
+// step of 64 columns (columns 16 t .. 16 t + 15 of the step): the A operands of two mma (k runs
+// over the columns in a permuted order, the same for A and B). Column n of B holds piece n
+// (n < 4) of the same columns, column 4 all ones (for Q), the others zeros. The `ksplit` warps of
+// a block (of MMA_WARPS warps) split a tile's 64-column steps and add their integer sums.
+//
+// x pieces: per group of 16 columns, 64 bytes: piece j's 16 bytes (one per column) at 16 j.
+
+#define MMA_NAN_SHIFT 0x40000000  // the shift of a row of x that is not finite
+
+__device__ __forceinline__ void mma_s8u8(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// |v| as ordered bits: every NaN above infinity above every finite value.
+__device__ __forceinline__ u32 abs_bits(float v) { return __float_as_uint(v) & 0x7fffffffu; }
+
+__device__ __forceinline__ u32 abs_bits4(float4 v) {
+    return max(max(abs_bits(v.x), abs_bits(v.y)), max(abs_bits(v.z), abs_bits(v.w)));
+}
+
+// The largest abs_bits of a row's elements tid, tid + n, ... (float4 at a time).
+__device__ __forceinline__ u32 row_abs_max(const float* x, int cols, int tid, int n) {
+    const float4* x4 = (const float4*)x;
+    u32 m = 0;
+    for (int i = tid; i < (cols >> 2); i += n) m = max(m, abs_bits4(__ldg(x4 + i)));
+    return m;
+}
+
+// S from the row's largest abs_bits.
+__device__ __forceinline__ int mma_shift(u32 mbits) {
+    if (mbits >= 0x7f800000u) return MMA_NAN_SHIFT;
+    if (mbits == 0) return 0;
+    return 29 - ilogbf(__uint_as_float(mbits));
+}
+
+// 2^e for e in [-126, 127].
+__device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
+
+// The pieces of four consecutive columns: word j holds piece j of each (column order in bytes).
+// x 2^S is formed by two exact multiplications (S ranges over [-98, 178]).
+__device__ __forceinline__ void mma_pieces4(float4 v, int s, u32* p) {
+    const float sa = pow2f(s >> 1), sb = pow2f(s - (s >> 1));
+    u32 w[4];
+    const float e[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) w[i] = (u32)__float2int_rn((e[i] * sa) * sb) ^ 0x80000000u;
+    const u32 lo01 = __byte_perm(w[0], w[1], 0x5140), hi01 = __byte_perm(w[0], w[1], 0x7362);
+    const u32 lo23 = __byte_perm(w[2], w[3], 0x5140), hi23 = __byte_perm(w[2], w[3], 0x7362);
+    p[0] = __byte_perm(hi01, hi23, 0x7632);  // bits 24..31
+    p[1] = __byte_perm(hi01, hi23, 0x5410);  // bits 16..23
+    p[2] = __byte_perm(lo01, lo23, 0x7632);  // bits 8..15
+    p[3] = __byte_perm(lo01, lo23, 0x5410);  // bits 0..7
+}
+
+// The pieces of float4 `f` of a row (columns 4 f .. 4 f + 3) into the row's pieces at `dst`.
+__device__ __forceinline__ void store_pieces(float4 v, int s, unsigned char* dst, int f) {
+    u32 p[4];
+    mma_pieces4(s == MMA_NAN_SHIFT ? make_float4(0.f, 0.f, 0.f, 0.f) : v, s, p);
+    u32* o = (u32*)(dst + 64 * (f >> 2) + 4 * (f & 3));
+#pragma unroll
+    for (int j = 0; j < 4; j++) o[4 * j] = p[j];
+}
+
+// A row's pieces (threads tid, tid + n, ... take a float4 each) into `dst` (shared or global).
+__device__ __forceinline__ void row_pieces(const float* x, int cols, int s, unsigned char* dst,
+                                           int tid, int n) {
+    const float4* x4 = (const float4*)x;
+    for (int f = tid; f < (cols >> 2); f += n) store_pieces(__ldg(x4 + f), s, dst, f);
+}
+
+// y = T 2^-S as a float, from the tile lane's pieces sums (see gemv_mma_body).
+__device__ __forceinline__ float mma_dot(int d0, int d1, int e0, int e1, int q, int s) {
+    if (s == MMA_NAN_SHIFT) return __int_as_float(0x7fffffff);
+    const long long t = ((long long)d0 << 24) + ((long long)d1 << 16) + ((long long)e0 << 8) +
+                        (long long)e1 - ((long long)q << 31);
+    return (__ll2float_rn(t) * pow2f(-(s >> 1))) * pow2f(-(s - (s >> 1)));
+}
+
+// Batches: each token's S and pieces into xq (pieces [ntok][cols * 4 bytes], then S [ntok]), one
+// block of 256 threads per token.
+extern "C" __global__ void __launch_bounds__(256) x_pieces(GemvArgs a) {
+    __shared__ u32 s_max[8];
+    const int tok = blockIdx.x, tid = threadIdx.x;
+    const int cols = a.w[0].cols;
+    const float* x = a.x + (size_t)tok * a.x_stride;
+    pdl_wait();
+    pdl_launch_dependents();
+    const u32 m = __reduce_max_sync(0xffffffffu, row_abs_max(x, cols, tid, 256));
+    if ((tid & 31) == 0) s_max[tid >> 5] = m;
+    __syncthreads();
+    u32 mb = 0;
+    for (int w = 0; w < 8; w++) mb = max(mb, s_max[w]);
+    const int s = mma_shift(mb);
+    row_pieces(x, cols, s, a.xq + (size_t)tok * cols * 4, tid, 256);
+    if (tid == 0) a.xq_shift[tok] = s;
+}
+
+// Steps of 64 columns in flight per warp, per batch size.
+#define MMA_U1 4
+#define MMA_UN 2
+#define MMA_WARPS 8
+#define MMA_THREADS (MMA_WARPS * 32)
+
+template <int NT>
+__device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
+    TRACE_BLOCK(a.mode);
+    constexpr int U = NT == 1 ? MMA_U1 : MMA_UN;
+    __shared__ float s_norm[WARPS][NT];
+    __shared__ u32 s_max[MMA_WARPS];
+    __shared__ int s_shift;
+    __shared__ int s_d[MMA_WARPS][4 * NT][32];  // ksplit: the other warps' sums
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int ks = a.ksplit, tpb = MMA_WARPS / ks;
+    const int tile = blockIdx.x * tpb + warp / ks, kp = warp % ks;
+    const int tok0 = blockIdx.y * NT;
+    const int cols = a.w[0].cols, steps = cols >> 6;
+    // This warp's steps: any split gives the same integer sums.
+    const int step0 = steps * kp / ks, nsteps = steps * (kp + 1) / ks - step0;
+    const int kbase = 64 * step0;
+
+    // The lane's unit (g) and the 16 columns per step it reads of both rows.
+    const int unit = tile * 8 + g;
+    const bool valid = unit < a.units;
+    int seg = 0, ra = 0, rb = 0;
+    const WDesc* wa = &a.w[0];
+    const WDesc* wb = &a.w[0];
+    if (valid) unit_rows(a, unit, seg, ra, rb, wa, wb);
+    const bool has_b = valid && rb < wb->rows;
+    const uint4* pa = valid ? (const uint4*)((const signed char*)wa->data + (size_t)ra * cols + kbase) + t : 0;
+    const uint4* pb = has_b ? (const uint4*)((const signed char*)wb->data + (size_t)rb * cols + kbase) + t : 0;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+
+    uint4 wva[U], wvb[U], nva[U], nvb[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        wva[u] = pa != 0 && u < nsteps ? ld_stream(pa + 4 * u) : zero;
+        wvb[u] = pb != 0 && u < nsteps ? ld_stream(pb + 4 * u) : zero;
+    }
+    // The epilogue's row scales (weights too, never written by a kernel).
+    const bool epi = kp == 0 && t == 0 && valid;
+    float sca = 0.0f, scb = 0.0f;
+    if (epi) {
+        sca = ((const float*)wa->scales)[ra];
+        if (has_b) scb = ((const float*)wb->scales)[rb];
+    }
+    pdl_wait();
+    pdl_launch_dependents();
+
+    // The epilogue's inputs (one token: loaded now, while the weights stream).
+    EpiIn pre = {0.0f, 0.0f, 0.0f, 0.0f};
+    int pos = 0;
+    if (a.mode == MODE_QKV) pos = *a.pos + tok0;
+    if (NT == 1 && epi) epi_load(a, tok0, pos, seg, ra, rb, has_b, pre);
+    if (a.partial != 0 && warp < WARPS) {  // partials_sum's order is that of 4 warps
+#pragma unroll
+        for (int tt = 0; tt < NT; tt++) {
+            const int tok = tok0 + tt < a.ntok ? tok0 + tt : tok0;
+            const float s = partials_sum(a.partial + (size_t)tok * PSTRIDE, a.nparts);
+            if (lane == 0) s_norm[warp][tt] = s;
+        }
+    }
+    // x's pieces: one token, this block's own copy in shared memory; a batch, x_pieces's.
+    const unsigned char* xp[NT];
+    int shift[NT];
+    if (NT == 1) {
+        // The first XR float4 of each thread stay in registers between the two passes, all
+        // loads in flight at once (rows of up to 4096 columns: one round trip).
+        constexpr int XR = 4;
+        const float4* x4 = (const float4*)a.x;
+        const int n4 = cols >> 2;
+        float4 xr[XR];
+        u32 m = 0;
+#pragma unroll
+        for (int k = 0; k < XR; k++) {
+            const int f = threadIdx.x + k * MMA_THREADS;
+            if (f < n4) xr[k] = __ldg(x4 + f);
+        }
+#pragma unroll
+        for (int k = 0; k < XR; k++)
+            if (threadIdx.x + k * MMA_THREADS < n4) m = max(m, abs_bits4(xr[k]));
+        for (int f = threadIdx.x + XR * MMA_THREADS; f < n4; f += MMA_THREADS)
+            m = max(m, abs_bits4(__ldg(x4 + f)));
+        m = __reduce_max_sync(0xffffffffu, m);
+        if (lane == 0) s_max[warp] = m;
+        __syncthreads();
+        u32 mb = 0;
+        for (int w = 0; w < MMA_WARPS; w++) mb = max(mb, s_max[w]);
+        const int s = mma_shift(mb);
+        unsigned char* xs = (unsigned char*)gemv_x;
+#pragma unroll
+        for (int k = 0; k < XR; k++) {
+            const int f = threadIdx.x + k * MMA_THREADS;
+            if (f < n4) store_pieces(xr[k], s, xs, f);
+        }
+        for (int f = threadIdx.x + XR * MMA_THREADS; f < n4; f += MMA_THREADS)
+            store_pieces(__ldg(x4 + f), s, xs, f);
+        if (threadIdx.x == 0) s_shift = s;
+        xp[0] = (const unsigned char*)gemv_x;
+    } else {
+#pragma unroll
+        for (int tt = 0; tt < NT; tt++) {
+            const int tok = tok0 + tt < a.ntok ? tok0 + tt : tok0;
+            xp[tt] = a.xq + (size_t)tok * cols * 4;
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int tt = 0; tt < NT; tt++) {
+        const int tok = tok0 + tt < a.ntok ? tok0 + tt : tok0;
+        shift[tt] = NT == 1 ? s_shift : a.xq_shift[tok];
+    }
+
+    // B: lane (g, t) holds column n = g: piece g (g < 4) of its 16 columns, ones (g = 4), zeros.
+    const int boff = 64 * ((kbase >> 4) + t) + 16 * (g & 3);
+    const u32 ones = g == 4 ? 0x01010101u : 0u;
+    int d[NT][4];
+#pragma unroll
+    for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) d[tt][i] = 0;
+    if (tile * 8 < a.units) {
+        for (int s0 = 0; s0 < nsteps; s0 += U) {
+            const bool more = s0 + U < nsteps;
+            if (more) {
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    const bool in = s0 + U + u < nsteps;
+                    nva[u] = pa != 0 && in ? ld_stream(pa + 4 * (s0 + U + u)) : zero;
+                    nvb[u] = pb != 0 && in ? ld_stream(pb + 4 * (s0 + U + u)) : zero;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                if (s0 + u < nsteps) {
+#pragma unroll
+                    for (int tt = 0; tt < NT; tt++) {
+                        uint4 bx = make_uint4(ones, ones, ones, ones);
+                        if (g < 4) {
+                            const uint4* src = (const uint4*)(xp[tt] + boff + 256 * (s0 + u));
+                            bx = NT == 1 ? *src : __ldg(src);
+                        }
+                        mma_s8u8(d[tt], wva[u].x, wvb[u].x, wva[u].y, wvb[u].y, bx.x, bx.y);
+                        mma_s8u8(d[tt], wva[u].z, wvb[u].z, wva[u].w, wvb[u].w, bx.z, bx.w);
+                    }
+                }
+            }
+            if (!more) break;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                wva[u] = nva[u];
+                wvb[u] = nvb[u];
+            }
+        }
+    }
+
+    // The ksplit warps' sums (integers: any order gives the same).
+    if (ks > 1) {
+        if (kp != 0)
+#pragma unroll
+            for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) s_d[warp][4 * tt + i][lane] = d[tt][i];
+        __syncthreads();
+        if (kp == 0)
+            for (int k = 1; k < ks; k++)
+#pragma unroll
+                for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) d[tt][i] += s_d[warp + k][4 * tt + i][lane];
+    }
+    TRACE_MARK(1);
+
+    // Epilogue: lane (g, 0) of the tile's first warp finishes unit g, token by token.
+    u64 key = 0;
+#pragma unroll
+    for (int tt = 0; tt < NT; tt++) {
+        // Lane (g, 1) holds pieces 2 and 3, lane (g, 2) Q.
+        const int e0 = __shfl_down_sync(0xffffffffu, d[tt][0], 1);
+        const int e1 = __shfl_down_sync(0xffffffffu, d[tt][1], 1);
+        const int e2 = __shfl_down_sync(0xffffffffu, d[tt][2], 1);
+        const int e3 = __shfl_down_sync(0xffffffffu, d[tt][3], 1);
+        const int qa = __shfl_down_sync(0xffffffffu, d[tt][0], 2);
+        const int qb = __shfl_down_sync(0xffffffffu, d[tt][2], 2);
+        const int tok = tok0 + tt;
+        float sq = 0.0f;
+        if (epi && tok < a.ntok) {
+            float ya = mma_dot(d[tt][0], d[tt][1], e0, e1, qa, shift[tt]);
+            float yb = mma_dot(d[tt][2], d[tt][3], e2, e3, qb, shift[tt]);
+            ya = ya * sca;
+            if (has_b) yb = yb * scb;
+            const float inv = a.partial != 0 ? norm_inv(a, &s_norm[0][tt], NT) : 1.0f;
+            EpiIn in = pre;
+            const int p = pos + tt;
+            if (NT > 1) epi_load(a, tok, p, seg, ra, rb, has_b, in);
+            epi_store(a, tok, p, seg, ra, rb, has_b, wa, wb, ya, yb, inv, in, sq, key);
+        }
+        if (a.mode == MODE_RESID) {
+            // The tile's partial of h^2: its units in order (lanes 0, 4, ..., 28).
+            float s = 0.0f;
+#pragma unroll
+            for (int u = 0; u < 8; u++) s = s + __shfl_sync(0xffffffffu, sq, 4 * u);
+            if (kp == 0 && lane == 0 && tok < a.ntok && tile * 8 < a.units)
+                a.partial_out[(size_t)tok * PSTRIDE + tile] = s;
+        }
+        if (a.mode == MODE_LOGITS && epi && tok < a.ntok && a.argmax != 0) {
+            atomicMax(&a.argmax[tok], key);
+            key = 0;
+        }
+    }
+    if (a.mode == MODE_LOGITS && a.pos_inc != 0 && blockIdx.x == 0 && blockIdx.y == 0 &&
+        threadIdx.x == 0)
+        atomicAdd(a.pos_inc, a.ntok);
+}
+
+#define GEMV_MMA_ENTRY(NAME, NT) \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) NAME(GemvArgs a) { gemv_mma_body<NT>(a); }
+GEMV_MMA_ENTRY(gemv_m1, 1)
+GEMV_MMA_ENTRY(gemv_m2, 2)
+GEMV_MMA_ENTRY(gemv_m4, 4)
+GEMV_MMA_ENTRY(gemv_m8, 8)
