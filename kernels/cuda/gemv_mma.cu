@@ -3,7 +3,7 @@
 // epilogue. launch.rs `gemv_mma` says which launches take them.
 //
 // Arithmetic. A token's x row becomes the fixed-point vector X = rint(x 2^S), with
-// S = 29 - floor(log2 max|x|), so |X| < 2^30 (an element of at least max|x| 2^-7 keeps every
+// S = 29 - floor(log2 max|x|), so |X| < 2^30 (an element of at least max|x| 2^-6 keeps every
 // bit). Its offset-binary form X + 2^31 is split into four bytes, the pieces P_0 (most
 // significant) to P_3. A row of int8 codes q then has the exact integer dot product
 //   T = sum_k q_k X_k = sum_j 2^(24 - 8 j) D_j - 2^31 Q,   D_j = sum_k q_k P_jk,  Q = sum_k q_k,
