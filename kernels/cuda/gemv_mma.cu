@@ -24,6 +24,8 @@
 // x pieces: per group of 16 columns, 64 bytes: piece j's 16 bytes (one per column) at 16 j.
 
 #define MMA_NAN_SHIFT 0x40000000  // the shift of a row of x that is not finite
+#define MMA_WARPS 8                // warps per block of the kernels below
+#define MMA_THREADS (MMA_WARPS * 32)
 
 __device__ __forceinline__ void mma_s8u8(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -52,6 +54,17 @@ __device__ __forceinline__ int mma_shift(u32 mbits) {
     if (mbits >= 0x7f800000u) return MMA_NAN_SHIFT;
     if (mbits == 0) return 0;
     return 29 - ilogbf(__uint_as_float(mbits));
+}
+
+// S of a row from each thread's largest abs_bits, over a block of MMA_THREADS (`s_max`: one slot
+// per warp; the block's barrier is inside).
+__device__ __forceinline__ int block_shift(u32 m, u32* s_max) {
+    m = __reduce_max_sync(0xffffffffu, m);
+    if ((threadIdx.x & 31) == 0) s_max[threadIdx.x >> 5] = m;
+    __syncthreads();
+    u32 mb = 0;
+    for (int w = 0; w < MMA_WARPS; w++) mb = max(mb, s_max[w]);
+    return mma_shift(mb);
 }
 
 // 2^e for e in [-126, 127].
@@ -98,29 +111,22 @@ __device__ __forceinline__ float mma_dot(int d0, int d1, int e0, int e1, int q, 
 }
 
 // Batches: each token's S and pieces into xq (pieces [ntok][cols * 4 bytes], then S [ntok]), one
-// block of 256 threads per token.
-extern "C" __global__ void __launch_bounds__(256) x_pieces(GemvArgs a) {
-    __shared__ u32 s_max[8];
+// block of MMA_THREADS per token.
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) x_pieces(GemvArgs a) {
+    __shared__ u32 s_max[MMA_WARPS];
     const int tok = blockIdx.x, tid = threadIdx.x;
     const int cols = a.w[0].cols;
     const float* x = a.x + (size_t)tok * a.x_stride;
     pdl_wait();
     pdl_launch_dependents();
-    const u32 m = __reduce_max_sync(0xffffffffu, row_abs_max(x, cols, tid, 256));
-    if ((tid & 31) == 0) s_max[tid >> 5] = m;
-    __syncthreads();
-    u32 mb = 0;
-    for (int w = 0; w < 8; w++) mb = max(mb, s_max[w]);
-    const int s = mma_shift(mb);
-    row_pieces(x, cols, s, a.xq + (size_t)tok * cols * 4, tid, 256);
+    const int s = block_shift(row_abs_max(x, cols, tid, MMA_THREADS), s_max);
+    row_pieces(x, cols, s, a.xq + (size_t)tok * cols * 4, tid, MMA_THREADS);
     if (tid == 0) a.xq_shift[tok] = s;
 }
 
 // Steps of 64 columns in flight per warp, per batch size.
 #define MMA_U1 4
 #define MMA_UN 2
-#define MMA_WARPS 8
-#define MMA_THREADS (MMA_WARPS * 32)
 
 template <int NT>
 __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
@@ -134,6 +140,8 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
     const int ks = a.ksplit, tpb = MMA_WARPS / ks;
     const int tile = blockIdx.x * tpb + warp / ks, kp = warp % ks;
     const int tok0 = blockIdx.y * NT;
+    // Token tt's row (tokens past ntok read token 0 of the block and are discarded).
+    auto row_tok = [&](int tt) { return tok0 + tt < a.ntok ? tok0 + tt : tok0; };
     const int cols = a.w[0].cols, steps = cols >> 6;
     // This warp's steps: any split gives the same integer sums.
     const int step0 = steps * kp / ks, nsteps = steps * (kp + 1) / ks - step0;
@@ -175,7 +183,7 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
     if (a.partial != 0 && warp < WARPS) {  // partials_sum's order is that of 4 warps
 #pragma unroll
         for (int tt = 0; tt < NT; tt++) {
-            const int tok = tok0 + tt < a.ntok ? tok0 + tt : tok0;
+            const int tok = row_tok(tt);
             const float s = partials_sum(a.partial + (size_t)tok * PSTRIDE, a.nparts);
             if (lane == 0) s_norm[warp][tt] = s;
         }
@@ -199,35 +207,28 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
 #pragma unroll
         for (int k = 0; k < XR; k++)
             if (threadIdx.x + k * MMA_THREADS < n4) m = max(m, abs_bits4(xr[k]));
-        for (int f = threadIdx.x + XR * MMA_THREADS; f < n4; f += MMA_THREADS)
-            m = max(m, abs_bits4(__ldg(x4 + f)));
-        m = __reduce_max_sync(0xffffffffu, m);
-        if (lane == 0) s_max[warp] = m;
-        __syncthreads();
-        u32 mb = 0;
-        for (int w = 0; w < MMA_WARPS; w++) mb = max(mb, s_max[w]);
-        const int s = mma_shift(mb);
+        const int rest = threadIdx.x + XR * MMA_THREADS;  // the float4 past the registers
+        const int s = block_shift(max(m, row_abs_max(a.x, cols, rest, MMA_THREADS)), s_max);
         unsigned char* xs = (unsigned char*)gemv_x;
 #pragma unroll
         for (int k = 0; k < XR; k++) {
             const int f = threadIdx.x + k * MMA_THREADS;
             if (f < n4) store_pieces(xr[k], s, xs, f);
         }
-        for (int f = threadIdx.x + XR * MMA_THREADS; f < n4; f += MMA_THREADS)
-            store_pieces(__ldg(x4 + f), s, xs, f);
+        row_pieces(a.x, cols, s, xs, rest, MMA_THREADS);
         if (threadIdx.x == 0) s_shift = s;
         xp[0] = (const unsigned char*)gemv_x;
     } else {
 #pragma unroll
         for (int tt = 0; tt < NT; tt++) {
-            const int tok = tok0 + tt < a.ntok ? tok0 + tt : tok0;
+            const int tok = row_tok(tt);
             xp[tt] = a.xq + (size_t)tok * cols * 4;
         }
     }
     __syncthreads();
 #pragma unroll
     for (int tt = 0; tt < NT; tt++) {
-        const int tok = tok0 + tt < a.ntok ? tok0 + tt : tok0;
+        const int tok = row_tok(tt);
         shift[tt] = NT == 1 ? s_shift : a.xq_shift[tok];
     }
 

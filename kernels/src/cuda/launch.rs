@@ -312,6 +312,11 @@ fn mma_takes(args: &GemvArgs, smem: u32) -> bool {
         && cols as u64 * 4 <= smem as u64
 }
 
+/// Tiles of a tensor-core launch: also its norm partials per token.
+fn mma_tiles(args: &GemvArgs) -> usize {
+    (args.units.max(0) as usize).div_ceil(MMA_TILE_UNITS)
+}
+
 impl Gpu {
     /// Whether a GEMV launch runs on the integer tensor cores (gemv_mma.cu): every weight is
     /// per-row int8 of one width, a multiple of 64 columns, at most [`MMA_MAX_COLS`], whose
@@ -330,11 +335,10 @@ impl Gpu {
 
     /// The norm partials per token a residual launch writes: the next launch's `nparts`.
     pub fn gemv_norm_parts(&self, args: &GemvArgs) -> usize {
-        let units = args.units.max(0) as usize;
         if self.gemv_mma(args) {
-            units.div_ceil(MMA_TILE_UNITS)
+            mma_tiles(args)
         } else {
-            Gpu::gemv_blocks(units, args.ksplit)
+            Gpu::gemv_blocks(args.units.max(0) as usize, args.ksplit)
         }
     }
 
@@ -361,7 +365,7 @@ impl Gpu {
     fn gemv_mma_launch(&self, args: &GemvArgs) -> Result<(), CudaError> {
         let ntok = args.ntok.max(0) as usize;
         let nt = tokens_per_block(ntok);
-        let tiles = (args.units.max(0) as usize).div_ceil(MMA_TILE_UNITS);
+        let tiles = mma_tiles(args);
         if tiles > PSTRIDE && args.mode == super::GemvMode::Resid as i32 {
             return Err(CudaError::Unsupported(format!(
                 "gemv: {tiles} tiles exceed {PSTRIDE} norm partials"
@@ -375,7 +379,14 @@ impl Gpu {
                     "gemv: a batch over per-row int8 weights needs room for x's pieces (xq)".into(),
                 ));
             }
-            self.launch(self.f.x_pieces, (ntok as u32, 1, 1), 256, &a, "x_pieces")?;
+            let threads = 32 * MMA_WARPS as u32;
+            self.launch(
+                self.f.x_pieces,
+                (ntok as u32, 1, 1),
+                threads,
+                &a,
+                "x_pieces",
+            )?;
         }
         let per_block = MMA_WARPS / a.ksplit as usize;
         let grid = (

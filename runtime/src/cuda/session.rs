@@ -29,6 +29,7 @@ use cllm_kernels::cuda::{
 use super::model::{GpuError, GpuModel};
 use crate::model::ModelError;
 use crate::sampler::{Sampler, SamplerConfig, SamplerError, Xoshiro256};
+use crate::LlamaConfig;
 
 /// Tokens per prefill launch.
 pub const PREFILL_CHUNK: usize = 64;
@@ -77,6 +78,12 @@ pub struct GpuSession<'m> {
 /// Receives a decoder layer's output hidden states: `(layer, position of the first row, rows,
 /// rows x hidden_size values)`.
 pub type LayerHook<'a> = dyn FnMut(usize, usize, usize, &[f32]) + 'a;
+
+/// The session's room for x's pieces (`GemvArgs::xq`): `nmax` tokens of the widest GEMV input.
+fn xq_pieces_bytes(cfg: &LlamaConfig, nmax: usize) -> usize {
+    let widest = cfg.hidden_size.max(cfg.q_dim()).max(cfg.intermediate_size);
+    Gpu::mma_pieces_bytes(nmax, widest)
+}
 
 /// One launch of a step (or a point between launches). Unboxed: a plan is a few ops per layer,
 /// built once per step or graph.
@@ -174,8 +181,7 @@ impl<'m> GpuSession<'m> {
             nmax * 4,
             16 + nmax * 8,
             // x's pieces for batches over per-row int8 weights (gemv_mma.cu), then the shifts.
-            Gpu::mma_pieces_bytes(nmax, hidden.max(cfg.q_dim()).max(cfg.intermediate_size))
-                + nmax * 4,
+            xq_pieces_bytes(cfg, nmax) + nmax * 4,
         ];
         let total: usize = sizes.iter().sum();
         gpu.check_free("the KV cache and activations", total as u64)?;
@@ -543,7 +549,7 @@ impl<'m> GpuSession<'m> {
             ));
         }
         // Every GEMV may take x's pieces room (batches over per-row int8 weights).
-        let pieces = Gpu::mma_pieces_bytes(self.nmax, hidden.max(qd).max(inter)) as u64;
+        let pieces = xq_pieces_bytes(cfg, self.nmax) as u64;
         for op in &mut ops {
             if let Op::Gemv(a, _) = op {
                 a.xq = self.xq.ptr();
