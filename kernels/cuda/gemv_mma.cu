@@ -19,7 +19,8 @@
 // step of 64 columns (columns 16 t .. 16 t + 15 of the step): the A operands of two mma (k runs
 // over the columns in a permuted order, the same for A and B). Column n of B holds piece n
 // (n < 4) of the same columns, column 4 all ones (for Q), the others zeros. The `ksplit` warps of
-// a block (of MMA_WARPS warps) split a tile's 64-column steps and add their integer sums.
+// a block (of MMA_WARPS warps) split a tile's 64-column steps and add their integer sums; with
+// one warp per tile, a block's tiles are strided (see gemv_mma_body).
 //
 // x pieces: per group of 16 columns, 64 bytes: piece j's 16 bytes (one per column) at 16 j.
 
@@ -125,8 +126,14 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS) x_pieces(GemvArgs a) {
 }
 
 // Steps of 64 columns in flight per warp, per batch size.
+#ifndef MMA_U1
 #define MMA_U1 4
+#endif
 #define MMA_UN 2
+// float4 of x per thread kept in registers by one-token blocks (4: rows of up to 4096 columns).
+#ifndef MMA_XR
+#define MMA_XR 4
+#endif
 
 template <int NT>
 __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
@@ -137,8 +144,13 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
     __shared__ int s_shift;
     __shared__ int s_d[MMA_WARPS][4 * NT][32];  // ksplit: the other warps' sums
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    // ksplit > 1: a block's tiles are consecutive. One warp per tile: block b's warp w takes tile
+    // b + w gridDim.x, so a one-token launch of a whole wave of blocks (the host's choice where
+    // there are many tiles) spreads them evenly over the multiprocessors (with blocks of 8
+    // consecutive tiles, 172 blocks on 132 multiprocessors left some with twice the bytes).
     const int ks = a.ksplit, tpb = MMA_WARPS / ks;
-    const int tile = blockIdx.x * tpb + warp / ks, kp = warp % ks;
+    const int tile = ks == 1 ? blockIdx.x + gridDim.x * warp : blockIdx.x * tpb + warp / ks;
+    const int kp = warp % ks;
     const int tok0 = blockIdx.y * NT;
     // Token tt's row (tokens past ntok read token 0 of the block and are discarded).
     auto row_tok = [&](int tt) { return tok0 + tt < a.ntok ? tok0 + tt : tok0; };
@@ -194,7 +206,7 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
     if (NT == 1) {
         // The first XR float4 of each thread stay in registers between the two passes, all
         // loads in flight at once (rows of up to 4096 columns: one round trip).
-        constexpr int XR = 4;
+        constexpr int XR = MMA_XR;
         const float4* x4 = (const float4*)a.x;
         const int n4 = cols >> 2;
         float4 xr[XR];
@@ -226,6 +238,7 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
         }
     }
     __syncthreads();
+    TRACE_MARK(2);
 #pragma unroll
     for (int tt = 0; tt < NT; tt++) {
         const int tok = row_tok(tt);

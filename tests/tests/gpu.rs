@@ -327,8 +327,9 @@ fn gpu_int8_tensor_core_products_are_exact_for_every_batch() {
     gpu_test!();
     let gpu = gpu();
     let mut rng = Rng(23);
-    // One tile, partial tiles, two and four warps per tile, the widest shape of the 7B.
-    for (rows, cols) in [(5, 64), (300, 576), (37, 2048), (40, 11008)] {
+    // One tile, partial tiles, 2 to 8 warps per tile, the widest shape of the 7B, and more
+    // tiles than a wave has warps (one warp per tile, strided over the blocks).
+    for (rows, cols) in [(5, 64), (300, 576), (37, 2048), (40, 11008), (34000, 64)] {
         let w = random_weight(&mut rng, rows, cols, "int8");
         let gw = GpuWeight::upload(&gpu, &w).unwrap();
         let probe = GemvArgs {

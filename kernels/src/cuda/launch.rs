@@ -302,6 +302,42 @@ const MMA_TILE_UNITS: usize = 8;
 const MMA_WARPS: usize = 8;
 const MMA_BLOCKS_PER_SM: usize = 2;
 
+/// How a tensor-core launch spreads its work (gemv_mma.cu): `ksplit` warps of a block per
+/// tile (each a part of its steps), over `blocks` blocks per group of tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MmaSplit {
+    ksplit: usize,
+    blocks: usize,
+}
+
+/// The split of `tiles` tiles of `steps` 64-column steps, `nt` tokens per block, on a device of
+/// `wave` resident blocks. Warps per tile: the most (up to [`MMA_WARPS`], at most one per step)
+/// that keep the launch within one wave. Where that is one (more tiles than four per block of
+/// the wave), a one-token launch takes a whole wave (or more blocks, at most one tile per warp),
+/// whose warps take the tiles strided so that every multiprocessor gets about as many; batches
+/// keep a block per [`MMA_WARPS`] tiles. `forced` (a measuring knob) sets the warps per
+/// tile. Any split gives the same bits (integer sums).
+fn mma_split(
+    tiles: usize,
+    steps: usize,
+    nt: usize,
+    wave: usize,
+    forced: Option<usize>,
+) -> MmaSplit {
+    let ksplit = forced.unwrap_or_else(|| {
+        [8usize, 4, 2]
+            .into_iter()
+            .find(|&k| k <= steps && (tiles * k).div_ceil(MMA_WARPS) <= wave)
+            .unwrap_or(1)
+    });
+    let blocks = if ksplit == 1 && nt == 1 {
+        wave.min(tiles).max(tiles.div_ceil(MMA_WARPS)).max(1)
+    } else {
+        (tiles * ksplit).div_ceil(MMA_WARPS).max(1)
+    };
+    MmaSplit { ksplit, blocks }
+}
+
 /// [`Gpu::gemv_mma`]'s test of the weights, with `smem` bytes of shared memory for x's pieces.
 fn mma_takes(args: &GemvArgs, smem: u32) -> bool {
     let cols = args.w[0].cols;
@@ -348,18 +384,6 @@ impl Gpu {
         ntok * cols * 4
     }
 
-    /// Warps per tile of a tensor-core launch: the most (up to [`MMA_WARPS`], at most one per
-    /// 64-column step) that keep the launch within one wave. Any choice gives the same bits
-    /// (integer sums).
-    fn mma_ksplit(&self, tiles: usize, cols: i32) -> i32 {
-        let steps = (cols / 64).max(1) as usize;
-        let wave = MMA_BLOCKS_PER_SM * self.info().multiprocessors.max(1) as usize;
-        [8usize, 4, 2]
-            .into_iter()
-            .find(|&k| k <= steps && (tiles * k).div_ceil(MMA_WARPS) <= wave)
-            .unwrap_or(1) as i32
-    }
-
     /// A launch on the integer tensor cores ([`Gpu::gemv_mma`]); a batch's x goes through the
     /// `x_pieces` pre-pass first.
     fn gemv_mma_launch(&self, args: &GemvArgs) -> Result<(), CudaError> {
@@ -371,8 +395,15 @@ impl Gpu {
                 "gemv: {tiles} tiles exceed {PSTRIDE} norm partials"
             )));
         }
+        static FORCED: OnceLock<Option<i32>> = OnceLock::new();
+        let steps = (args.w[0].cols / 64).max(1) as usize;
+        let forced = forced(&FORCED, "CLLM_MMA_KSPLIT", 1..=MMA_WARPS as i32)
+            .map(|k| k as usize)
+            .filter(|&k| k.is_power_of_two() && k <= steps);
+        let wave = MMA_BLOCKS_PER_SM * self.info().multiprocessors.max(1) as usize;
+        let split = mma_split(tiles, steps, nt, wave, forced);
         let mut a = *args;
-        a.ksplit = self.mma_ksplit(tiles, a.w[0].cols);
+        a.ksplit = split.ksplit as i32;
         if nt > 1 {
             if a.xq == 0 || a.xq_shift == 0 {
                 return Err(CudaError::Kernel(
@@ -388,12 +419,7 @@ impl Gpu {
                 "x_pieces",
             )?;
         }
-        let per_block = MMA_WARPS / a.ksplit as usize;
-        let grid = (
-            tiles.div_ceil(per_block) as u32,
-            ntok.div_ceil(nt) as u32,
-            1,
-        );
+        let grid = (split.blocks as u32, ntok.div_ceil(nt) as u32, 1);
         let smem = if nt == 1 { a.w[0].cols as u32 * 4 } else { 0 };
         let f = self.f.gemv_mma[nt.trailing_zeros() as usize];
         self.launch_smem(f, grid, 32 * MMA_WARPS as u32, smem, &a, "gemv_mma")
@@ -615,6 +641,27 @@ impl Gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tensor_core_launches_split_tiles_within_a_wave_or_stride_them_over_one() {
+        let split = |tiles, steps, nt, forced| mma_split(tiles, steps, nt, 264, forced);
+        let s = |ksplit, blocks| MmaSplit { ksplit, blocks };
+        // The 7B shape on 132 multiprocessors: down and o_proj (256 tiles), q/k/v (768).
+        assert_eq!(split(256, 172, 1, None), s(8, 256));
+        assert_eq!(split(768, 64, 1, None), s(2, 192));
+        // gate/up (1376 tiles): one token takes the whole wave; batches a block per 8 tiles.
+        assert_eq!(split(1376, 64, 1, None), s(1, 264));
+        assert_eq!(split(1376, 64, 8, None), s(1, 172));
+        // No more warps per tile than steps; a single tile takes one block.
+        assert_eq!(split(19, 9, 1, None), s(8, 19));
+        assert_eq!(split(3, 2, 1, None), s(2, 1));
+        assert_eq!(split(1, 1, 1, None), s(1, 1));
+        // Forced to one warp per tile: a wave, or a block per tile where there are fewer.
+        assert_eq!(split(256, 172, 1, Some(1)), s(1, 256));
+        assert_eq!(split(256, 172, 4, Some(1)), s(1, 32));
+        // More tiles than the wave's warps: a warp each.
+        assert_eq!(split(2125, 1, 1, None), s(1, 266));
+    }
 
     #[test]
     fn layouts_match_the_cuda_structs() {
