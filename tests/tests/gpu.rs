@@ -171,6 +171,19 @@ impl Drop for FewStreamingBlocks {
     }
 }
 
+/// The model folder `src`, then its packing with each of `packs` (`cllm pack` arguments) into
+/// `dir`.
+fn folder_and_packs(dir: &Path, src: &Path, packs: &[Vec<&str>]) -> Vec<PathBuf> {
+    let mut paths = vec![src.to_path_buf()];
+    for (i, p) in packs.iter().enumerate() {
+        let name = src.file_name().unwrap().to_string_lossy();
+        let out = dir.join(format!("{name}-{i}.cllm"));
+        pack(src, &out, p);
+        paths.push(out);
+    }
+    paths
+}
+
 /// `W x` for `n` tokens through the LM-head mode (no norm): `n x rows`.
 fn gpu_matmul(gpu: &Arc<Gpu>, w: &GpuWeight, x: &[f32], n: usize) -> Vec<f32> {
     gpu_matmul_piped(gpu, w, x, n, 0)
@@ -463,16 +476,7 @@ fn gpu_synthetic_models_match_cpu_with_long_contexts() {
         let maxpos = cfg["max_position_embeddings"].as_u64().unwrap() as usize;
         let len = maxpos.min(300);
         let tokens: Vec<u32> = (0..len).map(|_| (rng.next() % vocab) as u32).collect();
-        // The folder itself, then each packing.
-        let mut paths = vec![src.clone()];
-        for (i, p) in packs.iter().enumerate() {
-            let out = tmp.path().join(format!(
-                "{}-{i}.cllm",
-                src.file_name().unwrap().to_string_lossy()
-            ));
-            pack(src, &out, p);
-            paths.push(out);
-        }
+        let paths = folder_and_packs(tmp.path(), src, &packs);
         for path in &paths {
             let what = path.display().to_string();
             let cpu = cpu_model(path);
@@ -496,18 +500,14 @@ fn gpu_decode_through_few_streaming_blocks_gives_the_recompute_bits() {
     // partials (up to 11 per block here), gate/up and the LM head. The forms that stream.
     let tmp = tempfile::tempdir().unwrap();
     let small = cllm_tests::synth_model(tmp.path(), "small", cllm_format::Dtype::Bf16, 0, 6);
-    let mut paths = vec![small.clone()];
-    for (i, p) in [
-        vec!["--policy", "all-linear", "--quant", "int8-row"],
-        vec!["--policy", "all-linear", "--quant", "int4"],
-    ]
-    .iter()
-    .enumerate()
-    {
-        let out = tmp.path().join(format!("small-{i}.cllm"));
-        pack(&small, &out, p);
-        paths.push(out);
-    }
+    let paths = folder_and_packs(
+        tmp.path(),
+        &small,
+        &[
+            vec!["--policy", "all-linear", "--quant", "int8-row"],
+            vec!["--policy", "all-linear", "--quant", "int4"],
+        ],
+    );
     let mut rng = Rng(7);
     let tokens: Vec<u32> = (0..40).map(|_| (rng.next() % 2048) as u32).collect();
     let gpu = gpu();

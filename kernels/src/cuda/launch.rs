@@ -384,6 +384,11 @@ impl Gpu {
         ntok * cols * 4
     }
 
+    /// Blocks resident at once with `per_sm` per multiprocessor: one wave.
+    fn wave(&self, per_sm: usize) -> usize {
+        per_sm * self.info().multiprocessors.max(1) as usize
+    }
+
     /// A launch on the integer tensor cores ([`Gpu::gemv_mma`]); a batch's x goes through the
     /// `x_pieces` pre-pass first.
     fn gemv_mma_launch(&self, args: &GemvArgs) -> Result<(), CudaError> {
@@ -400,7 +405,7 @@ impl Gpu {
         let forced = forced(&FORCED, "CLLM_MMA_KSPLIT", 1..=MMA_WARPS as i32)
             .map(|k| k as usize)
             .filter(|&k| k.is_power_of_two() && k <= steps);
-        let wave = MMA_BLOCKS_PER_SM * self.info().multiprocessors.max(1) as usize;
+        let wave = self.wave(MMA_BLOCKS_PER_SM);
         let split = mma_split(tiles, steps, nt, wave, forced);
         let mut a = *args;
         a.ksplit = split.ksplit as i32;
@@ -450,7 +455,7 @@ impl Gpu {
             args.pipe = gemv_pipe(&args.w[0]);
         }
         let stream = gemv_stream(&args).filter(|_| nt == 1);
-        let one_wave = blocks <= GEMV_BLOCKS_PER_SM * self.info().multiprocessors.max(1) as usize;
+        let one_wave = blocks <= self.wave(GEMV_BLOCKS_PER_SM);
         let (f, grid_x, smem) = match (kind, stream) {
             (_, Some(k)) => {
                 // One wave of blocks, however many of them the x copy leaves resident: a block
@@ -468,7 +473,7 @@ impl Gpu {
                 }
                 .unwrap_or(1)
                 .clamp(1, GEMV_BLOCKS_PER_SM as i32) as usize;
-                let wave = per_sm * self.info().multiprocessors.max(1) as usize;
+                let wave = self.wave(per_sm);
                 let cap = self.gemv_stream_blocks.load(Ordering::Relaxed);
                 let mut g = blocks.min(if cap > 0 { cap } else { wave });
                 if resid {
