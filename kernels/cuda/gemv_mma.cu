@@ -1,35 +1,50 @@
-// Per-row int8 GEMVs on the integer tensor cores: gemv_m1 for one token, gemv_m2 / m4 / m8 for
-// batches (whose x goes through the x_pieces pre-pass first), in every mode of gemv.cu with its
+// int8 GEMVs on the integer tensor cores: per-row int8 (gemv_m1 for one token, gemv_m2 / m4 / m8
+// for batches, whose x goes through the x_pieces pre-pass first) and group-wise int8g with groups
+// of a multiple of 64 columns (gemv_g1 / g2 / g4 / g8), in every mode of gemv.cu with its
 // epilogue. launch.rs `gemv_mma` says which launches take them.
 //
 // Arithmetic. A token's x row becomes the fixed-point vector X = rint(x 2^S), with
 // S = 29 - floor(log2 max|x|), so |X| < 2^30 (an element of at least max|x| 2^-6 keeps every
-// bit). Its offset-binary form X + 2^31 is split into four bytes, the pieces P_0 (most
-// significant) to P_3. A row of int8 codes q then has the exact integer dot product
-//   T = sum_k q_k X_k = sum_j 2^(24 - 8 j) D_j - 2^31 Q,   D_j = sum_k q_k P_jk,  Q = sum_k q_k,
-// where D_j and Q are s8 x u8 -> s32 tensor-core products and sums (mma m16n8k32): exact, so T
-// depends on neither how the columns are split among warps nor the order partial sums are added
-// in, nor the batch. The row's dot product is y = (float)T 2^-S, one rounding (the row scale
-// follows in the epilogue, as in gemv.cu). |q| <= 128 and P <= 255 bound |D_j| by 2^15 per
-// column, so the host takes this path for rows of at most 65536 columns, a multiple of 64.
-// A row of x with an infinity or a NaN gives NaN dot products.
+// bit). X is written in base 256 with signed digits, the pieces P_0 (most significant) to P_3,
+// each in [-128, 127]: the bytes of (X + 0x80808080) ^ 0x80808080 (adding 128 to every digit
+// with its carries, then taking 128 off each one again). A row of int8 codes q then has the
+// exact integer dot product
+//   T = sum_k q_k X_k = sum_j 2^(24 - 8 j) D_j,   D_j = sum_k q_k P_jk,
+// where the D_j are s8 x s8 -> s32 tensor-core products (mma m16n8k32): exact, so T depends on
+// neither how the columns are split among warps nor the order partial sums are added in, nor the
+// batch. The row's dot product is y = (float)T 2^-S, one rounding (the row scale follows in the
+// epilogue, as in gemv.cu). |q| <= 128 and |P| <= 128 bound |D_j| by 2^14 per column, so the
+// host takes this path for rows of at most 65536 columns, a multiple of 64. A row of x with an
+// infinity or a NaN gives NaN dot products.
 //
 // Tiles. A warp computes a tile of 8 units (16 rows: unit g's rows A and B are the tile's rows g
 // and g + 8) over a part of the columns. Lane (g, t) loads 16 bytes of each of its unit's rows per
 // step of 64 columns (columns 16 t .. 16 t + 15 of the step): the A operands of two mma (k runs
 // over the columns in a permuted order, the same for A and B). Column n of B holds piece n
-// (n < 4) of the same columns, column 4 all ones (for Q), the others zeros. The `ksplit` warps of
-// a block (of MMA_WARPS warps) split a tile's 64-column steps and add their integer sums; with
-// one warp per tile, a block's tiles are strided (see gemv_mma_body).
+// (n < 4) of the same columns, the others zeros, so lane (g, 0) gets D_0 and D_1 of its rows,
+// lane (g, 1) D_2 and D_3. The `ksplit` warps of a block (of MMA_WARPS warps) split a tile's
+// 64-column steps and add their integer sums; with one warp per tile, a block's tiles are
+// strided (see gemv_mma_body).
 //
 // x pieces: per group of 16 columns, 64 bytes: piece j's 16 bytes (one per column) at 16 j.
+//
+// Group-wise int8g. A step of 64 columns lies in one group, so each step's sums are scaled by its
+// group's scale c before they are added up, in f32. Lane (g, t < 2) turns its two sums of a row's
+// step (|D_j| < 2^20, exact as floats) into L_0 = fma(D_0, 2^24, 2^16 D_1) or
+// L_1 = fma(D_2, 2^8, D_3), one rounding each, and accumulates acc_t = fma(L_t, c, acc_t) step
+// after step. The ksplit warps' accumulators are added in warp order, then
+// y = ((acc_0 + acc_1) 2^-S) (two exact steps, as above). So a row is rounded about as often as
+// a float dot product with one product per 64 columns, and its bits depend on ksplit, which
+// launch.rs takes from the weight's shape and the device alone, never from the batch: prefill and
+// decode agree bit for bit. A quad's lanes load the scales of U consecutive steps, one each, and
+// pass them round.
 
 #define MMA_NAN_SHIFT 0x40000000  // the shift of a row of x that is not finite
 #define MMA_WARPS 8                // warps per block of the kernels below
 #define MMA_THREADS (MMA_WARPS * 32)
 
-__device__ __forceinline__ void mma_s8u8(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+__device__ __forceinline__ void mma_s8s8(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};"
         : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
@@ -71,14 +86,15 @@ __device__ __forceinline__ int block_shift(u32 m, u32* s_max) {
 // 2^e for e in [-126, 127].
 __device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
 
-// The pieces of four consecutive columns: word j holds piece j of each (column order in bytes).
+// The pieces (signed digits) of four consecutive columns: word j holds piece j of each (column
+// order in bytes).
 // x 2^S is formed by two exact multiplications (S ranges over [-98, 178]).
 __device__ __forceinline__ void mma_pieces4(float4 v, int s, u32* p) {
     const float sa = pow2f(s >> 1), sb = pow2f(s - (s >> 1));
     u32 w[4];
     const float e[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-    for (int i = 0; i < 4; i++) w[i] = (u32)__float2int_rn((e[i] * sa) * sb) ^ 0x80000000u;
+    for (int i = 0; i < 4; i++) w[i] = ((u32)__float2int_rn((e[i] * sa) * sb) + 0x80808080u) ^ 0x80808080u;
     const u32 lo01 = __byte_perm(w[0], w[1], 0x5140), hi01 = __byte_perm(w[0], w[1], 0x7362);
     const u32 lo23 = __byte_perm(w[2], w[3], 0x5140), hi23 = __byte_perm(w[2], w[3], 0x7362);
     p[0] = __byte_perm(hi01, hi23, 0x7632);  // bits 24..31
@@ -103,12 +119,24 @@ __device__ __forceinline__ void row_pieces(const float* x, int cols, int s, unsi
     for (int f = tid; f < (cols >> 2); f += n) store_pieces(__ldg(x4 + f), s, dst, f);
 }
 
-// y = T 2^-S as a float, from the tile lane's pieces sums (see gemv_mma_body).
-__device__ __forceinline__ float mma_dot(int d0, int d1, int e0, int e1, int q, int s) {
+// An integer of magnitude below 2^22 as a float, exactly, with an integer add and a float add
+// instead of a conversion (which sm_90 issues at a fraction of their rate): 1.5 2^23 + d is a
+// float whose last mantissa bit weighs 1.
+__device__ __forceinline__ float small_int_float(int d) {
+    return __int_as_float(0x4b400000 + d) - 12582912.0f;
+}
+
+// y = v 2^-S (two exact steps), or NaN for a row of x that is not finite.
+__device__ __forceinline__ float mma_unshift(float v, int s) {
     if (s == MMA_NAN_SHIFT) return __int_as_float(0x7fffffff);
-    const long long t = ((long long)d0 << 24) + ((long long)d1 << 16) + ((long long)e0 << 8) +
-                        (long long)e1 - ((long long)q << 31);
-    return (__ll2float_rn(t) * pow2f(-(s >> 1))) * pow2f(-(s - (s >> 1)));
+    return (v * pow2f(-(s >> 1))) * pow2f(-(s - (s >> 1)));
+}
+
+// y = T 2^-S as a float, from the tile lane's pieces sums (see gemv_mma_body).
+__device__ __forceinline__ float mma_dot(int d0, int d1, int e0, int e1, int s) {
+    const long long t =
+        ((long long)d0 << 24) + ((long long)d1 << 16) + ((long long)e0 << 8) + (long long)e1;
+    return mma_unshift(__ll2float_rn(t), s);
 }
 
 // Batches: each token's S and pieces into xq (pieces [ntok][cols * 4 bytes], then S [ntok]), one
@@ -135,10 +163,12 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS) x_pieces(GemvArgs a) {
 #define MMA_XR 4
 #endif
 
-template <int NT>
+// G: group-wise int8g (group scales per step) instead of per-row int8.
+template <int NT, bool G>
 __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
     TRACE_BLOCK(a.mode);
     constexpr int U = NT == 1 ? MMA_U1 : MMA_UN;
+    static_assert(!G || U <= 4, "int8g: a quad's lanes hold the scales of at most 4 steps");
     __shared__ float s_norm[WARPS][NT];
     __shared__ u32 s_max[MMA_WARPS];
     __shared__ int s_shift;
@@ -170,21 +200,43 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
     const uint4* pa = valid ? (const uint4*)((const signed char*)wa->data + (size_t)ra * cols + kbase) + t : 0;
     const uint4* pb = has_b ? (const uint4*)((const signed char*)wb->data + (size_t)rb * cols + kbase) + t : 0;
     const uint4 zero = make_uint4(0, 0, 0, 0);
+    // int8g: the group scales of both rows from this warp's first step (a group of 64 << gsh
+    // columns); lane t loads those of steps s0 + t % U, s0 + U + t % U, ...
+    const float* ga = 0;
+    const float* gb = 0;
+    const int gsh = G ? __ffs(wa->group >> 6) - 1 : 0;
+    if (G) {
+        const size_t groups = (size_t)(cols >> (6 + gsh));
+        if (valid) ga = (const float*)wa->scales + (size_t)ra * groups;
+        if (has_b) gb = (const float*)wb->scales + (size_t)rb * groups;
+    }
+    auto group_scale = [&](const float* gp, int s) {
+        return gp != 0 && s < nsteps ? __ldg(gp + ((step0 + s) >> gsh)) : 0.0f;
+    };
 
     uint4 wva[U], wvb[U], nva[U], nvb[U];
+    float gsa = 0.0f, gsb = 0.0f, ngsa = 0.0f, ngsb = 0.0f;
 #pragma unroll
     for (int u = 0; u < U; u++) {
         wva[u] = pa != 0 && u < nsteps ? ld_stream(pa + 4 * u) : zero;
         wvb[u] = pb != 0 && u < nsteps ? ld_stream(pb + 4 * u) : zero;
     }
+    if (G) {
+        gsa = group_scale(ga, t % U);
+        gsb = group_scale(gb, t % U);
+    }
     // The epilogue's row scales (weights too, never written by a kernel).
     const bool epi = kp == 0 && t == 0 && valid;
     float sca = 0.0f, scb = 0.0f;
-    if (epi) {
+    if (!G && epi) {
         sca = ((const float*)wa->scales)[ra];
         if (has_b) scb = ((const float*)wb->scales)[rb];
     }
-    pdl_wait();
+    // int8g: the wait behind a branch (always taken), else ptxas sinks the loads above past it
+    // and the weights' first round trip begins after the predecessor has ended (TinyLlama int8g
+    // decode 1021 against 1161 tokens/s; volatile loads, a shift for a division, __syncwarp did
+    // not keep them). Per-row int8's schedule keeps them without it.
+    if (!G || a.ntok > 0) pdl_wait();
     pdl_launch_dependents();
 
     // The epilogue's inputs (one token: loaded now, while the weights stream).
@@ -245,14 +297,18 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
         shift[tt] = NT == 1 ? s_shift : a.xq_shift[tok];
     }
 
-    // B: lane (g, t) holds column n = g: piece g (g < 4) of its 16 columns, ones (g = 4), zeros.
+    // B: lane (g, t) holds column n = g: piece g (g < 4) of its 16 columns, else zeros.
     const int boff = 64 * ((kbase >> 4) + t) + 16 * (g & 3);
-    const u32 ones = g == 4 ? 0x01010101u : 0u;
+    // int8g: lane t < 2's weights of its two sums (see the top).
+    const float c0 = t == 0 ? 16777216.0f : 256.0f, c1 = t == 0 ? 65536.0f : 1.0f;
     int d[NT][4];
+    float acc[NT][2];  // int8g: rows A and B
 #pragma unroll
-    for (int tt = 0; tt < NT; tt++)
+    for (int tt = 0; tt < NT; tt++) {
 #pragma unroll
         for (int i = 0; i < 4; i++) d[tt][i] = 0;
+        acc[tt][0] = acc[tt][1] = 0.0f;
+    }
     if (tile * 8 < a.units) {
         for (int s0 = 0; s0 < nsteps; s0 += U) {
             const bool more = s0 + U < nsteps;
@@ -263,19 +319,36 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
                     nva[u] = pa != 0 && in ? ld_stream(pa + 4 * (s0 + U + u)) : zero;
                     nvb[u] = pb != 0 && in ? ld_stream(pb + 4 * (s0 + U + u)) : zero;
                 }
+                if (G) {
+                    ngsa = group_scale(ga, s0 + U + t % U);
+                    ngsb = group_scale(gb, s0 + U + t % U);
+                }
             }
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 if (s0 + u < nsteps) {
+                    // int8g: step s0 + u's scales, from lane (g, u) of the quad
+                    const float ca = G ? __shfl_sync(0xffffffffu, gsa, (lane & ~3) | u) : 0.0f;
+                    const float cb = G ? __shfl_sync(0xffffffffu, gsb, (lane & ~3) | u) : 0.0f;
 #pragma unroll
                     for (int tt = 0; tt < NT; tt++) {
-                        uint4 bx = make_uint4(ones, ones, ones, ones);
+                        uint4 bx = zero;
                         if (g < 4) {
                             const uint4* src = (const uint4*)(xp[tt] + boff + 256 * (s0 + u));
                             bx = NT == 1 ? *src : __ldg(src);
                         }
-                        mma_s8u8(d[tt], wva[u].x, wvb[u].x, wva[u].y, wvb[u].y, bx.x, bx.y);
-                        mma_s8u8(d[tt], wva[u].z, wvb[u].z, wva[u].w, wvb[u].w, bx.z, bx.w);
+                        if (G) {
+                            int e[4] = {0, 0, 0, 0};
+                            mma_s8s8(e, wva[u].x, wvb[u].x, wva[u].y, wvb[u].y, bx.x, bx.y);
+                            mma_s8s8(e, wva[u].z, wvb[u].z, wva[u].w, wvb[u].w, bx.z, bx.w);
+                            const float la = fmaf(small_int_float(e[0]), c0, small_int_float(e[1]) * c1);
+                            const float lb = fmaf(small_int_float(e[2]), c0, small_int_float(e[3]) * c1);
+                            acc[tt][0] = fmaf(la, ca, acc[tt][0]);
+                            acc[tt][1] = fmaf(lb, cb, acc[tt][1]);
+                        } else {
+                            mma_s8s8(d[tt], wva[u].x, wvb[u].x, wva[u].y, wvb[u].y, bx.x, bx.y);
+                            mma_s8s8(d[tt], wva[u].z, wvb[u].z, wva[u].w, wvb[u].w, bx.z, bx.w);
+                        }
                     }
                 }
             }
@@ -285,11 +358,28 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
                 wva[u] = nva[u];
                 wvb[u] = nvb[u];
             }
+            gsa = ngsa;
+            gsb = ngsb;
         }
     }
 
-    // The ksplit warps' sums (integers: any order gives the same).
-    if (ks > 1) {
+    // The ksplit warps' sums (integers: any order gives the same; int8g: in warp order).
+    if (G && ks > 1) {
+        float* sd = (float*)&s_d[0][0][0];  // [MMA_WARPS][2 NT][32]
+        if (kp != 0)
+#pragma unroll
+            for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+                for (int i = 0; i < 2; i++) sd[(warp * 2 * NT + 2 * tt + i) * 32 + lane] = acc[tt][i];
+        __syncthreads();
+        if (kp == 0)
+            for (int k = 1; k < ks; k++)
+#pragma unroll
+                for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+                    for (int i = 0; i < 2; i++)
+                        acc[tt][i] = acc[tt][i] + sd[((warp + k) * 2 * NT + 2 * tt + i) * 32 + lane];
+    } else if (!G && ks > 1) {
         if (kp != 0)
 #pragma unroll
             for (int tt = 0; tt < NT; tt++)
@@ -309,20 +399,25 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
     u64 key = 0;
 #pragma unroll
     for (int tt = 0; tt < NT; tt++) {
-        // Lane (g, 1) holds pieces 2 and 3, lane (g, 2) Q.
+        // Lane (g, 1) holds pieces 2 and 3 (int8g: its accumulators).
         const int e0 = __shfl_down_sync(0xffffffffu, d[tt][0], 1);
         const int e1 = __shfl_down_sync(0xffffffffu, d[tt][1], 1);
         const int e2 = __shfl_down_sync(0xffffffffu, d[tt][2], 1);
         const int e3 = __shfl_down_sync(0xffffffffu, d[tt][3], 1);
-        const int qa = __shfl_down_sync(0xffffffffu, d[tt][0], 2);
-        const int qb = __shfl_down_sync(0xffffffffu, d[tt][2], 2);
+        const float ta = acc[tt][0] + __shfl_down_sync(0xffffffffu, acc[tt][0], 1);
+        const float tb = acc[tt][1] + __shfl_down_sync(0xffffffffu, acc[tt][1], 1);
         const int tok = tok0 + tt;
         float sq = 0.0f;
         if (epi && tok < a.ntok) {
-            float ya = mma_dot(d[tt][0], d[tt][1], e0, e1, qa, shift[tt]);
-            float yb = mma_dot(d[tt][2], d[tt][3], e2, e3, qb, shift[tt]);
-            ya = ya * sca;
-            if (has_b) yb = yb * scb;
+            float ya, yb;
+            if (G) {
+                ya = mma_unshift(ta, shift[tt]);
+                yb = mma_unshift(tb, shift[tt]);
+            } else {
+                ya = mma_dot(d[tt][0], d[tt][1], e0, e1, shift[tt]) * sca;
+                yb = mma_dot(d[tt][2], d[tt][3], e2, e3, shift[tt]);
+                if (has_b) yb = yb * scb;
+            }
             const float inv = a.partial != 0 ? norm_inv(a, &s_norm[0][tt], NT) : 1.0f;
             EpiIn in = pre;
             const int p = pos + tt;
@@ -347,9 +442,13 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
         atomicAdd(a.pos_inc, a.ntok);
 }
 
-#define GEMV_MMA_ENTRY(NAME, NT) \
-    extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) NAME(GemvArgs a) { gemv_mma_body<NT>(a); }
-GEMV_MMA_ENTRY(gemv_m1, 1)
-GEMV_MMA_ENTRY(gemv_m2, 2)
-GEMV_MMA_ENTRY(gemv_m4, 4)
-GEMV_MMA_ENTRY(gemv_m8, 8)
+#define GEMV_MMA_ENTRY(NAME, NT, G) \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) NAME(GemvArgs a) { gemv_mma_body<NT, G>(a); }
+GEMV_MMA_ENTRY(gemv_m1, 1, false)
+GEMV_MMA_ENTRY(gemv_m2, 2, false)
+GEMV_MMA_ENTRY(gemv_m4, 4, false)
+GEMV_MMA_ENTRY(gemv_m8, 8, false)
+GEMV_MMA_ENTRY(gemv_g1, 1, true)
+GEMV_MMA_ENTRY(gemv_g2, 2, true)
+GEMV_MMA_ENTRY(gemv_g4, 4, true)
+GEMV_MMA_ENTRY(gemv_g8, 8, true)

@@ -305,13 +305,8 @@ fn gpu_gemv_matches_cpu_for_every_form_and_batch() {
     }
 }
 
-/// The tensor-core per-row int8 products of kernels/cuda/gemv_mma.cu, on the CPU, for one
-/// token: x as the fixed-point X = rint(x 2^S) with S = 29 - floor(log2 max |x|), the exact
-/// integer sum of q X, rounded once to f32, times 2^-S (two exact steps), times the row scale.
-fn int8_fixed_point_matmul(w: &Weight, x: &[f32]) -> Vec<f32> {
-    let WeightData::Int8 { q, scales } = &w.data else {
-        panic!("per-row int8 only")
-    };
+/// x as gemv_mma.cu's fixed point: S = 29 - floor(log2 max |x|) and X = rint(x 2^S).
+fn fixed_point(x: &[f32]) -> (i32, Vec<i64>) {
     let m = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(m.is_finite() && (m == 0.0 || m.is_normal()));
     let s: i32 = if m == 0.0 {
@@ -324,12 +319,80 @@ fn int8_fixed_point_matmul(w: &Weight, x: &[f32]) -> Vec<f32> {
         .map(|&v| (v as f64 * 2f64.powi(s)).round_ties_even() as i64)
         .collect();
     assert!(fixed.iter().all(|v| v.abs() < 1 << 30));
+    (s, fixed)
+}
+
+/// The tensor-core per-row int8 products of kernels/cuda/gemv_mma.cu, on the CPU, for one
+/// token: the exact integer sum of q X, rounded once to f32, times 2^-S (two exact steps),
+/// times the row scale.
+fn int8_fixed_point_matmul(w: &Weight, x: &[f32]) -> Vec<f32> {
+    let WeightData::Int8 { q, scales } = &w.data else {
+        panic!("per-row int8 only")
+    };
+    let (s, fixed) = fixed_point(x);
     let (sa, sb) = (2f32.powi(-(s >> 1)), 2f32.powi(-(s - (s >> 1))));
     (0..w.rows)
         .map(|r| {
             let row = &q[r * w.cols..(r + 1) * w.cols];
             let t: i64 = row.iter().zip(&fixed).map(|(&c, &v)| c as i64 * v).sum();
             (((t as f32) * sa) * sb) * scales[r]
+        })
+        .collect()
+}
+
+/// The same for int8g with `ksplit` warps per tile: X in base 256 with signed digits P_j (the
+/// bytes of (X + 0x80808080) ^ 0x80808080, P_0 the most significant); per 64-column step, the
+/// exact sums D_j of q P_j make two floats, fma(D_0, 2^24, 2^16 D_1) and fma(D_2, 2^8, D_3),
+/// each accumulated with one fused multiply-add by the step's group scale; each warp's two
+/// accumulators start at zero on its share of the steps and are added in warp order, then the
+/// two together, times 2^-S in two exact steps.
+fn int8g_fixed_point_matmul(w: &Weight, x: &[f32], ksplit: usize) -> Vec<f32> {
+    let WeightData::Int8Group {
+        q,
+        scales,
+        group_size,
+    } = &w.data
+    else {
+        panic!("int8g only")
+    };
+    let (s, fixed) = fixed_point(x);
+    let digits: Vec<[i32; 4]> = fixed
+        .iter()
+        .map(|&v| {
+            let o = (v as i32 as u32).wrapping_add(0x8080_8080) ^ 0x8080_8080;
+            [24, 16, 8, 0].map(|sh| (o >> sh) as u8 as i8 as i32)
+        })
+        .collect();
+    let steps = w.cols / 64;
+    let groups = w.cols / group_size;
+    let (sa, sb) = (2f32.powi(-(s >> 1)), 2f32.powi(-(s - (s >> 1))));
+    (0..w.rows)
+        .map(|r| {
+            let row = &q[r * w.cols..(r + 1) * w.cols];
+            let mut total = [0f32; 2];
+            for k in 0..ksplit {
+                let mut acc = [0f32; 2];
+                for step in steps * k / ksplit..steps * (k + 1) / ksplit {
+                    let mut d = [0i32; 4];
+                    for c in 64 * step..64 * (step + 1) {
+                        (0..4).for_each(|j| d[j] += row[c] as i32 * digits[c][j]);
+                    }
+                    let lanes = [
+                        (d[0] as f32).mul_add(16777216.0, d[1] as f32 * 65536.0),
+                        (d[2] as f32).mul_add(256.0, d[3] as f32),
+                    ];
+                    let scale = scales[r * groups + 64 * step / group_size];
+                    for (a, l) in acc.iter_mut().zip(lanes) {
+                        *a = l.mul_add(scale, *a);
+                    }
+                }
+                if k == 0 {
+                    total = acc;
+                } else {
+                    (0..2).for_each(|i| total[i] += acc[i]);
+                }
+            }
+            ((total[0] + total[1]) * sa) * sb
         })
         .collect()
 }
@@ -341,44 +404,56 @@ fn gpu_int8_tensor_core_products_are_exact_for_every_batch() {
     let gpu = gpu();
     let mut rng = Rng(23);
     // One tile, partial tiles, 2 to 8 warps per tile, the widest shape of the 7B, and more
-    // tiles than a wave has warps (one warp per tile, strided over the blocks).
-    for (rows, cols) in [(5, 64), (300, 576), (37, 2048), (40, 11008), (34000, 64)] {
-        let w = random_weight(&mut rng, rows, cols, "int8");
-        let gw = GpuWeight::upload(&gpu, &w).unwrap();
-        let probe = GemvArgs {
-            w: [gw.desc(0), Default::default(), Default::default()],
-            mode: GemvMode::Logits as i32,
-            ..GemvArgs::default()
-        };
-        assert!(
-            gpu.gemv_mma(&probe),
-            "{rows}x{cols} runs on the tensor cores"
-        );
-        // x: random; with an outlier 10^4 times the rest; scaled to 1e-30; zero but one; zero.
-        let mut xs: Vec<Vec<f32>> = Vec::new();
-        xs.push(rng.vec(cols));
-        let mut v = rng.vec(cols);
-        v[cols / 3] = 1e4;
-        xs.push(v);
-        xs.push(rng.vec(cols).into_iter().map(|v| v * 1e-30).collect());
-        let mut v = vec![0f32; cols];
-        v[cols - 1] = -3.5;
-        xs.push(v);
-        xs.push(vec![0f32; cols]);
-        for n in [1usize, 3, 8, 16] {
-            let x: Vec<f32> = (0..n).flat_map(|t| xs[t % xs.len()].clone()).collect();
-            let got = gpu_matmul(&gpu, &gw, &x, n);
-            let mut want_f = vec![0f32; n * rows];
-            matmul(&w, &x, n, &mut want_f).unwrap();
-            for t in 0..n {
-                let want = int8_fixed_point_matmul(&w, &x[t * cols..(t + 1) * cols]);
-                let row = &got[t * rows..(t + 1) * rows];
-                assert_eq!(bits(row), bits(&want), "{rows}x{cols} n={n} token {t}");
-                let e = rel_err(row, &want_f[t * rows..(t + 1) * rows]);
-                assert!(
-                    e < 2e-5,
-                    "{rows}x{cols} token {t}: {e} from the f32 products"
-                );
+    // tiles than a wave has warps (one warp per tile, strided over the blocks); per-row int8,
+    // int8g in groups of 64 and (where they divide the row) of 128.
+    let shapes = [(5, 64), (300, 576), (37, 2048), (40, 11008), (34000, 64)];
+    for form in ["int8", "int8g", "int8g-g128"] {
+        for (rows, cols) in shapes {
+            if form == "int8g-g128" && cols % 128 != 0 {
+                continue;
+            }
+            let w = random_weight(&mut rng, rows, cols, form);
+            let gw = GpuWeight::upload(&gpu, &w).unwrap();
+            let probe = GemvArgs {
+                w: [gw.desc(0), Default::default(), Default::default()],
+                mode: GemvMode::Logits as i32,
+                units: rows.div_ceil(2) as i32,
+                ..GemvArgs::default()
+            };
+            assert!(
+                gpu.gemv_mma(&probe),
+                "{form} {rows}x{cols} runs on the tensor cores"
+            );
+            let ksplit = gpu.gemv_mma_ksplit(&probe);
+            // x: random; with an outlier 10^4 times the rest; scaled to 1e-30; zero but one;
+            // zero.
+            let mut xs: Vec<Vec<f32>> = Vec::new();
+            xs.push(rng.vec(cols));
+            let mut v = rng.vec(cols);
+            v[cols / 3] = 1e4;
+            xs.push(v);
+            xs.push(rng.vec(cols).into_iter().map(|v| v * 1e-30).collect());
+            let mut v = vec![0f32; cols];
+            v[cols - 1] = -3.5;
+            xs.push(v);
+            xs.push(vec![0f32; cols]);
+            for n in [1usize, 3, 8, 16] {
+                let x: Vec<f32> = (0..n).flat_map(|t| xs[t % xs.len()].clone()).collect();
+                let got = gpu_matmul(&gpu, &gw, &x, n);
+                let mut want_f = vec![0f32; n * rows];
+                matmul(&w, &x, n, &mut want_f).unwrap();
+                for t in 0..n {
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    let want = match form {
+                        "int8" => int8_fixed_point_matmul(&w, xt),
+                        _ => int8g_fixed_point_matmul(&w, xt, ksplit),
+                    };
+                    let row = &got[t * rows..(t + 1) * rows];
+                    let what = format!("{form} {rows}x{cols} (ksplit {ksplit}) n={n} token {t}");
+                    assert_eq!(bits(row), bits(&want), "{what}");
+                    let e = rel_err(row, &want_f[t * rows..(t + 1) * rows]);
+                    assert!(e < 2e-5, "{what}: {e} from the f32 products");
+                }
             }
         }
     }

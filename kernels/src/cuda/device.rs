@@ -77,9 +77,10 @@ pub(crate) struct Funcs {
     pub gemv1_kind: [sys::CUfunction; 5],
     /// Their streaming forms (`gemv_s1_k{kind}`, see `gemv_stream` in launch.rs).
     pub gemv1_stream: [sys::CUfunction; 5],
-    /// Per-row int8 on the integer tensor cores (`gemv_m{1,2,4,8}`, see `Gpu::gemv_mma`), and
-    /// their batches' x pre-pass.
+    /// Per-row int8 on the integer tensor cores (`gemv_m{1,2,4,8}`, see `Gpu::gemv_mma`),
+    /// group-wise int8g there (`gemv_g{1,2,4,8}`), and their batches' x pre-pass.
     pub gemv_mma: [sys::CUfunction; 4],
+    pub gemv_mma_g: [sys::CUfunction; 4],
     pub x_pieces: sys::CUfunction,
     pub attention: sys::CUfunction,
     pub embed: sys::CUfunction,
@@ -227,6 +228,12 @@ impl Gpu {
                 get("gemv_m4")?,
                 get("gemv_m8")?,
             ],
+            gemv_mma_g: [
+                get("gemv_g1")?,
+                get("gemv_g2")?,
+                get("gemv_g4")?,
+                get("gemv_g8")?,
+            ],
             x_pieces: get("x_pieces")?,
             attention: get("attention")?,
             embed: get("embed")?,
@@ -239,7 +246,8 @@ impl Gpu {
             .map(|g| gemv_x_smem_limit(&ctx, g))
             .min()
             .unwrap_or(0);
-        let gemv_mma_smem = gemv_x_smem_limit(&ctx, f.gemv_mma[0]);
+        let gemv_mma_smem =
+            gemv_x_smem_limit(&ctx, f.gemv_mma[0]).min(gemv_x_smem_limit(&ctx, f.gemv_mma_g[0]));
         let stream = Stream(
             result::stream::create(result::stream::StreamKind::NonBlocking)
                 .ctx("creating the compute stream")?,

@@ -293,8 +293,8 @@ fn forced(
     })
 }
 
-/// The widest per-row int8 row the tensor-core GEMV takes (gemv_mma.cu: each column adds at
-/// most 2^15 to a piece's 32-bit sum).
+/// The widest int8 row the tensor-core GEMV takes (gemv_mma.cu: each column adds at most 2^15
+/// to a piece's 32-bit sum).
 const MMA_MAX_COLS: i32 = 65536;
 /// Units (two rows each) per tensor-core tile (gemv_mma.cu).
 const MMA_TILE_UNITS: usize = 8;
@@ -316,7 +316,10 @@ struct MmaSplit {
 /// the wave), a one-token launch takes a whole wave (or more blocks, at most one tile per warp),
 /// whose warps take the tiles strided so that every multiprocessor gets about as many; batches
 /// keep a block per [`MMA_WARPS`] tiles. `forced` (a measuring knob) sets the warps per
-/// tile. Any split gives the same bits (integer sums).
+/// tile. Per-row int8 has the same bits with any split (integer sums); int8g's depend on
+/// `ksplit` (its warps' double accumulators are added in order), which is why `ksplit` is a
+/// function of the weight's shape and the device alone, never of `nt`: a batch and a token
+/// split alike, so prefill and decode agree bit for bit.
 fn mma_split(
     tiles: usize,
     steps: usize,
@@ -338,14 +341,24 @@ fn mma_split(
     MmaSplit { ksplit, blocks }
 }
 
-/// [`Gpu::gemv_mma`]'s test of the weights, with `smem` bytes of shared memory for x's pieces.
-fn mma_takes(args: &GemvArgs, smem: u32) -> bool {
-    let cols = args.w[0].cols;
-    shared_kind(args, |w| w.cols == cols, 1 << KIND_INT8).is_some()
+/// [`Gpu::gemv_mma`]'s test of the weights, with `smem` bytes of shared memory for x's pieces:
+/// the kind (per-row int8, or int8g whose groups are whole 64-column steps) if it takes them.
+fn mma_kind(args: &GemvArgs, smem: u32) -> Option<usize> {
+    let (cols, group) = (args.w[0].cols, args.w[0].group);
+    let kind = shared_kind(
+        args,
+        |w| w.cols == cols && w.group == group,
+        (1 << KIND_INT8) | (1 << KIND_INT8G),
+    )?;
+    // int8g: a group is 2^k whole 64-column steps (gemv_mma.cu takes a step's group by a shift).
+    let whole_steps = kind == KIND_INT8 as usize
+        || (group >= 64 && group % 64 == 0 && (group as u32 / 64).is_power_of_two());
+    (whole_steps
         && cols > 0
         && cols % 64 == 0
         && cols <= MMA_MAX_COLS
-        && cols as u64 * 4 <= smem as u64
+        && cols as u64 * 4 <= smem as u64)
+        .then_some(kind)
 }
 
 /// Tiles of a tensor-core launch: also its norm partials per token.
@@ -355,18 +368,40 @@ fn mma_tiles(args: &GemvArgs) -> usize {
 
 impl Gpu {
     /// Whether a GEMV launch runs on the integer tensor cores (gemv_mma.cu): every weight is
-    /// per-row int8 of one width, a multiple of 64 columns, at most [`MMA_MAX_COLS`], whose
-    /// pieces (4 bytes a column) fit a block's shared memory. A function of the weights and the
-    /// device, so a launch's prefill and decode take the same path: its arithmetic (an exact
-    /// integer dot product with a fixed-point x) has bits of its own. Measured on an H100 in a
-    /// kernel alone: a 11008 x 4096 matrix streamed at the speed of a plain read of its bytes.
-    /// `CLLM_GEMV_MMA=0` turns it off, for measuring.
+    /// per-row int8, or every one int8g with one group size that is a multiple of 64 columns,
+    /// of one width, a multiple of 64 columns, at most [`MMA_MAX_COLS`], whose pieces (4 bytes a
+    /// column) fit a block's shared memory. A function of the weights and the device, so a
+    /// launch's prefill and decode take the same path: its arithmetic (an exact integer dot
+    /// product with a fixed-point x; int8g: exact per step, scaled and added in doubles) has
+    /// bits of its own. Measured on an H100 in a kernel alone: a 11008 x 4096 per-row int8
+    /// matrix streamed at the speed of a plain read of its bytes. `CLLM_GEMV_MMA=0` turns it
+    /// off, `1` leaves int8g off it, for measuring.
     pub fn gemv_mma(&self, args: &GemvArgs) -> bool {
+        self.gemv_mma_kind(args).is_some()
+    }
+
+    /// [`Gpu::gemv_mma`]'s kind.
+    fn gemv_mma_kind(&self, args: &GemvArgs) -> Option<usize> {
         static FORCED: OnceLock<Option<i32>> = OnceLock::new();
-        if forced(&FORCED, "CLLM_GEMV_MMA", 0..=1) == Some(0) {
-            return false;
-        }
-        mma_takes(args, self.gemv_mma_smem)
+        let on = forced(&FORCED, "CLLM_GEMV_MMA", 0..=2).unwrap_or(2);
+        mma_kind(args, self.gemv_mma_smem)
+            .filter(|&k| on == 2 || (on == 1 && k == KIND_INT8 as usize))
+    }
+
+    /// The warps per tile of a tensor-core launch ([`Gpu::gemv_mma`]) over these weights, for
+    /// any number of tokens: int8g's bits depend on it (gemv_mma.cu).
+    pub fn gemv_mma_ksplit(&self, args: &GemvArgs) -> usize {
+        self.gemv_mma_split(args, 1).ksplit
+    }
+
+    fn gemv_mma_split(&self, args: &GemvArgs, nt: usize) -> MmaSplit {
+        static FORCED: OnceLock<Option<i32>> = OnceLock::new();
+        let steps = (args.w[0].cols / 64).max(1) as usize;
+        let forced = forced(&FORCED, "CLLM_MMA_KSPLIT", 1..=MMA_WARPS as i32)
+            .map(|k| k as usize)
+            .filter(|&k| k.is_power_of_two() && k <= steps);
+        let wave = self.wave(MMA_BLOCKS_PER_SM);
+        mma_split(mma_tiles(args), steps, nt, wave, forced)
     }
 
     /// The norm partials per token a residual launch writes: the next launch's `nparts`.
@@ -389,9 +424,9 @@ impl Gpu {
         per_sm * self.info().multiprocessors.max(1) as usize
     }
 
-    /// A launch on the integer tensor cores ([`Gpu::gemv_mma`]); a batch's x goes through the
-    /// `x_pieces` pre-pass first.
-    fn gemv_mma_launch(&self, args: &GemvArgs) -> Result<(), CudaError> {
+    /// A launch on the integer tensor cores ([`Gpu::gemv_mma`], weights of `kind`); a batch's x
+    /// goes through the `x_pieces` pre-pass first.
+    fn gemv_mma_launch(&self, args: &GemvArgs, kind: usize) -> Result<(), CudaError> {
         let ntok = args.ntok.max(0) as usize;
         let nt = tokens_per_block(ntok);
         let tiles = mma_tiles(args);
@@ -400,19 +435,13 @@ impl Gpu {
                 "gemv: {tiles} tiles exceed {PSTRIDE} norm partials"
             )));
         }
-        static FORCED: OnceLock<Option<i32>> = OnceLock::new();
-        let steps = (args.w[0].cols / 64).max(1) as usize;
-        let forced = forced(&FORCED, "CLLM_MMA_KSPLIT", 1..=MMA_WARPS as i32)
-            .map(|k| k as usize)
-            .filter(|&k| k.is_power_of_two() && k <= steps);
-        let wave = self.wave(MMA_BLOCKS_PER_SM);
-        let split = mma_split(tiles, steps, nt, wave, forced);
+        let split = self.gemv_mma_split(args, nt);
         let mut a = *args;
         a.ksplit = split.ksplit as i32;
         if nt > 1 {
             if a.xq == 0 || a.xq_shift == 0 {
                 return Err(CudaError::Kernel(
-                    "gemv: a batch over per-row int8 weights needs room for x's pieces (xq)".into(),
+                    "gemv: a batch over int8 weights needs room for x's pieces (xq)".into(),
                 ));
             }
             let threads = 32 * MMA_WARPS as u32;
@@ -426,15 +455,20 @@ impl Gpu {
         }
         let grid = (split.blocks as u32, ntok.div_ceil(nt) as u32, 1);
         let smem = if nt == 1 { a.w[0].cols as u32 * 4 } else { 0 };
-        let f = self.f.gemv_mma[nt.trailing_zeros() as usize];
+        let fs = if kind == KIND_INT8G as usize {
+            &self.f.gemv_mma_g
+        } else {
+            &self.f.gemv_mma
+        };
+        let f = fs[nt.trailing_zeros() as usize];
         self.launch_smem(f, grid, 32 * MMA_WARPS as u32, smem, &a, "gemv_mma")
     }
 
     /// One GEMV launch: `args.units` units of two rows, `args.ntok` tokens. A zero `ksplit`
     /// is taken from the first weight.
     pub fn gemv(&self, args: &GemvArgs) -> Result<(), CudaError> {
-        if self.gemv_mma(args) {
-            return self.gemv_mma_launch(args);
+        if let Some(kind) = self.gemv_mma_kind(args) {
+            return self.gemv_mma_launch(args, kind);
         }
         let ntok = args.ntok.max(0) as usize;
         let nt = tokens_per_block(ntok);
@@ -726,18 +760,22 @@ mod tests {
     }
 
     #[test]
-    fn per_row_int8_launches_of_one_width_take_the_tensor_cores() {
+    fn int8_launches_of_one_width_and_whole_steps_take_the_tensor_cores() {
         let src = super::super::compile::program_source();
         for nt in [1, 2, 4, 8] {
-            let entry = format!("GEMV_MMA_ENTRY(gemv_m{nt}, {nt})");
-            assert!(src.contains(&entry), "{entry}");
+            for (name, g) in [("m", false), ("g", true)] {
+                let entry = format!("GEMV_MMA_ENTRY(gemv_{name}{nt}, {nt}, {g})");
+                assert!(src.contains(&entry), "{entry}");
+            }
         }
         assert!(src.contains("x_pieces(GemvArgs a)"));
         let desc = |kind, cols| WDesc {
             kind,
             cols,
+            group: if kind == KIND_INT8G { 64 } else { 0 },
             ..WDesc::default()
         };
+        let mma_takes = |a: &GemvArgs, smem| mma_kind(a, smem).is_some();
         let smem = 200 << 10;
         let mut a = GemvArgs {
             mode: GemvMode::Qkv as i32,
@@ -763,6 +801,25 @@ mod tests {
         assert!(mma_takes(&a, u32::MAX));
         a.w[0] = desc(KIND_BF16, 2048);
         assert!(!mma_takes(&a, smem));
+        a.w = [desc(KIND_INT8G, 2048); 3];
+        a.mode = GemvMode::Qkv as i32;
+        assert_eq!(mma_kind(&a, smem), Some(KIND_INT8G as usize));
+        a.w[2].group = 128;
+        assert!(!mma_takes(&a, smem), "one group size");
+        for g in [128, 256] {
+            a.w = [WDesc {
+                group: g,
+                ..desc(KIND_INT8G, 2048)
+            }; 3];
+            assert!(mma_takes(&a, smem), "groups of {g}: whole steps");
+        }
+        for g in [0, 32, 96, 192] {
+            a.w = [WDesc {
+                group: g,
+                ..desc(KIND_INT8G, 2048)
+            }; 3];
+            assert!(!mma_takes(&a, smem), "groups of {g}");
+        }
     }
 
     #[test]

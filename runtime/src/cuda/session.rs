@@ -180,7 +180,7 @@ impl<'m> GpuSession<'m> {
             nmax * heads * 4,
             nmax * 4,
             16 + nmax * 8,
-            // x's pieces for batches over per-row int8 weights (gemv_mma.cu), then the shifts.
+            // x's pieces for batches over int8 weights (gemv_mma.cu), then the shifts.
             xq_pieces_bytes(cfg, nmax) + nmax * 4,
         ];
         let total: usize = sizes.iter().sum();
@@ -548,7 +548,7 @@ impl<'m> GpuSession<'m> {
                 "lm_head",
             ));
         }
-        // Every GEMV may take x's pieces room (batches over per-row int8 weights).
+        // Every GEMV may take x's pieces room (batches over int8 weights on the tensor cores).
         let pieces = xq_pieces_bytes(cfg, self.nmax) as u64;
         for op in &mut ops {
             if let Op::Gemv(a, _) = op {
