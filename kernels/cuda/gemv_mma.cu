@@ -163,6 +163,26 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS) x_pieces(GemvArgs a) {
 #define MMA_XR 4
 #endif
 
+// The N values per token of a lane of the ksplit warps of a tile (kp = 0 .. ks - 1), added to
+// those of warp kp = 0 in warp order (`room`: MMA_WARPS x NT x N x 32 values; the block's barrier
+// is inside).
+template <int NT, int N, typename T>
+__device__ __forceinline__ void ksplit_sum(T (&v)[NT][N], T* room, int warp, int kp, int ks, int lane) {
+    if (kp != 0)
+#pragma unroll
+        for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+            for (int i = 0; i < N; i++) room[((warp * NT + tt) * N + i) * 32 + lane] = v[tt][i];
+    __syncthreads();
+    if (kp == 0)
+        for (int k = 1; k < ks; k++)
+#pragma unroll
+            for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+                for (int i = 0; i < N; i++)
+                    v[tt][i] = v[tt][i] + room[(((warp + k) * NT + tt) * N + i) * 32 + lane];
+}
+
 // G: group-wise int8g (group scales per step) instead of per-row int8.
 template <int NT, bool G>
 __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
@@ -364,34 +384,11 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
     }
 
     // The ksplit warps' sums (integers: any order gives the same; int8g: in warp order).
-    if (G && ks > 1) {
-        float* sd = (float*)&s_d[0][0][0];  // [MMA_WARPS][2 NT][32]
-        if (kp != 0)
-#pragma unroll
-            for (int tt = 0; tt < NT; tt++)
-#pragma unroll
-                for (int i = 0; i < 2; i++) sd[(warp * 2 * NT + 2 * tt + i) * 32 + lane] = acc[tt][i];
-        __syncthreads();
-        if (kp == 0)
-            for (int k = 1; k < ks; k++)
-#pragma unroll
-                for (int tt = 0; tt < NT; tt++)
-#pragma unroll
-                    for (int i = 0; i < 2; i++)
-                        acc[tt][i] = acc[tt][i] + sd[((warp + k) * 2 * NT + 2 * tt + i) * 32 + lane];
-    } else if (!G && ks > 1) {
-        if (kp != 0)
-#pragma unroll
-            for (int tt = 0; tt < NT; tt++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) s_d[warp][4 * tt + i][lane] = d[tt][i];
-        __syncthreads();
-        if (kp == 0)
-            for (int k = 1; k < ks; k++)
-#pragma unroll
-                for (int tt = 0; tt < NT; tt++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) d[tt][i] += s_d[warp + k][4 * tt + i][lane];
+    if (ks > 1) {
+        if (G)
+            ksplit_sum<NT, 2>(acc, (float*)&s_d[0][0][0], warp, kp, ks, lane);
+        else
+            ksplit_sum<NT, 4>(d, &s_d[0][0][0], warp, kp, ks, lane);
     }
     TRACE_MARK(1);
 
