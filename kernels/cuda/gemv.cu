@@ -10,8 +10,9 @@
 // The host picks ksplit from the weight's shape alone, so the order depends only on the weight:
 // the same row gets the same bits for any NT (prefill or decode). One-token launches whose
 // weights share a kind stream instead (gemv_stream, at the end): the same units and reductions,
-// with each block running several blocks' units. Per-row int8 launches mostly take the integer
-// tensor cores instead (gemv_mma.cu), prefill and decode alike.
+// with each block running several blocks' units. int8 launches (per row, or int8g in groups of
+// whole 64-column steps) mostly take the integer tensor cores instead (gemv_mma.cu), prefill and
+// decode alike.
 //
 // RMSNorm is folded in by linearity: the producer of a normed input writes `xw = w_norm * h`
 // and per-block partial sums of `h^2`; the consumer sums the partials in a fixed order, forms
@@ -47,7 +48,7 @@ struct GemvArgs {
     float* vcache;
     u64* argmax;              // LOGITS: [ntok], or null
     int* pos_inc;             // LOGITS: if set, block 0 adds ntok to it at the end
-    unsigned char* xq;        // batches of per-row int8 (gemv_mma.cu): x's pieces [ntok][cols * 4]
+    unsigned char* xq;        // batches on the tensor cores (gemv_mma.cu): x's pieces [ntok][cols * 4]
     int* xq_shift;            // and each token's shift S [ntok]
     int mode;
     int ntok;

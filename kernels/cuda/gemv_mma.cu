@@ -205,7 +205,7 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
     // Token tt's row (tokens past ntok read token 0 of the block and are discarded).
     auto row_tok = [&](int tt) { return tok0 + tt < a.ntok ? tok0 + tt : tok0; };
     const int cols = a.w[0].cols, steps = cols >> 6;
-    // This warp's steps: any split gives the same integer sums.
+    // This warp's steps (per-row int8: any split gives the same integer sums).
     const int step0 = steps * kp / ks, nsteps = steps * (kp + 1) / ks - step0;
     const int kbase = 64 * step0;
 

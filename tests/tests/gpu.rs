@@ -322,6 +322,11 @@ fn fixed_point(x: &[f32]) -> (i32, Vec<i64>) {
     (s, fixed)
 }
 
+/// v 2^-S in two exact steps (gemv_mma.cu `mma_unshift`).
+fn unshift(v: f32, s: i32) -> f32 {
+    (v * 2f32.powi(-(s >> 1))) * 2f32.powi(-(s - (s >> 1)))
+}
+
 /// The tensor-core per-row int8 products of kernels/cuda/gemv_mma.cu, on the CPU, for one
 /// token: the exact integer sum of q X, rounded once to f32, times 2^-S (two exact steps),
 /// times the row scale.
@@ -330,12 +335,11 @@ fn int8_fixed_point_matmul(w: &Weight, x: &[f32]) -> Vec<f32> {
         panic!("per-row int8 only")
     };
     let (s, fixed) = fixed_point(x);
-    let (sa, sb) = (2f32.powi(-(s >> 1)), 2f32.powi(-(s - (s >> 1))));
     (0..w.rows)
         .map(|r| {
             let row = &q[r * w.cols..(r + 1) * w.cols];
             let t: i64 = row.iter().zip(&fixed).map(|(&c, &v)| c as i64 * v).sum();
-            (((t as f32) * sa) * sb) * scales[r]
+            unshift(t as f32, s) * scales[r]
         })
         .collect()
 }
@@ -365,7 +369,6 @@ fn int8g_fixed_point_matmul(w: &Weight, x: &[f32], ksplit: usize) -> Vec<f32> {
         .collect();
     let steps = w.cols / 64;
     let groups = w.cols / group_size;
-    let (sa, sb) = (2f32.powi(-(s >> 1)), 2f32.powi(-(s - (s >> 1))));
     (0..w.rows)
         .map(|r| {
             let row = &q[r * w.cols..(r + 1) * w.cols];
@@ -392,7 +395,7 @@ fn int8g_fixed_point_matmul(w: &Weight, x: &[f32], ksplit: usize) -> Vec<f32> {
                     (0..2).for_each(|i| total[i] += acc[i]);
                 }
             }
-            ((total[0] + total[1]) * sa) * sb
+            unshift(total[0] + total[1], s)
         })
         .collect()
 }

@@ -96,7 +96,7 @@ pub struct Gpu {
     pub(crate) f: Funcs,
     /// Bytes of dynamic shared memory a one-token GEMV block may take for its copy of x.
     pub(crate) gemv_x_smem: u32,
-    /// Bytes of dynamic shared memory a `gemv_m1` block may take for x's pieces.
+    /// Bytes of dynamic shared memory a `gemv_m1` or `gemv_g1` block may take for x's pieces.
     pub(crate) gemv_mma_smem: u32,
     /// The most blocks a streaming GEMV launch may have (0: one wave); see
     /// [`Gpu::set_gemv_stream_blocks`].

@@ -61,7 +61,7 @@ pub struct GemvArgs {
     pub vcache: u64,
     pub argmax: u64,
     pub pos_inc: u64,
-    /// Batches of per-row int8 weights ([`Gpu::gemv_mma`]): room for x's pieces,
+    /// Batches of int8 weights on the tensor cores ([`Gpu::gemv_mma`]): room for x's pieces,
     /// [`Gpu::mma_pieces_bytes`] from here, and each token's shift (`i32`) at `xq_shift`.
     pub xq: u64,
     pub xq_shift: u64,
@@ -293,7 +293,7 @@ fn forced(
     })
 }
 
-/// The widest int8 row the tensor-core GEMV takes (gemv_mma.cu: each column adds at most 2^15
+/// The widest int8 row the tensor-core GEMV takes (gemv_mma.cu: each column adds at most 2^14
 /// to a piece's 32-bit sum).
 const MMA_MAX_COLS: i32 = 65536;
 /// Units (two rows each) per tensor-core tile (gemv_mma.cu).
@@ -317,7 +317,7 @@ struct MmaSplit {
 /// whose warps take the tiles strided so that every multiprocessor gets about as many; batches
 /// keep a block per [`MMA_WARPS`] tiles. `forced` (a measuring knob) sets the warps per
 /// tile. Per-row int8 has the same bits with any split (integer sums); int8g's depend on
-/// `ksplit` (its warps' double accumulators are added in order), which is why `ksplit` is a
+/// `ksplit` (its warps' float accumulators are added in order), which is why `ksplit` is a
 /// function of the weight's shape and the device alone, never of `nt`: a batch and a token
 /// split alike, so prefill and decode agree bit for bit.
 fn mma_split(
@@ -372,7 +372,7 @@ impl Gpu {
     /// of one width, a multiple of 64 columns, at most [`MMA_MAX_COLS`], whose pieces (4 bytes a
     /// column) fit a block's shared memory. A function of the weights and the device, so a
     /// launch's prefill and decode take the same path: its arithmetic (an exact integer dot
-    /// product with a fixed-point x; int8g: exact per step, scaled and added in doubles) has
+    /// product with a fixed-point x; int8g: exact per step, scaled and added in floats) has
     /// bits of its own. Measured on an H100 in a kernel alone: a 11008 x 4096 per-row int8
     /// matrix streamed at the speed of a plain read of its bytes. `CLLM_GEMV_MMA=0` turns it
     /// off, `1` leaves int8g off it, for measuring.
