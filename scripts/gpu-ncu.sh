@@ -5,12 +5,14 @@
 #
 # FORM: bf16 (the synthetic folder), int8 (int8g all-linear), int8-row, int4 (all-linear).
 # Makes the SHAPE's synthetic model and the forms' containers (once, in $TMPDIR/cllm-gpu-ncu),
-# then profiles one-token GEMV launches of a one-token prompt with `ncu` (`--clock-control
+# then profiles one-token GEMV launches (the float and int4 kernels `gemv_s1*` / `gemv_t1*`, the
+# tensor-core int8 ones `gemv_m1` / `gemv_g1`) of a one-token prompt with `ncu` (`--clock-control
 # none`: the clocks as found): after skipping N (default 2: layer 0's q/k/v and o_proj),
 # COUNT launches (default 1: layer 0's gate/up). Each launch is replayed alone with the caches
 # flushed, so without the programmatic-launch overlap of the decode graph. Writes the full
 # report to OUT/ncu-SHAPE-FORM.txt (default .) and prints its headline figures: DRAM
-# throughput, issue, the stall reasons per issued instruction, the instructions executed.
+# throughput, issue, the stall reasons per issued instruction, the instructions executed; the
+# report also holds the launch's occupancy.
 # A variant's environment passes through (CLLM_GEMV_KIND, CLLM_GEMV_PIPE, CLLM_NVRTC_DEFINES).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,11 +49,11 @@ for form in "$@"; do
     esac
     [[ -e "$model" ]] || "$cllm" pack "$work/$shape" -o "$model" --quiet "${pack[@]}"
     report="$out/ncu-$shape-$form.txt"
-    "$ncu" --clock-control none -k "regex:gemv_[st]1" -s "$skip" -c "$count" \
+    "$ncu" --clock-control none -k "regex:gemv_[stmg]1" -s "$skip" -c "$count" \
         --section SpeedOfLight --section SchedulerStats --section WarpStateStats \
-        --section InstructionStats --section MemoryWorkloadAnalysis --print-details all \
+        --section InstructionStats --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy --print-details all \
         --log-file "$report" \
         "$cllm" bench gpu "$model" --reps 1 --prompt-tokens 1 --new-tokens 1 --probe-gib 1 >/dev/null
     echo "== $shape $form ($report)"
-    grep -E "^  gemv_[st]1|DRAM Throughput|Duration|No Eligible|Issued Warp Per Scheduler|Cycles Per Issued|Stall (No Instruction|Long Scoreboard|Wait|Short Scoreboard)|Local Memory Spilling Requests  |^    Executed Instructions " "$report"
+    grep -E "^  gemv_[stmg]1|DRAM Throughput|Duration|No Eligible|Issued Warp Per Scheduler|Cycles Per Issued|Stall (No Instruction|Long Scoreboard|Wait|Short Scoreboard)|Local Memory Spilling Requests  |^    Executed Instructions " "$report"
 done

@@ -162,6 +162,10 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS) x_pieces(GemvArgs a) {
 #ifndef MMA_XR
 #define MMA_XR 4
 #endif
+// int8g, one token: steps of each row asked of the L2 ahead of the register batches (0: none).
+#ifndef MMA_PFD
+#define MMA_PFD 8
+#endif
 
 // The N values per token of a lane of the ksplit warps of a tile (kp = 0 .. ks - 1), added to
 // those of warp kp = 0 in warp order (`room`: MMA_WARPS x NT x N x 32 values; the block's barrier
@@ -245,6 +249,28 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
         gsa = group_scale(ga, t % U);
         gsb = group_scale(gb, t % U);
     }
+    // int8g, one token: the L2 is asked for steps [U, U + PFD) of the tile's rows before the
+    // launch wait, then for U more steps per batch, PFD steps ahead of the register loads. Lane l
+    // asks for row l / 2 of the tile (unit (l / 2) % 8's row A, then the B rows), every other
+    // line of two steps. Hints only: the bits do not change. On an H100, int8g all-linear decode
+    // gained 4 % on TinyLlama and 1 % on the 7B shape; per-row int8 lost 1 % with it, and both
+    // lost with the first steps asked after the wait or with 16 steps ahead (BENCHMARKS.md).
+    constexpr int PFD = NT == 1 && G ? MMA_PFD : 0;
+    const char* pf_row = 0;
+    if (PFD > 0) {
+        const char* rowa = pa != 0 ? (const char*)wa->data + (size_t)ra * cols + kbase : 0;
+        const char* rowb = pb != 0 ? (const char*)wb->data + (size_t)rb * cols + kbase : 0;
+        const int r = lane >> 1, src = (r & 7) * 4;
+        const char* fa = (const char*)__shfl_sync(0xffffffffu, (unsigned long long)rowa, src);
+        const char* fb = (const char*)__shfl_sync(0xffffffffu, (unsigned long long)rowb, src);
+        pf_row = r < 8 ? fa : fb;
+    }
+    // This lane's lines of steps [s, s + n).
+    auto l2_ahead = [&](int s, int n) {
+        if (pf_row == 0) return;
+        for (int k = s + 2 * (lane & 1); k < s + n && k < nsteps; k += 4) l2_prefetch(pf_row + 64 * k);
+    };
+    if (PFD > 0) l2_ahead(U, PFD);
     // The epilogue's row scales (weights too, never written by a kernel).
     const bool epi = kp == 0 && t == 0 && valid;
     float sca = 0.0f, scb = 0.0f;
@@ -332,6 +358,7 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
     if (tile * 8 < a.units) {
         for (int s0 = 0; s0 < nsteps; s0 += U) {
             const bool more = s0 + U < nsteps;
+            if (PFD > 0) l2_ahead(s0 + U + PFD, U);
             if (more) {
 #pragma unroll
                 for (int u = 0; u < U; u++) {
