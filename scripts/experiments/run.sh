@@ -14,14 +14,13 @@ for nc in 6 8; do
 done
 nvcc -O3 -arch=sm_90a -o "$out/l2-latency" l2-latency.cu
 "$out/l2-latency"
-# TinyLlama: the counter barrier and the tagged activations, 2 slots in flight per SM. (With no
-# limit this version does not finish on TinyLlama, in any mode: not understood. The version
-# before the tags ran them; its figures are in BENCHMARKS.md.)
-for v in "0 2" "4 2"; do
+# TinyLlama: the counter barrier with all and with 2 slots in flight per SM, without the barrier's
+# wait, without the products, with neither (the ring's streaming alone), and the tagged
+# activations instead of the counter.
+for v in "0 99" "0 2" "1 99" "2 99" "3 99" "4 99" "4 2"; do
     timeout 60 "$out/stream-step-8" tiny 16 100 $v || echo "stream-step tiny $v: exit $?"
 done
-# Llama-7B (24 KB slots, 7 of them, so 6 consumer warps): the counter barrier, neither the
-# barrier's wait nor the products (the ring's streaming alone), the tagged activations.
-for v in "0 1000" "3 1000" "4 1000"; do
+# Llama-7B (24 KB slots, 7 of them, so 6 consumer warps): the same variants but the limits.
+for v in "0 99" "1 99" "2 99" "3 99" "4 99"; do
     timeout 60 "$out/stream-step-6" 7b 24 30 $v || echo "stream-step 7b $v: exit $?"
 done

@@ -162,7 +162,8 @@ __global__ void __launch_bounds__((NC + 1) * 32, 1) mega(const __grid_constant__
             for (int r = r0; r < r1; r += cr, n++) {
                 const int slot = n % p.nslots, round = n / p.nslots;
                 mbar_wait(&empty[slot], (round & 1) ^ 1);
-                if (n >= p.inflight) {
+                // (a limit of nslots or more is no limit: the ring bounds what is in flight)
+                if (p.inflight < p.nslots && n >= p.inflight) {
                     const int o = n - p.inflight;
                     mbar_wait(&full[o % p.nslots], (o / p.nslots) & 1);
                 }
@@ -289,7 +290,7 @@ int main(int argc, char** argv) {
     int slot_kb = argc > 2 ? atoi(argv[2]) : 16;
     int steps = argc > 3 ? atoi(argv[3]) : 100;
     int mode = argc > 4 ? atoi(argv[4]) : 0;
-    int inflight = argc > 5 ? atoi(argv[5]) : 1000;
+    int inflight = argc > 5 ? atoi(argv[5]) : 1 << 30;
     int H, I, L, QKV, V, heads;
     if (shape[0] == 't') { H = 2048; I = 5632; L = 22; QKV = 2048 + 512; V = 32000; heads = 32; }
     else { H = 4096; I = 11008; L = 32; QKV = 3 * 4096; V = 32000; heads = 32; }
