@@ -13,9 +13,9 @@ typedef unsigned long long u64;
 
 __device__ __forceinline__ u64 gtime() { u64 t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
 
-// One thread follows next[] for hops steps, recording the time every 256 hops.
 __device__ unsigned chase_sm = 0xffffffffu;
 __device__ __forceinline__ unsigned smid() { unsigned s; asm volatile("mov.u32 %0, %%smid;" : "=r"(s)); return s; }
+// One thread follows next[] for hops steps, recording the time every 256 hops.
 __global__ void chase(const unsigned* next, int hops, u64* stamps, unsigned* sink) {
     chase_sm = smid();
     __threadfence();
@@ -46,8 +46,9 @@ int main() {
     size_t bn = (size_t)4 << 30; void* big; CK(cudaMalloc(&big, bn)); CK(cudaMemset(big, 1, bn));
     unsigned* sink; CK(cudaMalloc(&sink, 64));
     u64* se; CK(cudaMalloc(&se, 16));
+    cudaStream_t s1, s2; cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking); cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking);
     for (int which = 0; which < 2; which++) {
-        // L2: 256 KB ring; HBM: 1 GB ring, strided by 4 KB + random
+        // L2: a 256 KB ring; HBM: a 1 GB one; one hop per 256 bytes, in a random order
         size_t n = which == 0 ? 65536 : ((size_t)1 << 28);
         std::vector<unsigned> nx(n);
         std::vector<unsigned> perm(n / 64);
@@ -58,7 +59,6 @@ int main() {
         unsigned* d; CK(cudaMalloc(&d, n * 4)); CK(cudaMemcpy(d, nx.data(), n * 4, cudaMemcpyHostToDevice));
         const int hops = which == 0 ? 400000 : 60000;
         u64* st; CK(cudaMalloc(&st, (hops / 256 + 1) * 8));
-        cudaStream_t s1, s2; cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking); cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking);
         chase<<<1, 1, 0, s1>>>(d, 1000, st, sink);  // warm (and load both kernels)
         stream<<<G, 512, 0, s2>>>((const uint4*)big, bn / 16, 0, se, sink, 0);
         CK(cudaDeviceSynchronize());

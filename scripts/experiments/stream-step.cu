@@ -28,14 +28,16 @@
 #include <vector>
 #include <algorithm>
 #include <cuda_runtime.h>
-
-typedef unsigned int u32;
-typedef unsigned long long u64;
+// u32, u64 and warp_sum are the product kernels' own.
+#include "../../kernels/cuda/common.cuh"
 
 #ifndef NC
 #define NC 8              // consumer warps
 #endif
 #define MAXST 256
+// The attention's warp sums in shared memory, rounded up so that x's copy after them is 16-byte
+// aligned (it is read as float4).
+#define RED_FLOATS ((NC + 3) & ~3)
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); exit(1);} } while (0)
 
 struct Stage {
@@ -44,7 +46,6 @@ struct Stage {
     u64* y;
     int rows, cols;
     int attn;           // fake attention: blocks < attn read 'kv' and write y[block]
-    int pad;
 };
 
 __device__ __forceinline__ u64 gtime() { u64 t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
@@ -118,12 +119,6 @@ __device__ __forceinline__ void load_tagged(const u64* x, float* xs, int n, int 
 }
 __device__ __forceinline__ void cbar() { asm volatile("bar.sync 1, %0;" ::"n"(NC * 32) : "memory"); }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 // rows of stage s owned by block b, and rows per chunk
 __device__ __forceinline__ void share(const Stage& s, int b, int G, int slot_bytes, int& r0, int& r1, int& cr) {
     r0 = (int)((long long)s.rows * b / G);
@@ -141,8 +136,8 @@ __global__ void __launch_bounds__((NC + 1) * 32, 1) mega(const __grid_constant__
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     u64* full = (u64*)smem;
     u64* empty = full + 32;
-    float* red = (float*)(empty + 32);           // [2][4][NC]
-    float* xs = red + 2 * 4 * NC;                 // x copy
+    float* red = (float*)(empty + 32);           // the attention's warp sums
+    float* xs = red + RED_FLOATS;                 // x copy
     int maxcols = 0;
     for (int s = 0; s < p.nst; s++) maxcols = max(maxcols, p.st[s].cols);
     unsigned char* ring = (unsigned char*)(((uintptr_t)(xs + maxcols) + 127) & ~(uintptr_t)127);
@@ -177,6 +172,8 @@ __global__ void __launch_bounds__((NC + 1) * 32, 1) mega(const __grid_constant__
     }
     const int cw = warp - 1;            // consumer warp
     const int ct = threadIdx.x - 32;    // consumer thread
+    // Stage si's outputs carry the tag step * nst + si + 1; so its input's is tag0 + si.
+    const u32 tag0 = p.step * p.nst;
     int n = 0;
     for (int si = 0; si < p.nst; si++) {
         const Stage& s = p.st[si];
@@ -192,9 +189,8 @@ __global__ void __launch_bounds__((NC + 1) * 32, 1) mega(const __grid_constant__
         if (!s.W) {
             // fake attention: block b < attn polls q of head b, reads its keys and values, writes hd outputs
             const bool ll = p.mode & 4;
-            const u32 want = p.step * p.nst + si;   // the previous stage's tag
             if (b < s.attn) {
-                load_tagged(s.x + (size_t)b * p.hd, xs, p.hd, ct, NC * 32, want, ll);
+                load_tagged(s.x + (size_t)b * p.hd, xs, p.hd, ct, NC * 32, tag0 + si, ll);
                 cbar();
                 if (ct == 0 && ll && p.trace) p.trace[(MAXST + si) * G + b] = gtime();
                 const float* kv = p.kv + (size_t)b * p.kv_floats;
@@ -206,12 +202,12 @@ __global__ void __launch_bounds__((NC + 1) * 32, 1) mega(const __grid_constant__
                 cbar();
                 if (ct < p.hd) {
                     float t = 0; for (int k = 0; k < NC; k++) t += red[k];
-                    st_relaxed64(s.y + (size_t)b * p.hd + ct, tagged(want + 1, t * 1e-3f * (ct + 1)));
+                    st_relaxed64(s.y + (size_t)b * p.hd + ct, tagged(tag0 + si + 1, t * 1e-3f * (ct + 1)));
                 }
             }
         } else {
             // x to shared
-            load_tagged(s.x, xs, s.cols, ct, NC * 32, p.step * p.nst + si, (p.mode & 4) && si > 0);
+            load_tagged(s.x, xs, s.cols, ct, NC * 32, tag0 + si, (p.mode & 4) && si > 0);
             cbar();
             if (ct == 0 && (p.mode & 4) && p.trace) p.trace[(MAXST + si) * G + b] = gtime();
             int r0, r1, cr;
@@ -252,14 +248,16 @@ __global__ void __launch_bounds__((NC + 1) * 32, 1) mega(const __grid_constant__
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
                     float t = warp_sum(acc[q]);
-                    if (lane == q && q < rows) st_relaxed64(s.y + r + q, tagged(p.step * p.nst + si + 1, t * 0.05f));
+                    if (lane == q && q < rows) st_relaxed64(s.y + r + q, tagged(tag0 + si + 1, t * 0.05f));
                 }
             }
             n += nch;
         }
         cbar();
-        if (ct == 0 && (p.mode & 4) && p.trace) p.trace[si * G + b] = gtime();
-        if (ct == 0 && !(p.mode & 4)) { if (p.trace) p.trace[si * G + b] = gtime(); __threadfence(); atomicAdd(p.counter, 1u); }
+        if (ct == 0) {
+            if (p.trace) p.trace[si * G + b] = gtime();
+            if (!(p.mode & 4)) { __threadfence(); atomicAdd(p.counter, 1u); }
+        }
     }
 }
 
@@ -323,8 +321,10 @@ int main(int argc, char** argv) {
     add(V, H, A, C);
     p->nst = ns;
     if (off != total) { printf("bad off\n"); return 1; }
-    int maxcols = I;
-    size_t head = 64 * 8 + 2 * 4 * NC * 4 + (size_t)maxcols * 4 + 128;
+    // Shared memory as the kernel lays it out: 32 full and 32 empty barriers, red, x, the ring.
+    int maxcols = 0;
+    for (int si = 0; si < ns; si++) maxcols = std::max(maxcols, p->st[si].cols);
+    size_t head = 64 * 8 + RED_FLOATS * 4 + (size_t)maxcols * 4 + 128;
     int maxsmem = prop.sharedMemPerBlockOptin;
     int slot_bytes = slot_kb * 1024;
     if (slot_bytes < I * 2) slot_bytes = (I * 2 + 127) / 128 * 128;
@@ -374,7 +374,6 @@ int main(int argc, char** argv) {
         // per stage: spread of consumer finish, release lag after last finish, duration, bytes time
         const char* names[5] = {"qkv", "attn", "o", "gateup", "down"};
         double sp[6] = {0}, lag[6] = {0}, dur[6] = {0}, byt[6] = {0}, plag[6] = {0}; int cnt[6] = {0};
-        double t0 = 1e300; for (int bb = 0; bb < G; bb++) t0 = std::min(t0, at(0, 0, bb));
         double prev_end = 0;
         for (int si = 0; si < ns; si++) {
             double mn = 1e300, mx = 0, pmx = 0;
