@@ -1,5 +1,5 @@
 //! Import of the real SmolLM2-135M-Instruct Q4_1 GGUF, checked against the
-//! reference data in `shared/reference/smollm2-135m` (tensor SHA-256s of the
+//! reference data in `fixtures/reference/smollm2-135m` (tensor SHA-256s of the
 //! bf16 weights transformers produces from the same file, tokenizer ids,
 //! config values).
 
@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 const REFERENCE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/reference/smollm2-135m"
+    "/../fixtures/reference/smollm2-135m"
 );
 
 fn reference(name: &str) -> Value {

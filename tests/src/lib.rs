@@ -1,5 +1,5 @@
 //! Shared helpers for the integration tests: the `cllm` binary, synthetic fixture folders, the
-//! reference data in `../shared`, and the real model (fetched on first use).
+//! reference figures in `fixtures/reference`, and the real model (fetched on first use).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,9 +13,12 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `../shared/reference/smollm2-135m`: figures from Hugging Face transformers for the real model.
+/// `fixtures/reference/smollm2-135m`: figures from Hugging Face transformers for the real model
+/// (`CLLM_REFERENCE_DIR` where set: a prebuilt test binary run from another checkout).
 pub fn reference_dir() -> PathBuf {
-    root().join("../shared/reference/smollm2-135m")
+    std::env::var_os("CLLM_REFERENCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("fixtures/reference/smollm2-135m"))
 }
 
 /// The `cllm` binary: `CLLM_BIN` where set (a prebuilt one, as `scripts/gpu-tests.sh --bin-dir`

@@ -53,9 +53,7 @@ fn pack(src: &Path, out: &Path, extra: &[&str]) {
 }
 
 fn reference(name: &str) -> Value {
-    let dir = std::env::var_os("CLLM_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(cllm_tests::reference_dir);
+    let dir = cllm_tests::reference_dir();
     serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
 }
 

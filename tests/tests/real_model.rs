@@ -1,5 +1,5 @@
 //! The real model, SmolLM2-135M-Instruct, end to end on the CPU against figures from Hugging Face
-//! transformers (`../shared/reference/smollm2-135m`). The GGUF is fetched into the cache on first
+//! transformers (`fixtures/reference/smollm2-135m`). The GGUF is fetched into the cache on first
 //! use; each test process imports it once into its own temporary folder.
 
 use std::path::{Path, PathBuf};
