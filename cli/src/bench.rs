@@ -1,7 +1,9 @@
 //! `cllm bench`: measured figures for BENCHMARKS.md. `codec` times every codec on seeded normal
-//! bf16 data; `decode` times the CPU runtime on a model.
+//! bf16 data; `decode` times the CPU engine on a model against the machine's read bandwidth;
+//! `gpu` times loading and decoding on the GPU against its measured HBM bandwidth.
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -10,8 +12,11 @@ use cllm_fixtures::{Init, TensorSpec};
 use cllm_format::{
     pack, Codec, Container, Dtype, Limits, PackInput, PackOptions, Policy, Rule, SourceTensor,
 };
+use cllm_runtime::{Device, Engine, GenerateOptions, Model, OpenOptions, SamplerConfig};
 use serde_json::json;
 
+use crate::common::set_threads;
+use crate::progress::human_bytes;
 use crate::CmdResult;
 
 /// Measure codecs or the runtime.
@@ -26,7 +31,7 @@ pub enum BenchWhat {
     /// Ratio and single-core compress/decompress GB/s of every codec on seeded normal bf16 (std 0.02).
     Codec(CodecArgs),
     /// CPU decode tokens/s of a model (folder or .cllm): see `cllm run --json` for one run.
-    Decode(crate::run::DecodeBenchArgs),
+    Decode(DecodeBenchArgs),
     /// GPU load and decode of models (folders or .cllm files), against measured HBM bandwidth.
     Gpu(GpuBenchArgs),
 }
@@ -77,7 +82,7 @@ pub struct CodecArgs {
 pub fn run(a: BenchArgs) -> CmdResult {
     match a.what {
         BenchWhat::Codec(c) => codec(c),
-        BenchWhat::Decode(d) => crate::run::bench_decode(d),
+        BenchWhat::Decode(d) => decode(d),
         BenchWhat::Gpu(g) => gpu(g),
     }
 }
@@ -223,9 +228,162 @@ fn warm_page_cache(path: &std::path::Path) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// The benchmark request of `cllm bench decode` and `cllm bench gpu`: a fixed prompt of
+/// `prompt_tokens` ids spread over the vocabulary, then `new_tokens` greedy tokens, no stop token.
+fn bench_request(
+    prompt_tokens: usize,
+    new_tokens: usize,
+    vocab_size: usize,
+) -> (Vec<u32>, GenerateOptions) {
+    let ids = (0..prompt_tokens as u32)
+        .map(|i| 1 + (i * 7919) % (vocab_size as u32 - 1))
+        .collect();
+    let opts = GenerateOptions {
+        max_new_tokens: new_tokens,
+        sampler: SamplerConfig::greedy(),
+        eos_token_ids: vec![],
+    };
+    (ids, opts)
+}
+
+/// Decode tokens/s of a model on the CPU, against this machine's measured read bandwidth.
+#[derive(Args)]
+pub struct DecodeBenchArgs {
+    /// The model: a .cllm file or a Hugging Face folder.
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Read bandwidth of this machine: a parallel sum over a buffer far larger than the caches.
+fn measure_read_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let buf = vec![1u64; 128 << 20 >> 3 << 3];
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s: u64 = buf
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+            .sum();
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((buf.len() * 8) as f64 / secs);
+    }
+    best
+}
+
+fn decode(a: DecodeBenchArgs) -> CmdResult {
+    set_threads(a.threads)?;
+    let model = Engine::cpu().open(&a.model, &OpenOptions::default())?;
+    let (ids, opts) = bench_request(a.prompt_tokens, a.new_tokens, model.config().vocab_size);
+    let r = model.generate(&ids, &opts, |_| {})?;
+    let bytes_per_token = model.bytes_per_token() as f64;
+    let bw = measure_read_bandwidth();
+    let achieved = bytes_per_token * r.decode_tokens_per_second;
+    let v = json!({
+        "model": a.model.display().to_string(),
+        "threads": rayon::current_num_threads(),
+        "prompt_tokens": a.prompt_tokens, "new_tokens": r.generated_ids.len(),
+        "load_seconds": model.load_stats().seconds,
+        "prefill_tokens_per_second": r.prefill_tokens_per_second,
+        "decode_tokens_per_second": r.decode_tokens_per_second,
+        "weight_bytes": model.resident_bytes(),
+        "bytes_read_per_token": bytes_per_token,
+        "read_bandwidth_gb_s": bw / 1e9,
+        "fraction_of_bandwidth": achieved / bw,
+    });
+    if a.json {
+        println!("{v}");
+    } else {
+        println!(
+            "{}: decode {:.2} tokens/s, prefill {:.1} tokens/s, {} read per token -> {:.2} GB/s = {:.0}% of measured read bandwidth {:.2} GB/s ({} threads)",
+            a.model.display(),
+            r.decode_tokens_per_second,
+            r.prefill_tokens_per_second,
+            human_bytes(bytes_per_token as u64),
+            achieved / 1e9,
+            100.0 * achieved / bw,
+            bw / 1e9,
+            rayon::current_num_threads()
+        );
+    }
+    Ok(())
+}
+
+/// Microseconds per launch kind of one decode step, launch by launch (outside the graph),
+/// averaged over `steps` steps after the prompt.
+fn profile_decode(
+    model: &Model,
+    ids: &[u32],
+    steps: usize,
+) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let gpu_model = model.cuda().context("profiling needs the GPU")?;
+    let mut s = gpu_model.session(ids.len() + steps)?;
+    s.prefill(ids)?;
+    let mut acc: Vec<(&'static str, f64)> = Vec::new();
+    for _ in 0..steps {
+        for (name, us) in s.profile_decode_step()? {
+            match acc.iter_mut().find(|(n, _)| *n == name) {
+                Some(x) => x.1 += us / steps as f64,
+                None => acc.push((name, us / steps as f64)),
+            }
+        }
+    }
+    Ok(acc)
+}
+
+/// Each block's timeline in one decode step (a graph replay `halfway` steps after the prompt),
+/// written to `f` as CSV rows.
+fn trace_decode(
+    engine: &Engine,
+    model: &Model,
+    ids: &[u32],
+    halfway: usize,
+    f: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    let gpu = engine.gpu().context("tracing needs the GPU")?;
+    let gpu_model = model.cuda().context("tracing needs the GPU")?;
+    let mut s = gpu_model.session(ids.len() + 2 * halfway + 1)?;
+    s.prefill(ids)?;
+    for _ in 0..halfway {
+        s.decode_chained()?;
+    }
+    gpu.trace_reset()?;
+    s.decode_chained()?;
+    let recs = gpu.trace_take()?;
+    let t0 = recs.iter().map(|r| r.start_ns).min().unwrap_or(0);
+    for r in &recs {
+        writeln!(
+            f,
+            "{},{},{},{},{},{},{},{},{},{},{},{}",
+            model.path().display(),
+            r.kernel(),
+            r.sm,
+            r.block.0,
+            r.block.1,
+            r.start_ns - t0,
+            r.wait_ns,
+            r.end_ns,
+            r.marks_ns[0],
+            r.marks_ns[1],
+            r.marks_ns[2],
+            r.marks_ns[3]
+        )?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
 fn gpu(a: GpuBenchArgs) -> CmdResult {
-    use cllm_runtime::cuda::generate_gpu;
-    let gpu = crate::run::open_gpu()?;
+    let engine = Engine::new(Device::Cuda)?;
+    let gpu = engine.gpu().expect("a cuda engine has its GPU").clone();
     let info = gpu.info().clone();
     let bw = gpu.read_bandwidth(a.probe_gib << 30, 10)?;
     eprintln!(
@@ -241,7 +399,6 @@ fn gpu(a: GpuBenchArgs) -> CmdResult {
         },
         info.kernel_seconds
     );
-    let mut rows = Vec::new();
     let mut trace = match &a.trace {
         Some(p) => {
             if !gpu.trace_reset()? {
@@ -263,36 +420,25 @@ fn gpu(a: GpuBenchArgs) -> CmdResult {
     };
     for path in &a.models {
         let file_bytes = warm_page_cache(path)?;
-        let l = crate::run::load_on_gpu(&gpu, path, false, false)?;
-        let cfg = l.model.config().clone();
-        let (ids, opts) = crate::run::bench_request(a.prompt_tokens, a.new_tokens, cfg.vocab_size);
+        let model = engine.open(path, &OpenOptions::default())?;
+        let stats = model.load_stats().gpu.clone().unwrap_or_default();
+        let (ids, opts) = bench_request(a.prompt_tokens, a.new_tokens, model.config().vocab_size);
         // One untimed run captures the decode graph's first use and warms the clocks.
-        generate_gpu(&l.model, &ids, &opts, |_| {})?;
+        model.generate(&ids, &opts, |_| {})?;
         let mut tps = Vec::new();
         let mut prefill = Vec::new();
         for _ in 0..a.reps.max(1) {
-            let r = generate_gpu(&l.model, &ids, &opts, |_| {})?;
+            let r = model.generate(&ids, &opts, |_| {})?;
             tps.push(r.decode_tokens_per_second);
             prefill.push(r.prefill_tokens_per_second);
         }
         tps.sort_by(f64::total_cmp);
         prefill.sort_by(f64::total_cmp);
         let t = tps[tps.len() / 2];
-        let bpt = l.model.bytes_per_token() as f64;
+        let bpt = model.bytes_per_token() as f64;
         let mut profile = serde_json::Map::new();
         if a.profile {
-            let steps = 20;
-            let mut s = l.model.session(ids.len() + steps)?;
-            s.prefill(&ids)?;
-            let mut acc: Vec<(&'static str, f64)> = Vec::new();
-            for _ in 0..steps {
-                for (name, us) in s.profile_decode_step()? {
-                    match acc.iter_mut().find(|(n, _)| *n == name) {
-                        Some(x) => x.1 += us / steps as f64,
-                        None => acc.push((name, us / steps as f64)),
-                    }
-                }
-            }
+            let acc = profile_decode(&model, &ids, 20)?;
             let total: f64 = acc.iter().map(|(_, us)| us).sum();
             eprintln!(
                 "  one decode step launch by launch: {total:.0} us ({})",
@@ -306,34 +452,7 @@ fn gpu(a: GpuBenchArgs) -> CmdResult {
             }
         }
         if let Some(f) = trace.as_mut() {
-            let mut s = l.model.session(ids.len() + a.new_tokens + 1)?;
-            s.prefill(&ids)?;
-            for _ in 0..a.new_tokens / 2 {
-                s.decode_chained()?;
-            }
-            gpu.trace_reset()?;
-            s.decode_chained()?;
-            let recs = gpu.trace_take()?;
-            let t0 = recs.iter().map(|r| r.start_ns).min().unwrap_or(0);
-            for r in &recs {
-                writeln!(
-                    f,
-                    "{},{},{},{},{},{},{},{},{},{},{},{}",
-                    path.display(),
-                    r.kernel(),
-                    r.sm,
-                    r.block.0,
-                    r.block.1,
-                    r.start_ns - t0,
-                    r.wait_ns,
-                    r.end_ns,
-                    r.marks_ns[0],
-                    r.marks_ns[1],
-                    r.marks_ns[2],
-                    r.marks_ns[3]
-                )?;
-            }
-            f.flush()?;
+            trace_decode(&engine, &model, &ids, a.new_tokens / 2, f)?;
         }
         let row = json!({
             "profile_us": profile,
@@ -341,13 +460,13 @@ fn gpu(a: GpuBenchArgs) -> CmdResult {
             "gpu": info.name,
             "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             "file_bytes": file_bytes,
-            "load_seconds": l.stats.seconds,
-            "load_decoded_bytes": l.stats.decoded_bytes,
-            "load_gb_s": l.stats.gb_per_s(),
-            "load_read_bytes": l.stats.read_bytes,
-            "pinned_ring_bytes": l.stats.ring_bytes,
-            "vram_weight_bytes": l.stats.vram_bytes,
-            "vram_used_bytes": l.stats.vram_used_bytes,
+            "load_seconds": stats.seconds,
+            "load_decoded_bytes": stats.decoded_bytes,
+            "load_gb_s": stats.gb_per_s(),
+            "load_read_bytes": stats.read_bytes,
+            "pinned_ring_bytes": stats.ring_bytes,
+            "vram_weight_bytes": stats.vram_bytes,
+            "vram_used_bytes": stats.vram_used_bytes,
             "prompt_tokens": a.prompt_tokens,
             "new_tokens": a.new_tokens,
             "decode_tokens_per_second": t,
@@ -367,13 +486,11 @@ fn gpu(a: GpuBenchArgs) -> CmdResult {
                 100.0 * bpt * t / bw,
                 bw / 1e9,
                 bpt / 1e6,
-                l.stats.seconds,
-                l.stats.gb_per_s(),
-                l.stats.vram_bytes as f64 / 1e9
+                stats.seconds,
+                stats.gb_per_s(),
+                stats.vram_bytes as f64 / 1e9
             );
         }
-        rows.push(row);
-        drop(l);
     }
     Ok(())
 }

@@ -8,8 +8,9 @@ use anyhow::Context;
 use clap::Args;
 use cllm_format::{PackOptions, Policy, Preset};
 use cllm_loader::hf::HfFolder;
-use cllm_runtime::GenerateOptions;
+use cllm_runtime::{Device, Engine, GenerateOptions, OpenOptions};
 
+use crate::common::parse_device;
 use crate::progress::human_bytes;
 use crate::{CmdResult, Failure};
 
@@ -58,19 +59,12 @@ pub fn run(a: DemoArgs) -> CmdResult {
     let t = Instant::now();
     let report = crate::verify::build_report(&packed, Some(&hf_dir))?;
     let verify_s = t.elapsed().as_secs_f64();
-    let gpu = match a.device.as_str() {
-        "cpu" => None,
-        "cuda" => Some(crate::run::open_gpu()?),
-        "auto" => match crate::run::open_gpu() {
-            Ok(g) => Some(g),
-            Err(e) => {
-                eprintln!("no GPU used ({e:#}); running on the CPU");
-                None
-            }
-        },
-        other => {
-            return Err(anyhow::anyhow!("--device {other}: expected auto, cpu or cuda").into())
-        }
+    let engine = match a.device.as_str() {
+        "auto" => Engine::new(Device::Cuda).unwrap_or_else(|e| {
+            eprintln!("no GPU used ({e}); running on the CPU");
+            Engine::cpu()
+        }),
+        d => Engine::new(parse_device(d).map_err(|e| anyhow::anyhow!("{e} (or auto)"))?)?,
     };
     let source_bytes = summary.source_bytes;
     let worst = report
@@ -95,43 +89,44 @@ pub fn run(a: DemoArgs) -> CmdResult {
         report.against.as_ref().map_or(0, |ag| ag.quantized_reproduced),
         worst
     );
-    if let Some(gpu) = gpu {
-        let l = crate::run::load_on_gpu(&gpu, &packed, true, true)?;
-        let tok = l.tokenizer.as_ref().expect("required");
-        let ids = crate::run::prompt_ids_with(tok, &l.files, &a.prompt, false)?;
-        let opts = GenerateOptions {
-            max_new_tokens: a.max_new_tokens,
-            sampler: cllm_runtime::SamplerConfig::greedy(),
-            eos_token_ids: l.model.config().eos_token_ids.clone(),
-        };
-        let (r, text) = crate::run::generate_text_gpu(&l, &ids, &opts, false)?;
-        println!(
-            "  run      cuda ({}): {:?} ->{:?}",
-            gpu.info().name,
-            a.prompt,
-            text
-        );
-        println!(
-            "  speed    load {:.2} s ({:.2} GB/s, residency checked), prefill {:.1} tokens/s, decode {:.1} tokens/s; weights {} in VRAM",
-            l.load_seconds,
-            l.stats.gb_per_s(),
-            r.prefill_tokens_per_second,
-            r.decode_tokens_per_second,
-            human_bytes(l.stats.vram_bytes)
-        );
-    } else {
-        let l = crate::run::load(&packed)?;
-        let ids = crate::run::prompt_ids(&l, &a.prompt, false)?;
-        let opts = GenerateOptions::greedy(&l.model, a.max_new_tokens);
-        let (r, text) = crate::run::generate_text(&l, &ids, &opts, false)?;
-        println!("  run      cpu: {:?} ->{:?}", a.prompt, text);
-        println!(
-            "  speed    load {:.2} s, prefill {:.1} tokens/s, decode {:.1} tokens/s; weights {} in memory",
-            l.load_seconds,
-            r.prefill_tokens_per_second,
-            r.decode_tokens_per_second,
-            human_bytes(l.weight_bytes)
-        );
+    let model = engine.open(
+        &packed,
+        &OpenOptions {
+            need_tokenizer: true,
+            check_resident: engine.device() == Device::Cuda,
+        },
+    )?;
+    let ids = model.prompt_ids(&a.prompt, false)?;
+    let opts = GenerateOptions::greedy(model.config(), a.max_new_tokens);
+    let (r, text) = model.generate_text(&ids, &opts, |_| {})?;
+    let load = model.load_stats();
+    match (engine.gpu(), &load.gpu) {
+        (Some(gpu), Some(stats)) => {
+            println!(
+                "  run      cuda ({}): {:?} ->{:?}",
+                gpu.info().name,
+                a.prompt,
+                text
+            );
+            println!(
+                "  speed    load {:.2} s ({:.2} GB/s, residency checked), prefill {:.1} tokens/s, decode {:.1} tokens/s; weights {} in VRAM",
+                load.seconds,
+                stats.gb_per_s(),
+                r.prefill_tokens_per_second,
+                r.decode_tokens_per_second,
+                human_bytes(stats.vram_bytes)
+            );
+        }
+        _ => {
+            println!("  run      cpu: {:?} ->{:?}", a.prompt, text);
+            println!(
+                "  speed    load {:.2} s, prefill {:.1} tokens/s, decode {:.1} tokens/s; weights {} in memory",
+                load.seconds,
+                r.prefill_tokens_per_second,
+                r.decode_tokens_per_second,
+                human_bytes(model.resident_bytes())
+            );
+        }
     }
     println!("  total    {:.1} s", t_all.elapsed().as_secs_f64());
     if !report.ok {

@@ -35,8 +35,8 @@ fn codec_label(t: &TensorEntry) -> String {
 }
 
 pub fn run(a: InspectArgs) -> CmdResult {
-    let file = crate::verify::open_mmap(&a.file)?;
-    let c = crate::verify::open_container(&a.file, &file)?;
+    let file = crate::common::open_container(&a.file)?;
+    let c = file.container()?;
     let idx = &c.index;
     let mut by_codec: BTreeMap<String, Totals> = BTreeMap::new();
     for t in &idx.tensors {
@@ -47,7 +47,7 @@ pub fn run(a: InspectArgs) -> CmdResult {
     }
     let raw: u64 = by_codec.values().map(|t| t.raw).sum();
     let stored: u64 = by_codec.values().map(|t| t.stored).sum();
-    let file_len = file.len() as u64;
+    let file_len = file.bytes().len() as u64;
     let ratio = |r: u64, s: u64| if s == 0 { 0.0 } else { r as f64 / s as f64 };
     if a.json {
         let tensors: Vec<_> = idx

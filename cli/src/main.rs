@@ -5,6 +5,7 @@
 
 mod atomic;
 mod bench;
+mod common;
 mod demo;
 mod divergence;
 mod import;

@@ -1,4 +1,5 @@
-//! Progress bars on standard error: shown only on a terminal, and never with `--quiet`.
+//! Progress on standard error, shown only on a terminal (bars never with `--quiet`), and byte
+//! counts for people.
 
 use std::io::IsTerminal;
 
@@ -15,6 +16,16 @@ pub fn bytes_bar(total: u64, quiet: bool, template: &str) -> ProgressBar {
             .progress_chars("=> "),
     );
     bar
+}
+
+/// Progress on stderr, on one overwritten line, only when stderr is a terminal.
+pub fn progress_line() -> impl FnMut(&str) {
+    let tty = std::io::stderr().is_terminal();
+    move |msg: &str| {
+        if tty {
+            eprint!("\r\x1b[2K{msg}");
+        }
+    }
 }
 
 pub fn human_bytes(n: u64) -> String {

@@ -49,8 +49,8 @@ fn safetensors_header(c: &cllm_format::Container<'_>) -> anyhow::Result<Vec<u8>>
 }
 
 pub fn run(a: UnpackArgs) -> CmdResult {
-    let bytes = crate::verify::open_mmap(&a.file)?;
-    let c = crate::verify::open_container(&a.file, &bytes)?;
+    let file = crate::common::open_container(&a.file)?;
+    let c = file.container()?;
     let total: u64 = c.tensors().iter().map(|t| t.raw_bytes()).sum();
     let bar = bytes_bar(
         total,

@@ -1,18 +1,17 @@
 //! `cllm verify`: proves a container decodes bit-exactly to what was packed, and with `--against`,
-//! compares it with its source folder.
+//! compares it with its source folder (`cllm_loader::verify`); with `--run`, runs both models
+//! side by side on the bytes it verified (`cllm_runtime::divergence`).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
-use cllm_format::{quant, tensor, verify, Container, Limits};
-use cllm_loader::hf::HfFolder;
-use memmap2::Mmap;
+use cllm_loader::load_cpu;
+use cllm_loader::verify::{verify_and_load, verify_file, AgainstReport, Verification, VerifyError};
+use cllm_runtime::divergence::{compare, RunOutcome};
 use serde::Serialize;
 
-use crate::progress::human_bytes;
+use crate::divergence::{print_run_summary, write_report, RunOptions};
+use crate::progress::{human_bytes, progress_line};
 use crate::{CmdResult, Failure};
 
 /// Verify every byte of a container; optionally compare it with its source model.
@@ -30,41 +29,10 @@ pub struct VerifyArgs {
     #[arg(long, requires = "against")]
     pub run: bool,
     #[command(flatten)]
-    pub run_opts: crate::divergence::RunOptions,
+    pub run_opts: RunOptions,
     /// Print a JSON report.
     #[arg(long)]
     pub json: bool,
-}
-
-pub fn open_mmap(path: &Path) -> anyhow::Result<Mmap> {
-    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: the map is read-only; a file changed underneath is caught by the checksums.
-    unsafe { Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))
-}
-
-/// Opens a container; a malformed one is a verification failure (exit 1), naming the file.
-pub fn open_container<'a>(path: &Path, bytes: &'a [u8]) -> Result<Container<'a>, Failure> {
-    Container::open(bytes, &Limits::default())
-        .map_err(|e| Failure::Check(format!("{}: {e}", path.display())))
-}
-
-/// Error figures of one quantized tensor against its source.
-#[derive(Clone, Debug, Serialize)]
-pub struct QuantError {
-    pub name: String,
-    pub codec: String,
-    pub rel_rms: f64,
-    pub max_abs: f64,
-    pub sqnr_db: f64,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct AgainstReport {
-    pub dir: String,
-    pub tensors_compared: usize,
-    pub lossless_identical: usize,
-    pub quantized_reproduced: usize,
-    pub quantized: Vec<QuantError>,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,143 +54,43 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top1_agreement: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub run: Option<crate::divergence::RunOutcome>,
+    pub run: Option<RunOutcome>,
 }
 
-pub fn error_figures(name: &str, codec: &str, source: &[f32], approx: &[f32]) -> QuantError {
-    let (mut sig, mut noise, mut max_abs) = (0f64, 0f64, 0f64);
-    for (&x, &y) in source.iter().zip(approx) {
-        let d = (x as f64) - (y as f64);
-        sig += (x as f64) * (x as f64);
-        noise += d * d;
-        max_abs = max_abs.max(d.abs());
-    }
-    QuantError {
-        name: name.to_string(),
-        codec: codec.to_string(),
-        rel_rms: if sig > 0.0 { (noise / sig).sqrt() } else { 0.0 },
-        max_abs,
-        sqnr_db: if noise > 0.0 {
-            10.0 * (sig / noise).log10()
-        } else {
-            f64::INFINITY
-        },
+impl Report {
+    fn new(path: &Path, v: Verification) -> Report {
+        let failures = v.failures().to_vec();
+        Report {
+            file: path.display().to_string(),
+            ok: failures.is_empty(),
+            version: v.version,
+            tensors: v.bytes.tensors,
+            frames: v.bytes.frames,
+            stored_bytes: v.bytes.stored_bytes,
+            decoded_bytes: v.bytes.decoded_bytes,
+            seconds: v.seconds,
+            failures,
+            against: v.against,
+            mean_kld: None,
+            top1_agreement: None,
+            run: None,
+        }
     }
 }
 
-fn first_difference(a: &[u8], b: &[u8]) -> usize {
-    a.iter()
-        .zip(b)
-        .position(|(x, y)| x != y)
-        .unwrap_or(a.len().min(b.len()))
-}
-
-/// Compares every tensor with the source folder, appending failures.
-pub fn compare_with_source(
-    c: &Container<'_>,
-    folder: &HfFolder,
-    failures: &mut Vec<String>,
-) -> anyhow::Result<AgainstReport> {
-    let mut rep = AgainstReport {
-        dir: folder.dir().display().to_string(),
-        ..AgainstReport::default()
-    };
-    for (i, t) in c.tensors().iter().enumerate() {
-        let Some(src) = folder.get(&t.name) else {
-            failures.push(format!("tensor {}: not in the source folder", t.name));
-            continue;
-        };
-        if src.dtype != t.dtype || src.shape != t.shape {
-            failures.push(format!(
-                "tensor {}: container has {} {:?}, source has {} {:?}",
-                t.name, t.dtype, t.shape, src.dtype, src.shape
-            ));
-            continue;
-        }
-        rep.tensors_compared += 1;
-        let codec = c.codec(i);
-        let stored = match c.decode_tensor(i) {
-            Ok(s) => s,
-            Err(e) => {
-                failures.push(e.to_string());
-                continue;
-            }
-        };
-        if codec.is_lossless() {
-            if stored[0] == src.bytes {
-                rep.lossless_identical += 1;
-            } else {
-                failures.push(format!(
-                    "tensor {}: decoded bytes differ from the source at byte {}",
-                    t.name,
-                    first_difference(&stored[0], src.bytes)
-                ));
-            }
-            continue;
-        }
-        let params = tensor::quant_params(&t.name, codec, t.dtype, &t.shape, src.bytes)?;
-        let mut same = true;
-        for (si, s) in stored.iter().enumerate() {
-            let again = tensor::stream_range(t.dtype, &t.shape, &params, src.bytes, si, 0..s.len());
-            if &again != s {
-                same = false;
-                failures.push(format!(
-                    "tensor {}: re-quantizing the source does not reproduce stream '{}' (first difference at byte {})",
-                    t.name,
-                    t.streams[si].role,
-                    first_difference(&again, s)
-                ));
-            }
-        }
-        if same {
-            rep.quantized_reproduced += 1;
-        }
-        let mut orig = Vec::new();
-        quant::to_f32(t.dtype, src.bytes, &mut orig);
-        let approx = tensor::dequantize(codec, &t.shape, &stored);
-        rep.quantized
-            .push(error_figures(&t.name, &codec.to_string(), &orig, &approx));
+/// A malformed container is a verification failure (exit 1), naming the file; anything else
+/// that stops verification is a usage or I/O error (exit 2).
+fn failure(e: VerifyError) -> Failure {
+    match e {
+        VerifyError::Malformed { .. } => Failure::Check(e.to_string()),
+        other => Failure::Error(other.into()),
     }
-    for s in folder.tensors() {
-        if c.find(s.name).is_none() {
-            failures.push(format!(
-                "tensor {}: in the source but not in the container",
-                s.name
-            ));
-        }
-    }
-    Ok(rep)
 }
 
 /// Verifies a container, and compares it with its source folder when given.
 pub fn build_report(path: &Path, against: Option<&Path>) -> Result<Report, Failure> {
-    let start = Instant::now();
-    let bytes = open_mmap(path)?;
-    let c = open_container(path, &bytes)?;
-    let r = verify(&c, 256 << 20);
-    let mut failures = r.failures.clone();
-    let against = match against {
-        Some(dir) => {
-            let folder = HfFolder::open(dir)?;
-            Some(compare_with_source(&c, &folder, &mut failures)?)
-        }
-        None => None,
-    };
-    Ok(Report {
-        file: path.display().to_string(),
-        ok: failures.is_empty(),
-        version: [c.framing.major, c.framing.minor],
-        tensors: r.tensors,
-        frames: r.frames,
-        stored_bytes: r.stored_bytes,
-        decoded_bytes: r.decoded_bytes,
-        seconds: start.elapsed().as_secs_f64(),
-        failures,
-        against,
-        mean_kld: None,
-        top1_agreement: None,
-        run: None,
-    })
+    let v = verify_file(path, against).map_err(failure)?;
+    Ok(Report::new(path, v))
 }
 
 pub fn run(a: VerifyArgs) -> CmdResult {
@@ -230,21 +98,10 @@ pub fn run(a: VerifyArgs) -> CmdResult {
     if !a.run && !flags.is_empty() {
         return Err(anyhow::anyhow!("{} need --run", flags.join(", ")).into());
     }
-    if a.run {
-        crate::divergence::set_run_threads(&a.run_opts)?;
-        // Bad run options (a missing CUDA driver too) fail before the byte checks.
-        a.run_opts.check()?;
-    }
-    let mut report = build_report(&a.file, a.against.as_deref())?;
-    if let (true, Some(dir)) = (a.run, a.against.as_deref()) {
-        // The run goes on when byte checks failed: it says how much that matters.
-        let o = crate::divergence::run_pair(dir, &a.file, &a.run_opts)?;
-        report.failures.extend(o.failures.iter().cloned());
-        report.ok = report.failures.is_empty();
-        report.mean_kld = Some(o.divergence.mean_kld);
-        report.top1_agreement = Some(o.divergence.top1_agreement);
-        report.run = Some(o);
-    }
+    let report = match (a.run, a.against.as_deref()) {
+        (true, Some(dir)) => run_against(&a, dir)?,
+        _ => build_report(&a.file, a.against.as_deref())?,
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -260,6 +117,33 @@ pub fn run(a: VerifyArgs) -> CmdResult {
             report.failures[0]
         )))
     }
+}
+
+/// `verify --against DIR --run`: each tensor decoded once, checked, compared with the source and
+/// kept; then both models run side by side. The run goes on when byte checks failed (it says how
+/// much that matters), unless a tensor could not be decoded at all.
+fn run_against(a: &VerifyArgs, dir: &Path) -> Result<Report, Failure> {
+    // Bad run options (a missing CUDA driver too) fail before the byte checks.
+    let (engine, spec) = a.run_opts.prepare()?;
+    let (v, test) = verify_and_load(&a.file, dir).map_err(failure)?;
+    let mut report = Report::new(&a.file, v);
+    let Some(test) = test else {
+        report.failures.push(format!(
+            "{}: not run: a tensor could not be decoded",
+            a.file.display()
+        ));
+        report.ok = false;
+        return Ok(report);
+    };
+    let reference = load_cpu(dir)?;
+    let mut o = compare(&engine, reference, test, &spec, &mut progress_line())?;
+    write_report(&mut o, &a.run_opts)?;
+    report.failures.extend(o.failures.iter().cloned());
+    report.ok = report.failures.is_empty();
+    report.mean_kld = Some(o.divergence.mean_kld);
+    report.top1_agreement = Some(o.divergence.top1_agreement);
+    report.run = Some(o);
+    Ok(report)
 }
 
 fn print_report(r: &Report) {
@@ -307,10 +191,7 @@ fn print_report(r: &Report) {
     }
     if let Some(o) = &r.run {
         println!();
-        crate::divergence::summary::print_run(o);
-        if let Some(p) = o.report.as_deref() {
-            println!("report: {p}");
-        }
+        print_run_summary(o);
     }
     println!(
         "{}",

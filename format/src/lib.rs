@@ -29,4 +29,4 @@ pub use pack::{
 };
 pub use policy::{Policy, Preset, Quant, Rule};
 pub use reader::Container;
-pub use verify::{verify, VerifyReport};
+pub use verify::{lossless_source_failure, verify, verify_except_tensors, VerifyReport};

@@ -1,8 +1,10 @@
 //! The packing policy: presets, overrides and their resolution into a per-tensor plan.
 //!
-//! A preset only ever quantizes 2-D float projection weights; embeddings, lm_head, norms, biases
-//! and 1-D tensors stay lossless unless a rule names them explicitly.
+//! A preset only ever quantizes 2-D float projection weights, as the model description
+//! (`cllm-model`) classifies them; embeddings, lm_head, norms, biases and 1-D tensors stay
+//! lossless unless a rule names them explicitly.
 
+use cllm_model::{Part, Role, TensorId};
 use serde::Deserialize;
 
 use crate::codec::Codec;
@@ -42,20 +44,16 @@ impl Preset {
         }
     }
 
+    /// Whether the preset quantizes tensor `name`: a projection weight of the roles it covers.
     fn selects(self, name: &str) -> bool {
-        const MLP: [&str; 3] = ["gate_proj.weight", "up_proj.weight", "down_proj.weight"];
-        const ATTN: [&str; 4] = [
-            "q_proj.weight",
-            "k_proj.weight",
-            "v_proj.weight",
-            "o_proj.weight",
-        ];
-        let ends = |set: &[&str]| set.iter().any(|s| name.ends_with(&format!(".{s}")));
-        match self {
-            Preset::Lossless => false,
-            Preset::MlpOnly => ends(&MLP),
-            Preset::AttnOnly => ends(&ATTN),
-            Preset::AllLinear => ends(&MLP) || ends(&ATTN),
+        let Some(id) = TensorId::classify(name).filter(|id| id.part == Part::Weight) else {
+            return false;
+        };
+        match (self, id.module.role()) {
+            (Preset::Lossless, _) => false,
+            (Preset::MlpOnly | Preset::AllLinear, Role::Mlp) => true,
+            (Preset::AttnOnly | Preset::AllLinear, Role::Attention) => true,
+            _ => false,
         }
     }
 }

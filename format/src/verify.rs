@@ -27,12 +27,38 @@ struct StreamRef<'c> {
     frames: &'c [FrameEntry],
     hash: &'c str,
     encoding: Encoding,
-    /// For a lossless tensor's data stream: the source hash it must also equal.
-    source_hash: Option<&'c str>,
+    /// For a tensor's data stream: the tensor, whose source hash a lossless payload must equal.
+    data_of: Option<usize>,
 }
 
 /// Checks every byte of the container. `window_bytes` bounds the decoded bytes in flight.
 pub fn verify(c: &Container<'_>, window_bytes: usize) -> VerifyReport {
+    verify_parts(c, window_bytes, true)
+}
+
+/// [`verify`] without the tensors' streams: the padding and the embedded files, for a caller
+/// that decodes every tensor itself ([`Container::decode_tensor`] checks each frame and stream
+/// hash, [`lossless_source_failure`] the rest).
+pub fn verify_except_tensors(c: &Container<'_>, window_bytes: usize) -> VerifyReport {
+    verify_parts(c, window_bytes, false)
+}
+
+/// For a lossless tensor whose streams decoded to their stored hashes: the failure, if its
+/// payload hash differs from the hash of the source it was packed from.
+pub fn lossless_source_failure(c: &Container<'_>, tensor: usize) -> Option<String> {
+    let t = &c.tensors()[tensor];
+    let data = t.streams.first()?;
+    (c.codec(tensor).is_lossless() && data.xxh3 != t.source_xxh3).then(|| {
+        format!(
+            "{}: lossless payload hash {} differs from its source hash {}",
+            crate::reader::tensor_owner(&t.name),
+            data.xxh3,
+            t.source_xxh3
+        )
+    })
+}
+
+fn verify_parts(c: &Container<'_>, window_bytes: usize, tensors: bool) -> VerifyReport {
     let mut report = VerifyReport {
         tensors: c.tensors().len(),
         files: c.index.files.len(),
@@ -49,8 +75,7 @@ pub fn verify(c: &Container<'_>, window_bytes: usize) -> VerifyReport {
         }
     }
     let mut streams = Vec::new();
-    for (ti, t) in c.tensors().iter().enumerate() {
-        let lossless = c.codec(ti).is_lossless();
+    for (ti, t) in c.tensors().iter().enumerate().filter(|_| tensors) {
         for (si, (s, spec)) in t.streams.iter().zip(c.stream_specs(ti)).enumerate() {
             streams.push(StreamRef {
                 owner: crate::reader::tensor_owner(&t.name),
@@ -58,7 +83,7 @@ pub fn verify(c: &Container<'_>, window_bytes: usize) -> VerifyReport {
                 frames: &s.frames,
                 hash: &s.xxh3,
                 encoding: spec.encoding,
-                source_hash: (lossless && si == 0).then_some(t.source_xxh3.as_str()),
+                data_of: (si == 0).then_some(ti),
             });
         }
     }
@@ -69,7 +94,7 @@ pub fn verify(c: &Container<'_>, window_bytes: usize) -> VerifyReport {
             frames: &f.frames,
             hash: &f.xxh3,
             encoding: Encoding::Zstd,
-            source_hash: None,
+            data_of: None,
         });
     }
     for s in &streams {
@@ -124,13 +149,8 @@ pub fn verify(c: &Container<'_>, window_bytes: usize) -> VerifyReport {
                 }
                 .to_string(),
             );
-        } else if let Some(src) = s.source_hash {
-            if src != s.hash {
-                report.failures.push(format!(
-                    "{}: lossless payload hash {} differs from its source hash {src}",
-                    s.owner, s.hash
-                ));
-            }
+        } else if let Some(f) = s.data_of.and_then(|ti| lossless_source_failure(c, ti)) {
+            report.failures.push(f);
         }
     }
     report

@@ -130,7 +130,7 @@ pub enum GgufError {
     MissingMetadata { key: String },
     #[error("metadata key `{key}`: {reason}")]
     BadMetadataValue { key: String, reason: String },
-    #[error("unsupported architecture `{0}` (supported: llama)")]
+    #[error("unsupported architecture `{0}` (supported: {supported})", supported = cllm_model::Family::supported_gguf())]
     UnsupportedArchitecture(String),
     #[error("tensor `{0}` has no Hugging Face name mapping")]
     UnknownTensorName(String),

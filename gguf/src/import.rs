@@ -1,4 +1,6 @@
-//! GGUF (llama architecture) → Hugging Face folder.
+//! GGUF → Hugging Face folder, for every family the model description (`cllm-model`) knows:
+//! tensor names, shapes and the rows llama.cpp permuted all come from its tensor table, and the
+//! written `config.json` is checked by the same config mapping the runtime reads.
 //!
 //! Writes `model.safetensors` (bf16), `config.json`, `generation_config.json`,
 //! `tokenizer.json` and `tokenizer_config.json` into a temporary sibling of
@@ -11,6 +13,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use cllm_model::tensors::RopeRows;
+use cllm_model::{Family, ModelConfig, Module, Part, Role, TensorId};
 use rayon::prelude::*;
 use safetensors::{Dtype, View};
 use serde_json::json;
@@ -53,9 +57,9 @@ pub struct ImportOptions {
     pub limits: Limits,
 }
 
-/// Hyper-parameters of a llama-architecture model, from `llama.*` metadata.
+/// Hyper-parameters of a model, from the `<architecture>.*` metadata.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LlamaParams {
+pub struct HyperParams {
     pub n_layer: u64,
     pub n_embd: u64,
     pub n_ff: u64,
@@ -117,7 +121,7 @@ fn nonzero(key: &str, v: u64) -> Result<u64, GgufError> {
     }
 }
 
-impl LlamaParams {
+impl HyperParams {
     /// Reads `<arch>.*` hyper-parameters.
     pub fn from_metadata(md: &Metadata<'_>, arch: &str) -> Result<Self, GgufError> {
         let k = |s: &str| format!("{arch}.{s}");
@@ -155,7 +159,7 @@ impl LlamaParams {
                 reason: format!("head dimension {head_dim} is odd"),
             });
         }
-        Ok(LlamaParams {
+        Ok(HyperParams {
             n_layer,
             n_embd,
             n_ff,
@@ -180,44 +184,17 @@ pub enum RowPermutation {
     Key,
 }
 
-/// The Hugging Face name of a llama.cpp tensor of a llama model, and the row
-/// permutation to undo. `None` for names with no mapping.
+/// The Hugging Face name of a llama.cpp tensor, and the row permutation to undo in a family
+/// whose q and k rows llama.cpp permutes ([`Family::gguf_permutes_qk`]); `None` for names the
+/// model description does not know.
 pub fn hf_tensor_name(gguf_name: &str) -> Option<(String, RowPermutation)> {
-    let fixed = match gguf_name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
+    let id = TensorId::parse_gguf(gguf_name)?;
+    let perm = match id.module.gguf_rows() {
+        Some(RopeRows::Query) => RowPermutation::Query,
+        Some(RopeRows::Key) => RowPermutation::Key,
+        None => RowPermutation::None,
     };
-    if let Some(f) = fixed {
-        return Some((f.to_string(), RowPermutation::None));
-    }
-    let rest = gguf_name.strip_prefix("blk.")?;
-    let (idx, rest) = rest.split_once('.')?;
-    let layer: u64 = idx.parse().ok()?;
-    if layer.to_string() != idx {
-        return None; // "+1", "01": not a canonical index
-    }
-    let (part, suffix) = rest.split_once('.')?;
-    if suffix != "weight" && suffix != "bias" {
-        return None;
-    }
-    let (hf, perm) = match part {
-        "attn_q" => ("self_attn.q_proj", RowPermutation::Query),
-        "attn_k" => ("self_attn.k_proj", RowPermutation::Key),
-        "attn_v" => ("self_attn.v_proj", RowPermutation::None),
-        "attn_output" => ("self_attn.o_proj", RowPermutation::None),
-        "ffn_gate" => ("mlp.gate_proj", RowPermutation::None),
-        "ffn_up" => ("mlp.up_proj", RowPermutation::None),
-        "ffn_down" => ("mlp.down_proj", RowPermutation::None),
-        "attn_norm" => ("input_layernorm", RowPermutation::None),
-        "ffn_norm" => ("post_attention_layernorm", RowPermutation::None),
-        _ => return None,
-    };
-    if suffix == "bias" && matches!(part, "attn_norm" | "ffn_norm") {
-        return None;
-    }
-    Some((format!("model.layers.{layer}.{hf}.{suffix}"), perm))
+    Some((id.hf_name(), perm))
 }
 
 /// Undoes llama.cpp's `permute` of Q/K rows: llama.cpp stores, within each
@@ -366,17 +343,13 @@ fn usize_of(tensor: &str, v: u64) -> Result<usize, GgufError> {
     })
 }
 
-/// Maps and checks every tensor; nothing is converted yet.
-fn plan<'f>(
+/// Each tensor of the file by what it is (the model description's llama.cpp names), skipping
+/// `rope_freqs.weight` with a warning.
+fn tensor_ids<'f>(
     file: &'f GgufFile<'_>,
-    p: &LlamaParams,
-    vocab_size: u64,
     warnings: &mut Vec<String>,
-) -> Result<Vec<Planned<'f>>, GgufError> {
-    let q_rows = p.n_head * p.head_dim;
-    let kv_rows = p.n_head_kv * p.head_dim;
+) -> Result<Vec<(&'f TensorInfo, TensorId)>, GgufError> {
     let mut out = Vec::with_capacity(file.tensors().len());
-    let mut seen = HashMap::new();
     for t in file.tensors() {
         if t.name == "rope_freqs.weight" {
             warnings.push(
@@ -385,15 +358,25 @@ fn plan<'f>(
             );
             continue;
         }
-        let (hf_name, perm) =
-            hf_tensor_name(&t.name).ok_or_else(|| GgufError::UnknownTensorName(t.name.clone()))?;
-        if let Some(layer) = t
-            .name
-            .strip_prefix("blk.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|i| i.parse::<u64>().ok())
-        {
-            if layer >= p.n_layer {
+        let id = TensorId::parse_gguf(&t.name)
+            .ok_or_else(|| GgufError::UnknownTensorName(t.name.clone()))?;
+        out.push((t, id));
+    }
+    Ok(out)
+}
+
+/// Maps and checks every tensor against the shapes `cfg` gives it, and that the model is
+/// complete; nothing is converted yet.
+fn plan<'f>(
+    tensors: &[(&'f TensorInfo, TensorId)],
+    cfg: &ModelConfig,
+    p: &HyperParams,
+) -> Result<Vec<Planned<'f>>, GgufError> {
+    let mut out = Vec::with_capacity(tensors.len());
+    let mut seen = HashMap::new();
+    for &(t, id) in tensors {
+        if let Some(layer) = id.layer {
+            if layer as u64 >= p.n_layer {
                 return Err(GgufError::BadTensorShape {
                     tensor: t.name.clone(),
                     shape: t.shape(),
@@ -407,39 +390,26 @@ fn plan<'f>(
                 ty: t.ggml_type,
             });
         }
-        // Expected Hugging Face shape for the weights we know.
-        let part = hf_name.rsplit('.').nth(1).unwrap_or("");
-        let is_weight = hf_name.ends_with(".weight");
-        let expected: Option<Vec<u64>> = match (part, is_weight) {
-            ("embed_tokens", true) | ("lm_head", true) => Some(vec![vocab_size, p.n_embd]),
-            ("q_proj", true) => Some(vec![q_rows, p.n_embd]),
-            ("k_proj", true) | ("v_proj", true) => Some(vec![kv_rows, p.n_embd]),
-            ("o_proj", true) => Some(vec![p.n_embd, q_rows]),
-            ("gate_proj", true) | ("up_proj", true) => Some(vec![p.n_ff, p.n_embd]),
-            ("down_proj", true) => Some(vec![p.n_embd, p.n_ff]),
-            ("input_layernorm", true) | ("post_attention_layernorm", true) | ("norm", true) => {
-                Some(vec![p.n_embd])
-            }
-            ("q_proj", false) => Some(vec![q_rows]),
-            ("k_proj", false) | ("v_proj", false) => Some(vec![kv_rows]),
-            ("o_proj", false) | ("down_proj", false) => Some(vec![p.n_embd]),
-            ("gate_proj", false) | ("up_proj", false) => Some(vec![p.n_ff]),
-            _ => None,
-        };
         let shape_u64 = t.shape();
-        if let Some(exp) = expected {
-            if exp != shape_u64 {
-                return Err(GgufError::BadTensorShape {
-                    tensor: t.name.clone(),
-                    shape: shape_u64,
-                    reason: format!("the expected shape {exp:?} from the llama.* metadata"),
-                });
-            }
+        let expected = id.module.shape(cfg, id.part);
+        if expected != shape_u64 {
+            return Err(GgufError::BadTensorShape {
+                tensor: t.name.clone(),
+                shape: shape_u64,
+                reason: format!(
+                    "the expected shape {expected:?} from the {}.* metadata",
+                    cfg.family.gguf()
+                ),
+            });
         }
-        let unpermute_heads = match perm {
-            RowPermutation::None => None,
-            RowPermutation::Query => Some(usize_of(&t.name, p.n_head)?),
-            RowPermutation::Key => Some(usize_of(&t.name, p.n_head_kv)?),
+        let unpermute_heads = match id
+            .module
+            .gguf_rows()
+            .filter(|_| cfg.family.gguf_permutes_qk())
+        {
+            None => None,
+            Some(RopeRows::Query) => Some(usize_of(&t.name, p.n_head)?),
+            Some(RopeRows::Key) => Some(usize_of(&t.name, p.n_head_kv)?),
         };
         if let Some(h) = unpermute_heads {
             let rows = shape_u64.first().copied().unwrap_or(0);
@@ -455,6 +425,7 @@ fn plan<'f>(
             .iter()
             .map(|&d| usize_of(&t.name, d))
             .collect::<Result<Vec<_>, _>>()?;
+        let hf_name = id.hf_name();
         if let Some(prev) = seen.insert(hf_name.clone(), t.name.clone()) {
             return Err(GgufError::DuplicateTensor {
                 name: format!("{hf_name} (from {prev} and {})", t.name),
@@ -467,29 +438,10 @@ fn plan<'f>(
             unpermute_heads,
         });
     }
-    // Every layer must be complete.
-    let mut required = vec![
-        "model.embed_tokens.weight".to_string(),
-        "model.norm.weight".to_string(),
-    ];
-    for l in 0..p.n_layer {
-        for part in [
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-            "input_layernorm",
-            "post_attention_layernorm",
-        ] {
-            required.push(format!("model.layers.{l}.{part}.weight"));
-        }
-    }
-    for r in required {
-        if !seen.contains_key(&r) {
-            return Err(GgufError::MissingTensor(r));
+    // Every tensor the config's model has must be there.
+    for spec in cfg.tensors() {
+        if !seen.contains_key(&spec.name) {
+            return Err(GgufError::MissingTensor(spec.name));
         }
     }
     Ok(out)
@@ -548,10 +500,9 @@ pub fn import_with(
         .ok_or_else(|| GgufError::MissingMetadata {
             key: "general.architecture".into(),
         })?;
-    if arch != "llama" {
-        return Err(GgufError::UnsupportedArchitecture(arch.to_string()));
-    }
-    let p = LlamaParams::from_metadata(md, arch)?;
+    let family = Family::from_gguf(arch)
+        .ok_or_else(|| GgufError::UnsupportedArchitecture(arch.to_string()))?;
+    let p = HyperParams::from_metadata(md, arch)?;
     let mut warnings = Vec::new();
 
     let tok = build_hf_tokenizer(md, p.n_ctx)?;
@@ -573,28 +524,21 @@ pub fn import_with(
         }
     }
 
-    let planned = plan(&gguf, &p, vocab_size, &mut warnings)?;
-    let tied = gguf.tensor("output.weight").is_none();
-    let mut source_types: BTreeMap<String, usize> = BTreeMap::new();
-    for pl in &planned {
-        *source_types
-            .entry(pl.info.ggml_type.name().to_string())
-            .or_default() += 1;
-    }
+    let tensors = tensor_ids(&gguf, &mut warnings)?;
+    let has = |f: &dyn Fn(&TensorId) -> bool| tensors.iter().any(|(_, id)| f(id));
+    let tied = !has(&|id| id.module == Module::LmHead);
+    // A bias on the o projection means every attention projection has one (`attention_bias`);
+    // q/k/v biases alone are the family's own (Qwen2) or taken where present.
+    let has_attn_bias = has(&|id| id.module == Module::OProj && id.part == Part::Bias);
+    let has_mlp_bias = has(&|id| id.module.role() == Role::Mlp && id.part == Part::Bias);
 
     let token = |key: &str| md.get_u64(key);
     let bos = token("tokenizer.ggml.bos_token_id");
     let eos = token("tokenizer.ggml.eos_token_id");
     let pad = token("tokenizer.ggml.padding_token_id");
-    let has_attn_bias = planned
-        .iter()
-        .any(|pl| pl.hf_name.contains("self_attn.") && pl.hf_name.ends_with(".bias"));
-    let has_mlp_bias = planned
-        .iter()
-        .any(|pl| pl.hf_name.contains(".mlp.") && pl.hf_name.ends_with(".bias"));
     let config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [family.class()],
+        "model_type": family.model_type(),
         "hidden_size": p.n_embd,
         "intermediate_size": p.n_ff,
         "num_hidden_layers": p.n_layer,
@@ -619,6 +563,19 @@ pub fn import_with(
         "pretraining_tp": 1,
         "use_cache": true,
     });
+    // The config the runtime will read; its tensor table checks every tensor below.
+    let cfg =
+        ModelConfig::from_json(&config.to_string()).map_err(|e| GgufError::BadMetadataValue {
+            key: format!("{arch}.*"),
+            reason: format!("the config.json it gives is refused: {e}"),
+        })?;
+    let planned = plan(&tensors, &cfg, &p)?;
+    let mut source_types: BTreeMap<String, usize> = BTreeMap::new();
+    for pl in &planned {
+        *source_types
+            .entry(pl.info.ggml_type.name().to_string())
+            .or_default() += 1;
+    }
     let mut generation_config = json!({
         "bos_token_id": bos,
         "eos_token_id": eos,

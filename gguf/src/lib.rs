@@ -8,7 +8,8 @@
 //!   Q5_K and Q6_K blocks to f32.
 //! * [`import`] writes a Hugging Face folder (bf16 `model.safetensors`,
 //!   `config.json`, `generation_config.json`, `tokenizer.json`,
-//!   `tokenizer_config.json`) from a llama-architecture GGUF.
+//!   `tokenizer_config.json`) from a GGUF of any family `cllm-model` describes
+//!   (its names, shapes and permuted rows come from that description).
 
 pub mod dequant;
 mod error;
@@ -20,7 +21,7 @@ mod types;
 pub use error::GgufError;
 pub use import::{
     f32_to_bf16_bytes, hf_tensor_name, import, import_with, permute_rows, unpermute_rows,
-    ImportOptions, ImportSummary, LlamaParams, RowPermutation,
+    HyperParams, ImportOptions, ImportSummary, RowPermutation,
 };
 pub use reader::{
     GgufFile, Limits, MetaArray, MetaValue, Metadata, TensorInfo, ValueType, DEFAULT_ALIGNMENT,

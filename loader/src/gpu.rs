@@ -37,7 +37,7 @@ use rayon::prelude::*;
 use crate::cllm::CllmFile;
 use crate::error::LoadError;
 use crate::hf::HfFolder;
-use crate::model::{ModelFiles, SourceKind};
+use crate::model::{container_is_lossless, ModelFiles, SourceKind};
 
 /// Why loading onto the GPU failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +117,8 @@ impl GpuLoadStats {
 /// The weights of a model on the GPU, by Hugging Face name.
 pub struct GpuModelWeights {
     pub kind: SourceKind,
+    /// Every tensor is stored losslessly (a folder always is).
+    pub lossless: bool,
     pub path: PathBuf,
     pub files: ModelFiles,
     pub weights: HashMap<String, GpuWeight>,
@@ -249,19 +251,9 @@ pub fn load_gpu(
 ) -> Result<GpuModelWeights, GpuLoadError> {
     let start = Instant::now();
     let free_before = gpu.memory()?.0;
-    let fmt_err = |e| LoadError::Format {
-        path: path.to_path_buf(),
-        source: e,
-    };
     if path.is_dir() {
         let folder = HfFolder::open(path).map_err(LoadError::from)?;
-        let aux: HashMap<String, Vec<u8>> = folder.aux_files().into_iter().collect();
-        let files = ModelFiles {
-            config_json: folder.config_bytes().to_vec(),
-            tokenizer_json: aux.get("tokenizer.json").cloned(),
-            tokenizer_config_json: aux.get("tokenizer_config.json").cloned(),
-            generation_config_json: aux.get("generation_config.json").cloned(),
-        };
+        let files = ModelFiles::from_folder(&folder);
         let tensors = folder.tensors();
         let mut streams = Vec::new();
         let mut plans = Vec::new();
@@ -307,7 +299,7 @@ pub fn load_gpu(
             path,
             gpu,
             opts,
-            SourceKind::Folder,
+            (SourceKind::Folder, true),
             files,
             plans,
             streams,
@@ -320,16 +312,7 @@ pub fn load_gpu(
     }
     let file = CllmFile::open(path)?;
     let c = file.container()?;
-    let read_file = |name: &str| c.read_file(name).map_err(fmt_err);
-    let files = ModelFiles {
-        config_json: read_file("config.json")?.ok_or_else(|| GpuLoadError::Model {
-            path: path.to_path_buf(),
-            msg: "no embedded config.json".into(),
-        })?,
-        tokenizer_json: read_file("tokenizer.json")?,
-        tokenizer_config_json: read_file("tokenizer_config.json")?,
-        generation_config_json: read_file("generation_config.json")?,
-    };
+    let files = ModelFiles::from_container(path, &c)?;
     let mut streams = Vec::new();
     let mut plans = Vec::new();
     let mut items = Vec::new();
@@ -379,7 +362,7 @@ pub fn load_gpu(
         path,
         gpu,
         opts,
-        SourceKind::Container,
+        (SourceKind::Container, container_is_lossless(&c)),
         files,
         plans,
         streams,
@@ -396,7 +379,7 @@ fn finish(
     path: &Path,
     gpu: &Arc<Gpu>,
     opts: &GpuLoadOptions,
-    kind: SourceKind,
+    (kind, lossless): (SourceKind, bool),
     files: ModelFiles,
     plans: Vec<TensorPlan>,
     streams: Vec<StreamPlan>,
@@ -621,6 +604,7 @@ fn finish(
     };
     Ok(GpuModelWeights {
         kind,
+        lossless,
         path: path.to_path_buf(),
         files,
         weights,

@@ -1,11 +1,13 @@
 //! cllm-loader: from disk to a backend's memory. `hf` reads Hugging Face folders, `cllm` reads
-//! containers, `model` gives the runtime one entry point for both.
+//! containers, `model` gives the engine one entry point for both (CPU memory), `gpu` streams
+//! either onto a GPU, and `verify` proves a container against the folder it was packed from.
 
 pub mod cllm;
 pub mod error;
 pub mod gpu;
 pub mod hf;
 pub mod model;
+pub mod verify;
 
 pub use error::LoadError;
-pub use model::{load_cpu, LoadedModel, ModelFiles, SourceKind};
+pub use model::{container_is_lossless, load_cpu, LoadedModel, ModelFiles, SourceKind};

@@ -1,10 +1,11 @@
-//! One entry point for the runtime: a model from a Hugging Face folder or a `.cllm` file, with its
-//! config and tokenizer files and its weights in CPU memory.
+//! A model from a Hugging Face folder or a `.cllm` file, with its config and tokenizer files and
+//! its weights in CPU memory: what the engine builds a CPU model from.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use cllm_format::Container;
 use cllm_kernels::Weight;
 
 use crate::cllm::{load_weights, CllmFile};
@@ -26,17 +27,53 @@ pub struct ModelFiles {
     pub generation_config_json: Option<Vec<u8>>,
 }
 
+impl ModelFiles {
+    /// A folder's `config.json` and the tokenizer and generation files beside it.
+    pub fn from_folder(folder: &HfFolder) -> ModelFiles {
+        ModelFiles {
+            config_json: folder.config_bytes().to_vec(),
+            tokenizer_json: folder.aux_file("tokenizer.json").map(<[u8]>::to_vec),
+            tokenizer_config_json: folder.aux_file("tokenizer_config.json").map(<[u8]>::to_vec),
+            generation_config_json: folder
+                .aux_file("generation_config.json")
+                .map(<[u8]>::to_vec),
+        }
+    }
+
+    /// The files embedded in a container (each checked); `config.json` is required.
+    pub fn from_container(path: &Path, c: &Container<'_>) -> Result<ModelFiles, LoadError> {
+        let read = |name: &str| {
+            c.read_file(name).map_err(|e| LoadError::Format {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        };
+        Ok(ModelFiles {
+            config_json: read("config.json")?.ok_or_else(|| LoadError::Model {
+                path: path.to_path_buf(),
+                msg: "no embedded config.json".into(),
+            })?,
+            tokenizer_json: read("tokenizer.json")?,
+            tokenizer_config_json: read("tokenizer_config.json")?,
+            generation_config_json: read("generation_config.json")?,
+        })
+    }
+}
+
+/// Whether every tensor of a container is stored losslessly.
+pub fn container_is_lossless(c: &Container<'_>) -> bool {
+    (0..c.tensors().len()).all(|i| c.codec(i).is_lossless())
+}
+
+/// A model's files and its weights in CPU memory.
 pub struct LoadedModel {
+    pub path: PathBuf,
     pub kind: SourceKind,
     pub files: ModelFiles,
     pub weights: HashMap<String, Weight>,
+    /// Every tensor is stored losslessly (a folder always is).
+    pub lossless: bool,
     pub load_seconds: f64,
-    /// Bytes of the weights as they sit in memory (quantized ones quantized).
-    pub resident_bytes: u64,
-}
-
-fn resident(weights: &HashMap<String, Weight>) -> u64 {
-    weights.values().map(|w| w.resident_bytes() as u64).sum()
 }
 
 /// Loads a model for the CPU backend from a folder or a `.cllm` file.
@@ -44,48 +81,30 @@ pub fn load_cpu(path: &Path) -> Result<LoadedModel, LoadError> {
     let start = Instant::now();
     if path.is_dir() {
         let folder = HfFolder::open(path)?;
-        let aux: HashMap<String, Vec<u8>> = folder.aux_files().into_iter().collect();
         let weights = folder
             .tensors()
             .iter()
             .map(|t| Ok((t.name.to_string(), crate::hf::to_weight(t)?)))
             .collect::<Result<HashMap<_, _>, LoadError>>()?;
         return Ok(LoadedModel {
+            path: path.to_path_buf(),
             kind: SourceKind::Folder,
-            files: ModelFiles {
-                config_json: folder.config_bytes().to_vec(),
-                tokenizer_json: aux.get("tokenizer.json").cloned(),
-                tokenizer_config_json: aux.get("tokenizer_config.json").cloned(),
-                generation_config_json: aux.get("generation_config.json").cloned(),
-            },
-            resident_bytes: resident(&weights),
+            files: ModelFiles::from_folder(&folder),
             weights,
+            lossless: true,
             load_seconds: start.elapsed().as_secs_f64(),
         });
     }
     let file = CllmFile::open(path)?;
     let c = file.container()?;
-    let read = |name: &str| {
-        c.read_file(name).map_err(|e| LoadError::Format {
-            path: path.to_path_buf(),
-            source: e,
-        })
-    };
-    let files = ModelFiles {
-        config_json: read("config.json")?.ok_or_else(|| LoadError::Model {
-            path: path.to_path_buf(),
-            msg: "no embedded config.json".into(),
-        })?,
-        tokenizer_json: read("tokenizer.json")?,
-        tokenizer_config_json: read("tokenizer_config.json")?,
-        generation_config_json: read("generation_config.json")?,
-    };
+    let files = ModelFiles::from_container(path, &c)?;
     let weights = load_weights(&file, &c)?;
     Ok(LoadedModel {
+        path: path.to_path_buf(),
         kind: SourceKind::Container,
         files,
-        resident_bytes: resident(&weights),
         weights,
+        lossless: container_is_lossless(&c),
         load_seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -1,4 +1,5 @@
-//! The model's `config.json`: parsing the transformers shapes into a checked [`LlamaConfig`].
+//! The config mapping: a transformers `config.json` into a checked [`ModelConfig`], with the
+//! family's variant flags set (see [`crate::family`]).
 //!
 //! Both transformers v4 (`rope_theta` and `rope_scaling` at top level) and v5 (`rope_parameters:
 //! {rope_theta, rope_type, ...}`) spellings are accepted and give the same value. Keys transformers
@@ -6,8 +7,9 @@
 //! when absent; shape keys (`hidden_size`, `num_hidden_layers`, ...) are required. Every error
 //! names the key it is about.
 
-use cllm_kernels::cpu::RopeScaling;
 use serde_json::{Map, Value};
+
+use crate::family::{Activation, Family};
 
 /// Why a `config.json` was refused.
 #[derive(Debug, thiserror::Error)]
@@ -34,21 +36,30 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
-/// Model architectures that run on the Llama code path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Architecture {
-    /// `model_type` "llama".
-    Llama,
-    /// `model_type` "mistral": Llama plus an optional sliding attention window.
-    Mistral,
-    /// `model_type` "qwen2": Llama with biases on the q/k/v projections.
-    Qwen2,
+/// `rope_scaling` / `rope_parameters` variants the runtime supports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE (`rope_type` "default", or no scaling given).
+    None,
+    /// `rope_type` "linear": every frequency divided by `factor`.
+    Linear { factor: f32 },
+    /// `rope_type` "llama3" (Llama 3.1+): long wavelengths divided by `factor`, short ones kept,
+    /// a smooth interpolation between.
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: usize,
+    },
 }
 
-/// A Llama-family configuration, checked for consistency.
+/// A model's configuration, checked for consistency: its family, its dimensions and the
+/// family's variant flags.
 #[derive(Clone, Debug, PartialEq)]
-pub struct LlamaConfig {
-    pub architecture: Architecture,
+pub struct ModelConfig {
+    pub family: Family,
+    /// The MLP's gated activation (`hidden_act`).
+    pub activation: Activation,
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
@@ -66,7 +77,8 @@ pub struct LlamaConfig {
     /// Only q/k/v carry biases (Qwen2); implies nothing about o_proj.
     pub qkv_bias: bool,
     pub mlp_bias: bool,
-    /// Attend to at most this many most recent positions (Mistral), if set.
+    /// Attend to at most this many most recent positions (Mistral), if set; see
+    /// [`ModelConfig::window`].
     pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     /// `eos_token_id` as a list (it may be written as one id or a list).
@@ -153,35 +165,31 @@ impl<'a> Obj<'a> {
     }
 }
 
-impl LlamaConfig {
+impl ModelConfig {
     /// Parses and checks a transformers `config.json`.
-    pub fn from_json(json: &str) -> Result<LlamaConfig, ConfigError> {
+    pub fn from_json(json: &str) -> Result<ModelConfig, ConfigError> {
         let root: Value = serde_json::from_str(json)?;
         let map = root.as_object().ok_or(ConfigError::NotAnObject)?;
         let o = Obj(map, "");
 
-        let architecture = match o.str_opt("model_type")? {
+        let family = match o.str_opt("model_type")? {
             None => return Err(ConfigError::MissingKey("model_type".into())),
-            Some("llama") => Architecture::Llama,
-            Some("mistral") => Architecture::Mistral,
-            Some("qwen2") => Architecture::Qwen2,
-            Some(other) => {
-                return Err(ConfigError::Unsupported {
-                    key: "model_type".into(),
-                    value: format!("{other:?}"),
-                    reason: "supported: llama, mistral, qwen2".into(),
-                })
-            }
+            Some(t) => Family::from_model_type(t).ok_or_else(|| ConfigError::Unsupported {
+                key: "model_type".into(),
+                value: format!("{t:?}"),
+                reason: format!("supported: {}", Family::supported_model_types()),
+            })?,
         };
-        if let Some(act) = o.str_opt("hidden_act")? {
-            if act != "silu" {
-                return Err(ConfigError::Unsupported {
+        let activation = match o.str_opt("hidden_act")? {
+            None => Activation::Silu,
+            Some(act) => {
+                Activation::from_hidden_act(act).ok_or_else(|| ConfigError::Unsupported {
                     key: "hidden_act".into(),
                     value: format!("{act:?}"),
                     reason: "only silu (SwiGLU) is implemented".into(),
-                });
+                })?
             }
-        }
+        };
         if let Some(f) = o.f64_opt("partial_rotary_factor")? {
             if f != 1.0 {
                 return Err(ConfigError::Unsupported {
@@ -266,9 +274,9 @@ impl LlamaConfig {
 
         let (rope_theta, rope_scaling) = parse_rope(&o)?;
 
-        let sliding_window = match architecture {
-            Architecture::Mistral => o.usize_opt("sliding_window")?,
-            Architecture::Qwen2 => {
+        let sliding_window = match family {
+            Family::Mistral => o.usize_opt("sliding_window")?,
+            Family::Qwen2 => {
                 if o.bool_or("use_sliding_window", false)? {
                     return Err(ConfigError::Unsupported {
                         key: "use_sliding_window".into(),
@@ -278,7 +286,7 @@ impl LlamaConfig {
                 }
                 None
             }
-            Architecture::Llama => None,
+            Family::Llama => None,
         };
         if sliding_window == Some(0) {
             return Err(ConfigError::Invalid {
@@ -300,8 +308,9 @@ impl LlamaConfig {
             Some(v) => vec![o.token_id("eos_token_id", v)?],
         };
 
-        Ok(LlamaConfig {
-            architecture,
+        Ok(ModelConfig {
+            family,
+            activation,
             hidden_size,
             intermediate_size,
             num_hidden_layers,
@@ -315,7 +324,7 @@ impl LlamaConfig {
             max_position_embeddings,
             tie_word_embeddings,
             attention_bias,
-            qkv_bias: architecture == Architecture::Qwen2,
+            qkv_bias: family.qkv_bias(),
             mlp_bias,
             sliding_window,
             bos_token_id,
@@ -331,6 +340,12 @@ impl LlamaConfig {
     /// Width of the concatenated key (or value) heads.
     pub fn kv_dim(&self) -> usize {
         self.num_key_value_heads * self.head_dim
+    }
+
+    /// The attention window of decoder layer `layer`: a query attends to at most this many most
+    /// recent positions (itself included); `None` for the whole context.
+    pub fn window(&self, _layer: usize) -> Option<usize> {
+        self.sliding_window
     }
 }
 

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use cllm_kernels::{Weight, WeightData};
-use cllm_runtime::{generate, GenerateOptions, LlamaConfig, Model, SamplerConfig};
+use cllm_model::ModelConfig;
+use cllm_runtime::cpu::{generate, CpuModel};
+use cllm_runtime::{GenerateOptions, SamplerConfig};
 use half::bf16;
 
 const CONFIG: &str = r#"{"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
@@ -22,7 +24,7 @@ fn main() {
         .collect();
     let prompt_len = args.first().copied().unwrap_or(128);
     let decode = args.get(1).copied().unwrap_or(64);
-    let cfg = LlamaConfig::from_json(CONFIG).unwrap();
+    let cfg = ModelConfig::from_json(CONFIG).unwrap();
     let mut seed = 1u32;
     let mut mat = |rows: usize, cols: usize, amp: f32| {
         let data = (0..rows * cols)
@@ -61,7 +63,7 @@ fn main() {
         );
     }
     w.insert("model.norm.weight".to_string(), mat(1, h, 1.0));
-    let model = Model::new(cfg, w).unwrap();
+    let model = CpuModel::new(cfg, w).unwrap();
     println!(
         "{} rayon threads, weights {:.1} MB",
         rayon::current_num_threads(),

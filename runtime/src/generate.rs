@@ -1,9 +1,14 @@
-//! The generation loop: prefill the prompt, then sample and decode one token at a time.
+//! Generation: what to generate, what came out, and the loop every backend runs (prefill the
+//! prompt, then choose and decode one token at a time). The backends' loops are
+//! `cpu::generate` and `cuda::generate_gpu`; [`crate::Model::generate`] picks the one its
+//! device has.
 
 use std::time::{Duration, Instant};
 
-use crate::model::{Model, ModelError};
-use crate::sampler::{Sampler, SamplerConfig, SamplerError};
+use cllm_model::ModelConfig;
+
+use crate::error::ModelError;
+use crate::sampler::{SamplerConfig, SamplerError};
 
 /// Why generation failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,12 +32,12 @@ pub struct GenerateOptions {
 }
 
 impl GenerateOptions {
-    /// Greedy decoding that stops at the model's EOS ids.
-    pub fn greedy(model: &Model, max_new_tokens: usize) -> GenerateOptions {
+    /// Greedy decoding that stops at the config's EOS ids.
+    pub fn greedy(cfg: &ModelConfig, max_new_tokens: usize) -> GenerateOptions {
         GenerateOptions {
             max_new_tokens,
             sampler: SamplerConfig::greedy(),
-            eos_token_ids: model.config().eos_token_ids.clone(),
+            eos_token_ids: cfg.eos_token_ids.clone(),
         }
     }
 }
@@ -95,33 +100,7 @@ fn per_second(count: usize, d: Duration) -> f64 {
     }
 }
 
-/// Generates up to `options.max_new_tokens` tokens after `prompt_ids`, calling `on_token` with
-/// each one as soon as it is chosen (the stopping EOS id included).
-pub fn generate(
-    model: &Model,
-    prompt_ids: &[u32],
-    options: &GenerateOptions,
-    on_token: impl FnMut(u32),
-) -> Result<GenerationResult, GenerateError> {
-    if prompt_ids.is_empty() {
-        return Err(GenerateError::EmptyPrompt);
-    }
-    let mut sampler = Sampler::new(options.sampler.clone())?;
-    // The last generated token is never fed back, so the cache needs one slot less.
-    let capacity = prompt_ids.len() + options.max_new_tokens.saturating_sub(1);
-    let mut session = model.session(capacity)?;
-    drive(
-        &mut session,
-        prompt_ids.len(),
-        options,
-        |s| s.prefill(prompt_ids).map_err(GenerateError::from),
-        |logits: Vec<f32>| Ok(sampler.sample(&logits)?),
-        |s, token| s.decode(token).map_err(GenerateError::from),
-        on_token,
-    )
-}
-
-/// The loop of [`generate`] and the GPU's `generate_gpu`: `prefill` runs the prompt (timed as
+/// The loop of `cpu::generate` and `cuda::generate_gpu`: `prefill` runs the prompt (timed as
 /// prefill), `choose` takes a token from what a forward pass left (not timed), `decode` feeds a
 /// token back (timed as decode). Each token goes to `on_token` as soon as it is chosen;
 /// generation stops right after an EOS id or at `max_new_tokens`, and the last token is never

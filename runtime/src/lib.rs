@@ -1,32 +1,34 @@
-//! cllm-runtime: a small Llama-family runtime on the CPU kernels of `cllm-kernels`.
+//! cllm-runtime: the engine that runs a model described by `cllm-model` on a device.
 //!
-//! - [`config`]: `config.json` into a checked [`LlamaConfig`].
-//! - [`model`]: weights by Hugging Face name into a [`Model`].
-//! - [`forward`]: the forward pass, [`Model::forward_all`] and tracing.
-//! - [`kv_cache`] and [`session`]: cached prefill/decode.
-//! - [`sampler`] and [`generate`](mod@generate): choosing tokens and the generation loop.
+//! - [`engine`]: [`Engine::open`] takes a path (a `.cllm` file or a Hugging Face folder) onto a
+//!   [`Device`] and gives one [`Model`]: config, tokenizer, weights and a backend behind one
+//!   interface for sessions, generation and divergence tracing.
+//! - [`cpu`] and [`cuda`]: the two backends, each a model, its sessions (prefill, decode,
+//!   bit-identical KV-cache decoding) and its generation loop.
+//! - [`generate`](mod@generate), [`sampler`]: what to generate and how tokens are chosen.
 //! - [`tokenizer`] and [`chat`]: text in and out.
+//! - [`trace`] and [`divergence`]: the values a forward pass hands out, and where and how much a
+//!   test model departs from a reference.
 //!
-//! Logits are deterministic: bit-identical across prefill/decode splits and rayon thread counts.
+//! Logits are deterministic: bit-identical across prefill/decode splits and, on the CPU, rayon
+//! thread counts.
 
 pub mod chat;
-pub mod config;
+pub mod cpu;
 pub mod cuda;
 pub mod divergence;
-pub mod forward;
+pub mod engine;
+pub mod error;
 pub mod generate;
-pub mod kv_cache;
-pub mod model;
 pub mod sampler;
-pub mod session;
+mod tensors;
 pub mod tokenizer;
+pub mod trace;
 
 pub use chat::{ChatError, ChatMessage, ChatTemplate};
-pub use config::{Architecture, ConfigError, LlamaConfig};
-pub use forward::{HiddenStates, TraceKind, TracePoint, Tracer};
-pub use generate::{generate, GenerateError, GenerateOptions, GenerationResult, StopReason};
-pub use kv_cache::KvCache;
-pub use model::{Model, ModelError};
+pub use engine::{Device, Engine, EngineError, LoadStats, Model, OpenOptions, Session};
+pub use error::ModelError;
+pub use generate::{GenerateError, GenerateOptions, GenerationResult, StopReason};
 pub use sampler::{argmax, Sampler, SamplerConfig, SamplerError, Xoshiro256};
-pub use session::Session;
 pub use tokenizer::{TextStream, Tokenizer, TokenizerError};
+pub use trace::{HiddenStates, TracePoint, Tracer};

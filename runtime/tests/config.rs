@@ -1,7 +1,8 @@
 //! `config.json` parsing: transformers v4 and v5 shapes, defaults, and errors that name the key.
 
-use cllm_kernels::cpu::{inv_freq, RopeScaling};
-use cllm_runtime::{Architecture, ConfigError, LlamaConfig};
+use cllm_kernels::cpu::inv_freq;
+use cllm_model::RopeScaling;
+use cllm_model::{ConfigError, Family, ModelConfig};
 
 /// SmolLM2-135M's config.json as transformers v4 writes it.
 const SMOLLM2_V4: &str = r#"{
@@ -46,10 +47,10 @@ const LLAMA31_V5: &str = r#"{
 
 #[test]
 fn smollm2_v4_and_v5_agree() {
-    let a = LlamaConfig::from_json(SMOLLM2_V4).unwrap();
-    let b = LlamaConfig::from_json(SMOLLM2_V5).unwrap();
+    let a = ModelConfig::from_json(SMOLLM2_V4).unwrap();
+    let b = ModelConfig::from_json(SMOLLM2_V5).unwrap();
     assert_eq!(a, b);
-    assert_eq!(a.architecture, Architecture::Llama);
+    assert_eq!(a.family, Family::Llama);
     assert_eq!(
         (a.hidden_size, a.num_hidden_layers, a.num_attention_heads),
         (576, 30, 9)
@@ -69,8 +70,8 @@ fn smollm2_v4_and_v5_agree() {
 
 #[test]
 fn llama31_v4_and_v5_agree_and_scale_frequencies() {
-    let a = LlamaConfig::from_json(LLAMA31_V4).unwrap();
-    let b = LlamaConfig::from_json(LLAMA31_V5).unwrap();
+    let a = ModelConfig::from_json(LLAMA31_V4).unwrap();
+    let b = ModelConfig::from_json(LLAMA31_V5).unwrap();
     assert_eq!(a, b);
     assert_eq!(a.eos_token_ids, vec![128001, 128008, 128009]);
     assert_eq!(a.head_dim, 128);
@@ -94,7 +95,7 @@ fn legacy_type_key_and_linear_scaling() {
         r#""rope_scaling": null"#,
         r#""rope_scaling": {"type": "linear", "factor": 2.0}"#,
     );
-    let c = LlamaConfig::from_json(&json).unwrap();
+    let c = ModelConfig::from_json(&json).unwrap();
     assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 2.0 });
 }
 
@@ -102,7 +103,7 @@ fn legacy_type_key_and_linear_scaling() {
 fn defaults_follow_transformers() {
     let json = r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 96,
         "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 300}"#;
-    let c = LlamaConfig::from_json(json).unwrap();
+    let c = ModelConfig::from_json(json).unwrap();
     assert_eq!(c.num_key_value_heads, 4);
     assert_eq!(c.head_dim, 16);
     assert_eq!(c.rms_norm_eps, 1e-6);
@@ -114,7 +115,7 @@ fn defaults_follow_transformers() {
 }
 
 fn err(json: &str) -> ConfigError {
-    LlamaConfig::from_json(json).unwrap_err()
+    ModelConfig::from_json(json).unwrap_err()
 }
 
 #[test]

@@ -2,7 +2,8 @@
 
 mod common;
 
-use cllm_runtime::{generate, GenerateOptions, SamplerConfig, StopReason};
+use cllm_runtime::cpu::generate;
+use cllm_runtime::{GenerateOptions, SamplerConfig, StopReason};
 use common::{model, Form};
 
 #[test]
@@ -34,7 +35,7 @@ fn greedy_generation_matches_manual_argmax_loop() {
 fn stops_at_eos_and_sampling_is_reproducible() {
     let m = model(false, Form::Int8, 32);
     let prompt = [3u32, 1, 4, 1, 5];
-    let first = generate(&m, &prompt, &GenerateOptions::greedy(&m, 3), |_| {})
+    let first = generate(&m, &prompt, &GenerateOptions::greedy(m.config(), 3), |_| {})
         .unwrap()
         .generated_ids;
     let eos = first[2];

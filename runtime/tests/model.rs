@@ -3,11 +3,13 @@
 mod common;
 
 use cllm_kernels::{Weight, WeightData};
-use cllm_runtime::{LlamaConfig, Model, ModelError};
+use cllm_model::ModelConfig;
+use cllm_runtime::cpu::CpuModel;
+use cllm_runtime::ModelError;
 use common::{config_json, weights, Form, Rng};
 
-fn cfg(tied: bool) -> LlamaConfig {
-    LlamaConfig::from_json(&config_json(tied)).unwrap()
+fn cfg(tied: bool) -> ModelConfig {
+    ModelConfig::from_json(&config_json(tied)).unwrap()
 }
 
 #[test]
@@ -22,7 +24,7 @@ fn missing_tensor_is_named() {
     ] {
         let mut w = weights(&cfg(false), Form::Bf16, 1);
         w.remove(name);
-        let e = Model::new(cfg(false), w).unwrap_err();
+        let e = CpuModel::new(cfg(false), w).unwrap_err();
         assert!(
             matches!(&e, ModelError::MissingTensor(n) if n == name),
             "{name}: {e}"
@@ -42,7 +44,7 @@ fn wrong_shape_and_bad_payload_are_named() {
             data: WeightData::F32(vec![0.0; 64 * 64]),
         },
     );
-    let e = Model::new(cfg(false), w).unwrap_err();
+    let e = CpuModel::new(cfg(false), w).unwrap_err();
     assert!(
         matches!(&e, ModelError::Shape { name, expected_rows: 32, expected_cols: 64, rows: 64, cols: 64 }
             if name == "model.layers.0.self_attn.v_proj.weight"),
@@ -56,7 +58,7 @@ fn wrong_shape_and_bad_payload_are_named() {
     {
         scales.pop();
     }
-    let e = Model::new(cfg(false), w).unwrap_err();
+    let e = CpuModel::new(cfg(false), w).unwrap_err();
     assert!(
         matches!(&e, ModelError::InvalidWeight { name, .. } if name == "model.layers.1.mlp.up_proj.weight"),
         "{e}"
@@ -71,7 +73,7 @@ fn wrong_shape_and_bad_payload_are_named() {
         },
     );
     assert!(matches!(
-        Model::new(cfg(false), w).unwrap_err(),
+        CpuModel::new(cfg(false), w).unwrap_err(),
         ModelError::Shape { .. }
     ));
 }
@@ -80,9 +82,9 @@ fn wrong_shape_and_bad_payload_are_named() {
 fn required_biases_are_checked() {
     let json =
         config_json(false).replace(r#""hidden_act""#, r#""attention_bias": true, "hidden_act""#);
-    let c = LlamaConfig::from_json(&json).unwrap();
+    let c = ModelConfig::from_json(&json).unwrap();
     let w = weights(&c, Form::Bf16, 1);
-    let e = Model::new(c, w).unwrap_err();
+    let e = CpuModel::new(c, w).unwrap_err();
     assert!(
         matches!(&e, ModelError::MissingTensor(n) if n == "model.layers.0.self_attn.q_proj.bias"),
         "{e}"
@@ -99,7 +101,7 @@ fn tied_models_ignore_a_spare_lm_head_and_report_sizes() {
         .filter(|(k, _)| *k != "lm_head.weight")
         .map(|(_, v)| v.resident_bytes())
         .sum();
-    let m = Model::new(cfg(true), w).unwrap();
+    let m = CpuModel::new(cfg(true), w).unwrap();
     assert_eq!(m.unused_tensors(), ["lm_head.weight".to_string()]);
     assert_eq!(m.resident_bytes(), expected);
 }

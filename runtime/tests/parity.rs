@@ -2,10 +2,10 @@
 
 mod common;
 
-use cllm_runtime::Model;
+use cllm_runtime::cpu::CpuModel;
 use common::{bits, model, Rng, FORMS};
 
-fn cached(model: &Model, tokens: &[u32], prefix: usize) -> Vec<Vec<f32>> {
+fn cached(model: &CpuModel, tokens: &[u32], prefix: usize) -> Vec<Vec<f32>> {
     let mut s = model.session(tokens.len()).unwrap();
     let mut out = s.prefill_all(&tokens[..prefix]).unwrap();
     for &t in &tokens[prefix..] {

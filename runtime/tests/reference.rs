@@ -7,16 +7,17 @@ mod common;
 use std::collections::HashMap;
 
 use cllm_kernels::Weight;
-use cllm_runtime::{LlamaConfig, Model};
+use cllm_model::ModelConfig;
+use cllm_runtime::cpu::CpuModel;
 use common::{matrix, weights, Form, Rng};
 
 struct Ref {
-    cfg: LlamaConfig,
+    cfg: ModelConfig,
     w: HashMap<String, (usize, usize, Vec<f64>)>,
 }
 
 impl Ref {
-    fn new(cfg: &LlamaConfig, weights: &HashMap<String, Weight>) -> Ref {
+    fn new(cfg: &ModelConfig, weights: &HashMap<String, Weight>) -> Ref {
         let w = weights
             .iter()
             .map(|(k, v)| {
@@ -62,11 +63,11 @@ impl Ref {
             .map(|i| 1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / d))
             .collect();
         match self.cfg.rope_scaling {
-            cllm_kernels::cpu::RopeScaling::None => base,
-            cllm_kernels::cpu::RopeScaling::Linear { factor } => {
+            cllm_model::RopeScaling::None => base,
+            cllm_model::RopeScaling::Linear { factor } => {
                 base.iter().map(|f| f / factor as f64).collect()
             }
-            cllm_kernels::cpu::RopeScaling::Llama3 {
+            cllm_model::RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
                 high_freq_factor,
@@ -183,7 +184,7 @@ impl Ref {
 }
 
 /// Max |a - b| over the logits, relative to the largest |b|.
-fn check(model: &Model, r: &Ref, tokens: &[u32], tol: f64, what: &str) {
+fn check(model: &CpuModel, r: &Ref, tokens: &[u32], tol: f64, what: &str) {
     let got = model.forward_all(tokens).unwrap();
     let want = r.forward(tokens);
     let scale = want.iter().flatten().fold(0f64, |m, v| m.max(v.abs()));
@@ -203,13 +204,13 @@ fn build(
     json: &str,
     form: Form,
     seed: u64,
-    extra: impl FnOnce(&LlamaConfig, &mut HashMap<String, Weight>),
-) -> (Model, Ref) {
-    let cfg = LlamaConfig::from_json(json).unwrap();
+    extra: impl FnOnce(&ModelConfig, &mut HashMap<String, Weight>),
+) -> (CpuModel, Ref) {
+    let cfg = ModelConfig::from_json(json).unwrap();
     let mut w = weights(&cfg, form, seed);
     extra(&cfg, &mut w);
     let r = Ref::new(&cfg, &w);
-    (Model::new(cfg, w).unwrap(), r)
+    (CpuModel::new(cfg, w).unwrap(), r)
 }
 
 #[test]

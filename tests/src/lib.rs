@@ -286,3 +286,96 @@ pub fn limit_memory(bytes: u64) {
         libc::setrlimit(libc::RLIMIT_CORE, &no_core);
     }
 }
+
+/// A small GGUF v3 writer for import tests: metadata (u32, f32, strings, arrays of strings or
+/// i32) and f32 tensors, laid out as llama.cpp writes them (32-byte aligned data).
+#[derive(Default)]
+pub struct GgufWriter {
+    kv: Vec<u8>,
+    n_kv: u64,
+    tensors: Vec<(String, Vec<u64>, Vec<f32>)>,
+}
+
+impl GgufWriter {
+    fn key(&mut self, key: &str, ty: u32) -> &mut Vec<u8> {
+        self.n_kv += 1;
+        put_str(&mut self.kv, key);
+        self.kv.extend_from_slice(&ty.to_le_bytes());
+        &mut self.kv
+    }
+
+    pub fn u32(&mut self, key: &str, v: u32) -> &mut Self {
+        self.key(key, 4).extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn f32(&mut self, key: &str, v: f32) -> &mut Self {
+        self.key(key, 6).extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn str(&mut self, key: &str, v: &str) -> &mut Self {
+        put_str(self.key(key, 8), v);
+        self
+    }
+
+    pub fn strs(&mut self, key: &str, v: &[&str]) -> &mut Self {
+        let b = self.key(key, 9);
+        b.extend_from_slice(&8u32.to_le_bytes());
+        b.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        for s in v {
+            put_str(b, s);
+        }
+        self
+    }
+
+    pub fn i32s(&mut self, key: &str, v: &[i32]) -> &mut Self {
+        let b = self.key(key, 9);
+        b.extend_from_slice(&5u32.to_le_bytes());
+        b.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        for x in v {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+        self
+    }
+
+    /// An f32 tensor; `dims` in GGUF order (the row length first).
+    pub fn tensor(&mut self, name: &str, dims: &[u64], data: Vec<f32>) -> &mut Self {
+        assert_eq!(dims.iter().product::<u64>() as usize, data.len(), "{name}");
+        self.tensors.push((name.to_string(), dims.to_vec(), data));
+        self
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let pad = |b: &mut Vec<u8>| b.resize(b.len().div_ceil(32) * 32, 0);
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        b.extend_from_slice(&self.n_kv.to_le_bytes());
+        b.extend_from_slice(&self.kv);
+        let mut offset = 0u64;
+        for (name, dims, data) in &self.tensors {
+            put_str(&mut b, name);
+            b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            for d in dims {
+                b.extend_from_slice(&d.to_le_bytes());
+            }
+            b.extend_from_slice(&0u32.to_le_bytes()); // F32
+            b.extend_from_slice(&offset.to_le_bytes());
+            offset = (offset + 4 * data.len() as u64).div_ceil(32) * 32;
+        }
+        pad(&mut b);
+        for (_, _, data) in &self.tensors {
+            for x in data {
+                b.extend_from_slice(&x.to_le_bytes());
+            }
+            pad(&mut b);
+        }
+        b
+    }
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    b.extend_from_slice(s.as_bytes());
+}

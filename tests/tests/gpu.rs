@@ -17,8 +17,10 @@ use cllm_kernels::cpu::matmul;
 use cllm_kernels::cuda::{GemvArgs, GemvMode, Gpu, GpuWeight};
 use cllm_kernels::{Weight, WeightData};
 use cllm_loader::gpu::{load_gpu, GpuLoadOptions, GpuModelWeights};
+use cllm_model::ModelConfig;
+use cllm_runtime::cpu::CpuModel;
 use cllm_runtime::cuda::{generate_gpu, GpuModel};
-use cllm_runtime::{GenerateOptions, LlamaConfig, Model};
+use cllm_runtime::GenerateOptions;
 use cllm_tests::{cllm, cllm_ok, json_of, SHORT_RUN};
 use serde_json::Value;
 
@@ -460,10 +462,10 @@ fn gpu_int8_tensor_core_products_are_exact_for_every_batch() {
     }
 }
 
-fn cpu_model(path: &Path) -> Model {
+fn cpu_model(path: &Path) -> CpuModel {
     let m = cllm_loader::load_cpu(path).unwrap();
-    let cfg = LlamaConfig::from_json(std::str::from_utf8(&m.files.config_json).unwrap()).unwrap();
-    Model::new(cfg, m.weights).unwrap()
+    let cfg = ModelConfig::from_json(std::str::from_utf8(&m.files.config_json).unwrap()).unwrap();
+    CpuModel::new(cfg, m.weights).unwrap()
 }
 
 fn gpu_load(path: &Path) -> (GpuModel, GpuModelWeights) {
@@ -477,14 +479,14 @@ fn gpu_load(path: &Path) -> (GpuModel, GpuModelWeights) {
         },
     )
     .unwrap_or_else(|e| panic!("loading {} on the GPU: {e}", path.display()));
-    let cfg = LlamaConfig::from_json(std::str::from_utf8(&w.files.config_json).unwrap()).unwrap();
+    let cfg = ModelConfig::from_json(std::str::from_utf8(&w.files.config_json).unwrap()).unwrap();
     let weights = std::mem::take(&mut w.weights);
     let model = GpuModel::new(&gpu, cfg, weights).unwrap();
     (model, w)
 }
 
 /// forward_all on the GPU agrees with the CPU, and every prefill/decode split gives its bits.
-fn check_model(cpu: &Model, gpu_m: &GpuModel, tokens: &[u32], splits: &[usize], what: &str) {
+fn check_model(cpu: &CpuModel, gpu_m: &GpuModel, tokens: &[u32], splits: &[usize], what: &str) {
     let want = cpu.forward_all(tokens).unwrap();
     let full = gpu_m.forward_all(tokens).unwrap();
     for (pos, (g, c)) in full.iter().zip(&want).enumerate() {
@@ -523,6 +525,8 @@ fn gpu_synthetic_models_match_cpu_with_long_contexts() {
     let tmp = tempfile::tempdir().unwrap();
     let small = cllm_tests::synth_model(tmp.path(), "small", cllm_format::Dtype::Bf16, 0, 3);
     let tied = cllm_tests::synth_model(tmp.path(), "tiny-mha", cllm_format::Dtype::F32, 0, 4);
+    // Qwen2's family flags: q/k/v biases (the GEMV epilogues add them), tied embeddings.
+    let qwen = cllm_tests::synth_model(tmp.path(), "tiny-qwen2", cllm_format::Dtype::Bf16, 0, 8);
     let mut rng = Rng(5);
     for (src, packs) in [
         (
@@ -544,6 +548,14 @@ fn gpu_synthetic_models_match_cpu_with_long_contexts() {
         (
             &tied,
             vec![vec!["--policy", "lossless"], vec!["--policy", "attn-only"]],
+        ),
+        (
+            &qwen,
+            vec![
+                vec!["--policy", "lossless"],
+                vec!["--policy", "all-linear"],
+                vec!["--policy", "all-linear", "--quant", "int8-row"],
+            ],
         ),
     ] {
         let cfg: Value =
@@ -1171,7 +1183,8 @@ fn gpu_sampling_top_k_1_is_argmax() {
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-tests.sh"]
 fn gpu_sampled_generation_is_reproducible_and_matches_the_cpu_sampler() {
     gpu_test!();
-    use cllm_runtime::{generate, Sampler, Xoshiro256};
+    use cllm_runtime::cpu::generate;
+    use cllm_runtime::{Sampler, Xoshiro256};
     let tmp = tempfile::tempdir().unwrap();
     let src = cllm_tests::synth_model(tmp.path(), "small", cllm_format::Dtype::Bf16, 0, 3);
     let cpu = cpu_model(&src);

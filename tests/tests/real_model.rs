@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use cllm_runtime::{generate, GenerateOptions, LlamaConfig, Model, Tokenizer};
+use cllm_model::ModelConfig;
+use cllm_runtime::cpu::{generate, CpuModel};
+use cllm_runtime::{GenerateOptions, Tokenizer};
 use cllm_tests::{cllm_ok, reference_dir, s};
 use serde_json::Value;
 
@@ -43,11 +45,11 @@ fn real() -> &'static Real {
     })
 }
 
-fn load(path: &Path) -> (Model, Tokenizer) {
+fn load(path: &Path) -> (CpuModel, Tokenizer) {
     let m = cllm_loader::load_cpu(path).unwrap();
-    let cfg = LlamaConfig::from_json(std::str::from_utf8(&m.files.config_json).unwrap()).unwrap();
+    let cfg = ModelConfig::from_json(std::str::from_utf8(&m.files.config_json).unwrap()).unwrap();
     let tok = Tokenizer::from_bytes(m.files.tokenizer_json.as_deref().unwrap()).unwrap();
-    (Model::new(cfg, m.weights).unwrap(), tok)
+    (CpuModel::new(cfg, m.weights).unwrap(), tok)
 }
 
 fn reference(name: &str) -> Value {
@@ -89,7 +91,7 @@ fn greedy_continuations_match_transformers_from_folder_and_lossless_container() 
             let r = generate(
                 &model,
                 &prompt,
-                &GenerateOptions::greedy(&model, 32),
+                &GenerateOptions::greedy(model.config(), 32),
                 |_| {},
             )
             .unwrap();
@@ -166,7 +168,13 @@ fn kv_cache_decode_is_bit_identical_to_recompute() {
 fn int8_mlp_only_still_answers_paris() {
     let (model, tok) = load(&real().mlp_int8);
     let prompt = tok.encode("The capital of France is").unwrap();
-    let r = generate(&model, &prompt, &GenerateOptions::greedy(&model, 3), |_| {}).unwrap();
+    let r = generate(
+        &model,
+        &prompt,
+        &GenerateOptions::greedy(model.config(), 3),
+        |_| {},
+    )
+    .unwrap();
     let text = tok.decode(&r.generated_ids, true).unwrap();
     assert!(text.starts_with(" Paris"), "{text:?}");
 }

@@ -6,7 +6,7 @@
 use std::fmt::Write;
 
 use super::summary::fig;
-use super::RunOutcome;
+use cllm_runtime::divergence::RunOutcome;
 
 /// Escapes text and attribute values.
 pub fn esc(s: &str) -> String {

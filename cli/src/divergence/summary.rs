@@ -4,8 +4,7 @@
 
 use std::path::Path;
 
-use super::weights::WeightDiff;
-use super::RunOutcome;
+use cllm_runtime::divergence::{RunOutcome, WeightDiff};
 
 /// How many layers and tensors the summary names.
 const WORST: usize = 5;

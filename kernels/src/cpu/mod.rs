@@ -31,7 +31,7 @@ pub use embed::embedding_row;
 pub use error::KernelError;
 pub use matmul::{gemv, matmul, matmul_many};
 pub use norm::{rms_norm, RmsNorm};
-pub use rope::{inv_freq, RopeScaling, RopeTable};
+pub use rope::{inv_freq, RopeTable};
 
 #[cfg(test)]
 pub(crate) mod testutil;

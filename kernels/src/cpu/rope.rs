@@ -12,24 +12,9 @@
 //! with PyTorch's f32 semantics (a Python scalar meets an f32 tensor as an f32; `s / t` is
 //! `t.reciprocal() * s`).
 
-use super::error::{check_len, KernelError};
+use cllm_model::RopeScaling;
 
-/// `rope_scaling` / `rope_parameters` variants the runtime supports.
-#[derive(Clone, Debug, PartialEq)]
-pub enum RopeScaling {
-    /// Plain RoPE (`rope_type` "default", or no scaling given).
-    None,
-    /// `rope_type` "linear": every frequency divided by `factor`.
-    Linear { factor: f32 },
-    /// `rope_type` "llama3" (Llama 3.1+): long wavelengths divided by `factor`, short ones kept,
-    /// a smooth interpolation between.
-    Llama3 {
-        factor: f32,
-        low_freq_factor: f32,
-        high_freq_factor: f32,
-        original_max_position_embeddings: usize,
-    },
-}
+use super::error::{check_len, KernelError};
 
 /// The `head_dim / 2` inverse frequencies, scaling applied.
 pub fn inv_freq(

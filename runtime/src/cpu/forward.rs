@@ -1,71 +1,21 @@
-//! The forward pass: one code path for any number of new tokens at the end of a KV cache.
+//! The forward pass on the CPU: one code path for any number of new tokens at the end of a KV
+//! cache, the decoder layer as `cllm-model` describes it (biases, window, activation).
 //!
-//! Prefill (many tokens) and decode (one token) both run `Model::forward_tokens`: the
+//! Prefill (many tokens) and decode (one token) both run `CpuModel::forward_tokens`: the
 //! projections are batched matrix products whose rows have the bits of single-vector products,
 //! norms and RoPE are per row, and the query at position `t` attends over cached keys `0..=t`
 //! (the new tokens' keys are written to the cache first) with the same kernel. So the logits of
 //! a position do not depend on how the sequence was split into prefill and decode calls, nor on
 //! the number of rayon threads.
 
-use cllm_kernels::cpu::{attend, embedding_row, matmul, matmul_many, swiglu};
+use cllm_kernels::cpu::{attend, embedding_row, matmul, matmul_many, swiglu, KernelError};
+use cllm_model::{Activation, Module, Point};
 use rayon::prelude::*;
 
-use crate::kv_cache::KvCache;
-use crate::model::{Linear, Model, ModelError};
-
-/// What a [`TracePoint`] holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TraceKind {
-    /// Token embeddings (`model.embed_tokens`).
-    Embeddings,
-    /// Output of an RMSNorm (`input_layernorm`, `post_attention_layernorm`, `model.norm`).
-    Norm,
-    /// Output of a linear projection (before RoPE for q/k), bias included.
-    Projection,
-    /// Attention output, heads concatenated, before `o_proj`.
-    Attention,
-    /// The hidden state (residual stream) after a decoder layer.
-    LayerOutput,
-    /// Final logits.
-    Logits,
-}
-
-/// One intermediate tensor of a forward pass, for divergence reports.
-#[derive(Debug)]
-pub struct TracePoint<'a> {
-    pub kind: TraceKind,
-    /// Decoder layer, or `None` for tensors outside the layers (embeddings, final norm, logits).
-    pub layer: Option<usize>,
-    /// What this is: a Hugging Face module name for module outputs
-    /// (`model.layers.3.self_attn.q_proj`, `model.layers.3.input_layernorm`, `model.norm`,
-    /// `lm_head`, `model.embed_tokens`), or `model.layers.3` for the layer's output hidden state,
-    /// or `model.layers.3.self_attn.attention` for the attention output before `o_proj`.
-    pub name: &'a str,
-    /// Position of the first row.
-    pub start_position: usize,
-    /// Number of rows (tokens).
-    pub rows: usize,
-    /// `rows x width` values, row-major.
-    pub data: &'a [f32],
-}
-
-impl TracePoint<'_> {
-    pub fn width(&self) -> usize {
-        self.data.len() / self.rows.max(1)
-    }
-
-    /// Row `i` (position `start_position + i`).
-    pub fn row(&self, i: usize) -> &[f32] {
-        let w = self.width();
-        &self.data[i * w..(i + 1) * w]
-    }
-}
-
-/// A callback receiving every [`TracePoint`] of a forward pass.
-pub type Tracer<'t> = dyn FnMut(&TracePoint<'_>) + 't;
-
-/// Hidden states by layer, then position: `hidden[layer][position]` has `hidden_size` values.
-pub type HiddenStates = Vec<Vec<Vec<f32>>>;
+use super::kv_cache::KvCache;
+use super::model::{CpuModel, Linear};
+use crate::error::ModelError;
+use crate::trace::{HiddenStates, TracePoint, Tracer};
 
 /// Which logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,21 +33,30 @@ struct Trace<'a, 't> {
 }
 
 impl Trace<'_, '_> {
-    fn emit(&mut self, kind: TraceKind, layer: Option<usize>, name: &str, data: &[f32]) {
+    fn emit(&mut self, point: Point, layer: Option<usize>, data: &[f32]) {
         if let Some(t) = self.tracer.as_mut() {
+            let name = point.name(layer.unwrap_or(0));
             t(&TracePoint {
-                kind,
+                point,
                 layer,
-                name,
+                name: &name,
                 start_position: self.start,
                 rows: self.rows,
                 data,
             });
         }
     }
+}
 
-    fn active(&self) -> bool {
-        self.tracer.is_some()
+/// The MLP's activation of `gate` and `up` into `out` (the down projection's input).
+pub(crate) fn activate(
+    activation: Activation,
+    gate: &[f32],
+    up: &[f32],
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    match activation {
+        Activation::Silu => swiglu(gate, up, out),
     }
 }
 
@@ -134,7 +93,7 @@ impl Linear {
     }
 }
 
-impl Model {
+impl CpuModel {
     /// Runs `tokens` at positions `cache.len()..`, appending their keys and values to `cache`.
     pub(crate) fn forward_tokens(
         &self,
@@ -171,7 +130,7 @@ impl Model {
             }
             embedding_row(&self.embed_tokens, tok, row)?;
         }
-        trace.emit(TraceKind::Embeddings, None, "model.embed_tokens", &h);
+        trace.emit(Point::Embeddings, None, &h);
 
         let mut x = vec![0f32; n * hidden];
         let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
@@ -181,14 +140,11 @@ impl Model {
         for (l, layer) in self.layers.iter().enumerate() {
             let ly = Some(l);
             layer.input_layernorm.apply(&h, &mut x)?;
-            if trace.active() {
-                let name = format!("model.layers.{l}.input_layernorm");
-                trace.emit(TraceKind::Norm, ly, &name, &x);
-            }
+            trace.emit(Point::Norm(Module::InputNorm), ly, &x);
             let qkv = [&layer.q_proj, &layer.k_proj, &layer.v_proj];
             Linear::forward_many(&qkv, &x, n, [&mut q, &mut k, &mut v])?;
             for (proj, out) in qkv.iter().zip([&q, &k, &v]) {
-                trace.emit(TraceKind::Projection, ly, &proj.name, out);
+                trace.emit(Point::Projection(proj.module), ly, out);
             }
 
             for i in 0..n {
@@ -203,7 +159,7 @@ impl Model {
 
             let cache_ref = &*cache;
             let q_ref = &q;
-            let window = cfg.sliding_window;
+            let window = cfg.window(l);
             attn.par_chunks_mut(hd).enumerate().try_for_each_init(
                 Vec::new,
                 |scores, (idx, out)| {
@@ -215,39 +171,30 @@ impl Model {
                     attend(qh, keys, values, scale, scores, out)
                 },
             )?;
-            if trace.active() {
-                let name = format!("model.layers.{l}.self_attn.attention");
-                trace.emit(TraceKind::Attention, ly, &name, &attn);
-            }
+            trace.emit(Point::Attention, ly, &attn);
             layer.o_proj.forward(&attn, n, &mut o)?;
-            trace.emit(TraceKind::Projection, ly, &layer.o_proj.name, &o);
+            trace.emit(Point::Projection(Module::OProj), ly, &o);
             for (hv, &ov) in h.iter_mut().zip(&o) {
                 *hv += ov;
             }
 
             layer.post_attention_layernorm.apply(&h, &mut x)?;
-            if trace.active() {
-                let name = format!("model.layers.{l}.post_attention_layernorm");
-                trace.emit(TraceKind::Norm, ly, &name, &x);
-            }
+            trace.emit(Point::Norm(Module::PostAttnNorm), ly, &x);
             Linear::forward_many(
                 &[&layer.gate_proj, &layer.up_proj],
                 &x,
                 n,
                 [&mut gate, &mut up],
             )?;
-            trace.emit(TraceKind::Projection, ly, &layer.gate_proj.name, &gate);
-            trace.emit(TraceKind::Projection, ly, &layer.up_proj.name, &up);
-            swiglu(&gate, &up, &mut act)?;
+            trace.emit(Point::Projection(Module::GateProj), ly, &gate);
+            trace.emit(Point::Projection(Module::UpProj), ly, &up);
+            activate(cfg.activation, &gate, &up, &mut act)?;
             layer.down_proj.forward(&act, n, &mut o)?;
-            trace.emit(TraceKind::Projection, ly, &layer.down_proj.name, &o);
+            trace.emit(Point::Projection(Module::DownProj), ly, &o);
             for (hv, &ov) in h.iter_mut().zip(&o) {
                 *hv += ov;
             }
-            if trace.active() {
-                let name = format!("model.layers.{l}");
-                trace.emit(TraceKind::LayerOutput, ly, &name, &h);
-            }
+            trace.emit(Point::LayerOutput, ly, &h);
         }
 
         // Only the rows whose logits are wanted go through the final norm and LM head.
@@ -261,12 +208,10 @@ impl Model {
         let lm_head = self.lm_head();
         let mut out = vec![0f32; rows * lm_head.rows];
         matmul(lm_head, &normed, rows, &mut out)?;
-        if trace.active() {
-            trace.start = start + first;
-            trace.rows = rows;
-            trace.emit(TraceKind::Norm, None, "model.norm", &normed);
-            trace.emit(TraceKind::Logits, None, "lm_head", &out);
-        }
+        trace.start = start + first;
+        trace.rows = rows;
+        trace.emit(Point::Norm(Module::FinalNorm), None, &normed);
+        trace.emit(Point::Logits, None, &out);
         cache.advance(n);
         Ok(out)
     }
@@ -276,7 +221,7 @@ impl Model {
         self.forward_all_traced(tokens, &mut |_| {})
     }
 
-    /// [`Model::forward_all`], calling `tracer` with every intermediate tensor (see [`TracePoint`]).
+    /// [`CpuModel::forward_all`], calling `tracer` with every intermediate tensor (see [`TracePoint`]).
     pub fn forward_all_traced(
         &self,
         tokens: &[u32],
@@ -299,9 +244,9 @@ impl Model {
         tokens: &[u32],
     ) -> Result<(Vec<Vec<f32>>, HiddenStates), ModelError> {
         let layers = self.cfg.num_hidden_layers;
-        let mut hidden: Vec<Vec<Vec<f32>>> = vec![Vec::new(); layers];
+        let mut hidden: HiddenStates = vec![Vec::new(); layers];
         let logits = self.forward_all_traced(tokens, &mut |p: &TracePoint<'_>| {
-            if let (TraceKind::LayerOutput, Some(l)) = (p.kind, p.layer) {
+            if let (Point::LayerOutput, Some(l)) = (p.point, p.layer) {
                 hidden[l] = (0..p.rows).map(|i| p.row(i).to_vec()).collect();
             }
         })?;

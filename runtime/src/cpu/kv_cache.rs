@@ -6,9 +6,9 @@
 //! capacity, since positions and cache slots are the same thing.
 
 use cllm_kernels::cpu::RopeTable;
+use cllm_model::ModelConfig;
 
-use crate::config::LlamaConfig;
-use crate::model::ModelError;
+use crate::error::ModelError;
 
 /// Preallocated keys and values for `capacity` positions.
 #[derive(Clone, Debug)]
@@ -25,7 +25,7 @@ pub struct KvCache {
 
 impl KvCache {
     /// A cache for `capacity` positions (at most `max_position_embeddings`).
-    pub fn new(cfg: &LlamaConfig, capacity: usize) -> Result<KvCache, ModelError> {
+    pub fn new(cfg: &ModelConfig, capacity: usize) -> Result<KvCache, ModelError> {
         if capacity > cfg.max_position_embeddings {
             return Err(ModelError::CapacityTooLarge {
                 capacity,

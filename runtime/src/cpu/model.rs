@@ -1,59 +1,27 @@
-//! The Llama model: its weights under Hugging Face names, checked against the config.
-//!
-//! [`Model::new`] takes the loader's tensors by name, checks every shape and payload length,
-//! and fails naming the first missing or misshapen tensor. The forward pass is in
-//! [`forward`](crate::forward); cached generation in [`session`](crate::session).
+//! The model on the CPU: its weights taken from the loader by what they are (the tensor table of
+//! `cllm-model`), each checked against the config; the first missing or misshapen tensor is
+//! named. The forward pass is in [`forward`](super::forward); cached generation in
+//! [`session`](super::session).
 
 use std::collections::HashMap;
 
-use cllm_kernels::cpu::{KernelError, RmsNorm};
+use cllm_kernels::cpu::RmsNorm;
 use cllm_kernels::Weight;
+use cllm_model::{ModelConfig, Module, TensorId};
 
-use crate::config::LlamaConfig;
+use crate::error::ModelError;
+use crate::tensors::{Shaped, Tensors};
 
-/// Why a model could not be built or run.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("missing tensor `{0}`")]
-    MissingTensor(String),
-    #[error("tensor `{name}` is {rows}x{cols}, expected {expected_rows}x{expected_cols}")]
-    Shape {
-        name: String,
-        expected_rows: usize,
-        expected_cols: usize,
-        rows: usize,
-        cols: usize,
-    },
-    #[error("tensor `{name}`: {source}")]
-    InvalidWeight { name: String, source: KernelError },
-    #[error("token id {token} is out of range for vocab_size {vocab_size}")]
-    TokenOutOfRange { token: u32, vocab_size: usize },
-    #[error("no tokens given")]
-    EmptyInput,
-    #[error(
-        "KV cache full: capacity {capacity}, at position {position}, {requested} more requested"
-    )]
-    CacheFull {
-        capacity: usize,
-        position: usize,
-        requested: usize,
-    },
-    #[error(
-        "KV cache capacity {capacity} exceeds max_position_embeddings {max_position_embeddings}"
-    )]
-    CapacityTooLarge {
-        capacity: usize,
-        max_position_embeddings: usize,
-    },
-    #[error("kernel error: {0}")]
-    Kernel(#[from] KernelError),
+impl Shaped for Weight {
+    fn rows_cols(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
 }
 
-/// A linear projection `y = W x (+ b)`, keeping its tensor name for traces and errors.
+/// A linear projection `y = W x (+ b)`, keeping its module for traces.
 #[derive(Debug)]
 pub(crate) struct Linear {
-    /// Hugging Face module name without `.weight` (`model.layers.0.self_attn.q_proj`).
-    pub name: String,
+    pub module: Module,
     pub weight: Weight,
     pub bias: Option<Vec<f32>>,
 }
@@ -72,10 +40,24 @@ pub(crate) struct Layer {
     pub down_proj: Linear,
 }
 
-/// A loaded Llama-family model.
+impl Layer {
+    pub fn projections(&self) -> [&Linear; 7] {
+        [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+}
+
+/// A model whose weights are in CPU memory.
 #[derive(Debug)]
-pub struct Model {
-    pub(crate) cfg: LlamaConfig,
+pub struct CpuModel {
+    pub(crate) cfg: ModelConfig,
     pub(crate) embed_tokens: Weight,
     pub(crate) layers: Vec<Layer>,
     pub(crate) norm: RmsNorm,
@@ -85,148 +67,122 @@ pub struct Model {
     unused_tensors: Vec<String>,
 }
 
-/// Removes tensor `name` from `map` (the CPU's or the GPU's weights), checking that `shape` of
-/// it is `rows x cols`.
-pub(crate) fn take_shaped<W>(
-    map: &mut HashMap<String, W>,
-    name: &str,
-    rows: usize,
-    cols: usize,
-    shape: impl Fn(&W) -> (usize, usize),
-) -> Result<W, ModelError> {
-    let w = map
-        .remove(name)
-        .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-    let (r, c) = shape(&w);
-    if (r, c) != (rows, cols) {
-        return Err(ModelError::Shape {
-            name: name.to_string(),
-            expected_rows: rows,
-            expected_cols: cols,
-            rows: r,
-            cols: c,
-        });
-    }
-    Ok(w)
-}
-
 /// Takes tensors out of the loader's map, checking them.
-struct Tensors {
-    map: HashMap<String, Weight>,
+struct Take<'c> {
+    t: Tensors<'c, Weight>,
     bytes: usize,
 }
 
-impl Tensors {
-    fn take(&mut self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
-        let w = take_shaped(&mut self.map, name, rows, cols, |w| (w.rows, w.cols))?;
-        w.validate().map_err(|source| ModelError::InvalidWeight {
-            name: name.to_string(),
-            source,
-        })?;
+impl Take<'_> {
+    fn weight(&mut self, id: TensorId) -> Result<Weight, ModelError> {
+        let (name, w) = self.t.take(id)?;
+        w.validate()
+            .map_err(|source| ModelError::InvalidWeight { name, source })?;
         self.bytes += w.resident_bytes();
         Ok(w)
     }
 
-    /// A 1-D tensor of length `len` (stored as one row), as f32.
-    fn take_vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
-        let w = self.take(name, 1, len)?;
-        w.to_f32_vec().map_err(|source| ModelError::InvalidWeight {
-            name: name.to_string(),
-            source,
-        })
-    }
-
-    fn norm(&mut self, name: &str, len: usize, eps: f64) -> Result<RmsNorm, ModelError> {
-        let w = self.take(name, 1, len)?;
-        RmsNorm::new(&w, eps as f32).map_err(|source| ModelError::InvalidWeight {
-            name: name.to_string(),
-            source,
-        })
-    }
-
-    /// `{module}.weight` (`rows x cols`) and, when present or `bias_required`, `{module}.bias`.
-    fn linear(
+    fn norm(
         &mut self,
-        module: String,
-        rows: usize,
-        cols: usize,
-        bias_required: bool,
-    ) -> Result<Linear, ModelError> {
-        let weight = self.take(&format!("{module}.weight"), rows, cols)?;
-        let bias_name = format!("{module}.bias");
-        let bias = if bias_required || self.map.contains_key(&bias_name) {
-            Some(self.take_vector(&bias_name, rows)?)
-        } else {
-            None
+        module: Module,
+        layer: Option<usize>,
+        eps: f64,
+    ) -> Result<RmsNorm, ModelError> {
+        let id = TensorId::weight(module, layer);
+        let w = self.weight(id)?;
+        RmsNorm::new(&w, eps as f32).map_err(|source| ModelError::InvalidWeight {
+            name: id.hf_name(),
+            source,
+        })
+    }
+
+    fn linear(&mut self, module: Module, layer: usize) -> Result<Linear, ModelError> {
+        let weight = self.weight(TensorId::weight(module, Some(layer)))?;
+        let bias = match self.t.bias(module, Some(layer))? {
+            Some((name, b)) => {
+                b.validate().map_err(|source| ModelError::InvalidWeight {
+                    name: name.clone(),
+                    source,
+                })?;
+                self.bytes += b.resident_bytes();
+                Some(
+                    b.to_f32_vec()
+                        .map_err(|source| ModelError::InvalidWeight { name, source })?,
+                )
+            }
+            None => None,
         };
         Ok(Linear {
-            name: module,
+            module,
             weight,
             bias,
         })
     }
 }
 
-impl Model {
+impl CpuModel {
     /// Builds the model from tensors named as in a Hugging Face checkpoint. Tensors the model
-    /// does not use are dropped and listed by [`Model::unused_tensors`] (for example
+    /// does not use are dropped and listed by [`CpuModel::unused_tensors`] (for example
     /// `lm_head.weight` of a checkpoint with tied embeddings).
-    pub fn new(cfg: LlamaConfig, weights: HashMap<String, Weight>) -> Result<Model, ModelError> {
-        let mut t = Tensors {
-            map: weights,
+    pub fn new(cfg: ModelConfig, weights: HashMap<String, Weight>) -> Result<CpuModel, ModelError> {
+        let mut t = Take {
+            t: Tensors::new(&cfg, weights),
             bytes: 0,
         };
-        let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let eps = cfg.rms_norm_eps;
-        let embed_tokens = t.take("model.embed_tokens.weight", v, h)?;
-        let attn_bias = cfg.attention_bias;
-        let qkv_bias = cfg.attention_bias || cfg.qkv_bias;
+        let embed_tokens = t.weight(TensorId::weight(Module::Embed, None))?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{l}");
             layers.push(Layer {
-                input_layernorm: t.norm(&format!("{p}.input_layernorm.weight"), h, eps)?,
-                q_proj: t.linear(format!("{p}.self_attn.q_proj"), qd, h, qkv_bias)?,
-                k_proj: t.linear(format!("{p}.self_attn.k_proj"), kvd, h, qkv_bias)?,
-                v_proj: t.linear(format!("{p}.self_attn.v_proj"), kvd, h, qkv_bias)?,
-                o_proj: t.linear(format!("{p}.self_attn.o_proj"), h, qd, attn_bias)?,
-                post_attention_layernorm: t.norm(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    h,
-                    eps,
-                )?,
-                gate_proj: t.linear(format!("{p}.mlp.gate_proj"), i, h, cfg.mlp_bias)?,
-                up_proj: t.linear(format!("{p}.mlp.up_proj"), i, h, cfg.mlp_bias)?,
-                down_proj: t.linear(format!("{p}.mlp.down_proj"), h, i, cfg.mlp_bias)?,
+                input_layernorm: t.norm(Module::InputNorm, Some(l), eps)?,
+                q_proj: t.linear(Module::QProj, l)?,
+                k_proj: t.linear(Module::KProj, l)?,
+                v_proj: t.linear(Module::VProj, l)?,
+                o_proj: t.linear(Module::OProj, l)?,
+                post_attention_layernorm: t.norm(Module::PostAttnNorm, Some(l), eps)?,
+                gate_proj: t.linear(Module::GateProj, l)?,
+                up_proj: t.linear(Module::UpProj, l)?,
+                down_proj: t.linear(Module::DownProj, l)?,
             });
         }
-        let norm = t.norm("model.norm.weight", h, eps)?;
+        let norm = t.norm(Module::FinalNorm, None, eps)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(t.take("lm_head.weight", v, h)?)
+            Some(t.weight(TensorId::weight(Module::LmHead, None))?)
         };
-        let mut unused_tensors: Vec<String> = t.map.into_keys().collect();
-        unused_tensors.sort();
-        Ok(Model {
+        let resident_bytes = t.bytes;
+        let unused_tensors = t.t.unused();
+        Ok(CpuModel {
             cfg,
             embed_tokens,
             layers,
             norm,
             lm_head,
-            resident_bytes: t.bytes,
+            resident_bytes,
             unused_tensors,
         })
     }
 
-    pub fn config(&self) -> &LlamaConfig {
+    pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
 
     /// Bytes of weight data the model holds (payloads plus quantization scales).
     pub fn resident_bytes(&self) -> usize {
         self.resident_bytes
+    }
+
+    /// Bytes one decode step reads from the weights: every matrix once, of an untied embedding
+    /// only one row.
+    pub fn bytes_per_token(&self) -> u64 {
+        let embed = self.embed_tokens.resident_bytes() as u64;
+        let row = embed / self.embed_tokens.rows.max(1) as u64;
+        if self.cfg.tie_word_embeddings {
+            self.resident_bytes as u64 + row
+        } else {
+            self.resident_bytes as u64 - embed + row
+        }
     }
 
     /// Names of tensors that were passed in but are not part of the model, sorted.
@@ -237,5 +193,19 @@ impl Model {
     /// The matrix that maps the final hidden state to logits.
     pub(crate) fn lm_head(&self) -> &Weight {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// The projection a module name denotes (`model.layers.3.mlp.down_proj`, `lm_head`).
+    pub(crate) fn projection(&self, module: &str) -> Option<(&Weight, Option<&[f32]>)> {
+        if module == Module::LmHead.hf_name(0) {
+            return Some((self.lm_head(), None));
+        }
+        let id = TensorId::parse_hf(&format!("{module}.weight"))?;
+        let layer = self.layers.get(id.layer?)?;
+        let lin = layer
+            .projections()
+            .into_iter()
+            .find(|p| p.module == id.module)?;
+        Some((&lin.weight, lin.bias.as_deref()))
     }
 }

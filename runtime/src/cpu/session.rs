@@ -1,29 +1,32 @@
-//! A generation session: a model plus its own KV cache, advanced by prefill and decode calls.
+//! A generation session on the CPU: a model plus its own KV cache, advanced by prefill and decode
+//! calls.
 
-use crate::forward::{Logits, Tracer};
-use crate::kv_cache::KvCache;
-use crate::model::{Model, ModelError};
+use super::forward::Logits;
+use super::kv_cache::KvCache;
+use super::model::CpuModel;
+use crate::error::ModelError;
+use crate::trace::Tracer;
 
 /// Incremental inference over one sequence. Logits are bit-identical to
-/// [`Model::forward_all`] on the whole sequence, however the sequence is split into calls.
+/// [`CpuModel::forward_all`] on the whole sequence, however the sequence is split into calls.
 #[derive(Debug)]
-pub struct Session<'m> {
-    model: &'m Model,
+pub struct CpuSession<'m> {
+    model: &'m CpuModel,
     cache: KvCache,
 }
 
-impl Model {
+impl CpuModel {
     /// A session whose cache holds `capacity` positions (prompt plus generated tokens).
-    pub fn session(&self, capacity: usize) -> Result<Session<'_>, ModelError> {
-        Ok(Session {
+    pub fn session(&self, capacity: usize) -> Result<CpuSession<'_>, ModelError> {
+        Ok(CpuSession {
             model: self,
             cache: KvCache::new(&self.cfg, capacity)?,
         })
     }
 }
 
-impl<'m> Session<'m> {
-    pub fn model(&self) -> &'m Model {
+impl<'m> CpuSession<'m> {
+    pub fn model(&self) -> &'m CpuModel {
         self.model
     }
 
@@ -62,7 +65,7 @@ impl<'m> Session<'m> {
             .collect())
     }
 
-    /// [`Session::prefill_all`], calling `tracer` with every intermediate tensor.
+    /// [`CpuSession::prefill_all`], calling `tracer` with every intermediate tensor.
     pub fn prefill_traced(
         &mut self,
         tokens: &[u32],

@@ -7,10 +7,11 @@
 //! then has per-layer errors but no per-tensor attribution: [`Backend::project`] is not
 //! offered, and `DivergenceReport::tensor_attribution` is false.
 
+use cllm_model::{ModelConfig, Point};
+
 use super::model::GpuModel;
-use crate::config::LlamaConfig;
 use crate::divergence::{greedy_loop, Backend, BackendError, Greedy};
-use crate::forward::{TraceKind, TracePoint, Tracer};
+use crate::trace::{TracePoint, Tracer};
 
 /// A layer hook's rows that do not fit the sequence traced (a session bug, not bad input).
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +24,7 @@ struct TraceShape {
 }
 
 impl Backend for GpuModel {
-    fn config(&self) -> &LlamaConfig {
+    fn config(&self) -> &ModelConfig {
         &self.cfg
     }
 
@@ -69,9 +70,9 @@ impl Backend for GpuModel {
             if data.is_empty() {
                 continue;
             }
-            let name = format!("model.layers.{l}");
+            let name = Point::LayerOutput.name(l);
             tracer(&TracePoint {
-                kind: TraceKind::LayerOutput,
+                point: Point::LayerOutput,
                 layer: Some(l),
                 name: &name,
                 start_position: 0,

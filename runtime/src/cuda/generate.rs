@@ -10,8 +10,8 @@
 //! [`Sampler`]: crate::Sampler
 
 use super::model::{GpuError, GpuModel};
+use crate::error::ModelError;
 use crate::generate::{drive, GenerateOptions, GenerationResult};
-use crate::model::ModelError;
 use crate::sampler::Sampler;
 
 /// Generates up to `options.max_new_tokens` tokens after `prompt_ids` on the GPU, calling

@@ -1,5 +1,6 @@
-//! The Llama model on the GPU: resident weights by Hugging Face name, checked like the CPU
-//! [`Model`](crate::Model), plus the small f32 vectors (norm weights, biases) the kernels take.
+//! The model on the GPU: resident weights taken from the loader by what they are (the tensor
+//! table of `cllm-model`), checked like the CPU [`CpuModel`](crate::cpu::CpuModel), plus the
+//! small f32 vectors (norm weights, biases) the kernels take.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,10 +8,11 @@ use std::sync::Arc;
 use cllm_kernels::cuda::{
     ksplit_for, CudaError, DeviceBuffer, Gpu, GpuWeight, GpuWeightKind, WDesc, PSTRIDE,
 };
+use cllm_model::{ModelConfig, Module, TensorId};
 
-use crate::config::LlamaConfig;
-use crate::model::{take_shaped, ModelError};
+use crate::error::ModelError;
 use crate::sampler::SamplerError;
+use crate::tensors::{Shaped, Tensors};
 
 /// Why the GPU model could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -52,10 +54,10 @@ pub(crate) struct GpuLayer {
     pub down: GpuLinear,
 }
 
-/// A Llama-family model whose weights live on the GPU.
+/// A model whose weights live on the GPU.
 pub struct GpuModel {
     pub(crate) gpu: Arc<Gpu>,
-    pub(crate) cfg: LlamaConfig,
+    pub(crate) cfg: ModelConfig,
     pub(crate) embed: GpuWeight,
     pub(crate) lm_head: GpuWeight,
     pub(crate) layers: Vec<GpuLayer>,
@@ -105,40 +107,44 @@ fn vector_f32(gpu: &Arc<Gpu>, name: &str, w: &GpuWeight) -> Result<Vec<f32>, Gpu
     })
 }
 
+impl Shaped for GpuWeight {
+    fn rows_cols(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+}
+
 struct Take<'a> {
     gpu: &'a Arc<Gpu>,
-    map: HashMap<String, GpuWeight>,
+    t: Tensors<'a, GpuWeight>,
     bytes: u64,
 }
 
 impl Take<'_> {
-    fn weight(&mut self, name: &str, rows: usize, cols: usize) -> Result<GpuWeight, GpuError> {
-        let w = take_shaped(&mut self.map, name, rows, cols, |w| (w.rows, w.cols))?;
+    fn weight(&mut self, id: TensorId) -> Result<GpuWeight, GpuError> {
+        let (_, w) = self.t.take(id)?;
         self.bytes += w.bytes;
         Ok(w)
     }
 
-    fn vector(&mut self, name: &str, len: usize) -> Result<DeviceBuffer, GpuError> {
-        let w = self.weight(name, 1, len)?;
+    /// A 1-D tensor as f32 values on the device.
+    fn upload_vector(&mut self, name: &str, w: GpuWeight) -> Result<DeviceBuffer, GpuError> {
+        self.bytes += w.bytes;
         let v = vector_f32(self.gpu, name, &w)?;
         Ok(self.gpu.upload(name, &v)?)
     }
 
-    fn linear(
-        &mut self,
-        module: &str,
-        rows: usize,
-        cols: usize,
-        bias: bool,
-    ) -> Result<GpuLinear, GpuError> {
-        let name = format!("{module}.weight");
-        let w = self.weight(&name, rows, cols)?;
-        w.check_gemv(&name)?;
-        let bias_name = format!("{module}.bias");
-        let bias = if bias || self.map.contains_key(&bias_name) {
-            Some(self.vector(&bias_name, rows)?)
-        } else {
-            None
+    fn norm(&mut self, module: Module, layer: Option<usize>) -> Result<DeviceBuffer, GpuError> {
+        let (name, w) = self.t.take(TensorId::weight(module, layer))?;
+        self.upload_vector(&name, w)
+    }
+
+    fn linear(&mut self, module: Module, layer: usize) -> Result<GpuLinear, GpuError> {
+        let id = TensorId::weight(module, Some(layer));
+        let w = self.weight(id)?;
+        w.check_gemv(&id.hf_name())?;
+        let bias = match self.t.bias(module, Some(layer))? {
+            Some((name, b)) => Some(self.upload_vector(&name, b)?),
+            None => None,
         };
         Ok(GpuLinear { w, bias })
     }
@@ -149,11 +155,10 @@ impl GpuModel {
     /// loader's output), with the CPU model's checks.
     pub fn new(
         gpu: &Arc<Gpu>,
-        cfg: LlamaConfig,
+        cfg: ModelConfig,
         weights: HashMap<String, GpuWeight>,
     ) -> Result<GpuModel, GpuError> {
-        let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let (qd, kvd, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         if hd % 4 != 0 || hd > 256 || h % 2 != 0 || h / 2 > PSTRIDE {
             return Err(CudaError::Unsupported(format!(
                 "the GPU backend needs head_dim a multiple of 4 up to 256 and hidden_size even and \
@@ -164,35 +169,34 @@ impl GpuModel {
         }
         let mut t = Take {
             gpu,
-            map: weights,
+            t: Tensors::new(&cfg, weights),
             bytes: 0,
         };
-        let embed = t.weight("model.embed_tokens.weight", v, h)?;
-        let qkv_bias = cfg.attention_bias || cfg.qkv_bias;
+        let embed = t.weight(TensorId::weight(Module::Embed, None))?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{l}");
             layers.push(GpuLayer {
-                input_norm: t.vector(&format!("{p}.input_layernorm.weight"), h)?,
-                q: t.linear(&format!("{p}.self_attn.q_proj"), qd, h, qkv_bias)?,
-                k: t.linear(&format!("{p}.self_attn.k_proj"), kvd, h, qkv_bias)?,
-                v: t.linear(&format!("{p}.self_attn.v_proj"), kvd, h, qkv_bias)?,
-                o: t.linear(&format!("{p}.self_attn.o_proj"), h, qd, cfg.attention_bias)?,
-                post_norm: t.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                gate: t.linear(&format!("{p}.mlp.gate_proj"), i, h, cfg.mlp_bias)?,
-                up: t.linear(&format!("{p}.mlp.up_proj"), i, h, cfg.mlp_bias)?,
-                down: t.linear(&format!("{p}.mlp.down_proj"), h, i, cfg.mlp_bias)?,
+                input_norm: t.norm(Module::InputNorm, Some(l))?,
+                q: t.linear(Module::QProj, l)?,
+                k: t.linear(Module::KProj, l)?,
+                v: t.linear(Module::VProj, l)?,
+                o: t.linear(Module::OProj, l)?,
+                post_norm: t.norm(Module::PostAttnNorm, Some(l))?,
+                gate: t.linear(Module::GateProj, l)?,
+                up: t.linear(Module::UpProj, l)?,
+                down: t.linear(Module::DownProj, l)?,
             });
         }
-        let final_norm = t.vector("model.norm.weight", h)?;
+        let final_norm = t.norm(Module::FinalNorm, None)?;
+        let head = TensorId::weight(Module::LmHead, None);
         let lm_head = if cfg.tie_word_embeddings {
             embed.clone()
         } else {
-            t.weight("lm_head.weight", v, h)?
+            t.weight(head)?
         };
-        lm_head.check_gemv("lm_head.weight")?;
-        let mut unused: Vec<String> = t.map.into_keys().collect();
-        unused.sort();
+        lm_head.check_gemv(&head.hf_name())?;
+        let resident_bytes = t.bytes;
+        let unused = t.t.unused();
         Ok(GpuModel {
             gpu: gpu.clone(),
             cfg,
@@ -200,12 +204,12 @@ impl GpuModel {
             lm_head,
             layers,
             final_norm,
-            resident_bytes: t.bytes,
+            resident_bytes,
             unused,
         })
     }
 
-    pub fn config(&self) -> &LlamaConfig {
+    pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
 

@@ -26,10 +26,11 @@ use cllm_kernels::cuda::{
     GpuSampler, Graph, SampleOutcome, SampleParams, Sampled, ATT_CHUNK, PSTRIDE,
 };
 
+use cllm_model::{Activation, ModelConfig};
+
 use super::model::{GpuError, GpuModel};
-use crate::model::ModelError;
+use crate::error::ModelError;
 use crate::sampler::{Sampler, SamplerConfig, SamplerError, Xoshiro256};
-use crate::LlamaConfig;
 
 /// Tokens per prefill launch.
 pub const PREFILL_CHUNK: usize = 64;
@@ -80,7 +81,7 @@ pub struct GpuSession<'m> {
 pub type LayerHook<'a> = dyn FnMut(usize, usize, usize, &[f32]) + 'a;
 
 /// The session's room for x's pieces (`GemvArgs::xq`): `nmax` tokens of the widest GEMV input.
-fn xq_pieces_bytes(cfg: &LlamaConfig, nmax: usize) -> usize {
+fn xq_pieces_bytes(cfg: &ModelConfig, nmax: usize) -> usize {
     let widest = cfg.hidden_size.max(cfg.q_dim()).max(cfg.intermediate_size);
     Gpu::mma_pieces_bytes(nmax, widest)
 }
@@ -447,9 +448,7 @@ impl<'m> GpuSession<'m> {
                     kv_heads: kvh as i32,
                     head_dim: hd as i32,
                     capacity: self.capacity as i32,
-                    window: cfg
-                        .sliding_window
-                        .map_or(0, |w| w.min(i32::MAX as usize) as i32),
+                    window: cfg.window(l).map_or(0, |w| w.min(i32::MAX as usize) as i32),
                     cmax: self.cmax as i32,
                     // transformers: `scaling = head_dim ** -0.5` (a Python float), used in f32.
                     scale: (hd as f64).powf(-0.5) as f32,
@@ -485,7 +484,10 @@ impl<'m> GpuSession<'m> {
                     norm_dim: hidden as i32,
                     eps,
                     out: self.act.ptr(),
-                    mode: GemvMode::GateUp as i32,
+                    // The gate/up launch applies the activation in its epilogue.
+                    mode: match cfg.activation {
+                        Activation::Silu => GemvMode::GateUp,
+                    } as i32,
                     ntok: n as i32,
                     x_stride: hidden as i32,
                     out_stride: inter as i32,

@@ -2,13 +2,31 @@
 //! cut from the project's own specification (embedded, so the text is license-clean and the same
 //! for every run of one build).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
-use cllm_runtime::Tokenizer;
+use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// The evaluation text: the container specification.
 pub const EVAL_TEXT: &str = include_str!("../../../spec/FORMAT.md");
+
+/// Why the run's text could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TextError {
+    #[error("reading prompts from {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no prompt (one prompt per line)")]
+    NoPrompt { path: PathBuf },
+    #[error("tokenizing {what}: {source}")]
+    Tokenize {
+        what: String,
+        source: TokenizerError,
+    },
+    #[error("prompt {0:?} encodes to no tokens")]
+    EmptyPrompt(String),
+}
 
 /// Prompts written for this tool: facts, code, arithmetic, a list, a story opening and the
 /// project's own vocabulary, so that several kinds of continuation are exercised.
@@ -24,9 +42,11 @@ pub const BUILTIN_PROMPTS: &[&str] = &[
 ];
 
 /// Prompts from a file, one per line; blank lines are skipped.
-pub fn read_prompts(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading prompts from {}", path.display()))?;
+pub fn read_prompts(path: &Path) -> Result<Vec<String>, TextError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TextError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let prompts: Vec<String> = text
         .lines()
         .map(|l| l.trim_end_matches('\r'))
@@ -34,21 +54,24 @@ pub fn read_prompts(path: &Path) -> anyhow::Result<Vec<String>> {
         .map(str::to_string)
         .collect();
     if prompts.is_empty() {
-        bail!("{}: no prompt (one prompt per line)", path.display());
+        return Err(TextError::NoPrompt {
+            path: path.to_path_buf(),
+        });
     }
     Ok(prompts)
 }
 
 /// Encodes prompts, failing on one that encodes to nothing.
-pub fn encode_prompts(tok: &Tokenizer, prompts: &[String]) -> anyhow::Result<Vec<Vec<u32>>> {
+pub fn encode_prompts(tok: &Tokenizer, prompts: &[String]) -> Result<Vec<Vec<u32>>, TextError> {
     prompts
         .iter()
         .map(|p| {
-            let ids = tok
-                .encode(p)
-                .with_context(|| format!("tokenizing prompt {p:?}"))?;
+            let ids = tok.encode(p).map_err(|source| TextError::Tokenize {
+                what: format!("prompt {p:?}"),
+                source,
+            })?;
             if ids.is_empty() {
-                bail!("prompt {p:?} encodes to no tokens");
+                return Err(TextError::EmptyPrompt(p.clone()));
             }
             Ok(ids)
         })

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use cllm_kernels::Weight;
+use cllm_model::TensorId;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -60,10 +61,9 @@ impl WeightDiff {
     /// The weight of decoder layer `layer` that differs most from the reference's, if any does:
     /// where a backend cannot attribute a layer's error to a tensor, the weights still hint.
     pub fn most_changed_in_layer(&self, layer: usize) -> Option<&WeightRow> {
-        let prefix = format!("model.layers.{layer}.");
-        self.tensors
-            .iter()
-            .find(|t| !t.identical && t.name.starts_with(&prefix))
+        self.tensors.iter().find(|t| {
+            !t.identical && TensorId::parse_hf(&t.name).is_some_and(|id| id.layer == Some(layer))
+        })
     }
 }
 

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use cllm_kernels::{Weight, WeightData};
-use cllm_runtime::{LlamaConfig, Model};
+use cllm_model::ModelConfig;
+use cllm_runtime::cpu::CpuModel;
 use half::{bf16, f16};
 
 /// splitmix64: a tiny seeded generator for test data.
@@ -132,7 +133,7 @@ pub fn config_json(tied: bool) -> String {
 }
 
 /// Every tensor of a model of `cfg`, with matrices in `form`.
-pub fn weights(cfg: &LlamaConfig, form: Form, seed: u64) -> HashMap<String, Weight> {
+pub fn weights(cfg: &ModelConfig, form: Form, seed: u64) -> HashMap<String, Weight> {
     let mut rng = Rng(seed);
     let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
@@ -191,10 +192,10 @@ pub fn weights(cfg: &LlamaConfig, form: Form, seed: u64) -> HashMap<String, Weig
     m
 }
 
-pub fn model(tied: bool, form: Form, seed: u64) -> Model {
-    let cfg = LlamaConfig::from_json(&config_json(tied)).unwrap();
+pub fn model(tied: bool, form: Form, seed: u64) -> CpuModel {
+    let cfg = ModelConfig::from_json(&config_json(tied)).unwrap();
     let w = weights(&cfg, form, seed);
-    Model::new(cfg, w).unwrap()
+    CpuModel::new(cfg, w).unwrap()
 }
 
 pub fn bits(v: &[f32]) -> Vec<u32> {

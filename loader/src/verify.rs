@@ -1,0 +1,370 @@
+//! The proof behind "quantized means measured": a container checked byte by byte, and against the
+//! Hugging Face folder it was packed from: lossless tensors byte-identical to the source,
+//! quantized ones re-quantized from the source bit for bit, each quantized tensor's error
+//! measured.
+//!
+//! [`verify_file`] streams the container's frames in a bounded window (`cllm verify`);
+//! [`verify_and_load`] decodes each tensor once, checks it and keeps it as a CPU weight, so
+//! `cllm verify --run` runs the very bytes it verified.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cllm_format::{
+    lossless_source_failure, quant, tensor, verify, verify_except_tensors, Container, FormatError,
+    Limits, VerifyReport,
+};
+use cllm_kernels::Weight;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::cllm::{weight_from_streams, CllmFile};
+use crate::error::LoadError;
+use crate::hf::{HfFolder, HfTensor};
+use crate::model::{container_is_lossless, LoadedModel, ModelFiles, SourceKind};
+
+/// Decoded bytes in flight while streaming a container's frames.
+const WINDOW_BYTES: usize = 256 << 20;
+
+/// Why a container could not be verified at all.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The container's structure is broken: a verification failure, not a usage error.
+    #[error("{path}: {source}")]
+    Malformed { path: PathBuf, source: FormatError },
+    /// The source folder's tensor cannot be quantized (a NaN, say): the proof cannot be made.
+    #[error("{dir}: {source}")]
+    Requantize { dir: PathBuf, source: FormatError },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// Error figures of one quantized tensor against its source.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuantError {
+    pub name: String,
+    pub codec: String,
+    pub rel_rms: f64,
+    pub max_abs: f64,
+    pub sqnr_db: f64,
+}
+
+/// What comparing a container with its source folder found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AgainstReport {
+    pub dir: String,
+    pub tensors_compared: usize,
+    pub lossless_identical: usize,
+    pub quantized_reproduced: usize,
+    pub quantized: Vec<QuantError>,
+}
+
+/// What verifying a container found; `failures` is empty when every check holds.
+#[derive(Clone, Debug)]
+pub struct Verification {
+    pub version: [u16; 2],
+    pub bytes: VerifyReport,
+    pub against: Option<AgainstReport>,
+    pub seconds: f64,
+}
+
+impl Verification {
+    pub fn failures(&self) -> &[String] {
+        &self.bytes.failures
+    }
+}
+
+/// Relative RMS, largest absolute error and SQNR of `approx` against `source`.
+pub fn error_figures(name: &str, codec: &str, source: &[f32], approx: &[f32]) -> QuantError {
+    let (mut sig, mut noise, mut max_abs) = (0f64, 0f64, 0f64);
+    for (&x, &y) in source.iter().zip(approx) {
+        let d = (x as f64) - (y as f64);
+        sig += (x as f64) * (x as f64);
+        noise += d * d;
+        max_abs = max_abs.max(d.abs());
+    }
+    QuantError {
+        name: name.to_string(),
+        codec: codec.to_string(),
+        rel_rms: if sig > 0.0 { (noise / sig).sqrt() } else { 0.0 },
+        max_abs,
+        sqnr_db: if noise > 0.0 {
+            10.0 * (sig / noise).log10()
+        } else {
+            f64::INFINITY
+        },
+    }
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> usize {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()))
+}
+
+/// One tensor's comparison with its source.
+enum Against {
+    LosslessIdentical,
+    Quantized {
+        reproduced: bool,
+        error: QuantError,
+    },
+    /// Not comparable (missing, other dtype or shape, undecodable): the failures say why.
+    None,
+}
+
+/// Compares tensor `i`, decoded into `stored`, with its source, appending failures.
+fn compare_tensor(
+    c: &Container<'_>,
+    i: usize,
+    stored: &[Vec<u8>],
+    src: &HfTensor<'_>,
+    failures: &mut Vec<String>,
+) -> Result<Against, FormatError> {
+    let t = &c.tensors()[i];
+    let codec = c.codec(i);
+    if codec.is_lossless() {
+        return Ok(if stored[0] == src.bytes {
+            Against::LosslessIdentical
+        } else {
+            failures.push(format!(
+                "tensor {}: decoded bytes differ from the source at byte {}",
+                t.name,
+                first_difference(&stored[0], src.bytes)
+            ));
+            Against::None
+        });
+    }
+    let params = tensor::quant_params(&t.name, codec, t.dtype, &t.shape, src.bytes)?;
+    let mut reproduced = true;
+    for (si, s) in stored.iter().enumerate() {
+        let again = tensor::stream_range(t.dtype, &t.shape, &params, src.bytes, si, 0..s.len());
+        if &again != s {
+            reproduced = false;
+            failures.push(format!(
+                "tensor {}: re-quantizing the source does not reproduce stream '{}' (first difference at byte {})",
+                t.name,
+                t.streams[si].role,
+                first_difference(&again, s)
+            ));
+        }
+    }
+    let mut orig = Vec::new();
+    quant::to_f32(t.dtype, src.bytes, &mut orig);
+    let approx = tensor::dequantize(codec, &t.shape, stored);
+    Ok(Against::Quantized {
+        reproduced,
+        error: error_figures(&t.name, &codec.to_string(), &orig, &approx),
+    })
+}
+
+/// The source tensor of container tensor `i`, or the failure that says why there is none.
+fn source_of<'f>(
+    c: &Container<'_>,
+    i: usize,
+    folder: &'f HfFolder,
+) -> Result<HfTensor<'f>, String> {
+    let t = &c.tensors()[i];
+    let src = folder
+        .get(&t.name)
+        .ok_or_else(|| format!("tensor {}: not in the source folder", t.name))?;
+    if src.dtype != t.dtype || src.shape != t.shape {
+        return Err(format!(
+            "tensor {}: container has {} {:?}, source has {} {:?}",
+            t.name, t.dtype, t.shape, src.dtype, src.shape
+        ));
+    }
+    Ok(src)
+}
+
+/// Sums one tensor's comparison into the report.
+fn tally(rep: &mut AgainstReport, a: Against) {
+    match a {
+        Against::LosslessIdentical => rep.lossless_identical += 1,
+        Against::Quantized { reproduced, error } => {
+            rep.quantized_reproduced += usize::from(reproduced);
+            rep.quantized.push(error);
+        }
+        Against::None => {}
+    }
+}
+
+/// Source tensors the container lacks, as failures.
+fn missing_from_container(c: &Container<'_>, folder: &HfFolder, failures: &mut Vec<String>) {
+    for s in folder.tensors() {
+        if c.find(s.name).is_none() {
+            failures.push(format!(
+                "tensor {}: in the source but not in the container",
+                s.name
+            ));
+        }
+    }
+}
+
+fn open_container(file: &CllmFile) -> Result<Container<'_>, VerifyError> {
+    Container::open(file.bytes(), &Limits::default()).map_err(|source| VerifyError::Malformed {
+        path: file.path().to_path_buf(),
+        source,
+    })
+}
+
+/// Checks every byte of the container at `path` (frames streamed in a bounded window), and with
+/// `against` compares every tensor with the folder it was packed from.
+pub fn verify_file(path: &Path, against: Option<&Path>) -> Result<Verification, VerifyError> {
+    let start = Instant::now();
+    let file = CllmFile::open(path)?;
+    let c = open_container(&file)?;
+    let mut bytes = verify(&c, WINDOW_BYTES);
+    let against = match against {
+        Some(dir) => {
+            let folder = HfFolder::open(dir).map_err(LoadError::from)?;
+            let mut rep = AgainstReport {
+                dir: folder.dir().display().to_string(),
+                ..AgainstReport::default()
+            };
+            for i in 0..c.tensors().len() {
+                let src = match source_of(&c, i, &folder) {
+                    Ok(s) => s,
+                    Err(f) => {
+                        bytes.failures.push(f);
+                        continue;
+                    }
+                };
+                rep.tensors_compared += 1;
+                let stored = match c.decode_tensor(i) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        bytes.failures.push(e.to_string());
+                        continue;
+                    }
+                };
+                let a = compare_tensor(&c, i, &stored, &src, &mut bytes.failures).map_err(
+                    |source| VerifyError::Requantize {
+                        dir: dir.to_path_buf(),
+                        source,
+                    },
+                )?;
+                tally(&mut rep, a);
+            }
+            missing_from_container(&c, &folder, &mut bytes.failures);
+            Some(rep)
+        }
+        None => None,
+    };
+    Ok(Verification {
+        version: [c.framing.major, c.framing.minor],
+        bytes,
+        against,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// [`verify_file`] against the source folder `against`, decoding each tensor once: every frame
+/// and stream hash checked as it decodes, the tensor compared with its source, then kept as a
+/// CPU weight. Returns the verification and, when every tensor decoded, the model loaded from
+/// those very bytes (what `cllm verify --run` runs).
+pub fn verify_and_load(
+    path: &Path,
+    against: &Path,
+) -> Result<(Verification, Option<LoadedModel>), VerifyError> {
+    let start = Instant::now();
+    let file = CllmFile::open(path)?;
+    let c = open_container(&file)?;
+    let folder = HfFolder::open(against).map_err(LoadError::from)?;
+    let mut bytes = verify_except_tensors(&c, WINDOW_BYTES);
+    let files = ModelFiles::from_container(path, &c)?;
+
+    struct Checked {
+        failures: Vec<String>,
+        compared: bool,
+        against: Against,
+        weight: Option<(String, Weight)>,
+    }
+    let checked: Vec<Result<Checked, VerifyError>> = (0..c.tensors().len())
+        .into_par_iter()
+        .map(|i| {
+            let t = &c.tensors()[i];
+            let mut failures = Vec::new();
+            let stored = match c.decode_tensor(i) {
+                Ok(s) => s,
+                Err(e) => {
+                    failures.push(e.to_string());
+                    return Ok(Checked {
+                        failures,
+                        compared: false,
+                        against: Against::None,
+                        weight: None,
+                    });
+                }
+            };
+            failures.extend(lossless_source_failure(&c, i));
+            let (compared, against) = match source_of(&c, i, &folder) {
+                Ok(src) => (
+                    true,
+                    compare_tensor(&c, i, &stored, &src, &mut failures).map_err(|source| {
+                        VerifyError::Requantize {
+                            dir: against.to_path_buf(),
+                            source,
+                        }
+                    })?,
+                ),
+                Err(f) => {
+                    failures.push(f);
+                    (false, Against::None)
+                }
+            };
+            let w = weight_from_streams(&t.name, t.dtype, &t.shape, c.codec(i), stored)?;
+            Ok(Checked {
+                failures,
+                compared,
+                against,
+                weight: Some((t.name.clone(), w)),
+            })
+        })
+        .collect();
+
+    let mut rep = AgainstReport {
+        dir: folder.dir().display().to_string(),
+        ..AgainstReport::default()
+    };
+    let mut weights = HashMap::new();
+    let mut complete = true;
+    for (i, r) in checked.into_iter().enumerate() {
+        let ch = r?;
+        bytes.failures.extend(ch.failures);
+        rep.tensors_compared += usize::from(ch.compared);
+        tally(&mut rep, ch.against);
+        match ch.weight {
+            Some((name, w)) => {
+                weights.insert(name, w);
+            }
+            None => complete = false,
+        }
+        for s in &c.tensors()[i].streams {
+            bytes.frames += s.frames.len();
+            bytes.stored_bytes += s.frames.iter().map(|f| f.stored).sum::<u64>();
+            bytes.decoded_bytes += s.frames.iter().map(|f| f.decoded).sum::<u64>();
+        }
+    }
+    missing_from_container(&c, &folder, &mut bytes.failures);
+    let seconds = start.elapsed().as_secs_f64();
+    let model = complete.then(|| LoadedModel {
+        path: path.to_path_buf(),
+        kind: SourceKind::Container,
+        files,
+        weights,
+        lossless: container_is_lossless(&c),
+        load_seconds: seconds,
+    });
+    Ok((
+        Verification {
+            version: [c.framing.major, c.framing.minor],
+            bytes,
+            against: Some(rep),
+            seconds,
+        },
+        model,
+    ))
+}

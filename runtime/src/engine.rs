@@ -1,0 +1,552 @@
+//! The engine: a device opened once, on which models are opened. "A path on a device -> a
+//! runnable model" lives here and nowhere else: loading (CPU memory or streamed onto the GPU),
+//! the config and tokenizer, the backend's model, and the residency check.
+//!
+//! A [`Model`] offers one interface whatever its device: sessions, generation, text in and out,
+//! and the divergence [`Backend`] that `verify --run` and `diff --run` compare.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cllm_kernels::cuda::{CudaError, Gpu, GpuWeight};
+use cllm_kernels::Weight;
+use cllm_loader::gpu::{load_gpu, GpuLoadError, GpuLoadOptions, GpuLoadStats, ResidencyReport};
+use cllm_loader::{load_cpu, LoadError, LoadedModel, ModelFiles};
+use cllm_model::{ConfigError, ModelConfig};
+
+use crate::chat::{ChatError, ChatMessage, ChatTemplate};
+use crate::cpu::{CpuModel, CpuSession};
+use crate::cuda::{generate_gpu, GpuError, GpuModel, GpuSession};
+use crate::divergence::Backend;
+use crate::error::ModelError;
+use crate::generate::{GenerateError, GenerateOptions, GenerationResult};
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+/// Where a model runs, as the command line names it (`cpu`, `cuda`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    /// The first NVIDIA GPU.
+    Cuda,
+}
+
+impl FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Device, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda),
+            other => Err(format!("{other}: expected cpu or cuda")),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        })
+    }
+}
+
+/// Why a model could not be opened or run; each names the file it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("--device cuda: {0}")]
+    Device(CudaError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("loading {path} onto the GPU: {source}")]
+    GpuLoad {
+        path: PathBuf,
+        source: Box<GpuLoadError>,
+    },
+    #[error("{path}: config.json is not UTF-8")]
+    ConfigUtf8 { path: PathBuf },
+    #[error("{path}: {source}")]
+    Config { path: PathBuf, source: ConfigError },
+    #[error("{path}: tokenizer.json: {source}")]
+    Tokenizer {
+        path: PathBuf,
+        source: TokenizerError,
+    },
+    #[error("{path}: no tokenizer.json")]
+    NoTokenizer { path: PathBuf },
+    #[error("{path}: {source}")]
+    Model { path: PathBuf, source: ModelError },
+    #[error("{path}: {source}")]
+    Gpu { path: PathBuf, source: GpuError },
+    #[error("{path}: {source}")]
+    Residency {
+        path: PathBuf,
+        source: Box<GpuLoadError>,
+    },
+    #[error("--chat: {0}")]
+    Chat(#[from] ChatError),
+    #[error("--chat: the model has no tokenizer_config.json with a chat template")]
+    NoChatTemplate,
+    #[error("tokenizing the prompt: {0}")]
+    Encode(TokenizerError),
+    #[error("the prompt encodes to no tokens")]
+    EmptyPrompt,
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    #[error(transparent)]
+    GpuRun(#[from] GpuError),
+    #[error(transparent)]
+    Run(#[from] ModelError),
+    #[error("decoding generated text: {0}")]
+    Decode(TokenizerError),
+}
+
+/// How to open a model.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Fail unless the model has a `tokenizer.json`.
+    pub need_tokenizer: bool,
+    /// On the GPU: after loading, hash every resident stream with a GPU kernel and compare with
+    /// the hash of the bytes decoded while loading; a mismatch is an error naming the tensor.
+    pub check_resident: bool,
+}
+
+/// A device, opened once: on the GPU the context and the compiled kernels, shared by every
+/// model the engine opens.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    device: Device,
+    gpu: Option<Arc<Gpu>>,
+}
+
+impl Engine {
+    /// Opens `device`: on `cuda` the first GPU, with its kernels compiled (or taken from the
+    /// cache); "no CUDA driver found ..." on a machine without one.
+    pub fn new(device: Device) -> Result<Engine, EngineError> {
+        let gpu = match device {
+            Device::Cpu => None,
+            Device::Cuda => Some(Gpu::new(0).map_err(EngineError::Device)?),
+        };
+        Ok(Engine { device, gpu })
+    }
+
+    /// The CPU engine (it opens nothing).
+    pub fn cpu() -> Engine {
+        Engine {
+            device: Device::Cpu,
+            gpu: None,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The GPU, on `cuda`.
+    pub fn gpu(&self) -> Option<&Arc<Gpu>> {
+        self.gpu.as_ref()
+    }
+
+    /// Opens a `.cllm` file or a Hugging Face folder onto this engine's device: on the CPU its
+    /// weights decoded into memory, on the GPU streamed into device memory (quantized ones stay
+    /// quantized on both).
+    pub fn open(&self, path: &Path, opts: &OpenOptions) -> Result<Model, EngineError> {
+        let start = Instant::now();
+        match &self.gpu {
+            None => {
+                let loaded = load_cpu(path)?;
+                self.build(loaded, opts)
+            }
+            Some(gpu) => {
+                let load_opts = GpuLoadOptions {
+                    hash: opts.check_resident,
+                    ..GpuLoadOptions::default()
+                };
+                let mut w =
+                    load_gpu(path, gpu, &load_opts).map_err(|source| EngineError::GpuLoad {
+                        path: path.to_path_buf(),
+                        source: Box::new(source),
+                    })?;
+                let (cfg, tokenizer) = read_files(path, &w.files, opts.need_tokenizer)?;
+                let weights = std::mem::take(&mut w.weights);
+                let model = GpuModel::new(gpu, cfg.clone(), weights).map_err(|source| {
+                    EngineError::Gpu {
+                        path: path.to_path_buf(),
+                        source,
+                    }
+                })?;
+                let load_seconds = start.elapsed().as_secs_f64();
+                let residency = if opts.check_resident {
+                    Some(
+                        w.check_resident(gpu)
+                            .map_err(|source| EngineError::Residency {
+                                path: path.to_path_buf(),
+                                source: Box::new(source),
+                            })?,
+                    )
+                } else {
+                    None
+                };
+                Ok(Model {
+                    path: path.to_path_buf(),
+                    device: Device::Cuda,
+                    config: cfg,
+                    files: std::mem::take(&mut w.files),
+                    tokenizer,
+                    lossless: w.lossless,
+                    load: LoadStats {
+                        seconds: load_seconds,
+                        gpu: Some(w.stats.clone()),
+                        residency,
+                    },
+                    backend: BackendModel::Cuda(Box::new(model)),
+                })
+            }
+        }
+    }
+
+    /// A model from weights already in CPU memory (a loader's output): on the CPU they become
+    /// the model as they are, on the GPU each is copied to the device in its stored form. What
+    /// `verify --run` and `diff --run` use, having decoded each input once.
+    pub fn build(&self, loaded: LoadedModel, opts: &OpenOptions) -> Result<Model, EngineError> {
+        let start = Instant::now();
+        let LoadedModel {
+            path,
+            files,
+            weights,
+            lossless,
+            load_seconds,
+            ..
+        } = loaded;
+        let (cfg, tokenizer) = read_files(&path, &files, opts.need_tokenizer)?;
+        let backend = match &self.gpu {
+            None => {
+                let m =
+                    CpuModel::new(cfg.clone(), weights).map_err(|source| EngineError::Model {
+                        path: path.clone(),
+                        source,
+                    })?;
+                BackendModel::Cpu(Box::new(m))
+            }
+            Some(gpu) => {
+                let resident = upload(gpu, weights).map_err(|source| EngineError::Gpu {
+                    path: path.clone(),
+                    source: source.into(),
+                })?;
+                let m = GpuModel::new(gpu, cfg.clone(), resident).map_err(|source| {
+                    EngineError::Gpu {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                BackendModel::Cuda(Box::new(m))
+            }
+        };
+        Ok(Model {
+            path,
+            device: self.device,
+            config: cfg,
+            files,
+            tokenizer,
+            lossless,
+            load: LoadStats {
+                seconds: load_seconds + start.elapsed().as_secs_f64(),
+                gpu: None,
+                residency: None,
+            },
+            backend,
+        })
+    }
+}
+
+/// Copies CPU weights to the GPU in their stored form.
+fn upload(
+    gpu: &Arc<Gpu>,
+    weights: HashMap<String, Weight>,
+) -> Result<HashMap<String, GpuWeight>, CudaError> {
+    weights
+        .into_iter()
+        .map(|(name, w)| Ok((name, GpuWeight::upload(gpu, &w)?)))
+        .collect()
+}
+
+/// The config and (when present, or required) the tokenizer of a model's files.
+fn read_files(
+    path: &Path,
+    files: &ModelFiles,
+    need_tokenizer: bool,
+) -> Result<(ModelConfig, Option<Tokenizer>), EngineError> {
+    let text = std::str::from_utf8(&files.config_json).map_err(|_| EngineError::ConfigUtf8 {
+        path: path.to_path_buf(),
+    })?;
+    let cfg = ModelConfig::from_json(text).map_err(|source| EngineError::Config {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let tokenizer = match files.tokenizer_json.as_deref() {
+        Some(t) => Some(
+            Tokenizer::from_bytes(t).map_err(|source| EngineError::Tokenizer {
+                path: path.to_path_buf(),
+                source,
+            })?,
+        ),
+        None if need_tokenizer => {
+            return Err(EngineError::NoTokenizer {
+                path: path.to_path_buf(),
+            })
+        }
+        None => None,
+    };
+    Ok((cfg, tokenizer))
+}
+
+/// How a model was loaded.
+#[derive(Clone, Debug, Default)]
+pub struct LoadStats {
+    /// Loading and building the model, seconds.
+    pub seconds: f64,
+    /// The GPU loader's figures (streamed loads only).
+    pub gpu: Option<GpuLoadStats>,
+    /// The residency check's result, when asked for.
+    pub residency: Option<ResidencyReport>,
+}
+
+/// The backend's model (boxed: the two differ much in size).
+enum BackendModel {
+    Cpu(Box<CpuModel>),
+    Cuda(Box<GpuModel>),
+}
+
+/// A model opened on a device: config, tokenizer, weights and a backend.
+pub struct Model {
+    path: PathBuf,
+    device: Device,
+    config: ModelConfig,
+    files: ModelFiles,
+    tokenizer: Option<Tokenizer>,
+    lossless: bool,
+    load: LoadStats,
+    backend: BackendModel,
+}
+
+/// Incremental inference over one sequence, on either backend: logits bit-identical to the
+/// backend's recompute of the whole sequence, however it is split into calls.
+pub enum Session<'m> {
+    Cpu(CpuSession<'m>),
+    Cuda(Box<GpuSession<'m>>),
+}
+
+impl Session<'_> {
+    /// Processes `tokens`; returns the logits of the last one.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        Ok(match self {
+            Session::Cpu(s) => s.prefill(tokens)?,
+            Session::Cuda(s) => s.prefill(tokens)?,
+        })
+    }
+
+    /// Processes `tokens`; returns the logits of every one of them.
+    pub fn prefill_all(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        Ok(match self {
+            Session::Cpu(s) => s.prefill_all(tokens)?,
+            Session::Cuda(s) => s.prefill_all(tokens)?,
+        })
+    }
+
+    /// Processes one token; returns its logits.
+    pub fn decode(&mut self, token: u32) -> Result<Vec<f32>, EngineError> {
+        Ok(match self {
+            Session::Cpu(s) => s.decode(token)?,
+            Session::Cuda(s) => s.decode(token)?,
+        })
+    }
+
+    /// Tokens processed so far: the position the next token gets.
+    pub fn position(&self) -> usize {
+        match self {
+            Session::Cpu(s) => s.position(),
+            Session::Cuda(s) => s.position(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        match self {
+            Session::Cpu(s) => s.capacity(),
+            Session::Cuda(s) => s.capacity(),
+        }
+    }
+
+    /// Forgets the sequence; the storage is kept.
+    pub fn reset(&mut self) {
+        match self {
+            Session::Cpu(s) => s.reset(),
+            Session::Cuda(s) => s.reset(),
+        }
+    }
+}
+
+impl Model {
+    /// The file or folder the model was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
+    }
+
+    /// The tokenizer, if the model has a `tokenizer.json`.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// Whether every tensor is stored losslessly (a folder always is): two lossless models must
+    /// give bit-identical logits.
+    pub fn is_lossless(&self) -> bool {
+        self.lossless
+    }
+
+    pub fn load_stats(&self) -> &LoadStats {
+        &self.load
+    }
+
+    /// The CPU model, on `cpu`.
+    pub fn cpu(&self) -> Option<&CpuModel> {
+        match &self.backend {
+            BackendModel::Cpu(m) => Some(m),
+            BackendModel::Cuda(_) => None,
+        }
+    }
+
+    /// The GPU model, on `cuda` (its sessions offer device-side sampling and profiling).
+    pub fn cuda(&self) -> Option<&GpuModel> {
+        match &self.backend {
+            BackendModel::Cpu(_) => None,
+            BackendModel::Cuda(m) => Some(m),
+        }
+    }
+
+    /// The model as divergence measurement runs it.
+    pub fn backend(&self) -> &dyn Backend {
+        match &self.backend {
+            BackendModel::Cpu(m) => m.as_ref(),
+            BackendModel::Cuda(m) => m.as_ref(),
+        }
+    }
+
+    /// Bytes of weights the model holds where it runs (payloads plus quantization scales).
+    pub fn resident_bytes(&self) -> u64 {
+        match &self.backend {
+            BackendModel::Cpu(m) => m.resident_bytes() as u64,
+            BackendModel::Cuda(m) => m.resident_bytes(),
+        }
+    }
+
+    /// Bytes one decode step reads from the weights: every matrix once, of an untied embedding
+    /// one row.
+    pub fn bytes_per_token(&self) -> u64 {
+        match &self.backend {
+            BackendModel::Cpu(m) => m.bytes_per_token(),
+            BackendModel::Cuda(m) => m.bytes_per_token(),
+        }
+    }
+
+    /// A session whose cache holds `capacity` positions (prompt plus generated tokens).
+    pub fn session(&self, capacity: usize) -> Result<Session<'_>, EngineError> {
+        Ok(match &self.backend {
+            BackendModel::Cpu(m) => Session::Cpu(m.session(capacity)?),
+            BackendModel::Cuda(m) => Session::Cuda(Box::new(m.session(capacity)?)),
+        })
+    }
+
+    /// Generates up to `options.max_new_tokens` tokens after `prompt_ids`, calling `on_token`
+    /// with each as soon as it is chosen (on the GPU, greedy and sampled draws stay on the
+    /// device).
+    pub fn generate(
+        &self,
+        prompt_ids: &[u32],
+        options: &GenerateOptions,
+        on_token: impl FnMut(u32),
+    ) -> Result<GenerationResult, EngineError> {
+        Ok(match &self.backend {
+            BackendModel::Cpu(m) => crate::cpu::generate(m, prompt_ids, options, on_token)?,
+            BackendModel::Cuda(m) => generate_gpu(m, prompt_ids, options, on_token)?,
+        })
+    }
+
+    /// [`Model::generate`] with the text decoded as it comes (only complete UTF-8): `on_text`
+    /// hears each piece; returns the result and the whole text.
+    pub fn generate_text(
+        &self,
+        prompt_ids: &[u32],
+        options: &GenerateOptions,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<(GenerationResult, String), EngineError> {
+        let tokenizer = self.require_tokenizer()?;
+        let mut stream = tokenizer.stream(true);
+        let mut text = String::new();
+        let mut err = None;
+        let result = self.generate(prompt_ids, options, |id| match stream.push(id) {
+            Ok(Some(piece)) => {
+                text.push_str(&piece);
+                on_text(&piece);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                err.get_or_insert(e);
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(EngineError::Decode(e));
+        }
+        if let Some(rest) = stream.finish().map_err(EngineError::Decode)? {
+            text.push_str(&rest);
+            on_text(&rest);
+        }
+        Ok((result, text))
+    }
+
+    /// The prompt's token ids, through the model's chat template (a user message) when `chat`.
+    pub fn prompt_ids(&self, prompt: &str, chat: bool) -> Result<Vec<u32>, EngineError> {
+        let text = if chat {
+            let cfg = self
+                .files
+                .tokenizer_config_json
+                .as_deref()
+                .ok_or(EngineError::NoChatTemplate)?;
+            let cfg = std::str::from_utf8(cfg).map_err(|_| EngineError::NoChatTemplate)?;
+            let tpl = ChatTemplate::from_tokenizer_config(cfg, None)?;
+            tpl.render(&[ChatMessage::user(prompt)], true)?
+        } else {
+            prompt.to_string()
+        };
+        let ids = self
+            .require_tokenizer()?
+            .encode(&text)
+            .map_err(EngineError::Encode)?;
+        if ids.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        Ok(ids)
+    }
+
+    fn require_tokenizer(&self) -> Result<&Tokenizer, EngineError> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| EngineError::NoTokenizer {
+                path: self.path.clone(),
+            })
+    }
+}
