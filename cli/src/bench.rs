@@ -348,16 +348,16 @@ fn trace_decode(
     halfway: usize,
     f: &mut impl std::io::Write,
 ) -> anyhow::Result<()> {
-    let gpu = engine.gpu().context("tracing needs the GPU")?;
+    let kernels = engine.kernels().context("tracing needs the GPU")?;
     let gpu_model = model.cuda().context("tracing needs the GPU")?;
     let mut s = gpu_model.session(ids.len() + 2 * halfway + 1)?;
     s.prefill(ids)?;
     for _ in 0..halfway {
         s.decode_chained()?;
     }
-    gpu.trace_reset()?;
+    kernels.trace_reset()?;
     s.decode_chained()?;
-    let recs = gpu.trace_take()?;
+    let recs = kernels.trace_take()?;
     let t0 = recs.iter().map(|r| r.start_ns).min().unwrap_or(0);
     for r in &recs {
         writeln!(
@@ -383,25 +383,30 @@ fn trace_decode(
 
 fn gpu(a: GpuBenchArgs) -> CmdResult {
     let engine = Engine::new(Device::Cuda)?;
-    let gpu = engine.gpu().expect("a cuda engine has its GPU").clone();
+    let kernels = engine
+        .kernels()
+        .expect("a cuda engine has its kernels")
+        .clone();
+    let gpu = kernels.gpu();
     let info = gpu.info().clone();
-    let bw = gpu.read_bandwidth(a.probe_gib << 30, 10)?;
+    let compiled = kernels.compile_report();
+    let bw = kernels.read_bandwidth(a.probe_gib << 30, 10)?;
     eprintln!(
         "{}: {} SMs, {:.1} GiB; measured read bandwidth {:.0} GB/s; kernels {} in {:.2} s",
         info.name,
         info.multiprocessors,
         info.total_memory as f64 / (1u64 << 30) as f64,
         bw / 1e9,
-        if info.kernels_cached {
+        if compiled.cache_hit {
             "from the cache"
         } else {
             "compiled"
         },
-        info.kernel_seconds
+        compiled.seconds
     );
     let mut trace = match &a.trace {
         Some(p) => {
-            if !gpu.trace_reset()? {
+            if !kernels.trace_reset()? {
                 return Err(anyhow::anyhow!(
                     "--trace: the kernels were compiled without tracing; set CLLM_NVRTC_DEFINES=-DCLLM_TRACE"
                 )
@@ -458,6 +463,8 @@ fn gpu(a: GpuBenchArgs) -> CmdResult {
             "profile_us": profile,
             "model": path.display().to_string(),
             "gpu": info.name,
+            "tuning": gpu.tuning(),
+            "kernel_defines": kernels.defines(),
             "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             "file_bytes": file_bytes,
             "load_seconds": stats.seconds,

@@ -70,10 +70,11 @@ impl RunArgs {
 
 /// The GPU loader's and residency check's figures of a model opened on the GPU, as JSON.
 pub fn gpu_load_json(engine: &Engine, model: &Model) -> serde_json::Value {
-    let (Some(gpu), Some(stats)) = (engine.gpu(), model.load_stats().gpu.as_ref()) else {
+    let (Some(kernels), Some(stats)) = (engine.kernels(), model.load_stats().gpu.as_ref()) else {
         return json!({});
     };
-    let info = gpu.info();
+    let info = kernels.gpu().info();
+    let compiled = kernels.compile_report();
     let residency =
         model.load_stats().residency.as_ref().map(
             |c| json!({"ok": true, "streams": c.streams, "bytes": c.bytes, "seconds": c.seconds}),
@@ -82,7 +83,7 @@ pub fn gpu_load_json(engine: &Engine, model: &Model) -> serde_json::Value {
         "gpu": info.name, "load_decoded_bytes": stats.decoded_bytes, "load_gb_s": stats.gb_per_s(),
         "vram_weight_bytes": stats.vram_bytes, "vram_used_bytes": stats.vram_used_bytes,
         "pinned_ring_bytes": stats.ring_bytes, "check_resident": residency,
-        "kernels_cached": info.kernels_cached, "kernel_seconds": info.kernel_seconds,
+        "kernels_cached": compiled.cache_hit, "kernel_seconds": compiled.seconds,
     })
 }
 

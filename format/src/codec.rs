@@ -10,8 +10,8 @@ pub enum Codec {
     Raw,
     Zstd,
     ZstdBp,
-    /// Symmetric int8 with one f32 scale per row (format 1.0).
-    Int8,
+    /// Symmetric int8 with one f32 scale per row (format 1.0; id `int8`).
+    Int8Row,
     /// Symmetric int8 with one f32 scale per group of `group_size` columns (format 1.1).
     Int8Group {
         group_size: u32,
@@ -48,7 +48,7 @@ impl Codec {
             Codec::Raw => "raw",
             Codec::Zstd => "zstd",
             Codec::ZstdBp => "zstd-bp",
-            Codec::Int8 => "int8",
+            Codec::Int8Row => "int8",
             Codec::Int8Group { .. } => "int8g",
             Codec::Int4 { .. } => "int4",
         }
@@ -79,7 +79,7 @@ impl Codec {
             "raw" => Codec::Raw,
             "zstd" => Codec::Zstd,
             "zstd-bp" => Codec::ZstdBp,
-            "int8" => Codec::Int8,
+            "int8" => Codec::Int8Row,
             "int8g" => Codec::Int8Group {
                 group_size: group_size?,
             },
@@ -124,7 +124,7 @@ impl Codec {
                     format!("codec zstd-bp needs bf16, f16 or f32, not {dtype}"),
                 )),
             },
-            Codec::Int8 | Codec::Int8Group { .. } | Codec::Int4 { .. } => {
+            Codec::Int8Row | Codec::Int8Group { .. } | Codec::Int4 { .. } => {
                 if !dtype.is_float() {
                     return Err(FormatError::tensor(
                         name,

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod dtype;
 pub mod encoding;
 pub mod error;
+pub mod form;
 pub mod hash;
 pub mod index;
 pub mod layout;
@@ -22,6 +23,7 @@ pub mod verify;
 pub use codec::Codec;
 pub use dtype::Dtype;
 pub use error::{FormatError, Result};
+pub use form::WeightForm;
 pub use index::Index;
 pub use limits::Limits;
 pub use pack::{

@@ -447,7 +447,7 @@ pub fn project(input: &PackInput<'_>, opts: &PackOptions) -> Result<Vec<Projecti
 fn effort(codec: Codec, opts: &PackOptions) -> Effort {
     match codec {
         Codec::Raw | Codec::Zstd => Effort::Level(opts.zstd_level),
-        Codec::ZstdBp | Codec::Int8 | Codec::Int8Group { .. } | Codec::Int4 { .. } => {
+        Codec::ZstdBp | Codec::Int8Row | Codec::Int8Group { .. } | Codec::Int4 { .. } => {
             Effort::Entropy
         }
     }

@@ -78,7 +78,7 @@ impl RuleCodec {
             "zstd" => RuleCodec::Fixed(Codec::Zstd),
             "zstd-bp" => RuleCodec::Fixed(Codec::ZstdBp),
             "int8" => RuleCodec::Int8Default,
-            "int8-row" => RuleCodec::Fixed(Codec::Int8),
+            "int8-row" => RuleCodec::Fixed(Codec::Int8Row),
             "int8-g32" => RuleCodec::Fixed(Codec::Int8Group { group_size: 32 }),
             "int8-g64" => RuleCodec::Fixed(Codec::Int8Group { group_size: 64 }),
             "int8-g128" => RuleCodec::Fixed(Codec::Int8Group { group_size: 128 }),
@@ -155,18 +155,18 @@ fn codec_text(c: RuleCodec) -> String {
         RuleCodec::Lossless => "lossless".into(),
         RuleCodec::Int8Default => "int8".into(),
         RuleCodec::Int4Default => "int4".into(),
-        RuleCodec::Fixed(Codec::Int8) => "int8-row".into(),
+        RuleCodec::Fixed(Codec::Int8Row) => "int8-row".into(),
         RuleCodec::Fixed(Codec::Int8Group { group_size }) => format!("int8-g{group_size}"),
         RuleCodec::Fixed(Codec::Int4 { group_size }) => format!("int4-g{group_size}"),
         RuleCodec::Fixed(c) => c.id().into(),
     }
 }
 
-/// Quantization used by a preset.
+/// Quantization used by a preset (`--quant`); its group size is the policy's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quant {
-    /// Symmetric int8, one scale per group of `group_size` columns (codec `int8g`).
-    Int8,
+    /// `int8`: symmetric int8, one scale per group of `group_size` columns (codec `int8g`).
+    Int8Group,
     /// Symmetric int8, one scale per row (codec `int8`, readable by format 1.0 readers).
     Int8Row,
     /// Asymmetric int4 per group of `group_size` columns.
@@ -176,7 +176,7 @@ pub enum Quant {
 impl Quant {
     pub fn name(self) -> &'static str {
         match self {
-            Quant::Int8 => "int8",
+            Quant::Int8Group => "int8",
             Quant::Int8Row => "int8-row",
             Quant::Int4 => "int4",
         }
@@ -198,7 +198,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             preset: Preset::Lossless,
-            quant: Quant::Int8,
+            quant: Quant::Int8Group,
             group_size: 64,
             lossless: Codec::ZstdBp,
             rules: Vec::new(),
@@ -245,7 +245,7 @@ impl PolicyFile {
 impl Policy {
     pub fn parse_quant(s: &str) -> Result<Quant> {
         match s {
-            "int8" => Ok(Quant::Int8),
+            "int8" => Ok(Quant::Int8Group),
             "int8-row" => Ok(Quant::Int8Row),
             "int4" => Ok(Quant::Int4),
             _ => Err(FormatError::Policy(format!(
@@ -324,7 +324,7 @@ impl Policy {
     fn int8_for(&self, shape: &[u64]) -> Codec {
         match self.group_for(shape.get(1).copied().unwrap_or(0)) {
             Some(group_size) => Codec::Int8Group { group_size },
-            None => Codec::Int8,
+            None => Codec::Int8Row,
         }
     }
 
@@ -339,8 +339,8 @@ impl Policy {
 
     fn quant_codec(&self, shape: &[u64]) -> Codec {
         match self.quant {
-            Quant::Int8 => self.int8_for(shape),
-            Quant::Int8Row => Codec::Int8,
+            Quant::Int8Group => self.int8_for(shape),
+            Quant::Int8Row => Codec::Int8Row,
             Quant::Int4 => self.int4_for(shape),
         }
     }
@@ -456,10 +456,10 @@ mod tests {
             p.resolve(&t)
         };
         let g = |group_size| Codec::Int8Group { group_size };
-        assert_eq!(plan(Quant::Int8, 256).unwrap(), [g(128)]);
-        assert_eq!(plan(Quant::Int8, 576).unwrap(), [g(64)]);
-        assert_eq!(plan(Quant::Int8, 160).unwrap(), [g(32)]);
-        assert_eq!(plan(Quant::Int8, 40).unwrap(), [Codec::Int8]);
+        assert_eq!(plan(Quant::Int8Group, 256).unwrap(), [g(128)]);
+        assert_eq!(plan(Quant::Int8Group, 576).unwrap(), [g(64)]);
+        assert_eq!(plan(Quant::Int8Group, 160).unwrap(), [g(32)]);
+        assert_eq!(plan(Quant::Int8Group, 40).unwrap(), [Codec::Int8Row]);
         assert_eq!(
             plan(Quant::Int4, 96).unwrap(),
             [Codec::Int4 { group_size: 32 }]
@@ -477,7 +477,7 @@ mod tests {
             ..Policy::default()
         };
         let plan = resolve(&p).unwrap();
-        assert_eq!(plan[2], Codec::Int8);
+        assert_eq!(plan[2], Codec::Int8Row);
         assert_eq!(plan[4], Codec::Int8Group { group_size: 32 });
         assert_eq!(p.record().quant, "int8-row");
         assert_eq!(p.record().rules, ["*q_proj*=int8-g32"]);

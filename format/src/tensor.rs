@@ -53,14 +53,14 @@ pub fn quant_params(
         msg: format!("row {row}: {msg}"),
     };
     match codec {
-        Codec::Int8 | Codec::Int8Group { .. } => {
+        Codec::Int8Row | Codec::Int8Group { .. } => {
             let g = codec.group_size().map_or(cols, |g| g as usize).max(1);
             let per_row = (0..rows)
                 .into_par_iter()
                 .map_init(Vec::new, |buf, r| {
                     quant::to_f32(dtype, &src[r * row_bytes..(r + 1) * row_bytes], buf);
                     // A per-row scale exists even for an empty row (its scale is 0).
-                    let groups: Vec<&[f32]> = if codec == Codec::Int8 {
+                    let groups: Vec<&[f32]> = if codec == Codec::Int8Row {
                         vec![&buf[..]]
                     } else {
                         buf.chunks(g).collect()
@@ -185,7 +185,7 @@ pub fn stream_range(
 pub fn dequantize(codec: Codec, shape: &[u64], streams: &[Vec<u8>]) -> Vec<f32> {
     let (rows, cols) = rows_cols(shape);
     match codec {
-        Codec::Int8 | Codec::Int8Group { .. } => {
+        Codec::Int8Row | Codec::Int8Group { .. } => {
             let scales: Vec<f32> = streams[1]
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))

@@ -107,7 +107,7 @@ fn lossless_round_trip_every_dtype_and_codec() {
 
 #[test]
 fn quantized_tensors_requantize_to_the_same_payload() {
-    for (quant, gs) in [(Quant::Int8, 64), (Quant::Int4, 32), (Quant::Int4, 64)] {
+    for (quant, gs) in [(Quant::Int8Group, 64), (Quant::Int4, 32), (Quant::Int4, 64)] {
         let policy = Policy {
             preset: Preset::AllLinear,
             quant,
@@ -138,7 +138,7 @@ fn quantized_tensors_requantize_to_the_same_payload() {
                 .zip(&orig)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            let bound = if quant == Quant::Int8 {
+            let bound = if quant == Quant::Int8Group {
                 0.02 / 127.0
             } else {
                 0.04 / 15.0

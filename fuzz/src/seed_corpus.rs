@@ -89,7 +89,7 @@ fn container(
 fn container_seeds(dir: &Path) {
     let quantized = Policy {
         preset: Preset::MlpOnly,
-        quant: Quant::Int8,
+        quant: Quant::Int8Group,
         rules: vec![Rule::parse(r"re:.*down_proj\.weight=int4-g32").unwrap()],
         ..Policy::default()
     };

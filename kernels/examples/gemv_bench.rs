@@ -16,7 +16,7 @@ fn weight(rows: usize, cols: usize, form: &str) -> Weight {
     let data = match form {
         "f32" => WeightData::F32((0..n).map(v).collect()),
         "f16" => WeightData::F16((0..n).map(|i| f16::from_f32(v(i))).collect()),
-        "int8" => WeightData::Int8 {
+        "int8" => WeightData::Int8Row {
             q: (0..n).map(|i| (i % 251) as u8 as i8).collect(),
             scales: vec![0.01; rows],
         },

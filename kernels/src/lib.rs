@@ -1,4 +1,6 @@
-//! cllm-kernels: compute kernels. `cpu` is the reference backend.
+//! cllm-kernels: the compute kernels. [`cpu`] is the reference backend (deterministic f32
+//! kernels over weights in memory, [`Weight`]); [`cuda`] holds the CUDA kernels' sources and
+//! their launches on a `cllm_cuda::Gpu`.
 
 pub mod cpu;
 pub mod cuda;

@@ -3,16 +3,18 @@
 //! Quantized weights stay quantized here: the matrix-vector kernels dequantize inside the product,
 //! so memory holds the container's payload, not a float copy of the model.
 
+use cllm_format::WeightForm;
 use half::{bf16, f16};
 
-/// How a weight's elements are stored. Quantization schemes are exactly those of spec/FORMAT.md.
+/// A weight's elements in CPU memory, one variant per [`WeightForm`]. Quantization schemes are
+/// exactly those of spec/FORMAT.md.
 #[derive(Clone, Debug)]
 pub enum WeightData {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
     F16(Vec<f16>),
     /// Symmetric per-row int8: `w[r][c] = q[r*cols + c] as f32 * scales[r]`.
-    Int8 {
+    Int8Row {
         q: Vec<i8>,
         scales: Vec<f32>,
     },
@@ -43,14 +45,37 @@ pub struct Weight {
     pub data: WeightData,
 }
 
+impl WeightData {
+    /// The storage form.
+    pub fn form(&self) -> WeightForm {
+        match self {
+            WeightData::F32(_) => WeightForm::F32,
+            WeightData::Bf16(_) => WeightForm::Bf16,
+            WeightData::F16(_) => WeightForm::F16,
+            WeightData::Int8Row { .. } => WeightForm::Int8Row,
+            WeightData::Int8Group { group_size, .. } => WeightForm::Int8Group {
+                group_size: *group_size as u32,
+            },
+            WeightData::Int4 { group_size, .. } => WeightForm::Int4 {
+                group_size: *group_size as u32,
+            },
+        }
+    }
+}
+
 impl Weight {
+    /// The storage form.
+    pub fn form(&self) -> WeightForm {
+        self.data.form()
+    }
+
     /// Bytes the weight occupies in memory (payload plus scales).
     pub fn resident_bytes(&self) -> usize {
         match &self.data {
             WeightData::F32(v) => v.len() * 4,
             WeightData::Bf16(v) => v.len() * 2,
             WeightData::F16(v) => v.len() * 2,
-            WeightData::Int8 { q, scales } | WeightData::Int8Group { q, scales, .. } => {
+            WeightData::Int8Row { q, scales } | WeightData::Int8Group { q, scales, .. } => {
                 q.len() + scales.len() * 4
             }
             WeightData::Int4 {

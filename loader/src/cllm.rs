@@ -1,11 +1,11 @@
 //! Weights from a `.cllm` container into CPU memory. Quantized tensors stay quantized: their
-//! payload and scales become `WeightData::Int8`/`Int8Group`/`Int4` as they are, nothing is expanded to floats.
+//! payload and scales become `WeightData::Int8Row`/`Int8Group`/`Int4` as they are, nothing is expanded to floats.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use cllm_format::{Codec, Container, Dtype, Limits};
+use cllm_format::{Codec, Container, Dtype, Limits, WeightForm};
 use cllm_kernels::{Weight, WeightData};
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -62,49 +62,35 @@ pub fn weight_from_streams(
     mut streams: Vec<Vec<u8>>,
 ) -> Result<Weight, LoadError> {
     let (rows, cols) = cllm_format::tensor::rows_cols(shape);
-    let data = match codec {
-        Codec::Int8 | Codec::Int8Group { .. } => {
-            let scales = streams[1]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let q = std::mem::take(&mut streams[0])
-                .into_iter()
-                .map(|b| b as i8)
-                .collect();
-            match codec.group_size() {
-                Some(g) => WeightData::Int8Group {
-                    q,
-                    scales,
-                    group_size: g as usize,
-                },
-                None => WeightData::Int8 { q, scales },
-            }
-        }
-        Codec::Int4 { group_size } => WeightData::Int4 {
+    let form = WeightForm::of(codec, dtype).ok_or_else(|| LoadError::UnsupportedDtype {
+        tensor: name.to_string(),
+        dtype,
+    })?;
+    let f32s = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let codes = |b: Vec<u8>| -> Vec<i8> { b.into_iter().map(|b| b as i8).collect() };
+    let data = match form {
+        WeightForm::F32 => WeightData::F32(f32s(&streams[0])),
+        WeightForm::Bf16 => WeightData::Bf16(u16s(&streams[0]).map(bf16::from_bits).collect()),
+        WeightForm::F16 => WeightData::F16(u16s(&streams[0]).map(f16::from_bits).collect()),
+        WeightForm::Int8Row => WeightData::Int8Row {
+            scales: f32s(&streams[1]),
+            q: codes(std::mem::take(&mut streams[0])),
+        },
+        WeightForm::Int8Group { group_size } => WeightData::Int8Group {
+            scales: f32s(&streams[1]),
+            q: codes(std::mem::take(&mut streams[0])),
+            group_size: group_size as usize,
+        },
+        WeightForm::Int4 { group_size } => WeightData::Int4 {
             scales: u16s(&streams[1]).map(f16::from_bits).collect(),
             mins: u16s(&streams[2]).map(f16::from_bits).collect(),
             packed: std::mem::take(&mut streams[0]),
             group_size: group_size as usize,
         },
-        _ => {
-            let b = &streams[0];
-            match dtype {
-                Dtype::Bf16 => WeightData::Bf16(u16s(b).map(bf16::from_bits).collect()),
-                Dtype::F16 => WeightData::F16(u16s(b).map(f16::from_bits).collect()),
-                Dtype::F32 => WeightData::F32(
-                    b.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect(),
-                ),
-                other => {
-                    return Err(LoadError::UnsupportedDtype {
-                        tensor: name.to_string(),
-                        dtype: other,
-                    })
-                }
-            }
-        }
     };
     Ok(Weight { rows, cols, data })
 }

@@ -26,12 +26,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use cllm_cuda::{CudaError, DeviceBuffer, Event, Gpu, PinnedBuffer};
 use cllm_format::codec::Encoding;
-use cllm_format::{Codec, Dtype};
+use cllm_format::{Codec, Dtype, WeightForm};
 use cllm_kernels::cuda::hash::StreamHash;
-use cllm_kernels::cuda::{
-    CudaError, DeviceBuffer, Event, Gpu, GpuWeight, GpuWeightKind, PinnedBuffer,
-};
+use cllm_kernels::cuda::{GpuWeight, Kernels};
 use rayon::prelude::*;
 
 use crate::cllm::CllmFile;
@@ -169,7 +168,7 @@ struct TensorPlan {
     name: String,
     rows: usize,
     cols: usize,
-    kind: GpuWeightKind,
+    form: WeightForm,
     /// Indices into the stream plans: data, then scales and mins.
     streams: Vec<usize>,
 }
@@ -216,26 +215,10 @@ impl Ring {
     }
 }
 
-fn kind_of(name: &str, dtype: Dtype, codec: Codec) -> Result<GpuWeightKind, LoadError> {
-    Ok(match codec {
-        Codec::Int8 => GpuWeightKind::Int8,
-        Codec::Int8Group { group_size } => GpuWeightKind::Int8Group {
-            group_size: group_size as usize,
-        },
-        Codec::Int4 { group_size } => GpuWeightKind::Int4 {
-            group_size: group_size as usize,
-        },
-        _ => match dtype {
-            Dtype::Bf16 => GpuWeightKind::Bf16,
-            Dtype::F16 => GpuWeightKind::F16,
-            Dtype::F32 => GpuWeightKind::F32,
-            other => {
-                return Err(LoadError::UnsupportedDtype {
-                    tensor: name.to_string(),
-                    dtype: other,
-                })
-            }
-        },
+fn form_of(name: &str, dtype: Dtype, codec: Codec) -> Result<WeightForm, LoadError> {
+    WeightForm::of(codec, dtype).ok_or_else(|| LoadError::UnsupportedDtype {
+        tensor: name.to_string(),
+        dtype,
     })
 }
 
@@ -267,7 +250,7 @@ pub fn load_gpu(
                 .into());
             }
             let (rows, cols) = cllm_format::tensor::rows_cols(&t.shape);
-            let kind = kind_of(t.name, t.dtype, Codec::Raw)?;
+            let form = form_of(t.name, t.dtype, Codec::Raw)?;
             streams.push(StreamPlan {
                 tensor: t.name.to_string(),
                 role: "data".into(),
@@ -279,7 +262,7 @@ pub fn load_gpu(
                 name: t.name.to_string(),
                 rows,
                 cols,
-                kind,
+                form,
                 streams: vec![streams.len() - 1],
             });
         }
@@ -320,7 +303,7 @@ pub fn load_gpu(
     let mut read = 0u64;
     for (i, t) in c.tensors().iter().enumerate() {
         let codec = c.codec(i);
-        let kind = kind_of(&t.name, t.dtype, codec)?;
+        let form = form_of(&t.name, t.dtype, codec)?;
         let (rows, cols) = cllm_format::tensor::rows_cols(&t.shape);
         let mut idx = Vec::new();
         for (s, spec) in t.streams.iter().zip(c.stream_specs(i)) {
@@ -354,7 +337,7 @@ pub fn load_gpu(
             name: t.name.clone(),
             rows,
             cols,
-            kind,
+            form,
             streams: idx,
         });
     }
@@ -583,7 +566,7 @@ fn finish(
             GpuWeight {
                 rows: p.rows,
                 cols: p.cols,
-                kind: p.kind,
+                form: p.form,
                 data: ptr(0),
                 scales: ptr(1),
                 mins: ptr(2),
@@ -618,16 +601,16 @@ impl GpuModelWeights {
     /// Hashes every resident stream on the GPU and compares with the hash of the decoded bytes
     /// computed while loading (load with [`GpuLoadOptions::hash`]). Fails naming every tensor
     /// (and stream) whose resident bytes differ.
-    pub fn check_resident(&self, gpu: &Arc<Gpu>) -> Result<ResidencyReport, GpuLoadError> {
+    pub fn check_resident(&self, kernels: &Kernels) -> Result<ResidencyReport, GpuLoadError> {
         let t = Instant::now();
-        let scratch = gpu.alloc("hash scratch", 8)?;
+        let scratch = kernels.gpu().alloc("hash scratch", 8)?;
         let mut bad = Vec::new();
         let mut bytes = 0;
         for s in &self.streams {
             let want = s.cpu_hash.ok_or_else(|| {
                 GpuLoadError::Residency("the model was loaded without residency hashes".into())
             })?;
-            let got = gpu.hash_device(s.ptr, s.len, scratch.ptr())?;
+            let got = kernels.hash_device(s.ptr, s.len, scratch.ptr())?;
             bytes += s.len;
             if got != want {
                 bad.push(format!(

@@ -12,7 +12,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cllm_kernels::cuda::{CudaError, Gpu, GpuWeight};
+use cllm_cuda::{CudaError, Gpu};
+use cllm_kernels::cuda::{GpuWeight, Kernels};
 use cllm_kernels::Weight;
 use cllm_loader::gpu::{load_gpu, GpuLoadError, GpuLoadOptions, GpuLoadStats, ResidencyReport};
 use cllm_loader::{load_cpu, LoadError, LoadedModel, ModelFiles};
@@ -120,25 +121,28 @@ pub struct OpenOptions {
 #[derive(Clone, Debug)]
 pub struct Engine {
     device: Device,
-    gpu: Option<Arc<Gpu>>,
+    kernels: Option<Arc<Kernels>>,
 }
 
 impl Engine {
     /// Opens `device`: on `cuda` the first GPU, with its kernels compiled (or taken from the
     /// cache); "no CUDA driver found ..." on a machine without one.
     pub fn new(device: Device) -> Result<Engine, EngineError> {
-        let gpu = match device {
+        let kernels = match device {
             Device::Cpu => None,
-            Device::Cuda => Some(Gpu::new(0).map_err(EngineError::Device)?),
+            Device::Cuda => {
+                let gpu = Gpu::new(0).map_err(EngineError::Device)?;
+                Some(Kernels::new(&gpu).map_err(EngineError::Device)?)
+            }
         };
-        Ok(Engine { device, gpu })
+        Ok(Engine { device, kernels })
     }
 
     /// The CPU engine (it opens nothing).
     pub fn cpu() -> Engine {
         Engine {
             device: Device::Cpu,
-            gpu: None,
+            kernels: None,
         }
     }
 
@@ -148,7 +152,12 @@ impl Engine {
 
     /// The GPU, on `cuda`.
     pub fn gpu(&self) -> Option<&Arc<Gpu>> {
-        self.gpu.as_ref()
+        self.kernels.as_ref().map(|k| k.gpu())
+    }
+
+    /// The kernels compiled for the GPU, on `cuda`.
+    pub fn kernels(&self) -> Option<&Arc<Kernels>> {
+        self.kernels.as_ref()
     }
 
     /// Opens a `.cllm` file or a Hugging Face folder onto this engine's device: on the CPU its
@@ -156,12 +165,13 @@ impl Engine {
     /// quantized on both).
     pub fn open(&self, path: &Path, opts: &OpenOptions) -> Result<Model, EngineError> {
         let start = Instant::now();
-        match &self.gpu {
+        match &self.kernels {
             None => {
                 let loaded = load_cpu(path)?;
                 self.build(loaded, opts)
             }
-            Some(gpu) => {
+            Some(kernels) => {
+                let gpu = kernels.gpu();
                 let load_opts = GpuLoadOptions {
                     hash: opts.check_resident,
                     ..GpuLoadOptions::default()
@@ -173,7 +183,7 @@ impl Engine {
                     })?;
                 let (cfg, tokenizer) = read_files(path, &w.files, opts.need_tokenizer)?;
                 let weights = std::mem::take(&mut w.weights);
-                let model = GpuModel::new(gpu, cfg.clone(), weights).map_err(|source| {
+                let model = GpuModel::new(kernels, cfg.clone(), weights).map_err(|source| {
                     EngineError::Gpu {
                         path: path.to_path_buf(),
                         source,
@@ -182,7 +192,7 @@ impl Engine {
                 let load_seconds = start.elapsed().as_secs_f64();
                 let residency = if opts.check_resident {
                     Some(
-                        w.check_resident(gpu)
+                        w.check_resident(kernels)
                             .map_err(|source| EngineError::Residency {
                                 path: path.to_path_buf(),
                                 source: Box::new(source),
@@ -223,7 +233,7 @@ impl Engine {
             ..
         } = loaded;
         let (cfg, tokenizer) = read_files(&path, &files, opts.need_tokenizer)?;
-        let backend = match &self.gpu {
+        let backend = match &self.kernels {
             None => {
                 let m =
                     CpuModel::new(cfg.clone(), weights).map_err(|source| EngineError::Model {
@@ -232,12 +242,13 @@ impl Engine {
                     })?;
                 BackendModel::Cpu(Box::new(m))
             }
-            Some(gpu) => {
-                let resident = upload(gpu, weights).map_err(|source| EngineError::Gpu {
-                    path: path.clone(),
-                    source: source.into(),
-                })?;
-                let m = GpuModel::new(gpu, cfg.clone(), resident).map_err(|source| {
+            Some(kernels) => {
+                let resident =
+                    upload(kernels.gpu(), weights).map_err(|source| EngineError::Gpu {
+                        path: path.clone(),
+                        source: source.into(),
+                    })?;
+                let m = GpuModel::new(kernels, cfg.clone(), resident).map_err(|source| {
                     EngineError::Gpu {
                         path: path.clone(),
                         source,

@@ -52,7 +52,7 @@ fn wrong_shape_and_bad_payload_are_named() {
     );
     let mut w = weights(&cfg(false), Form::Int8, 1);
     if let Some(Weight {
-        data: WeightData::Int8 { scales, .. },
+        data: WeightData::Int8Row { scales, .. },
         ..
     }) = w.get_mut("model.layers.1.mlp.up_proj.weight")
     {

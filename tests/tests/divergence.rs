@@ -410,8 +410,8 @@ fn usage_errors_exit_2() {
     let r = real();
     // Without a GPU, `--device cuda` says so and exits 2, as `cllm run --device cuda` does (on a
     // GPU machine tests/tests/gpu.rs runs it instead).
-    let gpu_machine = std::env::var("CLLM_GPU_TESTS").is_ok_and(|v| v == "1")
-        || cllm_kernels::cuda::Gpu::driver_present();
+    let gpu_machine =
+        std::env::var("CLLM_GPU_TESTS").is_ok_and(|v| v == "1") || cllm_cuda::Gpu::driver_present();
     if !gpu_machine {
         for args in [
             vec![

@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use cllm_cuda::Gpu;
 use cllm_kernels::cpu::matmul;
-use cllm_kernels::cuda::{GemvArgs, GemvMode, Gpu, GpuWeight};
+use cllm_kernels::cuda::{GemvArgs, GemvMode, GpuWeight, Kernels};
 use cllm_kernels::{Weight, WeightData};
 use cllm_loader::gpu::{load_gpu, GpuLoadOptions, GpuModelWeights};
 use cllm_model::ModelConfig;
@@ -35,10 +36,19 @@ macro_rules! gpu_test {
     };
 }
 
-fn gpu() -> Arc<Gpu> {
-    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new(0).unwrap_or_else(|e| panic!("opening the GPU: {e}")))
+/// The kernels on the first GPU, compiled once per test process.
+fn kernels() -> Arc<Kernels> {
+    static KERNELS: OnceLock<Arc<Kernels>> = OnceLock::new();
+    KERNELS
+        .get_or_init(|| {
+            let gpu = Gpu::new(0).unwrap_or_else(|e| panic!("opening the GPU: {e}"));
+            Kernels::new(&gpu).unwrap_or_else(|e| panic!("compiling the kernels: {e}"))
+        })
         .clone()
+}
+
+fn gpu() -> Arc<Gpu> {
+    kernels().gpu().clone()
 }
 
 /// `cllm pack SRC -o OUT --quiet EXTRA...`.
@@ -109,7 +119,7 @@ fn random_weight(rng: &mut Rng, rows: usize, cols: usize, form: &str) -> Weight 
         "f32" => WeightData::F32(rng.vec(n)),
         "bf16" => WeightData::Bf16(rng.vec(n).into_iter().map(bf16::from_f32).collect()),
         "f16" => WeightData::F16(rng.vec(n).into_iter().map(f16::from_f32).collect()),
-        "int8" => WeightData::Int8 {
+        "int8" => WeightData::Int8Row {
             q: (0..n)
                 .map(|_| (rng.next() % 255) as i32 as i8)
                 .map(|q| q.max(-127))
@@ -154,20 +164,24 @@ fn random_weight(rng: &mut Rng, rows: usize, cols: usize, form: &str) -> Weight 
     Weight { rows, cols, data }
 }
 
-/// Caps the blocks of the streaming one-token GEMV launches while alive (see
-/// `Gpu::set_gemv_stream_blocks`), so each block runs many blocks' units; back to one wave on drop.
-struct FewStreamingBlocks(Arc<Gpu>);
+/// Caps the blocks of the streaming one-token GEMV launches while alive (the tuning's
+/// `gemv_stream_blocks`), so each block runs many blocks' units; the tuning is back on drop.
+struct FewStreamingBlocks(Arc<Gpu>, cllm_cuda::Tuning);
 
 impl FewStreamingBlocks {
     fn new(gpu: &Arc<Gpu>, blocks: usize) -> Self {
-        gpu.set_gemv_stream_blocks(blocks);
-        FewStreamingBlocks(gpu.clone())
+        let before = gpu.tuning();
+        gpu.set_tuning(cllm_cuda::Tuning {
+            gemv_stream_blocks: blocks,
+            ..before
+        });
+        FewStreamingBlocks(gpu.clone(), before)
     }
 }
 
 impl Drop for FewStreamingBlocks {
     fn drop(&mut self) {
-        self.0.set_gemv_stream_blocks(0);
+        self.0.set_tuning(self.1);
     }
 }
 
@@ -194,11 +208,12 @@ fn gpu_matmul_piped(gpu: &Arc<Gpu>, w: &GpuWeight, x: &[f32], n: usize, pipe: i3
     let xb = gpu.upload("x", x).unwrap();
     let out = gpu.alloc("out", n * w.rows * 4).unwrap();
     let argmax = gpu.alloc("argmax", n * 8).unwrap();
-    let pieces = Gpu::mma_pieces_bytes(n, w.cols);
+    let pieces = Kernels::mma_pieces_bytes(n, w.cols);
     let xq = gpu.alloc("x pieces", pieces + 4 * n).unwrap();
     gpu.fill_u32(out.ptr(), 0x7fc0_0001, n * w.rows).unwrap(); // poison: NaN
     gpu.fill_u32(argmax.ptr(), 0, n * 2).unwrap();
-    gpu.gemv(&GemvArgs {
+    let k = kernels();
+    k.gemv(&GemvArgs {
         w: [w.desc(0), Default::default(), Default::default()],
         x: xb.ptr(),
         out: out.ptr(),
@@ -210,7 +225,7 @@ fn gpu_matmul_piped(gpu: &Arc<Gpu>, w: &GpuWeight, x: &[f32], n: usize, pipe: i3
         x_stride: w.cols as i32,
         out_stride: w.rows as i32,
         units: w.rows.div_ceil(2) as i32,
-        ksplit: cllm_kernels::cuda::ksplit_for(w),
+        ksplit: k.ksplit_for(w),
         pipe,
         ..GemvArgs::default()
     })
@@ -331,7 +346,7 @@ fn unshift(v: f32, s: i32) -> f32 {
 /// token: the exact integer sum of q X, rounded once to f32, times 2^-S (two exact steps),
 /// times the row scale.
 fn int8_fixed_point_matmul(w: &Weight, x: &[f32]) -> Vec<f32> {
-    let WeightData::Int8 { q, scales } = &w.data else {
+    let WeightData::Int8Row { q, scales } = &w.data else {
         panic!("per-row int8 only")
     };
     let (s, fixed) = fixed_point(x);
@@ -424,10 +439,10 @@ fn gpu_int8_tensor_core_products_are_exact_for_every_batch() {
                 ..GemvArgs::default()
             };
             assert!(
-                gpu.gemv_mma(&probe),
+                kernels().gemv_mma(&probe),
                 "{form} {rows}x{cols} runs on the tensor cores"
             );
-            let ksplit = gpu.gemv_mma_ksplit(&probe);
+            let ksplit = kernels().gemv_mma_ksplit(&probe);
             // x: random; with an outlier 10^4 times the rest; scaled to 1e-30; zero but one;
             // zero.
             let mut xs: Vec<Vec<f32>> = Vec::new();
@@ -481,7 +496,7 @@ fn gpu_load(path: &Path) -> (GpuModel, GpuModelWeights) {
     .unwrap_or_else(|e| panic!("loading {} on the GPU: {e}", path.display()));
     let cfg = ModelConfig::from_json(std::str::from_utf8(&w.files.config_json).unwrap()).unwrap();
     let weights = std::mem::take(&mut w.weights);
-    let model = GpuModel::new(&gpu, cfg, weights).unwrap();
+    let model = GpuModel::new(&kernels(), cfg, weights).unwrap();
     (model, w)
 }
 
@@ -569,7 +584,7 @@ fn gpu_synthetic_models_match_cpu_with_long_contexts() {
             let what = path.display().to_string();
             let cpu = cpu_model(path);
             let (g, w) = gpu_load(path);
-            w.check_resident(&gpu()).unwrap();
+            w.check_resident(&kernels()).unwrap();
             let splits: Vec<usize> = [1, 127, 129, len - 1]
                 .into_iter()
                 .filter(|&s| s < len)
@@ -632,7 +647,7 @@ fn gpu_check_resident_names_a_corrupted_tensor() {
         },
     )
     .unwrap();
-    w.check_resident(&gpu).unwrap();
+    w.check_resident(&kernels()).unwrap();
     let s = w
         .streams
         .iter()
@@ -642,7 +657,7 @@ fn gpu_check_resident_names_a_corrupted_tensor() {
     gpu.dtoh(&mut b, s.ptr + 5).unwrap();
     b[0] ^= 0x10;
     gpu.htod(s.ptr + 5, &b).unwrap();
-    let e = w.check_resident(&gpu).unwrap_err().to_string();
+    let e = w.check_resident(&kernels()).unwrap_err().to_string();
     assert!(e.contains("model.layers.1.mlp.up_proj.weight"), "{e}");
 }
 
@@ -986,11 +1001,11 @@ fn sampler_cfg(
 }
 
 fn gpu_sampler(
-    gpu: &Arc<Gpu>,
+    kernels: &Arc<Kernels>,
     cfg: &cllm_runtime::SamplerConfig,
 ) -> cllm_kernels::cuda::GpuSampler {
     cllm_kernels::cuda::GpuSampler::new(
-        gpu,
+        kernels,
         cllm_kernels::cuda::SampleParams {
             temperature: cfg.temperature,
             top_k: cfg.top_k,
@@ -1051,7 +1066,7 @@ fn gpu_sampling_matches_the_cpu_sampler_draw_for_draw() {
                 .enumerate()
                 .map(|(r, &(id, _))| (id, r))
                 .collect();
-            let g = gpu_sampler(&gpu, &cfg);
+            let g = gpu_sampler(&kernels(), &cfg);
             for d in 0..*draws {
                 let want = cpu.sample(logits).unwrap();
                 let got = sampled_token(g.sample(dev.ptr(), logits.len(), out.ptr()).unwrap());
@@ -1088,7 +1103,7 @@ fn gpu_sampling_matches_the_cpu_sampler_draw_for_draw() {
     bad[5] = f32::NAN;
     let dev = gpu.upload("logits", &bad).unwrap();
     let cfg = sampler_cfg(1.0, 0, 1.0, 9);
-    let g = gpu_sampler(&gpu, &cfg);
+    let g = gpu_sampler(&kernels(), &cfg);
     let before = g.rng_state().unwrap();
     assert_eq!(
         g.sample(dev.ptr(), bad.len(), out.ptr()).unwrap(),
@@ -1123,7 +1138,7 @@ fn gpu_sampling_speed() {
             (1.0, 0, 1.0),
             (1.5, 0, 1.0),
         ] {
-            let g = gpu_sampler(&gpu, &sampler_cfg(t, k, p, 1));
+            let g = gpu_sampler(&kernels(), &sampler_cfg(t, k, p, 1));
             g.sample(dev.ptr(), logits.len(), out.ptr()).unwrap();
             let reps = 50;
             let t0 = std::time::Instant::now();
@@ -1165,7 +1180,7 @@ fn gpu_sampling_top_k_1_is_argmax() {
         let want = cllm_runtime::argmax(logits).unwrap();
         let dev = gpu.upload("logits", logits).unwrap();
         for (t, p) in [(0.1, 1.0), (1.0, 0.5), (3.0, 1.0)] {
-            let g = gpu_sampler(&gpu, &sampler_cfg(t, 1, p, i as u64));
+            let g = gpu_sampler(&kernels(), &sampler_cfg(t, 1, p, i as u64));
             for _ in 0..5 {
                 let o = sampled_token(g.sample(dev.ptr(), logits.len(), out.ptr()).unwrap());
                 assert_eq!(o.token, want, "case {i}, temperature {t}, top_p {p}");

@@ -299,9 +299,9 @@ fn python_reader_agrees_with_rust_on_every_codec() {
         compare(&format!("lossless {lossless}"), policy, None);
     }
     let quants = [
-        (Quant::Int8Row, 64, Codec::Int8),
-        (Quant::Int8, 32, Codec::Int8Group { group_size: 32 }),
-        (Quant::Int8, 64, Codec::Int8Group { group_size: 64 }),
+        (Quant::Int8Row, 64, Codec::Int8Row),
+        (Quant::Int8Group, 32, Codec::Int8Group { group_size: 32 }),
+        (Quant::Int8Group, 64, Codec::Int8Group { group_size: 64 }),
         (Quant::Int4, 32, Codec::Int4 { group_size: 32 }),
         (Quant::Int4, 64, Codec::Int4 { group_size: 64 }),
     ];

@@ -51,7 +51,7 @@ impl Weight {
             WeightData::F32(v) => check("f32 values", n, v.len()),
             WeightData::Bf16(v) => check("bf16 values", n, v.len()),
             WeightData::F16(v) => check("f16 values", n, v.len()),
-            WeightData::Int8 { q, scales } => {
+            WeightData::Int8Row { q, scales } => {
                 check("int8 values", n, q.len())?;
                 check("int8 row scales", rows, scales.len())
             }
@@ -146,7 +146,7 @@ pub(crate) fn decode_row_unscaled(w: &Weight, row: usize, out: &mut [f32]) -> Op
             v[start..start + cols].convert_to_f32_slice(out);
             None
         }
-        WeightData::Int8 { q, scales } => {
+        WeightData::Int8Row { q, scales } => {
             for (o, &b) in out.iter_mut().zip(&q[start..start + cols]) {
                 *o = b as f32;
             }

@@ -157,7 +157,7 @@ fn rows_task_generic(
                 WeightData::F32(v) => dots(lanes, &v[span], x, t0, t1, o),
                 WeightData::Bf16(v) => dots(lanes, Bf16Row(&v[span]), x, t0, t1, o),
                 WeightData::F16(v) => dots(lanes, F16Row(&v[span]), x, t0, t1, o),
-                WeightData::Int8 { q, scales } => {
+                WeightData::Int8Row { q, scales } => {
                     dots(lanes, I8Row(&q[span]), x, t0, t1, o);
                     for v in &mut o[t0..t1] {
                         *v *= scales[r];

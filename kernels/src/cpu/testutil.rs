@@ -70,7 +70,7 @@ pub(crate) fn random_weight(rng: &mut Rng, rows: usize, cols: usize, form: Form)
         Form::F32 => WeightData::F32(rng.vec(n)),
         Form::Bf16 => WeightData::Bf16(rng.vec(n).into_iter().map(bf16::from_f32).collect()),
         Form::F16 => WeightData::F16(rng.vec(n).into_iter().map(f16::from_f32).collect()),
-        Form::Int8 => WeightData::Int8 {
+        Form::Int8 => WeightData::Int8Row {
             q: (0..n)
                 .map(|_| ((rng.next_u64() % 255) as i16 - 127) as i8)
                 .collect(),
@@ -112,7 +112,7 @@ pub(crate) fn reference_element(w: &Weight, r: usize, c: usize) -> f64 {
         WeightData::F32(v) => v[i] as f64,
         WeightData::Bf16(v) => v[i].to_f64(),
         WeightData::F16(v) => v[i].to_f64(),
-        WeightData::Int8 { q, scales } => (q[i] as f32 * scales[r]) as f64,
+        WeightData::Int8Row { q, scales } => (q[i] as f32 * scales[r]) as f64,
         WeightData::Int8Group {
             q,
             scales,

@@ -8,12 +8,11 @@
 //! captured into a CUDA graph after a decode step; [`GpuSampler::read`] then waits and reads the
 //! four result words. [`GpuSampler::sample`] does both on any device logits buffer (tests).
 
-use std::ffi::CString;
 use std::sync::Arc;
 
-use cudarc::driver::{result, sys};
+use cllm_cuda::{CudaError, DeviceBuffer, Grid, KernelArgs};
 
-use super::device::{Ctx, CudaError, DeviceBuffer, Gpu};
+use super::Kernels;
 
 /// Threads of the kernel's one block (`SAMPLE_THREADS`).
 pub const SAMPLE_THREADS: u32 = 1024;
@@ -39,6 +38,9 @@ pub struct SampleArgs {
     pub temperature: f32,
     pub top_p: f32,
 }
+
+// SAFETY: #[repr(C)] twin of sample.cu's `struct SampleArgs` (see the layout test).
+unsafe impl KernelArgs for SampleArgs {}
 
 const _: () = assert!(std::mem::size_of::<SampleArgs>() == 48);
 
@@ -96,21 +98,13 @@ pub enum Sampled {
 
 /// The sampling kernel with its device state (see the module documentation).
 pub struct GpuSampler {
-    gpu: Arc<Gpu>,
-    func: sys::CUfunction,
+    kernels: Arc<Kernels>,
     state: DeviceBuffer,
     /// `[4][max_vocab]` words: the kernel's key lists and f64 masses.
     scratch: DeviceBuffer,
     max_vocab: usize,
     params: SampleParams,
 }
-
-// SAFETY: `func` is a process-wide handle into the loaded module, which the `Gpu` (kept alive
-// by `gpu`) owns; launching it from any thread is fine once the context is bound, which every
-// launch does first.
-unsafe impl Send for GpuSampler {}
-// SAFETY: as above; shared access only reads the handle.
-unsafe impl Sync for GpuSampler {}
 
 impl std::fmt::Debug for GpuSampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,7 +119,7 @@ impl GpuSampler {
     /// A sampler for vocabularies of up to `max_vocab` tokens, with generator state `rng`
     /// (xoshiro256**'s four words, as the CPU's `Xoshiro256::seed_from_u64` fills them).
     pub fn new(
-        gpu: &Arc<Gpu>,
+        kernels: &Arc<Kernels>,
         params: SampleParams,
         rng: [u64; 4],
         max_vocab: usize,
@@ -136,23 +130,11 @@ impl GpuSampler {
                 "GPU sampling: vocabulary of {max_vocab} tokens"
             )));
         }
-        gpu.bind()?;
-        // The kernel lives in the module the Gpu loaded; `embed` names it.
-        let mut module: sys::CUmodule = std::ptr::null_mut();
-        // SAFETY: `embed` is a function of the loaded module; the out-pointer is valid.
-        unsafe { sys::cuFuncGetModule(&mut module, gpu.f.embed) }
-            .result()
-            .ctx("finding the kernels' module")?;
-        // SAFETY: `module` is loaded (owned by `gpu`, which we keep alive).
-        let func = unsafe {
-            result::module::get_function(module, CString::new("sample_token").expect("no NUL"))
-        }
-        .ctx("finding kernel sample_token")?;
+        let gpu = kernels.gpu();
         let state = gpu.alloc("the sampler state", SAMPLE_STATE_WORDS * 8)?;
         let scratch = gpu.alloc("the sampler scratch", 4 * 8 * max_vocab)?;
         let s = GpuSampler {
-            gpu: gpu.clone(),
-            func,
+            kernels: kernels.clone(),
             state,
             scratch,
             max_vocab,
@@ -175,13 +157,13 @@ impl GpuSampler {
     pub fn reseed(&self, rng: [u64; 4]) -> Result<(), CudaError> {
         let mut words = [0u64; SAMPLE_STATE_WORDS];
         words[..4].copy_from_slice(&rng);
-        self.gpu.htod(self.state.ptr(), &words)
+        self.kernels.gpu().htod(self.state.ptr(), &words)
     }
 
     /// The generator's current state (waits for the stream).
     pub fn rng_state(&self) -> Result<[u64; 4], CudaError> {
         let mut w = [0u64; 4];
-        self.gpu.dtoh(&mut w, self.state.ptr())?;
+        self.kernels.gpu().dtoh(&mut w, self.state.ptr())?;
         Ok(w)
     }
 
@@ -205,14 +187,21 @@ impl GpuSampler {
             temperature: self.params.temperature,
             top_p: self.params.top_p,
         };
-        self.gpu
-            .launch(self.func, (1, 1, 1), SAMPLE_THREADS, &args, "sample_token")
+        let grid = Grid {
+            blocks: (1, 1, 1),
+            threads: SAMPLE_THREADS,
+            shared_bytes: 0,
+        };
+        self.kernels
+            .gpu()
+            .launch(&self.kernels.f.sample, grid, &args)
     }
 
     /// Waits for the compute stream and reads the last launch's result.
     pub fn read(&self) -> Result<Sampled, CudaError> {
         let mut w = [0u64; SAMPLE_STATE_WORDS - SST_KEY];
-        self.gpu
+        self.kernels
+            .gpu()
             .dtoh(&mut w, self.state.ptr() + 8 * SST_KEY as u64)?;
         let [key, status, info, draws] = w;
         match status {

@@ -2,14 +2,12 @@
 //! `-DCLLM_TRACE` (`CLLM_NVRTC_DEFINES=-DCLLM_TRACE`, cached under its own key), every block of
 //! the GEMV, attention, embedding and sampling kernels appends its start, the return of its
 //! programmatic-launch wait, its end and up to four marks on the GPU's global timer (see
-//! `kernels/cuda/common.cuh`). Built without it, [`Gpu::trace_reset`] answers `false` and costs
+//! `common.cuh`). Built without it, [`Kernels::trace_reset`] answers `false` and costs
 //! nothing. Nsight Systems is not needed, and the records come from inside a graph replay.
 
-use std::ffi::CString;
+use cllm_cuda::CudaError;
 
-use cudarc::driver::result;
-
-use super::device::{CudaError, Gpu};
+use super::Kernels;
 
 /// Records the device buffer holds (`CLLM_TRACE_CAP`), and words per record (`TRACE_WORDS`).
 const CAP: usize = 262_144;
@@ -48,12 +46,9 @@ impl BlockRecord {
     }
 }
 
-impl Gpu {
+impl Kernels {
     fn trace_symbol(&self, name: &str) -> Option<(u64, usize)> {
-        self.bind().ok()?;
-        let name = CString::new(name).ok()?;
-        // SAFETY: the module is loaded for the Gpu's lifetime; a missing symbol is an error.
-        unsafe { result::module::get_global(self.module(), name) }.ok()
+        self.module().global(name)
     }
 
     /// Empties the trace buffer; `false` when the kernels were built without `CLLM_TRACE`.
@@ -61,12 +56,12 @@ impl Gpu {
         let Some((count, _)) = self.trace_symbol("cllm_trace_n") else {
             return Ok(false);
         };
-        self.sync()?;
-        self.htod(count, &[0u32])?;
+        self.gpu().sync()?;
+        self.gpu().htod(count, &[0u32])?;
         Ok(true)
     }
 
-    /// The records since [`Gpu::trace_reset`], in the order the blocks ended (at most `CAP`;
+    /// The records since [`Kernels::trace_reset`], in the order the blocks ended (at most `CAP`;
     /// blocks past it are dropped), after waiting for the stream.
     pub fn trace_take(&self) -> Result<Vec<BlockRecord>, CudaError> {
         let (Some((count, _)), Some((buf, bytes))) = (
@@ -77,12 +72,12 @@ impl Gpu {
                 "the kernels were compiled without CLLM_TRACE".into(),
             ));
         };
-        self.sync()?;
+        self.gpu().sync()?;
         let mut n = [0u32];
-        self.dtoh(&mut n, count)?;
+        self.gpu().dtoh(&mut n, count)?;
         let n = (n[0] as usize).min(CAP).min(bytes / (8 * WORDS));
         let mut words = vec![0u64; n * WORDS];
-        self.dtoh(&mut words, buf)?;
+        self.gpu().dtoh(&mut words, buf)?;
         Ok(words
             .chunks_exact(WORDS)
             .map(|r| BlockRecord {

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cllm_kernels::cuda::{
-    ksplit_for, CudaError, DeviceBuffer, Gpu, GpuWeight, GpuWeightKind, WDesc, PSTRIDE,
-};
+use cllm_cuda::{CudaError, DeviceBuffer, Gpu};
+use cllm_format::WeightForm;
+use cllm_kernels::cuda::{GpuWeight, Kernels, WDesc, PSTRIDE};
 use cllm_model::{ModelConfig, Module, TensorId};
 
 use crate::error::ModelError;
@@ -25,20 +25,17 @@ pub enum GpuError {
     Sampler(#[from] SamplerError),
 }
 
-/// A projection: its weight and optional f32 bias.
+/// A projection: its weight, optional f32 bias, and warps per row pair (fixed per weight:
+/// `Kernels::ksplit_for`).
 pub(crate) struct GpuLinear {
     pub w: GpuWeight,
     pub bias: Option<DeviceBuffer>,
+    pub ksplit: i32,
 }
 
 impl GpuLinear {
     pub fn desc(&self) -> WDesc {
         self.w.desc(self.bias.as_ref().map_or(0, |b| b.ptr()))
-    }
-
-    /// Warps per row pair (fixed per weight: see `ksplit_for`).
-    pub fn ksplit(&self) -> i32 {
-        ksplit_for(&self.w)
     }
 }
 
@@ -56,10 +53,10 @@ pub(crate) struct GpuLayer {
 
 /// A model whose weights live on the GPU.
 pub struct GpuModel {
-    pub(crate) gpu: Arc<Gpu>,
+    pub(crate) kernels: Arc<Kernels>,
     pub(crate) cfg: ModelConfig,
     pub(crate) embed: GpuWeight,
-    pub(crate) lm_head: GpuWeight,
+    pub(crate) lm_head: GpuLinear,
     pub(crate) layers: Vec<GpuLayer>,
     pub(crate) final_norm: DeviceBuffer,
     resident_bytes: u64,
@@ -78,16 +75,16 @@ impl std::fmt::Debug for GpuModel {
 /// A 1-D resident tensor as f32 values (norm weights and biases are small: read back once).
 fn vector_f32(gpu: &Arc<Gpu>, name: &str, w: &GpuWeight) -> Result<Vec<f32>, GpuError> {
     let n = w.rows * w.cols;
-    Ok(match w.kind {
-        GpuWeightKind::F32 => {
+    Ok(match w.form {
+        WeightForm::F32 => {
             let mut v = vec![0f32; n];
             gpu.dtoh(&mut v, w.data)?;
             v
         }
-        GpuWeightKind::Bf16 | GpuWeightKind::F16 => {
+        WeightForm::Bf16 | WeightForm::F16 => {
             let mut v = vec![0u16; n];
             gpu.dtoh(&mut v, w.data)?;
-            if w.kind == GpuWeightKind::Bf16 {
+            if w.form == WeightForm::Bf16 {
                 v.iter()
                     .map(|&b| f32::from_bits((b as u32) << 16))
                     .collect()
@@ -100,7 +97,7 @@ fn vector_f32(gpu: &Arc<Gpu>, name: &str, w: &GpuWeight) -> Result<Vec<f32>, Gpu
         _ => {
             return Err(CudaError::Unsupported(format!(
                 "tensor {name}: a quantized vector ({}) is not supported",
-                w.kind.name()
+                w.form.name()
             ))
             .into())
         }
@@ -114,7 +111,7 @@ impl Shaped for GpuWeight {
 }
 
 struct Take<'a> {
-    gpu: &'a Arc<Gpu>,
+    kernels: &'a Arc<Kernels>,
     t: Tensors<'a, GpuWeight>,
     bytes: u64,
 }
@@ -129,8 +126,9 @@ impl Take<'_> {
     /// A 1-D tensor as f32 values on the device.
     fn upload_vector(&mut self, name: &str, w: GpuWeight) -> Result<DeviceBuffer, GpuError> {
         self.bytes += w.bytes;
-        let v = vector_f32(self.gpu, name, &w)?;
-        Ok(self.gpu.upload(name, &v)?)
+        let gpu = self.kernels.gpu();
+        let v = vector_f32(gpu, name, &w)?;
+        Ok(gpu.upload(name, &v)?)
     }
 
     fn norm(&mut self, module: Module, layer: Option<usize>) -> Result<DeviceBuffer, GpuError> {
@@ -141,12 +139,23 @@ impl Take<'_> {
     fn linear(&mut self, module: Module, layer: usize) -> Result<GpuLinear, GpuError> {
         let id = TensorId::weight(module, Some(layer));
         let w = self.weight(id)?;
-        w.check_gemv(&id.hf_name())?;
         let bias = match self.t.bias(module, Some(layer))? {
             Some((name, b)) => Some(self.upload_vector(&name, b)?),
             None => None,
         };
-        Ok(GpuLinear { w, bias })
+        self.projection(id, w, bias)
+    }
+
+    /// A weight the GEMV kernels take, with its bias.
+    fn projection(
+        &self,
+        id: TensorId,
+        w: GpuWeight,
+        bias: Option<DeviceBuffer>,
+    ) -> Result<GpuLinear, GpuError> {
+        w.check_gemv(&id.hf_name())?;
+        let ksplit = self.kernels.ksplit_for(&w);
+        Ok(GpuLinear { w, bias, ksplit })
     }
 }
 
@@ -154,7 +163,7 @@ impl GpuModel {
     /// Builds the model from resident tensors named as in a Hugging Face checkpoint (the GPU
     /// loader's output), with the CPU model's checks.
     pub fn new(
-        gpu: &Arc<Gpu>,
+        kernels: &Arc<Kernels>,
         cfg: ModelConfig,
         weights: HashMap<String, GpuWeight>,
     ) -> Result<GpuModel, GpuError> {
@@ -168,7 +177,7 @@ impl GpuModel {
             .into());
         }
         let mut t = Take {
-            gpu,
+            kernels,
             t: Tensors::new(&cfg, weights),
             bytes: 0,
         };
@@ -194,11 +203,11 @@ impl GpuModel {
         } else {
             t.weight(head)?
         };
-        lm_head.check_gemv(&head.hf_name())?;
+        let lm_head = t.projection(head, lm_head, None)?;
         let resident_bytes = t.bytes;
         let unused = t.t.unused();
         Ok(GpuModel {
-            gpu: gpu.clone(),
+            kernels: kernels.clone(),
             cfg,
             embed,
             lm_head,
@@ -214,7 +223,11 @@ impl GpuModel {
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {
-        &self.gpu
+        self.kernels.gpu()
+    }
+
+    pub fn kernels(&self) -> &Arc<Kernels> {
+        &self.kernels
     }
 
     /// Bytes of weights the model holds on the GPU (payloads plus quantization scales).

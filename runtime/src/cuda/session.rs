@@ -20,12 +20,12 @@
 
 use std::sync::Arc;
 
+use cllm_cuda::{CudaError, DeviceBuffer, Event, Gpu, Graph};
 use cllm_kernels::cpu::RopeTable;
 use cllm_kernels::cuda::{
-    ksplit_for, AttnArgs, CudaError, DeviceBuffer, EmbedArgs, Event, GemvArgs, GemvMode, Gpu,
-    GpuSampler, Graph, SampleOutcome, SampleParams, Sampled, ATT_CHUNK, PSTRIDE,
+    AttnArgs, EmbedArgs, GemvArgs, GemvMode, GpuSampler, Kernels, SampleOutcome, SampleParams,
+    Sampled, ATT_CHUNK, PSTRIDE,
 };
-
 use cllm_model::{Activation, ModelConfig};
 
 use super::model::{GpuError, GpuModel};
@@ -83,7 +83,7 @@ pub type LayerHook<'a> = dyn FnMut(usize, usize, usize, &[f32]) + 'a;
 /// The session's room for x's pieces (`GemvArgs::xq`): `nmax` tokens of the widest GEMV input.
 fn xq_pieces_bytes(cfg: &ModelConfig, nmax: usize) -> usize {
     let widest = cfg.hidden_size.max(cfg.q_dim()).max(cfg.intermediate_size);
-    Gpu::mma_pieces_bytes(nmax, widest)
+    Kernels::mma_pieces_bytes(nmax, widest)
 }
 
 /// One launch of a step (or a point between launches). Unboxed: a plan is a few ops per layer,
@@ -156,7 +156,7 @@ impl<'m> GpuSession<'m> {
             }
             .into());
         }
-        let gpu = &model.gpu;
+        let gpu = model.gpu();
         let capacity = capacity.max(1);
         let nmax = nmax.clamp(1, PREFILL_CHUNK.max(nmax));
         let cmax = capacity.div_ceil(ATT_CHUNK);
@@ -257,7 +257,7 @@ impl<'m> GpuSession<'m> {
     }
 
     fn gpu(&self) -> &Arc<Gpu> {
-        &self.model.gpu
+        self.model.gpu()
     }
 
     fn check_room(&self, n: usize) -> Result<(), GpuError> {
@@ -343,12 +343,12 @@ impl<'m> GpuSession<'m> {
         ops: &[Op],
         at_layer_end: &mut dyn FnMut(usize) -> Result<(), GpuError>,
     ) -> Result<(), GpuError> {
-        let gpu = &self.model.gpu;
+        let k = &self.model.kernels;
         for op in ops {
             match op {
-                Op::Embed(a) => gpu.embed(a)?,
-                Op::Gemv(a, _) => gpu.gemv(a)?,
-                Op::Attention(a, chunks) => gpu.attention(a, *chunks)?,
+                Op::Embed(a) => k.embed(a)?,
+                Op::Gemv(a, _) => k.gemv(a)?,
+                Op::Attention(a, chunks) => k.attention(a, *chunks)?,
                 Op::LayerEnd(l) => {
                     at_layer_end(*l)?;
                     continue;
@@ -428,7 +428,7 @@ impl<'m> GpuSession<'m> {
                     u2: ((qd + kvd) / 2) as i32,
                     head_dim: hd as i32,
                     capacity: self.capacity as i32,
-                    ksplit: layer.q.ksplit(),
+                    ksplit: layer.q.ksplit,
                     ..GemvArgs::default()
                 },
                 "qkv",
@@ -469,7 +469,7 @@ impl<'m> GpuSession<'m> {
                     x_stride: qd as i32,
                     out_stride: hidden as i32,
                     units: resid_units as i32,
-                    ksplit: layer.o.ksplit(),
+                    ksplit: layer.o.ksplit,
                     ..GemvArgs::default()
                 },
                 "o_proj",
@@ -492,7 +492,7 @@ impl<'m> GpuSession<'m> {
                     x_stride: hidden as i32,
                     out_stride: inter as i32,
                     units: inter as i32,
-                    ksplit: layer.gate.ksplit(),
+                    ksplit: layer.gate.ksplit,
                     ..GemvArgs::default()
                 },
                 "gate_up",
@@ -514,7 +514,7 @@ impl<'m> GpuSession<'m> {
                     x_stride: inter as i32,
                     out_stride: hidden as i32,
                     units: resid_units as i32,
-                    ksplit: layer.down.ksplit(),
+                    ksplit: layer.down.ksplit,
                     ..GemvArgs::default()
                 },
                 "down",
@@ -530,7 +530,7 @@ impl<'m> GpuSession<'m> {
             };
             ops.push(Op::Gemv(
                 GemvArgs {
-                    w: [m.lm_head.desc(0), Default::default(), Default::default()],
+                    w: [m.lm_head.desc(), Default::default(), Default::default()],
                     x: self.xw.ptr() + (4 * first * hidden) as u64,
                     partial: self.partial.ptr() + (4 * first * PSTRIDE) as u64,
                     nparts,
@@ -544,7 +544,7 @@ impl<'m> GpuSession<'m> {
                     x_stride: hidden as i32,
                     out_stride: cfg.vocab_size as i32,
                     units: cfg.vocab_size.div_ceil(2) as i32,
-                    ksplit: ksplit_for(&m.lm_head),
+                    ksplit: m.lm_head.ksplit,
                     ..GemvArgs::default()
                 },
                 "lm_head",
@@ -564,7 +564,7 @@ impl<'m> GpuSession<'m> {
     /// The norm partials per token the residual launch `op` writes (the next `nparts`).
     fn norm_parts(&self, op: Option<&Op>) -> i32 {
         match op {
-            Some(Op::Gemv(a, _)) => self.model.gpu.gemv_norm_parts(a) as i32,
+            Some(Op::Gemv(a, _)) => self.model.kernels.gemv_norm_parts(a) as i32,
             _ => 1,
         }
     }
@@ -800,7 +800,7 @@ impl<'m> GpuSession<'m> {
                 // The sampled graph names the old sampler's state buffer.
                 self.sampled_graph = None;
                 let vocab = self.model.cfg.vocab_size;
-                self.sampler = Some(GpuSampler::new(self.gpu(), params, rng, vocab)?);
+                self.sampler = Some(GpuSampler::new(&self.model.kernels, params, rng, vocab)?);
             }
         }
         Ok(())

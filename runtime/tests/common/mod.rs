@@ -58,7 +58,7 @@ pub fn matrix(rng: &mut Rng, rows: usize, cols: usize, amp: f32, form: Form) -> 
         Form::F32 => WeightData::F32(vals()),
         Form::Bf16 => WeightData::Bf16(vals().into_iter().map(bf16::from_f32).collect()),
         Form::F16 => WeightData::F16(vals().into_iter().map(f16::from_f32).collect()),
-        Form::Int8 => WeightData::Int8 {
+        Form::Int8 => WeightData::Int8Row {
             q: (0..n)
                 .map(|_| ((rng.next_u64() % 255) as i16 - 127) as i8)
                 .collect(),

@@ -32,7 +32,7 @@
 #define MODE_GATEUP 2
 #define MODE_LOGITS 3
 
-// Must match `GemvArgs` in kernels/src/cuda/launch.rs.
+// Must match `GemvArgs` in kernels/src/cuda/gemv.rs.
 struct GemvArgs {
     WDesc w[3];
     const float* x;           // input rows [ntok][x_stride]
@@ -750,25 +750,14 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     }
 }
 
-// Four resident blocks per multiprocessor: the register cap this implies made batched prefill
-// 1.3-1.5x faster on an H100 with decode unchanged (within 3 %) and identical bits.
+// Four resident blocks per multiprocessor: the register cap made batched prefill faster with
+// decode unchanged (docs/decisions/0006).
 // FK: the weights' kind where every weight of the launch has it, or -1 for any mix. A one-token
-// launch whose weights share a kind may take that kind's own kernel (launch.rs `gemv_kind`
-// says which kinds do): the same code with the other kinds' loops left out, so a tenth of the
-// size, and allocated registers of its own instead of the union's, which spilled in every path.
+// launch whose weights share a kind may take that kind's own kernel: the same code with the other
+// kinds' loops left out, and registers of its own instead of the union's. The entry points are
+// generated (kernels/src/cuda/program.rs, from gemv.rs's list of kinds that have one).
 #define GEMV_ENTRY(NAME, NT, FK) \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4) NAME(GemvArgs a) { gemv_body<NT, FK>(a); }
-GEMV_ENTRY(gemv_t1, 1, -1)
-GEMV_ENTRY(gemv_t2, 2, -1)
-GEMV_ENTRY(gemv_t4, 4, -1)
-GEMV_ENTRY(gemv_t8, 8, -1)
-GEMV_ENTRY(gemv_t1_k0, 1, KIND_F32)
-GEMV_ENTRY(gemv_t1_k1, 1, KIND_BF16)
-GEMV_ENTRY(gemv_t1_k2, 1, KIND_F16)
-GEMV_ENTRY(gemv_t1_k3, 1, KIND_INT8)
-GEMV_ENTRY(gemv_t1_k4, 1, KIND_INT4)
-// int8g has none: alone it was slower on an H100 (its registers still spill), and each entry
-// adds to the kernels' first compile.
 
 // ---------------------------------------------------------------------------------------------
 // Streaming one-token GEMV (gemv_s1_k{kind}): the grid holds at most one wave of blocks, and each
@@ -780,9 +769,7 @@ GEMV_ENTRY(gemv_t1_k4, 1, KIND_INT4)
 // Every row is reduced as in gemv_t1 (lane sums in vector order, the butterfly, the ksplit warp
 // sums in warp order), and the norm partials are per virtual block, so the bits are gemv_t1's.
 // Vectors per row and batch, per kind: STREAM_U_F for the float forms, STREAM_U_I8, STREAM_U_I4
-// (defines, for measuring). Measured on an H100 (TinyLlama shape, decode tokens/s): bf16 954
-// with 4 and 915 with 2; per-row int8 1215 with 2 and 1159 with 4; int4 the same with 2 or 4;
-// with 8 every form spilled (bf16 635).
+// (defines, for measuring; the values are docs/decisions/0007's).
 #ifndef STREAM_U
 #define STREAM_U 4
 #endif
@@ -976,10 +963,6 @@ __device__ __forceinline__ void gemv_stream(const GemvArgs& a) {
     }
 }
 
+// Entry points generated (kernels/src/cuda/program.rs) for the kinds that stream.
 #define GEMV_STREAM_ENTRY(NAME, FK) \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4) NAME(GemvArgs a) { gemv_stream<FK>(a); }
-GEMV_STREAM_ENTRY(gemv_s1_k0, KIND_F32)
-GEMV_STREAM_ENTRY(gemv_s1_k1, KIND_BF16)
-GEMV_STREAM_ENTRY(gemv_s1_k2, KIND_F16)
-GEMV_STREAM_ENTRY(gemv_s1_k3, KIND_INT8)
-GEMV_STREAM_ENTRY(gemv_s1_k4, KIND_INT4)

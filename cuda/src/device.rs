@@ -1,53 +1,12 @@
 //! The GPU handle, buffers, streams, events and graphs, over cudarc's raw driver layer.
 
-use std::ffi::{c_void, CString};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::ffi::c_void;
+use std::sync::{Arc, RwLock};
 
 use cudarc::driver::{result, sys, CudaContext, DriverError};
 
-use super::compile::{cubin, CompileReport};
-
-/// Why the CUDA backend cannot do something.
-#[derive(Debug, thiserror::Error)]
-pub enum CudaError {
-    /// libcuda could not be loaded: no NVIDIA driver on this machine.
-    #[error("no CUDA driver found (libcuda.so could not be loaded): this machine has no NVIDIA GPU driver; use --device cpu")]
-    NoDriver,
-    #[error("no CUDA device: {0}")]
-    NoDevice(String),
-    #[error("CUDA {what}: {source}")]
-    Driver { what: String, source: DriverError },
-    #[error("{0}")]
-    Compile(String),
-    #[error(
-        "not enough GPU memory for {what}: {needed} bytes needed, {free} bytes free (of {total})"
-    )]
-    OutOfMemory {
-        what: String,
-        needed: u64,
-        free: u64,
-        total: u64,
-    },
-    #[error("{0}")]
-    Unsupported(String),
-    #[error("{0}")]
-    Kernel(String),
-}
-
-/// Attaches a description to a driver result.
-pub(crate) trait Ctx<T> {
-    fn ctx(self, what: impl Into<String>) -> Result<T, CudaError>;
-}
-
-impl<T> Ctx<T> for Result<T, DriverError> {
-    fn ctx(self, what: impl Into<String>) -> Result<T, CudaError> {
-        self.map_err(|source| CudaError::Driver {
-            what: what.into(),
-            source,
-        })
-    }
-}
+use crate::error::{Ctx, CudaError};
+use crate::tuning::Tuning;
 
 /// What the device is.
 #[derive(Clone, Debug)]
@@ -57,10 +16,8 @@ pub struct GpuInfo {
     pub compute_capability: (i32, i32),
     pub multiprocessors: i32,
     pub total_memory: u64,
-    /// Whether the kernels came from the disk cache, and how long getting them took.
-    pub kernels_cached: bool,
-    pub kernel_seconds: f64,
-    pub kernel_path: std::path::PathBuf,
+    /// The most dynamic shared memory a block may opt in to, bytes.
+    pub max_shared_per_block_optin: u32,
 }
 
 /// A CUDA stream owned by us.
@@ -70,72 +27,16 @@ unsafe impl Send for Stream {}
 // SAFETY: as above; the driver API is thread-safe.
 unsafe impl Sync for Stream {}
 
-pub(crate) struct Funcs {
-    pub gemv: [sys::CUfunction; 4],
-    /// One-token GEMVs compiled for one weight kind each (`gemv_t1_k{kind}`), for launches whose
-    /// weights all have it.
-    pub gemv1_kind: [sys::CUfunction; 5],
-    /// Their streaming forms (`gemv_s1_k{kind}`, see `gemv_stream` in launch.rs).
-    pub gemv1_stream: [sys::CUfunction; 5],
-    /// Per-row int8 on the integer tensor cores (`gemv_m{1,2,4,8}`, see `Gpu::gemv_mma`),
-    /// group-wise int8g there (`gemv_g{1,2,4,8}`), and their batches' x pre-pass.
-    pub gemv_mma: [sys::CUfunction; 4],
-    pub gemv_mma_g: [sys::CUfunction; 4],
-    pub x_pieces: sys::CUfunction,
-    pub attention: sys::CUfunction,
-    pub embed: sys::CUfunction,
-    pub hash_words: sys::CUfunction,
-    pub read_bw: sys::CUfunction,
-}
-
-/// One GPU: its context, a compute stream, the compiled kernels.
+/// One GPU: its context, a compute stream, and the launch tuning.
 pub struct Gpu {
-    pub(crate) ctx: Arc<CudaContext>,
-    pub(crate) stream: Stream,
-    module: sys::CUmodule,
-    pub(crate) f: Funcs,
-    /// Bytes of dynamic shared memory a one-token GEMV block may take for its copy of x.
-    pub(crate) gemv_x_smem: u32,
-    /// Bytes of dynamic shared memory a `gemv_m1` or `gemv_g1` block may take for x's pieces.
-    pub(crate) gemv_mma_smem: u32,
-    /// The most blocks a streaming GEMV launch may have (0: one wave); see
-    /// [`Gpu::set_gemv_stream_blocks`].
-    pub(crate) gemv_stream_blocks: AtomicUsize,
+    ctx: Arc<CudaContext>,
+    stream: Stream,
+    tuning: RwLock<Tuning>,
     info: GpuInfo,
 }
 
-/// The dynamic shared memory a one-token GEMV kernel `f` may use: the device's opt-in maximum
-/// per block less the kernel's static shared memory, raised to that on the function (48 KiB less
-/// the static part if the driver refuses).
-fn gemv_x_smem_limit(ctx: &CudaContext, f: sys::CUfunction) -> u32 {
-    use sys::CUfunction_attribute_enum as A;
-    // SAFETY: `f` is a function of the loaded module; attribute queries have no side effects.
-    let fixed = unsafe {
-        result::function::get_function_attribute(f, A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
-    }
-    .unwrap_or(0)
-    .max(0) as u32;
-    let optin = ctx
-        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-        .unwrap_or(48 << 10)
-        .max(0) as u32;
-    let want = optin.saturating_sub(fixed);
-    // SAFETY: as above; this only raises the function's launch limit.
-    let raised = unsafe {
-        result::function::set_function_attribute(
-            f,
-            A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            want as i32,
-        )
-    };
-    match raised {
-        Ok(()) => want,
-        Err(_) => (48u32 << 10).saturating_sub(fixed),
-    }
-}
-
-// SAFETY: the raw handles (module, functions, stream) are process-wide driver objects, usable
-// from any thread once the context is bound, which every method does first.
+// SAFETY: the raw handles (context, stream) are process-wide driver objects, usable from any
+// thread once the context is bound, which every method does first.
 unsafe impl Send for Gpu {}
 // SAFETY: as above.
 unsafe impl Sync for Gpu {}
@@ -149,11 +50,10 @@ impl std::fmt::Debug for Gpu {
 impl Drop for Gpu {
     fn drop(&mut self) {
         let _ = self.ctx.bind_to_thread();
-        // SAFETY: the stream and module are ours and no longer used.
+        // SAFETY: the stream is ours and no longer used.
         unsafe {
             let _ = result::stream::synchronize(self.stream.0);
             let _ = result::stream::destroy(self.stream.0);
-            let _ = result::module::unload(self.module);
         }
     }
 }
@@ -165,7 +65,8 @@ impl Gpu {
         unsafe { sys::is_culib_present() }
     }
 
-    /// Opens device `ordinal`, compiling (or loading cached) kernels for it.
+    /// Opens device `ordinal`: its context and a compute stream, with the tuning from the
+    /// environment ([`Tuning::from_env`]).
     pub fn new(ordinal: usize) -> Result<Arc<Gpu>, CudaError> {
         if !Gpu::driver_present() {
             return Err(CudaError::NoDriver);
@@ -183,71 +84,20 @@ impl Gpu {
         }
         let ctx = CudaContext::new(ordinal).ctx("creating the context")?;
         let name = ctx.name().ctx("reading the device name")?;
-        let cc = ctx
+        let compute_capability = ctx
             .compute_capability()
             .ctx("reading the compute capability")?;
         let total_memory = ctx.total_mem().ctx("reading the memory size")? as u64;
         let multiprocessors = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .ctx("reading the multiprocessor count")?;
-        let arch = format!("sm_{}{}", cc.0, cc.1);
-        let (bin, report): (Vec<u8>, CompileReport) = cubin(&arch)?;
+        let max_shared_per_block_optin = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .unwrap_or(48 << 10)
+            .max(0) as u32;
         ctx.bind_to_thread().ctx("binding the context")?;
-        // SAFETY: `bin` is a cubin for this device, alive during the call.
-        let module = unsafe { result::module::load_data(bin.as_ptr() as *const c_void) }
-            .ctx(format!("loading the kernels ({})", report.path.display()))?;
-        let get = |n: &str| {
-            // SAFETY: `module` is loaded.
-            unsafe { result::module::get_function(module, CString::new(n).expect("no NUL")) }
-                .ctx(format!("finding kernel {n}"))
-        };
-        let f = Funcs {
-            gemv: [
-                get("gemv_t1")?,
-                get("gemv_t2")?,
-                get("gemv_t4")?,
-                get("gemv_t8")?,
-            ],
-            gemv1_kind: [
-                get("gemv_t1_k0")?,
-                get("gemv_t1_k1")?,
-                get("gemv_t1_k2")?,
-                get("gemv_t1_k3")?,
-                get("gemv_t1_k4")?,
-            ],
-            gemv1_stream: [
-                get("gemv_s1_k0")?,
-                get("gemv_s1_k1")?,
-                get("gemv_s1_k2")?,
-                get("gemv_s1_k3")?,
-                get("gemv_s1_k4")?,
-            ],
-            gemv_mma: [
-                get("gemv_m1")?,
-                get("gemv_m2")?,
-                get("gemv_m4")?,
-                get("gemv_m8")?,
-            ],
-            gemv_mma_g: [
-                get("gemv_g1")?,
-                get("gemv_g2")?,
-                get("gemv_g4")?,
-                get("gemv_g8")?,
-            ],
-            x_pieces: get("x_pieces")?,
-            attention: get("attention")?,
-            embed: get("embed")?,
-            hash_words: get("hash_words")?,
-            read_bw: get("read_bw")?,
-        };
-        let gemv_x_smem = std::iter::once(f.gemv[0])
-            .chain(f.gemv1_kind)
-            .chain(f.gemv1_stream)
-            .map(|g| gemv_x_smem_limit(&ctx, g))
-            .min()
-            .unwrap_or(0);
-        let gemv_mma_smem =
-            gemv_x_smem_limit(&ctx, f.gemv_mma[0]).min(gemv_x_smem_limit(&ctx, f.gemv_mma_g[0]));
         let stream = Stream(
             result::stream::create(result::stream::StreamKind::NonBlocking)
                 .ctx("creating the compute stream")?,
@@ -255,20 +105,14 @@ impl Gpu {
         Ok(Arc::new(Gpu {
             ctx,
             stream,
-            module,
-            f,
-            gemv_x_smem,
-            gemv_mma_smem,
-            gemv_stream_blocks: AtomicUsize::new(0),
+            tuning: RwLock::new(Tuning::from_env()),
             info: GpuInfo {
                 ordinal,
                 name,
-                compute_capability: cc,
+                compute_capability,
                 multiprocessors,
                 total_memory,
-                kernels_cached: report.cache_hit,
-                kernel_seconds: report.seconds,
-                kernel_path: report.path,
+                max_shared_per_block_optin,
             },
         }))
     }
@@ -277,16 +121,33 @@ impl Gpu {
         &self.info
     }
 
-    /// Caps the blocks of the streaming one-token GEMV launches (launch.rs `gemv_stream`) at
-    /// `blocks` (0: one wave, the default), so that each block runs more virtual blocks. The
-    /// bits do not depend on it; the GPU tests use it to run every launch's units through a
-    /// few blocks.
-    pub fn set_gemv_stream_blocks(&self, blocks: usize) {
-        self.gemv_stream_blocks.store(blocks, Ordering::Relaxed);
+    /// The launch choices in force.
+    pub fn tuning(&self) -> Tuning {
+        *self.tuning.read().expect("tuning lock")
     }
 
-    pub(crate) fn module(&self) -> sys::CUmodule {
-        self.module
+    /// Replaces the launch choices (tests, measurements). Launches already captured into a
+    /// graph keep the choices they were made with.
+    pub fn set_tuning(&self, tuning: Tuning) {
+        *self.tuning.write().expect("tuning lock") = tuning;
+    }
+
+    /// Blocks resident at once with `per_sm` per multiprocessor: one wave.
+    pub fn wave(&self, per_sm: usize) -> usize {
+        per_sm * self.info.multiprocessors.max(1) as usize
+    }
+
+    /// The compute stream (kernel launches and the copies of `htod`, `dtoh`, ...).
+    pub(crate) fn stream(&self) -> sys::CUstream {
+        self.stream.0
+    }
+
+    /// Whether the compute stream is capturing a graph.
+    pub(crate) fn capturing(&self) -> bool {
+        // SAFETY: our stream.
+        unsafe { result::stream::is_capturing(self.stream.0) }
+            .map(|s| s != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+            .unwrap_or(true)
     }
 
     /// Makes the context current on the calling thread.
@@ -500,92 +361,6 @@ impl Gpu {
             exec,
         })
     }
-
-    /// Launches `f` on the compute stream with one by-value argument struct.
-    pub(crate) fn launch<A>(
-        &self,
-        f: sys::CUfunction,
-        grid: (u32, u32, u32),
-        block: u32,
-        args: &A,
-        what: &str,
-    ) -> Result<(), CudaError> {
-        self.launch_smem(f, grid, block, 0, args, what)
-    }
-
-    /// [`Gpu::launch`] with `smem` bytes of dynamic shared memory per block.
-    pub(crate) fn launch_smem<A>(
-        &self,
-        f: sys::CUfunction,
-        grid: (u32, u32, u32),
-        block: u32,
-        smem: u32,
-        args: &A,
-        what: &str,
-    ) -> Result<(), CudaError> {
-        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
-            return Ok(());
-        }
-        self.bind()?;
-        let mut params = [args as *const A as *mut c_void];
-        if pdl() {
-            // Programmatic dependent launch: the kernel may start while the previous one
-            // finishes (it waits with griddepcontrol.wait before touching its results).
-            // SAFETY: plain-old-data attribute; zeroed padding is valid.
-            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-            attr.id =
-                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-            attr.value.programmaticStreamSerializationAllowed = 1;
-            let cfg = sys::CUlaunchConfig {
-                gridDimX: grid.0,
-                gridDimY: grid.1,
-                gridDimZ: grid.2,
-                blockDimX: block,
-                blockDimY: 1,
-                blockDimZ: 1,
-                sharedMemBytes: smem,
-                hStream: self.stream.0,
-                attrs: &mut attr,
-                numAttrs: 1,
-            };
-            // SAFETY: as below; `cfg` and `attr` outlive the call.
-            unsafe { sys::cuLaunchKernelEx(&cfg, f, params.as_mut_ptr(), std::ptr::null_mut()) }
-                .result()
-                .ctx(format!("launching {what}"))?;
-        } else {
-            // SAFETY: `A` is the kernel's #[repr(C)] parameter struct (launch.rs keeps them in
-            // step with the .cu definitions); the driver copies parameters at launch.
-            unsafe {
-                result::launch_kernel(f, grid, (block, 1, 1), smem, self.stream.0, &mut params)
-            }
-            .ctx(format!("launching {what}"))?;
-        }
-        if debug_sync() {
-            // SAFETY: our stream.
-            let capturing = unsafe { result::stream::is_capturing(self.stream.0) }
-                .map(|s| s != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
-                .unwrap_or(true);
-            if !capturing {
-                self.sync()
-                    .map_err(|e| CudaError::Kernel(format!("{what}: {e}")))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Programmatic dependent launches, unless `CLLM_NO_PDL=1`.
-fn pdl() -> bool {
-    use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| !std::env::var("CLLM_NO_PDL").is_ok_and(|v| v == "1"))
-}
-
-/// `CLLM_CUDA_SYNC=1`: wait after every launch, so an error names its kernel.
-fn debug_sync() -> bool {
-    use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("CLLM_CUDA_SYNC").is_ok_and(|v| v == "1"))
 }
 
 /// Device memory, freed on drop.

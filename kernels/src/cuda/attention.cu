@@ -14,7 +14,7 @@
 #define ATT_CHUNK 128
 #define ATT_MAX_HD 256
 
-// Must match `AttnArgs` in kernels/src/cuda/launch.rs.
+// Must match `AttnArgs` in kernels/src/cuda/attention.rs.
 struct AttnArgs {
     const float* q;        // [ntok][heads * head_dim]
     const float* kcache;   // this layer: [kv_heads][capacity][head_dim]

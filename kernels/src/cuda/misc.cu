@@ -1,6 +1,6 @@
 // Embedding lookup (with the first norm's inputs), the residency hash, and a read-bandwidth probe.
 
-// Must match `EmbedArgs` in kernels/src/cuda/launch.rs.
+// Must match `EmbedArgs` in kernels/src/cuda/misc.rs.
 struct EmbedArgs {
     WDesc w;
     const int* tokens;     // [ntok], or null: the token is decoded from argmax_in[0]
@@ -70,7 +70,17 @@ __device__ __forceinline__ u64 fmix64(u64 k) {
 // sum over the 8-byte little-endian words w_i (the last one zero-padded) of
 // fmix64(w_i ^ (i * 0x9E3779B97F4A7C15)), modulo 2^64. Integer addition makes it independent of
 // the order of the terms; the host finishes with fmix64(sum ^ len).
-extern "C" __global__ void hash_words(const unsigned char* p, u64 nbytes, u64* out) {
+// Must match `HashArgs` in kernels/src/cuda/misc.rs.
+struct HashArgs {
+    const unsigned char* p;
+    u64 nbytes;
+    u64* out;
+};
+
+extern "C" __global__ void hash_words(HashArgs a) {
+    const unsigned char* p = a.p;
+    const u64 nbytes = a.nbytes;
+    u64* out = a.out;
     const u64 full = nbytes / 8, nwords = (nbytes + 7) / 8;
     const u64* w = (const u64*)p;
     u64 s = 0;
@@ -89,8 +99,18 @@ extern "C" __global__ void hash_words(const unsigned char* p, u64 nbytes, u64* o
     if ((threadIdx.x & 31) == 0) atomicAdd(out, s);
 }
 
+// Must match `ReadArgs` in kernels/src/cuda/misc.rs.
+struct ReadArgs {
+    const uint4* p;
+    u64 n;
+    u32* sink;
+};
+
 // Reads n 16-byte vectors once (a grid-stride loop, four loads in flight per thread).
-extern "C" __global__ void read_bw(const uint4* p, u64 n, u32* sink) {
+extern "C" __global__ void read_bw(ReadArgs a) {
+    const uint4* p = a.p;
+    const u64 n = a.n;
+    u32* sink = a.sink;
     u32 acc = 0;
     const u64 stride = (u64)gridDim.x * blockDim.x;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;

@@ -1,6 +1,7 @@
-// Shared definitions of the cllm CUDA kernels. The Rust side (kernels/src/cuda/compile.rs)
-// concatenates common.cuh, gemv.cu, gemv_mma.cu, attention.cu, misc.cu and sample.cu into one
-// NVRTC program, so no file includes another and no CUDA header is needed.
+// Shared definitions of the cllm CUDA kernels. The Rust side (kernels/src/cuda/program.rs)
+// concatenates a generated header (the weight kinds, KIND_*), common.cuh, gemv.cu, gemv_mma.cu,
+// attention.cu, misc.cu, sample.cu and the generated list of entry points into one NVRTC
+// program, so no file includes another and no CUDA header is needed.
 //
 // Determinism: the program is compiled with --fmad=false, so the compiler never contracts a
 // multiply and an add; every fused multiply-add is an explicit fmaf(). Floating-point sums are
@@ -17,16 +18,11 @@ typedef unsigned long long u64;
 #define GEMV_THREADS (WARPS * 32)
 #define PSTRIDE 4096            // norm partial sums per token (max blocks of a residual GEMV)
 
-// Weight kinds: the storage forms of spec/FORMAT.md section 4.
-#define KIND_F32 0
-#define KIND_BF16 1
-#define KIND_F16 2
-#define KIND_INT8 3
-#define KIND_INT4 4
-#define KIND_INT8G 5
+// Weight kinds (KIND_F32, KIND_BF16, ..., KIND_INT8G): the storage forms of spec/FORMAT.md
+// section 4, defined by the generated header from `cllm_format::WeightForm`.
 
 // One weight matrix resident on the GPU (rows x cols, row-major). Must match `WDesc` in
-// kernels/src/cuda/launch.rs.
+// kernels/src/cuda/gemv.rs.
 struct WDesc {
     const void* data;     // payload (f32/bf16/f16 values, int8 codes, packed int4 nibbles)
     const void* scales;   // int8: f32 per row; int8g: f32 per group; int4: f16 per group

@@ -1,7 +1,7 @@
 // int8 GEMVs on the integer tensor cores: per-row int8 (gemv_m1 for one token, gemv_m2 / m4 / m8
 // for batches, whose x goes through the x_pieces pre-pass first) and group-wise int8g with groups
 // of a multiple of 64 columns (gemv_g1 / g2 / g4 / g8), in every mode of gemv.cu with its
-// epilogue. launch.rs `gemv_mma` says which launches take them.
+// epilogue. gemv.rs `Kernels::gemv_mma` says which launches take them.
 //
 // Arithmetic. A token's x row becomes the fixed-point vector X = rint(x 2^S), with
 // S = 29 - floor(log2 max|x|), so |X| < 2^30 (an element of at least max|x| 2^-6 keeps every
@@ -35,7 +35,7 @@
 // after step. The ksplit warps' accumulators are added in warp order, then
 // y = ((acc_0 + acc_1) 2^-S) (two exact steps, as above). So a row is rounded about as often as
 // a float dot product with one product per 64 columns, and its bits depend on ksplit, which
-// launch.rs takes from the weight's shape and the device alone, never from the batch: prefill and
+// gemv.rs takes from the weight's shape and the device alone, never from the batch: prefill and
 // decode agree bit for bit. A quad's lanes load the scales of U consecutive steps, one each, and
 // pass them round.
 
@@ -469,13 +469,7 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
         atomicAdd(a.pos_inc, a.ntok);
 }
 
+// Entry points generated (kernels/src/cuda/program.rs): gemv_m{1,2,4,8} per-row int8,
+// gemv_g{1,2,4,8} int8g.
 #define GEMV_MMA_ENTRY(NAME, NT, G) \
     extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2) NAME(GemvArgs a) { gemv_mma_body<NT, G>(a); }
-GEMV_MMA_ENTRY(gemv_m1, 1, false)
-GEMV_MMA_ENTRY(gemv_m2, 2, false)
-GEMV_MMA_ENTRY(gemv_m4, 4, false)
-GEMV_MMA_ENTRY(gemv_m8, 8, false)
-GEMV_MMA_ENTRY(gemv_g1, 1, true)
-GEMV_MMA_ENTRY(gemv_g2, 2, true)
-GEMV_MMA_ENTRY(gemv_g4, 4, true)
-GEMV_MMA_ENTRY(gemv_g8, 8, true)

@@ -1,0 +1,137 @@
+//! The small kernels of misc.cu: the embedding lookup (with the first norm's inputs), the
+//! residency hash of device memory, and a read-bandwidth probe.
+
+use cllm_cuda::{CudaError, Grid, KernelArgs};
+
+use super::gemv::WDesc;
+use super::Kernels;
+
+/// `struct EmbedArgs` of misc.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EmbedArgs {
+    pub w: WDesc,
+    pub tokens: u64,
+    pub argmax_in: u64,
+    pub argmax_reset: u64,
+    pub norm_w: u64,
+    pub h: u64,
+    pub xw: u64,
+    pub partial: u64,
+    pub err: u64,
+    pub ntok: i32,
+    pub nreset: i32,
+    pub hidden: i32,
+    pub vocab: i32,
+}
+
+// SAFETY: #[repr(C)] twin of misc.cu's `struct EmbedArgs` (see the layout test).
+unsafe impl KernelArgs for EmbedArgs {}
+
+const _: () = assert!(std::mem::size_of::<EmbedArgs>() == 128);
+
+/// `struct HashArgs` of misc.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HashArgs {
+    p: u64,
+    nbytes: u64,
+    out: u64,
+}
+
+// SAFETY: #[repr(C)] twin of misc.cu's `struct HashArgs`.
+unsafe impl KernelArgs for HashArgs {}
+
+/// `struct ReadArgs` of misc.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ReadArgs {
+    p: u64,
+    n: u64,
+    sink: u64,
+}
+
+// SAFETY: #[repr(C)] twin of misc.cu's `struct ReadArgs`.
+unsafe impl KernelArgs for ReadArgs {}
+
+impl Kernels {
+    /// Embedding rows for `args.ntok` tokens.
+    pub fn embed(&self, args: &EmbedArgs) -> Result<(), CudaError> {
+        let grid = Grid {
+            blocks: (args.ntok as u32, 1, 1),
+            threads: 256,
+            shared_bytes: 0,
+        };
+        self.gpu().launch(&self.f.embed, grid, args)
+    }
+
+    /// The residency hash ([`super::hash`]) of `len` bytes at device address `ptr`, with 8
+    /// bytes of device scratch at `scratch`.
+    pub fn hash_device(&self, ptr: u64, len: u64, scratch: u64) -> Result<u64, CudaError> {
+        let gpu = self.gpu();
+        gpu.fill_u32(scratch, 0, 2)?;
+        let args = HashArgs {
+            p: ptr,
+            nbytes: len,
+            out: scratch,
+        };
+        let words = len.div_ceil(8);
+        let grid = Grid {
+            blocks: (words.div_ceil(256).clamp(1, 4096) as u32, 1, 1),
+            threads: 256,
+            shared_bytes: 0,
+        };
+        gpu.launch(&self.f.hash_words, grid, &args)?;
+        let mut sum = [0u64];
+        gpu.dtoh(&mut sum, scratch)?;
+        Ok(super::hash::finish(sum[0], len))
+    }
+
+    /// Read bandwidth of device memory in bytes per second: the median of `reps` passes of a
+    /// read-only kernel over `bytes` (several times the L2 cache).
+    pub fn read_bandwidth(&self, bytes: usize, reps: usize) -> Result<f64, CudaError> {
+        let gpu = self.gpu();
+        let bytes = bytes / 16 * 16;
+        let buf = gpu.alloc("bandwidth probe", bytes)?;
+        gpu.fill_u32(buf.ptr(), 0x3c00_3c01, bytes / 4)?;
+        let sink = gpu.alloc("bandwidth sink", 4)?;
+        gpu.fill_u32(sink.ptr(), 0, 1)?;
+        let args = ReadArgs {
+            p: buf.ptr(),
+            n: (bytes / 16) as u64,
+            sink: sink.ptr(),
+        };
+        let grid = Grid {
+            blocks: ((gpu.info().multiprocessors.max(1) as u32) * 8, 1, 1),
+            threads: 256,
+            shared_bytes: 0,
+        };
+        let (start, end) = (gpu.event()?, gpu.event()?);
+        let mut times = Vec::new();
+        for i in 0..reps + 2 {
+            gpu.record(&start)?;
+            gpu.launch(&self.f.read_bw, grid, &args)?;
+            gpu.record(&end)?;
+            end.wait()?;
+            if i >= 2 {
+                times.push(start.elapsed_ms(&end)? as f64 / 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        Ok(bytes as f64 / median)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_the_cuda_struct() {
+        let e = EmbedArgs::default();
+        let base = &e as *const _ as usize;
+        assert_eq!(&e.tokens as *const _ as usize - base, 48);
+        assert_eq!(&e.vocab as *const _ as usize - base, 124);
+    }
+}
