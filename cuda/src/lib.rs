@@ -20,8 +20,8 @@ mod error;
 mod module;
 mod tuning;
 
-pub use compile::{kernel_cache_dir, CompileReport};
+pub use compile::{kernel_cache_dir, CompileReport, Program, Source};
 pub use device::{DeviceBuffer, Event, Gpu, GpuInfo, Graph, OwnedStream, PinnedBuffer};
 pub use error::CudaError;
-pub use module::{Grid, Kernel, KernelArgs, Module, Program, Source};
+pub use module::{Grid, Kernel, KernelArgs, Module};
 pub use tuning::{TensorCores, Tuning, XShared};

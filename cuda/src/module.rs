@@ -1,4 +1,4 @@
-//! Programs, modules and typed kernels: CUDA C compiled for a GPU, and launches whose argument
+//! Modules and typed kernels: a compiled program loaded on a GPU, and launches whose argument
 //! struct is the kernel's own.
 //!
 //! Every kernel takes one by-value argument struct, laid out as its `#[repr(C)]` twin on the Rust
@@ -10,39 +10,9 @@ use std::sync::Arc;
 
 use cudarc::driver::{result, sys};
 
-use crate::compile::{cubin, CompileReport};
+use crate::compile::{cubin, CompileReport, Program};
 use crate::device::Gpu;
 use crate::error::{Ctx, CudaError};
-
-/// One CUDA C source of a program.
-#[derive(Clone, Debug)]
-pub struct Source {
-    /// The name NVRTC's messages give it (`gemv.cu`).
-    pub name: String,
-    pub text: String,
-}
-
-/// CUDA C sources compiled as one program (no file includes another), and the macros it is
-/// compiled with.
-#[derive(Clone, Debug, Default)]
-pub struct Program {
-    pub sources: Vec<Source>,
-    /// `NAME` or `NAME=VALUE`, passed as `-D`.
-    pub defines: Vec<String>,
-}
-
-impl Program {
-    /// The sources concatenated, each after a `#line` marker naming it.
-    pub fn text(&self) -> String {
-        let mut s = String::new();
-        for src in &self.sources {
-            s.push_str(&format!("#line 1 \"{}\"\n", src.name));
-            s.push_str(&src.text);
-            s.push('\n');
-        }
-        s
-    }
-}
 
 /// A kernel's argument struct.
 ///

@@ -5,9 +5,9 @@ use crate::codec::Encoding;
 
 /// How hard zstd looks for repeats. Trained weights and quantized codes have almost none: their
 /// redundancy is in the symbol frequencies, which zstd's Huffman-coded literals capture. Matches
-/// found by the default search cost more bits than the literals they replace (on N(0, 0.02) bf16
-/// the exponent plane takes 3.25 bits per weight at level 3, 2.61 with this), so for such data the
-/// writer keeps zstd's match finder nearly blind: it is faster both ways and smaller.
+/// found by the default search cost more bits than the literals they replace, so for such data
+/// the writer keeps zstd's match finder nearly blind: faster both ways and smaller
+/// (docs/decisions/0001).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effort {
     /// zstd at the given level: general data (embedded files, the `zstd` codec).

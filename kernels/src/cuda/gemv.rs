@@ -7,7 +7,7 @@
 use cllm_cuda::{CudaError, Grid, KernelArgs, Tuning};
 use cllm_format::WeightForm;
 
-use super::weight::GpuWeight;
+use super::weight::{elements_per_vector, GpuWeight, WDesc};
 use super::Kernels;
 
 /// Norm partial sums per token (`PSTRIDE` in common.cuh).
@@ -35,28 +35,6 @@ const MMA_TILE_UNITS: usize = 8;
 /// Warps per tensor-core block (`MMA_WARPS`) and resident blocks per multiprocessor.
 const MMA_WARPS: usize = 8;
 const MMA_BLOCKS_PER_SM: usize = 2;
-
-/// `struct WDesc` of common.cuh.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct WDesc {
-    pub data: u64,
-    pub scales: u64,
-    pub mins: u64,
-    pub bias: u64,
-    /// The weight's form, [`WeightForm::code`].
-    pub kind: i32,
-    pub rows: i32,
-    pub cols: i32,
-    pub group: i32,
-}
-
-impl WDesc {
-    /// The weight's form (its group size in `group`).
-    pub fn form(&self) -> Option<WeightForm> {
-        WeightForm::from_code(usize::try_from(self.kind).ok()?, self.group.max(0) as u32)
-    }
-}
 
 /// What a GEMV launch computes after the products (see gemv.cu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +91,6 @@ pub struct GemvArgs {
 unsafe impl KernelArgs for GemvArgs {}
 
 // The .cu structs have these sizes (checked by `layouts_match_the_cuda_structs`).
-const _: () = assert!(std::mem::size_of::<WDesc>() == 48);
 const _: () = assert!(std::mem::size_of::<GemvArgs>() == 320);
 
 /// Tokens per GEMV block for a batch of `ntok`: 8 for prefill, 1 for decode. Any choice gives
@@ -124,16 +101,6 @@ pub fn tokens_per_block(ntok: usize) -> usize {
         2 | 3 => 2,
         4..=7 => 4,
         _ => 8,
-    }
-}
-
-/// Elements per 16-byte load in the GEMV kernels.
-pub fn elements_per_vector(form: WeightForm) -> usize {
-    match form {
-        WeightForm::F32 => 4,
-        WeightForm::Bf16 | WeightForm::F16 => 8,
-        WeightForm::Int8Row | WeightForm::Int8Group { .. } => 16,
-        WeightForm::Int4 { .. } => 32,
     }
 }
 

@@ -252,15 +252,14 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
     // int8g, one token: the L2 is asked for steps [U, U + PFD) of the tile's rows before the
     // launch wait, then for U more steps per batch, PFD steps ahead of the register loads. Lane l
     // asks for row l / 2 of the tile (unit (l / 2) % 8's row A, then the B rows), every other
-    // line of two steps. Hints only: the bits do not change. On an H100, int8g all-linear decode
-    // gained 4 % on TinyLlama and 1 % on the 7B shape; per-row int8 lost 1 % with it, and both
-    // lost with the first steps asked after the wait or with 16 steps ahead (BENCHMARKS.md).
+    // line of two steps. Hints only: the bits do not change. int8g gains, per-row int8 does not
+    // (docs/decisions/0013).
     constexpr int PFD = NT == 1 && G ? MMA_PFD : 0;
     const char* pf_row = 0;
     if (PFD > 0) {
         // The rows' starts, formed again rather than shuffled from pa and pb (lane (unit, 0)'s
-        // are the same addresses): with pa and pb shuffled, TinyLlama int8g decode measured
-        // 1158 tokens/s against 1173 with no look-ahead (one round), the schedule changed.
+        // are the same addresses): shuffled, the schedule changed and the gain was lost
+        // (docs/decisions/0013).
         const char* rowa = pa != 0 ? (const char*)wa->data + (size_t)ra * cols + kbase : 0;
         const char* rowb = pb != 0 ? (const char*)wb->data + (size_t)rb * cols + kbase : 0;
         const int r = lane >> 1, src = (r & 7) * 4;
@@ -282,9 +281,8 @@ __device__ __forceinline__ void gemv_mma_body(const GemvArgs& a) {
         if (has_b) scb = ((const float*)wb->scales)[rb];
     }
     // int8g: the wait behind a branch (always taken), else ptxas sinks the loads above past it
-    // and the weights' first round trip begins after the predecessor has ended (TinyLlama int8g
-    // decode 1021 against 1161 tokens/s; volatile loads, a shift for a division, __syncwarp did
-    // not keep them). Per-row int8's schedule keeps them without it.
+    // and the weights' first round trip begins after the predecessor has ended
+    // (docs/decisions/0012). Per-row int8's schedule keeps them without it.
     if (!G || a.ntok > 0) pdl_wait();
     pdl_launch_dependents();
 

@@ -3,7 +3,7 @@
 
 use cllm_cuda::{CudaError, Grid, KernelArgs};
 
-use super::gemv::WDesc;
+use super::weight::WDesc;
 use super::Kernels;
 
 /// `struct EmbedArgs` of misc.cu.

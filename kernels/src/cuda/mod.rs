@@ -17,10 +17,7 @@ mod trace;
 mod weight;
 
 pub use attention::{AttnArgs, ATT_CHUNK, ATT_MAX_HD};
-pub use gemv::{
-    elements_per_vector, tokens_per_block, GemvArgs, GemvMode, WDesc, FILL_BLOCKS, GEMV_WARPS,
-    PSTRIDE,
-};
+pub use gemv::{tokens_per_block, GemvArgs, GemvMode, FILL_BLOCKS, GEMV_WARPS, PSTRIDE};
 pub use kernels::Kernels;
 pub use misc::EmbedArgs;
 pub use sample::{
@@ -28,4 +25,4 @@ pub use sample::{
     SAMPLE_THREADS,
 };
 pub use trace::BlockRecord;
-pub use weight::GpuWeight;
+pub use weight::{elements_per_vector, GpuWeight, WDesc};

@@ -41,13 +41,11 @@
 // NaN logits stop the draw with status 1 + the lowest NaN id (the CPU's NanLogit), and the
 // generator does not advance.
 //
-// Cost (H100; one SM, so it is bound by instruction issue): two passes over the logits for a
-// top-k or candidate selection (the first also finds the maximum; the second compacts the top
-// radix bucket into a list, so deeper digits are cheap), one pass of f64 exp for z when C has
-// more than 1024 tokens, and two or four more (fixed-point mass selections) only when the
-// nucleus or the draw goes past the candidates. Measured per draw, 49152 tokens: top_k 40 about
-// 60 us, top_p 0.9 with a small nucleus about 90 us, temperature only 100 to 160 us; 151936
-// tokens: top_k 40 about 170 us.
+// Cost (one SM, so it is bound by instruction issue): two passes over the logits for a top-k or
+// candidate selection (the first also finds the maximum; the second compacts the top radix
+// bucket into a list, so deeper digits are cheap), one pass of f64 exp for z when C has more
+// than 1024 tokens, and two or four more (fixed-point mass selections) only when the nucleus or
+// the draw goes past the candidates. Measured per draw: docs/decisions/0014.
 
 #define SAMPLE_THREADS 1024
 #define SAMPLE_WARPS 32

@@ -5,7 +5,40 @@ use std::sync::Arc;
 use cllm_cuda::{CudaError, DeviceBuffer, Gpu};
 use cllm_format::WeightForm;
 
-use super::gemv::{elements_per_vector, WDesc};
+/// `struct WDesc` of common.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WDesc {
+    pub data: u64,
+    pub scales: u64,
+    pub mins: u64,
+    pub bias: u64,
+    /// The weight's form, [`WeightForm::code`].
+    pub kind: i32,
+    pub rows: i32,
+    pub cols: i32,
+    pub group: i32,
+}
+
+impl WDesc {
+    /// The weight's form (its group size in `group`).
+    pub fn form(&self) -> Option<WeightForm> {
+        WeightForm::from_code(usize::try_from(self.kind).ok()?, self.group.max(0) as u32)
+    }
+}
+
+// The .cu struct has this size.
+const _: () = assert!(std::mem::size_of::<WDesc>() == 48);
+
+/// Elements per 16-byte load in the GEMV kernels.
+pub fn elements_per_vector(form: WeightForm) -> usize {
+    match form {
+        WeightForm::F32 => 4,
+        WeightForm::Bf16 | WeightForm::F16 => 8,
+        WeightForm::Int8Row | WeightForm::Int8Group { .. } => 16,
+        WeightForm::Int4 { .. } => 32,
+    }
+}
 
 /// A `rows x cols` weight in device memory. The pointers point into a buffer that `owner`
 /// keeps alive (the loader's arena).

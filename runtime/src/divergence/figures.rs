@@ -2,8 +2,17 @@
 //! and the small statistics (means, nearest-rank percentiles, first divergences).
 
 use rayon::prelude::*;
+use serde::Serialize;
 
-use super::report::ErrorFigures;
+/// Error of one traced tensor, summed over every position of every stream.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ErrorFigures {
+    /// ‖test − ref‖ / ‖ref‖ over all values.
+    pub rel_err: f64,
+    /// Mean over positions of the cosine similarity of the two rows.
+    pub cosine: f64,
+    pub max_abs: f64,
+}
 
 /// Sums behind [`ErrorFigures`].
 #[derive(Clone, Debug, Default)]

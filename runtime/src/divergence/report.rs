@@ -5,6 +5,7 @@ use cllm_model::{ModelConfig, Module, Point, TensorId};
 use serde::Serialize;
 use std::time::Instant;
 
+pub use super::figures::ErrorFigures;
 use super::figures::{mean, percentile, Acc};
 use super::Totals;
 
@@ -59,16 +60,6 @@ pub struct GreedyPair {
     pub test: Vec<u32>,
     /// Index (into the continuations) of the first token that differs; `None` when equal.
     pub first_divergence: Option<usize>,
-}
-
-/// Error of one traced tensor, summed over every position of every stream.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ErrorFigures {
-    /// ‖test − ref‖ / ‖ref‖ over all values.
-    pub rel_err: f64,
-    /// Mean over positions of the cosine similarity of the two rows.
-    pub cosine: f64,
-    pub max_abs: f64,
 }
 
 /// Error of the hidden state after one decoder layer.
