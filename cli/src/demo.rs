@@ -43,7 +43,7 @@ pub fn run(a: DemoArgs) -> CmdResult {
     }
     let packed = base.join("smollm2-135m-instruct.mlp-only.cllm");
     let folder = HfFolder::open(&hf_dir)?;
-    let input = crate::pack::source_input(&folder)?;
+    let input = folder.pack_input();
     let opts = PackOptions {
         policy: Policy {
             preset: Preset::MlpOnly,

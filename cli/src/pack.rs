@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use cllm_format::{
-    pack, policy::PolicyFile, project, PackInput, PackOptions, Policy, Preset, Rule, SourceTensor,
+    pack, policy::PolicyFile, project, PackInput, PackOptions, Policy, Preset, Rule,
 };
 use cllm_loader::hf::HfFolder;
 use serde_json::json;
@@ -94,48 +94,14 @@ pub fn build_policy(a: &PackArgs) -> anyhow::Result<Policy> {
     Ok(policy)
 }
 
-pub fn source_input(folder: &HfFolder) -> anyhow::Result<PackInput<'_>> {
-    let tensors = folder
-        .tensors()
-        .into_iter()
-        .map(|t| SourceTensor {
-            name: t.name.to_string(),
-            dtype: t.dtype,
-            shape: t.shape.clone(),
-            bytes: t.bytes,
-        })
-        .collect();
-    let mut files = vec![("config.json".to_string(), folder.config_bytes().to_vec())];
-    files.extend(folder.aux_files());
-    let source_files = folder
-        .source_files()
-        .into_iter()
-        .map(|f| cllm_format::index::SourceFile {
-            name: f.name,
-            len: f.len,
-            xxh3: f.xxh3_128,
-        })
-        .collect();
-    Ok(PackInput {
-        tensors,
-        files,
-        source_files,
-    })
-}
-
 pub fn run(a: PackArgs) -> CmdResult {
-    if let Some(n) = a.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("setting the thread count")?;
-    }
+    crate::common::set_threads(a.threads)?;
     if a.frame_kib == 0 || a.frame_kib > 65536 {
         return Err(anyhow::anyhow!("--frame-kib must be between 1 and 65536").into());
     }
     let policy = build_policy(&a)?;
     let folder = HfFolder::open(&a.model_dir)?;
-    let input = source_input(&folder)?;
+    let input = folder.pack_input();
     let opts = PackOptions {
         policy,
         frame_size: a.frame_kib * 1024,

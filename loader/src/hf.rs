@@ -8,7 +8,7 @@
 //! two files), so later stages can trust [`HfFolder::tensors`]. Every error
 //! names the file, and the tensor where there is one.
 
-use cllm_format::Dtype;
+use cllm_format::{Dtype, PackInput, SourceTensor};
 use cllm_kernels::{Weight, WeightData};
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -511,6 +511,40 @@ fn parse_weight_map(path: &Path, raw: &[u8]) -> Result<BTreeMap<String, String>,
             }),
         })
         .collect()
+}
+
+impl HfFolder {
+    /// What `cllm_format::pack` packs from this folder: every tensor (borrowed from the mapped
+    /// files), `config.json` and the tokenizer and generation files, and each safetensors
+    /// file's name, length and hash (the container's provenance).
+    pub fn pack_input(&self) -> PackInput<'_> {
+        let tensors = self
+            .tensors()
+            .into_iter()
+            .map(|t| SourceTensor {
+                name: t.name.to_string(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                bytes: t.bytes,
+            })
+            .collect();
+        let mut files = vec![("config.json".to_string(), self.config_bytes().to_vec())];
+        files.extend(self.aux_files());
+        let source_files = self
+            .source_files()
+            .into_iter()
+            .map(|f| cllm_format::index::SourceFile {
+                name: f.name,
+                len: f.len,
+                xxh3: f.xxh3_128,
+            })
+            .collect();
+        PackInput {
+            tensors,
+            files,
+            source_files,
+        }
+    }
 }
 
 /// Copies a bf16/f16/f32 tensor into a [`Weight`]: `rows = shape[0]` and

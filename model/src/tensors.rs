@@ -349,52 +349,33 @@ impl TensorId {
 
     /// The tensor a transformers name denotes, if it is one of the table's.
     pub fn parse_hf(name: &str) -> Option<TensorId> {
-        let (module, part) = name.rsplit_once('.')?;
-        let part = Part::parse(part)?;
-        let id = match module.strip_prefix(HF_LAYERS) {
-            Some(rest) => {
-                let (layer, rel) = rest.split_once('.')?;
-                let def = DEFS.iter().find(|d| d.in_layer && d.hf == rel)?;
-                TensorId {
-                    module: def.module,
-                    layer: Some(canonical_index(layer)?),
-                    part,
-                }
-            }
-            None => {
-                let def = DEFS.iter().find(|d| !d.in_layer && d.hf == module)?;
-                TensorId {
-                    module: def.module,
-                    layer: None,
-                    part,
-                }
-            }
-        };
-        (part == Part::Weight || id.module.may_have_bias()).then_some(id)
+        TensorId::parse(name, HF_LAYERS, |d| d.hf)
     }
 
     /// The tensor a llama.cpp name denotes, if it is one of the table's.
     pub fn parse_gguf(name: &str) -> Option<TensorId> {
+        TensorId::parse(name, GGUF_LAYERS, |d| d.gguf)
+    }
+
+    /// `name` in one naming convention: layer modules under `layers` (`model.layers.`), each
+    /// module's name as `name_of` gives it.
+    fn parse(name: &str, layers: &str, name_of: fn(&Def) -> &'static str) -> Option<TensorId> {
         let (module, part) = name.rsplit_once('.')?;
         let part = Part::parse(part)?;
-        let id = match module.strip_prefix(GGUF_LAYERS) {
+        let (layer, rel) = match module.strip_prefix(layers) {
             Some(rest) => {
                 let (layer, rel) = rest.split_once('.')?;
-                let def = DEFS.iter().find(|d| d.in_layer && d.gguf == rel)?;
-                TensorId {
-                    module: def.module,
-                    layer: Some(canonical_index(layer)?),
-                    part,
-                }
+                (Some(canonical_index(layer)?), rel)
             }
-            None => {
-                let def = DEFS.iter().find(|d| !d.in_layer && d.gguf == module)?;
-                TensorId {
-                    module: def.module,
-                    layer: None,
-                    part,
-                }
-            }
+            None => (None, module),
+        };
+        let def = DEFS
+            .iter()
+            .find(|d| d.in_layer == layer.is_some() && name_of(d) == rel)?;
+        let id = TensorId {
+            module: def.module,
+            layer,
+            part,
         };
         (part == Part::Weight || id.module.may_have_bias()).then_some(id)
     }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use cllm_kernels::{Weight, WeightData};
-use cllm_model::ModelConfig;
+use cllm_model::{ModelConfig, Role};
 use cllm_runtime::cpu::{generate, CpuModel};
 use cllm_runtime::{GenerateOptions, SamplerConfig};
 use half::bf16;
@@ -39,30 +39,20 @@ fn main() {
             data: WeightData::Bf16(data),
         }
     };
-    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-    let a = 1.7 / (h as f32).sqrt();
-    let mut w = HashMap::new();
-    w.insert("model.embed_tokens.weight".to_string(), mat(v, h, 1.0));
-    for l in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{l}");
-        w.insert(format!("{p}.input_layernorm.weight"), mat(1, h, 1.0));
-        w.insert(
-            format!("{p}.post_attention_layernorm.weight"),
-            mat(1, h, 1.0),
-        );
-        w.insert(format!("{p}.self_attn.q_proj.weight"), mat(qd, h, a));
-        w.insert(format!("{p}.self_attn.k_proj.weight"), mat(kvd, h, a));
-        w.insert(format!("{p}.self_attn.v_proj.weight"), mat(kvd, h, a));
-        w.insert(format!("{p}.self_attn.o_proj.weight"), mat(h, qd, a));
-        w.insert(format!("{p}.mlp.gate_proj.weight"), mat(i, h, a));
-        w.insert(format!("{p}.mlp.up_proj.weight"), mat(i, h, a));
-        w.insert(
-            format!("{p}.mlp.down_proj.weight"),
-            mat(h, i, 1.7 / (i as f32).sqrt()),
-        );
-    }
-    w.insert("model.norm.weight".to_string(), mat(1, h, 1.0));
+    // Every tensor the description gives the config: norms around one, matrices scaled by their
+    // input width.
+    let w: HashMap<String, Weight> = cfg
+        .tensors()
+        .into_iter()
+        .map(|t| {
+            let (rows, cols) = t.id.module.rows_cols(&cfg);
+            let amp = match t.id.module.role() {
+                Role::Norm | Role::Embedding => 1.0,
+                _ => 1.7 / (cols as f32).sqrt(),
+            };
+            (t.name, mat(rows, cols, amp))
+        })
+        .collect();
     let model = CpuModel::new(cfg, w).unwrap();
     println!(
         "{} rayon threads, weights {:.1} MB",
