@@ -170,9 +170,9 @@ fuzz_target!(|input: Input| {
             Preset::AttnOnly,
             Preset::AllLinear,
         ][input.preset as usize % 4],
-        quant: if input.int4 { Quant::Int4 } else { Quant::Int8 },
+        quant: if input.int4 { Quant::Int4 } else { Quant::Int8Group },
         group_size: [32, 64, 128, input.group_size as u32][input.group_size as usize % 4],
-        lossless: [Codec::ZstdBp, Codec::Zstd, Codec::Raw, Codec::Int8]
+        lossless: [Codec::ZstdBp, Codec::Zstd, Codec::Raw, Codec::Int8Row]
             [input.lossless as usize % 4],
         rules,
         allow_unmatched: input.allow_unmatched,
