@@ -9,7 +9,7 @@
 //! probability) whose mass is at least `top_p`, then draw from the kept tokens in proportion to
 //! their probabilities. Ties are broken by the lower token id, so `top_k = 1` is greedy.
 //!
-//! The CUDA backend samples on the GPU (kernels/cuda/sample.cu, driven by
+//! The CUDA backend samples on the GPU (kernels/src/cuda/sample.cu, driven by
 //! `GpuSession::set_sampler`) with the same generator, seeding, single draw per token, order,
 //! tie-breaking and top-k set, bit for bit; its probabilities, top-p cut and draw are the same
 //! f64 quantities summed in a different (fixed) order, so it picks the token this sampler picks

@@ -342,7 +342,7 @@ fn unshift(v: f32, s: i32) -> f32 {
     (v * 2f32.powi(-(s >> 1))) * 2f32.powi(-(s - (s >> 1)))
 }
 
-/// The tensor-core per-row int8 products of kernels/cuda/gemv_mma.cu, on the CPU, for one
+/// The tensor-core per-row int8 products of kernels/src/cuda/gemv_mma.cu, on the CPU, for one
 /// token: the exact integer sum of q X, rounded once to f32, times 2^-S (two exact steps),
 /// times the row scale.
 fn int8_fixed_point_matmul(w: &Weight, x: &[f32]) -> Vec<f32> {
@@ -941,7 +941,7 @@ fn gpu_bench_trace_records_every_block_of_a_step_in_order() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Sampling on the GPU (kernels/cuda/sample.cu) against the CPU `Sampler`.
+// Sampling on the GPU (kernels/src/cuda/sample.cu) against the CPU `Sampler`.
 
 /// Synthetic logits for the sampling tests: `peaked` has clear peaks, tied groups (one across
 /// the top-40 boundary), -inf, both zeros and a long tail; otherwise a flat field in [-1, 1)

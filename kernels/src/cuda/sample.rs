@@ -1,4 +1,4 @@
-//! Sampling on the GPU: the `sample_token` kernel (`kernels/cuda/sample.cu`, whose header says
+//! Sampling on the GPU: the `sample_token` kernel (`kernels/src/cuda/sample.cu`, whose header says
 //! step by step what it computes and what is identical to the CPU `Sampler`) and its device
 //! state.
 //!

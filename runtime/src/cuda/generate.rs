@@ -3,7 +3,7 @@
 //! Both ways of choosing stay on the device. Greedy: the LM head's kernel keeps a running
 //! argmax and the next step's embedding reads it. Sampling (temperature > 0): the
 //! `sample_token` kernel draws from the step's logits with the CPU [`Sampler`]'s generator,
-//! seeding and rules (kernels/cuda/sample.cu says what is bit-identical and what is only equal
+//! seeding and rules (kernels/src/cuda/sample.cu says what is bit-identical and what is only equal
 //! up to f64 rounding) and writes the token where the next step reads it. Either way the host
 //! only reads the small result to stream the token and stop at EOS; no logits come back.
 //!

@@ -9,6 +9,7 @@
 mod divergence;
 mod generate;
 mod model;
+mod plan;
 mod session;
 
 pub use generate::generate_gpu;

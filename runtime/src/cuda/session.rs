@@ -1,71 +1,39 @@
 //! A generation session on the GPU: the KV cache and activations in device memory, prefill by
-//! batched launches, decode by replaying a CUDA graph of one step.
-//!
-//! One step (see kernels/cuda/gemv.cu for the fused epilogues):
-//! `embed` -> per layer [`QKV` (norm, RoPE, cache write) -> `attention` -> `o_proj` (+ residual,
-//! next norm's inputs) -> `gate/up` (norm, SwiGLU) -> `down` (+ residual, next norm's inputs)]
-//! -> `LM head` (final norm, logits, argmax). Prefill runs the same kernels on up to `nmax`
-//! tokens per launch; a row's arithmetic does not depend on how many tokens share its launch, so
-//! decode logits are bit-identical to recomputing the whole sequence.
+//! batched launches, decode by replaying a CUDA graph of one step (the step's launches are
+//! [`plan`](super::plan)'s). Prefill runs the same kernels on up to `nmax` tokens per launch; a
+//! row's arithmetic does not depend on how many tokens share its launch, so decode logits are
+//! bit-identical to recomputing the whole sequence.
 //!
 //! The decode graph reads the position and the input token from device memory (the token is the
 //! previous step's argmax, or one the host wrote), and its last kernel advances the position, so
 //! greedy decoding needs no host work but the replay and an 8-byte read.
 //!
 //! Sampling (temperature > 0) stays on the device too: [`GpuSession::set_sampler`] sets up the
-//! `sample_token` kernel (kernels/cuda/sample.cu) with the generator seeded as the CPU
+//! `sample_token` kernel (kernels/src/cuda/sample.cu) with the generator seeded as the CPU
 //! [`Sampler`](crate::Sampler) seeds it; a second graph holds the decode step plus that kernel,
 //! which draws from the step's logits and writes the token into the argmax slot the next step
 //! reads. The host reads 32 bytes of result per token.
 
 use std::sync::Arc;
 
-use cllm_cuda::{CudaError, DeviceBuffer, Event, Gpu, Graph};
-use cllm_kernels::cpu::RopeTable;
-use cllm_kernels::cuda::{
-    AttnArgs, EmbedArgs, GemvArgs, GemvMode, GpuSampler, Kernels, SampleOutcome, SampleParams,
-    Sampled, ATT_CHUNK, PSTRIDE,
-};
-use cllm_model::{Activation, ModelConfig};
+use cllm_cuda::{CudaError, Event, Gpu, Graph};
+use cllm_kernels::cuda::{GpuSampler, SampleOutcome, SampleParams, Sampled, ATT_CHUNK};
 
 use super::model::{GpuError, GpuModel};
+use super::plan::{Logits, Op, StepBuffers, STATE_ARGMAX, STATE_POS};
 use crate::error::ModelError;
 use crate::sampler::{Sampler, SamplerConfig, SamplerError, Xoshiro256};
 
 /// Tokens per prefill launch.
 pub const PREFILL_CHUNK: usize = 64;
 
-/// Device scalars: position, error flag, then (from byte 16) per-token argmax keys.
-const STATE_POS: u64 = 0;
-const STATE_ERR: u64 = 4;
-const STATE_ARGMAX: u64 = 16;
-
 /// Incremental inference over one sequence on the GPU.
 pub struct GpuSession<'m> {
     model: &'m GpuModel,
-    capacity: usize,
+    buf: StepBuffers,
     len: usize,
     /// Whether the device position equals `len`.
     pos_synced: bool,
-    nmax: usize,
-    cmax: usize,
-    kcache: DeviceBuffer,
-    vcache: DeviceBuffer,
-    rope_cos: DeviceBuffer,
-    rope_sin: DeviceBuffer,
-    h: DeviceBuffer,
-    xw: DeviceBuffer,
-    q: DeviceBuffer,
-    attn: DeviceBuffer,
-    act: DeviceBuffer,
-    partial: DeviceBuffer,
-    logits: DeviceBuffer,
-    part_o: DeviceBuffer,
-    part_ml: DeviceBuffer,
-    counters: DeviceBuffer,
-    tokens: DeviceBuffer,
-    state: DeviceBuffer,
-    xq: DeviceBuffer,
     graph: Option<Graph>,
     /// The GPU sampler (set by `set_sampler`) and the graph of a decode step plus a draw.
     sampler: Option<GpuSampler>,
@@ -79,44 +47,6 @@ pub struct GpuSession<'m> {
 /// Receives a decoder layer's output hidden states: `(layer, position of the first row, rows,
 /// rows x hidden_size values)`.
 pub type LayerHook<'a> = dyn FnMut(usize, usize, usize, &[f32]) + 'a;
-
-/// The session's room for x's pieces (`GemvArgs::xq`): `nmax` tokens of the widest GEMV input.
-fn xq_pieces_bytes(cfg: &ModelConfig, nmax: usize) -> usize {
-    let widest = cfg.hidden_size.max(cfg.q_dim()).max(cfg.intermediate_size);
-    Kernels::mma_pieces_bytes(nmax, widest)
-}
-
-/// One launch of a step (or a point between launches). Unboxed: a plan is a few ops per layer,
-/// built once per step or graph.
-#[allow(clippy::large_enum_variant)]
-enum Op {
-    Embed(EmbedArgs),
-    /// Arguments and the name profiles show.
-    Gemv(GemvArgs, &'static str),
-    /// Arguments and chunk slots per (head, token).
-    Attention(AttnArgs, usize),
-    /// Layer `l`'s output hidden state is complete.
-    LayerEnd(usize),
-}
-
-impl Op {
-    fn name(&self) -> &'static str {
-        match self {
-            Op::Embed(_) => "embed",
-            Op::Gemv(_, name) => name,
-            Op::Attention(..) => "attention",
-            Op::LayerEnd(_) => "layer end",
-        }
-    }
-}
-
-/// Which logits a step computes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Logits {
-    None,
-    Last,
-    All,
-}
 
 impl GpuModel {
     /// A session whose cache holds `capacity` positions.
@@ -156,85 +86,19 @@ impl<'m> GpuSession<'m> {
             }
             .into());
         }
-        let gpu = model.gpu();
         let capacity = capacity.max(1);
         let nmax = nmax.clamp(1, PREFILL_CHUNK.max(nmax));
-        let cmax = capacity.div_ceil(ATT_CHUNK);
-        let (hidden, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (heads, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let cache_floats = cfg.num_hidden_layers * kvh * capacity * hd;
-        let f = 4usize;
-        let sizes = [
-            cache_floats * f,
-            cache_floats * f,
-            capacity * hd / 2 * f,
-            capacity * hd / 2 * f,
-            nmax * hidden * f,
-            nmax * hidden * f,
-            nmax * cfg.q_dim() * f,
-            nmax * cfg.q_dim() * f,
-            nmax * cfg.intermediate_size * f,
-            nmax * PSTRIDE * f,
-            nmax * cfg.vocab_size * f,
-            nmax * heads * cmax * hd * f,
-            nmax * heads * cmax * 2 * f,
-            nmax * heads * 4,
-            nmax * 4,
-            16 + nmax * 8,
-            // x's pieces for batches over int8 weights (gemv_mma.cu), then the shifts.
-            xq_pieces_bytes(cfg, nmax) + nmax * 4,
-        ];
-        let total: usize = sizes.iter().sum();
-        gpu.check_free("the KV cache and activations", total as u64)?;
-        let a = |what: &str, i: usize| gpu.alloc(what, sizes[i]);
-        let rope = RopeTable::new(hd, cfg.rope_theta as f32, &cfg.rope_scaling, capacity)
-            .map_err(ModelError::from)?;
-        let (mut cos, mut sin) = (
-            Vec::with_capacity(capacity * hd / 2),
-            Vec::with_capacity(capacity * hd / 2),
-        );
-        for p in 0..capacity {
-            let (c, s) = rope.cos_sin(p).map_err(ModelError::from)?;
-            cos.extend_from_slice(c);
-            sin.extend_from_slice(s);
-        }
-        let s = GpuSession {
+        Ok(GpuSession {
             model,
-            capacity,
+            buf: StepBuffers::new(model, capacity, nmax)?,
             len: 0,
             pos_synced: false,
-            nmax,
-            cmax,
-            kcache: a("keys", 0)?,
-            vcache: a("values", 1)?,
-            rope_cos: gpu.upload("rope cos", &cos)?,
-            rope_sin: gpu.upload("rope sin", &sin)?,
-            h: a("hidden states", 4)?,
-            xw: a("norm inputs", 5)?,
-            q: a("queries", 6)?,
-            attn: a("attention output", 7)?,
-            act: a("MLP activations", 8)?,
-            partial: a("norm partials", 9)?,
-            logits: a("logits", 10)?,
-            part_o: a("attention chunks", 11)?,
-            part_ml: a("attention chunk sums", 12)?,
-            counters: a("attention counters", 13)?,
-            tokens: a("tokens", 14)?,
-            state: a("state", 15)?,
-            xq: a("int8 x pieces", 16)?,
             graph: None,
             sampler: None,
             sampled_graph: None,
             last_row: 0,
             prof: std::cell::RefCell::new(None),
-        };
-        gpu.fill_u32(s.counters.ptr(), 0, nmax * heads)?;
-        gpu.fill_u32(s.state.ptr(), 0, sizes[15] / 4)?;
-        // Poison the cache: a read of an unwritten position shows as NaN.
-        gpu.fill_u32(s.kcache.ptr(), 0x7fc0_0000, cache_floats)?;
-        gpu.fill_u32(s.vcache.ptr(), 0x7fc0_0000, cache_floats)?;
-        gpu.sync()?;
-        Ok(s)
+        })
     }
 
     pub fn model(&self) -> &'m GpuModel {
@@ -247,7 +111,7 @@ impl<'m> GpuSession<'m> {
     }
 
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.buf.capacity
     }
 
     /// Forgets the sequence (the storage is kept).
@@ -264,9 +128,9 @@ impl<'m> GpuSession<'m> {
         if n == 0 {
             return Err(ModelError::EmptyInput.into());
         }
-        if self.len + n > self.capacity {
+        if self.len + n > self.buf.capacity {
             return Err(ModelError::CacheFull {
-                capacity: self.capacity,
+                capacity: self.buf.capacity,
                 position: self.len,
                 requested: n,
             }
@@ -277,7 +141,7 @@ impl<'m> GpuSession<'m> {
 
     fn set_pos(&mut self, pos: usize) -> Result<(), GpuError> {
         self.gpu()
-            .htod(self.state.ptr() + STATE_POS, &[pos as i32])?;
+            .htod(self.buf.state.ptr() + STATE_POS, &[pos as i32])?;
         Ok(())
     }
 
@@ -303,7 +167,7 @@ impl<'m> GpuSession<'m> {
         let start = self.gpu().event()?;
         self.gpu().record(&start)?;
         *self.prof.borrow_mut() = Some(Vec::new());
-        let r = self.enqueue(1, true, Logits::Last, true, self.cmax);
+        let r = self.enqueue(1, true, Logits::Last, true, self.buf.cmax);
         let marks = self.prof.borrow_mut().take().unwrap_or_default();
         r?;
         self.gpu().sync()?;
@@ -332,7 +196,9 @@ impl<'m> GpuSession<'m> {
         advance: bool,
         chunks: usize,
     ) -> Result<(), GpuError> {
-        let ops = self.plan(n, from_argmax, logits, advance, chunks);
+        let ops = self
+            .buf
+            .plan(self.model, n, from_argmax, logits, advance, chunks);
         self.launch_ops(&ops, &mut |_| Ok(()))
     }
 
@@ -357,216 +223,6 @@ impl<'m> GpuSession<'m> {
             self.mark(op.name())?;
         }
         Ok(())
-    }
-
-    /// The launches of one step over `n` tokens (see [`GpuSession::enqueue`]), with a
-    /// [`Op::LayerEnd`] after each layer.
-    fn plan(
-        &self,
-        n: usize,
-        from_argmax: bool,
-        logits: Logits,
-        advance: bool,
-        chunks: usize,
-    ) -> Vec<Op> {
-        let m = self.model;
-        let cfg = &m.cfg;
-        let (hidden, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
-        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-        let (heads, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let eps = cfg.rms_norm_eps as f32;
-        let state = self.state.ptr();
-        let pos = state + STATE_POS;
-        let argmax = state + STATE_ARGMAX;
-        let layer_floats = (kvh * self.capacity * hd) as u64;
-        let resid_units = hidden.div_ceil(2);
-
-        let mut ops = Vec::with_capacity(2 + 6 * m.layers.len());
-        ops.push(Op::Embed(EmbedArgs {
-            w: m.embed.desc(0),
-            tokens: if from_argmax { 0 } else { self.tokens.ptr() },
-            argmax_in: argmax,
-            argmax_reset: argmax,
-            norm_w: m
-                .layers
-                .first()
-                .map_or(m.final_norm.ptr(), |l| l.input_norm.ptr()),
-            h: self.h.ptr(),
-            xw: self.xw.ptr(),
-            partial: self.partial.ptr(),
-            err: state + STATE_ERR,
-            ntok: n as i32,
-            nreset: n as i32,
-            hidden: hidden as i32,
-            vocab: cfg.vocab_size as i32,
-        }));
-        // Norm partials per token of the last residual producer (the embedding writes one).
-        let mut nparts = 1;
-        for (l, layer) in m.layers.iter().enumerate() {
-            let kbase = self.kcache.ptr() + 4 * layer_floats * l as u64;
-            let vbase = self.vcache.ptr() + 4 * layer_floats * l as u64;
-            ops.push(Op::Gemv(
-                GemvArgs {
-                    w: [layer.q.desc(), layer.k.desc(), layer.v.desc()],
-                    x: self.xw.ptr(),
-                    partial: self.partial.ptr(),
-                    nparts,
-                    norm_dim: hidden as i32,
-                    eps,
-                    rope_cos: self.rope_cos.ptr(),
-                    rope_sin: self.rope_sin.ptr(),
-                    pos,
-                    out: self.q.ptr(),
-                    kcache: kbase,
-                    vcache: vbase,
-                    mode: GemvMode::Qkv as i32,
-                    ntok: n as i32,
-                    x_stride: hidden as i32,
-                    out_stride: qd as i32,
-                    units: ((qd + 2 * kvd) / 2) as i32,
-                    u1: (qd / 2) as i32,
-                    u2: ((qd + kvd) / 2) as i32,
-                    head_dim: hd as i32,
-                    capacity: self.capacity as i32,
-                    ksplit: layer.q.ksplit,
-                    ..GemvArgs::default()
-                },
-                "qkv",
-            ));
-            ops.push(Op::Attention(
-                AttnArgs {
-                    q: self.q.ptr(),
-                    kcache: kbase,
-                    vcache: vbase,
-                    out: self.attn.ptr(),
-                    part_o: self.part_o.ptr(),
-                    part_ml: self.part_ml.ptr(),
-                    counters: self.counters.ptr(),
-                    pos,
-                    ntok: n as i32,
-                    heads: heads as i32,
-                    kv_heads: kvh as i32,
-                    head_dim: hd as i32,
-                    capacity: self.capacity as i32,
-                    window: cfg.window(l).map_or(0, |w| w.min(i32::MAX as usize) as i32),
-                    cmax: self.cmax as i32,
-                    // transformers: `scaling = head_dim ** -0.5` (a Python float), used in f32.
-                    scale: (hd as f64).powf(-0.5) as f32,
-                    ..AttnArgs::default()
-                },
-                chunks,
-            ));
-            ops.push(Op::Gemv(
-                GemvArgs {
-                    w: [layer.o.desc(), Default::default(), Default::default()],
-                    x: self.attn.ptr(),
-                    norm_next: layer.post_norm.ptr(),
-                    out: self.h.ptr(),
-                    xw_out: self.xw.ptr(),
-                    partial_out: self.partial.ptr(),
-                    mode: GemvMode::Resid as i32,
-                    ntok: n as i32,
-                    x_stride: qd as i32,
-                    out_stride: hidden as i32,
-                    units: resid_units as i32,
-                    ksplit: layer.o.ksplit,
-                    ..GemvArgs::default()
-                },
-                "o_proj",
-            ));
-            nparts = self.norm_parts(ops.last());
-            ops.push(Op::Gemv(
-                GemvArgs {
-                    w: [layer.gate.desc(), layer.up.desc(), Default::default()],
-                    x: self.xw.ptr(),
-                    partial: self.partial.ptr(),
-                    nparts,
-                    norm_dim: hidden as i32,
-                    eps,
-                    out: self.act.ptr(),
-                    // The gate/up launch applies the activation in its epilogue.
-                    mode: match cfg.activation {
-                        Activation::Silu => GemvMode::GateUp,
-                    } as i32,
-                    ntok: n as i32,
-                    x_stride: hidden as i32,
-                    out_stride: inter as i32,
-                    units: inter as i32,
-                    ksplit: layer.gate.ksplit,
-                    ..GemvArgs::default()
-                },
-                "gate_up",
-            ));
-            let next_norm = m
-                .layers
-                .get(l + 1)
-                .map_or(m.final_norm.ptr(), |nl| nl.input_norm.ptr());
-            ops.push(Op::Gemv(
-                GemvArgs {
-                    w: [layer.down.desc(), Default::default(), Default::default()],
-                    x: self.act.ptr(),
-                    norm_next: next_norm,
-                    out: self.h.ptr(),
-                    xw_out: self.xw.ptr(),
-                    partial_out: self.partial.ptr(),
-                    mode: GemvMode::Resid as i32,
-                    ntok: n as i32,
-                    x_stride: inter as i32,
-                    out_stride: hidden as i32,
-                    units: resid_units as i32,
-                    ksplit: layer.down.ksplit,
-                    ..GemvArgs::default()
-                },
-                "down",
-            ));
-            nparts = self.norm_parts(ops.last());
-            ops.push(Op::LayerEnd(l));
-        }
-        if logits != Logits::None {
-            let (first, rows) = if logits == Logits::All {
-                (0, n)
-            } else {
-                (n - 1, 1)
-            };
-            ops.push(Op::Gemv(
-                GemvArgs {
-                    w: [m.lm_head.desc(), Default::default(), Default::default()],
-                    x: self.xw.ptr() + (4 * first * hidden) as u64,
-                    partial: self.partial.ptr() + (4 * first * PSTRIDE) as u64,
-                    nparts,
-                    norm_dim: hidden as i32,
-                    eps,
-                    out: self.logits.ptr(),
-                    argmax,
-                    pos_inc: if advance { pos } else { 0 },
-                    mode: GemvMode::Logits as i32,
-                    ntok: rows as i32,
-                    x_stride: hidden as i32,
-                    out_stride: cfg.vocab_size as i32,
-                    units: cfg.vocab_size.div_ceil(2) as i32,
-                    ksplit: m.lm_head.ksplit,
-                    ..GemvArgs::default()
-                },
-                "lm_head",
-            ));
-        }
-        // Every GEMV may take x's pieces room (batches over int8 weights on the tensor cores).
-        let pieces = xq_pieces_bytes(cfg, self.nmax) as u64;
-        for op in &mut ops {
-            if let Op::Gemv(a, _) = op {
-                a.xq = self.xq.ptr();
-                a.xq_shift = self.xq.ptr() + pieces;
-            }
-        }
-        ops
-    }
-
-    /// The norm partials per token the residual launch `op` writes (the next `nparts`).
-    fn norm_parts(&self, op: Option<&Op>) -> i32 {
-        match op {
-            Some(Op::Gemv(a, _)) => self.model.kernels.gemv_norm_parts(a) as i32,
-            _ => 1,
-        }
     }
 
     /// Runs `tokens` in launches of at most `nmax` tokens; returns the last token's logits, or
@@ -601,12 +257,12 @@ impl<'m> GpuSession<'m> {
             (true, true) => tokens.len() * vocab,
             (true, false) => vocab,
         });
-        let chunks: Vec<&[u32]> = tokens.chunks(self.nmax).collect();
+        let chunks: Vec<&[u32]> = tokens.chunks(self.buf.nmax).collect();
         for (ci, chunk) in chunks.iter().enumerate() {
             let last = ci + 1 == chunks.len();
             let n = chunk.len();
             let ids: Vec<i32> = chunk.iter().map(|&t| t as i32).collect();
-            self.gpu().htod(self.tokens.ptr(), &ids)?;
+            self.gpu().htod(self.buf.tokens.ptr(), &ids)?;
             self.set_pos(self.len)?;
             let mode = if all {
                 Logits::All
@@ -616,14 +272,16 @@ impl<'m> GpuSession<'m> {
                 Logits::None
             };
             let attn_chunks = (self.len + n).div_ceil(ATT_CHUNK);
-            let ops = self.plan(n, false, mode, false, attn_chunks);
+            let ops = self
+                .buf
+                .plan(self.model, n, false, mode, false, attn_chunks);
             let hidden = self.model.cfg.hidden_size;
             let start = self.len;
             let mut rows = Vec::new();
             self.launch_ops(&ops, &mut |l| {
                 if let Some(hook) = on_layer.as_mut() {
                     rows.resize(n * hidden, 0f32);
-                    self.gpu().dtoh(&mut rows, self.h.ptr())?;
+                    self.gpu().dtoh(&mut rows, self.buf.h.ptr())?;
                     hook(l, start, n, &rows);
                 }
                 Ok(())
@@ -636,7 +294,7 @@ impl<'m> GpuSession<'m> {
                 self.last_row = rows - 1;
                 if read {
                     let mut l = vec![0f32; rows * vocab];
-                    self.gpu().dtoh(&mut l, self.logits.ptr())?;
+                    self.gpu().dtoh(&mut l, self.buf.logits.ptr())?;
                     out.extend_from_slice(&l);
                 }
             }
@@ -697,11 +355,11 @@ impl<'m> GpuSession<'m> {
             };
             gpu.begin_capture()?;
             let r = self
-                .enqueue(1, true, Logits::Last, true, self.cmax)
+                .enqueue(1, true, Logits::Last, true, self.buf.cmax)
                 .and_then(|()| match sampler {
                     Some(smp) => {
-                        let out = self.state.ptr() + STATE_ARGMAX;
-                        Ok(smp.enqueue(self.logits.ptr(), vocab, out)?)
+                        let out = self.buf.state.ptr() + STATE_ARGMAX;
+                        Ok(smp.enqueue(self.buf.logits.ptr(), vocab, out)?)
                     }
                     None => Ok(()),
                 });
@@ -728,14 +386,15 @@ impl<'m> GpuSession<'m> {
     /// The argmax of the last logits computed (the lowest id among equal maxima).
     pub fn argmax(&self) -> Result<u32, GpuError> {
         let mut k = [0u64];
-        self.gpu().dtoh(&mut k, self.state.ptr() + STATE_ARGMAX)?;
+        self.gpu()
+            .dtoh(&mut k, self.buf.state.ptr() + STATE_ARGMAX)?;
         Ok(!(k[0] as u32))
     }
 
     /// The last token's logits of the last step.
     pub fn last_logits(&self) -> Result<Vec<f32>, GpuError> {
         let mut l = vec![0f32; self.model.cfg.vocab_size];
-        self.gpu().dtoh(&mut l, self.logits.ptr())?;
+        self.gpu().dtoh(&mut l, self.buf.logits.ptr())?;
         Ok(l)
     }
 
@@ -750,7 +409,8 @@ impl<'m> GpuSession<'m> {
             .into());
         }
         let key = (!token) as u64;
-        self.gpu().htod(self.state.ptr() + STATE_ARGMAX, &[key])?;
+        self.gpu()
+            .htod(self.buf.state.ptr() + STATE_ARGMAX, &[key])?;
         Ok(())
     }
 
@@ -833,8 +493,8 @@ impl<'m> GpuSession<'m> {
             return Err(ModelError::EmptyInput.into());
         }
         let vocab = self.model.cfg.vocab_size;
-        let logits = self.logits.ptr() + (4 * self.last_row * vocab) as u64;
-        let out = self.state.ptr() + STATE_ARGMAX;
+        let logits = self.buf.logits.ptr() + (4 * self.last_row * vocab) as u64;
+        let out = self.buf.state.ptr() + STATE_ARGMAX;
         self.gpu_sampler()?.enqueue(logits, vocab, out)?;
         self.read_sampled()
     }

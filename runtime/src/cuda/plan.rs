@@ -1,0 +1,372 @@
+//! The launches of one step of a decode or prefill on the GPU: the decoder layer of the model
+//! description as a plan of fused launches (see kernels/src/cuda/gemv.cu for the epilogues):
+//! `embed` -> per layer [`QKV` (norm, biases, RoPE, cache write) -> `attention` (the layer's
+//! window) -> `o_proj` (+ residual, next norm's inputs) -> `gate/up` (norm, activation) -> `down`
+//! (+ residual, next norm's inputs)] -> `LM head` (final norm, logits, argmax). The CPU's
+//! forward pass (`cpu::forward`) computes the same layer step by step; a variant the plan
+//! cannot run is refused by `GpuModel::new` or fails to compile here (`match` over it).
+
+use cllm_kernels::cuda::{AttnArgs, EmbedArgs, GemvArgs, GemvMode, Kernels, ATT_CHUNK, PSTRIDE};
+use cllm_model::{Activation, ModelConfig};
+
+use cllm_cuda::DeviceBuffer;
+use cllm_kernels::cpu::RopeTable;
+
+use super::model::{GpuError, GpuModel};
+use crate::error::ModelError;
+
+/// Device scalars: position, error flag, then (from byte 16) per-token argmax keys.
+pub(super) const STATE_POS: u64 = 0;
+pub(super) const STATE_ERR: u64 = 4;
+pub(super) const STATE_ARGMAX: u64 = 16;
+
+/// The session's room for x's pieces (`GemvArgs::xq`): `nmax` tokens of the widest GEMV input.
+pub(super) fn xq_pieces_bytes(cfg: &ModelConfig, nmax: usize) -> usize {
+    let widest = cfg.hidden_size.max(cfg.q_dim()).max(cfg.intermediate_size);
+    Kernels::mma_pieces_bytes(nmax, widest)
+}
+
+/// One launch of a step (or a point between launches). Unboxed: a plan is a few ops per layer,
+/// built once per step or graph.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Op {
+    Embed(EmbedArgs),
+    /// Arguments and the name profiles show.
+    Gemv(GemvArgs, &'static str),
+    /// Arguments and chunk slots per (head, token).
+    Attention(AttnArgs, usize),
+    /// Layer `l`'s output hidden state is complete.
+    LayerEnd(usize),
+}
+
+impl Op {
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Op::Embed(_) => "embed",
+            Op::Gemv(_, name) => name,
+            Op::Attention(..) => "attention",
+            Op::LayerEnd(_) => "layer end",
+        }
+    }
+}
+
+/// Which logits a step computes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Logits {
+    None,
+    Last,
+    All,
+}
+
+/// What a session's launches read and write on the device: the KV cache, the RoPE table, the
+/// activations of up to `nmax` tokens per launch, the attention's chunk slots, the state scalars.
+pub(super) struct StepBuffers {
+    pub capacity: usize,
+    pub nmax: usize,
+    /// Attention chunk slots per (head, token).
+    pub cmax: usize,
+    kcache: DeviceBuffer,
+    vcache: DeviceBuffer,
+    rope_cos: DeviceBuffer,
+    rope_sin: DeviceBuffer,
+    pub h: DeviceBuffer,
+    xw: DeviceBuffer,
+    q: DeviceBuffer,
+    attn: DeviceBuffer,
+    act: DeviceBuffer,
+    partial: DeviceBuffer,
+    pub logits: DeviceBuffer,
+    part_o: DeviceBuffer,
+    part_ml: DeviceBuffer,
+    counters: DeviceBuffer,
+    pub tokens: DeviceBuffer,
+    pub state: DeviceBuffer,
+    xq: DeviceBuffer,
+}
+
+impl StepBuffers {
+    /// Buffers for `capacity` positions and launches of up to `nmax` tokens, the KV cache
+    /// poisoned (a read of an unwritten position shows as NaN), the state zeroed.
+    pub fn new(model: &GpuModel, capacity: usize, nmax: usize) -> Result<StepBuffers, GpuError> {
+        let cfg = &model.cfg;
+        let gpu = model.gpu();
+        let cmax = capacity.div_ceil(ATT_CHUNK);
+        let (hidden, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (heads, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let cache_floats = cfg.num_hidden_layers * kvh * capacity * hd;
+        let f = 4usize;
+        let sizes = [
+            cache_floats * f,
+            cache_floats * f,
+            capacity * hd / 2 * f,
+            capacity * hd / 2 * f,
+            nmax * hidden * f,
+            nmax * hidden * f,
+            nmax * cfg.q_dim() * f,
+            nmax * cfg.q_dim() * f,
+            nmax * cfg.intermediate_size * f,
+            nmax * PSTRIDE * f,
+            nmax * cfg.vocab_size * f,
+            nmax * heads * cmax * hd * f,
+            nmax * heads * cmax * 2 * f,
+            nmax * heads * 4,
+            nmax * 4,
+            16 + nmax * 8,
+            // x's pieces for batches over int8 weights (gemv_mma.cu), then the shifts.
+            xq_pieces_bytes(cfg, nmax) + nmax * 4,
+        ];
+        let total: usize = sizes.iter().sum();
+        gpu.check_free("the KV cache and activations", total as u64)?;
+        let a = |what: &str, i: usize| gpu.alloc(what, sizes[i]);
+        let rope = RopeTable::new(hd, cfg.rope_theta as f32, &cfg.rope_scaling, capacity)
+            .map_err(ModelError::from)?;
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(capacity * hd / 2),
+            Vec::with_capacity(capacity * hd / 2),
+        );
+        for p in 0..capacity {
+            let (c, s) = rope.cos_sin(p).map_err(ModelError::from)?;
+            cos.extend_from_slice(c);
+            sin.extend_from_slice(s);
+        }
+        let b = StepBuffers {
+            capacity,
+            nmax,
+            cmax,
+            kcache: a("keys", 0)?,
+            vcache: a("values", 1)?,
+            rope_cos: gpu.upload("rope cos", &cos)?,
+            rope_sin: gpu.upload("rope sin", &sin)?,
+            h: a("hidden states", 4)?,
+            xw: a("norm inputs", 5)?,
+            q: a("queries", 6)?,
+            attn: a("attention output", 7)?,
+            act: a("MLP activations", 8)?,
+            partial: a("norm partials", 9)?,
+            logits: a("logits", 10)?,
+            part_o: a("attention chunks", 11)?,
+            part_ml: a("attention chunk sums", 12)?,
+            counters: a("attention counters", 13)?,
+            tokens: a("tokens", 14)?,
+            state: a("state", 15)?,
+            xq: a("int8 x pieces", 16)?,
+        };
+        gpu.fill_u32(b.counters.ptr(), 0, nmax * heads)?;
+        gpu.fill_u32(b.state.ptr(), 0, sizes[15] / 4)?;
+        gpu.fill_u32(b.kcache.ptr(), 0x7fc0_0000, cache_floats)?;
+        gpu.fill_u32(b.vcache.ptr(), 0x7fc0_0000, cache_floats)?;
+        gpu.sync()?;
+        Ok(b)
+    }
+
+    /// The launches of one step over `n` tokens at positions `len..len + n` (the device position
+    /// must be `len`), with a
+    /// [`Op::LayerEnd`] after each layer.
+    pub fn plan(
+        &self,
+        m: &GpuModel,
+        n: usize,
+        from_argmax: bool,
+        logits: Logits,
+        advance: bool,
+        chunks: usize,
+    ) -> Vec<Op> {
+        let cfg = &m.cfg;
+        let (hidden, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let (heads, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let eps = cfg.rms_norm_eps as f32;
+        let state = self.state.ptr();
+        let pos = state + STATE_POS;
+        let argmax = state + STATE_ARGMAX;
+        let layer_floats = (kvh * self.capacity * hd) as u64;
+        let resid_units = hidden.div_ceil(2);
+
+        let mut ops = Vec::with_capacity(2 + 6 * m.layers.len());
+        ops.push(Op::Embed(EmbedArgs {
+            w: m.embed.desc(0),
+            tokens: if from_argmax { 0 } else { self.tokens.ptr() },
+            argmax_in: argmax,
+            argmax_reset: argmax,
+            norm_w: m
+                .layers
+                .first()
+                .map_or(m.final_norm.ptr(), |l| l.input_norm.ptr()),
+            h: self.h.ptr(),
+            xw: self.xw.ptr(),
+            partial: self.partial.ptr(),
+            err: state + STATE_ERR,
+            ntok: n as i32,
+            nreset: n as i32,
+            hidden: hidden as i32,
+            vocab: cfg.vocab_size as i32,
+        }));
+        // Norm partials per token of the last residual producer (the embedding writes one).
+        let mut nparts = 1;
+        for (l, layer) in m.layers.iter().enumerate() {
+            let kbase = self.kcache.ptr() + 4 * layer_floats * l as u64;
+            let vbase = self.vcache.ptr() + 4 * layer_floats * l as u64;
+            ops.push(Op::Gemv(
+                GemvArgs {
+                    w: [layer.q.desc(), layer.k.desc(), layer.v.desc()],
+                    x: self.xw.ptr(),
+                    partial: self.partial.ptr(),
+                    nparts,
+                    norm_dim: hidden as i32,
+                    eps,
+                    rope_cos: self.rope_cos.ptr(),
+                    rope_sin: self.rope_sin.ptr(),
+                    pos,
+                    out: self.q.ptr(),
+                    kcache: kbase,
+                    vcache: vbase,
+                    mode: GemvMode::Qkv as i32,
+                    ntok: n as i32,
+                    x_stride: hidden as i32,
+                    out_stride: qd as i32,
+                    units: ((qd + 2 * kvd) / 2) as i32,
+                    u1: (qd / 2) as i32,
+                    u2: ((qd + kvd) / 2) as i32,
+                    head_dim: hd as i32,
+                    capacity: self.capacity as i32,
+                    ksplit: layer.q.ksplit,
+                    ..GemvArgs::default()
+                },
+                "qkv",
+            ));
+            ops.push(Op::Attention(
+                AttnArgs {
+                    q: self.q.ptr(),
+                    kcache: kbase,
+                    vcache: vbase,
+                    out: self.attn.ptr(),
+                    part_o: self.part_o.ptr(),
+                    part_ml: self.part_ml.ptr(),
+                    counters: self.counters.ptr(),
+                    pos,
+                    ntok: n as i32,
+                    heads: heads as i32,
+                    kv_heads: kvh as i32,
+                    head_dim: hd as i32,
+                    capacity: self.capacity as i32,
+                    window: cfg.window(l).map_or(0, |w| w.min(i32::MAX as usize) as i32),
+                    cmax: self.cmax as i32,
+                    // transformers: `scaling = head_dim ** -0.5` (a Python float), used in f32.
+                    scale: (hd as f64).powf(-0.5) as f32,
+                    ..AttnArgs::default()
+                },
+                chunks,
+            ));
+            ops.push(Op::Gemv(
+                GemvArgs {
+                    w: [layer.o.desc(), Default::default(), Default::default()],
+                    x: self.attn.ptr(),
+                    norm_next: layer.post_norm.ptr(),
+                    out: self.h.ptr(),
+                    xw_out: self.xw.ptr(),
+                    partial_out: self.partial.ptr(),
+                    mode: GemvMode::Resid as i32,
+                    ntok: n as i32,
+                    x_stride: qd as i32,
+                    out_stride: hidden as i32,
+                    units: resid_units as i32,
+                    ksplit: layer.o.ksplit,
+                    ..GemvArgs::default()
+                },
+                "o_proj",
+            ));
+            nparts = norm_parts(&m.kernels, ops.last());
+            ops.push(Op::Gemv(
+                GemvArgs {
+                    w: [layer.gate.desc(), layer.up.desc(), Default::default()],
+                    x: self.xw.ptr(),
+                    partial: self.partial.ptr(),
+                    nparts,
+                    norm_dim: hidden as i32,
+                    eps,
+                    out: self.act.ptr(),
+                    // The gate/up launch applies the activation in its epilogue.
+                    mode: match cfg.activation {
+                        Activation::Silu => GemvMode::GateUp,
+                    } as i32,
+                    ntok: n as i32,
+                    x_stride: hidden as i32,
+                    out_stride: inter as i32,
+                    units: inter as i32,
+                    ksplit: layer.gate.ksplit,
+                    ..GemvArgs::default()
+                },
+                "gate_up",
+            ));
+            let next_norm = m
+                .layers
+                .get(l + 1)
+                .map_or(m.final_norm.ptr(), |nl| nl.input_norm.ptr());
+            ops.push(Op::Gemv(
+                GemvArgs {
+                    w: [layer.down.desc(), Default::default(), Default::default()],
+                    x: self.act.ptr(),
+                    norm_next: next_norm,
+                    out: self.h.ptr(),
+                    xw_out: self.xw.ptr(),
+                    partial_out: self.partial.ptr(),
+                    mode: GemvMode::Resid as i32,
+                    ntok: n as i32,
+                    x_stride: inter as i32,
+                    out_stride: hidden as i32,
+                    units: resid_units as i32,
+                    ksplit: layer.down.ksplit,
+                    ..GemvArgs::default()
+                },
+                "down",
+            ));
+            nparts = norm_parts(&m.kernels, ops.last());
+            ops.push(Op::LayerEnd(l));
+        }
+        if logits != Logits::None {
+            let (first, rows) = if logits == Logits::All {
+                (0, n)
+            } else {
+                (n - 1, 1)
+            };
+            ops.push(Op::Gemv(
+                GemvArgs {
+                    w: [m.lm_head.desc(), Default::default(), Default::default()],
+                    x: self.xw.ptr() + (4 * first * hidden) as u64,
+                    partial: self.partial.ptr() + (4 * first * PSTRIDE) as u64,
+                    nparts,
+                    norm_dim: hidden as i32,
+                    eps,
+                    out: self.logits.ptr(),
+                    argmax,
+                    pos_inc: if advance { pos } else { 0 },
+                    mode: GemvMode::Logits as i32,
+                    ntok: rows as i32,
+                    x_stride: hidden as i32,
+                    out_stride: cfg.vocab_size as i32,
+                    units: cfg.vocab_size.div_ceil(2) as i32,
+                    ksplit: m.lm_head.ksplit,
+                    ..GemvArgs::default()
+                },
+                "lm_head",
+            ));
+        }
+        // Every GEMV may take x's pieces room (batches over int8 weights on the tensor cores).
+        let pieces = xq_pieces_bytes(cfg, self.nmax) as u64;
+        for op in &mut ops {
+            if let Op::Gemv(a, _) = op {
+                a.xq = self.xq.ptr();
+                a.xq_shift = self.xq.ptr() + pieces;
+            }
+        }
+        ops
+    }
+}
+
+/// The norm partials per token the residual launch `op` writes (the next `nparts`).
+fn norm_parts(kernels: &Kernels, op: Option<&Op>) -> i32 {
+    match op {
+        Some(Op::Gemv(a, _)) => kernels.gemv_norm_parts(a) as i32,
+        _ => 1,
+    }
+}
