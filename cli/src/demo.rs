@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use cllm_format::{PackOptions, Policy, Preset};
 use cllm_loader::hf::HfFolder;
-use cllm_runtime::{Device, Engine, GenerateOptions, OpenOptions};
+use cllm_runtime::{Device, Engine, EngineError, GenerateOptions, OpenOptions};
 
 use crate::common::parse_device;
 use crate::progress::human_bytes;
@@ -61,7 +61,10 @@ pub fn run(a: DemoArgs) -> CmdResult {
     let verify_s = t.elapsed().as_secs_f64();
     let engine = match a.device.as_str() {
         "auto" => Engine::new(Device::Cuda).unwrap_or_else(|e| {
-            eprintln!("no GPU used ({e}); running on the CPU");
+            match e {
+                EngineError::Device(why) => eprintln!("no GPU used ({why}); running on the CPU"),
+                e => eprintln!("no GPU used ({e}); running on the CPU"),
+            }
             Engine::cpu()
         }),
         d => Engine::new(parse_device(d).map_err(|e| anyhow::anyhow!("{e} (or auto)"))?)?,
