@@ -34,24 +34,26 @@ impl Acc {
             .par_chunks(width)
             .zip(t.par_chunks(width))
             .map(|(rr, tr)| {
-                let (mut d2, mut n2, mut t2, mut dot, mut mx) = (0f64, 0f64, 0f64, 0f64, 0f64);
-                for (&a, &b) in rr.iter().zip(tr) {
-                    let (a, b) = (a as f64, b as f64);
-                    let d = b - a;
-                    d2 += d * d;
-                    n2 += a * a;
-                    t2 += b * b;
-                    dot += a * b;
-                    mx = mx.max(d.abs());
-                }
-                let cos = if n2 == 0.0 && t2 == 0.0 {
+                let Moments {
+                    diff2,
+                    ref2,
+                    test2,
+                    dot,
+                    max_abs,
+                } = Moments::of(rr, tr);
+                let cos = if ref2 == 0.0 && test2 == 0.0 {
                     1.0
-                } else if n2 == 0.0 || t2 == 0.0 {
+                } else if ref2 == 0.0 || test2 == 0.0 {
                     0.0
                 } else {
-                    dot / (n2.sqrt() * t2.sqrt())
+                    dot / (ref2.sqrt() * test2.sqrt())
                 };
-                (d2, n2, cos, if d2.is_nan() { f64::NAN } else { mx })
+                (
+                    diff2,
+                    ref2,
+                    cos,
+                    if diff2.is_nan() { f64::NAN } else { max_abs },
+                )
             })
             .collect();
         for (d2, n2, cos, mx) in parts {
@@ -68,15 +70,8 @@ impl Acc {
     }
 
     pub(super) fn figures(&self) -> ErrorFigures {
-        let rel_err = if self.ref2 > 0.0 {
-            (self.diff2 / self.ref2).sqrt()
-        } else if self.diff2 == 0.0 {
-            0.0
-        } else {
-            f64::INFINITY
-        };
         ErrorFigures {
-            rel_err,
+            rel_err: rel_rms(self.diff2, self.ref2),
             cosine: if self.rows > 0 {
                 self.cos_sum / self.rows as f64
             } else {
@@ -84,6 +79,45 @@ impl Acc {
             },
             max_abs: self.max_abs,
         }
+    }
+}
+
+/// Sums over a pair of rows (reference, test), in f64: squares of the difference and of each
+/// side, their dot product, and the largest |difference| (`f64::max` skips NaN differences).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Moments {
+    pub diff2: f64,
+    pub ref2: f64,
+    pub test2: f64,
+    pub dot: f64,
+    pub max_abs: f64,
+}
+
+impl Moments {
+    pub(super) fn of(r: &[f32], t: &[f32]) -> Moments {
+        let mut m = Moments::default();
+        for (&a, &b) in r.iter().zip(t) {
+            let (a, b) = (a as f64, b as f64);
+            let d = b - a;
+            m.diff2 += d * d;
+            m.ref2 += a * a;
+            m.test2 += b * b;
+            m.dot += a * b;
+            m.max_abs = m.max_abs.max(d.abs());
+        }
+        m
+    }
+}
+
+/// ‖test − ref‖ / ‖ref‖ from the sums of squares: zero for two zero tensors, infinite when
+/// only the reference is zero.
+pub(super) fn rel_rms(diff2: f64, ref2: f64) -> f64 {
+    if ref2 > 0.0 {
+        (diff2 / ref2).sqrt()
+    } else if diff2 == 0.0 {
+        0.0
+    } else {
+        f64::INFINITY
     }
 }
 

@@ -8,6 +8,8 @@ use cllm_model::TensorId;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::figures::{bit_equal, rel_rms, Moments};
+
 /// One tensor present in both models with the same shape.
 #[derive(Clone, Debug, Serialize)]
 pub struct WeightRow {
@@ -72,35 +74,18 @@ fn row(name: &str, a: &Weight, b: &Weight) -> Result<WeightRow, String> {
         .to_f32_vec()
         .map_err(|e| format!("{name}: reference: {e}"))?;
     let y = b.to_f32_vec().map_err(|e| format!("{name}: test: {e}"))?;
-    let (mut d2, mut n2, mut t2, mut dot, mut mx) = (0f64, 0f64, 0f64, 0f64, 0f64);
-    let mut identical = x.len() == y.len();
-    for (&p, &q) in x.iter().zip(&y) {
-        identical &= p.to_bits() == q.to_bits();
-        let (p, q) = (p as f64, q as f64);
-        let d = q - p;
-        d2 += d * d;
-        n2 += p * p;
-        t2 += q * q;
-        dot += p * q;
-        mx = mx.max(d.abs());
-    }
+    let m = Moments::of(&x, &y);
     Ok(WeightRow {
         name: name.to_string(),
         rows: a.rows,
         cols: a.cols,
-        identical,
-        rel_rms: if n2 > 0.0 {
-            (d2 / n2).sqrt()
-        } else if d2 == 0.0 {
-            0.0
+        identical: bit_equal(&x, &y),
+        rel_rms: rel_rms(m.diff2, m.ref2),
+        max_abs: m.max_abs,
+        cosine: if m.ref2 > 0.0 && m.test2 > 0.0 {
+            m.dot / (m.ref2.sqrt() * m.test2.sqrt())
         } else {
-            f64::INFINITY
-        },
-        max_abs: mx,
-        cosine: if n2 > 0.0 && t2 > 0.0 {
-            dot / (n2.sqrt() * t2.sqrt())
-        } else {
-            f64::from(u8::from(n2 == t2))
+            f64::from(u8::from(m.ref2 == m.test2))
         },
     })
 }
