@@ -12,7 +12,7 @@ use cllm_model::{Activation, ModelConfig};
 use cllm_cuda::DeviceBuffer;
 use cllm_kernels::cpu::RopeTable;
 
-use super::model::{GpuError, GpuModel};
+use super::model::{GpuError, GpuLinear, GpuModel};
 use crate::error::ModelError;
 
 /// Device scalars: position, error flag, then (from byte 16) per-token argmax keys.
@@ -181,6 +181,23 @@ impl StepBuffers {
         let argmax = state + STATE_ARGMAX;
         let layer_floats = (kvh * self.capacity * hd) as u64;
         let resid_units = hidden.div_ceil(2);
+        // o_proj and down: project `x`, add into the residual stream `h`, and start the norm that
+        // reads it next (`norm_next`).
+        let residual = |w: &GpuLinear, x: u64, x_stride: usize, norm_next: u64| GemvArgs {
+            w: [w.desc(), Default::default(), Default::default()],
+            x,
+            norm_next,
+            out: self.h.ptr(),
+            xw_out: self.xw.ptr(),
+            partial_out: self.partial.ptr(),
+            mode: GemvMode::Resid as i32,
+            ntok: n as i32,
+            x_stride: x_stride as i32,
+            out_stride: hidden as i32,
+            units: resid_units as i32,
+            ksplit: w.ksplit,
+            ..GemvArgs::default()
+        };
 
         let mut ops = Vec::with_capacity(2 + 6 * m.layers.len());
         ops.push(Op::Embed(EmbedArgs {
@@ -258,21 +275,7 @@ impl StepBuffers {
                 chunks,
             ));
             ops.push(Op::Gemv(
-                GemvArgs {
-                    w: [layer.o.desc(), Default::default(), Default::default()],
-                    x: self.attn.ptr(),
-                    norm_next: layer.post_norm.ptr(),
-                    out: self.h.ptr(),
-                    xw_out: self.xw.ptr(),
-                    partial_out: self.partial.ptr(),
-                    mode: GemvMode::Resid as i32,
-                    ntok: n as i32,
-                    x_stride: qd as i32,
-                    out_stride: hidden as i32,
-                    units: resid_units as i32,
-                    ksplit: layer.o.ksplit,
-                    ..GemvArgs::default()
-                },
+                residual(&layer.o, self.attn.ptr(), qd, layer.post_norm.ptr()),
                 "o_proj",
             ));
             nparts = norm_parts(&m.kernels, ops.last());
@@ -303,21 +306,7 @@ impl StepBuffers {
                 .get(l + 1)
                 .map_or(m.final_norm.ptr(), |nl| nl.input_norm.ptr());
             ops.push(Op::Gemv(
-                GemvArgs {
-                    w: [layer.down.desc(), Default::default(), Default::default()],
-                    x: self.act.ptr(),
-                    norm_next: next_norm,
-                    out: self.h.ptr(),
-                    xw_out: self.xw.ptr(),
-                    partial_out: self.partial.ptr(),
-                    mode: GemvMode::Resid as i32,
-                    ntok: n as i32,
-                    x_stride: inter as i32,
-                    out_stride: hidden as i32,
-                    units: resid_units as i32,
-                    ksplit: layer.down.ksplit,
-                    ..GemvArgs::default()
-                },
+                residual(&layer.down, self.act.ptr(), inter, next_norm),
                 "down",
             ));
             nparts = norm_parts(&m.kernels, ops.last());
