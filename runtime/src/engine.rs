@@ -181,15 +181,19 @@ impl Engine {
                         path: path.to_path_buf(),
                         source: Box::new(source),
                     })?;
-                let (cfg, tokenizer) = read_files(path, &w.files, opts.need_tokenizer)?;
                 let weights = std::mem::take(&mut w.weights);
-                let model = GpuModel::new(kernels, cfg.clone(), weights).map_err(|source| {
-                    EngineError::Gpu {
-                        path: path.to_path_buf(),
-                        source,
-                    }
-                })?;
-                let load_seconds = start.elapsed().as_secs_f64();
+                let files = std::mem::take(&mut w.files);
+                let mut model =
+                    self.assemble(path.to_path_buf(), files, w.lossless, opts, |path, cfg| {
+                        let m = GpuModel::new(kernels, cfg.clone(), weights).map_err(|source| {
+                            EngineError::Gpu {
+                                path: path.to_path_buf(),
+                                source,
+                            }
+                        })?;
+                        Ok(BackendModel::Cuda(Box::new(m)))
+                    })?;
+                let seconds = start.elapsed().as_secs_f64();
                 let residency = if opts.check_resident {
                     Some(
                         w.check_resident(kernels)
@@ -201,20 +205,12 @@ impl Engine {
                 } else {
                     None
                 };
-                Ok(Model {
-                    path: path.to_path_buf(),
-                    device: Device::Cuda,
-                    config: cfg,
-                    files: std::mem::take(&mut w.files),
-                    tokenizer,
-                    lossless: w.lossless,
-                    load: LoadStats {
-                        seconds: load_seconds,
-                        gpu: Some(w.stats.clone()),
-                        residency,
-                    },
-                    backend: BackendModel::Cuda(Box::new(model)),
-                })
+                model.load = LoadStats {
+                    seconds,
+                    gpu: Some(w.stats.clone()),
+                    residency,
+                };
+                Ok(model)
             }
         }
     }
@@ -232,43 +228,57 @@ impl Engine {
             load_seconds,
             ..
         } = loaded;
-        let (cfg, tokenizer) = read_files(&path, &files, opts.need_tokenizer)?;
-        let backend = match &self.kernels {
-            None => {
-                let m =
-                    CpuModel::new(cfg.clone(), weights).map_err(|source| EngineError::Model {
-                        path: path.clone(),
-                        source,
+        let mut model = self.assemble(path, files, lossless, opts, |path, cfg| {
+            Ok(match &self.kernels {
+                None => {
+                    let m = CpuModel::new(cfg.clone(), weights).map_err(|source| {
+                        EngineError::Model {
+                            path: path.to_path_buf(),
+                            source,
+                        }
                     })?;
-                BackendModel::Cpu(Box::new(m))
-            }
-            Some(kernels) => {
-                let resident =
-                    upload(kernels.gpu(), weights).map_err(|source| EngineError::Gpu {
-                        path: path.clone(),
-                        source: source.into(),
+                    BackendModel::Cpu(Box::new(m))
+                }
+                Some(kernels) => {
+                    let resident =
+                        upload(kernels.gpu(), weights).map_err(|source| EngineError::Gpu {
+                            path: path.to_path_buf(),
+                            source: source.into(),
+                        })?;
+                    let m = GpuModel::new(kernels, cfg.clone(), resident).map_err(|source| {
+                        EngineError::Gpu {
+                            path: path.to_path_buf(),
+                            source,
+                        }
                     })?;
-                let m = GpuModel::new(kernels, cfg.clone(), resident).map_err(|source| {
-                    EngineError::Gpu {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
-                BackendModel::Cuda(Box::new(m))
-            }
-        };
+                    BackendModel::Cuda(Box::new(m))
+                }
+            })
+        })?;
+        model.load.seconds = load_seconds + start.elapsed().as_secs_f64();
+        Ok(model)
+    }
+
+    /// The model of `files`: its config and tokenizer read, and the backend that `backend`
+    /// builds from the path (for errors) and the config; the caller fills in the load figures.
+    fn assemble(
+        &self,
+        path: PathBuf,
+        files: ModelFiles,
+        lossless: bool,
+        opts: &OpenOptions,
+        backend: impl FnOnce(&Path, &ModelConfig) -> Result<BackendModel, EngineError>,
+    ) -> Result<Model, EngineError> {
+        let (config, tokenizer) = read_files(&path, &files, opts.need_tokenizer)?;
+        let backend = backend(&path, &config)?;
         Ok(Model {
             path,
             device: self.device,
-            config: cfg,
+            config,
             files,
             tokenizer,
             lossless,
-            load: LoadStats {
-                seconds: load_seconds + start.elapsed().as_secs_f64(),
-                gpu: None,
-                residency: None,
-            },
+            load: LoadStats::default(),
             backend,
         })
     }
