@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::anyhow;
+use clap::builder::PossibleValuesParser;
 use clap::Args;
 use cllm_format::Dtype;
 use cllm_synth::{shape, shape_names, ConfigStyle, SynthOptions};
@@ -11,11 +12,11 @@ use cllm_synth::{shape, shape_names, ConfigStyle, SynthOptions};
 use crate::progress::human_bytes;
 use crate::CmdResult;
 
-/// Write a synthetic Llama-architecture model (seeded normal weights) as a Hugging Face folder.
+/// Write a synthetic model of a supported family (seeded normal weights) as a Hugging Face folder.
 #[derive(Args)]
 pub struct SynthArgs {
-    /// Shape name: tiny, tiny-tied, tiny-mha, small, tinyllama-1.1b, llama-7b.
-    #[arg(long)]
+    /// Shape name.
+    #[arg(long, value_parser = PossibleValuesParser::new(shape_names()))]
     pub shape: String,
     /// The folder to create.
     #[arg(short, long)]
