@@ -51,6 +51,33 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_max_position_embeddings: usize,
     },
+    /// `rope_type` "longrope" (Phi-3): each frequency divided by a per-frequency factor, the
+    /// short factors for sequences up to `original_max_position_embeddings` and the long ones
+    /// beyond; cos and sin multiplied by `attention_factor`. Which set a sequence uses is decided
+    /// by the capacity of its KV cache (docs/decisions), so cached decode equals recompute.
+    LongRope {
+        short_factor: Vec<f32>,
+        long_factor: Vec<f32>,
+        original_max_position_embeddings: usize,
+        attention_factor: f32,
+    },
+}
+
+/// A rotary embedding: its base and its scaling.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rope {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+/// What a decoder layer attends over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKind {
+    /// The whole context.
+    Full,
+    /// The most recent `sliding_window` positions (all of them if the config gives no window),
+    /// with the sliding layers' RoPE where the family has one of its own (Gemma 3).
+    Sliding,
 }
 
 /// A model's configuration, checked for consistency: its family, its dimensions and the
@@ -68,8 +95,14 @@ pub struct ModelConfig {
     pub head_dim: usize,
     pub vocab_size: usize,
     pub rms_norm_eps: f64,
+    /// RoPE of the full-attention layers (of every layer unless `sliding_rope` is set).
     pub rope_theta: f64,
     pub rope_scaling: RopeScaling,
+    /// RoPE of the sliding layers where it differs (Gemma 3's local base frequency).
+    pub sliding_rope: Option<Rope>,
+    /// Leading dimensions of each head that RoPE rotates (`partial_rotary_factor`); the rest
+    /// pass through.
+    pub rotary_dim: usize,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// q/k/v/o projections carry biases (Llama's `attention_bias`).
@@ -77,9 +110,14 @@ pub struct ModelConfig {
     /// Only q/k/v carry biases (Qwen2); implies nothing about o_proj.
     pub qkv_bias: bool,
     pub mlp_bias: bool,
-    /// Attend to at most this many most recent positions (Mistral), if set; see
+    /// Sliding layers attend to at most this many most recent positions, if set; see
     /// [`ModelConfig::window`].
     pub sliding_window: Option<usize>,
+    /// Each decoder layer's attention (`layer_types`, or the family's rule).
+    pub layer_types: Vec<AttentionKind>,
+    /// Attention scores are scaled by `query_pre_attn_scalar ** -0.5` (Gemma), else
+    /// `head_dim ** -0.5`.
+    pub query_pre_attn_scalar: Option<f64>,
     pub bos_token_id: Option<u32>,
     /// `eos_token_id` as a list (it may be written as one id or a list).
     pub eos_token_ids: Vec<u32>,
@@ -180,24 +218,38 @@ impl ModelConfig {
                 reason: format!("supported: {}", Family::supported_model_types()),
             })?,
         };
-        let activation = match o.str_opt("hidden_act")? {
+        // Gemma names the key `hidden_activation`.
+        let act_key = if o.get("hidden_activation").is_some() {
+            "hidden_activation"
+        } else {
+            "hidden_act"
+        };
+        let activation = match o.str_opt(act_key)? {
+            None if family == Family::Gemma3 => Activation::GeluTanh,
             None => Activation::Silu,
             Some(act) => {
                 Activation::from_hidden_act(act).ok_or_else(|| ConfigError::Unsupported {
-                    key: "hidden_act".into(),
+                    key: act_key.into(),
                     value: format!("{act:?}"),
-                    reason: "only silu (SwiGLU) is implemented".into(),
+                    reason: "supported: silu, gelu_pytorch_tanh, gelu_new".into(),
                 })?
             }
         };
-        if let Some(f) = o.f64_opt("partial_rotary_factor")? {
-            if f != 1.0 {
+        for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+            if let Some(v) = o.get(key) {
                 return Err(ConfigError::Unsupported {
-                    key: "partial_rotary_factor".into(),
-                    value: f.to_string(),
-                    reason: "only full rotary embeddings are implemented".into(),
+                    key: key.into(),
+                    value: v.to_string(),
+                    reason: "logit soft-capping is not implemented".into(),
                 });
             }
+        }
+        if o.bool_or("use_bidirectional_attention", false)? {
+            return Err(ConfigError::Unsupported {
+                key: "use_bidirectional_attention".into(),
+                value: "true".into(),
+                reason: "only causal decoders are implemented".into(),
+            });
         }
 
         if o.bool_or("rope_interleaved", false)? {
@@ -218,7 +270,9 @@ impl ModelConfig {
             .unwrap_or(num_attention_heads);
         let rms_norm_eps = o.f64_opt("rms_norm_eps")?.unwrap_or(1e-6);
         let max_position_embeddings = o.usize_opt("max_position_embeddings")?.unwrap_or(2048);
-        let tie_word_embeddings = o.bool_or("tie_word_embeddings", false)?;
+        // transformers' default: Gemma ties its embeddings.
+        let tie_word_embeddings =
+            o.bool_or("tie_word_embeddings", family == Family::Gemma3)?;
         let attention_bias = o.bool_or("attention_bias", false)?;
         let mlp_bias = o.bool_or("mlp_bias", false)?;
 
@@ -272,28 +326,22 @@ impl ModelConfig {
             });
         }
 
-        let (rope_theta, rope_scaling) = parse_rope(&o)?;
-
-        let sliding_window = match family {
-            Family::Mistral => o.usize_opt("sliding_window")?,
-            Family::Qwen2 => {
-                if o.bool_or("use_sliding_window", false)? {
-                    return Err(ConfigError::Unsupported {
-                        key: "use_sliding_window".into(),
-                        value: "true".into(),
-                        reason: "Qwen2's per-layer sliding window is not implemented".into(),
+        let rotary_dim = rotary_dim(&o, family, head_dim)?;
+        let ropes = parse_rope(&o, family, rotary_dim, max_position_embeddings)?;
+        let (sliding_window, layer_types) = parse_windows(&o, family, num_hidden_layers)?;
+        let query_pre_attn_scalar = match family {
+            Family::Gemma3 => {
+                let v = o.f64_opt("query_pre_attn_scalar")?.unwrap_or(256.0);
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(ConfigError::Invalid {
+                        key: "query_pre_attn_scalar".into(),
+                        reason: format!("{v} must be positive"),
                     });
                 }
-                None
+                Some(v)
             }
-            Family::Llama => None,
+            _ => None,
         };
-        if sliding_window == Some(0) {
-            return Err(ConfigError::Invalid {
-                key: "sliding_window".into(),
-                reason: "must be positive".into(),
-            });
-        }
 
         let bos_token_id = match o.get("bos_token_id") {
             None => None,
@@ -319,14 +367,18 @@ impl ModelConfig {
             head_dim,
             vocab_size,
             rms_norm_eps,
-            rope_theta,
-            rope_scaling,
+            rope_theta: ropes.full.theta,
+            rope_scaling: ropes.full.scaling,
+            sliding_rope: ropes.sliding,
+            rotary_dim,
             max_position_embeddings,
             tie_word_embeddings,
             attention_bias,
             qkv_bias: family.qkv_bias(),
             mlp_bias,
             sliding_window,
+            layer_types,
+            query_pre_attn_scalar,
             bos_token_id,
             eos_token_ids,
         })
@@ -344,40 +396,274 @@ impl ModelConfig {
 
     /// The attention window of decoder layer `layer`: a query attends to at most this many most
     /// recent positions (itself included); `None` for the whole context.
-    pub fn window(&self, _layer: usize) -> Option<usize> {
-        self.sliding_window
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        match self.layer_types.get(layer) {
+            Some(AttentionKind::Sliding) => self.sliding_window,
+            _ => None,
+        }
+    }
+
+    /// The distinct rotary embeddings of the model: the full layers' first, then the sliding
+    /// layers' if they have their own. [`ModelConfig::rope_index`] says which a layer uses.
+    pub fn ropes(&self) -> Vec<Rope> {
+        let mut r = vec![Rope {
+            theta: self.rope_theta,
+            scaling: self.rope_scaling.clone(),
+        }];
+        r.extend(self.sliding_rope.clone());
+        r
+    }
+
+    /// Which of [`ModelConfig::ropes`] layer `layer` uses.
+    pub fn rope_index(&self, layer: usize) -> usize {
+        let sliding = self.layer_types.get(layer) == Some(&AttentionKind::Sliding);
+        usize::from(sliding && self.sliding_rope.is_some())
+    }
+
+    /// The factor attention scores are multiplied by (a Python float in transformers, applied to
+    /// float32 scores).
+    pub fn attention_scale(&self) -> f32 {
+        self.query_pre_attn_scalar
+            .unwrap_or(self.head_dim as f64)
+            .powf(-0.5) as f32
+    }
+
+    /// The factor the embeddings are multiplied by, if the family scales them: transformers
+    /// makes `torch.tensor(hidden_size ** 0.5)`, a float32.
+    pub fn embedding_scale(&self) -> Option<f32> {
+        self.family
+            .scaled_embedding()
+            .then(|| (self.hidden_size as f64).sqrt() as f32)
     }
 }
 
-/// Reads `rope_parameters` (v5) if present, else `rope_theta` / `rope_scaling` (v4).
-fn parse_rope(o: &Obj<'_>) -> Result<(f64, RopeScaling), ConfigError> {
-    let (theta, scaling_obj, theta_key): (f64, Option<Obj<'_>>, String) =
-        match o.get("rope_parameters") {
-            Some(Value::Object(p)) => {
-                let p = Obj(p, "rope_parameters");
-                let theta = p.f64_opt("rope_theta")?.unwrap_or(10000.0);
-                (theta, Some(p), "rope_parameters.rope_theta".into())
-            }
-            Some(v) => return Err(o.wrong("rope_parameters", "an object", v)),
-            None => {
-                let theta = o.f64_opt("rope_theta")?.unwrap_or(10000.0);
-                let scaling = match o.get("rope_scaling") {
-                    None => None,
-                    Some(Value::Object(s)) => Some(Obj(s, "rope_scaling")),
-                    Some(v) => return Err(o.wrong("rope_scaling", "an object or null", v)),
-                };
-                (theta, scaling, "rope_theta".into())
-            }
-        };
-    if !(theta.is_finite() && theta > 0.0) {
-        return Err(ConfigError::Invalid {
-            key: theta_key,
-            reason: format!("{theta} must be positive"),
+/// `partial_rotary_factor` (top level, or in `rope_parameters` as transformers 5 writes it) as
+/// the number of rotated dimensions: `int(head_dim * factor)`, as transformers computes it.
+fn rotary_dim(o: &Obj<'_>, family: Family, head_dim: usize) -> Result<usize, ConfigError> {
+    let (key, factor) = match o.get("rope_parameters") {
+        Some(Value::Object(p)) if p.get("partial_rotary_factor").is_some() => {
+            let p = Obj(p, "rope_parameters");
+            (
+                p.name("partial_rotary_factor"),
+                p.f64_opt("partial_rotary_factor")?,
+            )
+        }
+        _ => (
+            "partial_rotary_factor".to_string(),
+            o.f64_opt("partial_rotary_factor")?,
+        ),
+    };
+    let Some(f) = factor.filter(|&f| f != 1.0) else {
+        return Ok(head_dim);
+    };
+    if family != Family::Phi3 {
+        return Err(ConfigError::Unsupported {
+            key,
+            value: f.to_string(),
+            reason: format!(
+                "partial rotary embeddings are implemented for phi3, not {}",
+                family.model_type()
+            ),
         });
     }
-    let Some(s) = scaling_obj else {
-        return Ok((theta, RopeScaling::None));
+    let dim = (head_dim as f64 * f) as usize;
+    if !(f > 0.0 && f < 1.0) || dim == 0 || dim % 2 != 0 {
+        return Err(ConfigError::Invalid {
+            key,
+            reason: format!("{f} of head_dim {head_dim} must give an even, positive width"),
+        });
+    }
+    Ok(dim)
+}
+
+/// The sliding window and each layer's attention kind: `layer_types` where the config lists
+/// them, else the family's rule (transformers' defaults).
+fn parse_windows(
+    o: &Obj<'_>,
+    family: Family,
+    layers: usize,
+) -> Result<(Option<usize>, Vec<AttentionKind>), ConfigError> {
+    let window = match family {
+        Family::Llama => None,
+        Family::Mistral | Family::Phi3 => o.usize_opt("sliding_window")?,
+        Family::Gemma3 => Some(o.usize_opt("sliding_window")?.unwrap_or(4096)),
+        // Qwen's window applies only with `use_sliding_window`.
+        Family::Qwen2 | Family::Qwen3 => {
+            if o.bool_or("use_sliding_window", false)? {
+                Some(o.usize_opt("sliding_window")?.unwrap_or(4096))
+            } else {
+                None
+            }
+        }
     };
+    if window == Some(0) {
+        return Err(ConfigError::Invalid {
+            key: "sliding_window".into(),
+            reason: "must be positive".into(),
+        });
+    }
+    if let Some(v) = o.get("layer_types") {
+        let Value::Array(items) = v else {
+            return Err(o.wrong("layer_types", "a list", v));
+        };
+        if items.len() != layers {
+            return Err(ConfigError::Invalid {
+                key: "layer_types".into(),
+                reason: format!("{} entries for {layers} layers", items.len()),
+            });
+        }
+        let kinds = items
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("full_attention") => Ok(AttentionKind::Full),
+                Some("sliding_attention") => Ok(AttentionKind::Sliding),
+                _ => Err(ConfigError::Unsupported {
+                    key: "layer_types".into(),
+                    value: t.to_string(),
+                    reason: "supported: full_attention, sliding_attention".into(),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok((window, kinds));
+    }
+    let kinds = match family {
+        Family::Gemma3 => {
+            let pattern = o.usize_opt("sliding_window_pattern")?.unwrap_or(6);
+            if pattern == 0 {
+                return Err(ConfigError::Invalid {
+                    key: "sliding_window_pattern".into(),
+                    reason: "must be positive".into(),
+                });
+            }
+            (0..layers)
+                .map(|i| {
+                    if (i + 1) % pattern != 0 {
+                        AttentionKind::Sliding
+                    } else {
+                        AttentionKind::Full
+                    }
+                })
+                .collect()
+        }
+        Family::Qwen2 | Family::Qwen3 if window.is_some() => {
+            let from = o.usize_opt("max_window_layers")?.unwrap_or(28);
+            (0..layers)
+                .map(|i| {
+                    if i >= from {
+                        AttentionKind::Sliding
+                    } else {
+                        AttentionKind::Full
+                    }
+                })
+                .collect()
+        }
+        _ if window.is_some() => vec![AttentionKind::Sliding; layers],
+        _ => vec![AttentionKind::Full; layers],
+    };
+    Ok((window, kinds))
+}
+
+/// The full layers' RoPE and, where the family has one, the sliding layers'.
+struct Ropes {
+    full: Rope,
+    sliding: Option<Rope>,
+}
+
+/// Reads `rope_parameters` (v5) if present, else `rope_theta` / `rope_scaling` (v4). Gemma 3's
+/// sliding layers have their own: `rope_parameters.sliding_attention` (v5, beside
+/// `full_attention`) or `rope_local_base_freq` (v4), with transformers' default bases.
+fn parse_rope(
+    o: &Obj<'_>,
+    family: Family,
+    rotary_dim: usize,
+    max_pos: usize,
+) -> Result<Ropes, ConfigError> {
+    let gemma = family == Family::Gemma3;
+    let default_theta = if gemma { 1_000_000.0 } else { 10_000.0 };
+    let local = |theta: Option<f64>| -> Result<Option<Rope>, ConfigError> {
+        Ok(gemma.then_some(Rope {
+            theta: check_theta(theta.unwrap_or(10_000.0), "rope_local_base_freq")?,
+            scaling: RopeScaling::None,
+        }))
+    };
+    match o.get("rope_parameters") {
+        Some(Value::Object(p)) if gemma && (p.contains_key("full_attention") || p.contains_key("sliding_attention")) => {
+            let p = Obj(p, "rope_parameters");
+            let per_type = |key: &str, theta: f64| -> Result<Rope, ConfigError> {
+                match p.get(key) {
+                    None => Ok(Rope { theta, scaling: RopeScaling::None }),
+                    Some(Value::Object(t)) => {
+                        rope_of(o, &Obj(t, &p.name(key)), theta, family, rotary_dim, max_pos)
+                    }
+                    Some(v) => Err(p.wrong(key, "an object", v)),
+                }
+            };
+            Ok(Ropes {
+                full: per_type("full_attention", default_theta)?,
+                sliding: Some(per_type("sliding_attention", 10_000.0)?),
+            })
+        }
+        Some(Value::Object(p)) => Ok(Ropes {
+            full: rope_of(o, &Obj(p, "rope_parameters"), default_theta, family, rotary_dim, max_pos)?,
+            sliding: local(o.f64_opt("rope_local_base_freq")?)?,
+        }),
+        Some(v) => Err(o.wrong("rope_parameters", "an object", v)),
+        None => {
+            let theta = check_theta(o.f64_opt("rope_theta")?.unwrap_or(default_theta), "rope_theta")?;
+            let scaling = match o.get("rope_scaling") {
+                None => RopeScaling::None,
+                Some(Value::Object(s)) => {
+                    scaling_of(o, &Obj(s, "rope_scaling"), family, rotary_dim, max_pos)?
+                }
+                Some(v) => return Err(o.wrong("rope_scaling", "an object or null", v)),
+            };
+            Ok(Ropes {
+                full: Rope { theta, scaling },
+                sliding: local(o.f64_opt("rope_local_base_freq")?)?,
+            })
+        }
+    }
+}
+
+fn check_theta(theta: f64, key: &str) -> Result<f64, ConfigError> {
+    if theta.is_finite() && theta > 0.0 {
+        Ok(theta)
+    } else {
+        Err(ConfigError::Invalid {
+            key: key.into(),
+            reason: format!("{theta} must be positive"),
+        })
+    }
+}
+
+/// A v5 `rope_parameters` object (`rope_theta` and the scaling keys side by side).
+fn rope_of(
+    top: &Obj<'_>,
+    p: &Obj<'_>,
+    default_theta: f64,
+    family: Family,
+    rotary_dim: usize,
+    max_pos: usize,
+) -> Result<Rope, ConfigError> {
+    let theta = check_theta(
+        p.f64_opt("rope_theta")?.unwrap_or(default_theta),
+        &p.name("rope_theta"),
+    )?;
+    Ok(Rope {
+        theta,
+        scaling: scaling_of(top, p, family, rotary_dim, max_pos)?,
+    })
+}
+
+/// The scaling a `rope_scaling` / `rope_parameters` object describes.
+fn scaling_of(
+    top: &Obj<'_>,
+    s: &Obj<'_>,
+    family: Family,
+    rotary_dim: usize,
+    max_pos: usize,
+) -> Result<RopeScaling, ConfigError> {
+    let s = s;
     // transformers accepts the legacy spelling `type` for `rope_type`.
     let (type_key, rope_type) = match s.str_opt("rope_type")? {
         Some(t) => ("rope_type", t),
@@ -395,6 +681,11 @@ fn parse_rope(o: &Obj<'_>) -> Result<(f64, RopeScaling), ConfigError> {
             });
         }
         Ok(f as f32)
+    };
+    // Phi-3's configuration renames its legacy "su" and "yarn" to "longrope".
+    let rope_type = match rope_type {
+        "su" | "yarn" if family == Family::Phi3 => "longrope",
+        t => t,
     };
     let scaling = match rope_type {
         "default" => RopeScaling::None,
@@ -417,13 +708,70 @@ fn parse_rope(o: &Obj<'_>) -> Result<(f64, RopeScaling), ConfigError> {
                 original_max_position_embeddings: s.usize("original_max_position_embeddings")?,
             }
         }
+        "longrope" => longrope(top, s, rotary_dim, max_pos)?,
         other => {
             return Err(ConfigError::Unsupported {
                 key: s.name(type_key),
                 value: format!("{other:?}"),
-                reason: "supported RoPE types: default, linear, llama3".into(),
+                reason: "supported RoPE types: default, linear, llama3, longrope".into(),
             })
         }
     };
-    Ok((theta, scaling))
+    Ok(scaling)
+}
+
+/// transformers' `_compute_longrope_parameters`: the factor defaults to the ratio of
+/// `max_position_embeddings` to the original length, the attention factor to
+/// `sqrt(1 + ln(factor) / ln(original))` (1 when the factor is at most 1).
+fn longrope(
+    top: &Obj<'_>,
+    s: &Obj<'_>,
+    rotary_dim: usize,
+    max_pos: usize,
+) -> Result<RopeScaling, ConfigError> {
+    let factors = |key: &str| -> Result<Vec<f32>, ConfigError> {
+        let v = s
+            .get(key)
+            .ok_or_else(|| ConfigError::MissingKey(s.name(key)))?;
+        let items = v
+            .as_array()
+            .ok_or_else(|| s.wrong(key, "a list of numbers", v))?;
+        if items.len() != rotary_dim / 2 {
+            return Err(ConfigError::Invalid {
+                key: s.name(key),
+                reason: format!("{} factors for {} frequencies", items.len(), rotary_dim / 2),
+            });
+        }
+        items
+            .iter()
+            .map(|x| match x.as_f64() {
+                Some(f) if f.is_finite() && f > 0.0 => Ok(f as f32),
+                _ => Err(s.wrong(key, "positive numbers", x)),
+            })
+            .collect()
+    };
+    let original = match s.usize_opt("original_max_position_embeddings")? {
+        Some(n) => n,
+        None => top.usize("original_max_position_embeddings")?,
+    };
+    if original < 2 {
+        return Err(ConfigError::Invalid {
+            key: "original_max_position_embeddings".into(),
+            reason: format!("{original} must be at least 2"),
+        });
+    }
+    let factor = s
+        .f64_opt("factor")?
+        .unwrap_or(max_pos as f64 / original as f64);
+    let attention_factor = match s.f64_opt("attention_factor")? {
+        Some(a) => a,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    Ok(RopeScaling::LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_position_embeddings: original,
+        attention_factor: attention_factor as f32,
+    })
 }

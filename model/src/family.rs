@@ -3,10 +3,14 @@
 //! Every family here is a pre-norm decoder of the Llama shape: RMSNorm, q/k/v projections, RoPE,
 //! grouped-query attention, o projection and residual; RMSNorm, gate and up projections, an
 //! activation, down projection and residual. A family is its names (`model_type`, the
-//! transformers class, the GGUF `general.architecture`) plus the variant flags the config mapping
-//! ([`crate::config`]) sets from them: which projections carry biases, the attention window of
-//! each layer, the activation. A family that needs a flag the backends do not have yet adds it here
-//! first (docs/ADDING_A_MODEL.md).
+//! transformers class, the GGUF `general.architecture`) plus the variant flags that set it apart
+//! inside that layer: which projections carry biases, whether q and k are normalized per head,
+//! whether the attention and MLP outputs are normalized before the residual (Gemma's four norms),
+//! whether norm weights act as `1 + w`, fused projections, a scaled embedding. The config mapping
+//! ([`crate::config`]) adds what the config sets (windows, RoPE, activation). A family that needs
+//! a flag the backends do not have yet adds it here first (docs/ADDING_A_MODEL.md).
+
+use crate::tensors::Module;
 
 /// A model family: how transformers and llama.cpp name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -17,6 +21,14 @@ pub enum Family {
     Mistral,
     /// Llama with biases on the q, k and v projections.
     Qwen2,
+    /// Llama with per-head RMSNorm on q and k before RoPE (`q_norm`, `k_norm`).
+    Qwen3,
+    /// Gemma 3 (text): `1 + w` norms, q/k norms, norms around attention and MLP (four per
+    /// layer), a scaled embedding, GeGLU, local and global layers with their own RoPE.
+    Gemma3,
+    /// Phi-3 / Phi-3.5 / Phi-4-mini: fused `qkv_proj` and `gate_up_proj`, partial rotary,
+    /// `longrope`.
+    Phi3,
 }
 
 struct FamilyNames {
@@ -29,7 +41,7 @@ struct FamilyNames {
     gguf: &'static str,
 }
 
-const FAMILIES: [FamilyNames; 3] = [
+const FAMILIES: [FamilyNames; 6] = [
     FamilyNames {
         family: Family::Llama,
         model_type: "llama",
@@ -47,6 +59,24 @@ const FAMILIES: [FamilyNames; 3] = [
         model_type: "qwen2",
         class: "Qwen2ForCausalLM",
         gguf: "qwen2",
+    },
+    FamilyNames {
+        family: Family::Qwen3,
+        model_type: "qwen3",
+        class: "Qwen3ForCausalLM",
+        gguf: "qwen3",
+    },
+    FamilyNames {
+        family: Family::Gemma3,
+        model_type: "gemma3_text",
+        class: "Gemma3ForCausalLM",
+        gguf: "gemma3",
+    },
+    FamilyNames {
+        family: Family::Phi3,
+        model_type: "phi3",
+        class: "Phi3ForCausalLM",
+        gguf: "phi3",
     },
 ];
 
@@ -119,6 +149,69 @@ impl Family {
     pub(crate) fn qkv_bias(self) -> bool {
         self == Family::Qwen2
     }
+
+    /// Whether q and k are RMS-normalized per head (`q_norm`, `k_norm`) before RoPE.
+    pub fn qk_norm(self) -> bool {
+        matches!(self, Family::Qwen3 | Family::Gemma3)
+    }
+
+    /// Whether the attention and MLP outputs are normalized before they join the residual
+    /// (`post_attention_layernorm` on the attention output, `pre_feedforward_layernorm` as the
+    /// MLP's input norm, `post_feedforward_layernorm` on its output).
+    pub fn sandwich_norms(self) -> bool {
+        self == Family::Gemma3
+    }
+
+    /// Whether RMSNorm weights act as `1 + w` (transformers adds one in float32 before the
+    /// product); llama.cpp's converter stores them with the one already added.
+    pub fn norm_weight_offset(self) -> bool {
+        self == Family::Gemma3
+    }
+
+    /// Whether the embeddings are multiplied by `sqrt(hidden_size)` (rounded to float32, as
+    /// transformers' `torch.tensor(hidden_size ** 0.5)` is).
+    pub fn scaled_embedding(self) -> bool {
+        self == Family::Gemma3
+    }
+
+    /// Whether q, k and v are one fused projection (`qkv_proj`), and gate and up another
+    /// (`gate_up_proj`).
+    pub fn fused_projections(self) -> bool {
+        self == Family::Phi3
+    }
+
+    /// A decoder layer's modules, in `state_dict` order.
+    pub fn layer_modules(self) -> Vec<Module> {
+        let mut m = Vec::with_capacity(13);
+        if self.fused_projections() {
+            m.extend([Module::QkvProj, Module::OProj]);
+        } else {
+            m.extend([Module::QProj, Module::KProj, Module::VProj, Module::OProj]);
+        }
+        if self.qk_norm() {
+            m.extend([Module::QNorm, Module::KNorm]);
+        }
+        if self.fused_projections() {
+            m.extend([Module::GateUpProj, Module::DownProj]);
+        } else {
+            m.extend([Module::GateProj, Module::UpProj, Module::DownProj]);
+        }
+        m.extend([Module::InputNorm, Module::PostAttnNorm]);
+        if self.sandwich_norms() {
+            m.extend([Module::PreFfnNorm, Module::PostFfnNorm]);
+        }
+        m
+    }
+
+    /// The module whose output is the MLP's input norm: `post_attention_layernorm` in Llama's
+    /// layer, `pre_feedforward_layernorm` where the attention output has its own norm.
+    pub fn mlp_norm(self) -> Module {
+        if self.sandwich_norms() {
+            Module::PreFfnNorm
+        } else {
+            Module::PostAttnNorm
+        }
+    }
 }
 
 /// The MLP's gated activation: `act(gate) * up` is the down projection's input.
@@ -126,13 +219,17 @@ impl Family {
 pub enum Activation {
     /// `hidden_act` "silu": SwiGLU, `silu(gate) * up`.
     Silu,
+    /// `gelu_pytorch_tanh` (Gemma's GeGLU): the tanh approximation of GELU, `gelu(gate) * up`.
+    GeluTanh,
 }
 
 impl Activation {
     /// The activation of a `hidden_act` value.
     pub fn from_hidden_act(name: &str) -> Option<Activation> {
         match name {
-            "silu" => Some(Activation::Silu),
+            "silu" | "swish" => Some(Activation::Silu),
+            // transformers' NewGELUActivation is the same tanh formula.
+            "gelu_pytorch_tanh" | "gelu_new" => Some(Activation::GeluTanh),
             _ => None,
         }
     }
@@ -140,6 +237,7 @@ impl Activation {
     pub fn hidden_act(self) -> &'static str {
         match self {
             Activation::Silu => "silu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
         }
     }
 }
@@ -155,7 +253,16 @@ mod tests {
             assert_eq!(Family::from_gguf(f.gguf()), Some(f));
             assert!(f.class().ends_with("ForCausalLM"));
         }
-        assert_eq!(Family::from_model_type("gemma3"), None);
-        assert_eq!(Family::supported_model_types(), "llama, mistral, qwen2");
+        assert_eq!(Family::from_model_type("gemma2"), None);
+        assert_eq!(
+            Family::supported_model_types(),
+            "llama, mistral, qwen2, qwen3, gemma3_text, phi3"
+        );
+        // Every family's layer has its attention, its MLP and the input norm.
+        for f in Family::all() {
+            let m = f.layer_modules();
+            assert!(m.contains(&Module::OProj) && m.contains(&Module::DownProj));
+            assert!(m.contains(&Module::InputNorm) && m.contains(&f.mlp_norm()));
+        }
     }
 }

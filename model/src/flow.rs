@@ -1,8 +1,9 @@
 //! The decoder layer's data flow: the values a forward pass traces, what each projection reads,
 //! and how the MLP's activation is formed. Divergence attributes error to a tensor by running it
-//! on the reference's own input, so it must know that input: it asks [`Module::input`] here
-//! rather than assuming a layer's shape.
+//! on the reference's own input, so it must know that input: it asks [`Family::input`] here
+//! rather than assuming Llama's layer.
 
+use crate::family::Family;
 use crate::tensors::Module;
 
 /// An intermediate value of the forward pass, at one layer or outside the layers.
@@ -68,24 +69,46 @@ impl Point {
     }
 }
 
-impl Module {
-    /// The value a projection reads; `None` for modules that are not projections.
-    pub fn input(self) -> Option<Point> {
-        Some(match self {
-            Module::QProj | Module::KProj | Module::VProj => Point::Norm(Module::InputNorm),
+/// Where the MLP's activation takes its gate and up values from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationInputs {
+    /// Two projections: `(gate, up)`.
+    Separate(Module, Module),
+    /// One fused projection whose rows are gate's then up's (`gate_up_proj`): each output row
+    /// splits in halves.
+    Fused(Module),
+}
+
+impl Family {
+    /// The value a projection reads in this family's layer; `None` for modules that are not
+    /// projections.
+    pub fn input(self, module: Module) -> Option<Point> {
+        Some(match module {
+            Module::QProj | Module::KProj | Module::VProj | Module::QkvProj => {
+                Point::Norm(Module::InputNorm)
+            }
             Module::OProj => Point::Attention,
-            Module::GateProj | Module::UpProj => Point::Norm(Module::PostAttnNorm),
+            Module::GateProj | Module::UpProj | Module::GateUpProj => Point::Norm(self.mlp_norm()),
             Module::DownProj => Point::Activation,
             Module::LmHead => Point::Norm(Module::FinalNorm),
-            Module::Embed | Module::InputNorm | Module::PostAttnNorm | Module::FinalNorm => {
-                return None
-            }
+            Module::Embed
+            | Module::InputNorm
+            | Module::PostAttnNorm
+            | Module::FinalNorm
+            | Module::QNorm
+            | Module::KNorm
+            | Module::PreFfnNorm
+            | Module::PostFfnNorm => return None,
         })
     }
 
-    /// The projections whose outputs form [`Point::Activation`]: `(gate, up)`.
-    pub fn activation_inputs() -> (Module, Module) {
-        (Module::GateProj, Module::UpProj)
+    /// The projections whose outputs form [`Point::Activation`].
+    pub fn activation_inputs(self) -> ActivationInputs {
+        if self.fused_projections() {
+            ActivationInputs::Fused(Module::GateUpProj)
+        } else {
+            ActivationInputs::Separate(Module::GateProj, Module::UpProj)
+        }
     }
 }
 
@@ -95,7 +118,7 @@ mod tests {
 
     #[test]
     fn projection_inputs_follow_the_layer() {
-        let input = |m: Module| m.input().unwrap().name(3);
+        let input = |m: Module| Family::Llama.input(m).unwrap().name(3);
         assert_eq!(input(Module::KProj), "model.layers.3.input_layernorm");
         assert_eq!(input(Module::OProj), "model.layers.3.self_attn.attention");
         assert_eq!(
@@ -104,7 +127,20 @@ mod tests {
         );
         assert_eq!(input(Module::DownProj), "model.layers.3.mlp.act");
         assert_eq!(input(Module::LmHead), "model.norm");
-        assert_eq!(Module::FinalNorm.input(), None);
+        assert_eq!(Family::Llama.input(Module::FinalNorm), None);
+        // Gemma's MLP reads pre_feedforward_layernorm; Phi-3's fused gate_up reads the usual norm.
+        assert_eq!(
+            Family::Gemma3.input(Module::UpProj).unwrap().name(3),
+            "model.layers.3.pre_feedforward_layernorm"
+        );
+        assert_eq!(
+            Family::Phi3.input(Module::GateUpProj).unwrap().name(0),
+            "model.layers.0.post_attention_layernorm"
+        );
+        assert_eq!(
+            Family::Phi3.activation_inputs(),
+            ActivationInputs::Fused(Module::GateUpProj)
+        );
         assert_eq!(Point::LayerOutput.name(7), "model.layers.7");
         assert_eq!(Point::Logits.name(0), "lm_head");
         assert_eq!(Point::Embeddings.name(0), "model.embed_tokens");

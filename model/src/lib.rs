@@ -17,7 +17,7 @@ pub mod family;
 pub mod flow;
 pub mod tensors;
 
-pub use config::{ConfigError, ModelConfig, RopeScaling};
+pub use config::{AttentionKind, ConfigError, ModelConfig, Rope, RopeScaling};
 pub use family::{Activation, Family};
-pub use flow::Point;
+pub use flow::{ActivationInputs, Point};
 pub use tensors::{Module, Part, Role, TensorId, TensorSpec};

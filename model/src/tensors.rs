@@ -3,6 +3,7 @@
 //! models, reports, the GGUF importer, the packing presets and the fixtures all ask it.
 
 use crate::config::ModelConfig;
+use crate::family::Family;
 
 /// A module of the model: a weight and, where the family has one, a bias.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,6 +20,19 @@ pub enum Module {
     PostAttnNorm,
     FinalNorm,
     LmHead,
+    /// Per-head RMSNorm of the queries (Qwen3, Gemma 3).
+    QNorm,
+    /// Per-head RMSNorm of the keys.
+    KNorm,
+    /// The MLP's input norm where `post_attention_layernorm` normalizes the attention output
+    /// (Gemma 3).
+    PreFfnNorm,
+    /// The norm of the MLP's output before the residual (Gemma 3).
+    PostFfnNorm,
+    /// q, k and v as one projection, rows in that order (Phi-3).
+    QkvProj,
+    /// gate and up as one projection, gate's rows first (Phi-3).
+    GateUpProj,
 }
 
 /// A module's weight or its bias.
@@ -77,6 +91,12 @@ enum Dim {
     Q,
     /// Key (or value) heads times head_dim.
     Kv,
+    /// One head.
+    HeadDim,
+    /// q, k and v together.
+    Qkv,
+    /// Gate and up together.
+    Intermediate2,
     Vocab,
 }
 
@@ -87,6 +107,9 @@ impl Dim {
             Dim::Intermediate => cfg.intermediate_size,
             Dim::Q => cfg.q_dim(),
             Dim::Kv => cfg.kv_dim(),
+            Dim::HeadDim => cfg.head_dim,
+            Dim::Qkv => cfg.q_dim() + 2 * cfg.kv_dim(),
+            Dim::Intermediate2 => 2 * cfg.intermediate_size,
             Dim::Vocab => cfg.vocab_size,
         }
     }
@@ -113,7 +136,7 @@ struct Def {
 }
 
 /// The table, in `state_dict` order (the order fixtures write a model in).
-const DEFS: [Def; 12] = [
+const DEFS: [Def; 18] = [
     Def {
         module: Module::Embed,
         hf: "model.embed_tokens",
@@ -222,7 +245,77 @@ const DEFS: [Def; 12] = [
         shape: Shape::Matrix(Dim::Vocab, Dim::Hidden),
         gguf_rows: None,
     },
+    Def {
+        module: Module::QNorm,
+        hf: "self_attn.q_norm",
+        gguf: "attn_q_norm",
+        in_layer: true,
+        role: Role::Norm,
+        shape: Shape::Vector(Dim::HeadDim),
+        gguf_rows: None,
+    },
+    Def {
+        module: Module::KNorm,
+        hf: "self_attn.k_norm",
+        gguf: "attn_k_norm",
+        in_layer: true,
+        role: Role::Norm,
+        shape: Shape::Vector(Dim::HeadDim),
+        gguf_rows: None,
+    },
+    Def {
+        module: Module::PreFfnNorm,
+        hf: "pre_feedforward_layernorm",
+        gguf: "ffn_norm",
+        in_layer: true,
+        role: Role::Norm,
+        shape: Shape::Vector(Dim::Hidden),
+        gguf_rows: None,
+    },
+    Def {
+        module: Module::PostFfnNorm,
+        hf: "post_feedforward_layernorm",
+        gguf: "post_ffw_norm",
+        in_layer: true,
+        role: Role::Norm,
+        shape: Shape::Vector(Dim::Hidden),
+        gguf_rows: None,
+    },
+    Def {
+        module: Module::QkvProj,
+        hf: "self_attn.qkv_proj",
+        gguf: "attn_qkv",
+        in_layer: true,
+        role: Role::Attention,
+        shape: Shape::Matrix(Dim::Qkv, Dim::Hidden),
+        gguf_rows: None,
+    },
+    Def {
+        module: Module::GateUpProj,
+        hf: "mlp.gate_up_proj",
+        gguf: "ffn_up",
+        in_layer: true,
+        role: Role::Mlp,
+        shape: Shape::Matrix(Dim::Intermediate2, Dim::Hidden),
+        gguf_rows: None,
+    },
 ];
+
+/// llama.cpp names that depend on the family: where the attention output has its own norm
+/// (Gemma), `post_attention_layernorm` is `post_attention_norm` and `ffn_norm` is the MLP's
+/// input norm.
+fn gguf_rel(def: &Def, family: Family) -> &'static str {
+    if family.sandwich_norms() && def.module == Module::PostAttnNorm {
+        "post_attention_norm"
+    } else {
+        def.gguf
+    }
+}
+
+/// The modules `family` has: its layer's and the model's own.
+fn family_has(family: Family, module: Module) -> bool {
+    !module.in_layer() || family.layer_modules().contains(&module)
+}
 
 /// The prefix of a decoder layer's modules in transformers' names.
 const HF_LAYERS: &str = "model.layers.";
@@ -230,19 +323,6 @@ const HF_LAYERS: &str = "model.layers.";
 const GGUF_LAYERS: &str = "blk.";
 
 impl Module {
-    /// A decoder layer's modules, in `state_dict` order.
-    pub const LAYER: [Module; 9] = [
-        Module::QProj,
-        Module::KProj,
-        Module::VProj,
-        Module::OProj,
-        Module::GateProj,
-        Module::UpProj,
-        Module::DownProj,
-        Module::InputNorm,
-        Module::PostAttnNorm,
-    ];
-
     fn def(self) -> &'static Def {
         DEFS.iter()
             .find(|d| d.module == self)
@@ -338,28 +418,36 @@ impl TensorId {
         )
     }
 
-    /// `blk.3.attn_q.weight`.
-    pub fn gguf_name(&self) -> String {
+    /// `blk.3.attn_q.weight` (llama.cpp's names depend on the family: see `gguf_rel`).
+    pub fn gguf_name(&self, family: Family) -> String {
         let d = self.module.def();
+        let rel = gguf_rel(d, family);
         match self.layer {
-            Some(l) if d.in_layer => format!("{GGUF_LAYERS}{l}.{}.{}", d.gguf, self.part.suffix()),
-            _ => format!("{}.{}", d.gguf, self.part.suffix()),
+            Some(l) if d.in_layer => format!("{GGUF_LAYERS}{l}.{rel}.{}", self.part.suffix()),
+            _ => format!("{rel}.{}", self.part.suffix()),
         }
     }
 
-    /// The tensor a transformers name denotes, if it is one of the table's.
+    /// The tensor a transformers name denotes, if it is one of the table's (transformers'
+    /// names are the same in every family).
     pub fn parse_hf(name: &str) -> Option<TensorId> {
-        TensorId::parse(name, HF_LAYERS, |d| d.hf)
+        TensorId::parse(name, HF_LAYERS, |d| Some(d.hf))
     }
 
-    /// The tensor a llama.cpp name denotes, if it is one of the table's.
-    pub fn parse_gguf(name: &str) -> Option<TensorId> {
-        TensorId::parse(name, GGUF_LAYERS, |d| d.gguf)
+    /// The tensor a llama.cpp name denotes in a model of `family`, if it is one of the table's.
+    pub fn parse_gguf(name: &str, family: Family) -> Option<TensorId> {
+        TensorId::parse(name, GGUF_LAYERS, |d| {
+            family_has(family, d.module).then(|| gguf_rel(d, family))
+        })
     }
 
     /// `name` in one naming convention: layer modules under `layers` (`model.layers.`), each
-    /// module's name as `name_of` gives it.
-    fn parse(name: &str, layers: &str, name_of: fn(&Def) -> &'static str) -> Option<TensorId> {
+    /// module's name as `name_of` gives it (`None`: not a module of this convention).
+    fn parse(
+        name: &str,
+        layers: &str,
+        name_of: impl Fn(&Def) -> Option<&'static str>,
+    ) -> Option<TensorId> {
         let (module, part) = name.rsplit_once('.')?;
         let part = Part::parse(part)?;
         let (layer, rel) = match module.strip_prefix(layers) {
@@ -371,7 +459,7 @@ impl TensorId {
         };
         let def = DEFS
             .iter()
-            .find(|d| d.in_layer == layer.is_some() && name_of(d) == rel)?;
+            .find(|d| d.in_layer == layer.is_some() && name_of(d) == Some(rel))?;
         let id = TensorId {
             module: def.module,
             layer,
@@ -441,8 +529,9 @@ impl ModelConfig {
         };
         let mut out = Vec::new();
         module(Module::Embed, None, &mut out);
+        let layer_modules = self.family.layer_modules();
         for l in 0..self.num_hidden_layers {
-            for m in Module::LAYER {
+            for &m in &layer_modules {
                 module(m, Some(l), &mut out);
             }
         }
@@ -460,32 +549,45 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_both_conventions() {
-        for def in &DEFS {
-            for part in [Part::Weight, Part::Bias] {
-                let layer = def.in_layer.then_some(12);
-                let id = TensorId {
-                    module: def.module,
-                    layer,
-                    part,
-                };
-                if part == Part::Bias && !def.module.may_have_bias() {
-                    assert_eq!(TensorId::parse_hf(&id.hf_name()), None);
-                    assert_eq!(TensorId::parse_gguf(&id.gguf_name()), None);
-                    continue;
+        for family in Family::all() {
+            for def in DEFS.iter().filter(|d| family_has(family, d.module)) {
+                for part in [Part::Weight, Part::Bias] {
+                    let layer = def.in_layer.then_some(12);
+                    let id = TensorId {
+                        module: def.module,
+                        layer,
+                        part,
+                    };
+                    let (hf, gguf) = (id.hf_name(), id.gguf_name(family));
+                    if part == Part::Bias && !def.module.may_have_bias() {
+                        assert_eq!(TensorId::parse_hf(&hf), None);
+                        assert_eq!(TensorId::parse_gguf(&gguf, family), None);
+                        continue;
+                    }
+                    assert_eq!(TensorId::parse_hf(&hf), Some(id), "{hf}");
+                    assert_eq!(TensorId::parse_gguf(&gguf, family), Some(id), "{gguf}");
                 }
-                assert_eq!(TensorId::parse_hf(&id.hf_name()), Some(id));
-                assert_eq!(TensorId::parse_gguf(&id.gguf_name()), Some(id));
             }
         }
         let q = TensorId::weight(Module::QProj, Some(3));
         assert_eq!(q.hf_name(), "model.layers.3.self_attn.q_proj.weight");
-        assert_eq!(q.gguf_name(), "blk.3.attn_q.weight");
+        assert_eq!(q.gguf_name(Family::Llama), "blk.3.attn_q.weight");
+        let post = TensorId::weight(Module::PostAttnNorm, Some(0));
+        assert_eq!(post.gguf_name(Family::Llama), "blk.0.ffn_norm.weight");
+        // Gemma: ffn_norm is the MLP's input norm; the attention output's is its own.
+        assert_eq!(post.gguf_name(Family::Gemma3), "blk.0.post_attention_norm.weight");
         assert_eq!(
-            TensorId::weight(Module::PostAttnNorm, Some(0)).gguf_name(),
-            "blk.0.ffn_norm.weight"
+            TensorId::parse_gguf("blk.0.ffn_norm.weight", Family::Gemma3),
+            Some(TensorId::weight(Module::PreFfnNorm, Some(0)))
         );
+        // Phi-3: ffn_up is the fused gate_up.
         assert_eq!(
-            TensorId::weight(Module::Embed, None).gguf_name(),
+            TensorId::parse_gguf("blk.1.ffn_up.weight", Family::Phi3),
+            Some(TensorId::weight(Module::GateUpProj, Some(1)))
+        );
+        assert_eq!(TensorId::parse_gguf("blk.1.attn_q.weight", Family::Phi3), None);
+        assert_eq!(
+            TensorId::weight(Module::Embed, None).gguf_name(Family::Qwen2),
             "token_embd.weight"
         );
         for bad in [
@@ -493,10 +595,11 @@ mod tests {
             "blk.x.attn_q.weight",
             "blk.1.attn_q.scale",
             "blk.1.attn_qkv.weight",
+            "blk.1.attn_q_norm.weight",
             "blk.+1.attn_q.weight",
             "output_norm.bias",
         ] {
-            assert_eq!(TensorId::parse_gguf(bad), None, "{bad}");
+            assert_eq!(TensorId::parse_gguf(bad, Family::Llama), None, "{bad}");
         }
     }
 

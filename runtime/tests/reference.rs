@@ -62,12 +62,15 @@ impl Ref {
         let base: Vec<f64> = (0..self.cfg.head_dim / 2)
             .map(|i| 1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / d))
             .collect();
-        match self.cfg.rope_scaling {
+        match &self.cfg.rope_scaling {
             cllm_model::RopeScaling::None => base,
-            cllm_model::RopeScaling::Linear { factor } => {
+            cllm_model::RopeScaling::LongRope { .. } => {
+                unimplemented!("this f64 reference covers the Llama layer only")
+            }
+            &cllm_model::RopeScaling::Linear { factor } => {
                 base.iter().map(|f| f / factor as f64).collect()
             }
-            cllm_model::RopeScaling::Llama3 {
+            &cllm_model::RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
                 high_freq_factor,

@@ -24,7 +24,7 @@ pub mod norm;
 pub mod rope;
 mod rows;
 
-pub use activation::{silu, softmax_in_place, swiglu};
+pub use activation::{geglu_tanh, gelu_tanh, silu, softmax_in_place, swiglu};
 pub use attention::attend;
 pub use dot::{dot, LANES};
 pub use embed::embedding_row;

@@ -29,6 +29,16 @@ impl RmsNorm {
         })
     }
 
+    /// A norm whose weight acts as `1 + w` (Gemma): the sum is formed once in f32, as
+    /// transformers' `1.0 + weight.float()` is.
+    pub fn with_unit_offset(weight: &Weight, eps: f32) -> Result<RmsNorm, KernelError> {
+        let mut n = RmsNorm::new(weight, eps)?;
+        for w in &mut n.weight {
+            *w += 1.0;
+        }
+        Ok(n)
+    }
+
     /// Width of the rows this norm applies to.
     pub fn dim(&self) -> usize {
         self.weight.len()

@@ -1,5 +1,6 @@
 //! The forward pass on the CPU: one code path for any number of new tokens at the end of a KV
-//! cache, the decoder layer as `cllm-model` describes it (biases, window, activation).
+//! cache, the decoder layer as `cllm-model` describes it (biases, fused projections, q/k norms,
+//! the norms around attention and MLP, each layer's window and RoPE, the activation).
 //!
 //! Prefill (many tokens) and decode (one token) both run `CpuModel::forward_tokens`: the
 //! projections are batched matrix products whose rows have the bits of single-vector products,
@@ -8,12 +9,14 @@
 //! a position do not depend on how the sequence was split into prefill and decode calls, nor on
 //! the number of rayon threads.
 
-use cllm_kernels::cpu::{attend, embedding_row, matmul, matmul_many, swiglu, KernelError};
+use cllm_kernels::cpu::{
+    attend, embedding_row, geglu_tanh, matmul, matmul_many, swiglu, KernelError, RmsNorm,
+};
 use cllm_model::{Activation, Module, Point};
 use rayon::prelude::*;
 
 use super::kv_cache::KvCache;
-use super::model::{CpuModel, Linear};
+use super::model::{CpuModel, Linear, Projections};
 use crate::error::ModelError;
 use crate::trace::{HiddenStates, TracePoint, Tracer};
 
@@ -57,7 +60,32 @@ pub(crate) fn activate(
 ) -> Result<(), KernelError> {
     match activation {
         Activation::Silu => swiglu(gate, up, out),
+        Activation::GeluTanh => geglu_tanh(gate, up, out),
     }
+}
+
+/// Splits each row of a fused projection's output (`n` rows of the parts side by side) into
+/// the parts' own `n`-row buffers.
+pub(crate) fn split_rows(fused: &[f32], n: usize, parts: &mut [&mut Vec<f32>], widths: &[usize]) {
+    let row = widths.iter().sum::<usize>();
+    for (p, &w) in parts.iter_mut().zip(widths) {
+        p.clear();
+        p.reserve(n * w);
+    }
+    for r in fused.chunks_exact(row).take(n) {
+        let mut at = 0;
+        for (p, &w) in parts.iter_mut().zip(widths) {
+            p.extend_from_slice(&r[at..at + w]);
+            at += w;
+        }
+    }
+}
+
+/// `x = norm(x)` through the scratch buffer `tmp`.
+fn norm_in_place(norm: &RmsNorm, x: &mut [f32], tmp: &mut Vec<f32>) -> Result<(), KernelError> {
+    tmp.clear();
+    tmp.extend_from_slice(x);
+    norm.apply(tmp, x)
 }
 
 impl Linear {
@@ -117,8 +145,9 @@ impl CpuModel {
         let (hidden, hd) = (cfg.hidden_size, cfg.head_dim);
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let group = heads / kv_heads;
-        // transformers: `scaling = head_dim ** -0.5` (a Python float), applied to f32 scores.
-        let scale = (hd as f64).powf(-0.5) as f32;
+        // transformers: `scaling` is a Python float (`head_dim ** -0.5`, or Gemma's
+        // `query_pre_attn_scalar ** -0.5`), applied to f32 scores.
+        let scale = cfg.attention_scale();
 
         let mut h = vec![0f32; n * hidden];
         for (&tok, row) in tokens.iter().zip(h.chunks_exact_mut(hidden)) {
@@ -129,6 +158,11 @@ impl CpuModel {
                 });
             }
             embedding_row(&self.embed_tokens, tok, row)?;
+            if let Some(scale) = cfg.embedding_scale() {
+                for v in row.iter_mut() {
+                    *v *= scale;
+                }
+            }
         }
         trace.emit(Point::Embeddings, None, &h);
 
@@ -136,24 +170,38 @@ impl CpuModel {
         let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
         let mut attn = vec![0f32; n * cfg.q_dim()];
         let (mut o, mut gate, mut up) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut fused, mut tmp) = (Vec::new(), Vec::new());
         let mut act = vec![0f32; n * cfg.intermediate_size];
+        let family = cfg.family;
         for (l, layer) in self.layers.iter().enumerate() {
             let ly = Some(l);
             layer.input_layernorm.apply(&h, &mut x)?;
             trace.emit(Point::Norm(Module::InputNorm), ly, &x);
-            let qkv = [&layer.q_proj, &layer.k_proj, &layer.v_proj];
-            Linear::forward_many(&qkv, &x, n, [&mut q, &mut k, &mut v])?;
-            for (proj, out) in qkv.iter().zip([&q, &k, &v]) {
-                trace.emit(Point::Projection(proj.module), ly, out);
+            match &layer.qkv {
+                Projections::Separate([qp, kp, vp]) => {
+                    Linear::forward_many(&[qp, kp, vp], &x, n, [&mut q, &mut k, &mut v])?;
+                    for (proj, out) in [qp, kp, vp].iter().zip([&q, &k, &v]) {
+                        trace.emit(Point::Projection(proj.module), ly, out);
+                    }
+                }
+                Projections::Fused(qkv) => {
+                    qkv.forward(&x, n, &mut fused)?;
+                    trace.emit(Point::Projection(qkv.module), ly, &fused);
+                    let widths = [cfg.q_dim(), cfg.kv_dim(), cfg.kv_dim()];
+                    split_rows(&fused, n, &mut [&mut q, &mut k, &mut v], &widths);
+                }
+            }
+            if let Some((qn, kn)) = &layer.qk_norm {
+                norm_in_place(qn, &mut q, &mut tmp)?;
+                norm_in_place(kn, &mut k, &mut tmp)?;
+                trace.emit(Point::Norm(Module::QNorm), ly, &q);
+                trace.emit(Point::Norm(Module::KNorm), ly, &k);
             }
 
+            let rope = cache.rope(l);
             for i in 0..n {
-                cache
-                    .rope
-                    .apply(&mut q[i * cfg.q_dim()..(i + 1) * cfg.q_dim()], start + i)?;
-                cache
-                    .rope
-                    .apply(&mut k[i * cfg.kv_dim()..(i + 1) * cfg.kv_dim()], start + i)?;
+                rope.apply(&mut q[i * cfg.q_dim()..(i + 1) * cfg.q_dim()], start + i)?;
+                rope.apply(&mut k[i * cfg.kv_dim()..(i + 1) * cfg.kv_dim()], start + i)?;
             }
             cache.write(l, start, &k, &v);
 
@@ -174,23 +222,36 @@ impl CpuModel {
             trace.emit(Point::Attention, ly, &attn);
             layer.o_proj.forward(&attn, n, &mut o)?;
             trace.emit(Point::Projection(Module::OProj), ly, &o);
+            if let Some(norm) = &layer.attn_out_norm {
+                norm_in_place(norm, &mut o, &mut tmp)?;
+                trace.emit(Point::Norm(Module::PostAttnNorm), ly, &o);
+            }
             for (hv, &ov) in h.iter_mut().zip(&o) {
                 *hv += ov;
             }
 
-            layer.post_attention_layernorm.apply(&h, &mut x)?;
-            trace.emit(Point::Norm(Module::PostAttnNorm), ly, &x);
-            Linear::forward_many(
-                &[&layer.gate_proj, &layer.up_proj],
-                &x,
-                n,
-                [&mut gate, &mut up],
-            )?;
-            trace.emit(Point::Projection(Module::GateProj), ly, &gate);
-            trace.emit(Point::Projection(Module::UpProj), ly, &up);
+            layer.mlp_norm.apply(&h, &mut x)?;
+            trace.emit(Point::Norm(family.mlp_norm()), ly, &x);
+            match &layer.gate_up {
+                Projections::Separate([gp, up_p]) => {
+                    Linear::forward_many(&[gp, up_p], &x, n, [&mut gate, &mut up])?;
+                    trace.emit(Point::Projection(Module::GateProj), ly, &gate);
+                    trace.emit(Point::Projection(Module::UpProj), ly, &up);
+                }
+                Projections::Fused(gu) => {
+                    gu.forward(&x, n, &mut fused)?;
+                    trace.emit(Point::Projection(gu.module), ly, &fused);
+                    let inter = cfg.intermediate_size;
+                    split_rows(&fused, n, &mut [&mut gate, &mut up], &[inter, inter]);
+                }
+            }
             activate(cfg.activation, &gate, &up, &mut act)?;
             layer.down_proj.forward(&act, n, &mut o)?;
             trace.emit(Point::Projection(Module::DownProj), ly, &o);
+            if let Some(norm) = &layer.mlp_out_norm {
+                norm_in_place(norm, &mut o, &mut tmp)?;
+                trace.emit(Point::Norm(Module::PostFfnNorm), ly, &o);
+            }
             for (hv, &ov) in h.iter_mut().zip(&o) {
                 *hv += ov;
             }

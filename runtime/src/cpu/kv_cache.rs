@@ -2,8 +2,9 @@
 //!
 //! Layout: `[layer][kv_head][position][head_dim]`, so the keys one head attends over are one
 //! contiguous slice (`0..=t`). The capacity is fixed when the cache is made; appending past it
-//! is an error, never a reallocation. The RoPE cos/sin table lives here too, sized to the same
-//! capacity, since positions and cache slots are the same thing.
+//! is an error, never a reallocation. The RoPE cos/sin tables live here too (one per distinct
+//! RoPE of the model), sized to the same capacity, since positions and cache slots are the same
+//! thing; a `longrope` table's factors are chosen by that capacity.
 
 use cllm_kernels::cpu::RopeTable;
 use cllm_model::ModelConfig;
@@ -20,7 +21,9 @@ pub struct KvCache {
     len: usize,
     keys: Vec<f32>,
     values: Vec<f32>,
-    pub(crate) rope: RopeTable,
+    /// The model's rotary tables (`ModelConfig::ropes`) and which one each layer uses.
+    ropes: Vec<RopeTable>,
+    layer_rope: Vec<usize>,
 }
 
 impl KvCache {
@@ -41,12 +44,12 @@ impl KvCache {
                 capacity,
                 max_position_embeddings: cfg.max_position_embeddings,
             })?;
-        let rope = RopeTable::new(
-            cfg.head_dim,
-            cfg.rope_theta as f32,
-            &cfg.rope_scaling,
-            capacity,
-        )?;
+        let ropes = cfg
+            .ropes()
+            .iter()
+            .map(|r| RopeTable::new(cfg.head_dim, cfg.rotary_dim, r.theta as f32, &r.scaling, capacity))
+            .collect::<Result<Vec<_>, _>>()?;
+        let layer_rope = (0..cfg.num_hidden_layers).map(|l| cfg.rope_index(l)).collect();
         Ok(KvCache {
             layers: cfg.num_hidden_layers,
             kv_heads: cfg.num_key_value_heads,
@@ -55,8 +58,14 @@ impl KvCache {
             len: 0,
             keys: vec![0.0; n],
             values: vec![0.0; n],
-            rope,
+            ropes,
+            layer_rope,
         })
+    }
+
+    /// The rotary table of decoder layer `layer`.
+    pub(crate) fn rope(&self, layer: usize) -> &RopeTable {
+        &self.ropes[self.layer_rope[layer]]
     }
 
     /// Number of decoder layers the cache serves.

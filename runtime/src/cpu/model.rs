@@ -26,31 +26,49 @@ pub(crate) struct Linear {
     pub bias: Option<Vec<f32>>,
 }
 
-/// One decoder layer.
+/// Projections that may be one fused matrix: q/k/v (`qkv_proj`) or gate/up (`gate_up_proj`).
+/// A fused matrix's output rows are the parts' rows side by side, each element its own dot
+/// product, so its values are the separate projections' bits.
+#[derive(Debug)]
+pub(crate) enum Projections<const K: usize> {
+    Separate([Linear; K]),
+    Fused(Linear),
+}
+
+impl<const K: usize> Projections<K> {
+    pub fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Projections::Separate(ls) => ls.iter().collect(),
+            Projections::Fused(l) => vec![l],
+        }
+    }
+}
+
+/// One decoder layer, with the parts its family has (see `cllm_model::Family`).
 #[derive(Debug)]
 pub(crate) struct Layer {
     pub input_layernorm: RmsNorm,
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
+    pub qkv: Projections<3>,
+    /// Per-head norms of q and k (Qwen3, Gemma 3).
+    pub qk_norm: Option<(RmsNorm, RmsNorm)>,
     pub o_proj: Linear,
-    pub post_attention_layernorm: RmsNorm,
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
+    /// The attention output's norm before the residual (Gemma 3's `post_attention_layernorm`).
+    pub attn_out_norm: Option<RmsNorm>,
+    /// The MLP's input norm (`Family::mlp_norm`).
+    pub mlp_norm: RmsNorm,
+    pub gate_up: Projections<2>,
     pub down_proj: Linear,
+    /// The MLP output's norm before the residual (Gemma 3's `post_feedforward_layernorm`).
+    pub mlp_out_norm: Option<RmsNorm>,
 }
 
 impl Layer {
-    pub fn projections(&self) -> [&Linear; 7] {
-        [
-            &self.q_proj,
-            &self.k_proj,
-            &self.v_proj,
-            &self.o_proj,
-            &self.gate_proj,
-            &self.up_proj,
-            &self.down_proj,
-        ]
+    pub fn projections(&self) -> Vec<&Linear> {
+        let mut v = self.qkv.linears();
+        v.push(&self.o_proj);
+        v.extend(self.gate_up.linears());
+        v.push(&self.down_proj);
+        v
     }
 }
 
@@ -82,15 +100,22 @@ impl Take<'_> {
         Ok(w)
     }
 
+    /// A norm's weight, as `1 + w` where the family says so.
     fn norm(
         &mut self,
         module: Module,
         layer: Option<usize>,
-        eps: f64,
+        cfg: &ModelConfig,
     ) -> Result<RmsNorm, ModelError> {
         let id = TensorId::weight(module, layer);
         let w = self.weight(id)?;
-        RmsNorm::new(&w, eps as f32).map_err(|source| ModelError::InvalidWeight {
+        let eps = cfg.rms_norm_eps as f32;
+        let norm = if cfg.family.norm_weight_offset() {
+            RmsNorm::with_unit_offset(&w, eps)
+        } else {
+            RmsNorm::new(&w, eps)
+        };
+        norm.map_err(|source| ModelError::InvalidWeight {
             name: id.hf_name(),
             source,
         })
@@ -129,23 +154,63 @@ impl CpuModel {
             t: Tensors::new(&cfg, weights),
             bytes: 0,
         };
-        let eps = cfg.rms_norm_eps;
         let embed_tokens = t.weight(TensorId::weight(Module::Embed, None))?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let family = cfg.family;
+        let sandwich = family.sandwich_norms();
         for l in 0..cfg.num_hidden_layers {
+            let input_layernorm = t.norm(Module::InputNorm, Some(l), &cfg)?;
+            let qkv = if family.fused_projections() {
+                Projections::Fused(t.linear(Module::QkvProj, l)?)
+            } else {
+                Projections::Separate([
+                    t.linear(Module::QProj, l)?,
+                    t.linear(Module::KProj, l)?,
+                    t.linear(Module::VProj, l)?,
+                ])
+            };
+            let qk_norm = if family.qk_norm() {
+                Some((
+                    t.norm(Module::QNorm, Some(l), &cfg)?,
+                    t.norm(Module::KNorm, Some(l), &cfg)?,
+                ))
+            } else {
+                None
+            };
+            let o_proj = t.linear(Module::OProj, l)?;
+            let attn_out_norm = if sandwich {
+                Some(t.norm(Module::PostAttnNorm, Some(l), &cfg)?)
+            } else {
+                None
+            };
+            let mlp_norm = t.norm(family.mlp_norm(), Some(l), &cfg)?;
+            let gate_up = if family.fused_projections() {
+                Projections::Fused(t.linear(Module::GateUpProj, l)?)
+            } else {
+                Projections::Separate([
+                    t.linear(Module::GateProj, l)?,
+                    t.linear(Module::UpProj, l)?,
+                ])
+            };
+            let down_proj = t.linear(Module::DownProj, l)?;
+            let mlp_out_norm = if sandwich {
+                Some(t.norm(Module::PostFfnNorm, Some(l), &cfg)?)
+            } else {
+                None
+            };
             layers.push(Layer {
-                input_layernorm: t.norm(Module::InputNorm, Some(l), eps)?,
-                q_proj: t.linear(Module::QProj, l)?,
-                k_proj: t.linear(Module::KProj, l)?,
-                v_proj: t.linear(Module::VProj, l)?,
-                o_proj: t.linear(Module::OProj, l)?,
-                post_attention_layernorm: t.norm(Module::PostAttnNorm, Some(l), eps)?,
-                gate_proj: t.linear(Module::GateProj, l)?,
-                up_proj: t.linear(Module::UpProj, l)?,
-                down_proj: t.linear(Module::DownProj, l)?,
+                input_layernorm,
+                qkv,
+                qk_norm,
+                o_proj,
+                attn_out_norm,
+                mlp_norm,
+                gate_up,
+                down_proj,
+                mlp_out_norm,
             });
         }
-        let norm = t.norm(Module::FinalNorm, None, eps)?;
+        let norm = t.norm(Module::FinalNorm, None, &cfg)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {

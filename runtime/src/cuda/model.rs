@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cllm_cuda::{CudaError, DeviceBuffer, Gpu};
 use cllm_format::WeightForm;
 use cllm_kernels::cuda::{GpuWeight, Kernels, WDesc, PSTRIDE};
-use cllm_model::{ModelConfig, Module, TensorId};
+use cllm_model::{Activation, ModelConfig, Module, RopeScaling, TensorId};
 
 use crate::error::ModelError;
 use crate::sampler::SamplerError;
@@ -159,6 +159,28 @@ impl Take<'_> {
     }
 }
 
+/// The first variant of the model description the GPU launch plan (`plan.rs`) cannot run yet.
+fn plan_lacks(cfg: &ModelConfig) -> Option<&'static str> {
+    let f = cfg.family;
+    let default_scale = (cfg.head_dim as f64).powf(-0.5) as f32;
+    let gaps = [
+        (f.qk_norm(), "per-head q/k norm"),
+        (f.sandwich_norms(), "norms around attention and MLP"),
+        (f.norm_weight_offset(), "(1 + w) norm weights"),
+        (f.scaled_embedding(), "embedding scale"),
+        (f.fused_projections(), "fused qkv/gate_up projections"),
+        (cfg.activation != Activation::Silu, "GeGLU activation"),
+        (cfg.rotary_dim != cfg.head_dim, "partial rotary embedding"),
+        (cfg.sliding_rope.is_some(), "per-layer RoPE"),
+        (
+            matches!(cfg.rope_scaling, RopeScaling::LongRope { .. }),
+            "longrope scaling",
+        ),
+        (cfg.attention_scale() != default_scale, "attention scale"),
+    ];
+    gaps.into_iter().find(|(lacks, _)| *lacks).map(|(_, what)| what)
+}
+
 impl GpuModel {
     /// Builds the model from resident tensors named as in a Hugging Face checkpoint (the GPU
     /// loader's output), with the CPU model's checks.
@@ -173,6 +195,14 @@ impl GpuModel {
                 "the GPU backend needs head_dim a multiple of 4 up to 256 and hidden_size even and \
                  at most {} (head_dim {hd}, hidden_size {h})",
                 PSTRIDE * 2
+            ))
+            .into());
+        }
+        if let Some(missing) = plan_lacks(&cfg) {
+            return Err(CudaError::Unsupported(format!(
+                "the GPU backend does not run {} models yet: its launch plan has no {missing} \
+                 (run with --device cpu)",
+                cfg.family.model_type()
             ))
             .into());
         }

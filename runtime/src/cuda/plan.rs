@@ -118,7 +118,7 @@ impl StepBuffers {
         let total: usize = sizes.iter().sum();
         gpu.check_free("the KV cache and activations", total as u64)?;
         let a = |what: &str, i: usize| gpu.alloc(what, sizes[i]);
-        let rope = RopeTable::new(hd, cfg.rope_theta as f32, &cfg.rope_scaling, capacity)
+        let rope = RopeTable::new(hd, hd, cfg.rope_theta as f32, &cfg.rope_scaling, capacity)
             .map_err(ModelError::from)?;
         let (mut cos, mut sin) = (
             Vec::with_capacity(capacity * hd / 2),
@@ -291,6 +291,8 @@ impl StepBuffers {
                     // The gate/up launch applies the activation in its epilogue.
                     mode: match cfg.activation {
                         Activation::Silu => GemvMode::GateUp,
+                        // Refused by `GpuModel::new` until the epilogue has it.
+                        Activation::GeluTanh => unreachable!("GeGLU is refused by GpuModel::new"),
                     } as i32,
                     ntok: n as i32,
                     x_stride: hidden as i32,

@@ -26,10 +26,10 @@ pub mod weights;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use cllm_model::{ModelConfig, Module, Point};
+use cllm_model::{ActivationInputs, Family, ModelConfig, Module, Point};
 use rayon::prelude::*;
 
-use crate::cpu::forward::activate;
+use crate::cpu::forward::{activate, split_rows};
 use crate::trace::{TracePoint, Tracer};
 use figures::{bit_equal, first_divergence, kl_row, max_abs_diff, mean, nan_max};
 use report::{summarize, Pos};
@@ -427,30 +427,27 @@ fn own_errors(
     ref_logits: &[Vec<f32>],
     totals: &mut Totals,
 ) -> Result<(), DivergenceError> {
-    let activation = test.config().activation;
+    let cfg = test.config();
+    let (activation, family) = (cfg.activation, cfg.family);
     let mut modules: Vec<(Module, usize)> = trace.projections.clone();
     modules.push((Module::LmHead, 0));
     for (module, layer) in modules {
         let name = module.hf_name(layer);
-        let Some(input_point) = module.input() else {
+        let Some(input_point) = family.input(module) else {
             continue;
         };
         let act;
         let (input, rows): (&[f32], usize) = if input_point == Point::Activation {
             // Not traced: formed from the reference's gate and up outputs.
-            let (gate, up) = Module::activation_inputs();
-            let (Some(g), Some(u)) = (
-                trace.points.get(&gate.hf_name(layer)),
-                trace.points.get(&up.hf_name(layer)),
-            ) else {
+            let Some((gate, up, rows)) = activation_parts(family, trace, layer) else {
                 continue;
             };
-            let mut a = vec![0f32; g.data.len()];
-            if activate(activation, &g.data, &u.data, &mut a).is_err() {
+            let mut a = vec![0f32; gate.len()];
+            if activate(activation, &gate, &up, &mut a).is_err() {
                 continue;
             }
             act = a;
-            (&act, g.rows)
+            (&act, rows)
         } else {
             match trace.points.get(&input_point.name(layer)) {
                 Some(p) => (&p.data, p.rows),
@@ -478,6 +475,29 @@ fn own_errors(
         }
     }
     Ok(())
+}
+
+/// The reference's gate and up values of `layer` (a fused `gate_up_proj`'s rows split in
+/// halves), and their row count.
+fn activation_parts(
+    family: Family,
+    trace: &RefTrace,
+    layer: usize,
+) -> Option<(Vec<f32>, Vec<f32>, usize)> {
+    match family.activation_inputs() {
+        ActivationInputs::Separate(gate, up) => {
+            let g = trace.points.get(&gate.hf_name(layer))?;
+            let u = trace.points.get(&up.hf_name(layer))?;
+            Some((g.data.clone(), u.data.clone(), g.rows))
+        }
+        ActivationInputs::Fused(gate_up) => {
+            let gu = trace.points.get(&gate_up.hf_name(layer))?;
+            let half = gu.data.len() / gu.rows.max(1) / 2;
+            let (mut g, mut u) = (Vec::new(), Vec::new());
+            split_rows(&gu.data, gu.rows, &mut [&mut g, &mut u], &[half, half]);
+            Some((g, u, gu.rows))
+        }
+    }
 }
 
 fn parity(p: &mut KvParity, cached: &[Vec<f32>], full: &[Vec<f32>]) {
