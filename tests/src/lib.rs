@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: the `cllm` binary, synthetic fixture folders, the
 //! reference figures in `fixtures/reference`, and the real model (fetched on first use).
 
+pub mod reference;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
