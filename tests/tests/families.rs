@@ -57,7 +57,14 @@ fn verify_run(container: &Path, folder: &Path) -> Value {
 #[test]
 fn every_family_fixture_runs_packs_and_verifies_bit_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    for (shape, family) in [("tiny", Family::Llama), ("tiny-qwen2", Family::Qwen2)] {
+    for (shape, family) in [
+        ("tiny", Family::Llama),
+        ("tiny-qwen2", Family::Qwen2),
+        ("tiny-mistral", Family::Mistral),
+        ("tiny-qwen3", Family::Qwen3),
+        ("tiny-gemma3", Family::Gemma3),
+        ("tiny-phi3", Family::Phi3),
+    ] {
         let folder = synth_model(tmp.path(), shape, Dtype::Bf16, 0, 11);
         let model = Engine::cpu()
             .open(&folder, &OpenOptions::default())
@@ -75,6 +82,23 @@ fn every_family_fixture_runs_packs_and_verifies_bit_exactly() {
             .map(|_| rng.below(cfg.vocab_size as u64) as u32)
             .collect();
         check_kv_parity(&folder, &tokens, &[1, 33, 69]);
+        // The windows of the test shapes are shorter than the sequence: the splits above cross
+        // them.
+        if let Some(w) = (0..cfg.num_hidden_layers).filter_map(|l| cfg.window(l)).min() {
+            assert!(w < tokens.len() - 1, "{shape}: window {w} is not crossed");
+        }
+        // Past longrope's original length a sequence takes the long factors; cached decode
+        // still equals recompute there.
+        if let cllm_model::RopeScaling::LongRope {
+            original_max_position_embeddings: o,
+            ..
+        } = cfg.rope_scaling
+        {
+            let long: Vec<u32> = (0..o + 20)
+                .map(|_| rng.below(cfg.vocab_size as u64) as u32)
+                .collect();
+            check_kv_parity(&folder, &long, &[o - 1, o + 1]);
+        }
 
         // Lossless: the container runs with the folder's bits.
         let lossless = tmp.path().join(format!("{shape}.cllm"));
@@ -98,8 +122,13 @@ fn every_family_fixture_runs_packs_and_verifies_bit_exactly() {
         ]);
         let v = verify_run(&int8, &folder);
         let w = &v["run"]["weights"];
-        let bias = TensorId::bias(Module::VProj, Some(1)).hf_name();
-        let weight = TensorId::weight(Module::VProj, Some(1)).hf_name();
+        let v_proj = if family.fused_projections() {
+            Module::QkvProj
+        } else {
+            Module::VProj
+        };
+        let bias = TensorId::bias(v_proj, Some(1)).hf_name();
+        let weight = TensorId::weight(v_proj, Some(1)).hf_name();
         let row = |name: &str| {
             w["tensors"]
                 .as_array()
@@ -121,6 +150,37 @@ fn every_family_fixture_runs_packs_and_verifies_bit_exactly() {
             "{shape}"
         );
         check_kv_parity(&int8, &tokens, &[1, 69]);
+    }
+}
+
+#[test]
+fn a_sliding_window_really_limits_attention() {
+    // The same weights with and without Mistral's window: equal logits while the sequence fits
+    // in the window, different after it.
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = synth_model(tmp.path(), "tiny-mistral", Dtype::Bf16, 0, 5);
+    let unlimited = tmp.path().join("unlimited");
+    std::fs::create_dir(&unlimited).unwrap();
+    for e in std::fs::read_dir(&folder).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), unlimited.join(e.file_name())).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap();
+    let window = config["sliding_window"].as_u64().unwrap() as usize;
+    config["sliding_window"] = Value::Null;
+    std::fs::write(unlimited.join("config.json"), config.to_string()).unwrap();
+
+    let mut rng = Rng::new(9);
+    let tokens: Vec<u32> = (0..window + 8).map(|_| rng.below(300) as u32).collect();
+    let run = |p: &Path| {
+        let m = Engine::cpu().open(p, &OpenOptions::default()).unwrap();
+        m.cpu().unwrap().forward_all(&tokens).unwrap()
+    };
+    let (windowed, full) = (run(&folder), run(&unlimited));
+    for pos in 0..tokens.len() {
+        let same = bits(&windowed[pos]) == bits(&full[pos]);
+        assert_eq!(same, pos < window, "position {pos} (window {window})");
     }
 }
 
