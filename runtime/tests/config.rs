@@ -177,3 +177,103 @@ fn errors_name_the_key() {
     assert!(matches!(err("[1]"), ConfigError::NotAnObject));
     assert!(matches!(err("{"), ConfigError::Json(_)));
 }
+
+/// Gemma 3 270M's config.json (transformers 4 layout), layer_types left to the pattern rule.
+const GEMMA3_270M_V4: &str = r#"{
+  "architectures": ["Gemma3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+  "attn_logit_softcapping": null, "bos_token_id": 2, "eos_token_id": 1,
+  "final_logit_softcapping": null, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+  "hidden_size": 640, "intermediate_size": 2048, "max_position_embeddings": 32768,
+  "model_type": "gemma3_text", "num_attention_heads": 4, "num_hidden_layers": 18,
+  "num_key_value_heads": 1, "pad_token_id": 0, "query_pre_attn_scalar": 256,
+  "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000.0, "rope_scaling": null,
+  "rope_theta": 1000000.0, "sliding_window": 512, "sliding_window_pattern": 6,
+  "torch_dtype": "bfloat16", "use_bidirectional_attention": false, "vocab_size": 262144
+}"#;
+
+#[test]
+fn gemma3_local_and_global_layers_each_take_their_window_and_rope() {
+    let c = ModelConfig::from_json(GEMMA3_270M_V4).unwrap();
+    assert_eq!(c.family, cllm_model::Family::Gemma3);
+    assert_eq!(c.activation, cllm_model::Activation::GeluTanh);
+    assert!(c.tie_word_embeddings, "Gemma ties by default");
+    // Every sixth layer global: 5, 11, 17.
+    for l in 0..18 {
+        let global = (l + 1) % 6 == 0;
+        assert_eq!(c.window(l), (!global).then_some(512), "layer {l}");
+        let rope = &c.ropes()[c.rope_index(l)];
+        assert_eq!(rope.theta, if global { 1e6 } else { 1e4 }, "layer {l}");
+    }
+    assert_eq!(c.attention_scale(), (256f64).powf(-0.5) as f32);
+    assert_eq!(c.embedding_scale(), Some((640f64).sqrt() as f32));
+    assert_eq!(c.q_dim(), 1024);
+
+    // The v5 layout: per-type rope_parameters and explicit layer_types give the same model.
+    let mut v5: serde_json::Value = serde_json::from_str(GEMMA3_270M_V4).unwrap();
+    let m = v5.as_object_mut().unwrap();
+    for k in ["rope_theta", "rope_local_base_freq", "rope_scaling", "sliding_window_pattern"] {
+        m.remove(k);
+    }
+    m.insert(
+        "rope_parameters".into(),
+        serde_json::json!({
+            "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}
+        }),
+    );
+    let types: Vec<&str> = (0..18)
+        .map(|l| if (l + 1) % 6 == 0 { "full_attention" } else { "sliding_attention" })
+        .collect();
+    m.insert("layer_types".into(), serde_json::json!(types));
+    assert_eq!(ModelConfig::from_json(&v5.to_string()).unwrap(), c);
+
+    // What the runtime cannot honour is refused by name.
+    let e = err(&GEMMA3_270M_V4.replace(
+        r#""final_logit_softcapping": null"#,
+        r#""final_logit_softcapping": 30.0"#,
+    ));
+    assert!(e.to_string().contains("final_logit_softcapping"), "{e}");
+    let e = err(&GEMMA3_270M_V4.replace(r#""gelu_pytorch_tanh""#, r#""relu""#));
+    assert!(e.to_string().contains("hidden_activation"), "{e}");
+}
+
+#[test]
+fn phi4_mini_partial_rotary_and_longrope() {
+    let short: Vec<f64> = (0..48).map(|i| 1.0 + i as f64 * 0.01).collect();
+    let long: Vec<f64> = (0..48).map(|i| 1.0 + i as f64 * 0.5).collect();
+    let json = serde_json::json!({
+        "model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192,
+        "num_hidden_layers": 32, "num_attention_heads": 24, "num_key_value_heads": 8,
+        "vocab_size": 200064, "max_position_embeddings": 131072,
+        "original_max_position_embeddings": 4096, "partial_rotary_factor": 0.75,
+        "rope_theta": 10000.0, "sliding_window": 262144, "tie_word_embeddings": true,
+        "rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": long}
+    });
+    let c = ModelConfig::from_json(&json.to_string()).unwrap();
+    assert_eq!((c.head_dim, c.rotary_dim), (128, 96));
+    let cllm_model::RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        original_max_position_embeddings,
+        attention_factor,
+    } = &c.rope_scaling
+    else {
+        panic!("{:?}", c.rope_scaling)
+    };
+    assert_eq!((short_factor.len(), long_factor.len()), (48, 48));
+    assert_eq!(long_factor[2], 2.0);
+    assert_eq!(*original_max_position_embeddings, 4096);
+    // transformers: sqrt(1 + ln(131072 / 4096) / ln(4096)).
+    let want = (1.0 + (32f64).ln() / (4096f64).ln()).sqrt() as f32;
+    assert_eq!(*attention_factor, want);
+    // A factor list of the wrong length is named.
+    let mut bad = json.clone();
+    bad["rope_scaling"]["short_factor"] = serde_json::json!([1.0, 2.0]);
+    let e = err(&bad.to_string());
+    assert!(e.to_string().contains("rope_scaling.short_factor"), "{e}");
+    // Partial rotary is refused for a family transformers does not apply it to here.
+    let mut llama = json.clone();
+    llama["model_type"] = "llama".into();
+    llama["rope_scaling"] = serde_json::Value::Null;
+    assert!(err(&llama.to_string()).to_string().contains("partial_rotary_factor"));
+}
