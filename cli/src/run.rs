@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::anyhow;
 use clap::Args;
-use cllm_runtime::{Device, Engine, GenerateOptions, Model, OpenOptions, SamplerConfig};
+use cllm_runtime::generate::TokenLogprobs;
+use cllm_runtime::sampler::MAX_TOP_LOGPROBS;
+use cllm_runtime::{Device, Engine, GenerateOptions, Model, OpenOptions, SamplerConfig, Tokenizer};
 use serde_json::json;
 
 use crate::common::{parse_device, peak_rss_bytes, set_threads};
@@ -46,6 +48,10 @@ pub struct RunArgs {
     /// Print one JSON object with the text, ids and figures.
     #[arg(long)]
     pub json: bool,
+    /// With --json: at each generated position, the K most likely tokens and their
+    /// log-probabilities (of the raw logits), and the chosen token's (K from 1 to 20).
+    #[arg(long, value_name = "K", requires = "json")]
+    pub logprobs: Option<usize>,
     /// With --device cuda: after loading, hash every tensor resident on the GPU with a GPU kernel
     /// and compare with the hash of the bytes decoded while loading; fail naming any mismatch.
     #[arg(long)]
@@ -87,11 +93,41 @@ pub fn gpu_load_json(engine: &Engine, model: &Model) -> serde_json::Value {
     })
 }
 
+/// The log-probabilities of each generated position, as OpenAI's `logprobs.content`: the chosen
+/// token and its `top_logprobs`, each with its id, vocabulary entry (`token`) and text.
+fn logprobs_json(tok: &Tokenizer, steps: &[TokenLogprobs]) -> anyhow::Result<serde_json::Value> {
+    let entry = |id: u32, logprob: f64| -> anyhow::Result<serde_json::Value> {
+        Ok(json!({
+            "id": id, "token": tok.id_to_token(id), "text": tok.decode(&[id], false)?,
+            "logprob": logprob,
+        }))
+    };
+    let positions = steps
+        .iter()
+        .map(|s| {
+            let mut v = entry(s.id, s.logprob)?;
+            let top = s
+                .top
+                .iter()
+                .map(|&(id, lp)| entry(id, lp))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            v["top_logprobs"] = serde_json::Value::Array(top);
+            Ok(v)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(serde_json::Value::Array(positions))
+}
+
 pub fn run(a: RunArgs) -> CmdResult {
     if a.check_resident && a.device != Device::Cuda {
         return Err(
             anyhow!("--check-resident checks GPU residency: use it with --device cuda").into(),
         );
+    }
+    if let Some(k) = a.logprobs {
+        if !(1..=MAX_TOP_LOGPROBS).contains(&k) {
+            return Err(anyhow!("--logprobs {k}: expected 1 to {MAX_TOP_LOGPROBS}").into());
+        }
     }
     set_threads(a.threads)?;
     let engine = Engine::new(a.device)?;
@@ -103,7 +139,7 @@ pub fn run(a: RunArgs) -> CmdResult {
         },
     )?;
     let ids = model.prompt_ids(&a.prompt, a.chat)?;
-    let opts = a.generate_options(model.config().eos_token_ids.clone());
+    let opts = a.generate_options(model.eos_token_ids().to_vec());
     // A plain prompt is continued, so the text reads on from it; a chat reply stands alone.
     let stream = !a.json;
     if stream && !a.chat {
@@ -111,12 +147,16 @@ pub fn run(a: RunArgs) -> CmdResult {
         std::io::stdout().flush()?;
     }
     let mut stdout = std::io::stdout();
-    let (r, text) = model.generate_text(&ids, &opts, |piece| {
+    let on_text = |piece: &str| {
         if stream {
             let _ = write!(stdout, "{piece}");
             let _ = stdout.flush();
         }
-    })?;
+    };
+    let (r, text) = match a.logprobs {
+        Some(k) => model.generate_text_logprobs(&ids, &opts, k, on_text)?,
+        None => model.generate_text(&ids, &opts, on_text)?,
+    };
     let load = model.load_stats();
     if a.json {
         let mut v = json!({
@@ -132,6 +172,9 @@ pub fn run(a: RunArgs) -> CmdResult {
             (v.as_object_mut(), gpu_load_json(&engine, &model))
         {
             o.extend(g);
+        }
+        if let (Some(o), Some(tok), Some(_)) = (v.as_object_mut(), model.tokenizer(), a.logprobs) {
+            o.insert("logprobs".into(), logprobs_json(tok, &r.logprobs)?);
         }
         println!("{v}");
         return Ok(());

@@ -27,12 +27,14 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const SINGLE_WEIGHTS_FILE: &str = "model.safetensors";
 /// Index of sharded weights.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
-/// Optional files kept as raw bytes, in this order.
-pub const AUX_FILES: [&str; 4] = [
+/// Optional files kept as raw bytes, in this order. transformers 5 writes the chat template to
+/// `chat_template.jinja` instead of `tokenizer_config.json`, so it is carried as well.
+pub const AUX_FILES: [&str; 5] = [
     "tokenizer.json",
     "tokenizer_config.json",
     "generation_config.json",
     "special_tokens_map.json",
+    "chat_template.jinja",
 ];
 
 #[derive(Debug, thiserror::Error)]

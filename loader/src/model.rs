@@ -25,6 +25,9 @@ pub struct ModelFiles {
     pub tokenizer_json: Option<Vec<u8>>,
     pub tokenizer_config_json: Option<Vec<u8>>,
     pub generation_config_json: Option<Vec<u8>>,
+    /// The chat template written on its own (transformers 5); it replaces the template of
+    /// `tokenizer_config.json`. Containers packed before it was carried have none.
+    pub chat_template_jinja: Option<Vec<u8>>,
 }
 
 impl ModelFiles {
@@ -37,6 +40,7 @@ impl ModelFiles {
             generation_config_json: folder
                 .aux_file("generation_config.json")
                 .map(<[u8]>::to_vec),
+            chat_template_jinja: folder.aux_file("chat_template.jinja").map(<[u8]>::to_vec),
         }
     }
 
@@ -56,6 +60,7 @@ impl ModelFiles {
             tokenizer_json: read("tokenizer.json")?,
             tokenizer_config_json: read("tokenizer_config.json")?,
             generation_config_json: read("generation_config.json")?,
+            chat_template_jinja: read("chat_template.jinja")?,
         })
     }
 }

@@ -24,7 +24,10 @@ use crate::cpu::{CpuModel, CpuSession};
 use crate::cuda::{generate_gpu, GpuError, GpuModel, GpuSession};
 use crate::divergence::Backend;
 use crate::error::ModelError;
-use crate::generate::{GenerateError, GenerateOptions, GenerationResult};
+use crate::generate::{
+    generate_scored, generation_config_eos, GenerateError, GenerateOptions, GenerationConfigError,
+    GenerationResult,
+};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// Where a model runs, as the command line names it (`cpu`, `cuda`).
@@ -90,8 +93,15 @@ pub enum EngineError {
     },
     #[error("--chat: {0}")]
     Chat(#[from] ChatError),
-    #[error("--chat: the model has no tokenizer_config.json with a chat template")]
+    #[error("--chat: the model has no chat template (no chat_template.jinja, and no tokenizer_config.json with a `chat_template`)")]
     NoChatTemplate,
+    #[error("--chat: {file} is not UTF-8")]
+    ChatUtf8 { file: &'static str },
+    #[error("{path}: {source}")]
+    GenerationConfig {
+        path: PathBuf,
+        source: GenerationConfigError,
+    },
     #[error("tokenizing the prompt: {0}")]
     Encode(TokenizerError),
     #[error("the prompt encodes to no tokens")]
@@ -270,6 +280,7 @@ impl Engine {
         backend: impl FnOnce(&Path, &ModelConfig) -> Result<BackendModel, EngineError>,
     ) -> Result<Model, EngineError> {
         let (config, tokenizer) = read_files(&path, &files, opts.need_tokenizer)?;
+        let eos_token_ids = eos_token_ids(&path, &files, &config)?;
         let backend = backend(&path, &config)?;
         Ok(Model {
             path,
@@ -277,6 +288,7 @@ impl Engine {
             config,
             files,
             tokenizer,
+            eos_token_ids,
             lossless,
             load: LoadStats::default(),
             backend,
@@ -325,6 +337,23 @@ fn read_files(
     Ok((cfg, tokenizer))
 }
 
+/// The ids generation stops at: `generation_config.json`'s `eos_token_id` where it names one
+/// or more (as transformers' `generate`), else `config.json`'s.
+fn eos_token_ids(
+    path: &Path,
+    files: &ModelFiles,
+    cfg: &ModelConfig,
+) -> Result<Vec<u32>, EngineError> {
+    let from_generation = match files.generation_config_json.as_deref() {
+        Some(g) => generation_config_eos(g).map_err(|source| EngineError::GenerationConfig {
+            path: path.to_path_buf(),
+            source,
+        })?,
+        None => None,
+    };
+    Ok(from_generation.unwrap_or_else(|| cfg.eos_token_ids.clone()))
+}
+
 /// How a model was loaded.
 #[derive(Clone, Debug, Default)]
 pub struct LoadStats {
@@ -349,6 +378,8 @@ pub struct Model {
     config: ModelConfig,
     files: ModelFiles,
     tokenizer: Option<Tokenizer>,
+    /// See [`Model::eos_token_ids`].
+    eos_token_ids: Vec<u32>,
     lossless: bool,
     load: LoadStats,
     backend: BackendModel,
@@ -433,6 +464,12 @@ impl Model {
         self.tokenizer.as_ref()
     }
 
+    /// The ids generation stops at: `generation_config.json`'s `eos_token_id` (an id or a
+    /// list) where the model has one, else `config.json`'s.
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_token_ids
+    }
+
     /// Whether every tensor is stored losslessly (a folder always is): two lossless models must
     /// give bit-identical logits.
     pub fn is_lossless(&self) -> bool {
@@ -507,19 +544,60 @@ impl Model {
         })
     }
 
+    /// [`Model::generate`] with, at each generated position, the `top` most likely tokens'
+    /// log-probabilities (1 to [`crate::sampler::MAX_TOP_LOGPROBS`]), in
+    /// [`GenerationResult::logprobs`]. Tokens are chosen on the host from the logits each step
+    /// returns, as the CPU backend chooses them.
+    pub fn generate_logprobs(
+        &self,
+        prompt_ids: &[u32],
+        options: &GenerateOptions,
+        top: usize,
+        on_token: impl FnMut(u32),
+    ) -> Result<GenerationResult, EngineError> {
+        // The last generated token is never fed back, so the cache needs one slot less.
+        let capacity = prompt_ids.len() + options.max_new_tokens.saturating_sub(1);
+        let mut session = self.session(capacity)?;
+        generate_scored(&mut session, prompt_ids, options, top, on_token)
+    }
+
     /// [`Model::generate`] with the text decoded as it comes (only complete UTF-8): `on_text`
     /// hears each piece; returns the result and the whole text.
     pub fn generate_text(
         &self,
         prompt_ids: &[u32],
         options: &GenerateOptions,
+        on_text: impl FnMut(&str),
+    ) -> Result<(GenerationResult, String), EngineError> {
+        self.stream_text(on_text, |on_token| {
+            self.generate(prompt_ids, options, on_token)
+        })
+    }
+
+    /// [`Model::generate_text`] with the log-probabilities of [`Model::generate_logprobs`].
+    pub fn generate_text_logprobs(
+        &self,
+        prompt_ids: &[u32],
+        options: &GenerateOptions,
+        top: usize,
+        on_text: impl FnMut(&str),
+    ) -> Result<(GenerationResult, String), EngineError> {
+        self.stream_text(on_text, |on_token| {
+            self.generate_logprobs(prompt_ids, options, top, on_token)
+        })
+    }
+
+    /// Runs `generate` with a token callback that decodes the ids as they come.
+    fn stream_text(
+        &self,
         mut on_text: impl FnMut(&str),
+        generate: impl FnOnce(&mut dyn FnMut(u32)) -> Result<GenerationResult, EngineError>,
     ) -> Result<(GenerationResult, String), EngineError> {
         let tokenizer = self.require_tokenizer()?;
         let mut stream = tokenizer.stream(true);
         let mut text = String::new();
         let mut err = None;
-        let result = self.generate(prompt_ids, options, |id| match stream.push(id) {
+        let result = generate(&mut |id| match stream.push(id) {
             Ok(Some(piece)) => {
                 text.push_str(&piece);
                 on_text(&piece);
@@ -539,28 +617,42 @@ impl Model {
         Ok((result, text))
     }
 
-    /// The prompt's token ids, through the model's chat template (a user message) when `chat`.
+    /// The prompt's token ids as transformers makes them: a plain prompt as `tokenizer(prompt)`
+    /// (the post-processor adds BOS where the model's does); with `chat`, the prompt as a user
+    /// message rendered through the chat template and encoded without special tokens, as
+    /// `apply_chat_template(..., tokenize=True)` (the template writes `bos_token` itself).
     pub fn prompt_ids(&self, prompt: &str, chat: bool) -> Result<Vec<u32>, EngineError> {
-        let text = if chat {
-            let cfg = self
-                .files
-                .tokenizer_config_json
-                .as_deref()
-                .ok_or(EngineError::NoChatTemplate)?;
-            let cfg = std::str::from_utf8(cfg).map_err(|_| EngineError::NoChatTemplate)?;
-            let tpl = ChatTemplate::from_tokenizer_config(cfg, None)?;
-            tpl.render(&[ChatMessage::user(prompt)], true)?
+        let ids = if chat {
+            let text = self
+                .chat_template()?
+                .render(&[ChatMessage::user(prompt)], true)?;
+            self.require_tokenizer()?.encode(&text, false)
         } else {
-            prompt.to_string()
-        };
-        let ids = self
-            .require_tokenizer()?
-            .encode(&text)
-            .map_err(EngineError::Encode)?;
+            self.require_tokenizer()?.encode(prompt, true)
+        }
+        .map_err(EngineError::Encode)?;
         if ids.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
         Ok(ids)
+    }
+
+    /// The chat template: `chat_template.jinja` where present (transformers 5 writes it there),
+    /// else `tokenizer_config.json`'s; the special-token strings from `tokenizer_config.json`.
+    pub fn chat_template(&self) -> Result<ChatTemplate, EngineError> {
+        fn utf8<'b>(bytes: &'b [u8], file: &'static str) -> Result<&'b str, EngineError> {
+            std::str::from_utf8(bytes).map_err(|_| EngineError::ChatUtf8 { file })
+        }
+        let jinja = match self.files.chat_template_jinja.as_deref() {
+            Some(b) => Some(utf8(b, "chat_template.jinja")?),
+            None => None,
+        };
+        let cfg = match self.files.tokenizer_config_json.as_deref() {
+            Some(b) => utf8(b, "tokenizer_config.json")?,
+            None if jinja.is_some() => "{}",
+            None => return Err(EngineError::NoChatTemplate),
+        };
+        Ok(ChatTemplate::from_tokenizer_config(cfg, jinja)?)
     }
 
     fn require_tokenizer(&self) -> Result<&Tokenizer, EngineError> {

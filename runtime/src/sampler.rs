@@ -1,4 +1,5 @@
-//! Choosing the next token from logits: greedy, or seeded temperature / top-k / top-p sampling.
+//! Choosing the next token from logits: greedy, or seeded temperature / top-k / top-p sampling;
+//! and the log-probabilities an API reports beside the chosen token ([`LogSoftmax`]).
 //!
 //! Random sampling is deterministic given the seed. The generator is xoshiro256** (Blackman and
 //! Vigna), its 256-bit state filled by four successive outputs of splitmix64 started at the seed.
@@ -27,7 +28,12 @@ pub enum SamplerError {
     Temperature(f32),
     #[error("top_p must be in (0, 1], got {0}")]
     TopP(f32),
+    #[error("top logprobs must be between 1 and {MAX_TOP_LOGPROBS}, got {0}")]
+    TopLogprobs(usize),
 }
+
+/// The most top log-probabilities reported per position (as OpenAI's `top_logprobs`).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// How to pick tokens.
 #[derive(Clone, Debug, PartialEq)]
@@ -209,5 +215,114 @@ impl Sampler {
             order.truncate(keep);
         }
         Ok(order)
+    }
+}
+
+/// Log-probabilities of one position: the log-softmax of the raw logits (no temperature or
+/// filter, as engines' APIs report them), in f64 so that a vocabulary of 10^5 tokens sums
+/// without visible rounding.
+#[derive(Debug)]
+pub struct LogSoftmax<'a> {
+    logits: &'a [f32],
+    /// log(sum(exp(logits))), taken around the largest logit so that no exp overflows.
+    log_sum_exp: f64,
+}
+
+impl<'a> LogSoftmax<'a> {
+    pub fn new(logits: &'a [f32]) -> Result<LogSoftmax<'a>, SamplerError> {
+        if logits.is_empty() {
+            return Err(SamplerError::EmptyLogits);
+        }
+        if let Some(i) = logits.iter().position(|v| v.is_nan()) {
+            return Err(SamplerError::NanLogit(i));
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+        Ok(LogSoftmax {
+            logits,
+            log_sum_exp: max + sum.ln(),
+        })
+    }
+
+    /// The log-probability of token `id` (`-inf` for an id past the logits).
+    pub fn logprob(&self, id: u32) -> f64 {
+        self.logits
+            .get(id as usize)
+            .map_or(f64::NEG_INFINITY, |&v| v as f64 - self.log_sum_exp)
+    }
+
+    /// The `k` most likely tokens with their log-probabilities, most likely first; ties go to
+    /// the lower id, as in [`argmax`], so the greedy token is always the first.
+    pub fn top(&self, k: usize) -> Result<Vec<(u32, f64)>, SamplerError> {
+        if !(1..=MAX_TOP_LOGPROBS).contains(&k) {
+            return Err(SamplerError::TopLogprobs(k));
+        }
+        let logits = self.logits;
+        // Equal as `argmax` compares (0.0 == -0.0); there is no NaN (checked in `new`).
+        let before = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .partial_cmp(&logits[*a as usize])
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.cmp(b))
+        };
+        let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+        let k = k.min(ids.len());
+        // Partial selection: O(vocabulary) rather than a full sort at every position.
+        if k < ids.len() {
+            ids.select_nth_unstable_by(k - 1, before);
+            ids.truncate(k);
+        }
+        ids.sort_by(before);
+        Ok(ids.into_iter().map(|id| (id, self.logprob(id))).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_softmax_matches_the_definition() {
+        let logits = [1.0f32, 3.0, -2.0, 3.0, 0.5];
+        let ls = LogSoftmax::new(&logits).unwrap();
+        let z: f64 = logits.iter().map(|&v| (v as f64).exp()).sum();
+        for (i, &v) in logits.iter().enumerate() {
+            let want = (v as f64).exp().ln() - z.ln();
+            assert!((ls.logprob(i as u32) - want).abs() < 1e-12, "{i}");
+        }
+        let total: f64 = (0..5).map(|i| ls.logprob(i).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+        assert_eq!(ls.logprob(5), f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn top_is_sorted_with_ties_to_the_lower_id_as_argmax() {
+        let logits = [1.0f32, 3.0, -2.0, 3.0, 0.5, -0.0, 0.0];
+        let ls = LogSoftmax::new(&logits).unwrap();
+        let ids: Vec<u32> = ls.top(4).unwrap().iter().map(|&(id, _)| id).collect();
+        assert_eq!(ids, [1, 3, 0, 4]);
+        assert_eq!(ids[0], argmax(&logits).unwrap());
+        // More than the vocabulary: all of it, in order.
+        let all: Vec<u32> = ls.top(20).unwrap().iter().map(|&(id, _)| id).collect();
+        assert_eq!(all, [1, 3, 0, 4, 5, 6, 2]);
+        // Huge logits do not overflow.
+        let big = [1e30f32, 1e30 - 1e24, -1e30];
+        let top = LogSoftmax::new(&big).unwrap().top(3).unwrap();
+        assert!(top
+            .iter()
+            .all(|&(_, lp)| lp.is_finite() || lp == f64::NEG_INFINITY));
+        assert!(top[0].1 <= 0.0);
+    }
+
+    #[test]
+    fn bad_k_and_bad_logits_are_errors() {
+        let ls = LogSoftmax::new(&[0.0, 1.0]).unwrap();
+        assert_eq!(ls.top(0), Err(SamplerError::TopLogprobs(0)));
+        assert_eq!(ls.top(21), Err(SamplerError::TopLogprobs(21)));
+        assert_eq!(
+            LogSoftmax::new(&[0.0, f32::NAN]).err(),
+            Some(SamplerError::NanLogit(1))
+        );
+        assert_eq!(LogSoftmax::new(&[]).err(), Some(SamplerError::EmptyLogits));
     }
 }

@@ -1,7 +1,9 @@
 //! Text <-> token ids, through Hugging Face's `tokenizers` crate and a model's `tokenizer.json`.
 //!
-//! Encoding never adds special tokens (BOS and the like): prompts are expected to carry whatever
-//! the chat template put in them, as text (special tokens written in the text are still
+//! Encoding says whether special tokens are added, as transformers does: `tokenizer(text)` runs
+//! `tokenizer.json`'s post-processor (Llama's and Gemma's `TemplateProcessing` put BOS first,
+//! SmolLM's adds nothing), while a rendered chat template is encoded without it, because the
+//! template already wrote `bos_token` as text (special tokens written in the text are always
 //! recognized). [`TextStream`] turns a stream of ids into text pieces that are always complete
 //! UTF-8, for printing tokens as they are generated.
 
@@ -51,11 +53,13 @@ impl Tokenizer {
         Tokenizer::from_bytes(&bytes)
     }
 
-    /// Token ids of `text`, without adding special tokens.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+    /// Token ids of `text`. With `add_special_tokens` the post-processor runs, as in
+    /// transformers' `tokenizer(text)` (a plain prompt); without, as in `apply_chat_template`
+    /// (a rendered chat prompt, which carries its special tokens as text).
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizerError> {
         let enc = self
             .inner
-            .encode(text, false)
+            .encode(text, add_special_tokens)
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }

@@ -59,10 +59,10 @@ fn tokenizer_json() -> String {
 #[test]
 fn encode_decode_round_trip_without_special_tokens_added() {
     let t = Tokenizer::from_bytes(tokenizer_json().as_bytes()).unwrap();
-    let ids = t.encode("hello world").unwrap();
+    let ids = t.encode("hello world", false).unwrap();
     assert_eq!(ids[0], 259, "merged `hello` first, no BOS: {ids:?}");
     assert_eq!(t.decode(&ids, false).unwrap(), "hello world");
-    let ids = t.encode("<|im_start|>user\nhi<|im_end|>").unwrap();
+    let ids = t.encode("<|im_start|>user\nhi<|im_end|>", false).unwrap();
     assert_eq!(ids.first(), Some(&261));
     assert_eq!(ids.last(), Some(&262));
     assert_eq!(t.decode(&ids, true).unwrap(), "user\nhi");
@@ -74,7 +74,7 @@ fn encode_decode_round_trip_without_special_tokens_added() {
 fn streaming_emits_only_complete_utf8() {
     let t = Tokenizer::from_bytes(tokenizer_json().as_bytes()).unwrap();
     let text = "héllo 🙂 wörld, 日本";
-    let ids = t.encode(text).unwrap();
+    let ids = t.encode(text, false).unwrap();
     let mut stream = t.stream(false);
     let mut pieces = Vec::new();
     let mut held = 0;

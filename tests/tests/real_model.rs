@@ -72,7 +72,11 @@ fn tokenizer_matches_reference_ids() {
     let (_, tok) = load(&real().lossless);
     for case in reference("tokenize.json")["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(tok.encode(text).unwrap(), ids(&case["ids"]), "{text:?}");
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            ids(&case["ids"]),
+            "{text:?}"
+        );
     }
 }
 
@@ -83,7 +87,7 @@ fn greedy_continuations_match_transformers_from_folder_and_lossless_container() 
         for case in reference("greedy.json")["cases"].as_array().unwrap() {
             let prompt = ids(&case["prompt_ids"]);
             assert_eq!(
-                tok.encode(case["prompt"].as_str().unwrap()).unwrap(),
+                tok.encode(case["prompt"].as_str().unwrap(), true).unwrap(),
                 prompt
             );
             let want = ids(&case["greedy_ids"]);
@@ -166,7 +170,7 @@ fn kv_cache_decode_is_bit_identical_to_recompute() {
 #[test]
 fn int8_mlp_only_still_answers_paris() {
     let (model, tok) = load(&real().mlp_int8);
-    let prompt = tok.encode("The capital of France is").unwrap();
+    let prompt = tok.encode("The capital of France is", true).unwrap();
     let r = generate(
         &model,
         &prompt,

@@ -141,8 +141,10 @@ pub fn compare(
         prompts.extend(text::BUILTIN_PROMPTS.iter().map(|p| p.to_string()));
     }
     prompts.extend(spec.prompts.iter().cloned());
+    // As transformers' `tokenizer(text)`: the first window starts with BOS where the
+    // post-processor adds one.
     let eval_ids = tok
-        .encode(text::EVAL_TEXT)
+        .encode(text::EVAL_TEXT, true)
         .map_err(|source| TextError::Tokenize {
             what: "the evaluation text".into(),
             source,
@@ -151,7 +153,7 @@ pub fn compare(
         prompts: text::encode_prompts(tok, &prompts)?,
         windows: text::windows(&eval_ids, spec.eval_windows, spec.window_tokens),
         gen_tokens: spec.gen_tokens,
-        eos: reference.config().eos_token_ids.clone(),
+        eos: reference.eos_token_ids().to_vec(),
     };
     let report =
         measure(reference.backend(), test.backend(), &plan, progress).map_err(|source| {

@@ -61,12 +61,13 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>, TextError> {
     Ok(prompts)
 }
 
-/// Encodes prompts, failing on one that encodes to nothing.
+/// Encodes prompts as `cllm run` encodes a plain prompt (special tokens added, as transformers'
+/// `tokenizer(text)`), failing on one that encodes to nothing.
 pub fn encode_prompts(tok: &Tokenizer, prompts: &[String]) -> Result<Vec<Vec<u32>>, TextError> {
     prompts
         .iter()
         .map(|p| {
-            let ids = tok.encode(p).map_err(|source| TextError::Tokenize {
+            let ids = tok.encode(p, true).map_err(|source| TextError::Tokenize {
                 what: format!("prompt {p:?}"),
                 source,
             })?;
