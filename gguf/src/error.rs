@@ -142,7 +142,7 @@ pub enum GgufError {
     },
     #[error("missing tensor `{0}`")]
     MissingTensor(String),
-    #[error("unsupported tokenizer model `{0}` (only \"gpt2\" byte-level BPE is supported)")]
+    #[error("unsupported tokenizer model `{0}` (supported: {supported})", supported = crate::tokenizer::SUPPORTED_MODELS)]
     UnsupportedTokenizer(String),
     #[error("unsupported tokenizer pre-tokenizer `{0}`")]
     UnsupportedPreTokenizer(String),

@@ -2,10 +2,17 @@
 //! tensor names, shapes and the rows llama.cpp permuted all come from its tensor table, and the
 //! written `config.json` is checked by the same config mapping the runtime reads.
 //!
+//! llama.cpp's layout changes are undone as transformers' own GGUF loader undoes them, so the
+//! weights are bit-identical to its conversion (dequantized in float32, then rounded to bf16):
+//! the q/k rows of the families its converter permutes ([`Family::gguf_permutes_qk`]), and the
+//! one its converter adds to the norm weights of a family whose norms act as `1 + w`
+//! ([`Family::norm_weight_offset`]: `w - 1` in float32). Phi-3's long-RoPE factor tensors go
+//! into `config.json`.
+//!
 //! Writes `model.safetensors` (bf16), `config.json`, `generation_config.json`,
-//! `tokenizer.json` and `tokenizer_config.json` into a temporary sibling of
-//! the output folder, then renames it into place, so an interrupted import
-//! leaves nothing under the final name.
+//! `tokenizer.json`, `tokenizer_config.json` and, where the file has a chat template,
+//! `chat_template.jinja`, into a temporary sibling of the output folder, then renames it into
+//! place, so an interrupted import leaves nothing under the final name.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -19,10 +26,11 @@ use rayon::prelude::*;
 use safetensors::{Dtype, View};
 use serde_json::json;
 
-use crate::dequant::dequantize_into;
+use crate::dequant::{dequantize, dequantize_into};
 use crate::error::GgufError;
-use crate::reader::{GgufFile, Limits, Metadata, TensorInfo};
-use crate::tokenizer::build_hf_tokenizer;
+use crate::hparams::{config_json, optional_u64, ConfigFacts, HyperParams};
+use crate::reader::{GgufFile, Limits, TensorInfo};
+use crate::tokenizer::{build_hf_tokenizer, token_type};
 use crate::types::GgmlType;
 
 /// What [`import`] wrote.
@@ -32,6 +40,8 @@ pub struct ImportSummary {
     pub tensors: usize,
     /// `general.architecture`.
     pub architecture: String,
+    /// The family the model was imported as (`model_type` in `config.json`).
+    pub family: Family,
     /// Total size of the files written.
     pub bytes_written: u64,
     /// The output folder.
@@ -42,8 +52,12 @@ pub struct ImportSummary {
     pub tie_word_embeddings: bool,
     /// Number of tokens.
     pub vocab_size: usize,
+    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE) or `llama` (SentencePiece BPE).
+    pub tokenizer_model: String,
     /// Number of BPE merges.
     pub n_merges: usize,
+    /// Whether the merges were derived from the token scores (the file had none).
+    pub merges_derived: bool,
     /// `tokenizer.ggml.pre`, which chose the pre-tokenizer.
     pub pre_tokenizer: String,
     /// Things that were skipped or guessed.
@@ -55,122 +69,6 @@ pub struct ImportSummary {
 pub struct ImportOptions {
     /// Parser limits.
     pub limits: Limits,
-}
-
-/// Hyper-parameters of a model, from the `<architecture>.*` metadata.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HyperParams {
-    pub n_layer: u64,
-    pub n_embd: u64,
-    pub n_ff: u64,
-    pub n_head: u64,
-    pub n_head_kv: u64,
-    pub head_dim: u64,
-    pub n_ctx: Option<u64>,
-    pub rope_theta: f64,
-    pub rms_norm_eps: f64,
-}
-
-fn required_u64(md: &Metadata<'_>, key: &str) -> Result<u64, GgufError> {
-    let v = md.get(key).ok_or_else(|| GgufError::MissingMetadata {
-        key: key.to_string(),
-    })?;
-    v.as_u64().ok_or_else(|| GgufError::WrongMetadataType {
-        key: key.to_string(),
-        expected: "unsigned integer",
-        found: v.type_description(),
-    })
-}
-
-fn optional_u64(md: &Metadata<'_>, key: &str) -> Result<Option<u64>, GgufError> {
-    match md.get(key) {
-        None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| GgufError::WrongMetadataType {
-                key: key.to_string(),
-                expected: "unsigned integer",
-                found: v.type_description(),
-            }),
-    }
-}
-
-fn optional_f64(md: &Metadata<'_>, key: &str) -> Result<Option<f64>, GgufError> {
-    match md.get(key) {
-        None => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| GgufError::WrongMetadataType {
-                key: key.to_string(),
-                expected: "float",
-                found: v.type_description(),
-            }),
-    }
-}
-
-fn nonzero(key: &str, v: u64) -> Result<u64, GgufError> {
-    if v == 0 {
-        Err(GgufError::BadMetadataValue {
-            key: key.to_string(),
-            reason: "must not be zero".into(),
-        })
-    } else {
-        Ok(v)
-    }
-}
-
-impl HyperParams {
-    /// Reads `<arch>.*` hyper-parameters.
-    pub fn from_metadata(md: &Metadata<'_>, arch: &str) -> Result<Self, GgufError> {
-        let k = |s: &str| format!("{arch}.{s}");
-        let n_layer = required_u64(md, &k("block_count"))?;
-        let n_embd = nonzero(
-            &k("embedding_length"),
-            required_u64(md, &k("embedding_length"))?,
-        )?;
-        let n_ff = required_u64(md, &k("feed_forward_length"))?;
-        let n_head = nonzero(
-            &k("attention.head_count"),
-            required_u64(md, &k("attention.head_count"))?,
-        )?;
-        let n_head_kv = match optional_u64(md, &k("attention.head_count_kv"))? {
-            Some(v) => nonzero(&k("attention.head_count_kv"), v)?,
-            None => n_head,
-        };
-        if n_head % n_head_kv != 0 {
-            return Err(GgufError::BadMetadataValue {
-                key: k("attention.head_count_kv"),
-                reason: format!("{n_head_kv} does not divide the head count {n_head}"),
-            });
-        }
-        let head_dim = match optional_u64(md, &k("attention.key_length"))? {
-            Some(v) => v,
-            None => match optional_u64(md, &k("rope.dimension_count"))? {
-                Some(v) => v,
-                None => n_embd / n_head,
-            },
-        };
-        let head_dim = nonzero(&k("attention.key_length"), head_dim)?;
-        if head_dim % 2 != 0 {
-            return Err(GgufError::BadMetadataValue {
-                key: k("rope.dimension_count"),
-                reason: format!("head dimension {head_dim} is odd"),
-            });
-        }
-        Ok(HyperParams {
-            n_layer,
-            n_embd,
-            n_ff,
-            n_head,
-            n_head_kv,
-            head_dim,
-            n_ctx: optional_u64(md, &k("context_length"))?,
-            rope_theta: optional_f64(md, &k("rope.freq_base"))?.unwrap_or(10_000.0),
-            rms_norm_eps: optional_f64(md, &k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
-        })
-    }
 }
 
 /// How a tensor's rows must be reordered on the way out.
@@ -187,9 +85,9 @@ pub enum RowPermutation {
 /// The Hugging Face name of a llama.cpp tensor, and the row permutation to undo in a family
 /// whose q and k rows llama.cpp permutes ([`Family::gguf_permutes_qk`]); `None` for names the
 /// model description does not know.
-pub fn hf_tensor_name(gguf_name: &str) -> Option<(String, RowPermutation)> {
-    let id = TensorId::parse_gguf(gguf_name)?;
-    let perm = match id.module.gguf_rows() {
+pub fn hf_tensor_name(gguf_name: &str, family: Family) -> Option<(String, RowPermutation)> {
+    let id = TensorId::parse_gguf(gguf_name, family)?;
+    let perm = match id.module.gguf_rows().filter(|_| family.gguf_permutes_qk()) {
         Some(RopeRows::Query) => RowPermutation::Query,
         Some(RopeRows::Key) => RowPermutation::Key,
         None => RowPermutation::None,
@@ -269,6 +167,18 @@ pub fn f32_to_bf16_bytes(values: &[f32]) -> Vec<u8> {
     out
 }
 
+/// What is done to a tensor's float32 values before they are rounded to bf16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undo {
+    /// Nothing.
+    Keep,
+    /// llama.cpp's rotary permutation of the q or k rows, with this many heads.
+    Unpermute(usize),
+    /// The one llama.cpp's converter added to a `1 + w` norm: `w - 1` in float32, as
+    /// transformers' `Gemma2TensorProcessor` subtracts it.
+    SubtractOne,
+}
+
 /// One output tensor, converted when safetensors asks for its bytes.
 struct LazyBf16<'a> {
     name: &'a str,
@@ -276,8 +186,7 @@ struct LazyBf16<'a> {
     ty: GgmlType,
     shape: Vec<usize>,
     n_elements: usize,
-    /// Heads of the Q/K permutation to undo.
-    unpermute_heads: Option<usize>,
+    undo: Undo,
     /// The first conversion error (the file written alongside is discarded).
     error: &'a Mutex<Option<GgufError>>,
 }
@@ -292,16 +201,20 @@ impl LazyBf16<'_> {
             },
             e => e,
         })?;
-        if let Some(n_head) = self.unpermute_heads {
-            let rows = self.shape.first().copied().unwrap_or(0);
-            let cols = self.shape.iter().skip(1).product::<usize>();
-            f = unpermute_rows(&f, rows, cols, n_head).ok_or_else(|| {
-                GgufError::BadTensorShape {
-                    tensor: self.name.to_string(),
-                    shape: self.shape.iter().map(|&d| d as u64).collect(),
-                    reason: format!("the rotary permutation with {n_head} heads"),
-                }
-            })?;
+        match self.undo {
+            Undo::Keep => {}
+            Undo::Unpermute(n_head) => {
+                let rows = self.shape.first().copied().unwrap_or(0);
+                let cols = self.shape.iter().skip(1).product::<usize>();
+                f = unpermute_rows(&f, rows, cols, n_head).ok_or_else(|| {
+                    GgufError::BadTensorShape {
+                        tensor: self.name.to_string(),
+                        shape: self.shape.iter().map(|&d| d as u64).collect(),
+                        reason: format!("the rotary permutation with {n_head} heads"),
+                    }
+                })?;
+            }
+            Undo::SubtractOne => f.par_iter_mut().for_each(|x| *x -= 1.0),
         }
         Ok(f32_to_bf16_bytes(&f))
     }
@@ -334,7 +247,7 @@ struct Planned<'f> {
     hf_name: String,
     info: &'f TensorInfo,
     shape: Vec<usize>,
-    unpermute_heads: Option<usize>,
+    undo: Undo,
 }
 
 fn usize_of(tensor: &str, v: u64) -> Result<usize, GgufError> {
@@ -343,26 +256,62 @@ fn usize_of(tensor: &str, v: u64) -> Result<usize, GgufError> {
     })
 }
 
-/// Each tensor of the file by what it is (the model description's llama.cpp names), skipping
-/// `rope_freqs.weight` with a warning.
+/// Phi-3's long-RoPE factors, which become `rope_scaling` in `config.json`.
+const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
+const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
+
+/// Each tensor of the file by what it is (the model description's llama.cpp names for
+/// `family`), leaving out the RoPE tensors that are configuration, not weights:
+/// `rope_freqs.weight` (with a warning) and Phi-3's factors (read by [`rope_factors`]).
 fn tensor_ids<'f>(
     file: &'f GgufFile<'_>,
+    family: Family,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<(&'f TensorInfo, TensorId)>, GgufError> {
     let mut out = Vec::with_capacity(file.tensors().len());
     for t in file.tensors() {
-        if t.name == "rope_freqs.weight" {
-            warnings.push(
-                "skipped rope_freqs.weight (llama3 rope scaling factors are not carried over)"
-                    .into(),
-            );
-            continue;
+        match t.name.as_str() {
+            "rope_freqs.weight" => {
+                warnings.push(
+                    "skipped rope_freqs.weight (llama3 rope scaling factors are not carried over)"
+                        .into(),
+                );
+                continue;
+            }
+            ROPE_FACTORS_LONG | ROPE_FACTORS_SHORT if family == Family::Phi3 => continue,
+            _ => {}
         }
-        let id = TensorId::parse_gguf(&t.name)
-            .ok_or_else(|| GgufError::UnknownTensorName(t.name.clone()))?;
+        let id = TensorId::parse_gguf(&t.name, family).ok_or_else(|| {
+            GgufError::UnknownTensorName(format!("{} (in a {} model)", t.name, family.gguf()))
+        })?;
         out.push((t, id));
     }
     Ok(out)
+}
+
+/// Phi-3's `rope_factors_long.weight` and `rope_factors_short.weight`, both or neither.
+fn rope_factors(file: &GgufFile<'_>) -> Result<Option<(Vec<f32>, Vec<f32>)>, GgufError> {
+    let read = |name: &str| -> Result<Option<Vec<f32>>, GgufError> {
+        let Some(t) = file.tensor(name) else {
+            return Ok(None);
+        };
+        let n = usize_of(name, t.shape().iter().product())?;
+        dequantize(t.ggml_type, file.tensor_data(t), n)
+            .map(Some)
+            .map_err(|e| match e {
+                GgufError::UnsupportedTensorType { ty, .. } => GgufError::UnsupportedTensorType {
+                    tensor: name.to_string(),
+                    ty,
+                },
+                e => e,
+            })
+    };
+    match (read(ROPE_FACTORS_LONG)?, read(ROPE_FACTORS_SHORT)?) {
+        (Some(l), Some(s)) => Ok(Some((l, s))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(GgufError::MissingTensor(ROPE_FACTORS_SHORT.into())),
+        (None, Some(_)) => Err(GgufError::MissingTensor(ROPE_FACTORS_LONG.into())),
+    }
 }
 
 /// Maps and checks every tensor against the shapes `cfg` gives it, and that the model is
@@ -374,6 +323,7 @@ fn plan<'f>(
 ) -> Result<Vec<Planned<'f>>, GgufError> {
     let mut out = Vec::with_capacity(tensors.len());
     let mut seen = HashMap::new();
+    let family = cfg.family;
     for &(t, id) in tensors {
         if let Some(layer) = id.layer {
             if layer as u64 >= p.n_layer {
@@ -398,29 +348,32 @@ fn plan<'f>(
                 shape: shape_u64,
                 reason: format!(
                     "the expected shape {expected:?} from the {}.* metadata",
-                    cfg.family.gguf()
+                    family.gguf()
                 ),
             });
         }
-        let unpermute_heads = match id
-            .module
-            .gguf_rows()
-            .filter(|_| cfg.family.gguf_permutes_qk())
-        {
+        let heads = match id.module.gguf_rows().filter(|_| family.gguf_permutes_qk()) {
             None => None,
             Some(RopeRows::Query) => Some(usize_of(&t.name, p.n_head)?),
             Some(RopeRows::Key) => Some(usize_of(&t.name, p.n_head_kv)?),
         };
-        if let Some(h) = unpermute_heads {
-            let rows = shape_u64.first().copied().unwrap_or(0);
-            if rows % (2 * h as u64) != 0 {
-                return Err(GgufError::BadTensorShape {
-                    tensor: t.name.clone(),
-                    shape: shape_u64,
-                    reason: format!("the rotary permutation with {h} heads"),
-                });
+        let undo = match heads {
+            Some(h) => {
+                let rows = shape_u64.first().copied().unwrap_or(0);
+                if rows % (2 * h as u64) != 0 {
+                    return Err(GgufError::BadTensorShape {
+                        tensor: t.name.clone(),
+                        shape: shape_u64,
+                        reason: format!("the rotary permutation with {h} heads"),
+                    });
+                }
+                Undo::Unpermute(h)
             }
-        }
+            None if family.norm_weight_offset() && id.module.role() == Role::Norm => {
+                Undo::SubtractOne
+            }
+            None => Undo::Keep,
+        };
         let shape = shape_u64
             .iter()
             .map(|&d| usize_of(&t.name, d))
@@ -435,17 +388,46 @@ fn plan<'f>(
             hf_name,
             info: t,
             shape,
-            unpermute_heads,
+            undo,
         });
     }
     // Every tensor the config's model has must be there.
     for spec in cfg.tensors() {
         if !seen.contains_key(&spec.name) {
-            return Err(GgufError::MissingTensor(spec.name));
+            return Err(GgufError::MissingTensor(format!(
+                "{} ({})",
+                spec.id.gguf_name(family),
+                spec.name
+            )));
         }
     }
     Ok(out)
 }
+
+/// The family a GGUF architecture is imported as. llama.cpp writes Mistral's models (v0.1 to
+/// v0.3) as `llama`, with no sliding window (it runs them with full attention): those whose
+/// `general.name` says Mistral become a `mistral` config (as transformers' loader does for
+/// the name "mistral") with `sliding_window` null, the same computation.
+fn family_of(arch: &str, name: Option<&str>) -> Result<Family, GgufError> {
+    let family = Family::from_gguf(arch)
+        .ok_or_else(|| GgufError::UnsupportedArchitecture(arch.to_string()))?;
+    let mistral = name.is_some_and(|n| n.to_ascii_lowercase().contains("mistral"));
+    Ok(if family == Family::Llama && mistral {
+        Family::Mistral
+    } else {
+        family
+    })
+}
+
+/// Control tokens llama.cpp stops generation at whatever the file's ids say (its
+/// end-of-generation list in `llama-vocab.cpp`, the end-of-turn entries).
+const END_OF_TURN: [&str; 5] = [
+    "<end_of_turn>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<|end|>",
+];
 
 /// Checks that `out_dir` is absent or an empty folder.
 fn check_out_dir(out_dir: &Path) -> Result<(), GgufError> {
@@ -500,69 +482,48 @@ pub fn import_with(
         .ok_or_else(|| GgufError::MissingMetadata {
             key: "general.architecture".into(),
         })?;
-    let family = Family::from_gguf(arch)
-        .ok_or_else(|| GgufError::UnsupportedArchitecture(arch.to_string()))?;
-    let p = HyperParams::from_metadata(md, arch)?;
+    let family = family_of(arch, md.get_str("general.name"))?;
+    let p = HyperParams::from_metadata(md, arch, family)?;
     let mut warnings = Vec::new();
 
     let tok = build_hf_tokenizer(md, p.n_ctx)?;
+    let tensors = tensor_ids(&gguf, family, &mut warnings)?;
+    let find = |m: Module| tensors.iter().find(|(_, id)| id.module == m).map(|(t, _)| *t);
     let vocab_size = match optional_u64(md, &format!("{arch}.vocab_size"))? {
         Some(v) => v,
-        None => tok.vocab_size as u64,
+        // llama.cpp pads the vocabulary to the embedding's rows; the rows are the model's.
+        None => match find(Module::Embed) {
+            Some(t) => t.shape().first().copied().unwrap_or(0),
+            None => tok.vocab_size as u64,
+        },
     };
     if vocab_size != tok.vocab_size as u64 {
         warnings.push(format!(
-            "{arch}.vocab_size is {vocab_size} but the tokenizer has {} tokens",
+            "the model has {vocab_size} token embeddings but the tokenizer {} tokens",
             tok.vocab_size
         ));
     }
-    if let Some(t) = md.get_str(&format!("{arch}.rope.scaling.type")) {
-        if t != "none" {
-            warnings.push(format!(
-                "{arch}.rope.scaling.type = {t:?} is not carried into config.json"
-            ));
-        }
-    }
 
-    let tensors = tensor_ids(&gguf, &mut warnings)?;
     let has = |f: &dyn Fn(&TensorId) -> bool| tensors.iter().any(|(_, id)| f(id));
     let tied = !has(&|id| id.module == Module::LmHead);
-    // A bias on the o projection means every attention projection has one (`attention_bias`);
-    // q/k/v biases alone are the family's own (Qwen2) or taken where present.
-    let has_attn_bias = has(&|id| id.module == Module::OProj && id.part == Part::Bias);
-    let has_mlp_bias = has(&|id| id.module.role() == Role::Mlp && id.part == Part::Bias);
-
     let token = |key: &str| md.get_u64(key);
-    let bos = token("tokenizer.ggml.bos_token_id");
-    let eos = token("tokenizer.ggml.eos_token_id");
-    let pad = token("tokenizer.ggml.padding_token_id");
-    let config = json!({
-        "architectures": [family.class()],
-        "model_type": family.model_type(),
-        "hidden_size": p.n_embd,
-        "intermediate_size": p.n_ff,
-        "num_hidden_layers": p.n_layer,
-        "num_attention_heads": p.n_head,
-        "num_key_value_heads": p.n_head_kv,
-        "head_dim": p.head_dim,
-        "rms_norm_eps": p.rms_norm_eps,
-        "rope_theta": p.rope_theta,
-        "rope_scaling": null,
-        "max_position_embeddings": p.n_ctx.unwrap_or(2048),
-        "vocab_size": vocab_size,
-        "tie_word_embeddings": tied,
-        "bos_token_id": bos,
-        "eos_token_id": eos,
-        "pad_token_id": pad,
-        "torch_dtype": "bfloat16",
-        "hidden_act": "silu",
-        "attention_bias": has_attn_bias,
-        "attention_dropout": 0.0,
-        "mlp_bias": has_mlp_bias,
-        "initializer_range": 0.02,
-        "pretraining_tp": 1,
-        "use_cache": true,
-    });
+    let facts = ConfigFacts {
+        vocab_size,
+        tied,
+        // A bias on the o projection means every attention projection has one
+        // (`attention_bias`); q/k/v biases alone are the family's own (Qwen2).
+        attention_bias: has(&|id| id.module == Module::OProj && id.part == Part::Bias),
+        mlp_bias: has(&|id| id.module.role() == Role::Mlp && id.part == Part::Bias),
+        bos: token("tokenizer.ggml.bos_token_id"),
+        eos: token("tokenizer.ggml.eos_token_id"),
+        pad: token("tokenizer.ggml.padding_token_id"),
+        rope_factors: if family == Family::Phi3 {
+            rope_factors(&gguf)?
+        } else {
+            None
+        },
+    };
+    let config = config_json(md, arch, family, &p, &facts, &mut warnings)?;
     // The config the runtime will read; its tensor table checks every tensor below.
     let cfg =
         ModelConfig::from_json(&config.to_string()).map_err(|e| GgufError::BadMetadataValue {
@@ -576,11 +537,29 @@ pub fn import_with(
             .entry(pl.info.ggml_type.name().to_string())
             .or_default() += 1;
     }
+
+    // generation_config.json: the file's EOS and end-of-turn ids, and the end-of-turn control
+    // tokens llama.cpp stops at by their text.
+    let mut eos_ids = tok.eos_ids.clone();
+    if let (Some(tokens), Some(types)) = (
+        md.get_array("tokenizer.ggml.tokens").and_then(|a| a.as_strs()),
+        md.get_array("tokenizer.ggml.token_type").and_then(|a| a.to_i64_vec()),
+    ) {
+        for (id, (t, ty)) in tokens.iter().zip(types).enumerate() {
+            if ty == token_type::CONTROL && END_OF_TURN.contains(t) && !eos_ids.contains(&(id as u32)) {
+                eos_ids.push(id as u32);
+            }
+        }
+    }
     let mut generation_config = json!({
-        "bos_token_id": bos,
-        "eos_token_id": eos,
+        "bos_token_id": facts.bos,
+        "eos_token_id": match eos_ids.as_slice() {
+            [] => json!(null),
+            [one] => json!(one),
+            many => json!(many),
+        },
     });
-    if let (Some(obj), Some(pad)) = (generation_config.as_object_mut(), pad) {
+    if let (Some(obj), Some(pad)) = (generation_config.as_object_mut(), facts.pad) {
         obj.insert("pad_token_id".into(), json!(pad));
     }
 
@@ -610,7 +589,7 @@ pub fn import_with(
                 ty: pl.info.ggml_type,
                 shape: pl.shape.clone(),
                 n_elements: pl.shape.iter().product(),
-                unpermute_heads: pl.unpermute_heads,
+                undo: pl.undo,
                 error: &error,
             };
             (pl.hf_name.clone(), view)
@@ -631,6 +610,10 @@ pub fn import_with(
     write_json(dir, "generation_config.json", &generation_config)?;
     write_file(dir, "tokenizer.json", tok.tokenizer_json.as_bytes())?;
     write_json(dir, "tokenizer_config.json", &tok.tokenizer_config)?;
+    if let Some(t) = &tok.chat_template {
+        // transformers 5 keeps the template in its own file.
+        write_file(dir, "chat_template.jinja", t.as_bytes())?;
+    }
 
     // safetensors writes through a private (0600) temporary file: give the
     // weights the same permissions as the other files (umask applied).
@@ -663,12 +646,15 @@ pub fn import_with(
     Ok(ImportSummary {
         tensors: n_tensors,
         architecture: arch.to_string(),
+        family,
         bytes_written,
         out_dir: out_dir.to_path_buf(),
         source_types,
         tie_word_embeddings: tied,
         vocab_size: tok.vocab_size,
+        tokenizer_model: tok.model,
         n_merges: tok.n_merges,
+        merges_derived: tok.merges_derived,
         pre_tokenizer: tok.pre,
         warnings,
     })
@@ -680,7 +666,7 @@ mod tests {
 
     #[test]
     fn names() {
-        let m = hf_tensor_name;
+        let m = |n: &str| hf_tensor_name(n, Family::Llama);
         assert_eq!(
             m("token_embd.weight"),
             Some(("model.embed_tokens.weight".into(), RowPermutation::None))

@@ -8,20 +8,26 @@
 //!   Q5_K and Q6_K blocks to f32.
 //! * [`import`] writes a Hugging Face folder (bf16 `model.safetensors`,
 //!   `config.json`, `generation_config.json`, `tokenizer.json`,
-//!   `tokenizer_config.json`) from a GGUF of any family `cllm-model` describes
-//!   (its names, shapes and permuted rows come from that description).
+//!   `tokenizer_config.json`, `chat_template.jinja`) from a GGUF of any family
+//!   `cllm-model` describes (its names, shapes, permuted rows and norm offsets
+//!   come from that description; [`HyperParams`] and the `hparams` module map
+//!   each family's hyper-parameters to its transformers `config.json`).
+//! * [`tokenizer`] rebuilds `tokenizer.json` from `tokenizer.ggml.*`: byte-level
+//!   BPE (`gpt2`) and SentencePiece BPE with byte fallback (`llama`).
 
 pub mod dequant;
 mod error;
+mod hparams;
 mod import;
 mod reader;
 pub mod tokenizer;
 mod types;
 
 pub use error::GgufError;
+pub use hparams::HyperParams;
 pub use import::{
     f32_to_bf16_bytes, hf_tensor_name, import, import_with, permute_rows, unpermute_rows,
-    HyperParams, ImportOptions, ImportSummary, RowPermutation,
+    ImportOptions, ImportSummary, RowPermutation,
 };
 pub use reader::{
     GgufFile, Limits, MetaArray, MetaValue, Metadata, TensorInfo, ValueType, DEFAULT_ALIGNMENT,
