@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: the `cllm` binary, synthetic fixture folders, the
 //! reference figures in `fixtures/reference`, and the real model (fetched on first use).
 
+pub mod gguf_families;
 pub mod reference;
 
 use std::path::{Path, PathBuf};
