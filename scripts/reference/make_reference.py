@@ -17,10 +17,11 @@ deterministic algorithms) and writes OUT_DIR/reference.json: for each prompt of 
   (top-1 logit minus top-2 logit, in float32). Position i's logits predict token i + 1.
 
 Also recorded: the torch and transformers versions, the folder's `model_type`, the SHA-256 of
-every weight file read, and (with --synth-*) the `cllm synth` command that made FOLDER, so a test
-can rebuild exactly that folder. Floats are the shortest decimal that reads back as the same
-float32, keys are sorted and the layout is fixed, so a rerun on the same machine reproduces the
-file byte for byte (another CPU may differ in the last bits of a logit).
+every weight file read (`files`) and of the config and tokenizer files (`config_files`), and
+(with --synth-*) the `cllm synth` command that made FOLDER, so a test can rebuild exactly that
+folder. Floats are the shortest decimal that reads back as the same float32, keys are sorted and
+the layout is fixed, so a rerun on the same machine reproduces the file byte for byte (another
+CPU may differ in the last bits of a logit).
 
 With --gguf-file NAME, the model and tokenizer are loaded through transformers' own GGUF
 conversion (`from_pretrained(FOLDER, gguf_file=NAME)`).
@@ -109,6 +110,18 @@ def weight_files(folder, gguf_file):
     if not files:
         sys.exit(f"{folder}: no safetensors files")
     return files
+
+
+# The folder's other files that shape the figures (config, tokenizer), hashed where present.
+CONFIG_FILES = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+]
 
 
 def ids_of(encoded):
@@ -242,6 +255,9 @@ def main():
         },
         "model_type": model_type,
         "files": {name: sha256_file(folder / name) for name in weight_files(folder, args.gguf_file)},
+        "config_files": {
+            name: sha256_file(folder / name) for name in CONFIG_FILES if (folder / name).is_file()
+        },
         "gguf_file": args.gguf_file,
         "new_tokens": NEW_TOKENS,
         "top_k": TOP_K,

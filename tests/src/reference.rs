@@ -29,6 +29,9 @@ pub struct Reference {
     pub model_type: String,
     /// SHA-256 (hex) of every weight file transformers read, by file name.
     pub files: BTreeMap<String, String>,
+    /// SHA-256 (hex) of the folder's config and tokenizer files, by file name.
+    #[serde(default)]
+    pub config_files: BTreeMap<String, String>,
     /// The GGUF file transformers converted, if it loaded one.
     #[serde(default)]
     pub gguf_file: Option<String>,
@@ -117,10 +120,10 @@ pub fn reference_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Checks that `folder` holds the weight files the reference was made from, byte for byte:
-/// `Err` names the first file that is missing or differs.
+/// Checks that `folder` holds the weight, config and tokenizer files the reference was made
+/// from, byte for byte: `Err` names the first file that is missing or differs.
 pub fn check_files(folder: &Path, reference: &Reference) -> Result<(), String> {
-    for (name, want) in &reference.files {
+    for (name, want) in reference.files.iter().chain(&reference.config_files) {
         let bytes = std::fs::read(folder.join(name))
             .map_err(|e| format!("{}: {e}", folder.join(name).display()))?;
         let got: String = Sha256::digest(&bytes)

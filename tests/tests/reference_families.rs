@@ -72,7 +72,14 @@ fn synthetic_families_match_transformers_on_the_cpu() {
                 .map(|f| format!("{label}: {f}")),
         );
     }
-    for want in ["tiny", "tiny-qwen2"] {
+    for want in [
+        "tiny",
+        "tiny-qwen2",
+        "tiny-mistral",
+        "tiny-qwen3",
+        "tiny-gemma3",
+        "tiny-phi3",
+    ] {
         assert!(
             shapes.iter().any(|s| s == want),
             "no reference for shape {want} under {}",
