@@ -23,6 +23,11 @@ impl<'c, W: Shaped> Tensors<'c, W> {
         Tensors { cfg, map }
     }
 
+    /// The config the tensors are checked against.
+    pub fn config(&self) -> &'c ModelConfig {
+        self.cfg
+    }
+
     /// Removes tensor `id`, checking its shape; names it when missing or misshapen.
     pub fn take(&mut self, id: TensorId) -> Result<(String, W), ModelError> {
         let name = id.hf_name();

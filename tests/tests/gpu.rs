@@ -542,8 +542,26 @@ fn gpu_synthetic_models_match_cpu_with_long_contexts() {
     let tied = cllm_tests::synth_model(tmp.path(), "tiny-mha", cllm_format::Dtype::F32, 0, 4);
     // Qwen2's family flags: q/k/v biases (the GEMV epilogues add them), tied embeddings.
     let qwen = cllm_tests::synth_model(tmp.path(), "tiny-qwen2", cllm_format::Dtype::Bf16, 0, 8);
+    // Every other family's variants: windows (Mistral, Gemma 3, Phi-3), q/k norms and RoPE
+    // outside the QKV launch (Qwen3, Gemma 3), four norms, GeGLU, scaled embedding and per-layer
+    // RoPE (Gemma 3), fused projections taken as row ranges, partial rotary and longrope past
+    // its original length (Phi-3).
+    let families: Vec<_> = ["tiny-mistral", "tiny-qwen3", "tiny-gemma3", "tiny-phi3"]
+        .iter()
+        .enumerate()
+        .map(|(i, shape)| {
+            cllm_tests::synth_model(tmp.path(), shape, cllm_format::Dtype::Bf16, 0, 20 + i as u64)
+        })
+        .collect();
+    let family_packs = || {
+        vec![
+            vec!["--policy", "lossless"],
+            vec!["--policy", "all-linear"],
+            vec!["--policy", "mlp-only", "--quant", "int4"],
+        ]
+    };
     let mut rng = Rng(5);
-    for (src, packs) in [
+    let mut sources = vec![
         (
             &small,
             vec![
@@ -572,7 +590,9 @@ fn gpu_synthetic_models_match_cpu_with_long_contexts() {
                 vec!["--policy", "all-linear", "--quant", "int8-row"],
             ],
         ),
-    ] {
+    ];
+    sources.extend(families.iter().map(|f| (f, family_packs())));
+    for (src, packs) in sources {
         let cfg: Value =
             serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
         let vocab = cfg["vocab_size"].as_u64().unwrap();

@@ -20,17 +20,22 @@
 //
 // Modes (the unit -> rows mapping and the epilogue):
 //   QKV:    units are (row, row + head_dim/2) pairs of the q, k, v projections; the epilogue
-//           applies the norm, the bias, RoPE (rotate-half, q and k) and writes q to `out`, k and
-//           v to the layer's KV cache at the token's position.
+//           applies the norm, the bias, RoPE (rotate-half, q and k; left to the head_norm_rope
+//           launch of misc.cu where `rope_cos` is null) and writes q to `out`, k and v to the
+//           layer's KV cache at the token's position.
 //   RESID:  units are rows (2u, 2u+1); h += W x (+ bias); xw = w_next_norm * h; block partials
 //           of h^2 for the next norm.
-//   GATEUP: units are (gate row u, up row u); act = silu(g) * u.
+//   GATEUP: units are (gate row u, up row u); act = silu(g) * u, or gelu_tanh(g) * u (`act`).
 //   LOGITS: units are rows (2u, 2u+1); logits = inv * W x, and a running argmax per token.
 
 #define MODE_QKV 0
 #define MODE_RESID 1
 #define MODE_GATEUP 2
 #define MODE_LOGITS 3
+
+// GATEUP's activation (`act`).
+#define ACT_SILU 0
+#define ACT_GELU_TANH 1
 
 // Must match `GemvArgs` in kernels/src/cuda/gemv.rs.
 struct GemvArgs {
@@ -66,6 +71,8 @@ struct GemvArgs {
     int pipe;                 // one token: 0 or 1 = batches of 8 vectors per row, loaded after
                               // each batch's products; 2 / 3 = batches of 4 / 2, the next batch's
                               // loads issued before this batch's products (same order, same bits)
+    int act;                  // GATEUP: ACT_SILU or ACT_GELU_TANH
+    int pad_;
 };
 
 // One-token launches whose weights include a float form may get a copy of the token's x in
@@ -466,6 +473,14 @@ __device__ __forceinline__ void row_dots2(const WDesc* wa, int ra, const WDesc* 
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 
+// GELU's tanh approximation, in PyTorch's order: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+__device__ __forceinline__ float gelu_tanh(float x) {
+    const float beta = 0.7978845608028654f, kappa = 0.044715f;
+    const float cube = __fmul_rn(__fmul_rn(x, x), x);
+    const float inner = __fmul_rn(beta, __fadd_rn(x, __fmul_rn(kappa, cube)));
+    return __fmul_rn(__fmul_rn(0.5f, x), __fadd_rn(1.0f, tanhf(inner)));
+}
+
 // Unit `unit`'s two rows and their weights (see the modes above); seg: QKV's q, k or v.
 __device__ __forceinline__ void unit_rows(const GemvArgs& a, int unit, int& seg, int& ra, int& rb,
                                           const WDesc*& wa, const WDesc*& wb) {
@@ -550,7 +565,7 @@ __device__ __forceinline__ void epi_load(const GemvArgs& a, int tok, int pos, in
             in.b = h[rb];
             in.d = a.norm_next[rb];
         }
-    } else if (a.mode == MODE_QKV && seg < 2) {
+    } else if (a.mode == MODE_QKV && seg < 2 && a.rope_cos != 0) {
         const size_t at = (size_t)pos * (a.head_dim >> 1) + ra % a.head_dim;
         in.a = a.rope_cos[at];
         in.b = a.rope_sin[at];
@@ -573,7 +588,7 @@ __device__ __forceinline__ void epi_store(const GemvArgs& a, int tok, int pos, i
     if (a.mode == MODE_QKV) {
         const int half = a.head_dim >> 1;
         const int i = ra % a.head_dim;
-        if (seg < 2) {
+        if (seg < 2 && a.rope_cos != 0) {
             const float na = __fsub_rn(__fmul_rn(ya, in.a), __fmul_rn(yb, in.b));
             const float nb = __fadd_rn(__fmul_rn(yb, in.a), __fmul_rn(ya, in.b));
             ya = na; yb = nb;
@@ -602,7 +617,8 @@ __device__ __forceinline__ void epi_store(const GemvArgs& a, int tok, int pos, i
             sq = sq + hb * hb;
         }
     } else if (a.mode == MODE_GATEUP) {
-        a.out[(size_t)tok * a.out_stride + ra] = silu(ya) * yb;
+        const float g = a.act == ACT_GELU_TANH ? gelu_tanh(ya) : silu(ya);
+        a.out[(size_t)tok * a.out_stride + ra] = g * yb;
     } else {
         float* o = a.out + (size_t)tok * a.out_stride;
         o[ra] = ya;

@@ -84,6 +84,17 @@ pub struct GemvArgs {
     /// One token: how the weights stream (`pipe` in gemv.cu: 1 batches of 8 vectors per row,
     /// 2 / 3 pipelined batches of 4 / 2); 0 lets the launcher choose ([`gemv_pipe`]).
     pub pipe: i32,
+    /// GateUp's activation ([`GateAct`]).
+    pub act: i32,
+    pub pad_: i32,
+}
+
+/// The activation a [`GemvMode::GateUp`] launch applies (`act` in gemv.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum GateAct {
+    Silu = 0,
+    GeluTanh = 1,
 }
 
 // SAFETY: #[repr(C)] twin of gemv.cu's `struct GemvArgs` (checked by
@@ -91,7 +102,7 @@ pub struct GemvArgs {
 unsafe impl KernelArgs for GemvArgs {}
 
 // The .cu structs have these sizes (checked by `layouts_match_the_cuda_structs`).
-const _: () = assert!(std::mem::size_of::<GemvArgs>() == 320);
+const _: () = assert!(std::mem::size_of::<GemvArgs>() == 328);
 
 /// Tokens per GEMV block for a batch of `ntok`: 8 for prefill, 1 for decode. Any choice gives
 /// each token the same bits.
@@ -496,6 +507,7 @@ mod tests {
         assert_eq!(&a.xq as *const _ as usize - base, 248);
         assert_eq!(&a.mode as *const _ as usize - base, 264);
         assert_eq!(&a.ksplit as *const _ as usize - base, 312);
+        assert_eq!(&a.act as *const _ as usize - base, 320);
         assert_eq!(tokens_per_block(1), 1);
         assert_eq!(tokens_per_block(5), 4);
         assert_eq!(tokens_per_block(100), 8);

@@ -9,7 +9,7 @@ use cllm_format::WeightForm;
 
 use super::attention::AttnArgs;
 use super::gemv::{own_kernel, streams, GemvArgs, MMA_TOKENS, TOKENS};
-use super::misc::{EmbedArgs, HashArgs, ReadArgs};
+use super::misc::{EmbedArgs, HashArgs, HeadArgs, NormResidArgs, ReadArgs};
 use super::program::{
     defines_from_env, mixed_kernel_name, mma_kernel_name, own_kernel_name, program,
     stream_kernel_name,
@@ -36,6 +36,8 @@ pub(crate) struct Funcs {
     pub x_pieces: Kernel<GemvArgs>,
     pub attention: Kernel<AttnArgs>,
     pub embed: Kernel<EmbedArgs>,
+    pub head_norm_rope: Kernel<HeadArgs>,
+    pub norm_residual: Kernel<NormResidArgs>,
     pub sample: Kernel<SampleArgs>,
     pub hash_words: Kernel<HashArgs>,
     pub read_bw: Kernel<ReadArgs>,
@@ -66,6 +68,8 @@ impl Funcs {
             x_pieces: m.kernel("x_pieces")?,
             attention: m.kernel("attention")?,
             embed: m.kernel("embed")?,
+            head_norm_rope: m.kernel("head_norm_rope")?,
+            norm_residual: m.kernel("norm_residual")?,
             sample: m.kernel("sample_token")?,
             hash_words: m.serial_kernel("hash_words")?,
             read_bw: m.serial_kernel("read_bw")?,

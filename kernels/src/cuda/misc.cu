@@ -1,4 +1,5 @@
-// Embedding lookup (with the first norm's inputs), the residency hash, and a read-bandwidth probe.
+// Embedding lookup (with the first norm's inputs), the per-head norm and RoPE of q and k, the
+// normed residual add, the residency hash, and a read-bandwidth probe.
 
 // Must match `EmbedArgs` in kernels/src/cuda/misc.rs.
 struct EmbedArgs {
@@ -15,6 +16,8 @@ struct EmbedArgs {
     int nreset;
     int hidden;
     int vocab;
+    float scale;           // the embedding's scale (1 where the family has none)
+    int pad_;
 };
 
 extern "C" __global__ void __launch_bounds__(256) embed(EmbedArgs a) {
@@ -42,7 +45,7 @@ extern "C" __global__ void __launch_bounds__(256) embed(EmbedArgs a) {
     float* h = a.h + (size_t)t * a.hidden;
     float* xw = a.xw + (size_t)t * a.hidden;
     for (int c = tid; c < a.hidden; c += 256) {
-        float v = weight_element(a.w, id, c);
+        const float v = __fmul_rn(weight_element(a.w, id, c), a.scale);
         h[c] = v;
         xw[c] = a.norm_w[c] * v;
         sq = sq + v * v;
@@ -55,6 +58,110 @@ extern "C" __global__ void __launch_bounds__(256) embed(EmbedArgs a) {
         for (int w = 0; w < 8; w++) s = s + s_red[w];
         a.partial[(size_t)t * PSTRIDE] = s;
     }
+}
+
+// Must match `HeadArgs` in kernels/src/cuda/misc.rs.
+struct HeadArgs {
+    float* q;               // [ntok][heads * head_dim]
+    float* kcache;          // this layer's keys [kv_heads][capacity][head_dim]
+    const float* q_norm;    // f32 [head_dim], or null: no per-head norm
+    const float* k_norm;
+    const float* rope_cos;  // [capacity][rotary_dim / 2]
+    const float* rope_sin;
+    const int* pos;         // position of token 0
+    int ntok;
+    int heads;
+    int kv_heads;
+    int head_dim;
+    int rotary_dim;
+    int capacity;
+    float eps;
+    int pad_;
+};
+
+// Where the QKV launch leaves RoPE out (q/k norms, partial rotary): each query head of each token
+// and each new key in the cache, one warp a head: the head's RMSNorm (lane l sums elements
+// l, l + 32, ... in order, then the butterfly: the same order for any batch), then rotate-half
+// over the first rotary_dim elements. Block (head, token); heads past `heads` are key heads.
+extern "C" __global__ void __launch_bounds__(32) head_norm_rope(HeadArgs a) {
+    pdl_wait();
+    pdl_launch_dependents();
+    const int head = blockIdx.x, tok = blockIdx.y, lane = threadIdx.x;
+    if (tok >= a.ntok) return;
+    const bool is_q = head < a.heads;
+    const int p = *a.pos + tok;
+    float* x = is_q ? a.q + ((size_t)tok * a.heads + head) * a.head_dim
+                    : a.kcache + ((size_t)(head - a.heads) * a.capacity + p) * a.head_dim;
+    const float* w = is_q ? a.q_norm : a.k_norm;
+    if (w != 0) {
+        float s = 0.0f;
+        for (int i = lane; i < a.head_dim; i += 32) s = __fadd_rn(s, __fmul_rn(x[i], x[i]));
+        s = warp_sum(s);
+        const float inv =
+            __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(s, (float)a.head_dim), a.eps)));
+        for (int i = lane; i < a.head_dim; i += 32) x[i] = __fmul_rn(w[i], __fmul_rn(x[i], inv));
+        __syncwarp();
+    }
+    const int half = a.rotary_dim >> 1;
+    const float* c = a.rope_cos + (size_t)p * half;
+    const float* sn = a.rope_sin + (size_t)p * half;
+    for (int i = lane; i < half; i += 32) {
+        const float xa = x[i], xb = x[i + half];
+        x[i] = __fsub_rn(__fmul_rn(xa, c[i]), __fmul_rn(xb, sn[i]));
+        x[i + half] = __fadd_rn(__fmul_rn(xb, c[i]), __fmul_rn(xa, sn[i]));
+    }
+}
+
+// Must match `NormResidArgs` in kernels/src/cuda/misc.rs.
+struct NormResidArgs {
+    const float* y;          // [ntok][hidden]: a projection's output
+    const float* w;          // f32 [hidden]: the norm applied to it before the residual
+    const float* norm_next;  // f32 [hidden]: the norm that reads h next
+    float* h;                // [ntok][hidden]
+    float* xw;               // [ntok][hidden]: norm_next * h
+    float* partial;          // [ntok][PSTRIDE]: slot 0 gets sum(h^2) (the next norm's input)
+    int ntok;
+    int hidden;
+    float eps;
+    int pad_;
+};
+
+// The block's sum of each thread's `v`: the butterfly per warp, then the 8 warps in order.
+__device__ __forceinline__ float block_sum_256(float v, float* s_red) {
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) s_red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float s = s_red[0];
+    for (int w = 1; w < 8; w++) s = __fadd_rn(s, s_red[w]);
+    __syncthreads();
+    return s;
+}
+
+// Gemma's norms around attention and MLP: h += w * (y * inv_rms(y)), then the next norm's inputs
+// (as the embedding writes them). One block a token; fixed-order sums, so any batch gives the
+// same bits.
+extern "C" __global__ void __launch_bounds__(256) norm_residual(NormResidArgs a) {
+    __shared__ float s_red[8];
+    pdl_wait();
+    pdl_launch_dependents();
+    const int t = blockIdx.x, tid = threadIdx.x;
+    const float* y = a.y + (size_t)t * a.hidden;
+    float* h = a.h + (size_t)t * a.hidden;
+    float* xw = a.xw + (size_t)t * a.hidden;
+    float s = 0.0f;
+    for (int c = tid; c < a.hidden; c += 256) s = __fadd_rn(s, __fmul_rn(y[c], y[c]));
+    s = block_sum_256(s, s_red);
+    const float inv =
+        __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(s, (float)a.hidden), a.eps)));
+    float sq = 0.0f;
+    for (int c = tid; c < a.hidden; c += 256) {
+        const float hn = __fadd_rn(h[c], __fmul_rn(a.w[c], __fmul_rn(y[c], inv)));
+        h[c] = hn;
+        xw[c] = __fmul_rn(a.norm_next[c], hn);
+        sq = __fadd_rn(sq, __fmul_rn(hn, hn));
+    }
+    sq = block_sum_256(sq, s_red);
+    if (tid == 0) a.partial[(size_t)t * PSTRIDE] = sq;
 }
 
 __device__ __forceinline__ u64 fmix64(u64 k) {

@@ -1,5 +1,6 @@
 //! The small kernels of misc.cu: the embedding lookup (with the first norm's inputs), the
-//! residency hash of device memory, and a read-bandwidth probe.
+//! per-head norm and RoPE of q and k, the normed residual add, the residency hash of device
+//! memory, and a read-bandwidth probe.
 
 use cllm_cuda::{CudaError, Grid, KernelArgs};
 
@@ -23,12 +24,62 @@ pub struct EmbedArgs {
     pub nreset: i32,
     pub hidden: i32,
     pub vocab: i32,
+    /// The embedding's scale (1.0 where the family has none).
+    pub scale: f32,
+    pub pad_: i32,
 }
 
 // SAFETY: #[repr(C)] twin of misc.cu's `struct EmbedArgs` (see the layout test).
 unsafe impl KernelArgs for EmbedArgs {}
 
-const _: () = assert!(std::mem::size_of::<EmbedArgs>() == 128);
+const _: () = assert!(std::mem::size_of::<EmbedArgs>() == 136);
+
+/// `struct HeadArgs` of misc.cu: per-head norm and RoPE of q and the new keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeadArgs {
+    pub q: u64,
+    pub kcache: u64,
+    pub q_norm: u64,
+    pub k_norm: u64,
+    pub rope_cos: u64,
+    pub rope_sin: u64,
+    pub pos: u64,
+    pub ntok: i32,
+    pub heads: i32,
+    pub kv_heads: i32,
+    pub head_dim: i32,
+    pub rotary_dim: i32,
+    pub capacity: i32,
+    pub eps: f32,
+    pub pad_: i32,
+}
+
+// SAFETY: #[repr(C)] twin of misc.cu's `struct HeadArgs` (see the layout test).
+unsafe impl KernelArgs for HeadArgs {}
+
+const _: () = assert!(std::mem::size_of::<HeadArgs>() == 88);
+
+/// `struct NormResidArgs` of misc.cu: `h += norm(y)` and the next norm's inputs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NormResidArgs {
+    pub y: u64,
+    pub w: u64,
+    pub norm_next: u64,
+    pub h: u64,
+    pub xw: u64,
+    pub partial: u64,
+    pub ntok: i32,
+    pub hidden: i32,
+    pub eps: f32,
+    pub pad_: i32,
+}
+
+// SAFETY: #[repr(C)] twin of misc.cu's `struct NormResidArgs` (see the layout test).
+unsafe impl KernelArgs for NormResidArgs {}
+
+const _: () = assert!(std::mem::size_of::<NormResidArgs>() == 64);
 
 /// `struct HashArgs` of misc.cu.
 #[repr(C)]
@@ -63,6 +114,26 @@ impl Kernels {
             shared_bytes: 0,
         };
         self.gpu().launch(&self.f.embed, grid, args)
+    }
+
+    /// Per-head norm (where given) and RoPE of `args.ntok` tokens' queries and new keys.
+    pub fn head_norm_rope(&self, args: &HeadArgs) -> Result<(), CudaError> {
+        let grid = Grid {
+            blocks: ((args.heads + args.kv_heads) as u32, args.ntok as u32, 1),
+            threads: 32,
+            shared_bytes: 0,
+        };
+        self.gpu().launch(&self.f.head_norm_rope, grid, args)
+    }
+
+    /// `h += norm(y)` for `args.ntok` tokens, with the next norm's inputs.
+    pub fn norm_residual(&self, args: &NormResidArgs) -> Result<(), CudaError> {
+        let grid = Grid {
+            blocks: (args.ntok as u32, 1, 1),
+            threads: 256,
+            shared_bytes: 0,
+        };
+        self.gpu().launch(&self.f.norm_residual, grid, args)
     }
 
     /// The residency hash ([`super::hash`]) of `len` bytes at device address `ptr`, with 8
@@ -133,5 +204,13 @@ mod tests {
         let base = &e as *const _ as usize;
         assert_eq!(&e.tokens as *const _ as usize - base, 48);
         assert_eq!(&e.vocab as *const _ as usize - base, 124);
+        assert_eq!(&e.scale as *const _ as usize - base, 128);
+        let h = HeadArgs::default();
+        let base = &h as *const _ as usize;
+        assert_eq!(&h.ntok as *const _ as usize - base, 56);
+        assert_eq!(&h.eps as *const _ as usize - base, 80);
+        let n = NormResidArgs::default();
+        let base = &n as *const _ as usize;
+        assert_eq!(&n.ntok as *const _ as usize - base, 48);
     }
 }

@@ -17,9 +17,9 @@ mod trace;
 mod weight;
 
 pub use attention::{AttnArgs, ATT_CHUNK, ATT_MAX_HD};
-pub use gemv::{tokens_per_block, GemvArgs, GemvMode, FILL_BLOCKS, GEMV_WARPS, PSTRIDE};
+pub use gemv::{tokens_per_block, GateAct, GemvArgs, GemvMode, FILL_BLOCKS, GEMV_WARPS, PSTRIDE};
 pub use kernels::Kernels;
-pub use misc::EmbedArgs;
+pub use misc::{EmbedArgs, HeadArgs, NormResidArgs};
 pub use sample::{
     GpuSampler, SampleArgs, SampleOutcome, SampleParams, Sampled, SAMPLE_CAP, SAMPLE_STATE_WORDS,
     SAMPLE_THREADS,

@@ -83,6 +83,40 @@ impl GpuWeight {
         }
     }
 
+    /// Rows `from..to` of the weight as a weight of its own, on the same device memory (the
+    /// parts of a fused projection: every form keeps its rows, and their scales, contiguous).
+    /// Its `bytes` are zero: the whole weight holds them.
+    pub fn rows(&self, from: usize, to: usize) -> Result<GpuWeight, CudaError> {
+        if from > to || to > self.rows {
+            return Err(CudaError::Unsupported(format!(
+                "rows {from}..{to} of a {}-row weight",
+                self.rows
+            )));
+        }
+        let cols = self.cols as u64;
+        let (data_row, scale_row, min_row) = match self.form {
+            WeightForm::F32 => (cols * 4, 0, 0),
+            WeightForm::Bf16 | WeightForm::F16 => (cols * 2, 0, 0),
+            WeightForm::Int8Row => (cols, 4, 0),
+            WeightForm::Int8Group { group_size } => (cols, cols.div_ceil(group_size as u64) * 4, 0),
+            WeightForm::Int4 { group_size } => {
+                let groups = cols.div_ceil(group_size as u64);
+                (cols.div_ceil(2), groups * 2, groups * 2)
+            }
+        };
+        let at = |base: u64, per_row: u64| if base == 0 { 0 } else { base + from as u64 * per_row };
+        Ok(GpuWeight {
+            rows: to - from,
+            cols: self.cols,
+            form: self.form,
+            data: at(self.data, data_row),
+            scales: at(self.scales, scale_row),
+            mins: at(self.mins, min_row),
+            bytes: 0,
+            owner: self.owner.clone(),
+        })
+    }
+
     /// Whether the matrix-vector kernels can take this weight: whole 16-byte vectors per row,
     /// int4 and int8g groups of 32, 64 or 128 columns dividing the row (the kernels find a
     /// vector's group with a shift), sizes within `i32`.

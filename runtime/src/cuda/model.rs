@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cllm_cuda::{CudaError, DeviceBuffer, Gpu};
 use cllm_format::WeightForm;
 use cllm_kernels::cuda::{GpuWeight, Kernels, WDesc, PSTRIDE};
-use cllm_model::{Activation, ModelConfig, Module, RopeScaling, TensorId};
+use cllm_model::{ModelConfig, Module, TensorId};
 
 use crate::error::ModelError;
 use crate::sampler::SamplerError;
@@ -39,9 +39,16 @@ impl GpuLinear {
     }
 }
 
+/// One decoder layer on the GPU. Norm weights are f32, as `1 + w` where the family says so. A
+/// fused projection (`qkv_proj`, `gate_up_proj`) is taken as its parts' rows of the same memory.
 pub(crate) struct GpuLayer {
     pub input_norm: DeviceBuffer,
-    pub post_norm: DeviceBuffer,
+    /// The MLP's input norm (`Family::mlp_norm`).
+    pub mlp_norm: DeviceBuffer,
+    /// Per-head q and k norms (Qwen3, Gemma 3).
+    pub qk_norm: Option<(DeviceBuffer, DeviceBuffer)>,
+    /// Norms of the attention and MLP outputs before the residual (Gemma 3).
+    pub out_norms: Option<(DeviceBuffer, DeviceBuffer)>,
     pub q: GpuLinear,
     pub k: GpuLinear,
     pub v: GpuLinear,
@@ -123,24 +130,66 @@ impl Take<'_> {
         Ok(w)
     }
 
-    /// A 1-D tensor as f32 values on the device.
-    fn upload_vector(&mut self, name: &str, w: GpuWeight) -> Result<DeviceBuffer, GpuError> {
+    /// A 1-D tensor as f32 values on the device, plus `offset` (in f32, as the CPU's norms).
+    fn upload_vector(
+        &mut self,
+        name: &str,
+        w: GpuWeight,
+        offset: f32,
+    ) -> Result<DeviceBuffer, GpuError> {
         self.bytes += w.bytes;
         let gpu = self.kernels.gpu();
-        let v = vector_f32(gpu, name, &w)?;
+        let mut v = vector_f32(gpu, name, &w)?;
+        if offset != 0.0 {
+            v.iter_mut().for_each(|x| *x += offset);
+        }
         Ok(gpu.upload(name, &v)?)
     }
 
+    /// A norm's weight, as `1 + w` where the family's norms take it so.
     fn norm(&mut self, module: Module, layer: Option<usize>) -> Result<DeviceBuffer, GpuError> {
         let (name, w) = self.t.take(TensorId::weight(module, layer))?;
-        self.upload_vector(&name, w)
+        let offset = if self.t.config().family.norm_weight_offset() {
+            1.0
+        } else {
+            0.0
+        };
+        self.upload_vector(&name, w, offset)
+    }
+
+    /// The parts of a fused projection, each `rows` rows (no biases: the families with fused
+    /// projections have none).
+    fn fused<const K: usize>(
+        &mut self,
+        module: Module,
+        layer: usize,
+        rows: [usize; K],
+    ) -> Result<[GpuLinear; K], GpuError> {
+        let id = TensorId::weight(module, Some(layer));
+        if self.t.config().has_bias(module) {
+            return Err(CudaError::Unsupported(format!(
+                "{}: a fused projection with a bias is not supported on the GPU",
+                id.hf_name()
+            ))
+            .into());
+        }
+        let w = self.weight(id)?;
+        let mut at = 0;
+        let mut parts = Vec::with_capacity(K);
+        for r in rows {
+            parts.push(self.projection(id, w.rows(at, at + r)?, None)?);
+            at += r;
+        }
+        parts.try_into().map_err(|_| {
+            CudaError::Unsupported(format!("{}: parts of a fused projection", id.hf_name())).into()
+        })
     }
 
     fn linear(&mut self, module: Module, layer: usize) -> Result<GpuLinear, GpuError> {
         let id = TensorId::weight(module, Some(layer));
         let w = self.weight(id)?;
         let bias = match self.t.bias(module, Some(layer))? {
-            Some((name, b)) => Some(self.upload_vector(&name, b)?),
+            Some((name, b)) => Some(self.upload_vector(&name, b, 0.0)?),
             None => None,
         };
         self.projection(id, w, bias)
@@ -157,28 +206,6 @@ impl Take<'_> {
         let ksplit = self.kernels.ksplit_for(&w);
         Ok(GpuLinear { w, bias, ksplit })
     }
-}
-
-/// The first variant of the model description the GPU launch plan (`plan.rs`) cannot run yet.
-fn plan_lacks(cfg: &ModelConfig) -> Option<&'static str> {
-    let f = cfg.family;
-    let default_scale = (cfg.head_dim as f64).powf(-0.5) as f32;
-    let gaps = [
-        (f.qk_norm(), "per-head q/k norm"),
-        (f.sandwich_norms(), "norms around attention and MLP"),
-        (f.norm_weight_offset(), "(1 + w) norm weights"),
-        (f.scaled_embedding(), "embedding scale"),
-        (f.fused_projections(), "fused qkv/gate_up projections"),
-        (cfg.activation != Activation::Silu, "GeGLU activation"),
-        (cfg.rotary_dim != cfg.head_dim, "partial rotary embedding"),
-        (cfg.sliding_rope.is_some(), "per-layer RoPE"),
-        (
-            matches!(cfg.rope_scaling, RopeScaling::LongRope { .. }),
-            "longrope scaling",
-        ),
-        (cfg.attention_scale() != default_scale, "attention scale"),
-    ];
-    gaps.into_iter().find(|(lacks, _)| *lacks).map(|(_, what)| what)
 }
 
 impl GpuModel {
@@ -198,14 +225,6 @@ impl GpuModel {
             ))
             .into());
         }
-        if let Some(missing) = plan_lacks(&cfg) {
-            return Err(CudaError::Unsupported(format!(
-                "the GPU backend does not run {} models yet: its launch plan has no {missing} \
-                 (run with --device cpu)",
-                cfg.family.model_type()
-            ))
-            .into());
-        }
         let mut t = Take {
             kernels,
             t: Tensors::new(&cfg, weights),
@@ -213,17 +232,54 @@ impl GpuModel {
         };
         let embed = t.weight(TensorId::weight(Module::Embed, None))?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let family = cfg.family;
         for l in 0..cfg.num_hidden_layers {
+            let input_norm = t.norm(Module::InputNorm, Some(l))?;
+            let [q, k, v] = if family.fused_projections() {
+                t.fused(Module::QkvProj, l, [cfg.q_dim(), cfg.kv_dim(), cfg.kv_dim()])?
+            } else {
+                [
+                    t.linear(Module::QProj, l)?,
+                    t.linear(Module::KProj, l)?,
+                    t.linear(Module::VProj, l)?,
+                ]
+            };
+            let qk_norm = if family.qk_norm() {
+                Some((
+                    t.norm(Module::QNorm, Some(l))?,
+                    t.norm(Module::KNorm, Some(l))?,
+                ))
+            } else {
+                None
+            };
+            let o = t.linear(Module::OProj, l)?;
+            let [gate, up] = if family.fused_projections() {
+                let inter = cfg.intermediate_size;
+                t.fused(Module::GateUpProj, l, [inter, inter])?
+            } else {
+                [t.linear(Module::GateProj, l)?, t.linear(Module::UpProj, l)?]
+            };
+            let down = t.linear(Module::DownProj, l)?;
+            let out_norms = if family.sandwich_norms() {
+                Some((
+                    t.norm(Module::PostAttnNorm, Some(l))?,
+                    t.norm(Module::PostFfnNorm, Some(l))?,
+                ))
+            } else {
+                None
+            };
             layers.push(GpuLayer {
-                input_norm: t.norm(Module::InputNorm, Some(l))?,
-                q: t.linear(Module::QProj, l)?,
-                k: t.linear(Module::KProj, l)?,
-                v: t.linear(Module::VProj, l)?,
-                o: t.linear(Module::OProj, l)?,
-                post_norm: t.norm(Module::PostAttnNorm, Some(l))?,
-                gate: t.linear(Module::GateProj, l)?,
-                up: t.linear(Module::UpProj, l)?,
-                down: t.linear(Module::DownProj, l)?,
+                input_norm,
+                mlp_norm: t.norm(family.mlp_norm(), Some(l))?,
+                qk_norm,
+                out_norms,
+                q,
+                k,
+                v,
+                o,
+                gate,
+                up,
+                down,
             });
         }
         let final_norm = t.norm(Module::FinalNorm, None)?;

@@ -2,11 +2,17 @@
 //! description as a plan of fused launches (see kernels/src/cuda/gemv.cu for the epilogues):
 //! `embed` -> per layer [`QKV` (norm, biases, RoPE, cache write) -> `attention` (the layer's
 //! window) -> `o_proj` (+ residual, next norm's inputs) -> `gate/up` (norm, activation) -> `down`
-//! (+ residual, next norm's inputs)] -> `LM head` (final norm, logits, argmax). The CPU's
-//! forward pass (`cpu::forward`) computes the same layer step by step; a variant the plan
-//! cannot run is refused by `GpuModel::new` or fails to compile here (`match` over it).
+//! (+ residual, next norm's inputs)] -> `LM head` (final norm, logits, argmax). The family's
+//! variants: per-head q/k norms or a partial rotary move RoPE out of the QKV launch into
+//! `head_norm_rope`; norms of the attention and MLP outputs (Gemma) make `o_proj` and `down`
+//! plain projections followed by `norm_residual`; fused projections are their parts' rows
+//! (`GpuModel::new`). The CPU's forward pass (`cpu::forward`) computes the same layer step by
+//! step; a variant the plan cannot run fails to compile here (`match` over it).
 
-use cllm_kernels::cuda::{AttnArgs, EmbedArgs, GemvArgs, GemvMode, Kernels, ATT_CHUNK, PSTRIDE};
+use cllm_kernels::cuda::{
+    AttnArgs, EmbedArgs, GateAct, GemvArgs, GemvMode, HeadArgs, Kernels, NormResidArgs, ATT_CHUNK,
+    PSTRIDE,
+};
 use cllm_model::{Activation, ModelConfig};
 
 use cllm_cuda::DeviceBuffer;
@@ -35,6 +41,10 @@ pub(super) enum Op {
     Gemv(GemvArgs, &'static str),
     /// Arguments and chunk slots per (head, token).
     Attention(AttnArgs, usize),
+    /// Per-head norm and RoPE of the new queries and keys.
+    HeadNormRope(HeadArgs),
+    /// A projection's output normed into the residual stream.
+    NormResidual(NormResidArgs),
     /// Layer `l`'s output hidden state is complete.
     LayerEnd(usize),
 }
@@ -45,6 +55,8 @@ impl Op {
             Op::Embed(_) => "embed",
             Op::Gemv(_, name) => name,
             Op::Attention(..) => "attention",
+            Op::HeadNormRope(_) => "head norm/rope",
+            Op::NormResidual(_) => "norm residual",
             Op::LayerEnd(_) => "layer end",
         }
     }
@@ -67,8 +79,10 @@ pub(super) struct StepBuffers {
     pub cmax: usize,
     kcache: DeviceBuffer,
     vcache: DeviceBuffer,
-    rope_cos: DeviceBuffer,
-    rope_sin: DeviceBuffer,
+    /// cos and sin of each of the model's RoPEs (`ModelConfig::ropes`), `rotary_dim / 2` wide.
+    ropes: Vec<(DeviceBuffer, DeviceBuffer)>,
+    /// A projection's output before its norm (families with norms around attention and MLP).
+    proj: DeviceBuffer,
     pub h: DeviceBuffer,
     xw: DeviceBuffer,
     q: DeviceBuffer,
@@ -95,11 +109,16 @@ impl StepBuffers {
         let (heads, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let cache_floats = cfg.num_hidden_layers * kvh * capacity * hd;
         let f = 4usize;
+        let half = cfg.rotary_dim / 2;
         let sizes = [
             cache_floats * f,
             cache_floats * f,
-            capacity * hd / 2 * f,
-            capacity * hd / 2 * f,
+            capacity * half * f * cfg.ropes().len(),
+            if cfg.family.sandwich_norms() {
+                nmax * hidden * f
+            } else {
+                f
+            },
             nmax * hidden * f,
             nmax * hidden * f,
             nmax * cfg.q_dim() * f,
@@ -118,16 +137,21 @@ impl StepBuffers {
         let total: usize = sizes.iter().sum();
         gpu.check_free("the KV cache and activations", total as u64)?;
         let a = |what: &str, i: usize| gpu.alloc(what, sizes[i]);
-        let rope = RopeTable::new(hd, hd, cfg.rope_theta as f32, &cfg.rope_scaling, capacity)
-            .map_err(ModelError::from)?;
-        let (mut cos, mut sin) = (
-            Vec::with_capacity(capacity * hd / 2),
-            Vec::with_capacity(capacity * hd / 2),
-        );
-        for p in 0..capacity {
-            let (c, s) = rope.cos_sin(p).map_err(ModelError::from)?;
-            cos.extend_from_slice(c);
-            sin.extend_from_slice(s);
+        let mut ropes = Vec::new();
+        for r in cfg.ropes() {
+            let table =
+                RopeTable::new(hd, cfg.rotary_dim, r.theta as f32, &r.scaling, capacity)
+                    .map_err(ModelError::from)?;
+            let (mut cos, mut sin) = (
+                Vec::with_capacity(capacity * half),
+                Vec::with_capacity(capacity * half),
+            );
+            for p in 0..capacity {
+                let (c, s) = table.cos_sin(p).map_err(ModelError::from)?;
+                cos.extend_from_slice(c);
+                sin.extend_from_slice(s);
+            }
+            ropes.push((gpu.upload("rope cos", &cos)?, gpu.upload("rope sin", &sin)?));
         }
         let b = StepBuffers {
             capacity,
@@ -135,8 +159,8 @@ impl StepBuffers {
             cmax,
             kcache: a("keys", 0)?,
             vcache: a("values", 1)?,
-            rope_cos: gpu.upload("rope cos", &cos)?,
-            rope_sin: gpu.upload("rope sin", &sin)?,
+            ropes,
+            proj: a("projection outputs", 3)?,
             h: a("hidden states", 4)?,
             xw: a("norm inputs", 5)?,
             q: a("queries", 6)?,
@@ -180,25 +204,6 @@ impl StepBuffers {
         let pos = state + STATE_POS;
         let argmax = state + STATE_ARGMAX;
         let layer_floats = (kvh * self.capacity * hd) as u64;
-        let resid_units = hidden.div_ceil(2);
-        // o_proj and down: project `x`, add into the residual stream `h`, and start the norm that
-        // reads it next (`norm_next`).
-        let residual = |w: &GpuLinear, x: u64, x_stride: usize, norm_next: u64| GemvArgs {
-            w: [w.desc(), Default::default(), Default::default()],
-            x,
-            norm_next,
-            out: self.h.ptr(),
-            xw_out: self.xw.ptr(),
-            partial_out: self.partial.ptr(),
-            mode: GemvMode::Resid as i32,
-            ntok: n as i32,
-            x_stride: x_stride as i32,
-            out_stride: hidden as i32,
-            units: resid_units as i32,
-            ksplit: w.ksplit,
-            ..GemvArgs::default()
-        };
-
         let mut ops = Vec::with_capacity(2 + 6 * m.layers.len());
         ops.push(Op::Embed(EmbedArgs {
             w: m.embed.desc(0),
@@ -217,12 +222,22 @@ impl StepBuffers {
             nreset: n as i32,
             hidden: hidden as i32,
             vocab: cfg.vocab_size as i32,
+            scale: cfg.embedding_scale().unwrap_or(1.0),
+            pad_: 0,
         }));
+        // RoPE moves out of the QKV launch where the heads are normed first or rotate in part.
+        let head_pass = cfg.family.qk_norm() || cfg.rotary_dim != hd;
         // Norm partials per token of the last residual producer (the embedding writes one).
         let mut nparts = 1;
         for (l, layer) in m.layers.iter().enumerate() {
             let kbase = self.kcache.ptr() + 4 * layer_floats * l as u64;
             let vbase = self.vcache.ptr() + 4 * layer_floats * l as u64;
+            let (cos, sin) = &self.ropes[cfg.rope_index(l)];
+            let (rope_cos, rope_sin) = if head_pass {
+                (0, 0)
+            } else {
+                (cos.ptr(), sin.ptr())
+            };
             ops.push(Op::Gemv(
                 GemvArgs {
                     w: [layer.q.desc(), layer.k.desc(), layer.v.desc()],
@@ -231,8 +246,8 @@ impl StepBuffers {
                     nparts,
                     norm_dim: hidden as i32,
                     eps,
-                    rope_cos: self.rope_cos.ptr(),
-                    rope_sin: self.rope_sin.ptr(),
+                    rope_cos,
+                    rope_sin,
                     pos,
                     out: self.q.ptr(),
                     kcache: kbase,
@@ -251,6 +266,29 @@ impl StepBuffers {
                 },
                 "qkv",
             ));
+            if head_pass {
+                let (qn, kn) = layer
+                    .qk_norm
+                    .as_ref()
+                    .map_or((0, 0), |(q, k)| (q.ptr(), k.ptr()));
+                ops.push(Op::HeadNormRope(HeadArgs {
+                    q: self.q.ptr(),
+                    kcache: kbase,
+                    q_norm: qn,
+                    k_norm: kn,
+                    rope_cos: cos.ptr(),
+                    rope_sin: sin.ptr(),
+                    pos,
+                    ntok: n as i32,
+                    heads: heads as i32,
+                    kv_heads: kvh as i32,
+                    head_dim: hd as i32,
+                    rotary_dim: cfg.rotary_dim as i32,
+                    capacity: self.capacity as i32,
+                    eps,
+                    pad_: 0,
+                }));
+            }
             ops.push(Op::Attention(
                 AttnArgs {
                     q: self.q.ptr(),
@@ -268,17 +306,29 @@ impl StepBuffers {
                     capacity: self.capacity as i32,
                     window: cfg.window(l).map_or(0, |w| w.min(i32::MAX as usize) as i32),
                     cmax: self.cmax as i32,
-                    // transformers: `scaling = head_dim ** -0.5` (a Python float), used in f32.
-                    scale: (hd as f64).powf(-0.5) as f32,
+                    // transformers: a Python float (`head_dim ** -0.5`, or Gemma's
+                    // `query_pre_attn_scalar ** -0.5`), used in f32.
+                    scale: cfg.attention_scale(),
                     ..AttnArgs::default()
                 },
                 chunks,
             ));
-            ops.push(Op::Gemv(
-                residual(&layer.o, self.attn.ptr(), qd, layer.post_norm.ptr()),
-                "o_proj",
-            ));
-            nparts = norm_parts(&m.kernels, ops.last());
+            let next_norm = m
+                .layers
+                .get(l + 1)
+                .map_or(m.final_norm.ptr(), |nl| nl.input_norm.ptr());
+            let out_norms = layer.out_norms.as_ref().map(|(a, b)| (a.ptr(), b.ptr()));
+            // o_proj into the residual stream, then the MLP's input norm.
+            self.residual_ops(
+                &mut ops,
+                &m.kernels,
+                (&layer.o, self.attn.ptr(), qd, "o_proj"),
+                out_norms.map(|(a, _)| a),
+                layer.mlp_norm.ptr(),
+                &mut nparts,
+                n,
+                eps,
+            );
             ops.push(Op::Gemv(
                 GemvArgs {
                     w: [layer.gate.desc(), layer.up.desc(), Default::default()],
@@ -289,10 +339,10 @@ impl StepBuffers {
                     eps,
                     out: self.act.ptr(),
                     // The gate/up launch applies the activation in its epilogue.
-                    mode: match cfg.activation {
-                        Activation::Silu => GemvMode::GateUp,
-                        // Refused by `GpuModel::new` until the epilogue has it.
-                        Activation::GeluTanh => unreachable!("GeGLU is refused by GpuModel::new"),
+                    mode: GemvMode::GateUp as i32,
+                    act: match cfg.activation {
+                        Activation::Silu => GateAct::Silu,
+                        Activation::GeluTanh => GateAct::GeluTanh,
                     } as i32,
                     ntok: n as i32,
                     x_stride: hidden as i32,
@@ -303,15 +353,16 @@ impl StepBuffers {
                 },
                 "gate_up",
             ));
-            let next_norm = m
-                .layers
-                .get(l + 1)
-                .map_or(m.final_norm.ptr(), |nl| nl.input_norm.ptr());
-            ops.push(Op::Gemv(
-                residual(&layer.down, self.act.ptr(), inter, next_norm),
-                "down",
-            ));
-            nparts = norm_parts(&m.kernels, ops.last());
+            self.residual_ops(
+                &mut ops,
+                &m.kernels,
+                (&layer.down, self.act.ptr(), inter, "down"),
+                out_norms.map(|(_, b)| b),
+                next_norm,
+                &mut nparts,
+                n,
+                eps,
+            );
             ops.push(Op::LayerEnd(l));
         }
         if logits != Logits::None {
@@ -351,6 +402,76 @@ impl StepBuffers {
             }
         }
         ops
+    }
+}
+
+impl StepBuffers {
+    /// A projection `(weight, input, input width, name)` added into the residual stream `h`,
+    /// with the inputs of the norm `norm_next` that reads `h` next: one residual GEMV, or
+    /// (`out_norm`: the output's own norm) a plain GEMV into `proj` and `norm_residual`. Sets
+    /// `nparts` to the norm partials per token it leaves.
+    #[allow(clippy::too_many_arguments)]
+    fn residual_ops(
+        &self,
+        ops: &mut Vec<Op>,
+        kernels: &Kernels,
+        (w, x, x_stride, name): (&GpuLinear, u64, usize, &'static str),
+        out_norm: Option<u64>,
+        norm_next: u64,
+        nparts: &mut i32,
+        n: usize,
+        eps: f32,
+    ) {
+        let hidden = w.w.rows;
+        let gemv = GemvArgs {
+            w: [w.desc(), Default::default(), Default::default()],
+            x,
+            ntok: n as i32,
+            x_stride: x_stride as i32,
+            out_stride: hidden as i32,
+            units: hidden.div_ceil(2) as i32,
+            ksplit: w.ksplit,
+            ..GemvArgs::default()
+        };
+        match out_norm {
+            None => {
+                ops.push(Op::Gemv(
+                    GemvArgs {
+                        norm_next,
+                        out: self.h.ptr(),
+                        xw_out: self.xw.ptr(),
+                        partial_out: self.partial.ptr(),
+                        mode: GemvMode::Resid as i32,
+                        ..gemv
+                    },
+                    name,
+                ));
+                *nparts = norm_parts(kernels, ops.last());
+            }
+            Some(norm) => {
+                ops.push(Op::Gemv(
+                    GemvArgs {
+                        out: self.proj.ptr(),
+                        mode: GemvMode::Logits as i32,
+                        ..gemv
+                    },
+                    name,
+                ));
+                ops.push(Op::NormResidual(NormResidArgs {
+                    y: self.proj.ptr(),
+                    w: norm,
+                    norm_next,
+                    h: self.h.ptr(),
+                    xw: self.xw.ptr(),
+                    partial: self.partial.ptr(),
+                    ntok: n as i32,
+                    hidden: hidden as i32,
+                    eps,
+                    pad_: 0,
+                }));
+                *nparts = 1;
+            }
+        }
     }
 }
 

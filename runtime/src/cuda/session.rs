@@ -215,6 +215,8 @@ impl<'m> GpuSession<'m> {
                 Op::Embed(a) => k.embed(a)?,
                 Op::Gemv(a, _) => k.gemv(a)?,
                 Op::Attention(a, chunks) => k.attention(a, *chunks)?,
+                Op::HeadNormRope(a) => k.head_norm_rope(a)?,
+                Op::NormResidual(a) => k.norm_residual(a)?,
                 Op::LayerEnd(l) => {
                     at_layer_end(*l)?;
                     continue;
