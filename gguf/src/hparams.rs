@@ -11,7 +11,7 @@ use cllm_model::Family;
 use serde_json::{json, Map, Value};
 
 use crate::error::GgufError;
-use crate::reader::{Metadata, MetaValue};
+use crate::reader::{MetaValue, Metadata};
 
 /// Hyper-parameters of a model, from the `<architecture>.*` metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,11 +90,7 @@ fn nonzero(key: &str, v: u64) -> Result<u64, GgufError> {
 
 impl HyperParams {
     /// Reads the `<arch>.*` hyper-parameters of a model of `family`.
-    pub fn from_metadata(
-        md: &Metadata<'_>,
-        arch: &str,
-        family: Family,
-    ) -> Result<Self, GgufError> {
+    pub fn from_metadata(md: &Metadata<'_>, arch: &str, family: Family) -> Result<Self, GgufError> {
         let k = |s: &str| format!("{arch}.{s}");
         let n_layer = required_u64(md, &k("block_count"))?;
         let n_embd = nonzero(
@@ -168,11 +164,12 @@ impl HyperParams {
                 Family::Gemma3 => 1_000_000.0,
                 _ => 10_000.0,
             }),
-            rms_norm_eps: optional_f64(md, &k("attention.layer_norm_rms_epsilon"))?
-                .unwrap_or(match family {
+            rms_norm_eps: optional_f64(md, &k("attention.layer_norm_rms_epsilon"))?.unwrap_or(
+                match family {
                     Family::Gemma3 => 1e-6,
                     _ => 1e-5,
-                }),
+                },
+            ),
             sliding_window: optional_u64(md, &k("attention.sliding_window"))?.filter(|&w| w > 0),
         })
     }
@@ -191,7 +188,13 @@ pub(crate) struct ConfigFacts {
     pub eos: Option<u64>,
     pub pad: Option<u64>,
     /// Phi-3's `rope_factors_long.weight` and `rope_factors_short.weight`.
-    pub rope_factors: Option<(Vec<f32>, Vec<f32>)>,
+    pub rope_factors: Option<LongRopeFactors>,
+}
+
+/// Phi-3's long-RoPE factors, one per rotated frequency.
+pub(crate) struct LongRopeFactors {
+    pub long: Vec<f32>,
+    pub short: Vec<f32>,
 }
 
 /// A float read from the file as transformers writes it (a float32 widened to a double).
@@ -209,7 +212,13 @@ fn gemma3_layer_types(
     sliding: bool,
 ) -> Result<(Vec<&'static str>, Option<u64>), GgufError> {
     let key = format!("{arch}.attention.sliding_window_pattern");
-    let kind = |s: bool| if s { "sliding_attention" } else { "full_attention" };
+    let kind = |s: bool| {
+        if s {
+            "sliding_attention"
+        } else {
+            "full_attention"
+        }
+    };
     if !sliding {
         return Ok((vec![kind(false); n_layer as usize], None));
     }
@@ -222,7 +231,10 @@ fn gemma3_layer_types(
                 found: format!("array of {}", a.elem_type()),
             })?;
             if flags.len() as u64 != n_layer {
-                return Err(bad(&key, format!("{} entries for {n_layer} layers", flags.len())));
+                return Err(bad(
+                    &key,
+                    format!("{} entries for {n_layer} layers", flags.len()),
+                ));
             }
             Ok((flags.into_iter().map(kind).collect(), None))
         }
@@ -286,9 +298,8 @@ pub(crate) fn config_json(
         "none" => {}
         "linear" => {
             let key = k("rope.scaling.factor");
-            let factor = optional_f64(md, &key)?.ok_or_else(|| GgufError::MissingMetadata {
-                key: key.clone(),
-            })?;
+            let factor = optional_f64(md, &key)?
+                .ok_or_else(|| GgufError::MissingMetadata { key: key.clone() })?;
             rope_scaling = json!({ "rope_type": "linear", "factor": num(factor) });
         }
         other => warnings.push(format!(
@@ -341,7 +352,10 @@ pub(crate) fn config_json(
                     _ => Value::Null,
                 })
             };
-            set("final_logit_softcapping", softcap("final_logit_softcapping")?);
+            set(
+                "final_logit_softcapping",
+                softcap("final_logit_softcapping")?,
+            );
             set("attn_logit_softcapping", softcap("attn_logit_softcapping")?);
             set("use_bidirectional_attention", json!(false));
         }
@@ -353,17 +367,23 @@ pub(crate) fn config_json(
                 "original_max_position_embeddings",
                 json!(original.or(p.n_ctx).unwrap_or(4096)),
             );
-            if let Some((long, short)) = &f.rope_factors {
+            if let Some(LongRopeFactors { long, short }) = &f.rope_factors {
                 let original = original.ok_or_else(|| GgufError::MissingMetadata {
                     key: format!("{orig_key} (the long RoPE factors need it)"),
                 })?;
                 let want = (p.rope_dim / 2) as usize;
-                for (name, v) in [("rope_factors_long.weight", long), ("rope_factors_short.weight", short)] {
+                for (name, v) in [
+                    ("rope_factors_long.weight", long),
+                    ("rope_factors_short.weight", short),
+                ] {
                     if v.len() != want {
                         return Err(GgufError::BadTensorShape {
                             tensor: name.into(),
                             shape: vec![v.len() as u64],
-                            reason: format!("{want} factors (half of the {} rotated dimensions)", p.rope_dim),
+                            reason: format!(
+                                "{want} factors (half of the {} rotated dimensions)",
+                                p.rope_dim
+                            ),
                         });
                     }
                 }

@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::dequant::{dequantize, dequantize_into};
 use crate::error::GgufError;
-use crate::hparams::{config_json, optional_u64, ConfigFacts, HyperParams};
+use crate::hparams::{config_json, optional_u64, ConfigFacts, HyperParams, LongRopeFactors};
 use crate::reader::{GgufFile, Limits, TensorInfo};
 use crate::tokenizer::{build_hf_tokenizer, token_type};
 use crate::types::GgmlType;
@@ -290,7 +290,7 @@ fn tensor_ids<'f>(
 }
 
 /// Phi-3's `rope_factors_long.weight` and `rope_factors_short.weight`, both or neither.
-fn rope_factors(file: &GgufFile<'_>) -> Result<Option<(Vec<f32>, Vec<f32>)>, GgufError> {
+fn rope_factors(file: &GgufFile<'_>) -> Result<Option<LongRopeFactors>, GgufError> {
     let read = |name: &str| -> Result<Option<Vec<f32>>, GgufError> {
         let Some(t) = file.tensor(name) else {
             return Ok(None);
@@ -307,7 +307,7 @@ fn rope_factors(file: &GgufFile<'_>) -> Result<Option<(Vec<f32>, Vec<f32>)>, Ggu
             })
     };
     match (read(ROPE_FACTORS_LONG)?, read(ROPE_FACTORS_SHORT)?) {
-        (Some(l), Some(s)) => Ok(Some((l, s))),
+        (Some(long), Some(short)) => Ok(Some(LongRopeFactors { long, short })),
         (None, None) => Ok(None),
         (Some(_), None) => Err(GgufError::MissingTensor(ROPE_FACTORS_SHORT.into())),
         (None, Some(_)) => Err(GgufError::MissingTensor(ROPE_FACTORS_LONG.into())),
@@ -488,7 +488,12 @@ pub fn import_with(
 
     let tok = build_hf_tokenizer(md, p.n_ctx)?;
     let tensors = tensor_ids(&gguf, family, &mut warnings)?;
-    let find = |m: Module| tensors.iter().find(|(_, id)| id.module == m).map(|(t, _)| *t);
+    let find = |m: Module| {
+        tensors
+            .iter()
+            .find(|(_, id)| id.module == m)
+            .map(|(t, _)| *t)
+    };
     let vocab_size = match optional_u64(md, &format!("{arch}.vocab_size"))? {
         Some(v) => v,
         // llama.cpp pads the vocabulary to the embedding's rows; the rows are the model's.
@@ -542,11 +547,16 @@ pub fn import_with(
     // tokens llama.cpp stops at by their text.
     let mut eos_ids = tok.eos_ids.clone();
     if let (Some(tokens), Some(types)) = (
-        md.get_array("tokenizer.ggml.tokens").and_then(|a| a.as_strs()),
-        md.get_array("tokenizer.ggml.token_type").and_then(|a| a.to_i64_vec()),
+        md.get_array("tokenizer.ggml.tokens")
+            .and_then(|a| a.as_strs()),
+        md.get_array("tokenizer.ggml.token_type")
+            .and_then(|a| a.to_i64_vec()),
     ) {
         for (id, (t, ty)) in tokens.iter().zip(types).enumerate() {
-            if ty == token_type::CONTROL && END_OF_TURN.contains(t) && !eos_ids.contains(&(id as u32)) {
+            if ty == token_type::CONTROL
+                && END_OF_TURN.contains(t)
+                && !eos_ids.contains(&(id as u32))
+            {
                 eos_ids.push(id as u32);
             }
         }

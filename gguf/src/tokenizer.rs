@@ -299,12 +299,19 @@ pub fn build_hf_tokenizer(
     let merges_key = "tokenizer.ggml.merges";
     let vocab_set: HashSet<&str> = tokens.iter().copied().collect();
     let (merges, merges_derived): (Vec<[&str; 2]>, bool) = match md.get_array(merges_key) {
-        Some(_) => (parse_merges(required_strs(md, merges_key)?, &vocab_set)?, false),
+        Some(_) => (
+            parse_merges(required_strs(md, merges_key)?, &vocab_set)?,
+            false,
+        ),
         None if kind == Kind::SentencePiece => {
             let scores = scores(md, n)?;
             (derive_merges(&tokens, &scores), true)
         }
-        None => return Err(GgufError::MissingMetadata { key: merges_key.into() }),
+        None => {
+            return Err(GgufError::MissingMetadata {
+                key: merges_key.into(),
+            })
+        }
     };
 
     // ---- special / added tokens
@@ -365,7 +372,11 @@ pub fn build_hf_tokenizer(
 
     // ---- post-processor: BOS/EOS only when the GGUF asks for them
     let post_processor = if add_bos || add_eos {
-        template_processing(&tokens, add_bos.then_some(bos).flatten(), add_eos.then_some(eos).flatten())
+        template_processing(
+            &tokens,
+            add_bos.then_some(bos).flatten(),
+            add_eos.then_some(eos).flatten(),
+        )
     } else if kind == Kind::ByteLevel {
         json!({
             "type": "ByteLevel",
@@ -525,14 +536,18 @@ fn parse_merges<'a>(
 /// `tokenizer.ggml.scores`, one per token.
 fn scores(md: &Metadata<'_>, n: usize) -> Result<Vec<f64>, GgufError> {
     let key = "tokenizer.ggml.scores";
-    let arr = md.get_array(key).ok_or_else(|| GgufError::MissingMetadata {
-        key: format!("{key} (a SentencePiece vocabulary without merges needs its scores)"),
-    })?;
-    let v = arr.to_f64_vec().ok_or_else(|| GgufError::WrongMetadataType {
-        key: key.into(),
-        expected: "array of floats",
-        found: format!("array of {}", arr.elem_type()),
-    })?;
+    let arr = md
+        .get_array(key)
+        .ok_or_else(|| GgufError::MissingMetadata {
+            key: format!("{key} (a SentencePiece vocabulary without merges needs its scores)"),
+        })?;
+    let v = arr
+        .to_f64_vec()
+        .ok_or_else(|| GgufError::WrongMetadataType {
+            key: key.into(),
+            expected: "array of floats",
+            found: format!("array of {}", arr.elem_type()),
+        })?;
     if v.len() != n {
         return Err(meta_err(key, format!("{} entries for {n} tokens", v.len())));
     }
@@ -624,10 +639,7 @@ mod tests {
         let tokens = ["a", "b", "c", "ab", "bc", "abc", "▁"];
         let scores = [0.0, 0.0, 0.0, -1.0, -3.0, -2.0, 0.0];
         let m = derive_merges(&tokens, &scores);
-        assert_eq!(
-            m,
-            vec![["a", "b"], ["a", "bc"], ["ab", "c"], ["b", "c"]]
-        );
+        assert_eq!(m, vec![["a", "b"], ["a", "bc"], ["ab", "c"], ["b", "c"]]);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cllm_model::{Family, Module, ModelConfig, Role, RopeScaling, TensorId};
+use cllm_model::{Family, ModelConfig, Module, Role, RopeScaling, TensorId};
 
 /// GGUF metadata value types.
 const T_U32: u32 = 4;
@@ -101,11 +101,7 @@ impl GgufBuilder {
 
     /// An f32 tensor; `shape` in PyTorch order (`[rows, cols]`), written in ggml's (reversed).
     pub fn tensor(&mut self, name: &str, shape: &[u64], data: Vec<f32>) -> &mut Self {
-        assert_eq!(
-            shape.iter().product::<u64>() as usize,
-            data.len(),
-            "{name}"
-        );
+        assert_eq!(shape.iter().product::<u64>() as usize, data.len(), "{name}");
         let dims = shape.iter().rev().copied().collect();
         self.tensors.push((name.to_string(), dims, data));
         self
@@ -252,11 +248,11 @@ pub fn spm_vocab(pieces: &[&str], user: &[&str]) -> GgufVocab {
 /// The pieces of [`spm_vocab`] for the tests: single characters (among them non-ASCII ones),
 /// then the merges a SentencePiece trainer would have found, best first.
 pub const SPM_PIECES: &[&str] = &[
-    "▁", "e", "t", "a", "o", "n", "h", "l", "r", "s", "i", "c", "d", "u", "p", "f", "é", "ü",
-    "ö", "Z", "S", "P", "T", "C", "w", "m", "k", "y", "g", "b", "1", "2", "3", ",", ".", "?",
-    "▁t", "he", "▁the", "in", "er", "an", "▁a", "on", "re", "▁c", "ll", "▁h", "ch", "ic",
-    "▁he", "▁hell", "o▁", "ri", "▁Z", "ür", "ich", "▁S", "ão", "▁P", "au", "lo", "af", "▁caf",
-    "é▁", "▁w", "or", "ld", "▁wor", "▁world", "▁hello", "▁1", "▁2", "12",
+    "▁", "e", "t", "a", "o", "n", "h", "l", "r", "s", "i", "c", "d", "u", "p", "f", "é", "ü", "ö",
+    "Z", "S", "P", "T", "C", "w", "m", "k", "y", "g", "b", "1", "2", "3", ",", ".", "?", "▁t",
+    "he", "▁the", "in", "er", "an", "▁a", "on", "re", "▁c", "ll", "▁h", "ch", "ic", "▁he", "▁hell",
+    "o▁", "ri", "▁Z", "ür", "ich", "▁S", "ão", "▁P", "au", "lo", "af", "▁caf", "é▁", "▁w", "or",
+    "ld", "▁wor", "▁world", "▁hello", "▁1", "▁2", "12",
 ];
 
 /// A GPT-2 style byte-level vocabulary (`gpt2` kind): the specials of the synthetic
@@ -354,14 +350,23 @@ pub fn hf_to_gguf(dir: &Path, o: &GgufOptions) -> Vec<u8> {
         .u32(&k("block_count"), cfg.num_hidden_layers as u32)
         .u32(&k("feed_forward_length"), cfg.intermediate_size as u32)
         .u32(&k("attention.head_count"), cfg.num_attention_heads as u32)
-        .u32(&k("attention.head_count_kv"), cfg.num_key_value_heads as u32)
+        .u32(
+            &k("attention.head_count_kv"),
+            cfg.num_key_value_heads as u32,
+        )
         .f32(&k("rope.freq_base"), cfg.rope_theta as f32)
-        .f32(&k("attention.layer_norm_rms_epsilon"), cfg.rms_norm_eps as f32);
+        .f32(
+            &k("attention.layer_norm_rms_epsilon"),
+            cfg.rms_norm_eps as f32,
+        );
     match family {
         // Phi-3's converter writes the rotated width, not the head's.
         Family::Phi3 => {
             g.u32(&k("rope.dimension_count"), cfg.rotary_dim as u32);
-            g.u32(&k("attention.sliding_window"), cfg.sliding_window.unwrap_or(0) as u32);
+            g.u32(
+                &k("attention.sliding_window"),
+                cfg.sliding_window.unwrap_or(0) as u32,
+            );
         }
         _ => {
             g.u32(&k("attention.key_length"), cfg.head_dim as u32)

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use cllm_model::{AttentionKind, Family, ModelConfig, TensorId};
 use cllm_runtime::{Engine, OpenOptions, Tokenizer};
 use cllm_tests::gguf_families::{
-    byte_level_vocab, expected_bf16, hf_to_gguf, read_config, read_tensors, spm_vocab,
-    GgufBuilder, GgufOptions, GgufVocab, SPM_PIECES,
+    byte_level_vocab, expected_bf16, hf_to_gguf, read_config, read_tensors, spm_vocab, GgufBuilder,
+    GgufOptions, GgufVocab, SPM_PIECES,
 };
 use cllm_tests::{root, s};
 use serde_json::Value;
@@ -172,7 +172,11 @@ fn every_family_round_trips_through_gguf() {
         let out = tmp.path().join(format!("imported-{i}"));
         let summary = cllm_gguf::import(&gguf, &out).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(summary.family, case.family, "{what}");
-        assert!(summary.warnings.is_empty(), "{what}: {:?}", summary.warnings);
+        assert!(
+            summary.warnings.is_empty(),
+            "{what}: {:?}",
+            summary.warnings
+        );
 
         // The config: the source's, as far as a GGUF carries it.
         let src_cfg = read_config(&src);
@@ -203,8 +207,16 @@ fn every_family_round_trips_through_gguf() {
         // The tokenizer files: BOS where the vocabulary asks for it, the ids in the config.
         let tok = Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
         let ids = tok.encode("the cat", true).unwrap();
-        assert_eq!(ids.first() == Some(&1), case.opts.vocab.add_bos, "{what}: {ids:?}");
-        assert_eq!(tok.decode(&ids, true).unwrap().trim_start(), "the cat", "{what}");
+        assert_eq!(
+            ids.first() == Some(&1),
+            case.opts.vocab.add_bos,
+            "{what}: {ids:?}"
+        );
+        assert_eq!(
+            tok.decode(&ids, true).unwrap().trim_start(),
+            "the cat",
+            "{what}"
+        );
         let gen: Value =
             serde_json::from_slice(&std::fs::read(out.join("generation_config.json")).unwrap())
                 .unwrap();
@@ -247,7 +259,11 @@ fn an_unsupported_architecture_is_named_with_the_supported_ones() {
 }
 
 /// The SentencePiece test vocabulary in a one-layer Llama: imported, its tokenizer.
-fn spm_tokenizer(tmp: &Path, add_space_prefix: Option<bool>, user: &[&str]) -> (PathBuf, Tokenizer) {
+fn spm_tokenizer(
+    tmp: &Path,
+    add_space_prefix: Option<bool>,
+    user: &[&str],
+) -> (PathBuf, Tokenizer) {
     let src = synth(tmp, "tiny", 1);
     let mut vocab = spm_vocab(SPM_PIECES, user);
     vocab.add_space_prefix = add_space_prefix;
@@ -275,7 +291,9 @@ const SPM_CASES: &[(&str, &[u32])] = &[
     // ▁Z ü ri ch , ▁S <0xC3> <0xA3> o▁ P au lo: "ã" is not a piece, its bytes are
     (
         "Zürich, São Paulo",
-        &[1, 313, 276, 312, 307, 292, 316, 198, 166, 311, 280, 319, 320],
+        &[
+            1, 313, 276, 312, 307, 292, 316, 198, 166, 311, 280, 319, 320,
+        ],
     ),
     // ▁caf é▁ 12 ▁ <0xE2> <0x80> <0x94> ▁ ö ?
     (
@@ -338,22 +356,40 @@ fn gemma_reference(file: &str) -> Option<Value> {
 fn gemma3_270m_imports_with_its_description_tensors() {
     let g = gemma();
     let s = &g.summary;
-    assert_eq!((s.architecture.as_str(), s.family), ("gemma3", Family::Gemma3));
+    assert_eq!(
+        (s.architecture.as_str(), s.family),
+        ("gemma3", Family::Gemma3)
+    );
     assert_eq!(s.tensors, 236);
     assert!(s.tie_word_embeddings);
     assert_eq!(s.vocab_size, 262_144);
     assert_eq!(s.tokenizer_model, "llama");
     assert!(s.warnings.is_empty(), "{:?}", s.warnings);
-    let types: Vec<(&str, usize)> = s.source_types.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+    let types: Vec<(&str, usize)> = s
+        .source_types
+        .iter()
+        .map(|(t, n)| (t.as_str(), *n))
+        .collect();
     assert_eq!(
         types,
-        [("F32", 109), ("Q4_K", 27), ("Q5_0", 81), ("Q6_K", 9), ("Q8_0", 10)]
+        [
+            ("F32", 109),
+            ("Q4_K", 27),
+            ("Q5_0", 81),
+            ("Q6_K", 9),
+            ("Q8_0", 10)
+        ]
     );
 
     let cfg = read_config(&g.hf);
     assert_eq!(cfg.family, Family::Gemma3);
     assert_eq!(
-        (cfg.hidden_size, cfg.num_hidden_layers, cfg.head_dim, cfg.vocab_size),
+        (
+            cfg.hidden_size,
+            cfg.num_hidden_layers,
+            cfg.head_dim,
+            cfg.vocab_size
+        ),
         (640, 18, 256, 262_144)
     );
     assert_eq!((cfg.num_attention_heads, cfg.num_key_value_heads), (4, 1));
@@ -402,7 +438,11 @@ fn gemma3_270m_imports_with_its_description_tensors() {
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         for (name, t) in st.tensors() {
             let w = &want[&name];
-            assert_eq!(format!("{:x}", Sha256::digest(t.data())), w["sha256"], "{name}");
+            assert_eq!(
+                format!("{:x}", Sha256::digest(t.data())),
+                w["sha256"],
+                "{name}"
+            );
         }
     }
 
@@ -428,15 +468,15 @@ const GEMMA_PROMPTS: &[(&str, &[u32])] = &[
         "1, 1, 2, 3, 5, 8, 13, 21, 34,",
         &[
             2, 236770, 236764, 236743, 236770, 236764, 236743, 236778, 236764, 236743, 236800,
-            236764, 236743, 236810, 236764, 236743, 236828, 236764, 236743, 236770, 236800,
-            236764, 236743, 236778, 236770, 236764, 236743, 236800, 236812, 236764,
+            236764, 236743, 236810, 236764, 236743, 236828, 236764, 236743, 236770, 236800, 236764,
+            236743, 236778, 236770, 236764, 236743, 236800, 236812, 236764,
         ],
     ),
     (
         "Zürich, São Paulo, 東京 and Москва — ¿dónde? 🙂",
         &[
-            2, 236953, 105214, 236764, 30342, 29150, 236764, 86459, 532, 99776, 2192, 7196,
-            236753, 122208, 236881, 57235,
+            2, 236953, 105214, 236764, 30342, 29150, 236764, 86459, 532, 99776, 2192, 7196, 236753,
+            122208, 236881, 57235,
         ],
     ),
 ];
