@@ -189,6 +189,8 @@ pub(crate) struct ConfigFacts {
     pub pad: Option<u64>,
     /// Phi-3's `rope_factors_long.weight` and `rope_factors_short.weight`.
     pub rope_factors: Option<LongRopeFactors>,
+    /// Llama 3.1+'s `rope_freqs.weight`: each frequency's divisor.
+    pub rope_freqs: Option<Vec<f32>>,
 }
 
 /// Phi-3's long-RoPE factors, one per rotated frequency.
@@ -246,6 +248,46 @@ fn gemma3_layer_types(
             ))
         }
     }
+}
+
+/// Llama 3.1+'s `rope_scaling` from the factors llama.cpp's converter computed into
+/// `rope_freqs.weight` (`LlamaModel.generate_extra_tensors`): every Llama 3.x release uses
+/// `low_freq_factor` 1, `high_freq_factor` 4 and an original length of 8192 (only their ratios
+/// shape the frequencies) with its own `factor`, the largest divisor. Those parameters are
+/// taken when they give back every stored factor (to float32 rounding).
+fn llama3_scaling(freqs: &[f32], p: &HyperParams) -> Option<Value> {
+    let (low, high, original) = (1.0f64, 4.0f64, 8192.0f64);
+    if freqs.len() as u64 != p.rope_dim / 2 || freqs.is_empty() {
+        return None;
+    }
+    let factor = freqs.iter().copied().fold(f32::MIN, f32::max) as f64;
+    if !(factor.is_finite() && factor >= 1.0) {
+        return None;
+    }
+    let (low_wavelen, high_wavelen) = (original / low, original / high);
+    let dim = p.rope_dim as f64;
+    for (i, &got) in freqs.iter().enumerate() {
+        let freq = 1.0 / p.rope_theta.powf(2.0 * i as f64 / dim);
+        let wavelen = 2.0 * std::f64::consts::PI / freq;
+        let want = if wavelen < high_wavelen {
+            1.0
+        } else if wavelen > low_wavelen {
+            factor
+        } else {
+            let smooth = (original / wavelen - low) / (high - low);
+            1.0 / ((1.0 - smooth) / factor + smooth)
+        };
+        if ((got as f64) - want).abs() > 1e-5 * want {
+            return None;
+        }
+    }
+    Some(json!({
+        "rope_type": "llama3",
+        "factor": num(factor),
+        "low_freq_factor": low,
+        "high_freq_factor": high,
+        "original_max_position_embeddings": original as u64,
+    }))
 }
 
 /// The `config.json` of a model of `family` (see the module docs); `warnings` gets what was
@@ -306,6 +348,16 @@ pub(crate) fn config_json(
             "{} = {other:?} is not carried into config.json",
             k("rope.scaling.type")
         )),
+    }
+    if let Some(freqs) = &f.rope_freqs {
+        match llama3_scaling(freqs, p) {
+            Some(s) if rope_scaling.is_null() => rope_scaling = s,
+            _ => warnings.push(
+                "skipped rope_freqs.weight (not the factors of a llama3 rope scaling with \
+                 low_freq_factor 1, high_freq_factor 4 and original length 8192)"
+                    .into(),
+            ),
+        }
     }
 
     match family {

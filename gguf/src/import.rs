@@ -260,24 +260,20 @@ fn usize_of(tensor: &str, v: u64) -> Result<usize, GgufError> {
 const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
 const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
 
+/// Llama 3.1+'s per-frequency RoPE factors, which become `rope_scaling` in `config.json`.
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
 /// Each tensor of the file by what it is (the model description's llama.cpp names for
 /// `family`), leaving out the RoPE tensors that are configuration, not weights:
-/// `rope_freqs.weight` (with a warning) and Phi-3's factors (read by [`rope_factors`]).
+/// `rope_freqs.weight` and Phi-3's factors (read by [`read_f32`]).
 fn tensor_ids<'f>(
     file: &'f GgufFile<'_>,
     family: Family,
-    warnings: &mut Vec<String>,
 ) -> Result<Vec<(&'f TensorInfo, TensorId)>, GgufError> {
     let mut out = Vec::with_capacity(file.tensors().len());
     for t in file.tensors() {
         match t.name.as_str() {
-            "rope_freqs.weight" => {
-                warnings.push(
-                    "skipped rope_freqs.weight (llama3 rope scaling factors are not carried over)"
-                        .into(),
-                );
-                continue;
-            }
+            ROPE_FREQS => continue,
             ROPE_FACTORS_LONG | ROPE_FACTORS_SHORT if family == Family::Phi3 => continue,
             _ => {}
         }
@@ -289,23 +285,26 @@ fn tensor_ids<'f>(
     Ok(out)
 }
 
+/// The values of tensor `name`, if the file has it.
+fn read_f32(file: &GgufFile<'_>, name: &str) -> Result<Option<Vec<f32>>, GgufError> {
+    let Some(t) = file.tensor(name) else {
+        return Ok(None);
+    };
+    let n = usize_of(name, t.shape().iter().product())?;
+    dequantize(t.ggml_type, file.tensor_data(t), n)
+        .map(Some)
+        .map_err(|e| match e {
+            GgufError::UnsupportedTensorType { ty, .. } => GgufError::UnsupportedTensorType {
+                tensor: name.to_string(),
+                ty,
+            },
+            e => e,
+        })
+}
+
 /// Phi-3's `rope_factors_long.weight` and `rope_factors_short.weight`, both or neither.
 fn rope_factors(file: &GgufFile<'_>) -> Result<Option<LongRopeFactors>, GgufError> {
-    let read = |name: &str| -> Result<Option<Vec<f32>>, GgufError> {
-        let Some(t) = file.tensor(name) else {
-            return Ok(None);
-        };
-        let n = usize_of(name, t.shape().iter().product())?;
-        dequantize(t.ggml_type, file.tensor_data(t), n)
-            .map(Some)
-            .map_err(|e| match e {
-                GgufError::UnsupportedTensorType { ty, .. } => GgufError::UnsupportedTensorType {
-                    tensor: name.to_string(),
-                    ty,
-                },
-                e => e,
-            })
-    };
+    let read = |name: &str| read_f32(file, name);
     match (read(ROPE_FACTORS_LONG)?, read(ROPE_FACTORS_SHORT)?) {
         (Some(long), Some(short)) => Ok(Some(LongRopeFactors { long, short })),
         (None, None) => Ok(None),
@@ -487,7 +486,7 @@ pub fn import_with(
     let mut warnings = Vec::new();
 
     let tok = build_hf_tokenizer(md, p.n_ctx)?;
-    let tensors = tensor_ids(&gguf, family, &mut warnings)?;
+    let tensors = tensor_ids(&gguf, family)?;
     let find = |m: Module| {
         tensors
             .iter()
@@ -527,6 +526,7 @@ pub fn import_with(
         } else {
             None
         },
+        rope_freqs: read_f32(&gguf, ROPE_FREQS)?,
     };
     let config = config_json(md, arch, family, &p, &facts, &mut warnings)?;
     // The config the runtime will read; its tensor table checks every tensor below.

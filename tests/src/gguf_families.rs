@@ -409,6 +409,32 @@ pub fn hf_to_gguf(dir: &Path, o: &GgufOptions) -> Vec<u8> {
         g.tensor("rope_factors_long.weight", &[n], long_factor.clone())
             .tensor("rope_factors_short.weight", &[n], short_factor.clone());
     }
+    if let RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: low,
+        high_freq_factor: high,
+        original_max_position_embeddings: orig,
+    } = &cfg.rope_scaling
+    {
+        // The converter's `rope_freqs.weight` (LlamaModel.generate_extra_tensors), in float32.
+        let (low, high, orig, factor) = (*low, *high, *orig as f32, *factor);
+        let dim = cfg.head_dim as f32;
+        let freqs: Vec<f32> = (0..cfg.head_dim / 2)
+            .map(|i| {
+                let freq = 1.0 / (cfg.rope_theta as f32).powf(2.0 * i as f32 / dim);
+                let wavelen = 2.0 * std::f32::consts::PI / freq;
+                if wavelen < orig / high {
+                    1.0
+                } else if wavelen > orig / low {
+                    factor
+                } else {
+                    let smooth = (orig / wavelen - low) / (high - low);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                }
+            })
+            .collect();
+        g.tensor("rope_freqs.weight", &[freqs.len() as u64], freqs);
+    }
     o.vocab.write(&mut g);
 
     let tensors = read_tensors(dir);

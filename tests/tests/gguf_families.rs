@@ -240,6 +240,34 @@ fn every_family_round_trips_through_gguf() {
 }
 
 #[test]
+fn llama3_rope_scaling_comes_back_from_rope_freqs() {
+    // Llama 3.1's scaling: llama.cpp stores it only as `rope_freqs.weight`.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = synth(tmp.path(), "tiny", 2);
+    let path = src.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["rope_scaling"] = serde_json::json!({
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    });
+    std::fs::write(&path, config.to_string()).unwrap();
+    let gguf = tmp.path().join("llama3.gguf");
+    std::fs::write(
+        &gguf,
+        hf_to_gguf(&src, &options("Llama 3.1", byte_level_vocab())),
+    )
+    .unwrap();
+    let out = tmp.path().join("imported");
+    let summary = cllm_gguf::import(&gguf, &out).unwrap();
+    assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+    assert_eq!(read_config(&out), expected_config(&read_config(&src), keep));
+    assert!(!read_tensors(&out).contains_key("rope_freqs.weight"));
+}
+
+#[test]
 fn an_unsupported_architecture_is_named_with_the_supported_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let mut g = GgufBuilder::default();
