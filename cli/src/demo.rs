@@ -125,7 +125,10 @@ pub fn run(a: DemoArgs) -> CmdResult {
         Err(e) => return Err(e.into()),
     };
     let ids = model.prompt_ids(&a.prompt, false)?;
-    let opts = GenerateOptions::greedy(model.config(), a.max_new_tokens);
+    let opts = GenerateOptions {
+        eos_token_ids: model.eos_token_ids().to_vec(),
+        ..GenerateOptions::greedy(model.config(), a.max_new_tokens)
+    };
     let (r, text) = model.generate_text(&ids, &opts, |_| {})?;
     let load = model.load_stats();
     match (engine.gpu(), &load.gpu) {
