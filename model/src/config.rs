@@ -271,8 +271,7 @@ impl ModelConfig {
         let rms_norm_eps = o.f64_opt("rms_norm_eps")?.unwrap_or(1e-6);
         let max_position_embeddings = o.usize_opt("max_position_embeddings")?.unwrap_or(2048);
         // transformers' default: Gemma ties its embeddings.
-        let tie_word_embeddings =
-            o.bool_or("tie_word_embeddings", family == Family::Gemma3)?;
+        let tie_word_embeddings = o.bool_or("tie_word_embeddings", family == Family::Gemma3)?;
         let attention_bias = o.bool_or("attention_bias", false)?;
         let mlp_bias = o.bool_or("mlp_bias", false)?;
 
@@ -467,7 +466,7 @@ fn rotary_dim(o: &Obj<'_>, family: Family, head_dim: usize) -> Result<usize, Con
         });
     }
     let dim = (head_dim as f64 * f) as usize;
-    if !(f > 0.0 && f < 1.0) || dim == 0 || dim % 2 != 0 {
+    if !(f > 0.0 && f < 1.0) || dim == 0 || !dim.is_multiple_of(2) {
         return Err(ConfigError::Invalid {
             key,
             reason: format!("{f} of head_dim {head_dim} must give an even, positive width"),
@@ -587,11 +586,17 @@ fn parse_rope(
         }))
     };
     match o.get("rope_parameters") {
-        Some(Value::Object(p)) if gemma && (p.contains_key("full_attention") || p.contains_key("sliding_attention")) => {
+        Some(Value::Object(p))
+            if gemma
+                && (p.contains_key("full_attention") || p.contains_key("sliding_attention")) =>
+        {
             let p = Obj(p, "rope_parameters");
             let per_type = |key: &str, theta: f64| -> Result<Rope, ConfigError> {
                 match p.get(key) {
-                    None => Ok(Rope { theta, scaling: RopeScaling::None }),
+                    None => Ok(Rope {
+                        theta,
+                        scaling: RopeScaling::None,
+                    }),
                     Some(Value::Object(t)) => {
                         rope_of(o, &Obj(t, &p.name(key)), theta, family, rotary_dim, max_pos)
                     }
@@ -604,12 +609,22 @@ fn parse_rope(
             })
         }
         Some(Value::Object(p)) => Ok(Ropes {
-            full: rope_of(o, &Obj(p, "rope_parameters"), default_theta, family, rotary_dim, max_pos)?,
+            full: rope_of(
+                o,
+                &Obj(p, "rope_parameters"),
+                default_theta,
+                family,
+                rotary_dim,
+                max_pos,
+            )?,
             sliding: local(o.f64_opt("rope_local_base_freq")?)?,
         }),
         Some(v) => Err(o.wrong("rope_parameters", "an object", v)),
         None => {
-            let theta = check_theta(o.f64_opt("rope_theta")?.unwrap_or(default_theta), "rope_theta")?;
+            let theta = check_theta(
+                o.f64_opt("rope_theta")?.unwrap_or(default_theta),
+                "rope_theta",
+            )?;
             let scaling = match o.get("rope_scaling") {
                 None => RopeScaling::None,
                 Some(Value::Object(s)) => {
@@ -663,7 +678,6 @@ fn scaling_of(
     rotary_dim: usize,
     max_pos: usize,
 ) -> Result<RopeScaling, ConfigError> {
-    let s = s;
     // transformers accepts the legacy spelling `type` for `rope_type`.
     let (type_key, rope_type) = match s.str_opt("rope_type")? {
         Some(t) => ("rope_type", t),
@@ -689,9 +703,7 @@ fn scaling_of(
     };
     let scaling = match rope_type {
         "default" => RopeScaling::None,
-        "linear" => RopeScaling::Linear {
-            factor: factor(&s)?,
-        },
+        "linear" => RopeScaling::Linear { factor: factor(s)? },
         "llama3" => {
             let low = s.f64("low_freq_factor")? as f32;
             let high = s.f64("high_freq_factor")? as f32;
@@ -702,7 +714,7 @@ fn scaling_of(
                 });
             }
             RopeScaling::Llama3 {
-                factor: factor(&s)?,
+                factor: factor(s)?,
                 low_freq_factor: low,
                 high_freq_factor: high,
                 original_max_position_embeddings: s.usize("original_max_position_embeddings")?,

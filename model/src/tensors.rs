@@ -92,7 +92,7 @@ enum Dim {
     /// Key (or value) heads times head_dim.
     Kv,
     /// One head.
-    HeadDim,
+    Head,
     /// q, k and v together.
     Qkv,
     /// Gate and up together.
@@ -107,7 +107,7 @@ impl Dim {
             Dim::Intermediate => cfg.intermediate_size,
             Dim::Q => cfg.q_dim(),
             Dim::Kv => cfg.kv_dim(),
-            Dim::HeadDim => cfg.head_dim,
+            Dim::Head => cfg.head_dim,
             Dim::Qkv => cfg.q_dim() + 2 * cfg.kv_dim(),
             Dim::Intermediate2 => 2 * cfg.intermediate_size,
             Dim::Vocab => cfg.vocab_size,
@@ -251,7 +251,7 @@ const DEFS: [Def; 18] = [
         gguf: "attn_q_norm",
         in_layer: true,
         role: Role::Norm,
-        shape: Shape::Vector(Dim::HeadDim),
+        shape: Shape::Vector(Dim::Head),
         gguf_rows: None,
     },
     Def {
@@ -260,7 +260,7 @@ const DEFS: [Def; 18] = [
         gguf: "attn_k_norm",
         in_layer: true,
         role: Role::Norm,
-        shape: Shape::Vector(Dim::HeadDim),
+        shape: Shape::Vector(Dim::Head),
         gguf_rows: None,
     },
     Def {
@@ -575,7 +575,10 @@ mod tests {
         let post = TensorId::weight(Module::PostAttnNorm, Some(0));
         assert_eq!(post.gguf_name(Family::Llama), "blk.0.ffn_norm.weight");
         // Gemma: ffn_norm is the MLP's input norm; the attention output's is its own.
-        assert_eq!(post.gguf_name(Family::Gemma3), "blk.0.post_attention_norm.weight");
+        assert_eq!(
+            post.gguf_name(Family::Gemma3),
+            "blk.0.post_attention_norm.weight"
+        );
         assert_eq!(
             TensorId::parse_gguf("blk.0.ffn_norm.weight", Family::Gemma3),
             Some(TensorId::weight(Module::PreFfnNorm, Some(0)))
@@ -585,7 +588,10 @@ mod tests {
             TensorId::parse_gguf("blk.1.ffn_up.weight", Family::Phi3),
             Some(TensorId::weight(Module::GateUpProj, Some(1)))
         );
-        assert_eq!(TensorId::parse_gguf("blk.1.attn_q.weight", Family::Phi3), None);
+        assert_eq!(
+            TensorId::parse_gguf("blk.1.attn_q.weight", Family::Phi3),
+            None
+        );
         assert_eq!(
             TensorId::weight(Module::Embed, None).gguf_name(Family::Qwen2),
             "token_embd.weight"

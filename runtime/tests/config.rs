@@ -211,7 +211,12 @@ fn gemma3_local_and_global_layers_each_take_their_window_and_rope() {
     // The v5 layout: per-type rope_parameters and explicit layer_types give the same model.
     let mut v5: serde_json::Value = serde_json::from_str(GEMMA3_270M_V4).unwrap();
     let m = v5.as_object_mut().unwrap();
-    for k in ["rope_theta", "rope_local_base_freq", "rope_scaling", "sliding_window_pattern"] {
+    for k in [
+        "rope_theta",
+        "rope_local_base_freq",
+        "rope_scaling",
+        "sliding_window_pattern",
+    ] {
         m.remove(k);
     }
     m.insert(
@@ -222,7 +227,13 @@ fn gemma3_local_and_global_layers_each_take_their_window_and_rope() {
         }),
     );
     let types: Vec<&str> = (0..18)
-        .map(|l| if (l + 1) % 6 == 0 { "full_attention" } else { "sliding_attention" })
+        .map(|l| {
+            if (l + 1) % 6 == 0 {
+                "full_attention"
+            } else {
+                "sliding_attention"
+            }
+        })
         .collect();
     m.insert("layer_types".into(), serde_json::json!(types));
     assert_eq!(ModelConfig::from_json(&v5.to_string()).unwrap(), c);
@@ -275,5 +286,7 @@ fn phi4_mini_partial_rotary_and_longrope() {
     let mut llama = json.clone();
     llama["model_type"] = "llama".into();
     llama["rope_scaling"] = serde_json::Value::Null;
-    assert!(err(&llama.to_string()).to_string().contains("partial_rotary_factor"));
+    assert!(err(&llama.to_string())
+        .to_string()
+        .contains("partial_rotary_factor"));
 }

@@ -84,7 +84,10 @@ fn every_family_fixture_runs_packs_and_verifies_bit_exactly() {
         check_kv_parity(&folder, &tokens, &[1, 33, 69]);
         // The windows of the test shapes are shorter than the sequence: the splits above cross
         // them.
-        if let Some(w) = (0..cfg.num_hidden_layers).filter_map(|l| cfg.window(l)).min() {
+        if let Some(w) = (0..cfg.num_hidden_layers)
+            .filter_map(|l| cfg.window(l))
+            .min()
+        {
             assert!(w < tokens.len() - 1, "{shape}: window {w} is not crossed");
         }
         // Past longrope's original length a sequence takes the long factors; cached decode

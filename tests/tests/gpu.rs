@@ -550,7 +550,13 @@ fn gpu_synthetic_models_match_cpu_with_long_contexts() {
         .iter()
         .enumerate()
         .map(|(i, shape)| {
-            cllm_tests::synth_model(tmp.path(), shape, cllm_format::Dtype::Bf16, 0, 20 + i as u64)
+            cllm_tests::synth_model(
+                tmp.path(),
+                shape,
+                cllm_format::Dtype::Bf16,
+                0,
+                20 + i as u64,
+            )
         })
         .collect();
     let family_packs = || {

@@ -18,7 +18,8 @@ fn gemma3_270m_matches_transformers_on_the_cpu() {
     }
     let reference = Reference::load(&root().join("fixtures/reference/gemma3-270m/reference.json"));
     assert_eq!(reference.model_type, "gemma3_text");
-    check_files(&hf, &reference).expect("the imported folder is the one the reference was made from");
+    check_files(&hf, &reference)
+        .expect("the imported folder is the one the reference was made from");
     let model = Engine::cpu().open(&hf, &OpenOptions::default()).unwrap();
     let report = compare(&model, &reference, &Tolerances::default());
     println!(

@@ -73,7 +73,11 @@ fn frequencies(
                     ext.len()
                 )));
             }
-            let inv = ext.iter().zip(&pows).map(|(&e, &p)| 1.0f32 / (e * p)).collect();
+            let inv = ext
+                .iter()
+                .zip(&pows)
+                .map(|(&e, &p)| 1.0f32 / (e * p))
+                .collect();
             Ok((inv, *attention_factor))
         }
         &RopeScaling::Linear { factor } => {
@@ -103,22 +107,23 @@ fn frequencies(
             let two_pi = (2.0 * std::f64::consts::PI) as f32;
             let old32 = old as f32;
             let denom = (high_freq_factor as f64 - low_freq_factor as f64) as f32;
-            unscaled(base
-                .iter()
-                .map(|&f| {
-                    let wavelen = (1.0f32 / f) * two_pi;
-                    let llama = if wavelen > low_wavelen { f / factor } else { f };
-                    let smooth = ((1.0f32 / wavelen) * old32 - low_freq_factor) / denom;
-                    let smoothed = (1.0 - smooth) * llama / factor + smooth * llama;
-                    // `~(w < high) * ~(w > low)` in transformers; no NaN can occur here.
-                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
-                    if medium {
-                        smoothed
-                    } else {
-                        llama
-                    }
-                })
-                .collect())
+            unscaled(
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = (1.0f32 / f) * two_pi;
+                        let llama = if wavelen > low_wavelen { f / factor } else { f };
+                        let smooth = ((1.0f32 / wavelen) * old32 - low_freq_factor) / denom;
+                        let smoothed = (1.0 - smooth) * llama / factor + smooth * llama;
+                        // `~(w < high) * ~(w > low)` in transformers; no NaN can occur here.
+                        let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                        if medium {
+                            smoothed
+                        } else {
+                            llama
+                        }
+                    })
+                    .collect(),
+            )
         }
     }
 }
@@ -271,7 +276,11 @@ mod tests {
         let base = inv_freq(6, 500.0, &RopeScaling::None).unwrap();
         let short = RopeTable::new(6, 6, 500.0, &s, 10).unwrap();
         let long = RopeTable::new(6, 6, 500.0, &s, 11).unwrap();
-        for (i, (&f, (&es, &el))) in base.iter().zip([1f32, 2.0, 4.0].iter().zip(&[3f32, 5.0, 7.0])).enumerate() {
+        for (i, (&f, (&es, &el))) in base
+            .iter()
+            .zip([1f32, 2.0, 4.0].iter().zip(&[3f32, 5.0, 7.0]))
+            .enumerate()
+        {
             let pow = 1.0 / f as f64;
             for (table, e) in [(&short, es), (&long, el)] {
                 let want = 1.5 * (3.0 / (e as f64 * pow)).cos();

@@ -104,7 +104,13 @@ impl GpuWeight {
                 (cols.div_ceil(2), groups * 2, groups * 2)
             }
         };
-        let at = |base: u64, per_row: u64| if base == 0 { 0 } else { base + from as u64 * per_row };
+        let at = |base: u64, per_row: u64| {
+            if base == 0 {
+                0
+            } else {
+                base + from as u64 * per_row
+            }
+        };
         Ok(GpuWeight {
             rows: to - from,
             cols: self.cols,

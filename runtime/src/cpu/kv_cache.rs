@@ -47,9 +47,19 @@ impl KvCache {
         let ropes = cfg
             .ropes()
             .iter()
-            .map(|r| RopeTable::new(cfg.head_dim, cfg.rotary_dim, r.theta as f32, &r.scaling, capacity))
+            .map(|r| {
+                RopeTable::new(
+                    cfg.head_dim,
+                    cfg.rotary_dim,
+                    r.theta as f32,
+                    &r.scaling,
+                    capacity,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let layer_rope = (0..cfg.num_hidden_layers).map(|l| cfg.rope_index(l)).collect();
+        let layer_rope = (0..cfg.num_hidden_layers)
+            .map(|l| cfg.rope_index(l))
+            .collect();
         Ok(KvCache {
             layers: cfg.num_hidden_layers,
             kv_heads: cfg.num_key_value_heads,

@@ -236,7 +236,11 @@ impl GpuModel {
         for l in 0..cfg.num_hidden_layers {
             let input_norm = t.norm(Module::InputNorm, Some(l))?;
             let [q, k, v] = if family.fused_projections() {
-                t.fused(Module::QkvProj, l, [cfg.q_dim(), cfg.kv_dim(), cfg.kv_dim()])?
+                t.fused(
+                    Module::QkvProj,
+                    l,
+                    [cfg.q_dim(), cfg.kv_dim(), cfg.kv_dim()],
+                )?
             } else {
                 [
                     t.linear(Module::QProj, l)?,

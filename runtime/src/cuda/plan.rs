@@ -139,9 +139,8 @@ impl StepBuffers {
         let a = |what: &str, i: usize| gpu.alloc(what, sizes[i]);
         let mut ropes = Vec::new();
         for r in cfg.ropes() {
-            let table =
-                RopeTable::new(hd, cfg.rotary_dim, r.theta as f32, &r.scaling, capacity)
-                    .map_err(ModelError::from)?;
+            let table = RopeTable::new(hd, cfg.rotary_dim, r.theta as f32, &r.scaling, capacity)
+                .map_err(ModelError::from)?;
             let (mut cos, mut sin) = (
                 Vec::with_capacity(capacity * half),
                 Vec::with_capacity(capacity * half),
