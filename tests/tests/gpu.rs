@@ -1695,3 +1695,54 @@ fn gpu_divergence_real_model_names_the_broken_layer() {
         "{text}"
     );
 }
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-tests.sh"]
+fn gpu_synthetic_families_match_transformers() {
+    // The CPU's reference test (tests/tests/reference_families.rs) on the GPU: every family's
+    // fixture against transformers' own figures, prompt ids, greedy continuations and top-5
+    // logits under the same rules.
+    use cllm_tests::reference::{check_files, compare, reference_files, Reference, Tolerances};
+    gpu_test!();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = cllm_tests::reference_dir()
+        .parent()
+        .expect("fixtures/reference")
+        .to_path_buf();
+    let engine = cllm_runtime::Engine::new(cllm_runtime::Device::Cuda).unwrap();
+    let mut failures = Vec::new();
+    let mut shapes = 0;
+    for path in reference_files(&dir) {
+        let reference = Reference::load(&path);
+        let Some(synth) = reference.synth.clone() else {
+            continue;
+        };
+        let dtype = cllm_format::Dtype::from_safetensors(&synth.dtype.to_uppercase()).unwrap();
+        let folder =
+            cllm_tests::synth_model(tmp.path(), &synth.shape, dtype, synth.shards, synth.seed);
+        check_files(&folder, &reference).unwrap();
+        let model = engine
+            .open(&folder, &cllm_runtime::OpenOptions::default())
+            .unwrap();
+        let report = compare(&model, &reference, &Tolerances::default());
+        println!(
+            "{} on the GPU: max relative logit error {:.3e}, {} teacher-forced steps\n{report}",
+            synth.shape,
+            report.max_rel_err(),
+            report.forced_steps()
+        );
+        failures.extend(
+            report
+                .failures()
+                .into_iter()
+                .map(|f| format!("{}: {f}", synth.shape)),
+        );
+        shapes += 1;
+    }
+    assert!(
+        shapes >= 6,
+        "{shapes} synthetic references under {}",
+        dir.display()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
