@@ -69,10 +69,10 @@ impl GgufBuilder {
         self
     }
 
-    pub fn strs(&mut self, key: &str, v: &[String]) -> &mut Self {
+    pub fn strs<S: AsRef<str>>(&mut self, key: &str, v: &[S]) -> &mut Self {
         let b = self.array(key, T_STR, v.len());
         for s in v {
-            put_str(b, s);
+            put_str(b, s.as_ref());
         }
         self
     }

@@ -187,10 +187,10 @@ fn a_sliding_window_really_limits_attention() {
     }
 }
 
-/// A one-layer model of family `arch` as llama.cpp stores it (f32): q and k rows numbered
+/// A one-layer model of family `arch` as llama.cpp stores it (f32; shapes in PyTorch order): q and k rows numbered
 /// `row * 16 + col` so the importer's row order shows, q/k/v biases where `biases`.
 fn tiny_gguf(arch: &str, biases: bool) -> Vec<u8> {
-    let mut g = cllm_tests::GgufWriter::default();
+    let mut g = cllm_tests::gguf_families::GgufBuilder::default();
     let k = |s: &str| format!("{arch}.{s}");
     g.str("general.architecture", arch)
         .u32(&k("block_count"), 1)
@@ -211,17 +211,17 @@ fn tiny_gguf(arch: &str, biases: bool) -> Vec<u8> {
             .collect()
     };
     let small = |n: usize| -> Vec<f32> { (0..n).map(|i| (i % 7) as f32 * 0.01).collect() };
-    g.tensor("token_embd.weight", &[8, 3], small(24))
+    g.tensor("token_embd.weight", &[3, 8], small(24))
         .tensor("output_norm.weight", &[8], vec![1.0; 8])
         .tensor("blk.0.attn_norm.weight", &[8], vec![1.0; 8])
         .tensor("blk.0.ffn_norm.weight", &[8], vec![1.0; 8])
         .tensor("blk.0.attn_q.weight", &[8, 8], numbered(8, 8))
-        .tensor("blk.0.attn_k.weight", &[8, 4], numbered(4, 8))
-        .tensor("blk.0.attn_v.weight", &[8, 4], small(32))
+        .tensor("blk.0.attn_k.weight", &[4, 8], numbered(4, 8))
+        .tensor("blk.0.attn_v.weight", &[4, 8], small(32))
         .tensor("blk.0.attn_output.weight", &[8, 8], small(64))
-        .tensor("blk.0.ffn_gate.weight", &[8, 16], small(128))
-        .tensor("blk.0.ffn_up.weight", &[8, 16], small(128))
-        .tensor("blk.0.ffn_down.weight", &[16, 8], small(128));
+        .tensor("blk.0.ffn_gate.weight", &[16, 8], small(128))
+        .tensor("blk.0.ffn_up.weight", &[16, 8], small(128))
+        .tensor("blk.0.ffn_down.weight", &[8, 16], small(128));
     if biases {
         g.tensor("blk.0.attn_q.bias", &[8], numbered(8, 1))
             .tensor("blk.0.attn_k.bias", &[4], numbered(4, 1))
