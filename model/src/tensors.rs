@@ -616,5 +616,24 @@ mod tests {
         assert_eq!(TensorId::classify("transformer.h.0.ln_1.weight"), None);
         let e = TensorId::classify("model.embed_tokens.weight").unwrap();
         assert_eq!(e.module.role(), Role::Embedding);
+        // The presets select by role: fused q/k/v is attention, fused gate/up is MLP, the
+        // per-head and sandwich norms are norms (never quantized).
+        let role = |n: &str| TensorId::classify(n).map(|t| t.module.role());
+        assert_eq!(
+            role("model.layers.2.self_attn.qkv_proj.weight"),
+            Some(Role::Attention)
+        );
+        assert_eq!(
+            role("model.layers.2.mlp.gate_up_proj.weight"),
+            Some(Role::Mlp)
+        );
+        assert_eq!(
+            role("model.layers.2.self_attn.q_norm.weight"),
+            Some(Role::Norm)
+        );
+        assert_eq!(
+            role("model.layers.2.post_feedforward_layernorm.weight"),
+            Some(Role::Norm)
+        );
     }
 }
