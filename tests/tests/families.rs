@@ -299,3 +299,23 @@ fn ggufs_of_each_family_import_by_the_description_and_run() {
         assert_eq!(w["generated_ids"], v["generated_ids"], "{arch}");
     }
 }
+
+#[test]
+fn an_unsupported_architecture_is_named_once_with_the_supported_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = synth_model(tmp.path(), "tiny", Dtype::Bf16, 0, 2);
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap();
+    config["model_type"] = "falcon".into();
+    std::fs::write(folder.join("config.json"), config.to_string()).unwrap();
+    let out = cllm_tests::cllm(&["run", s(&folder), "-p", "hi", "-n", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let supported = cllm_model::Family::supported_model_types();
+    assert!(
+        err.contains("\"falcon\"") && err.contains(&supported),
+        "{err}"
+    );
+    // The message is said once (library errors carry their source in their own text).
+    assert_eq!(err.matches("falcon").count(), 1, "{err}");
+}
