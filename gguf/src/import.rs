@@ -606,9 +606,9 @@ pub fn import_with(
         })
         .collect();
     let n_tensors = views.len();
-    let mut info = HashMap::new();
-    info.insert("format".to_string(), "pt".to_string());
-    info.insert("source".to_string(), "gguf".to_string());
+    // One metadata entry: the safetensors crate writes a map's entries in its hash order, so a
+    // second one would make two imports of one file differ in their header bytes.
+    let info = HashMap::from([("format".to_string(), "pt".to_string())]);
     let st_path = dir.join("model.safetensors");
     safetensors::serialize_to_file(views, Some(info), &st_path)
         .map_err(|e| GgufError::Safetensors(e.to_string()))?;

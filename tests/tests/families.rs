@@ -319,3 +319,28 @@ fn an_unsupported_architecture_is_named_once_with_the_supported_ones() {
     // The message is said once (library errors carry their source in their own text).
     assert_eq!(err.matches("falcon").count(), 1, "{err}");
 }
+
+#[test]
+fn importing_a_gguf_twice_gives_the_same_bytes() {
+    // References record the imported folder's file hashes, so an import must be a function of
+    // its input (a metadata map written in hash order once made the header differ run to run).
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("m.gguf");
+    std::fs::write(&gguf, tiny_gguf("qwen2", true)).unwrap();
+    let mut files = Vec::new();
+    for i in 0..4 {
+        let dir = tmp.path().join(format!("out{i}"));
+        cllm_ok(&["import-gguf", s(&gguf), "-o", s(&dir)]);
+        let mut all = Vec::new();
+        for name in [
+            "model.safetensors",
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            all.push(std::fs::read(dir.join(name)).unwrap());
+        }
+        files.push(all);
+    }
+    assert!(files.windows(2).all(|w| w[0] == w[1]));
+}
