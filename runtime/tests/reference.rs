@@ -57,15 +57,28 @@ impl Ref {
             .collect()
     }
 
-    fn inv_freq(&self) -> Vec<f64> {
+    /// The inverse frequencies for a sequence of `positions`, and the factor cos and sin are
+    /// multiplied by (longrope's attention factor; 1 otherwise).
+    fn inv_freq(&self, positions: usize) -> (Vec<f64>, f64) {
         let d = self.cfg.head_dim as f64;
         let base: Vec<f64> = (0..self.cfg.head_dim / 2)
             .map(|i| 1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / d))
             .collect();
-        match &self.cfg.rope_scaling {
+        let inv = match &self.cfg.rope_scaling {
             cllm_model::RopeScaling::None => base,
-            cllm_model::RopeScaling::LongRope { .. } => {
-                unimplemented!("this f64 reference covers the Llama layer only")
+            cllm_model::RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            } => {
+                let ext = if positions > *original_max_position_embeddings {
+                    long_factor
+                } else {
+                    short_factor
+                };
+                let inv = base.iter().zip(ext).map(|(f, &e)| f / e as f64).collect();
+                return (inv, *attention_factor as f64);
             }
             &cllm_model::RopeScaling::Linear { factor } => {
                 base.iter().map(|f| f / factor as f64).collect()
@@ -96,17 +109,19 @@ impl Ref {
                     })
                     .collect()
             }
-        }
+        };
+        (inv, 1.0)
     }
 
-    fn rope(&self, x: &mut [f64], pos: usize, inv: &[f64]) {
+    fn rope(&self, x: &mut [f64], pos: usize, (inv, scale): &(Vec<f64>, f64)) {
         let hd = self.cfg.head_dim;
         for head in x.chunks_mut(hd) {
             for i in 0..hd / 2 {
                 let a = pos as f64 * inv[i];
+                let (c, s) = (a.cos() * scale, a.sin() * scale);
                 let (x1, x2) = (head[i], head[i + hd / 2]);
-                head[i] = x1 * a.cos() - x2 * a.sin();
-                head[i + hd / 2] = x2 * a.cos() + x1 * a.sin();
+                head[i] = x1 * c - x2 * s;
+                head[i + hd / 2] = x2 * c + x1 * s;
             }
         }
     }
@@ -114,7 +129,7 @@ impl Ref {
     fn forward(&self, tokens: &[u32]) -> Vec<Vec<f64>> {
         let c = &self.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.num_attention_heads, c.num_key_value_heads);
-        let inv = self.inv_freq();
+        let inv = self.inv_freq(tokens.len());
         let (_, hidden, emb) = &self.w["model.embed_tokens.weight"];
         let mut h: Vec<Vec<f64>> = tokens
             .iter()
@@ -272,4 +287,39 @@ fn matches_reference_with_mistral_sliding_window() {
     let (m, r) = build(&json, Form::F32, 23, |_, _| {});
     assert_eq!(m.config().sliding_window, Some(4));
     check(&m, &r, &Rng(5).tokens(10, 300), 2e-5, "sliding window");
+}
+
+#[test]
+fn matches_reference_with_longrope_on_both_sides_of_the_original_length() {
+    // Short factors up to the original length, long ones past it (by the sequence's length in
+    // a full forward), cos and sin scaled by the attention factor of max_position 128 / 32.
+    let short: Vec<f64> = (0..8).map(|i| 1.0 + 0.2 * i as f64).collect();
+    let long: Vec<f64> = (0..8).map(|i| 1.0 + 3.0 * i as f64).collect();
+    let json = common::config_json(false).replace(
+        r#""rope_theta": 10000.0,"#,
+        &format!(
+            r#""rope_theta": 10000.0, "original_max_position_embeddings": 32,
+               "rope_scaling": {{"rope_type": "longrope", "short_factor": {short:?},
+                                "long_factor": {long:?}}},"#
+        ),
+    );
+    let (m, r) = build(&json, Form::Bf16, 24, |_, _| {});
+    assert!(matches!(
+        m.config().rope_scaling,
+        cllm_model::RopeScaling::LongRope { .. }
+    ));
+    check(
+        &m,
+        &r,
+        &Rng(6).tokens(20, 300),
+        2e-5,
+        "longrope, short factors",
+    );
+    check(
+        &m,
+        &r,
+        &Rng(7).tokens(60, 300),
+        2e-5,
+        "longrope, long factors",
+    );
 }
