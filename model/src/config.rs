@@ -577,6 +577,12 @@ fn parse_rope(
     rotary_dim: usize,
     max_pos: usize,
 ) -> Result<Ropes, ConfigError> {
+    let ctx = RopeContext {
+        top: o,
+        family,
+        rotary_dim,
+        max_pos,
+    };
     let gemma = family == Family::Gemma3;
     let default_theta = if gemma { 1_000_000.0 } else { 10_000.0 };
     let local = |theta: Option<f64>| -> Result<Option<Rope>, ConfigError> {
@@ -597,9 +603,7 @@ fn parse_rope(
                         theta,
                         scaling: RopeScaling::None,
                     }),
-                    Some(Value::Object(t)) => {
-                        rope_of(o, &Obj(t, &p.name(key)), theta, family, rotary_dim, max_pos)
-                    }
+                    Some(Value::Object(t)) => rope_of(&ctx, &Obj(t, &p.name(key)), theta),
                     Some(v) => Err(p.wrong(key, "an object", v)),
                 }
             };
@@ -609,14 +613,7 @@ fn parse_rope(
             })
         }
         Some(Value::Object(p)) => Ok(Ropes {
-            full: rope_of(
-                o,
-                &Obj(p, "rope_parameters"),
-                default_theta,
-                family,
-                rotary_dim,
-                max_pos,
-            )?,
+            full: rope_of(&ctx, &Obj(p, "rope_parameters"), default_theta)?,
             sliding: local(o.f64_opt("rope_local_base_freq")?)?,
         }),
         Some(v) => Err(o.wrong("rope_parameters", "an object", v)),
@@ -627,9 +624,7 @@ fn parse_rope(
             )?;
             let scaling = match o.get("rope_scaling") {
                 None => RopeScaling::None,
-                Some(Value::Object(s)) => {
-                    scaling_of(o, &Obj(s, "rope_scaling"), family, rotary_dim, max_pos)?
-                }
+                Some(Value::Object(s)) => scaling_of(&ctx, &Obj(s, "rope_scaling"))?,
                 Some(v) => return Err(o.wrong("rope_scaling", "an object or null", v)),
             };
             Ok(Ropes {
@@ -651,14 +646,20 @@ fn check_theta(theta: f64, key: &str) -> Result<f64, ConfigError> {
     }
 }
 
-/// A v5 `rope_parameters` object (`rope_theta` and the scaling keys side by side).
-fn rope_of(
-    top: &Obj<'_>,
-    p: &Obj<'_>,
-    default_theta: f64,
+/// What reading a RoPE object takes besides the object: the top-level config (Phi-3 keeps
+/// `original_max_position_embeddings` there), the family, the rotated width and the context.
+struct RopeContext<'o, 'a> {
+    top: &'o Obj<'a>,
     family: Family,
     rotary_dim: usize,
     max_pos: usize,
+}
+
+/// A v5 `rope_parameters` object (`rope_theta` and the scaling keys side by side).
+fn rope_of(
+    ctx: &RopeContext<'_, '_>,
+    p: &Obj<'_>,
+    default_theta: f64,
 ) -> Result<Rope, ConfigError> {
     let theta = check_theta(
         p.f64_opt("rope_theta")?.unwrap_or(default_theta),
@@ -666,18 +667,13 @@ fn rope_of(
     )?;
     Ok(Rope {
         theta,
-        scaling: scaling_of(top, p, family, rotary_dim, max_pos)?,
+        scaling: scaling_of(ctx, p)?,
     })
 }
 
 /// The scaling a `rope_scaling` / `rope_parameters` object describes.
-fn scaling_of(
-    top: &Obj<'_>,
-    s: &Obj<'_>,
-    family: Family,
-    rotary_dim: usize,
-    max_pos: usize,
-) -> Result<RopeScaling, ConfigError> {
+fn scaling_of(ctx: &RopeContext<'_, '_>, s: &Obj<'_>) -> Result<RopeScaling, ConfigError> {
+    let family = ctx.family;
     // transformers accepts the legacy spelling `type` for `rope_type`.
     let (type_key, rope_type) = match s.str_opt("rope_type")? {
         Some(t) => ("rope_type", t),
@@ -720,7 +716,7 @@ fn scaling_of(
                 original_max_position_embeddings: s.usize("original_max_position_embeddings")?,
             }
         }
-        "longrope" => longrope(top, s, rotary_dim, max_pos)?,
+        "longrope" => longrope(ctx, s)?,
         other => {
             return Err(ConfigError::Unsupported {
                 key: s.name(type_key),
@@ -735,12 +731,8 @@ fn scaling_of(
 /// transformers' `_compute_longrope_parameters`: the factor defaults to the ratio of
 /// `max_position_embeddings` to the original length, the attention factor to
 /// `sqrt(1 + ln(factor) / ln(original))` (1 when the factor is at most 1).
-fn longrope(
-    top: &Obj<'_>,
-    s: &Obj<'_>,
-    rotary_dim: usize,
-    max_pos: usize,
-) -> Result<RopeScaling, ConfigError> {
+fn longrope(ctx: &RopeContext<'_, '_>, s: &Obj<'_>) -> Result<RopeScaling, ConfigError> {
+    let (top, rotary_dim, max_pos) = (ctx.top, ctx.rotary_dim, ctx.max_pos);
     let factors = |key: &str| -> Result<Vec<f32>, ConfigError> {
         let v = s
             .get(key)
