@@ -23,6 +23,7 @@ pub mod run;
 pub mod text;
 pub mod weights;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -478,24 +479,24 @@ fn own_errors(
 }
 
 /// The reference's gate and up values of `layer` (a fused `gate_up_proj`'s rows split in
-/// halves), and their row count.
+/// halves; separate projections' traces as they are), and their row count.
 fn activation_parts(
     family: Family,
     trace: &RefTrace,
     layer: usize,
-) -> Option<(Vec<f32>, Vec<f32>, usize)> {
+) -> Option<(Cow<'_, [f32]>, Cow<'_, [f32]>, usize)> {
     match family.activation_inputs() {
         ActivationInputs::Separate(gate, up) => {
             let g = trace.points.get(&gate.hf_name(layer))?;
             let u = trace.points.get(&up.hf_name(layer))?;
-            Some((g.data.clone(), u.data.clone(), g.rows))
+            Some((Cow::Borrowed(&g.data), Cow::Borrowed(&u.data), g.rows))
         }
         ActivationInputs::Fused(gate_up) => {
             let gu = trace.points.get(&gate_up.hf_name(layer))?;
             let half = gu.data.len() / gu.rows.max(1) / 2;
             let (mut g, mut u) = (Vec::new(), Vec::new());
             split_rows(&gu.data, gu.rows, &mut [&mut g, &mut u], &[half, half]);
-            Some((g, u, gu.rows))
+            Some((Cow::Owned(g), Cow::Owned(u), gu.rows))
         }
     }
 }
