@@ -63,15 +63,39 @@ impl RmsNorm {
         }
         Ok(())
     }
+
+    /// [`RmsNorm::apply`] with the output over the input (the same bits: each row's sum is
+    /// taken before any of it is written).
+    pub fn apply_in_place(&self, x: &mut [f32]) -> Result<(), KernelError> {
+        let d = self.dim();
+        if d == 0 || !x.len().is_multiple_of(d) {
+            return Err(KernelError::BufferLength {
+                what: "rms_norm input (a whole number of rows)",
+                expected: (x.len() / d.max(1) + 1) * d,
+                actual: x.len(),
+            });
+        }
+        for row in x.chunks_exact_mut(d) {
+            let inv = inv_rms(row, self.eps);
+            for (v, &wv) in row.iter_mut().zip(&self.weight) {
+                *v = wv * (*v * inv);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One row: `out = w * (x * inv_rms)`, with `inv_rms = 1 / sqrt(sum(x^2) / d + eps)`.
 fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let mean = dot(x, x) / x.len() as f32;
-    let inv = 1.0 / (mean + eps).sqrt();
+    let inv = inv_rms(x, eps);
     for ((o, &xv), &wv) in out.iter_mut().zip(x).zip(w) {
         *o = wv * (xv * inv);
     }
+}
+
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let mean = dot(x, x) / x.len() as f32;
+    1.0 / (mean + eps).sqrt()
 }
 
 /// Normalizes rows of `x` with a norm weight given as a [`Weight`] (see [`RmsNorm`]).
@@ -114,6 +138,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn in_place_gives_the_same_bits() {
+        let d = 24;
+        let x: Vec<f32> = (0..3 * d)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 3.0)
+            .collect();
+        let w: Vec<f32> = (0..d).map(|i| 0.25 + i as f32 / 9.0).collect();
+        let weight = Weight {
+            rows: 1,
+            cols: d,
+            data: WeightData::F32(w),
+        };
+        let n = RmsNorm::new(&weight, 1e-6).unwrap();
+        let mut out = vec![0f32; x.len()];
+        n.apply(&x, &mut out).unwrap();
+        let mut y = x.clone();
+        n.apply_in_place(&mut y).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y), bits(&out));
+        assert!(n.apply_in_place(&mut vec![0.0; d + 1]).is_err());
     }
 
     #[test]

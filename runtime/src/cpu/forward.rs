@@ -10,7 +10,7 @@
 //! the number of rayon threads.
 
 use cllm_kernels::cpu::{
-    attend, embedding_row, geglu_tanh, matmul, matmul_many, swiglu, KernelError, RmsNorm,
+    attend, embedding_row, geglu_tanh, matmul, matmul_many, swiglu, KernelError,
 };
 use cllm_model::{Activation, Module, Point};
 use rayon::prelude::*;
@@ -79,13 +79,6 @@ pub(crate) fn split_rows(fused: &[f32], n: usize, parts: &mut [&mut Vec<f32>], w
             at += w;
         }
     }
-}
-
-/// `x = norm(x)` through the scratch buffer `tmp`.
-fn norm_in_place(norm: &RmsNorm, x: &mut [f32], tmp: &mut Vec<f32>) -> Result<(), KernelError> {
-    tmp.clear();
-    tmp.extend_from_slice(x);
-    norm.apply(tmp, x)
 }
 
 impl Linear {
@@ -170,7 +163,7 @@ impl CpuModel {
         let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
         let mut attn = vec![0f32; n * cfg.q_dim()];
         let (mut o, mut gate, mut up) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut fused, mut tmp) = (Vec::new(), Vec::new());
+        let mut fused = Vec::new();
         let mut act = vec![0f32; n * cfg.intermediate_size];
         let family = cfg.family;
         for (l, layer) in self.layers.iter().enumerate() {
@@ -192,8 +185,8 @@ impl CpuModel {
                 }
             }
             if let Some((qn, kn)) = &layer.qk_norm {
-                norm_in_place(qn, &mut q, &mut tmp)?;
-                norm_in_place(kn, &mut k, &mut tmp)?;
+                qn.apply_in_place(&mut q)?;
+                kn.apply_in_place(&mut k)?;
                 trace.emit(Point::Norm(Module::QNorm), ly, &q);
                 trace.emit(Point::Norm(Module::KNorm), ly, &k);
             }
@@ -223,7 +216,7 @@ impl CpuModel {
             layer.o_proj.forward(&attn, n, &mut o)?;
             trace.emit(Point::Projection(Module::OProj), ly, &o);
             if let Some(norm) = &layer.attn_out_norm {
-                norm_in_place(norm, &mut o, &mut tmp)?;
+                norm.apply_in_place(&mut o)?;
                 trace.emit(Point::Norm(Module::PostAttnNorm), ly, &o);
             }
             for (hv, &ov) in h.iter_mut().zip(&o) {
@@ -249,7 +242,7 @@ impl CpuModel {
             layer.down_proj.forward(&act, n, &mut o)?;
             trace.emit(Point::Projection(Module::DownProj), ly, &o);
             if let Some(norm) = &layer.mlp_out_norm {
-                norm_in_place(norm, &mut o, &mut tmp)?;
+                norm.apply_in_place(&mut o)?;
                 trace.emit(Point::Norm(Module::PostFfnNorm), ly, &o);
             }
             for (hv, &ov) in h.iter_mut().zip(&o) {
