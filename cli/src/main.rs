@@ -8,6 +8,7 @@ mod bench;
 mod common;
 mod demo;
 mod divergence;
+mod export;
 mod import;
 mod inspect;
 mod pack;
@@ -37,6 +38,7 @@ enum Command {
     Verify(verify::VerifyArgs),
     Diff(divergence::DiffArgs),
     Unpack(unpack::UnpackArgs),
+    Export(export::ExportArgs),
     #[cfg(feature = "synth")]
     Synth(synth::SynthArgs),
     ImportGguf(import::ImportArgs),
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => verify::run(a),
         Command::Diff(a) => divergence::run_diff(a),
         Command::Unpack(a) => unpack::run(a),
+        Command::Export(a) => export::run(a),
         #[cfg(feature = "synth")]
         Command::Synth(a) => synth::run(a),
         Command::ImportGguf(a) => import::run(a),

@@ -1,6 +1,8 @@
 //! Opening a container: the framing, the index and every structural rule of spec/FORMAT.md,
 //! checked before any frame is touched; then decoding frames, streams, tensors and files on demand.
 
+use std::sync::Arc;
+
 use crate::codec::{Codec, Encoding, StreamSpec};
 use crate::encoding::decode_frame_into;
 use crate::error::{FormatError, Result};
@@ -8,10 +10,25 @@ use crate::index::{FileEntry, FrameEntry, Index, StreamEntry, TensorEntry};
 use crate::layout::{self, align_up, Framing, DATA_START};
 use crate::limits::Limits;
 
+/// Bytes a container can own: typically a memory map, shared between the shards of a set and
+/// the threads that decode them.
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// Called with `(offset, len)` once a frame's stored bytes have been read, so that the owner of a
+/// memory map can hand those pages back: a reader's resident memory then stays bounded by what is
+/// in flight, not by the size of the file.
+pub type Release = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+enum Bytes<'a> {
+    Borrowed(&'a [u8]),
+    Shared(SharedBytes),
+}
+
 /// An opened, structurally valid container over the file's bytes (typically a memory map).
 /// Opening reads only the preamble, the footer and the index.
 pub struct Container<'a> {
-    bytes: &'a [u8],
+    bytes: Bytes<'a>,
+    release: Option<Release>,
     pub framing: Framing,
     pub index: Index,
     codecs: Vec<Codec>,
@@ -124,17 +141,33 @@ impl FrameCursor<'_> {
     }
 }
 
+impl Container<'static> {
+    /// [`Container::open`] over bytes the container keeps (a memory map shared with others).
+    pub fn open_shared(bytes: SharedBytes, limits: &Limits) -> Result<Container<'static>> {
+        Self::open_bytes(Bytes::Shared(bytes), limits)
+    }
+}
+
 impl<'a> Container<'a> {
     /// Checks framing, index and layout. Touches only the first 16 bytes, the index and the footer.
     pub fn open(bytes: &'a [u8], limits: &Limits) -> Result<Container<'a>> {
-        let framing = layout::read_framing(bytes, limits.max_index_len)?;
-        let raw = &bytes
+        Self::open_bytes(Bytes::Borrowed(bytes), limits)
+    }
+
+    fn open_bytes(bytes: Bytes<'a>, limits: &Limits) -> Result<Container<'a>> {
+        let all: &[u8] = match &bytes {
+            Bytes::Borrowed(b) => b,
+            Bytes::Shared(b) => (**b).as_ref(),
+        };
+        let framing = layout::read_framing(all, limits.max_index_len)?;
+        let raw = &all
             [framing.index_offset as usize..(framing.index_offset + framing.index_length) as usize];
         let index: Index =
             serde_json::from_slice(raw).map_err(|e| FormatError::IndexJson(e.to_string()))?;
         let (codecs, specs) = validate(&index, &framing, limits)?;
         Ok(Container {
             bytes,
+            release: None,
             framing,
             index,
             codecs,
@@ -142,8 +175,24 @@ impl<'a> Container<'a> {
         })
     }
 
-    pub fn bytes(&self) -> &'a [u8] {
-        self.bytes
+    /// Hands every frame's stored bytes to `release` once they have been read.
+    pub fn with_release(mut self, release: Release) -> Self {
+        self.release = Some(release);
+        self
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::Borrowed(b) => b,
+            Bytes::Shared(b) => (**b).as_ref(),
+        }
+    }
+
+    /// Tells the release hook, if any, that `len` bytes at `offset` have been read.
+    pub fn release(&self, offset: u64, len: u64) {
+        if let Some(r) = &self.release {
+            r(offset, len);
+        }
     }
 
     pub fn tensors(&self) -> &[TensorEntry] {
@@ -166,8 +215,8 @@ impl<'a> Container<'a> {
     }
 
     /// The stored bytes of a frame; in range, since `open` checked the layout.
-    pub fn frame_bytes(&self, f: &FrameEntry) -> &'a [u8] {
-        &self.bytes[f.offset as usize..(f.offset + f.stored) as usize]
+    pub fn frame_bytes(&self, f: &FrameEntry) -> &[u8] {
+        &self.bytes()[f.offset as usize..(f.offset + f.stored) as usize]
     }
 
     /// Checks a frame's checksum and decodes it into `out` (exactly `f.decoded` bytes).
@@ -195,7 +244,9 @@ impl<'a> Container<'a> {
                 f.xxh3, f.offset
             )));
         }
-        decode_frame_into(encoding, stored, out, scratch).map_err(|e| err(e.to_string()))
+        let decoded = decode_frame_into(encoding, stored, out, scratch);
+        self.release(f.offset, f.stored);
+        decoded.map_err(|e| err(e.to_string()))
     }
 
     /// Decodes a whole stream and checks its hash. Allocates the stream's length.
@@ -250,6 +301,70 @@ impl<'a> Container<'a> {
             });
         }
         Ok(out)
+    }
+
+    /// Decodes stream `stream` of tensor `tensor` one frame at a time, handing each frame's
+    /// decoded bytes to `each` in order; the stream hash is checked after the last frame, so a
+    /// caller that writes the chunks out must discard what it wrote when this fails. Memory holds
+    /// one frame, whatever the tensor's size.
+    pub fn stream_chunks<E: From<FormatError>>(
+        &self,
+        tensor: usize,
+        stream: usize,
+        mut each: impl FnMut(&[u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let t = &self.index.tensors[tensor];
+        let owner = tensor_owner(&t.name);
+        let s = &t.streams[stream];
+        let encoding = self.specs[tensor][stream].encoding;
+        let mut hasher = crate::hash::Hasher128::default();
+        let (mut buf, mut scratch) = (Vec::new(), Vec::new());
+        for (i, f) in s.frames.iter().enumerate() {
+            buf.clear();
+            buf.resize(f.decoded as usize, 0);
+            self.decode_frame(&owner, &s.role, i, f, encoding, &mut buf, &mut scratch)?;
+            hasher.update(&buf);
+            each(&buf)?;
+        }
+        let computed = hasher.hex();
+        if computed != s.xxh3 {
+            return Err(FormatError::StreamHash {
+                owner,
+                role: s.role.clone(),
+                stored: s.xxh3.clone(),
+                computed,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Tensor `tensor` in its source dtype (as [`Container::tensor_source_bytes`]), handed to
+    /// `each` a frame of the data stream at a time: memory holds one frame and, for a quantized
+    /// tensor, its scales, never the whole tensor.
+    pub fn source_chunks<E: From<FormatError>>(
+        &self,
+        tensor: usize,
+        mut each: impl FnMut(&[u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let codec = self.codecs[tensor];
+        if codec.is_lossless() {
+            return self.stream_chunks(tensor, 0, each);
+        }
+        let t = &self.index.tensors[tensor];
+        let owner = tensor_owner(&t.name);
+        let params: Vec<Vec<u8>> = (1..t.streams.len())
+            .map(|s| self.decode_stream(&owner, &t.streams[s], self.specs[tensor][s].encoding))
+            .collect::<Result<_>>()?;
+        let mut at = 0usize;
+        let mut out = Vec::new();
+        self.stream_chunks(tensor, 0, |codes: &[u8]| {
+            let values = crate::tensor::dequantize_range(codec, &t.shape, codes, at, &params);
+            at += codes.len();
+            out.clear();
+            crate::quant::from_f32(t.dtype, &values, &mut out);
+            each(&out)
+        })
     }
 
     /// Decodes every stream of a tensor: its payload as stored (quantized tensors stay quantized).

@@ -225,6 +225,59 @@ pub fn dequantize(codec: Codec, shape: &[u64], streams: &[Vec<u8>]) -> Vec<f32> 
     }
 }
 
+/// Dequantizes bytes `codes` of a quantized tensor's data stream that start at byte `at` of the
+/// stream, given the tensor's other streams (`params`: scales, then mins), to f32 values.
+/// The same arithmetic as [`dequantize`], for one frame at a time.
+pub fn dequantize_range(
+    codec: Codec,
+    shape: &[u64],
+    codes: &[u8],
+    at: usize,
+    params: &[Vec<u8>],
+) -> Vec<f32> {
+    let (_, cols) = rows_cols(shape);
+    match codec {
+        Codec::Int8Row | Codec::Int8Group { .. } => {
+            let cols = cols.max(1);
+            let g = codec.group_size().map_or(cols, |g| g as usize);
+            let gpr = cols.div_ceil(g);
+            let scale = |gi: usize| {
+                let b = &params[0][gi * 4..gi * 4 + 4];
+                f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            };
+            codes
+                .iter()
+                .enumerate()
+                .map(|(k, &q)| {
+                    let e = at + k;
+                    quant::int8_dequantize(q as i8, scale((e / cols) * gpr + (e % cols) / g))
+                })
+                .collect()
+        }
+        Codec::Int4 { group_size } => {
+            let g = group_size as usize;
+            let gpr = cols / g;
+            let h = |v: &[u8], gi: usize| {
+                f16::from_bits(u16::from_le_bytes([v[2 * gi], v[2 * gi + 1]]))
+            };
+            let mut out = Vec::with_capacity(codes.len() * 2);
+            for (k, &b) in codes.iter().enumerate() {
+                for (j, q) in [b & 0x0f, b >> 4].into_iter().enumerate() {
+                    let e = 2 * (at + k) + j;
+                    let gi = (e / cols) * gpr + (e % cols) / g;
+                    out.push(quant::int4_dequantize(
+                        q,
+                        h(&params[0], gi),
+                        h(&params[1], gi),
+                    ));
+                }
+            }
+            out
+        }
+        _ => unreachable!("dequantize_range is for quantized codecs"),
+    }
+}
+
 /// A decoded tensor back in its source dtype.
 pub fn to_source_bytes(t: &TensorEntry, codec: Codec, mut streams: Vec<Vec<u8>>) -> Vec<u8> {
     if codec.is_lossless() {

@@ -8,8 +8,10 @@ pub mod error;
 pub mod gpu;
 pub mod hf;
 pub mod model;
+pub mod packed;
 pub mod pypi;
 pub mod verify;
 
 pub use error::LoadError;
 pub use model::{container_is_lossless, load_cpu, LoadedModel, ModelFiles, SourceKind};
+pub use packed::Packed;

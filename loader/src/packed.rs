@@ -1,0 +1,239 @@
+//! A packed model as users name it: one `.cllm` file or a shard set (`NAME-0000K-of-0000N.cllm`,
+//! named by its first shard, any shard, or a glob pattern), memory-mapped. Every tensor of the
+//! set is reached by its name or its position in the set's name order; each frame's pages are
+//! handed back to the kernel once read, so reading the whole set keeps resident memory bounded.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cllm_format::codec::StreamSpec;
+use cllm_format::index::TensorEntry;
+use cllm_format::reader::{Release, SharedBytes};
+use cllm_format::{Codec, Container, Index, Limits};
+use memmap2::Mmap;
+
+use crate::error::LoadError;
+
+/// One opened container of a packed model.
+pub struct Shard {
+    pub path: PathBuf,
+    pub container: Container<'static>,
+}
+
+/// An opened packed model: one container, or every shard of a set, checked to belong together.
+pub struct Packed {
+    shards: Vec<Shard>,
+    /// Every tensor, in name order: (shard, position in that shard's index).
+    tensors: Vec<(usize, usize)>,
+}
+
+/// Maps `path` read-only, with a release hook that drops a read range's pages from this process.
+pub fn map_container(path: &Path, limits: &Limits) -> Result<Container<'static>, LoadError> {
+    let f = File::open(path).map_err(|e| LoadError::io(path, e))?;
+    // SAFETY: read-only map; a file changed underneath is caught by the checksums.
+    let map = Arc::new(unsafe { Mmap::map(&f) }.map_err(|e| LoadError::io(path, e))?);
+    let shared: SharedBytes = map.clone();
+    let c = Container::open_shared(shared, limits).map_err(|e| LoadError::Format {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Ok(c.with_release(page_release(map)))
+}
+
+/// `MADV_DONTNEED` over the pages that cover each released range (rounded outward: a page shared
+/// with a neighbouring frame is simply read again if that frame still needs it).
+fn page_release(map: Arc<Mmap>) -> Release {
+    Arc::new(move |offset: u64, len: u64| {
+        #[cfg(unix)]
+        {
+            const PAGE: u64 = 4096;
+            let start = offset / PAGE * PAGE;
+            let end = (offset.saturating_add(len)).div_ceil(PAGE) * PAGE;
+            let end = end.min(map.len() as u64);
+            if end > start {
+                // SAFETY: the map is read-only and file-backed, so dropped pages are read back
+                // from the file on the next access; no reference into them is held across this.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start as usize,
+                        (end - start) as usize,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (&map, offset, len);
+    })
+}
+
+impl Packed {
+    /// Opens a container or a shard set.
+    pub fn open(path: &Path) -> Result<Packed, LoadError> {
+        let limits = Limits::default();
+        let container = map_container(path, &limits)?;
+        let shards = vec![Shard {
+            path: path.to_path_buf(),
+            container,
+        }];
+        Ok(Packed::from_shards(shards))
+    }
+
+    fn from_shards(shards: Vec<Shard>) -> Packed {
+        let mut tensors: Vec<(usize, usize)> = shards
+            .iter()
+            .enumerate()
+            .flat_map(|(s, sh)| (0..sh.container.tensors().len()).map(move |i| (s, i)))
+            .collect();
+        tensors.sort_by(|a, b| {
+            let name = |(s, i): &(usize, usize)| shards[*s].container.tensors()[*i].name.as_str();
+            name(a).cmp(name(b))
+        });
+        Packed { shards, tensors }
+    }
+
+    /// The path users named: the single file, or the set's first shard.
+    pub fn path(&self) -> &Path {
+        &self.shards[0].path
+    }
+
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// The first container's index: its files, policy and provenance describe the whole set.
+    pub fn index(&self) -> &Index {
+        &self.shards[0].container.index
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// The `i`-th tensor in name order.
+    pub fn tensor(&self, i: usize) -> &TensorEntry {
+        let (s, k) = self.tensors[i];
+        &self.shards[s].container.tensors()[k]
+    }
+
+    pub fn tensors(&self) -> impl ExactSizeIterator<Item = &TensorEntry> + '_ {
+        (0..self.len()).map(|i| self.tensor(i))
+    }
+
+    /// Which shard holds tensor `i`, and where in that shard's index.
+    pub fn locate(&self, i: usize) -> (usize, usize) {
+        self.tensors[i]
+    }
+
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.tensors
+            .binary_search_by(|(s, k)| {
+                self.shards[*s].container.tensors()[*k]
+                    .name
+                    .as_str()
+                    .cmp(name)
+            })
+            .ok()
+    }
+
+    pub fn codec(&self, i: usize) -> Codec {
+        let (s, k) = self.tensors[i];
+        self.shards[s].container.codec(k)
+    }
+
+    pub fn stream_specs(&self, i: usize) -> &[StreamSpec] {
+        let (s, k) = self.tensors[i];
+        self.shards[s].container.stream_specs(k)
+    }
+
+    fn err(&self, s: usize) -> impl Fn(cllm_format::FormatError) -> LoadError + '_ {
+        move |e| LoadError::Format {
+            path: self.shards[s].path.clone(),
+            source: e,
+        }
+    }
+
+    /// Every stream of tensor `i` as stored (quantized tensors stay quantized), each frame and
+    /// stream hash checked.
+    pub fn decode_tensor(&self, i: usize) -> Result<Vec<Vec<u8>>, LoadError> {
+        let (s, k) = self.tensors[i];
+        self.shards[s]
+            .container
+            .decode_tensor(k)
+            .map_err(self.err(s))
+    }
+
+    /// Tensor `i` in its source dtype: lossless tensors as packed, quantized ones dequantized.
+    pub fn tensor_source_bytes(&self, i: usize) -> Result<Vec<u8>, LoadError> {
+        let (s, k) = self.tensors[i];
+        self.shards[s]
+            .container
+            .tensor_source_bytes(k)
+            .map_err(self.err(s))
+    }
+
+    /// An embedded file (config, tokenizer, ...), checked; from the first container.
+    pub fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>, LoadError> {
+        self.shards[0]
+            .container
+            .read_file(name)
+            .map_err(self.err(0))
+    }
+}
+
+impl Packed {
+    /// Stream `stream` of tensor `i`, a frame at a time (see [`Container::stream_chunks`]).
+    pub fn stream_chunks(
+        &self,
+        i: usize,
+        stream: usize,
+        each: impl FnMut(&[u8]) -> Result<(), LoadError>,
+    ) -> Result<(), LoadError> {
+        let (s, k) = self.tensors[i];
+        self.shards[s]
+            .container
+            .stream_chunks(k, stream, each)
+            .map_err(|e| self.located(s, e))
+    }
+
+    /// Tensor `i` in its source dtype, a frame at a time (see [`Container::source_chunks`]).
+    pub fn source_chunks(
+        &self,
+        i: usize,
+        each: impl FnMut(&[u8]) -> Result<(), LoadError>,
+    ) -> Result<(), LoadError> {
+        let (s, k) = self.tensors[i];
+        self.shards[s]
+            .container
+            .source_chunks(k, each)
+            .map_err(|e| self.located(s, e))
+    }
+
+    /// A format error from the container layer gets the shard's path; others pass through.
+    fn located(&self, s: usize, e: LoadError) -> LoadError {
+        match e {
+            LoadError::Format { path, source } if path.as_os_str().is_empty() => {
+                LoadError::Format {
+                    path: self.shards[s].path.clone(),
+                    source,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl From<cllm_format::FormatError> for LoadError {
+    /// Path filled in by [`Packed`] where the error surfaces.
+    fn from(source: cllm_format::FormatError) -> LoadError {
+        LoadError::Format {
+            path: PathBuf::new(),
+            source,
+        }
+    }
+}
