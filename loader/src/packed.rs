@@ -201,6 +201,19 @@ impl Packed {
             .map_err(|e| self.located(s, e))
     }
 
+    /// Stream `stream` of tensor `i` whole (for the small streams: scales, mins), hash checked.
+    pub fn decode_stream(&self, i: usize, stream: usize) -> Result<Vec<u8>, LoadError> {
+        let (s, k) = self.tensors[i];
+        let c = &self.shards[s].container;
+        let t = &c.tensors()[k];
+        c.decode_stream(
+            &cllm_format::reader::tensor_owner(&t.name),
+            &t.streams[stream],
+            c.stream_specs(k)[stream].encoding,
+        )
+        .map_err(self.err(s))
+    }
+
     /// Tensor `i` in its source dtype, a frame at a time (see [`Container::source_chunks`]).
     pub fn source_chunks(
         &self,
