@@ -65,6 +65,8 @@ pub enum FormatError {
     Padding { start: u64, end: u64 },
     #[error("embedded file {name}: {msg}")]
     File { name: String, msg: String },
+    #[error("shard set: {0}")]
+    Set(String),
     #[error("policy: {0}")]
     Policy(String),
     #[error("quantizing {tensor}: {msg}")]

@@ -16,6 +16,9 @@ pub struct Index {
     pub policy: PolicyRecord,
     #[serde(default)]
     pub provenance: Provenance,
+    /// Present in the shards of a set (version 1.2, spec section 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<crate::shard::SetRecord>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -146,7 +149,7 @@ mod hex64 {
 /// Lists whose JSON elements can be far smaller than their parsed form (`""` is 3 bytes of JSON
 /// and 24 of `String`) are capped while parsing, so an index's memory stays a small multiple of its
 /// length whatever it holds.
-mod bounded {
+pub(crate) mod bounded {
     use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
     use std::marker::PhantomData;
 

@@ -17,6 +17,7 @@ pub mod pack;
 pub mod policy;
 pub mod quant;
 pub mod reader;
+pub mod shard;
 pub mod tensor;
 pub mod verify;
 
@@ -27,7 +28,8 @@ pub use form::WeightForm;
 pub use index::Index;
 pub use limits::Limits;
 pub use pack::{
-    pack, project, PackInput, PackOptions, PackSummary, Progress, Projection, SourceTensor,
+    pack, pack_sharded, project, PackInput, PackOptions, PackSummary, Progress, Projection,
+    ShardOut, SourceBytes, SourceTensor,
 };
 pub use policy::{Policy, Preset, Quant, Rule};
 pub use reader::Container;

@@ -3,7 +3,9 @@
 //! Frames are encoded in parallel (rayon) a bounded window at a time and written in order, so the
 //! output is the same bytes whatever the thread count, and memory holds one window, never the model.
 
+use std::borrow::Cow;
 use std::io::Write;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -16,15 +18,77 @@ use crate::index::{
 };
 use crate::layout::{self, align_up};
 use crate::policy::Policy;
-use crate::tensor::{quant_params, stream_range};
+use crate::tensor::{quant_params_from, source_range, stream_range_from};
 use crate::Dtype;
 
-/// A tensor of the source model: its little-endian row-major bytes, typically memory-mapped.
+/// A source tensor's bytes: in memory, memory-mapped (pages handed back once read), or produced
+/// on demand (a synthetic model larger than the disk). Packing reads them a window at a time.
+pub enum SourceBytes<'a> {
+    Slice(&'a [u8]),
+    /// Mapped bytes; `release` is called with each sub-slice once it has been read.
+    Mapped {
+        bytes: &'a [u8],
+        release: &'a (dyn Fn(&[u8]) + Sync),
+    },
+    /// `fill(offset, out)` writes the `out.len()` bytes at `offset`; the same bytes every call.
+    Generated {
+        len: usize,
+        fill: &'a (dyn Fn(usize, &mut [u8]) + Sync),
+    },
+}
+
+impl<'a> From<&'a [u8]> for SourceBytes<'a> {
+    fn from(b: &'a [u8]) -> Self {
+        SourceBytes::Slice(b)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for SourceBytes<'a> {
+    fn from(b: &'a Vec<u8>) -> Self {
+        SourceBytes::Slice(b)
+    }
+}
+
+impl<'a> SourceBytes<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            SourceBytes::Slice(b) | SourceBytes::Mapped { bytes: b, .. } => b.len(),
+            SourceBytes::Generated { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes in `range` (borrowed where they are in memory).
+    pub fn read(&self, range: Range<usize>) -> Cow<'a, [u8]> {
+        match self {
+            SourceBytes::Slice(b) | SourceBytes::Mapped { bytes: b, .. } => {
+                Cow::Borrowed(&b[range])
+            }
+            SourceBytes::Generated { fill, .. } => {
+                let mut out = vec![0u8; range.len()];
+                fill(range.start, &mut out);
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// `range` has been read and will not be needed again soon.
+    pub fn done(&self, range: Range<usize>) {
+        if let SourceBytes::Mapped { bytes, release } = self {
+            release(&bytes[range]);
+        }
+    }
+}
+
+/// A tensor of the source model: its little-endian row-major bytes.
 pub struct SourceTensor<'a> {
     pub name: String,
     pub dtype: Dtype,
     pub shape: Vec<u64>,
-    pub bytes: &'a [u8],
+    pub bytes: SourceBytes<'a>,
 }
 
 pub struct PackInput<'a> {
@@ -73,16 +137,12 @@ pub struct PackSummary {
     pub source_bytes: u64,
 }
 
-/// The plan of one tensor, resolved before anything is written.
-struct Planned<'a> {
-    src: &'a SourceTensor<'a>,
-    codec: Codec,
-}
-
 /// One frame to encode: decoded bytes `range` of stream `stream` of the tensor or file at hand.
 struct Job {
     stream: usize,
-    range: std::ops::Range<usize>,
+    range: Range<usize>,
+    /// The source bytes the frame is computed from (a quantized data stream's elements).
+    source: Option<Range<usize>>,
     encoding: Encoding,
     effort: Effort,
     /// Source bytes this frame accounts for (progress only).
@@ -91,11 +151,584 @@ struct Job {
 
 /// Checks what the index would otherwise reject, and plans every tensor's codec.
 pub fn plan<'a>(tensors: &'a [SourceTensor<'a>], policy: &Policy) -> Result<Vec<Codec>> {
-    let mut seen = std::collections::HashSet::new();
-    for t in tensors {
-        if !seen.insert(t.name.as_str()) {
-            return Err(FormatError::tensor(&t.name, "appears twice in the source"));
+    let mut order: Vec<&SourceTensor> = tensors.iter().collect();
+    order.sort_by(|a, b| a.name.cmp(&b.name));
+    check_sources(&order)?;
+    let keys: Vec<_> = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice()))
+        .collect();
+    policy.resolve(&keys)
+}
+
+fn cut(len: usize, frame: usize) -> impl Iterator<Item = Range<usize>> {
+    (0..len.div_ceil(frame)).map(move |i| i * frame..((i + 1) * frame).min(len))
+}
+
+/// Where a sharded pack writes a shard: a file that can be cut back when a tensor that does not
+/// fit moves on to the next shard.
+pub trait ShardOut: Write {
+    /// Drops everything from `len` on; the next write goes to `len`.
+    fn truncate(&mut self, len: u64) -> std::io::Result<()>;
+}
+
+impl ShardOut for std::io::BufWriter<std::fs::File> {
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        use std::io::Seek;
+        self.flush()?;
+        self.get_mut().set_len(len)?;
+        self.get_mut().seek(std::io::SeekFrom::Start(len))?;
+        Ok(())
+    }
+}
+
+impl ShardOut for std::io::Cursor<Vec<u8>> {
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.get_mut().truncate(len as usize);
+        self.set_position(len);
+        Ok(())
+    }
+}
+
+/// A plain writer for an unsharded pack, which never needs to cut back.
+struct Unsharded<'w, W: Write>(&'w mut W);
+
+impl<W: Write> Write for Unsharded<'_, W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> ShardOut for Unsharded<'_, W> {
+    fn truncate(&mut self, _: u64) -> std::io::Result<()> {
+        unreachable!("an unsharded pack has no size limit, so nothing is ever moved")
+    }
+}
+
+/// One shard being written: its output, the write position and what its index will hold.
+struct Shard<O> {
+    out: O,
+    pos: u64,
+    tensors: Vec<TensorEntry>,
+    files: Vec<FileEntry>,
+    /// Serialized size of `tensors`, for the index reserve.
+    tensors_json: u64,
+}
+
+impl<O: ShardOut> Shard<O> {
+    fn write(&mut self, b: &[u8]) -> Result<()> {
+        self.out.write_all(b)?;
+        self.pos += b.len() as u64;
+        Ok(())
+    }
+    fn pad(&mut self) -> Result<()> {
+        let to = align_up(self.pos).expect("file offsets stay far below u64::MAX");
+        let zeros = [0u8; 64];
+        self.write(&zeros[..(to - self.pos) as usize])
+    }
+}
+
+/// The bytes of a frame of `decoded` bytes at worst (spec section 3.3's bound) plus its padding.
+fn worst_stored(decoded: u64) -> u64 {
+    decoded + decoded / 128 + 4096 + 64
+}
+
+/// Index bytes per frame entry at most (offset, stored, decoded, hash, punctuation).
+const FRAME_JSON: u64 = 128;
+
+/// The whole-model state of a pack in progress.
+struct Packer<'p, O: ShardOut> {
+    opts: &'p PackOptions,
+    limit: Option<u64>,
+    minor: u16,
+    shards: Vec<Shard<O>>,
+    create: &'p mut dyn FnMut(u64) -> std::io::Result<O>,
+    files: Vec<&'p (String, Vec<u8>)>,
+    /// Index bytes that do not depend on the shard's tensors (top level, policy, provenance, the
+    /// set record at its largest).
+    index_base: u64,
+    prog: Progress,
+    progress: &'p mut dyn FnMut(Progress),
+}
+
+/// Why a tensor stopped before its last frame.
+enum Flow {
+    Done,
+    /// The shard is full: the tensor moves to the next one.
+    Full,
+}
+
+impl<'p, O: ShardOut> Packer<'p, O> {
+    fn open_shard(&mut self) -> Result<()> {
+        let k = self.shards.len() as u64 + 1;
+        let out = (self.create)(k)?;
+        let mut sh = Shard {
+            out,
+            pos: 0,
+            tensors: Vec::new(),
+            files: Vec::new(),
+            tensors_json: 0,
+        };
+        sh.write(&layout::preamble(layout::MAJOR, self.minor))?;
+        sh.pad()?;
+        self.shards.push(sh);
+        Ok(())
+    }
+
+    /// The embedded files the current shard gets: all of them in the first shard, only
+    /// `config.json` (which every container must hold) in the others.
+    fn shard_files(&self) -> Vec<&'p (String, Vec<u8>)> {
+        let first = self.shards.len() <= 1;
+        self.files
+            .iter()
+            .copied()
+            .filter(|(n, _)| first || n == "config.json")
+            .collect()
+    }
+
+    /// Bytes the current shard must keep free beyond its frames: its files, its index, a footer.
+    fn reserve(&self, frames_in_flight: u64) -> u64 {
+        let sh = self.shards.last().expect("a shard is open");
+        let files: u64 = self
+            .shard_files()
+            .iter()
+            .map(|(n, b)| {
+                let frames = (b.len() as u64).div_ceil(self.opts.frame_size as u64);
+                worst_stored(b.len() as u64) + frames * (4096 + FRAME_JSON) + n.len() as u64 + 256
+            })
+            .sum();
+        files + self.index_base + sh.tensors_json + frames_in_flight * FRAME_JSON + 64 + 32
+    }
+
+    fn over_limit(&self, frames_in_flight: u64) -> bool {
+        let sh = self.shards.last().expect("a shard is open");
+        self.limit
+            .is_some_and(|max| sh.pos + self.reserve(frames_in_flight) > max)
+    }
+
+    /// Writes one tensor into the current shard, or, when it would overflow a shard that already
+    /// holds tensors, cuts the shard back and writes it at the start of a new one.
+    fn tensor(&mut self, t: &SourceTensor<'_>, codec: Codec) -> Result<()> {
+        let params = quant_params_from(&t.name, codec, t.dtype, &t.shape, &t.bytes)?;
+        let specs = codec.streams(&t.name, t.dtype, &t.shape)?;
+        let mut jobs = Vec::new();
+        for (si, spec) in specs.iter().enumerate() {
+            let frame = self.opts.frame_size - self.opts.frame_size % spec.elem_size;
+            let share = |r: &Range<usize>| -> u64 {
+                if si == 0 && spec.len > 0 {
+                    (t.bytes.len() as u128 * r.len() as u128 / spec.len as u128) as u64
+                } else {
+                    0
+                }
+            };
+            for range in cut(spec.len as usize, frame) {
+                jobs.push(Job {
+                    stream: si,
+                    source_bytes: share(&range),
+                    source: source_range(codec, t.dtype, si, &range),
+                    range,
+                    encoding: spec.encoding,
+                    effort: effort(codec, self.opts),
+                });
+            }
         }
+        loop {
+            let start = self.shards.last().expect("a shard is open").pos;
+            let done_before = self.prog.source_done;
+            match self.tensor_frames(t, codec, &params, &specs, &jobs)? {
+                (Flow::Done, entry) => {
+                    let json = serde_json::to_vec(&entry)
+                        .map_err(|e| FormatError::IndexJson(e.to_string()))?
+                        .len() as u64;
+                    let sh = self.shards.last_mut().expect("a shard is open");
+                    sh.tensors_json += json + 1;
+                    sh.tensors.push(entry);
+                    return Ok(());
+                }
+                (Flow::Full, _) => {
+                    let sh = self.shards.last_mut().expect("a shard is open");
+                    if sh.tensors.is_empty() {
+                        return Err(FormatError::tensor(
+                            &t.name,
+                            format!(
+                                "does not fit in a shard of {} bytes even alone (more than {} bytes \
+                                 stored so far); raise --max-shard-size",
+                                self.limit.unwrap_or(0),
+                                sh.pos - start
+                            ),
+                        ));
+                    }
+                    sh.out.truncate(start)?;
+                    sh.pos = start;
+                    self.prog.source_done = done_before;
+                    self.close_shard()?;
+                    self.open_shard()?;
+                }
+            }
+        }
+    }
+
+    /// The frames of one tensor, a window at a time; stops early when the shard fills up.
+    fn tensor_frames(
+        &mut self,
+        t: &SourceTensor<'_>,
+        codec: Codec,
+        params: &crate::tensor::QuantParams,
+        specs: &[crate::codec::StreamSpec],
+        jobs: &[Job],
+    ) -> Result<(Flow, TensorEntry)> {
+        let mut streams: Vec<StreamEntry> = specs
+            .iter()
+            .map(|s| StreamEntry {
+                role: s.role.to_string(),
+                len: s.len,
+                xxh3: String::new(),
+                frames: Vec::new(),
+            })
+            .collect();
+        let mut hashers = vec![Hasher128::default(); specs.len()];
+        let mut source_hash = Hasher128::default();
+        let mut written = 0u64;
+        let flow = self.run_jobs(
+            jobs,
+            |job| {
+                let source = job.source.clone().map(|r| t.bytes.read(r));
+                let decoded = match (codec.is_lossless(), &source) {
+                    (true, Some(s)) => s.clone(),
+                    _ => Cow::Owned(stream_range_from(
+                        t.dtype,
+                        &t.shape,
+                        params,
+                        source.as_deref().unwrap_or(&[]),
+                        job.stream,
+                        job.range.clone(),
+                    )),
+                };
+                Produced { decoded, source }
+            },
+            |job, produced, frame| {
+                hashers[job.stream].update(&produced.decoded);
+                if let (false, Some(s)) = (codec.is_lossless(), &produced.source) {
+                    source_hash.update(s);
+                }
+                if let Some(r) = &job.source {
+                    t.bytes.done(r.clone());
+                }
+                streams[job.stream].frames.push(frame);
+                written += 1;
+                written
+            },
+        )?;
+        for (s, h) in streams.iter_mut().zip(&hashers) {
+            s.xxh3 = h.hex();
+        }
+        let source_xxh3 = if codec.is_lossless() {
+            streams[0].xxh3.clone()
+        } else {
+            source_hash.hex()
+        };
+        Ok((
+            flow,
+            TensorEntry {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                codec: codec.id().to_string(),
+                group_size: codec.group_size(),
+                source_xxh3,
+                streams,
+            },
+        ))
+    }
+
+    /// Writes the current shard's embedded files after its tensors.
+    fn close_shard(&mut self) -> Result<()> {
+        for (name, bytes) in self.shard_files() {
+            let jobs: Vec<Job> = cut(bytes.len(), self.opts.frame_size)
+                .map(|range| Job {
+                    stream: 0,
+                    source: None,
+                    range,
+                    encoding: Encoding::Zstd,
+                    effort: Effort::Level(self.opts.zstd_level),
+                    source_bytes: 0,
+                })
+                .collect();
+            let mut frames = Vec::new();
+            self.run_jobs(
+                &jobs,
+                |job| Produced {
+                    decoded: Cow::Borrowed(&bytes[job.range.clone()]),
+                    source: None,
+                },
+                |_, _, frame| {
+                    frames.push(frame);
+                    0
+                },
+            )?;
+            self.shards
+                .last_mut()
+                .expect("a shard is open")
+                .files
+                .push(FileEntry {
+                    name: name.clone(),
+                    len: bytes.len() as u64,
+                    xxh3: crate::hash::xxh3_128_hex(bytes),
+                    frames,
+                });
+        }
+        Ok(())
+    }
+
+    /// Encodes `jobs` a window at a time in parallel and writes the frames in order. `done` gets
+    /// each written frame and returns how many frames of the current tensor are written; the run
+    /// stops with [`Flow::Full`] when the shard could no longer hold its index.
+    fn run_jobs<'s>(
+        &mut self,
+        jobs: &[Job],
+        produce: impl Fn(&Job) -> Produced<'s> + Sync,
+        mut done: impl FnMut(&Job, &Produced<'s>, FrameEntry) -> u64,
+    ) -> Result<Flow> {
+        let mut start = 0;
+        while start < jobs.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            let cost = |j: &Job| j.range.len().max(j.source.as_ref().map_or(0, |r| r.len()));
+            while end < jobs.len()
+                && (end == start || bytes + cost(&jobs[end]) <= self.opts.window_bytes)
+            {
+                bytes += cost(&jobs[end]);
+                end += 1;
+            }
+            let encoded: Vec<(Produced, std::io::Result<Vec<u8>>)> = jobs[start..end]
+                .par_iter()
+                .map(|job| {
+                    let p = produce(job);
+                    let e = encode_frame(job.encoding, &p.decoded, job.effort);
+                    (p, e)
+                })
+                .collect();
+            for (job, (p, e)) in jobs[start..end].iter().zip(encoded) {
+                let stored = e?;
+                let sh = self.shards.last_mut().expect("a shard is open");
+                sh.pad()?;
+                let frame = FrameEntry {
+                    offset: sh.pos,
+                    stored: stored.len() as u64,
+                    decoded: job.range.len() as u64,
+                    xxh3: xxhash_rust::xxh3::xxh3_64(&stored),
+                };
+                sh.write(&stored)?;
+                self.prog.source_done += job.source_bytes;
+                let in_flight = done(job, &p, frame);
+                if self.over_limit(in_flight) {
+                    return Ok(Flow::Full);
+                }
+            }
+            self.prog.written = self.shards.iter().map(|s| s.pos).sum();
+            (self.progress)(self.prog);
+            start = end;
+        }
+        Ok(Flow::Done)
+    }
+
+    /// Closes the last shard and writes every shard's index and footer; returns the outputs with
+    /// their indexes and lengths.
+    fn finish(mut self, provenance: Provenance) -> Result<Vec<(O, PackSummary)>> {
+        self.close_shard()?;
+        let indexes: Vec<Index> = self
+            .shards
+            .iter_mut()
+            .map(|sh| Index {
+                format: "cllm".into(),
+                version: [layout::MAJOR, self.minor],
+                alignment: layout::ALIGNMENT,
+                tensors: std::mem::take(&mut sh.tensors),
+                files: std::mem::take(&mut sh.files),
+                policy: self.opts.policy.record(),
+                provenance: provenance.clone(),
+                set: None,
+            })
+            .collect();
+        let sets = match self.limit {
+            Some(_) => crate::shard::bind(&indexes.iter().collect::<Vec<_>>())
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => vec![None; indexes.len()],
+        };
+        let mut out = Vec::with_capacity(indexes.len());
+        for ((mut sh, mut index), set) in self.shards.into_iter().zip(indexes).zip(sets) {
+            index.set = set;
+            sh.pad()?;
+            let index_offset = sh.pos;
+            let json =
+                serde_json::to_vec(&index).map_err(|e| FormatError::IndexJson(e.to_string()))?;
+            sh.write(&json)?;
+            sh.write(&layout::footer(
+                index_offset,
+                &json,
+                &layout::preamble(layout::MAJOR, self.minor),
+            ))?;
+            sh.out.flush()?;
+            if let Some(max) = self.limit {
+                if sh.pos > max {
+                    return Err(FormatError::Set(format!(
+                        "shard {} came to {} bytes, over the limit of {max} (its index took more \
+                         than reserved); raise --max-shard-size",
+                        out.len() + 1,
+                        sh.pos
+                    )));
+                }
+            }
+            let summary = PackSummary {
+                index,
+                file_len: sh.pos,
+                source_bytes: 0,
+            };
+            out.push((sh.out, summary));
+        }
+        (self.progress)(self.prog);
+        Ok(out)
+    }
+}
+
+/// A frame's decoded bytes and, for a quantized data stream, the source bytes they came from.
+struct Produced<'s> {
+    decoded: Cow<'s, [u8]>,
+    source: Option<Cow<'s, [u8]>>,
+}
+
+/// Packs `input` into `out` as one container. `progress` is called after every window.
+pub fn pack<W: Write>(
+    input: &PackInput<'_>,
+    opts: &PackOptions,
+    out: &mut W,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PackSummary> {
+    let mut sink = Some(Unsharded(out));
+    let mut create = |_: u64| Ok(sink.take().expect("an unsharded pack opens one output"));
+    let mut done = pack_core(input, opts, None, &mut create, progress)?;
+    let (_, summary) = done.pop().expect("one container");
+    Ok(summary)
+}
+
+/// Packs `input` as a shard set: `create(k)` opens shard `k` (from 1) when it is needed; each
+/// shard stays within `max_shard_bytes`. Returns every shard's output and summary, in order.
+/// A tensor that does not fit alone in a shard is an error naming it.
+pub fn pack_sharded<O: ShardOut>(
+    input: &PackInput<'_>,
+    opts: &PackOptions,
+    max_shard_bytes: u64,
+    create: &mut dyn FnMut(u64) -> std::io::Result<O>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<(O, PackSummary)>> {
+    pack_core(input, opts, Some(max_shard_bytes), create, progress)
+}
+
+fn pack_core<O: ShardOut>(
+    input: &PackInput<'_>,
+    opts: &PackOptions,
+    limit: Option<u64>,
+    create: &mut dyn FnMut(u64) -> std::io::Result<O>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<(O, PackSummary)>> {
+    if opts.frame_size == 0 || !opts.frame_size.is_multiple_of(8) || opts.frame_size > 64 << 20 {
+        return Err(FormatError::Policy(format!(
+            "frame size {} must be a multiple of 8 bytes, at most 64 MiB",
+            opts.frame_size
+        )));
+    }
+    if !input.files.iter().any(|(n, _)| n == "config.json") {
+        return Err(FormatError::Index(
+            "the source has no config.json to embed".into(),
+        ));
+    }
+    let mut order: Vec<&SourceTensor> = input.tensors.iter().collect();
+    order.sort_by(|a, b| a.name.cmp(&b.name));
+    let keys: Vec<_> = order
+        .iter()
+        .map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice()))
+        .collect();
+    check_sources(&order)?;
+    let codecs = opts.policy.resolve(&keys)?;
+    let mut files: Vec<&(String, Vec<u8>)> = input.files.iter().collect();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let source_total: u64 = order.iter().map(|t| t.bytes.len() as u64).sum();
+    // The lowest minor version whose features the file uses (spec section 1, "Versions").
+    let codec_minor = codecs.iter().map(|c| c.min_minor()).max().unwrap_or(0);
+    let minor = match limit {
+        Some(_) => codec_minor.max(crate::shard::MIN_MINOR),
+        None => codec_minor,
+    };
+    let provenance = Provenance {
+        tool: opts.tool.clone(),
+        frame_size: opts.frame_size as u64,
+        zstd_level: opts.zstd_level,
+        source_files: input.source_files.clone(),
+    };
+    let base = Index {
+        format: "cllm".into(),
+        version: [layout::MAJOR, minor],
+        alignment: layout::ALIGNMENT,
+        tensors: Vec::new(),
+        files: Vec::new(),
+        policy: opts.policy.record(),
+        provenance: provenance.clone(),
+        set: None,
+    };
+    let base_json = serde_json::to_vec(&base)
+        .map_err(|e| FormatError::IndexJson(e.to_string()))?
+        .len() as u64;
+    // The set record lists every shard; there are at most as many shards as tensors (+1 for
+    // the files).
+    let set_json = 256 + 96 * (order.len() as u64 + 1);
+    let mut packer = Packer {
+        opts,
+        limit,
+        minor,
+        shards: Vec::new(),
+        create,
+        files,
+        index_base: base_json + set_json,
+        prog: Progress {
+            source_total,
+            ..Progress::default()
+        },
+        progress,
+    };
+    packer.open_shard()?;
+    if packer.over_limit(0) {
+        return Err(FormatError::Set(format!(
+            "--max-shard-size {} bytes cannot hold even the first shard's embedded files and index",
+            limit.unwrap_or(0)
+        )));
+    }
+    for (t, &codec) in order.iter().zip(&codecs) {
+        packer.tensor(t, codec)?;
+    }
+    let mut out = packer.finish(provenance)?;
+    for (_, s) in &mut out {
+        s.source_bytes = s.index.tensors.iter().map(|t| t.raw_bytes()).sum::<u64>();
+    }
+    Ok(out)
+}
+
+/// [`plan`]'s checks over tensors already sorted by name.
+fn check_sources(order: &[&SourceTensor<'_>]) -> Result<()> {
+    for w in order.windows(2) {
+        if w[0].name == w[1].name {
+            return Err(FormatError::tensor(
+                &w[0].name,
+                "appears twice in the source",
+            ));
+        }
+    }
+    for t in order {
         if t.name.is_empty() || t.name.len() > 1024 {
             return Err(FormatError::tensor(&t.name, "name must be 1 to 1024 bytes"));
         }
@@ -111,280 +744,6 @@ pub fn plan<'a>(tensors: &'a [SourceTensor<'a>], policy: &Policy) -> Result<Vec<
                 ),
             ));
         }
-    }
-    let keys: Vec<_> = tensors
-        .iter()
-        .map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice()))
-        .collect();
-    policy.resolve(&keys)
-}
-
-fn cut(len: usize, frame: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    (0..len.div_ceil(frame)).map(move |i| i * frame..((i + 1) * frame).min(len))
-}
-
-struct Writer<'w, W: Write> {
-    out: &'w mut W,
-    pos: u64,
-}
-
-impl<W: Write> Writer<'_, W> {
-    fn write(&mut self, b: &[u8]) -> Result<()> {
-        self.out.write_all(b)?;
-        self.pos += b.len() as u64;
-        Ok(())
-    }
-    fn pad(&mut self) -> Result<()> {
-        let to = align_up(self.pos).expect("file offsets stay far below u64::MAX");
-        let zeros = [0u8; 64];
-        self.write(&zeros[..(to - self.pos) as usize])
-    }
-}
-
-/// Packs `input` into `out`. `progress` is called after every window.
-pub fn pack<W: Write>(
-    input: &PackInput<'_>,
-    opts: &PackOptions,
-    out: &mut W,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<PackSummary> {
-    if opts.frame_size == 0 || !opts.frame_size.is_multiple_of(8) || opts.frame_size > 64 << 20 {
-        return Err(FormatError::Policy(format!(
-            "frame size {} must be a multiple of 8 bytes, at most 64 MiB",
-            opts.frame_size
-        )));
-    }
-    if !input.files.iter().any(|(n, _)| n == "config.json") {
-        return Err(FormatError::Index(
-            "the source has no config.json to embed".into(),
-        ));
-    }
-    let mut order: Vec<&SourceTensor> = input.tensors.iter().collect();
-    order.sort_by(|a, b| a.name.cmp(&b.name));
-    let sorted: Vec<SourceTensor> = order
-        .iter()
-        .map(|t| SourceTensor {
-            name: t.name.clone(),
-            dtype: t.dtype,
-            shape: t.shape.clone(),
-            bytes: t.bytes,
-        })
-        .collect();
-    let codecs = plan(&sorted, &opts.policy)?;
-    let planned: Vec<Planned> = sorted
-        .iter()
-        .zip(&codecs)
-        .map(|(src, &codec)| Planned { src, codec })
-        .collect();
-    let mut files: Vec<&(String, Vec<u8>)> = input.files.iter().collect();
-    files.sort_by(|a, b| a.0.cmp(&b.0));
-
-    let source_total: u64 = sorted.iter().map(|t| t.bytes.len() as u64).sum();
-    // The lowest minor version whose codecs the file uses (spec section 1, "Versions").
-    let minor = codecs.iter().map(|c| c.min_minor()).max().unwrap_or(0);
-    let mut w = Writer { out, pos: 0 };
-    w.write(&layout::preamble(layout::MAJOR, minor))?;
-    w.pad()?;
-
-    let mut entries: Vec<TensorEntry> = Vec::with_capacity(planned.len());
-    let mut prog = Progress {
-        source_total,
-        ..Progress::default()
-    };
-    // Tensors one at a time: quantization parameters are per tensor, small (a scale per row or
-    // group), and computed before the tensor's frames.
-    for p in &planned {
-        let t = p.src;
-        let params = quant_params(&t.name, p.codec, t.dtype, &t.shape, t.bytes)?;
-        let specs = p.codec.streams(&t.name, t.dtype, &t.shape)?;
-        let mut jobs = Vec::new();
-        for (si, spec) in specs.iter().enumerate() {
-            let frame = opts.frame_size - opts.frame_size % spec.elem_size;
-            let share = |r: &std::ops::Range<usize>| -> u64 {
-                if si == 0 && spec.len > 0 {
-                    (t.bytes.len() as u128 * r.len() as u128 / spec.len as u128) as u64
-                } else {
-                    0
-                }
-            };
-            for range in cut(spec.len as usize, frame) {
-                jobs.push(Job {
-                    stream: si,
-                    source_bytes: share(&range),
-                    range,
-                    encoding: spec.encoding,
-                    effort: effort(p.codec, opts),
-                });
-            }
-        }
-        let mut streams: Vec<StreamEntry> = specs
-            .iter()
-            .map(|s| StreamEntry {
-                role: s.role.to_string(),
-                len: s.len,
-                xxh3: String::new(),
-                frames: Vec::new(),
-            })
-            .collect();
-        let mut hashers = vec![Hasher128::default(); specs.len()];
-        run_jobs(
-            &jobs,
-            opts,
-            &mut w,
-            &mut prog,
-            progress,
-            |job| match p.codec.is_lossless() {
-                true => Decoded::Borrowed(&t.bytes[job.range.clone()]),
-                false => Decoded::Owned(stream_range(
-                    t.dtype,
-                    &t.shape,
-                    &params,
-                    t.bytes,
-                    job.stream,
-                    job.range.clone(),
-                )),
-            },
-            |job, decoded, frame| {
-                hashers[job.stream].update(decoded);
-                streams[job.stream].frames.push(frame);
-            },
-        )?;
-        for (s, h) in streams.iter_mut().zip(&hashers) {
-            s.xxh3 = h.hex();
-        }
-        let source_xxh3 = if p.codec.is_lossless() {
-            streams[0].xxh3.clone()
-        } else {
-            crate::hash::xxh3_128_hex(t.bytes)
-        };
-        drop(params);
-        entries.push(TensorEntry {
-            name: t.name.clone(),
-            dtype: t.dtype,
-            shape: t.shape.clone(),
-            codec: p.codec.id().to_string(),
-            group_size: p.codec.group_size(),
-            source_xxh3,
-            streams,
-        });
-    }
-
-    let mut file_entries = Vec::with_capacity(files.len());
-    for (name, bytes) in &files {
-        let jobs: Vec<Job> = cut(bytes.len(), opts.frame_size)
-            .map(|range| Job {
-                stream: 0,
-                range,
-                encoding: Encoding::Zstd,
-                effort: Effort::Level(opts.zstd_level),
-                source_bytes: 0,
-            })
-            .collect();
-        let mut frames = Vec::new();
-        run_jobs(
-            &jobs,
-            opts,
-            &mut w,
-            &mut prog,
-            progress,
-            |job| Decoded::Borrowed(&bytes[job.range.clone()]),
-            |_, _, frame| frames.push(frame),
-        )?;
-        file_entries.push(FileEntry {
-            name: name.clone(),
-            len: bytes.len() as u64,
-            xxh3: crate::hash::xxh3_128_hex(bytes),
-            frames,
-        });
-    }
-
-    let index = Index {
-        format: "cllm".into(),
-        version: [layout::MAJOR, minor],
-        alignment: layout::ALIGNMENT,
-        tensors: entries,
-        files: file_entries,
-        policy: opts.policy.record(),
-        provenance: Provenance {
-            tool: opts.tool.clone(),
-            frame_size: opts.frame_size as u64,
-            zstd_level: opts.zstd_level,
-            source_files: input.source_files.clone(),
-        },
-    };
-    w.pad()?;
-    let index_offset = w.pos;
-    let json = serde_json::to_vec(&index).map_err(|e| FormatError::IndexJson(e.to_string()))?;
-    w.write(&json)?;
-    let footer = layout::footer(index_offset, &json, &layout::preamble(layout::MAJOR, minor));
-    w.write(&footer)?;
-    w.out.flush()?;
-    progress(prog);
-    Ok(PackSummary {
-        index,
-        file_len: w.pos,
-        source_bytes: source_total,
-    })
-}
-
-enum Decoded<'a> {
-    Borrowed(&'a [u8]),
-    Owned(Vec<u8>),
-}
-
-impl Decoded<'_> {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Decoded::Borrowed(b) => b,
-            Decoded::Owned(v) => v,
-        }
-    }
-}
-
-/// Encodes `jobs` a window at a time in parallel and writes the frames in order.
-fn run_jobs<'s, W: Write>(
-    jobs: &[Job],
-    opts: &PackOptions,
-    w: &mut Writer<'_, W>,
-    prog: &mut Progress,
-    progress: &mut dyn FnMut(Progress),
-    decoded: impl Fn(&Job) -> Decoded<'s> + Sync,
-    mut done: impl FnMut(&Job, &[u8], FrameEntry),
-) -> Result<()> {
-    let mut start = 0;
-    while start < jobs.len() {
-        let mut end = start;
-        let mut bytes = 0;
-        while end < jobs.len()
-            && (end == start || bytes + jobs[end].range.len() <= opts.window_bytes)
-        {
-            bytes += jobs[end].range.len();
-            end += 1;
-        }
-        let encoded: Vec<(Decoded, std::io::Result<Vec<u8>>)> = jobs[start..end]
-            .par_iter()
-            .map(|job| {
-                let d = decoded(job);
-                let e = encode_frame(job.encoding, d.bytes(), job.effort);
-                (d, e)
-            })
-            .collect();
-        for (job, (d, e)) in jobs[start..end].iter().zip(encoded) {
-            let stored = e?;
-            w.pad()?;
-            let frame = FrameEntry {
-                offset: w.pos,
-                stored: stored.len() as u64,
-                decoded: job.range.len() as u64,
-                xxh3: xxhash_rust::xxh3::xxh3_64(&stored),
-            };
-            w.write(&stored)?;
-            prog.source_done += job.source_bytes;
-            done(job, d.bytes(), frame);
-        }
-        prog.written = w.pos;
-        progress(*prog);
-        start = end;
     }
     Ok(())
 }
@@ -411,7 +770,7 @@ pub fn project(input: &PackInput<'_>, opts: &PackOptions) -> Result<Vec<Projecti
         .zip(codecs)
         .map(|(t, codec)| {
             let specs = codec.streams(&t.name, t.dtype, &t.shape)?;
-            let params = quant_params(&t.name, codec, t.dtype, &t.shape, t.bytes)?;
+            let params = quant_params_from(&t.name, codec, t.dtype, &t.shape, &t.bytes)?;
             let mut projected = 0u64;
             for (si, spec) in specs.iter().enumerate() {
                 let frame = opts.frame_size - opts.frame_size % spec.elem_size;
@@ -419,7 +778,15 @@ pub fn project(input: &PackInput<'_>, opts: &PackOptions) -> Result<Vec<Projecti
                 if n == 0 {
                     continue;
                 }
-                let sample = stream_range(t.dtype, &t.shape, &params, t.bytes, si, 0..n);
+                let part = source_range(codec, t.dtype, si, &(0..n)).map(|r| t.bytes.read(r));
+                let sample = stream_range_from(
+                    t.dtype,
+                    &t.shape,
+                    &params,
+                    part.as_deref().unwrap_or(&[]),
+                    si,
+                    0..n,
+                );
                 let stored = encode_frame(spec.encoding, &sample, effort(codec, opts))?.len();
                 projected += (stored as u128 * spec.len as u128 / n as u128) as u64;
             }

@@ -452,6 +452,19 @@ fn validate(
             layout::ALIGNMENT
         )));
     }
+    if index.set.is_some() && framing.minor < crate::shard::MIN_MINOR {
+        return Err(FormatError::Index(format!(
+            "a set record needs format 1.{}, the file says 1.{}",
+            crate::shard::MIN_MINOR,
+            framing.minor
+        )));
+    }
+    if let Some(set) = &index.set {
+        // The record's own consistency (manifest, id, this shard's digest) is checked here, so
+        // that every shard verifies alone; belonging to the rest of the set is the set opener's.
+        crate::shard::check_record(index)
+            .map_err(|e| FormatError::Set(format!("shard {} of {}: {e}", set.shard, set.count)))?;
+    }
     if index.tensors.len() > limits.max_tensors {
         return Err(FormatError::Index(format!(
             "{} tensors exceed the limit of {}",

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use crate::codec::Codec;
 use crate::error::{FormatError, Result};
 use crate::index::TensorEntry;
+use crate::pack::SourceBytes;
 use crate::quant;
 use crate::Dtype;
 
@@ -46,63 +47,93 @@ pub fn quant_params(
     shape: &[u64],
     src: &[u8],
 ) -> Result<QuantParams> {
+    quant_params_from(name, codec, dtype, shape, &SourceBytes::Slice(src))
+}
+
+/// [`quant_params`] over a source read a block of rows at a time (each block handed back with
+/// [`SourceBytes::done`] once read), so memory holds a few rows, never the tensor.
+pub fn quant_params_from(
+    name: &str,
+    codec: Codec,
+    dtype: Dtype,
+    shape: &[u64],
+    src: &SourceBytes<'_>,
+) -> Result<QuantParams> {
     let (rows, cols) = rows_cols(shape);
     let row_bytes = cols * dtype.size();
     let qerr = |row: usize, msg: String| FormatError::Quantize {
         tensor: name.to_string(),
         msg: format!("row {row}: {msg}"),
     };
+    // Blocks of about 1 MiB of rows: few reads and releases, small memory per worker.
+    let block = ((1usize << 20) / row_bytes.max(1)).max(1);
+    let blocks = rows.div_ceil(block);
+    let read_rows = |b: usize| {
+        let (r0, r1) = (b * block, ((b + 1) * block).min(rows));
+        (r0, r1, r0 * row_bytes..r1 * row_bytes)
+    };
     match codec {
         Codec::Int8Row | Codec::Int8Group { .. } => {
             let g = codec.group_size().map_or(cols, |g| g as usize).max(1);
-            let per_row = (0..rows)
+            let per_block = (0..blocks)
                 .into_par_iter()
-                .map_init(Vec::new, |buf, r| {
-                    quant::to_f32(dtype, &src[r * row_bytes..(r + 1) * row_bytes], buf);
-                    // A per-row scale exists even for an empty row (its scale is 0).
-                    let groups: Vec<&[f32]> = if codec == Codec::Int8Row {
-                        vec![&buf[..]]
-                    } else {
-                        buf.chunks(g).collect()
-                    };
-                    groups
-                        .into_iter()
-                        .enumerate()
-                        .map(|(k, group)| {
-                            quant::int8_scale(group).map_err(|j| {
+                .map_init(Vec::new, |buf, b| {
+                    let (r0, r1, range) = read_rows(b);
+                    let bytes = src.read(range.clone());
+                    let mut scales = Vec::new();
+                    for r in r0..r1 {
+                        let off = (r - r0) * row_bytes;
+                        quant::to_f32(dtype, &bytes[off..off + row_bytes], buf);
+                        // A per-row scale exists even for an empty row (its scale is 0).
+                        let groups: Vec<&[f32]> = if codec == Codec::Int8Row {
+                            vec![&buf[..]]
+                        } else {
+                            buf.chunks(g).collect()
+                        };
+                        for (k, group) in groups.into_iter().enumerate() {
+                            scales.push(quant::int8_scale(group).map_err(|j| {
                                 qerr(r, format!("element {} is NaN or infinite", k * g + j))
-                            })
-                        })
-                        .collect::<Result<Vec<f32>>>()
+                            })?);
+                        }
+                    }
+                    drop(bytes);
+                    src.done(range);
+                    Ok(scales)
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(QuantParams::Int8 {
                 group_size: g,
-                scales: per_row.into_iter().flatten().collect(),
+                scales: per_block.into_iter().flatten().collect(),
             })
         }
         Codec::Int4 { group_size } => {
             let g = group_size as usize;
-            let per_row = (0..rows)
+            let per_block = (0..blocks)
                 .into_par_iter()
-                .map_init(Vec::new, |buf, r| {
-                    quant::to_f32(dtype, &src[r * row_bytes..(r + 1) * row_bytes], buf);
-                    buf.chunks_exact(g)
-                        .enumerate()
-                        .map(|(k, group)| {
-                            quant::int4_group_params(group).map_err(|e| match e {
+                .map_init(Vec::new, |buf, b| {
+                    let (r0, r1, range) = read_rows(b);
+                    let bytes = src.read(range.clone());
+                    let mut params = Vec::new();
+                    for r in r0..r1 {
+                        let off = (r - r0) * row_bytes;
+                        quant::to_f32(dtype, &bytes[off..off + row_bytes], buf);
+                        for (k, group) in buf.chunks_exact(g).enumerate() {
+                            params.push(quant::int4_group_params(group).map_err(|e| match e {
                                 quant::QuantError::NonFinite { index } => {
                                     qerr(r, format!("element {} is NaN or infinite", k * g + index))
                                 }
                                 quant::QuantError::ScaleOverflow { .. } => {
                                     qerr(r, format!("group {k}: scale or min overflows f16"))
                                 }
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()
+                            })?);
+                        }
+                    }
+                    drop(bytes);
+                    src.done(range);
+                    Ok(params)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let (scales, mins) = per_row.into_iter().flatten().unzip();
+            let (scales, mins) = per_block.into_iter().flatten().unzip();
             Ok(QuantParams::Int4 {
                 group_size: g,
                 scales,
@@ -113,8 +144,27 @@ pub fn quant_params(
     }
 }
 
-/// The decoded bytes `range` of stream `stream` (its position in the codec's stream list).
-/// For lossless codecs this is a copy of the source; callers that can borrow should.
+/// The source bytes that decoded bytes `range` of stream `stream` are computed from: the same
+/// range for a lossless codec's data, the range's elements for a quantized data stream, nothing
+/// for scales and mins (computed from the parameters).
+pub fn source_range(
+    codec: Codec,
+    dtype: Dtype,
+    stream: usize,
+    range: &Range<usize>,
+) -> Option<Range<usize>> {
+    let es = dtype.size();
+    match (codec, stream) {
+        (c, 0) if c.is_lossless() => Some(range.clone()),
+        (Codec::Int4 { .. }, 0) => Some(range.start * 2 * es..range.end * 2 * es),
+        (_, 0) => Some(range.start * es..range.end * es),
+        _ => None,
+    }
+}
+
+/// The decoded bytes `range` of stream `stream` (its position in the codec's stream list), from
+/// the whole tensor's source bytes `src`. For lossless codecs this is a copy of the source;
+/// callers that can borrow should.
 pub fn stream_range(
     dtype: Dtype,
     shape: &[u64],
@@ -123,13 +173,31 @@ pub fn stream_range(
     stream: usize,
     range: Range<usize>,
 ) -> Vec<u8> {
-    let (_, cols) = rows_cols(shape);
     let es = dtype.size();
+    let part = match (params, stream) {
+        (QuantParams::None, _) => &src[range.clone()],
+        (QuantParams::Int4 { .. }, 0) => &src[range.start * 2 * es..range.end * 2 * es],
+        (_, 0) => &src[range.start * es..range.end * es],
+        _ => &[][..],
+    };
+    stream_range_from(dtype, shape, params, part, stream, range)
+}
+
+/// [`stream_range`] given only `part`, the source bytes [`source_range`] names for `range`.
+pub fn stream_range_from(
+    dtype: Dtype,
+    shape: &[u64],
+    params: &QuantParams,
+    part: &[u8],
+    stream: usize,
+    range: Range<usize>,
+) -> Vec<u8> {
+    let (_, cols) = rows_cols(shape);
     match (params, stream) {
-        (QuantParams::None, _) => src[range].to_vec(),
+        (QuantParams::None, _) => part.to_vec(),
         (QuantParams::Int8 { group_size, scales }, 0) => {
             let mut vals = Vec::new();
-            quant::to_f32(dtype, &src[range.start * es..range.end * es], &mut vals);
+            quant::to_f32(dtype, part, &mut vals);
             let mut out = vec![0u8; range.len()];
             let groups_per_row = cols.div_ceil(*group_size);
             let mut at = 0;
@@ -145,8 +213,13 @@ pub fn stream_range(
             out
         }
         (QuantParams::Int8 { scales, .. }, _) => {
-            let bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
-            bytes[range].to_vec()
+            let first = range.start / 4;
+            let last = range.end.div_ceil(4);
+            let bytes: Vec<u8> = scales[first..last]
+                .iter()
+                .flat_map(|s| s.to_le_bytes())
+                .collect();
+            bytes[range.start - first * 4..range.end - first * 4].to_vec()
         }
         (
             QuantParams::Int4 {
@@ -156,9 +229,9 @@ pub fn stream_range(
             },
             0,
         ) => {
-            let (e0, e1) = (range.start * 2, range.end * 2);
+            let e0 = range.start * 2;
             let mut vals = Vec::new();
-            quant::to_f32(dtype, &src[e0 * es..e1 * es], &mut vals);
+            quant::to_f32(dtype, part, &mut vals);
             let groups_per_row = cols / group_size;
             let code = |e: usize, x: f32| {
                 let (row, col) = (e / cols, e % cols);
@@ -175,8 +248,13 @@ pub fn stream_range(
         }
         (QuantParams::Int4 { scales, mins, .. }, s) => {
             let v = if s == 1 { scales } else { mins };
-            let bytes: Vec<u8> = v.iter().flat_map(|h| h.to_bits().to_le_bytes()).collect();
-            bytes[range].to_vec()
+            let first = range.start / 2;
+            let last = range.end.div_ceil(2);
+            let bytes: Vec<u8> = v[first..last]
+                .iter()
+                .flat_map(|h| h.to_bits().to_le_bytes())
+                .collect();
+            bytes[range.start - first * 2..range.end - first * 2].to_vec()
         }
     }
 }

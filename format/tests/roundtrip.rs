@@ -58,7 +58,7 @@ fn pack_bytes(dtype: Dtype, policy: Policy, frame_size: usize) -> Vec<u8> {
                 name: n.clone(),
                 dtype,
                 shape: s.clone(),
-                bytes: b,
+                bytes: b.into(),
             })
             .collect(),
         files: vec![("config.json".into(), b"{\"model_type\":\"llama\"}".to_vec())],

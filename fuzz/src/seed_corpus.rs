@@ -61,7 +61,7 @@ fn container(
                 name: n.to_string(),
                 dtype: *d,
                 shape: s.clone(),
-                bytes: b,
+                bytes: b.into(),
             })
             .collect(),
         files: vec![

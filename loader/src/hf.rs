@@ -8,7 +8,7 @@
 //! two files), so later stages can trust [`HfFolder::tensors`]. Every error
 //! names the file, and the tensor where there is one.
 
-use cllm_format::{Dtype, PackInput, SourceTensor};
+use cllm_format::{Dtype, PackInput, SourceBytes, SourceTensor};
 use cllm_kernels::{Weight, WeightData};
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -470,18 +470,38 @@ impl HfFolder {
     /// Hashes every byte of the weights (in parallel over files), so this
     /// costs one pass over the model; call it once.
     pub fn source_files(&self) -> Vec<SourceFile> {
-        let mut inputs: Vec<(&str, &[u8])> = vec![(CONFIG_FILE, &self.config_raw)];
+        // (name, bytes, whether the bytes are a file mapping whose pages may be handed back)
+        let mut inputs: Vec<(&str, &[u8], bool)> = vec![(CONFIG_FILE, &self.config_raw, false)];
         if let Some(index) = &self.index_raw {
-            inputs.push((INDEX_FILE, index));
+            inputs.push((INDEX_FILE, index, false));
         }
-        inputs.extend(self.aux.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
-        inputs.extend(self.shards.iter().map(|s| (s.name.as_str(), &s.map[..])));
+        inputs.extend(
+            self.aux
+                .iter()
+                .map(|(n, b)| (n.as_str(), b.as_slice(), false)),
+        );
+        inputs.extend(
+            self.shards
+                .iter()
+                .map(|s| (s.name.as_str(), &s.map[..], true)),
+        );
         let mut out: Vec<SourceFile> = inputs
             .par_iter()
-            .map(|&(name, bytes)| SourceFile {
-                name: name.to_string(),
-                len: bytes.len() as u64,
-                xxh3_128: format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bytes)),
+            .map(|&(name, bytes, mapped)| {
+                // A block at a time, each handed back once hashed: the hash of a file of any
+                // size costs a block of resident memory.
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                for block in bytes.chunks(8 << 20) {
+                    h.update(block);
+                    if mapped {
+                        crate::packed::release_mapped(block);
+                    }
+                }
+                SourceFile {
+                    name: name.to_string(),
+                    len: bytes.len() as u64,
+                    xxh3_128: format!("{:032x}", h.digest128()),
+                }
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -527,7 +547,10 @@ impl HfFolder {
                 name: t.name.to_string(),
                 dtype: t.dtype,
                 shape: t.shape.clone(),
-                bytes: t.bytes,
+                bytes: SourceBytes::Mapped {
+                    bytes: t.bytes,
+                    release: &crate::packed::release_mapped,
+                },
             })
             .collect();
         let mut files = vec![("config.json".to_string(), self.config_bytes().to_vec())];

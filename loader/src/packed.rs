@@ -68,6 +68,29 @@ fn page_release(map: Arc<Mmap>) -> Release {
     })
 }
 
+/// Hands the pages under `bytes`, a slice of a read-only file mapping, back to the kernel
+/// (`MADV_DONTNEED`, rounded outward to whole pages): they stop counting towards this process's
+/// resident memory and are read again from the file if touched later.
+pub fn release_mapped(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        if bytes.is_empty() {
+            return;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let start = bytes.as_ptr() as usize / page * page;
+        let end = (bytes.as_ptr() as usize + bytes.len()).div_ceil(page) * page;
+        // SAFETY: the range covers whole pages of a read-only, file-backed mapping that contains
+        // `bytes` (mappings are page-granular), so dropping them only costs a re-read.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
+}
+
 impl Packed {
     /// Opens a container or a shard set.
     pub fn open(path: &Path) -> Result<Packed, LoadError> {

@@ -168,7 +168,7 @@ impl Base {
                     name: name.to_string(),
                     dtype: *dtype,
                     shape: shape.clone(),
-                    bytes,
+                    bytes: bytes.into(),
                 })
                 .collect(),
             files: base_files(),

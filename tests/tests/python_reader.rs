@@ -173,7 +173,7 @@ fn pack_to_file(policy: Policy) -> tempfile::NamedTempFile {
                 name: n.clone(),
                 dtype: *d,
                 shape: s.clone(),
-                bytes: b,
+                bytes: b.into(),
             })
             .collect(),
         files: vec![

@@ -70,7 +70,7 @@ pub fn run(a: CodecArgs) -> CmdResult {
                 name: spec.name.clone(),
                 dtype: Dtype::Bf16,
                 shape: spec.shape.clone(),
-                bytes: &data,
+                bytes: data.as_slice().into(),
             }],
             files: vec![("config.json".into(), b"{}".to_vec())],
             source_files: vec![],
