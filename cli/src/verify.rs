@@ -98,6 +98,11 @@ pub fn run(a: VerifyArgs) -> CmdResult {
     if !a.run && !flags.is_empty() {
         return Err(anyhow::anyhow!("{} need --run", flags.join(", ")).into());
     }
+    if let Some(dir) = a.against.as_deref() {
+        if cllm_export::compressed_tensors::is_export(dir) {
+            return against_compressed_tensors(&a, dir);
+        }
+    }
     let report = match (a.run, a.against.as_deref()) {
         (true, Some(dir)) => run_against(&a, dir)?,
         _ => build_report(&a.file, a.against.as_deref())?,
@@ -116,6 +121,43 @@ pub fn run(a: VerifyArgs) -> CmdResult {
             report.failures.len(),
             report.failures[0]
         )))
+    }
+}
+
+/// `--against` a folder written by `cllm export --to compressed-tensors`: the container's own
+/// checks, then every packed code, scale, zero point and lossless tensor of the folder against
+/// the container's streams, bit for bit (`cllm_export::compressed_tensors::verify_against`).
+fn against_compressed_tensors(a: &VerifyArgs, dir: &Path) -> CmdResult {
+    if a.run {
+        return Err(anyhow::anyhow!(
+            "--run needs --against a float Hugging Face folder; {} is a compressed-tensors export",
+            dir.display()
+        )
+        .into());
+    }
+    let mut report = build_report(&a.file, None)?;
+    let packed = cllm_loader::Packed::open(&a.file)?;
+    let ct = cllm_export::compressed_tensors::verify_against(&packed, dir)
+        .map_err(|e| Failure::Error(e.into()))?;
+    report.failures.extend(ct.failures.iter().cloned());
+    report.ok = report.failures.is_empty();
+    if a.json {
+        let v = serde_json::json!({ "container": &report, "compressed_tensors": &ct });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "against {} (compressed-tensors export): {} tensors compared, {} lossless byte-identical, {} quantized bit-identical (codes, scales, zero points), {} files identical",
+            ct.dir, ct.tensors_compared, ct.lossless_identical, ct.quantized_identical, ct.files_identical
+        );
+        print_report(&report);
+    }
+    match report.failures.first() {
+        None => Ok(()),
+        Some(first) => Err(Failure::Check(format!(
+            "{}: {} problem(s); first: {first}",
+            report.file,
+            report.failures.len()
+        ))),
     }
 }
 
