@@ -22,6 +22,7 @@ mod import;
 mod reader;
 pub mod tokenizer;
 mod types;
+pub mod writer;
 
 pub use error::GgufError;
 pub use hparams::HyperParams;
