@@ -19,6 +19,9 @@ ValueError whose message names the tensor, stream and frame. As a CLI:
 
     python3 spec/cllm_reader.py FILE [--list] [--dump NAME OUT.bin] [--json] [--verify]
 
+FILE may be a shard of a set (section 6; the other shards are found beside it) or a glob
+pattern matching a set's shards.
+
 `--json` prints a JSON list of {name, dtype, shape, codec, stored_bytes, sha256 | dequant_sha256}:
 `sha256` of the decoded source bytes for lossless tensors, `dequant_sha256` of the dequantized
 float32 values (little-endian, row-major) for int8/int4/int8g. `--dump` writes the same bytes to a file.
@@ -43,7 +46,7 @@ except ImportError:  # checksums are then skipped, and said so
 
 MAGIC = b"\x89CLM\r\n\x1a\n"
 END_MAGIC = b"CLLMEND\x1a"
-MAJOR, MINOR = 1, 0
+MAJOR, MINOR = 1, 2
 ALIGN = 64
 U64 = 1 << 64
 MIN_FILE_LEN = 64 + 2 + 32
@@ -366,6 +369,9 @@ class Container:
                                                   tensor=False)
         if "config.json" not in names:
             raise CllmError("the container embeds no config.json")
+        self.set = None
+        if "set" in ix:
+            self.set = self._check_set(ix["set"])
         if self._next != self.index_offset:
             raise CllmError(f"frames end at {self._next} but the index starts at "
                             f"{self.index_offset}")
@@ -481,6 +487,29 @@ class Container:
         m = np.frombuffer(st["mins"], "<f2").astype(np.float32).reshape(rows, cols // g, 1)
         return ((q * s) + m).reshape(rows, cols)  # two f32 operations, each rounded
 
+    def _check_set(self, rec):
+        """Section 6.2: one shard's set record against the shard's own index."""
+        if self.version[1] < 2:
+            raise CllmError(f"a set record needs format 1.2, the file says 1.{self.version[1]}")
+        count = _get(rec, "count", "int", "set")
+        shard = _get(rec, "shard", "int", "set")
+        sid = _get(rec, "id", "hex32", "set")
+        shards = _get(rec, "shards", list, "set")
+        if not 1 <= count <= MAX_SHARDS or len(shards) != count:
+            raise CllmError(f"set declares {count} shards and lists {len(shards)}")
+        if not 1 <= shard <= count:
+            raise CllmError(f"set: shard position {shard} outside 1..{count}")
+        summary = [(_get(e, "tensors", "int", "set shard"), _get(e, "digest", "hex32", "set shard"))
+                   for e in shards]
+        if self.checksums:
+            if xxhash.xxh3_128_hexdigest(manifest_text(summary).encode()) != sid:
+                raise CllmError("set: the manifest does not hash to the set id (corrupted)")
+            own = shard_digest(self.list_tensors(), self.files)
+            if summary[shard - 1] != (len(self.tensors), own):
+                raise CllmError(f"shard {shard} of {count}: its tensors and files do not match "
+                                f"the set manifest: the shard does not belong to this set")
+        return {"id": sid, "shard": shard, "count": count, "shards": summary}
+
     def read_file(self, name):
         """An embedded file's bytes (section 3.5)."""
         if name not in self.files:
@@ -512,9 +541,150 @@ class Container:
         return self.decode(name).astype("<f4").tobytes()
 
 
+def manifest_text(summary):
+    """Section 6.2: the text whose XXH3-128 is a set's id."""
+    return "cllm-set\n" + "".join(f"{n}\t{d}\n" for n, d in summary)
+
+
+def shard_digest(tensors, files):
+    """Section 6.2: XXH3-128 of one line per tensor, then one per embedded file."""
+    lines = []
+    for t in tensors:
+        lines.append("\t".join([t.name, t.codec, str(t.group_size or 0), t.dtype,
+                                ",".join(str(d) for d in t.shape), t.source_xxh3,
+                                ",".join(s.xxh3 for s in t.streams)]) + "\n")
+    for name, f in files.items():
+        lines.append(f"file\t{name}\t{f.xxh3}\n")
+    return xxhash.xxh3_128_hexdigest("".join(lines).encode("utf-8"))
+
+
+SHARD_NAME = re.compile(r"(.+)-(\d{5})-of-(\d{5})\.cllm")
+MAX_SHARDS = 99_999
+
+
+class ShardSet:
+    """Every shard of a set (section 6), opened and checked to be exactly one complete set. Reads
+    like a Container: tensors are found in whichever shard holds them."""
+
+    def __init__(self, shards):
+        self.shards = shards
+        self.checksums = all(c.checksums for _, c in shards)
+        first = shards[0][1]
+        self.version, self.index, self.files = first.version, first.index, first.files
+        self.set = first.set
+        self.tensors, self._where = {}, {}
+        for path, c in shards:
+            for name, t in c.tensors.items():
+                if name in self._where:
+                    raise CllmError(f"tensor {name} appears in {self._where[name][0]} and {path}")
+                self._where[name] = (path, c)
+        for name in sorted(self._where, key=lambda n: n.encode("utf-8")):
+            self.tensors[name] = self._where[name][1].tensors[name]
+
+    def close(self):
+        for _, c in self.shards:
+            c.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def list_tensors(self):
+        return list(self.tensors.values())
+
+    def _of(self, name):
+        if name not in self._where:
+            raise CllmError(f"no tensor named '{name}'")
+        return self._where[name][1]
+
+    def decode_streams(self, name):
+        return self._of(name).decode_streams(name)
+
+    def decode_bytes(self, name):
+        return self._of(name).decode_bytes(name)
+
+    def decode(self, name):
+        return self._of(name).decode(name)
+
+    def payload_bytes(self, name):
+        return self._of(name).payload_bytes(name)
+
+    def read_file(self, name):
+        return self.shards[0][1].read_file(name)
+
+    def verify(self):
+        for path, c in self.shards:
+            try:
+                c.verify()
+            except CllmError as e:
+                raise CllmError(f"{path}: {e}") from None
+
+
+def _bind(opened, by_name):
+    """Section 6.3: the opened shards form exactly one complete set; returns them in order."""
+    head = opened[0][1].set
+    slots = [None] * head["count"]
+    for path, c in opened:
+        s = c.set
+        if s is None:
+            raise CllmError(f"{path}: a single container, not a shard of a set")
+        if s["id"] != head["id"] or s["count"] != head["count"]:
+            raise CllmError(f"{path}: shard {s['shard']} of {s['count']} of set {s['id']} is not "
+                            f"part of set {head['id']} ({opened[0][0]}): a shard from another pack")
+        if slots[s["shard"] - 1] is not None:
+            raise CllmError(f"{path} and {slots[s['shard'] - 1][0]} both hold shard {s['shard']}")
+        slots[s["shard"] - 1] = (path, c)
+    missing = [str(k + 1) for k, x in enumerate(slots) if x is None]
+    if missing:
+        raise CllmError(f"shard(s) {', '.join(missing)} of {head['count']} missing "
+                        f"(set {head['id']})")
+    if by_name:
+        for k, (path, c) in enumerate(opened):
+            if c.set["shard"] != k + 1:
+                raise CllmError(f"{path}: holds shard {c.set['shard']} of {c.set['count']}, but "
+                                f"its name says shard {k + 1}: shards renamed or reordered")
+    return slots
+
+
 def open_container(path):
-    """Opens and checks a container: sections 1.2, 3 and 3.4 (see module doc for what else)."""
-    return Container(path)
+    """Opens and checks a container (sections 1.2, 3 and 3.4) or a shard set (section 6): a set is
+    named by any of its shards, or by a glob pattern matching exactly its shards."""
+    import glob
+    import os
+    if any(ch in path for ch in "*?["):
+        paths = sorted(glob.glob(path))
+        if not paths:
+            raise CllmError(f"{path}: no file matches the pattern")
+        opened = [(p, Container(p)) for p in paths]
+        if len(opened) == 1 and opened[0][1].set is None:
+            return opened[0][1]
+        return ShardSet(_bind(opened, by_name=False))
+    c = Container(path)
+    if c.set is None:
+        return c
+    m = SHARD_NAME.fullmatch(os.path.basename(path))
+    if not m:
+        raise CllmError(f"{path}: holds shard {c.set['shard']} of {c.set['count']} but is not "
+                        f"named NAME-0000K-of-0000N.cllm; open the set by a pattern")
+    stem, count, d = m.group(1), c.set["count"], os.path.dirname(path) or "."
+    expected = [os.path.join(d, f"{stem}-{k:05d}-of-{count:05d}.cllm")
+                for k in range(1, count + 1)]
+    for name in os.listdir(d):
+        e = SHARD_NAME.fullmatch(name)
+        if e and e.group(1) == stem and int(e.group(3)) == count and \
+                not 1 <= int(e.group(2)) <= count:
+            raise CllmError(f"{os.path.join(d, name)}: an extra shard: the set has {count}")
+    opened = []
+    for k, p in enumerate(expected):
+        if os.path.basename(p) == os.path.basename(path):
+            opened.append((p, c))
+        elif not os.path.exists(p):
+            raise CllmError(f"{p}: shard {k + 1} of {count} is missing (set {c.set['id']})")
+        else:
+            opened.append((p, Container(p)))
+    return ShardSet(_bind(opened, by_name=True))
 
 
 def main(argv=None):

@@ -98,3 +98,44 @@ pub fn write_dir<T>(dest: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Resul
     sync_dir(&dir);
     Ok(value)
 }
+
+/// Writes a set of files that belong together (a shard set): `fill` creates each one through
+/// `create(k)` (from 1) as a temporary file beside `dir`'s final names and returns how many it
+/// made; then every file is synced and only then renamed to `name(k, count)`, the last shards
+/// first and the first shard last. An error or an interruption before the renames leaves no file
+/// under a final name; one between renames leaves an incomplete set, which opening detects.
+pub fn write_file_set<T>(
+    dir: &Path,
+    prefix: &str,
+    name: impl Fn(u64, u64) -> String,
+    fill: impl FnOnce(&mut dyn FnMut(u64) -> std::io::Result<BufWriter<File>>) -> Result<T>,
+) -> Result<(T, Vec<PathBuf>)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut temps: Vec<tempfile::TempPath> = Vec::new();
+    let value = {
+        let mut create = |k: u64| -> std::io::Result<BufWriter<File>> {
+            let tmp = tempfile::Builder::new()
+                .prefix(&format!(".{prefix}.part{k}."))
+                .suffix(".tmp")
+                .tempfile_in(dir)?;
+            let (file, path) = tmp.into_parts();
+            temps.push(path);
+            Ok(BufWriter::with_capacity(1 << 20, file))
+        };
+        fill(&mut create)?
+    };
+    for t in &temps {
+        File::open(t)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("syncing {}", t.display()))?;
+        set_mode(t, 0o644);
+    }
+    let count = temps.len() as u64;
+    let finals: Vec<PathBuf> = (1..=count).map(|k| dir.join(name(k, count))).collect();
+    for (t, dest) in temps.into_iter().zip(&finals).rev() {
+        t.persist(dest)
+            .with_context(|| format!("renaming into {}", dest.display()))?;
+    }
+    sync_dir(dir);
+    Ok((value, finals))
+}

@@ -4,8 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use cllm_format::{Container, Limits};
-use cllm_loader::cllm::CllmFile;
+use cllm_loader::{LoadError, Packed};
 use cllm_runtime::Device;
 
 use crate::Failure;
@@ -35,11 +34,13 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Opens a container file: an unreadable file is an I/O error (exit 2), a malformed container a
-/// verification failure (exit 1), each naming the file.
-pub fn open_container(path: &Path) -> Result<CllmFile, Failure> {
-    let file = CllmFile::open(path)?;
-    Container::open(file.bytes(), &Limits::default())
-        .map_err(|e| Failure::Check(format!("{}: {e}", path.display())))?;
-    Ok(file)
+/// Opens a container or shard set: an unreadable file is an I/O error (exit 2), a malformed
+/// container or a broken set a verification failure (exit 1), each naming the file.
+pub fn open_packed(path: &Path) -> Result<Packed, Failure> {
+    Packed::open(path).map_err(|e| match e {
+        LoadError::Format { path, source } => {
+            Failure::Check(format!("{}: {source}", path.display()))
+        }
+        other => Failure::Error(other.into()),
+    })
 }

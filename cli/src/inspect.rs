@@ -13,7 +13,7 @@ use crate::CmdResult;
 /// Show a container's header, provenance, policy and per-tensor codecs and sizes.
 #[derive(Args)]
 pub struct InspectArgs {
-    /// The .cllm file.
+    /// The .cllm file, a shard set's first shard, or a pattern matching a set's shards.
     pub file: PathBuf,
     /// Print JSON.
     #[arg(long)]
@@ -35,11 +35,12 @@ fn codec_label(t: &TensorEntry) -> String {
 }
 
 pub fn run(a: InspectArgs) -> CmdResult {
-    let file = crate::common::open_container(&a.file)?;
-    let c = file.container()?;
-    let idx = &c.index;
+    let packed = crate::common::open_packed(&a.file)?;
+    let c = &packed.shards()[0].container;
+    let idx = packed.index();
+    let all: Vec<&TensorEntry> = packed.tensors().collect();
     let mut by_codec: BTreeMap<String, Totals> = BTreeMap::new();
-    for t in &idx.tensors {
+    for t in &all {
         let e = by_codec.entry(codec_label(t)).or_default();
         e.tensors += 1;
         e.raw += t.raw_bytes();
@@ -47,11 +48,25 @@ pub fn run(a: InspectArgs) -> CmdResult {
     }
     let raw: u64 = by_codec.values().map(|t| t.raw).sum();
     let stored: u64 = by_codec.values().map(|t| t.stored).sum();
-    let file_len = file.bytes().len() as u64;
+    let file_len: u64 = packed
+        .shards()
+        .iter()
+        .map(|s| s.container.bytes().len() as u64)
+        .sum();
+    let shards: Vec<_> = packed
+        .shards()
+        .iter()
+        .map(|s| {
+            (
+                s.path.display().to_string(),
+                s.container.bytes().len() as u64,
+                s.container.tensors().len(),
+            )
+        })
+        .collect();
     let ratio = |r: u64, s: u64| if s == 0 { 0.0 } else { r as f64 / s as f64 };
     if a.json {
-        let tensors: Vec<_> = idx
-            .tensors
+        let tensors: Vec<_> = all
             .iter()
             .map(|t| {
                 json!({
@@ -86,7 +101,9 @@ pub fn run(a: InspectArgs) -> CmdResult {
                 "version": [c.framing.major, c.framing.minor],
                 "provenance": idx.provenance, "policy": idx.policy, "files": files,
                 "tensors": tensors, "codecs": codecs,
-                "total": {"tensors": idx.tensors.len(), "raw_bytes": raw, "stored_bytes": stored,
+                "set": idx.set.as_ref().map(|s| s.id.clone()),
+                "shards": shards.iter().map(|(p, b, t)| json!({"path": p, "bytes": b, "tensors": t})).collect::<Vec<_>>(),
+                "total": {"tensors": all.len(), "raw_bytes": raw, "stored_bytes": stored,
                           "ratio": ratio(raw, stored), "file_ratio": ratio(raw, file_len)},
             })
         );
@@ -98,6 +115,12 @@ pub fn run(a: InspectArgs) -> CmdResult {
         human_bytes(file_len)
     );
     println!("format     cllm {}.{}", c.framing.major, c.framing.minor);
+    if let Some(set) = &idx.set {
+        println!("set        {} shards, id {}", set.count, set.id);
+        for (p, b, t) in &shards {
+            println!("shard      {p} ({t} tensors, {})", human_bytes(*b));
+        }
+    }
     let p = &idx.provenance;
     println!(
         "made by    {}; frames of {}; zstd level {}",
@@ -137,7 +160,7 @@ pub fn run(a: InspectArgs) -> CmdResult {
         "{:<52} {:>10} {:>5} {:>14} {:>11} {:>11} {:>6}",
         "tensor", "codec", "dtype", "shape", "raw", "stored", "ratio"
     );
-    for t in &idx.tensors {
+    for t in &all {
         println!(
             "{:<52} {:>10} {:>5} {:>14} {:>11} {:>11} {:>6.3}",
             t.name,
@@ -163,7 +186,7 @@ pub fn run(a: InspectArgs) -> CmdResult {
     println!(
         "{:<10} {:>5} tensors  raw {:>11}  stored {:>11}  ratio {:.3}  (file {})",
         "total",
-        idx.tensors.len(),
+        all.len(),
         human_bytes(raw),
         human_bytes(stored),
         ratio(raw, stored),

@@ -1,12 +1,13 @@
 //! `cllm pack`: a Hugging Face folder in, a `.cllm` container out (or, with `--dry-run`, the plan).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
 use cllm_format::{
-    pack, policy::PolicyFile, project, PackInput, PackOptions, Policy, Preset, Rule,
+    pack, pack_sharded, policy::PolicyFile, project, PackInput, PackOptions, Policy, Preset, Rule,
 };
 use cllm_loader::hf::HfFolder;
 use serde_json::json;
@@ -53,6 +54,11 @@ pub struct PackArgs {
     /// zstd compression level.
     #[arg(long, default_value_t = 3)]
     pub zstd_level: i32,
+    /// Cut the container into a shard set whose files are each at most SIZE (bytes, or with a
+    /// unit: KB, MB, GB, TB = powers of 1000; KiB, MiB, GiB, TiB = powers of 1024), written as
+    /// NAME-0000K-of-0000N.cllm beside --output (NAME is --output without .cllm).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_shard_size: Option<u64>,
     /// Largest decoded frame, in KiB.
     #[arg(long, default_value_t = 2048)]
     pub frame_kib: usize,
@@ -117,6 +123,9 @@ pub fn run(a: PackArgs) -> CmdResult {
         .clone()
         .expect("clap requires --output without --dry-run");
     let start = Instant::now();
+    if let Some(max) = a.max_shard_size {
+        return pack_set(&a, &input, &opts, &out, max, start);
+    }
     let summary = pack_to_file(&input, &opts, &out, a.quiet)
         .with_context(|| format!("packing {}", a.model_dir.display()))?;
     let secs = start.elapsed().as_secs_f64();
@@ -152,6 +161,145 @@ pub fn run(a: PackArgs) -> CmdResult {
             ratio,
             secs,
             out.display()
+        );
+    }
+    Ok(())
+}
+
+/// `--max-shard-size`: `2GB`, `500MiB`, `1048576`...
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' (KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size such as 2GB or 500MiB"))?;
+    let bytes = value * mult as f64;
+    if !(bytes >= 1.0 && bytes < 1.8e19) {
+        return Err(format!("size '{s}' out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// `NAME` of `--output NAME.cllm`, the shards' common prefix.
+fn shard_stem(out: &std::path::Path) -> anyhow::Result<String> {
+    let name = out
+        .file_name()
+        .with_context(|| format!("{}: not a file path", out.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let stem = name.strip_suffix(".cllm").unwrap_or(&name).to_string();
+    anyhow::ensure!(!stem.is_empty(), "{}: empty shard name", out.display());
+    Ok(stem)
+}
+
+/// Packs a shard set atomically (no shard under a final name until every one is written and
+/// synced) and reports it.
+fn pack_set(
+    a: &PackArgs,
+    input: &PackInput<'_>,
+    opts: &PackOptions,
+    out: &std::path::Path,
+    max: u64,
+    start: Instant,
+) -> CmdResult {
+    let stem = shard_stem(out)?;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let total: u64 = input.tensors.iter().map(|t| t.bytes.len() as u64).sum();
+    let bar = bytes_bar(
+        total,
+        a.quiet,
+        "{spinner} packing [{bar:30}] {bytes}/{total_bytes} {msg} eta {eta}",
+    );
+    let (summaries, paths) = crate::atomic::write_file_set(
+        &dir,
+        &stem,
+        |k, n| cllm_format::shard::shard_file_name(&stem, k, n),
+        |create| {
+            let shards = pack_sharded(input, opts, max, create, &mut |p| {
+                bar.set_position(p.source_done);
+                bar.set_message(format!("{} written", human_bytes(p.written)));
+            })
+            .with_context(|| format!("packing {}", a.model_dir.display()))?;
+            let mut summaries = Vec::with_capacity(shards.len());
+            for (mut w, s) in shards {
+                w.flush()?;
+                summaries.push(s);
+            }
+            Ok(summaries)
+        },
+    )?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    let source: u64 = summaries.iter().map(|s| s.source_bytes).sum();
+    let written: u64 = summaries.iter().map(|s| s.file_len).sum();
+    let tensors: usize = summaries.iter().map(|s| s.index.tensors.len()).sum();
+    let id = summaries[0]
+        .index
+        .set
+        .as_ref()
+        .map(|s| s.id.clone())
+        .unwrap_or_default();
+    if a.json {
+        let shards: Vec<_> = paths
+            .iter()
+            .zip(&summaries)
+            .map(|(p, s)| json!({"path": p.display().to_string(), "bytes": s.file_len, "tensors": s.index.tensors.len()}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "output": paths[0].display().to_string(),
+                "set": id,
+                "shards": shards,
+                "tensors": tensors,
+                "source_bytes": source,
+                "file_bytes": written,
+                "ratio": source as f64 / written as f64,
+                "seconds": secs,
+                "policy": summaries[0].index.policy,
+            })
+        );
+    } else {
+        for (p, s) in paths.iter().zip(&summaries) {
+            println!(
+                "  {} ({} tensors, {})",
+                p.display(),
+                s.index.tensors.len(),
+                human_bytes(s.file_len)
+            );
+        }
+        println!(
+            "packed {} tensors from {} into {} shards: {} -> {} (ratio {:.3}) in {:.2} s; set {}",
+            tensors,
+            a.model_dir.display(),
+            paths.len(),
+            human_bytes(source),
+            human_bytes(written),
+            source as f64 / written as f64,
+            secs,
+            id
         );
     }
     Ok(())

@@ -8,13 +8,15 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Map, Value};
 
+use cllm_loader::Packed;
+
 use crate::progress::{bytes_bar, human_bytes};
 use crate::CmdResult;
 
 /// Write a container's model back out as a Hugging Face folder.
 #[derive(Args)]
 pub struct UnpackArgs {
-    /// The .cllm file.
+    /// The .cllm file, a shard set's first shard, or a pattern matching a set's shards.
     pub file: PathBuf,
     /// The folder to create (must not exist, or be empty).
     #[arg(short, long)]
@@ -25,11 +27,12 @@ pub struct UnpackArgs {
 }
 
 /// The safetensors header for tensors laid out back to back in index order.
-fn safetensors_header(c: &cllm_format::Container<'_>) -> anyhow::Result<Vec<u8>> {
+fn safetensors_header(c: &Packed) -> anyhow::Result<Vec<u8>> {
+    let framing = &c.shards()[0].container.framing;
     let mut map = Map::new();
     map.insert(
         "__metadata__".into(),
-        json!({"format": "pt", "cllm_source": format!("cllm {}.{}", c.framing.major, c.framing.minor)}),
+        json!({"format": "pt", "cllm_source": format!("cllm {}.{}", framing.major, framing.minor)}),
     );
     let mut at = 0u64;
     for t in c.tensors() {
@@ -49,9 +52,8 @@ fn safetensors_header(c: &cllm_format::Container<'_>) -> anyhow::Result<Vec<u8>>
 }
 
 pub fn run(a: UnpackArgs) -> CmdResult {
-    let file = crate::common::open_container(&a.file)?;
-    let c = file.container()?;
-    let total: u64 = c.tensors().iter().map(|t| t.raw_bytes()).sum();
+    let c = crate::common::open_packed(&a.file)?;
+    let total: u64 = c.tensors().map(|t| t.raw_bytes()).sum();
     let bar = bytes_bar(
         total,
         a.quiet,
@@ -65,17 +67,20 @@ pub fn run(a: UnpackArgs) -> CmdResult {
         let header = safetensors_header(&c)?;
         w.write_all(&(header.len() as u64).to_le_bytes())?;
         w.write_all(&header)?;
-        for i in 0..c.tensors().len() {
-            let data = c
-                .tensor_source_bytes(i)
-                .with_context(|| format!("decoding {}", a.file.display()))?;
-            w.write_all(&data)
-                .with_context(|| format!("writing {}", path.display()))?;
-            bar.inc(data.len() as u64);
+        // A frame at a time: memory holds one frame (and a quantized tensor's scales), never
+        // a tensor, whatever the model's size.
+        for i in 0..c.len() {
+            c.source_chunks(i, |chunk| {
+                w.write_all(chunk)
+                    .map_err(|e| cllm_loader::LoadError::io(&path, e))?;
+                bar.inc(chunk.len() as u64);
+                Ok(())
+            })
+            .with_context(|| format!("unpacking {}", a.file.display()))?;
         }
         w.flush()
             .with_context(|| format!("writing {}", path.display()))?;
-        for f in &c.index.files {
+        for f in &c.index().files {
             let data = c
                 .read_file(&f.name)
                 .with_context(|| format!("decoding {}", a.file.display()))?
@@ -88,9 +93,9 @@ pub fn run(a: UnpackArgs) -> CmdResult {
     bar.finish_and_clear();
     println!(
         "unpacked {} tensors ({}) and {} files into {}",
-        c.tensors().len(),
+        c.len(),
         human_bytes(total),
-        c.index.files.len(),
+        c.index().files.len(),
         a.output.display()
     );
     Ok(())

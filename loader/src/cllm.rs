@@ -96,19 +96,13 @@ pub fn weight_from_streams(
 }
 
 /// Decodes every tensor (in parallel) into CPU weights, checking every frame and stream hash.
-pub fn load_weights(
-    file: &CllmFile,
-    c: &Container<'_>,
-) -> Result<HashMap<String, Weight>, LoadError> {
-    (0..c.tensors().len())
+pub fn load_weights(p: &crate::packed::Packed) -> Result<HashMap<String, Weight>, LoadError> {
+    (0..p.len())
         .into_par_iter()
         .map(|i| {
-            let t = &c.tensors()[i];
-            let streams = c.decode_tensor(i).map_err(|e| LoadError::Format {
-                path: file.path.clone(),
-                source: e,
-            })?;
-            let w = weight_from_streams(&t.name, t.dtype, &t.shape, c.codec(i), streams)?;
+            let t = p.tensor(i);
+            let streams = p.decode_tensor(i)?;
+            let w = weight_from_streams(&t.name, t.dtype, &t.shape, p.codec(i), streams)?;
             Ok((t.name.clone(), w))
         })
         .collect()

@@ -33,10 +33,10 @@ use cllm_kernels::cuda::hash::StreamHash;
 use cllm_kernels::cuda::{GpuWeight, Kernels};
 use rayon::prelude::*;
 
-use crate::cllm::CllmFile;
 use crate::error::LoadError;
 use crate::hf::HfFolder;
-use crate::model::{container_is_lossless, ModelFiles, SourceKind};
+use crate::model::{ModelFiles, SourceKind};
+use crate::packed::Packed;
 
 /// Why loading onto the GPU failed.
 #[derive(Debug, thiserror::Error)]
@@ -293,20 +293,21 @@ pub fn load_gpu(
             free_before,
         );
     }
-    let file = CllmFile::open(path)?;
-    let c = file.container()?;
-    let files = ModelFiles::from_container(path, &c)?;
+    let packed = Packed::open(path)?;
+    let files = ModelFiles::from_packed(&packed)?;
     let mut streams = Vec::new();
     let mut plans = Vec::new();
     let mut items = Vec::new();
     let mut at = 0u64;
     let mut read = 0u64;
-    for (i, t) in c.tensors().iter().enumerate() {
-        let codec = c.codec(i);
+    for i in 0..packed.len() {
+        let t = packed.tensor(i);
+        let c = &packed.shards()[packed.locate(i).0].container;
+        let codec = packed.codec(i);
         let form = form_of(&t.name, t.dtype, codec)?;
         let (rows, cols) = cllm_format::tensor::rows_cols(&t.shape);
         let mut idx = Vec::new();
-        for (s, spec) in t.streams.iter().zip(c.stream_specs(i)) {
+        for (s, spec) in t.streams.iter().zip(packed.stream_specs(i)) {
             let si = streams.len();
             streams.push(StreamPlan {
                 tensor: t.name.clone(),
@@ -345,7 +346,7 @@ pub fn load_gpu(
         path,
         gpu,
         opts,
-        (SourceKind::Container, container_is_lossless(&c)),
+        (SourceKind::Container, packed.is_lossless()),
         files,
         plans,
         streams,

@@ -8,9 +8,10 @@ use std::time::Instant;
 use cllm_format::Container;
 use cllm_kernels::Weight;
 
-use crate::cllm::{load_weights, CllmFile};
+use crate::cllm::load_weights;
 use crate::error::LoadError;
 use crate::hf::HfFolder;
+use crate::packed::Packed;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceKind {
@@ -65,6 +66,25 @@ impl ModelFiles {
     }
 }
 
+impl ModelFiles {
+    /// The model files embedded in a packed model (its first container).
+    pub fn from_packed(p: &Packed) -> Result<ModelFiles, LoadError> {
+        let path = p.path();
+        Ok(ModelFiles {
+            config_json: p
+                .read_file("config.json")?
+                .ok_or_else(|| LoadError::Model {
+                    path: path.to_path_buf(),
+                    msg: "no embedded config.json".into(),
+                })?,
+            tokenizer_json: p.read_file("tokenizer.json")?,
+            tokenizer_config_json: p.read_file("tokenizer_config.json")?,
+            generation_config_json: p.read_file("generation_config.json")?,
+            chat_template_jinja: p.read_file("chat_template.jinja")?,
+        })
+    }
+}
+
 /// Whether every tensor of a container is stored losslessly.
 pub fn container_is_lossless(c: &Container<'_>) -> bool {
     (0..c.tensors().len()).all(|i| c.codec(i).is_lossless())
@@ -100,16 +120,15 @@ pub fn load_cpu(path: &Path) -> Result<LoadedModel, LoadError> {
             load_seconds: start.elapsed().as_secs_f64(),
         });
     }
-    let file = CllmFile::open(path)?;
-    let c = file.container()?;
-    let files = ModelFiles::from_container(path, &c)?;
-    let weights = load_weights(&file, &c)?;
+    let packed = Packed::open(path)?;
+    let files = ModelFiles::from_packed(&packed)?;
+    let weights = load_weights(&packed)?;
     Ok(LoadedModel {
         path: path.to_path_buf(),
         kind: SourceKind::Container,
         files,
         weights,
-        lossless: container_is_lossless(&c),
+        lossless: packed.is_lossless(),
         load_seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -28,6 +28,20 @@ pub struct Packed {
     tensors: Vec<(usize, usize)>,
 }
 
+fn set_error(path: &Path, msg: String) -> LoadError {
+    LoadError::Format {
+        path: path.to_path_buf(),
+        source: cllm_format::FormatError::Set(msg),
+    }
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// Maps `path` read-only, with a release hook that drops a read range's pages from this process.
 pub fn map_container(path: &Path, limits: &Limits) -> Result<Container<'static>, LoadError> {
     let f = File::open(path).map_err(|e| LoadError::io(path, e))?;
@@ -92,14 +106,150 @@ pub fn release_mapped(bytes: &[u8]) {
 }
 
 impl Packed {
-    /// Opens a container or a shard set.
+    /// Opens a container or a shard set. A set is named by any of its shards
+    /// (`NAME-0000K-of-0000N.cllm`: the others are found beside it) or by a glob pattern over
+    /// file names (`DIR/NAME-*.cllm`), which must match exactly the set's shards. A shard that
+    /// is missing, extra, misplaced, cut short or from another pack is an error naming its file.
     pub fn open(path: &Path) -> Result<Packed, LoadError> {
         let limits = Limits::default();
+        let text = path.to_string_lossy();
+        if text.contains(['*', '?', '[']) {
+            return Self::open_pattern(path, &limits);
+        }
         let container = map_container(path, &limits)?;
-        let shards = vec![Shard {
-            path: path.to_path_buf(),
-            container,
-        }];
+        let Some(set) = container.index.set.clone() else {
+            return Ok(Packed::from_shards(vec![Shard {
+                path: path.to_path_buf(),
+                container,
+            }]));
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some((stem, _, _)) = cllm_format::shard::parse_shard_file_name(&name) else {
+            return Err(set_error(
+                path,
+                format!(
+                    "holds shard {} of {}, but its name is not NAME-0000K-of-0000N.cllm, so the                      other shards cannot be found: name the set by a pattern (e.g. 'DIR/*.cllm')",
+                    set.shard, set.count
+                ),
+            ));
+        };
+        let dir = parent_dir(path);
+        let expected: Vec<PathBuf> = (1..=set.count)
+            .map(|k| dir.join(cllm_format::shard::shard_file_name(stem, k, set.count)))
+            .collect();
+        // Files that claim a position outside the set, under the set's own name pattern.
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if let Some((s, k, count)) = cllm_format::shard::parse_shard_file_name(&n) {
+                    if s == stem && count == set.count && (k == 0 || k > count) {
+                        return Err(set_error(
+                            &e.path(),
+                            format!("an extra shard: the set has {} shards", set.count),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut opened = Vec::with_capacity(expected.len());
+        let mut given = Some(container);
+        for (k, p) in expected.iter().enumerate() {
+            let c = if p.file_name() == path.file_name() {
+                given.take().expect("the given shard is listed once")
+            } else if !p.exists() {
+                return Err(set_error(
+                    p,
+                    format!(
+                        "shard {} of {} is missing (set {}, named by {})",
+                        k + 1,
+                        set.count,
+                        set.id,
+                        path.display()
+                    ),
+                ));
+            } else {
+                map_container(p, &limits)?
+            };
+            opened.push(Shard {
+                path: p.clone(),
+                container: c,
+            });
+        }
+        Self::bind(opened, true)
+    }
+
+    fn open_pattern(pattern: &Path, limits: &Limits) -> Result<Packed, LoadError> {
+        let dir = parent_dir(pattern);
+        let glob = pattern
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let matcher = globset::Glob::new(&glob)
+            .map_err(|e| set_error(pattern, format!("bad pattern: {e}")))?
+            .compile_matcher();
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| LoadError::io(&dir, e))?
+            .flatten()
+            .filter(|e| matcher.is_match(e.file_name()))
+            .map(|e| e.path())
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            return Err(set_error(pattern, "no file matches the pattern".into()));
+        }
+        let mut opened = Vec::with_capacity(paths.len());
+        for p in paths {
+            let container = map_container(&p, limits)?;
+            opened.push(Shard { path: p, container });
+        }
+        if opened.len() == 1 && opened[0].container.index.set.is_none() {
+            return Ok(Packed::from_shards(opened));
+        }
+        if let Some(plain) = opened.iter().find(|s| s.container.index.set.is_none()) {
+            return Err(set_error(
+                &plain.path,
+                "a single container, not a shard, matched with a shard set".into(),
+            ));
+        }
+        Self::bind(opened, false)
+    }
+
+    /// Checks that `opened` is exactly one complete set and puts it in shard order. With
+    /// `by_name`, each file must sit under the name of the position it holds.
+    fn bind(opened: Vec<Shard>, by_name: bool) -> Result<Packed, LoadError> {
+        let labelled: Vec<(String, &Index)> = opened
+            .iter()
+            .map(|s| (s.path.display().to_string(), &s.container.index))
+            .collect();
+        let order = cllm_format::shard::order_set(&labelled).map_err(|e| LoadError::Format {
+            path: opened[0].path.clone(),
+            source: e,
+        })?;
+        if by_name {
+            for (k, &i) in order.iter().enumerate() {
+                if i != k {
+                    let set = opened[i].container.index.set.as_ref().expect("checked");
+                    return Err(set_error(
+                        &opened[i].path,
+                        format!(
+                            "holds shard {} of {}, but its name says shard {}: shards renamed or \
+                             reordered",
+                            set.shard,
+                            set.count,
+                            i + 1
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut slots: Vec<Option<Shard>> = opened.into_iter().map(Some).collect();
+        let shards = order
+            .iter()
+            .map(|&i| slots[i].take().expect("each shard once"))
+            .collect();
         Ok(Packed::from_shards(shards))
     }
 
@@ -114,6 +264,11 @@ impl Packed {
             name(a).cmp(name(b))
         });
         Packed { shards, tensors }
+    }
+
+    /// Whether this is a shard set (even of one shard) rather than a single container.
+    pub fn is_set(&self) -> bool {
+        self.shards[0].container.index.set.is_some()
     }
 
     /// The path users named: the single file, or the set's first shard.
@@ -132,6 +287,11 @@ impl Packed {
 
     pub fn len(&self) -> usize {
         self.tensors.len()
+    }
+
+    /// Whether every tensor is stored losslessly.
+    pub fn is_lossless(&self) -> bool {
+        (0..self.len()).all(|i| self.codec(i).is_lossless())
     }
 
     pub fn is_empty(&self) -> bool {

@@ -11,18 +11,20 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use cllm_format::index::TensorEntry;
 use cllm_format::{
-    lossless_source_failure, quant, tensor, verify, verify_except_tensors, Container, FormatError,
-    Limits, VerifyReport,
+    lossless_source_failure, quant, tensor, verify, verify_except_tensors, Codec, FormatError,
+    VerifyReport,
 };
 use cllm_kernels::Weight;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::cllm::{weight_from_streams, CllmFile};
+use crate::cllm::weight_from_streams;
 use crate::error::LoadError;
 use crate::hf::{HfFolder, HfTensor};
-use crate::model::{container_is_lossless, LoadedModel, ModelFiles, SourceKind};
+use crate::model::{LoadedModel, ModelFiles, SourceKind};
+use crate::packed::Packed;
 
 /// Decoded bytes in flight while streaming a container's frames.
 const WINDOW_BYTES: usize = 256 << 20;
@@ -117,14 +119,12 @@ enum Against {
 
 /// Compares tensor `i`, decoded into `stored`, with its source, appending failures.
 fn compare_tensor(
-    c: &Container<'_>,
-    i: usize,
+    t: &TensorEntry,
+    codec: Codec,
     stored: &[Vec<u8>],
     src: &HfTensor<'_>,
     failures: &mut Vec<String>,
 ) -> Result<Against, FormatError> {
-    let t = &c.tensors()[i];
-    let codec = c.codec(i);
     if codec.is_lossless() {
         return Ok(if stored[0] == src.bytes {
             Against::LosslessIdentical
@@ -161,12 +161,7 @@ fn compare_tensor(
 }
 
 /// The source tensor of container tensor `i`, or the failure that says why there is none.
-fn source_of<'f>(
-    c: &Container<'_>,
-    i: usize,
-    folder: &'f HfFolder,
-) -> Result<HfTensor<'f>, String> {
-    let t = &c.tensors()[i];
+fn source_of<'f>(t: &TensorEntry, folder: &'f HfFolder) -> Result<HfTensor<'f>, String> {
     let src = folder
         .get(&t.name)
         .ok_or_else(|| format!("tensor {}: not in the source folder", t.name))?;
@@ -192,9 +187,9 @@ fn tally(rep: &mut AgainstReport, a: Against) {
 }
 
 /// Source tensors the container lacks, as failures.
-fn missing_from_container(c: &Container<'_>, folder: &HfFolder, failures: &mut Vec<String>) {
+fn missing_from_container(p: &Packed, folder: &HfFolder, failures: &mut Vec<String>) {
     for s in folder.tensors() {
-        if c.find(s.name).is_none() {
+        if p.find(s.name).is_none() {
             failures.push(format!(
                 "tensor {}: in the source but not in the container",
                 s.name
@@ -203,20 +198,49 @@ fn missing_from_container(c: &Container<'_>, folder: &HfFolder, failures: &mut V
     }
 }
 
-fn open_container(file: &CllmFile) -> Result<Container<'_>, VerifyError> {
-    Container::open(file.bytes(), &Limits::default()).map_err(|source| VerifyError::Malformed {
-        path: file.path().to_path_buf(),
-        source,
+/// Opens a container or shard set; a malformed one (or a broken set) is a verification failure.
+fn open_packed(path: &Path) -> Result<Packed, VerifyError> {
+    Packed::open(path).map_err(|e| match e {
+        LoadError::Format { path, source } => VerifyError::Malformed { path, source },
+        other => VerifyError::Load(other),
     })
+}
+
+/// Every byte of every container of the set, each failure naming its shard's file when the set
+/// has several.
+fn verify_bytes(p: &Packed, tensors: bool) -> VerifyReport {
+    let mut total = VerifyReport::default();
+    for sh in p.shards() {
+        let mut r = match tensors {
+            true => verify(&sh.container, WINDOW_BYTES),
+            false => verify_except_tensors(&sh.container, WINDOW_BYTES),
+        };
+        if p.shards().len() > 1 {
+            for f in &mut r.failures {
+                *f = format!("{}: {f}", sh.path.display());
+            }
+        }
+        total.tensors += r.tensors;
+        total.files += r.files;
+        total.frames += r.frames;
+        total.stored_bytes += r.stored_bytes;
+        total.decoded_bytes += r.decoded_bytes;
+        total.failures.extend(r.failures);
+    }
+    total
+}
+
+fn version_of(p: &Packed) -> [u16; 2] {
+    let f = &p.shards()[0].container.framing;
+    [f.major, f.minor]
 }
 
 /// Checks every byte of the container at `path` (frames streamed in a bounded window), and with
 /// `against` compares every tensor with the folder it was packed from.
 pub fn verify_file(path: &Path, against: Option<&Path>) -> Result<Verification, VerifyError> {
     let start = Instant::now();
-    let file = CllmFile::open(path)?;
-    let c = open_container(&file)?;
-    let mut bytes = verify(&c, WINDOW_BYTES);
+    let c = open_packed(path)?;
+    let mut bytes = verify_bytes(&c, true);
     let against = match against {
         Some(dir) => {
             let folder = HfFolder::open(dir).map_err(LoadError::from)?;
@@ -224,8 +248,9 @@ pub fn verify_file(path: &Path, against: Option<&Path>) -> Result<Verification, 
                 dir: folder.dir().display().to_string(),
                 ..AgainstReport::default()
             };
-            for i in 0..c.tensors().len() {
-                let src = match source_of(&c, i, &folder) {
+            for i in 0..c.len() {
+                let t = c.tensor(i);
+                let src = match source_of(t, &folder) {
                     Ok(s) => s,
                     Err(f) => {
                         bytes.failures.push(f);
@@ -240,7 +265,7 @@ pub fn verify_file(path: &Path, against: Option<&Path>) -> Result<Verification, 
                         continue;
                     }
                 };
-                let a = compare_tensor(&c, i, &stored, &src, &mut bytes.failures).map_err(
+                let a = compare_tensor(t, c.codec(i), &stored, &src, &mut bytes.failures).map_err(
                     |source| VerifyError::Requantize {
                         dir: dir.to_path_buf(),
                         source,
@@ -254,7 +279,7 @@ pub fn verify_file(path: &Path, against: Option<&Path>) -> Result<Verification, 
         None => None,
     };
     Ok(Verification {
-        version: [c.framing.major, c.framing.minor],
+        version: version_of(&c),
         bytes,
         against,
         seconds: start.elapsed().as_secs_f64(),
@@ -270,11 +295,10 @@ pub fn verify_and_load(
     against: &Path,
 ) -> Result<(Verification, Option<LoadedModel>), VerifyError> {
     let start = Instant::now();
-    let file = CllmFile::open(path)?;
-    let c = open_container(&file)?;
+    let c = open_packed(path)?;
     let folder = HfFolder::open(against).map_err(LoadError::from)?;
-    let mut bytes = verify_except_tensors(&c, WINDOW_BYTES);
-    let files = ModelFiles::from_container(path, &c)?;
+    let mut bytes = verify_bytes(&c, false);
+    let files = ModelFiles::from_packed(&c)?;
 
     struct Checked {
         failures: Vec<String>,
@@ -282,10 +306,10 @@ pub fn verify_and_load(
         against: Against,
         weight: Option<(String, Weight)>,
     }
-    let checked: Vec<Result<Checked, VerifyError>> = (0..c.tensors().len())
+    let checked: Vec<Result<Checked, VerifyError>> = (0..c.len())
         .into_par_iter()
         .map(|i| {
-            let t = &c.tensors()[i];
+            let t = c.tensor(i);
             let mut failures = Vec::new();
             let stored = match c.decode_tensor(i) {
                 Ok(s) => s,
@@ -299,16 +323,17 @@ pub fn verify_and_load(
                     });
                 }
             };
-            failures.extend(lossless_source_failure(&c, i));
-            let (compared, against) = match source_of(&c, i, &folder) {
+            let (shard, k) = c.locate(i);
+            failures.extend(lossless_source_failure(&c.shards()[shard].container, k));
+            let (compared, against) = match source_of(t, &folder) {
                 Ok(src) => (
                     true,
-                    compare_tensor(&c, i, &stored, &src, &mut failures).map_err(|source| {
-                        VerifyError::Requantize {
+                    compare_tensor(t, c.codec(i), &stored, &src, &mut failures).map_err(
+                        |source| VerifyError::Requantize {
                             dir: against.to_path_buf(),
                             source,
-                        }
-                    })?,
+                        },
+                    )?,
                 ),
                 Err(f) => {
                     failures.push(f);
@@ -342,7 +367,7 @@ pub fn verify_and_load(
             }
             None => complete = false,
         }
-        for s in &c.tensors()[i].streams {
+        for s in &c.tensor(i).streams {
             bytes.frames += s.frames.len();
             bytes.stored_bytes += s.frames.iter().map(|f| f.stored).sum::<u64>();
             bytes.decoded_bytes += s.frames.iter().map(|f| f.decoded).sum::<u64>();
@@ -355,12 +380,12 @@ pub fn verify_and_load(
         kind: SourceKind::Container,
         files,
         weights,
-        lossless: container_is_lossless(&c),
+        lossless: c.is_lossless(),
         load_seconds: seconds,
     });
     Ok((
         Verification {
-            version: [c.framing.major, c.framing.minor],
+            version: version_of(&c),
             bytes,
             against: Some(rep),
             seconds,
