@@ -93,7 +93,7 @@ def main(argv):
         f"compressed-tensors {compressed_tensors.__version__}, torch {torch.__version__}: "
         f"{export_dir} against {ref_dir}"
     )
-    print(f"{"tensor":<48} {'export':>12} {'compared as':>12} {'f32 exact':>9}  result")
+    print(f"{'tensor':<48} {'export':>12} {'compared as':>12} {'f32 exact':>9}  result")
     failures = []
     for n in leftovers:
         failures.append(f"{n}: a compressed parameter the decompression left over")
@@ -138,7 +138,7 @@ def main(argv):
 
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     if failures:
-        print(f"FAILED: {len(failures)} of {len(counts)} tensors differ ({summary})")
+        print(f"FAILED: {len(failures)} problem(s) over {sum(counts.values())} tensors ({summary})")
         for f in failures[:20]:
             print(f"  {f}")
         return 1
