@@ -9,9 +9,12 @@
 #
 # CLLM_BINARY defaults to target/release/cllm; WORK_DIR to a temporary folder. $PYTHON (default
 # python3) must import torch, safetensors, transformers and compressed_tensors. Without
-# network: if compressed_tensors does not import and target/pywheels/ holds wheels (see
-# README text / the report: `pip download --no-deps compressed-tensors==0.17.0 loguru -d
-# target/pywheels`), they are installed from there into a venv that sees the system packages.
+# network: if compressed_tensors does not import, the wheels in target/pywheels/ are installed
+# (--no-deps, into WORK_DIR/pylib on PYTHONPATH), made where there is network with
+#   pip download --no-deps compressed-tensors==0.17.0 loguru -d target/pywheels
+#   pip download pydantic --only-binary=:all: --python-version 3.X \
+#       --platform manylinux2014_x86_64 -d target/pywheels     # if the machine lacks pydantic
+# (0.17.0 is the version vLLM pins; the script also passes with 0.20.1.)
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -23,15 +26,19 @@ mkdir -p "$work"
 cllm="$(cd "$(dirname "$cllm")" && pwd)/$(basename "$cllm")"
 
 if ! "$py" -c 'import compressed_tensors' 2>/dev/null; then
-    if [ -d "$here/target/pywheels" ]; then
-        echo "== installing compressed-tensors from target/pywheels into $work/venv"
-        "$py" -m venv --system-site-packages "$work/venv"
-        "$work/venv/bin/python" -m pip install -q --no-index --find-links "$here/target/pywheels" \
-            compressed-tensors
-        py="$work/venv/bin/python"
-    else
+    wheels="$here/target/pywheels"
+    if [ ! -d "$wheels" ]; then
         echo "compressed_tensors does not import with $py and target/pywheels/ is absent" >&2
         exit 2
+    fi
+    # Only the carried wheels, next to the interpreter's own torch and transformers.
+    echo "== installing compressed-tensors from target/pywheels into $work/pylib"
+    "$py" -m pip install -q --no-index --no-deps --find-links "$wheels" --target "$work/pylib" \
+        compressed-tensors loguru
+    export PYTHONPATH="$work/pylib${PYTHONPATH:+:$PYTHONPATH}"
+    if ! "$py" -c 'import pydantic' 2>/dev/null; then
+        "$py" -m pip install -q --no-index --no-deps --find-links "$wheels" --target "$work/pylib" \
+            pydantic pydantic-core annotated-types typing-inspection typing-extensions
     fi
 fi
 "$py" -c 'import torch, compressed_tensors, transformers, safetensors; print("python:", torch.__version__, "torch,", compressed_tensors.__version__, "compressed-tensors,", transformers.__version__, "transformers")'
