@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -r spec/requirements.txt
+if [ $# -eq 0 ]; then scripts/python-wheel-test.sh; fi  # the Python package, from its built wheel
 cargo test --release --workspace "$@"
