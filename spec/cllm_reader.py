@@ -648,6 +648,13 @@ def _bind(opened, by_name):
     return slots
 
 
+def _open_shard(path):
+    try:
+        return Container(path)
+    except CllmError as e:
+        raise CllmError(f"{path}: {e}") from None
+
+
 def open_container(path):
     """Opens and checks a container (sections 1.2, 3 and 3.4) or a shard set (section 6): a set is
     named by any of its shards, or by a glob pattern matching exactly its shards."""
@@ -657,7 +664,7 @@ def open_container(path):
         paths = sorted(glob.glob(path))
         if not paths:
             raise CllmError(f"{path}: no file matches the pattern")
-        opened = [(p, Container(p)) for p in paths]
+        opened = [(p, _open_shard(p)) for p in paths]
         if len(opened) == 1 and opened[0][1].set is None:
             return opened[0][1]
         return ShardSet(_bind(opened, by_name=False))
@@ -683,7 +690,7 @@ def open_container(path):
         elif not os.path.exists(p):
             raise CllmError(f"{p}: shard {k + 1} of {count} is missing (set {c.set['id']})")
         else:
-            opened.append((p, Container(p)))
+            opened.append((p, _open_shard(p)))
     return ShardSet(_bind(opened, by_name=True))
 
 

@@ -18,7 +18,9 @@ use crate::CmdResult;
 /// Pack a Hugging Face model folder into a .cllm container.
 #[derive(Args)]
 pub struct PackArgs {
-    /// The model folder: config.json, *.safetensors, tokenizer files.
+    /// The model folder: config.json, *.safetensors, tokenizer files. `synth:SHAPE` (e.g.
+    /// `synth:llama-70b`) packs a synthetic model (`cllm synth`'s bf16 weights, seed 0) generated
+    /// on the fly and never written out: for measuring packs larger than the disk.
     pub model_dir: PathBuf,
     /// The container to write (replaced atomically if it exists).
     #[arg(short, long, required_unless_present = "dry_run")]
@@ -106,8 +108,6 @@ pub fn run(a: PackArgs) -> CmdResult {
         return Err(anyhow::anyhow!("--frame-kib must be between 1 and 65536").into());
     }
     let policy = build_policy(&a)?;
-    let folder = HfFolder::open(&a.model_dir)?;
-    let input = folder.pack_input();
     let opts = PackOptions {
         policy,
         frame_size: a.frame_kib * 1024,
@@ -115,8 +115,21 @@ pub fn run(a: PackArgs) -> CmdResult {
         tool: format!("cllm {}", env!("CARGO_PKG_VERSION")),
         ..PackOptions::default()
     };
+    #[cfg(feature = "synth")]
+    if let Some(name) = a.model_dir.to_str().and_then(|s| s.strip_prefix("synth:")) {
+        let model = crate::synth::Generated::new(name)?;
+        let fills = model.fills();
+        return pack_input(&a, &model.pack_input(&fills), &opts);
+    }
+    let folder = HfFolder::open(&a.model_dir)?;
+    pack_input(&a, &folder.pack_input(), &opts)
+}
+
+/// Packs `input` as the flags say: the plan (`--dry-run`), a shard set or one container.
+fn pack_input(a: &PackArgs, input: &PackInput<'_>, opts: &PackOptions) -> CmdResult {
+    let (input, opts) = (input, opts);
     if a.dry_run {
-        return dry_run(&input, &opts, a.json);
+        return dry_run(input, opts, a.json);
     }
     let out = a
         .output
@@ -124,9 +137,9 @@ pub fn run(a: PackArgs) -> CmdResult {
         .expect("clap requires --output without --dry-run");
     let start = Instant::now();
     if let Some(max) = a.max_shard_size {
-        return pack_set(&a, &input, &opts, &out, max, start);
+        return pack_set(a, input, opts, &out, max, start);
     }
-    let summary = pack_to_file(&input, &opts, &out, a.quiet)
+    let summary = pack_to_file(input, opts, &out, a.quiet)
         .with_context(|| format!("packing {}", a.model_dir.display()))?;
     let secs = start.elapsed().as_secs_f64();
     let ratio = summary.source_bytes as f64 / summary.file_len as f64;

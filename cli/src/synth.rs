@@ -65,3 +65,68 @@ pub fn run(a: SynthArgs) -> CmdResult {
     );
     Ok(())
 }
+
+/// A synthetic model as a pack source generated on the fly (`cllm pack synth:SHAPE`): its tensors
+/// are computed a window at a time as the packer reads them, so a model larger than the disk (or
+/// the memory) can be packed. Bytes as `cllm synth --shape SHAPE` writes them (bf16, seed 0).
+pub struct Generated {
+    shape: cllm_synth::ModelShape,
+    specs: Vec<cllm_synth::TensorSpec>,
+    opts: cllm_synth::SynthOptions,
+}
+
+type Fill = Box<dyn Fn(usize, &mut [u8]) + Sync>;
+
+impl Generated {
+    pub fn new(name: &str) -> anyhow::Result<Generated> {
+        let shape = cllm_synth::shape(name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "synth:{name}: no such shape (one of {})",
+                shape_names().join(", ")
+            )
+        })?;
+        let specs = shape.tensors();
+        Ok(Generated {
+            shape,
+            specs,
+            opts: cllm_synth::SynthOptions::default(),
+        })
+    }
+
+    /// One generator per tensor, borrowed by [`Generated::pack_input`].
+    pub fn fills(&self) -> Vec<Fill> {
+        let (dtype, seed) = (self.opts.dtype, self.opts.seed);
+        self.specs
+            .iter()
+            .map(|spec| {
+                let spec = spec.clone();
+                Box::new(move |off: usize, out: &mut [u8]| {
+                    cllm_synth::fill_range(&spec, dtype, seed, off, out)
+                }) as Fill
+            })
+            .collect()
+    }
+
+    pub fn pack_input<'a>(&'a self, fills: &'a [Fill]) -> cllm_format::PackInput<'a> {
+        let dtype = self.opts.dtype;
+        let tensors = self
+            .specs
+            .iter()
+            .zip(fills)
+            .map(|(spec, fill)| cllm_format::SourceTensor {
+                name: spec.name.clone(),
+                dtype,
+                shape: spec.shape.clone(),
+                bytes: cllm_format::SourceBytes::Generated {
+                    len: spec.numel().unwrap_or(0) as usize * dtype.size(),
+                    fill: fill.as_ref(),
+                },
+            })
+            .collect();
+        cllm_format::PackInput {
+            tensors,
+            files: cllm_synth::model_files(&self.shape, &self.opts),
+            source_files: Vec::new(),
+        }
+    }
+}

@@ -231,9 +231,12 @@ impl<O: ShardOut> Shard<O> {
     }
 }
 
-/// The bytes of a frame of `decoded` bytes at worst (spec section 3.3's bound) plus its padding.
-fn worst_stored(decoded: u64) -> u64 {
-    decoded + decoded / 128 + 4096 + 64
+/// The stored bytes of `decoded` bytes of an embedded file in frames of `frame` at worst, with
+/// padding: zstd's bound (`compressBound`: the input, 1/256 of it and a few header bytes per
+/// frame) with room to spare.
+fn worst_stored(decoded: u64, frame: u64) -> u64 {
+    let frames = decoded.div_ceil(frame.max(1)).max(1);
+    decoded + decoded / 128 + frames * (128 + 64)
 }
 
 /// Index bytes per frame entry at most (offset, stored, decoded, hash, punctuation).
@@ -296,8 +299,12 @@ impl<'p, O: ShardOut> Packer<'p, O> {
             .shard_files()
             .iter()
             .map(|(n, b)| {
-                let frames = (b.len() as u64).div_ceil(self.opts.frame_size as u64);
-                worst_stored(b.len() as u64) + frames * (4096 + FRAME_JSON) + n.len() as u64 + 256
+                let len = b.len() as u64;
+                let frames = len.div_ceil(self.opts.frame_size as u64);
+                worst_stored(len, self.opts.frame_size as u64)
+                    + frames * FRAME_JSON
+                    + n.len() as u64
+                    + 128
             })
             .sum();
         files + self.index_base + sh.tensors_json + frames_in_flight * FRAME_JSON + 64 + 32

@@ -196,6 +196,24 @@ pub fn fix_all_hashes(bytes: &[u8]) -> Option<Vec<u8>> {
             index["files"][fi]["xxh3"] = json!(hex);
         }
     }
+    // 3. A shard's set record: its own digest in the manifest, and the id over the manifest.
+    if index.get("set").is_some() {
+        if let Ok(parsed) = serde_json::from_value::<cllm_format::Index>(index.clone()) {
+            let digest = cllm_format::shard::shard_digest(&parsed);
+            if let Some(set) = parsed.set {
+                let mut shards = set.shards.clone();
+                if let Some(own) = shards.get_mut(set.shard.wrapping_sub(1) as usize) {
+                    own.digest = digest;
+                    own.tensors = parsed.tensors.len() as u64;
+                    let id = cllm_format::hash::xxh3_128_hex(
+                        cllm_format::shard::manifest_text(&shards).as_bytes(),
+                    );
+                    index["set"]["shards"] = json!(shards);
+                    index["set"]["id"] = json!(id);
+                }
+            }
+        }
+    }
     Some(with_index(&first, off, &index))
 }
 

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use cllm_format::{
-    pack, Codec, Dtype, PackInput, PackOptions, Policy, Preset, Quant, Rule, SourceTensor,
+    pack, pack_sharded, Codec, Dtype, PackInput, PackOptions, Policy, Preset, Quant, Rule,
+    SourceTensor,
 };
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
@@ -86,6 +87,50 @@ fn container(
     out
 }
 
+/// The shards of a small set (format 1.2): each is a container with a set record.
+fn shard_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let mut rng = Rng(5);
+    let shapes: [(&str, Vec<u64>); 3] = [
+        ("a.weight", vec![32, 32]),
+        ("b.weight", vec![32, 32]),
+        ("c.weight", vec![32, 32]),
+    ];
+    let data: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|(_, s)| tensor(&mut rng, Dtype::Bf16, s))
+        .collect();
+    let input = PackInput {
+        tensors: shapes
+            .iter()
+            .zip(&data)
+            .map(|((n, s), b)| SourceTensor {
+                name: n.to_string(),
+                dtype: Dtype::Bf16,
+                shape: s.clone(),
+                bytes: b.into(),
+            })
+            .collect(),
+        files: vec![(
+            "config.json".into(),
+            br#"{"model_type":"llama","hidden_size":32}"#.to_vec(),
+        )],
+        source_files: vec![],
+    };
+    let opts = PackOptions {
+        frame_size: 1024,
+        ..PackOptions::default()
+    };
+    let mut create = |_: u64| Ok(std::io::Cursor::new(Vec::new()));
+    let shards = pack_sharded(&input, &opts, 7000, &mut create, &mut |_| {}).expect("seed packs");
+    assert!(shards.len() >= 2, "the seed set has several shards");
+    let names = ["shard_1_of_set", "shard_2_of_set", "shard_3_of_set"];
+    shards
+        .into_iter()
+        .zip(names)
+        .map(|((c, _), n)| (n, c.into_inner()))
+        .collect()
+}
+
 fn container_seeds(dir: &Path) {
     let quantized = Policy {
         preset: Preset::MlpOnly,
@@ -148,6 +193,8 @@ fn container_seeds(dir: &Path) {
         ),
         ("no_tensors", container(&[], Policy::default(), 4096, 4)),
     ];
+    let mut seeds = seeds;
+    seeds.extend(shard_seeds());
     for (name, bytes) in seeds {
         for mode in 0..3u8 {
             let mut b = vec![mode];

@@ -229,17 +229,22 @@ impl Packed {
             source: e,
         })?;
         if by_name {
-            for (k, &i) in order.iter().enumerate() {
-                if i != k {
-                    let set = opened[i].container.index.set.as_ref().expect("checked");
+            for (k, sh) in opened.iter().enumerate() {
+                let set = sh
+                    .container
+                    .index
+                    .set
+                    .as_ref()
+                    .expect("checked by order_set");
+                if set.shard != k as u64 + 1 {
                     return Err(set_error(
-                        &opened[i].path,
+                        &sh.path,
                         format!(
                             "holds shard {} of {}, but its name says shard {}: shards renamed or \
                              reordered",
                             set.shard,
                             set.count,
-                            i + 1
+                            k + 1
                         ),
                     ));
                 }
