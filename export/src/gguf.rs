@@ -283,11 +283,10 @@ fn hparams(
             k("attention.sliding_window"),
             u(cfg.sliding_window.unwrap_or(0)),
         ));
-        if cfg.rotary_dim != cfg.head_dim
-            && cfg.hidden_size / cfg.num_attention_heads.max(1) != cfg.head_dim
-        {
+        // The importer reads Phi-3's head width as embedding_length / head_count.
+        if cfg.hidden_size != cfg.head_dim * cfg.num_attention_heads {
             return Err(ExportError::Unsupported(
-                "phi3: a head width other than hidden_size / heads with partial RoPE".into(),
+                "phi3: a head width other than hidden_size / num_attention_heads".into(),
             ));
         }
     } else {
