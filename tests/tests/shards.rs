@@ -16,8 +16,8 @@ use cllm_format::{verify, Container, Dtype, Limits};
 use cllm_tests::{cllm, cllm_bin, cllm_ok, json_of, root, s, synth_model, Rng};
 
 /// Shards of the "small" fixture at this size: several, each holding a few tensors.
-const MAX: &str = "1500KB";
-const MAX_BYTES: u64 = 1_500_000;
+const MAX: &str = "1MB";
+const MAX_BYTES: u64 = 1_000_000;
 
 fn shard_files(dir: &Path, stem: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
