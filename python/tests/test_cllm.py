@@ -302,10 +302,15 @@ class TestOpen(unittest.TestCase):
             self.assertEqual(bits(m.tensor(other)), FIX.unpacked(kind)[other][2])
 
     def test_shard_set(self):
-        out = os.path.join(FIX.tmp, "set", "m.cllm")
-        os.makedirs(os.path.dirname(out))
-        run_cllm("pack", FIX.src, "-o", out, "-q", "--frame-kib", "16", "--max-shard-size", "64KiB",
-                 "--policy", "mlp-only")
+        # The smallest of these shard sizes that holds the largest tensor: a set of several.
+        for size in ("96KiB", "128KiB", "160KiB"):
+            out = os.path.join(FIX.tmp, f"set-{size}", "m.cllm")
+            os.makedirs(os.path.dirname(out))
+            p = run_cllm("pack", FIX.src, "-o", out, "-q", "--frame-kib", "16", "--max-shard-size",
+                         size, "--policy", "mlp-only", check=False)
+            if p.returncode == 0:
+                break
+        self.assertEqual(p.returncode, 0, p.stderr)
         shards = sorted(os.listdir(os.path.dirname(out)))
         self.assertGreater(len(shards), 1, shards)
         first = os.path.join(os.path.dirname(out), shards[0])
