@@ -768,7 +768,9 @@ pub struct Projection {
     pub projected_bytes: u64,
 }
 
-/// Plans every tensor and projects its stored size by encoding a sample frame of each stream.
+/// Plans every tensor and projects its stored size by encoding a sample of each stream: the
+/// streams of the tensor's first rows (about a frame of source), extrapolated to the whole tensor.
+/// Reads only that sample of each source, so a dry run costs the same at any model size.
 pub fn project(input: &PackInput<'_>, opts: &PackOptions) -> Result<Vec<Projection>> {
     let codecs = plan(&input.tensors, &opts.policy)?;
     input
@@ -777,24 +779,39 @@ pub fn project(input: &PackInput<'_>, opts: &PackOptions) -> Result<Vec<Projecti
         .zip(codecs)
         .map(|(t, codec)| {
             let specs = codec.streams(&t.name, t.dtype, &t.shape)?;
-            let params = quant_params_from(&t.name, codec, t.dtype, &t.shape, &t.bytes)?;
+            let (rows, cols) = crate::tensor::rows_cols(&t.shape);
+            let row_bytes = cols * t.dtype.size();
+            let sample_rows = match t.shape.len() {
+                0 | 1 => rows,
+                _ => rows.min((opts.frame_size / row_bytes.max(1)).max(1)),
+            };
+            let mut sub_shape = t.shape.clone();
+            if t.shape.len() >= 2 {
+                sub_shape = vec![sample_rows as u64, cols as u64];
+            }
+            let part = t.bytes.read(0..sample_rows * row_bytes);
+            let sub = SourceBytes::Slice(&part);
+            let params = quant_params_from(&t.name, codec, t.dtype, &sub_shape, &sub)?;
+            let sub_specs = codec.streams(&t.name, t.dtype, &sub_shape)?;
             let mut projected = 0u64;
-            for (si, spec) in specs.iter().enumerate() {
-                let frame = opts.frame_size - opts.frame_size % spec.elem_size;
-                let n = (spec.len as usize).min(frame);
+            for (si, (spec, sub_spec)) in specs.iter().zip(&sub_specs).enumerate() {
+                let n = sub_spec.len as usize;
                 if n == 0 {
                     continue;
                 }
-                let part = source_range(codec, t.dtype, si, &(0..n)).map(|r| t.bytes.read(r));
+                let src = source_range(codec, t.dtype, si, &(0..n)).map(|r| sub.read(r));
                 let sample = stream_range_from(
                     t.dtype,
-                    &t.shape,
+                    &sub_shape,
                     &params,
-                    part.as_deref().unwrap_or(&[]),
+                    src.as_deref().unwrap_or(&[]),
                     si,
                     0..n,
                 );
-                let stored = encode_frame(spec.encoding, &sample, effort(codec, opts))?.len();
+                let stored: usize = sample
+                    .chunks(opts.frame_size - opts.frame_size % spec.elem_size)
+                    .map(|f| encode_frame(spec.encoding, f, effort(codec, opts)).map(|e| e.len()))
+                    .sum::<std::io::Result<usize>>()?;
                 projected += (stored as u128 * spec.len as u128 / n as u128) as u64;
             }
             let mut entry = Projection {

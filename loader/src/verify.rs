@@ -27,7 +27,7 @@ use crate::model::{LoadedModel, ModelFiles, SourceKind};
 use crate::packed::Packed;
 
 /// Decoded bytes in flight while streaming a container's frames.
-const WINDOW_BYTES: usize = 256 << 20;
+const WINDOW_BYTES: usize = 64 << 20;
 
 /// Why a container could not be verified at all.
 #[derive(Debug, thiserror::Error)]
