@@ -29,7 +29,7 @@ create_exception!(
 );
 
 /// Decoded bytes in flight while verifying (as `cllm verify`).
-const VERIFY_WINDOW_BYTES: usize = 256 << 20;
+const VERIFY_WINDOW_BYTES: usize = 64 << 20;
 
 fn py_err(e: LoadError) -> PyErr {
     match &e {
