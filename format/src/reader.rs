@@ -177,6 +177,12 @@ impl<'a> Container<'a> {
 
     /// Hands every frame's stored bytes to `release` once they have been read.
     pub fn with_release(mut self, release: Release) -> Self {
+        // The preamble, index and footer were read by `open`: hand them back now.
+        release(0, layout::PREAMBLE_LEN);
+        release(
+            self.framing.index_offset,
+            self.framing.index_length + layout::FOOTER_LEN,
+        );
         self.release = Some(release);
         self
     }

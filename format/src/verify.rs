@@ -73,6 +73,7 @@ fn verify_parts(c: &Container<'_>, window_bytes: usize, tensors: bool) -> Verify
                 .failures
                 .push(FormatError::Padding { start, end }.to_string());
         }
+        c.release(start, end - start);
     }
     let mut streams = Vec::new();
     for (ti, t) in c.tensors().iter().enumerate().filter(|_| tensors) {

@@ -189,7 +189,7 @@ fuzz_target!(|input: Input| {
                 name: n.clone(),
                 dtype: *d,
                 shape: s.clone(),
-                bytes: b,
+                bytes: b.into(),
             })
             .collect(),
         files: files.clone(),

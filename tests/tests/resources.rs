@@ -74,6 +74,7 @@ fn sparse_container(path: &std::path::Path, frames: u64) -> u64 {
         }],
         policy: Default::default(),
         provenance: Default::default(),
+        set: None,
     };
     let json = serde_json::to_vec(&index).unwrap();
     let preamble = layout::preamble(layout::MAJOR, layout::MINOR);
