@@ -12,7 +12,8 @@
 # (memory-mapped), for the shapes whose folder fits the disk. A step whose output would not fit
 # the free disk is skipped and says so. Everything of a shape is deleted after it.
 # One line per step: shape, step, source GB, wall seconds, GB/s (source bytes per second), peak
-# RSS MiB.
+# RSS MiB (`/usr/bin/time`), and the peaks of its anonymous and file-backed parts sampled every
+# 0.2 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cllm="target/release/cllm"
@@ -38,7 +39,21 @@ free_gb() { df -B1G --output=avail "$work" | tail -1 | tr -d ' '; }
 step() {
     local name="$1" bytes="$2"; shift 2
     local log="$work/time.log"
-    if ! /usr/bin/time -v "$@" >"$work/step.out" 2>"$log"; then
+    /usr/bin/time -v "$@" >"$work/step.out" 2>"$log" &
+    local tpid=$! cpid="" anon=0 file=0 a f
+    # Sample the command's anonymous and file-backed resident memory (the peak RSS splits into
+    # the two: heap, and pages of mapped files).
+    while kill -0 "$tpid" 2>/dev/null; do
+        [[ -z $cpid ]] && cpid=$(pgrep -P "$tpid" | head -1)
+        if [[ -n $cpid ]]; then
+            read -r a f < <(awk '/RssAnon/{a=$2} /RssFile/{f=$2} END{print a+0, f+0}' \
+                "/proc/$cpid/status" 2>/dev/null || echo "0 0")
+            (( a > anon )) && anon=$a
+            (( f > file )) && file=$f
+        fi
+        sleep 0.2
+    done
+    if ! wait "$tpid"; then
         echo "$shape $name FAILED:" >&2
         tail -20 "$log" >&2
         exit 1
@@ -46,14 +61,15 @@ step() {
     local rss_kb wall
     rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
     wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log")
-    python3 - "$shape" "$name" "$bytes" "$wall" "$rss_kb" >>"$out" <<'EOF'
+    python3 - "$shape" "$name" "$bytes" "$wall" "$rss_kb" "$anon" "$file" >>"$out" <<'EOF'
 import sys
-shape, name, nbytes, wall, rss_kb = sys.argv[1:]
+shape, name, nbytes, wall, rss_kb, anon, file = sys.argv[1:]
 parts = [float(p) for p in wall.split(":")]
 secs = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
 gb = int(nbytes) / 1e9
 rate = gb / secs if secs > 0 else float("nan")
-print(f"{shape}\t{name}\t{gb:.2f} GB\t{secs:.1f} s\t{rate:.3f} GB/s\t{int(rss_kb) / 1024:.0f} MiB")
+print(f"{shape}\t{name}\t{gb:.2f} GB\t{secs:.1f} s\t{rate:.3f} GB/s\t{int(rss_kb) / 1024:.0f} MiB"
+      f"\t(sampled peaks: anon {int(anon) / 1024:.0f} MiB, file {int(file) / 1024:.0f} MiB)")
 EOF
 }
 
