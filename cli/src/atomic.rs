@@ -120,7 +120,9 @@ pub fn write_file_set<T>(
                 .tempfile_in(dir)?;
             let (file, path) = tmp.into_parts();
             temps.push(path);
-            Ok(BufWriter::with_capacity(1 << 20, file))
+            // Every shard stays open until the set's indexes are written: a small buffer each
+            // (frames are written whole, past the buffer), so memory does not grow with the count.
+            Ok(BufWriter::with_capacity(64 << 10, file))
         };
         fill(&mut create)?
     };
