@@ -1,13 +1,14 @@
 //! What the models are run on: a built-in prompt set, prompts from a file, and evaluation windows
-//! cut from the project's own specification (embedded, so the text is license-clean and the same
-//! for every run of one build).
+//! cut from the project's own specification as it stood at version 1.1 (`eval_text.md`, a frozen
+//! copy: license-clean, and the same for every build, so divergence figures stay comparable while
+//! the live spec grows).
 
 use std::path::{Path, PathBuf};
 
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
-/// The evaluation text: the container specification.
-pub const EVAL_TEXT: &str = include_str!("../../../spec/FORMAT.md");
+/// The evaluation text: the container specification, version 1.1, frozen.
+pub const EVAL_TEXT: &str = include_str!("eval_text.md");
 
 /// Why the run's text could not be made.
 #[derive(Debug, thiserror::Error)]
