@@ -44,7 +44,7 @@ step() {
     # Sample the command's anonymous and file-backed resident memory (the peak RSS splits into
     # the two: heap, and pages of mapped files).
     while kill -0 "$tpid" 2>/dev/null; do
-        [[ -z $cpid ]] && cpid=$(pgrep -P "$tpid" | head -1)
+        [[ -z $cpid ]] && cpid=$(pgrep -P "$tpid" | head -1 || true)
         if [[ -n $cpid ]]; then
             read -r a f < <(awk '/RssAnon/{a=$2} /RssFile/{f=$2} END{print a+0, f+0}' \
                 "/proc/$cpid/status" 2>/dev/null || echo "0 0")
