@@ -332,6 +332,11 @@ impl<'a> Container<'a> {
             hasher.update(&buf);
             each(&buf)?;
         }
+        // Readers walk tensors in file order: hand back everything up to here, including pages
+        // the kernel mapped around earlier faults (a page re-read is the only cost if not).
+        if let Some(last) = s.frames.last() {
+            self.release(0, last.offset + last.stored);
+        }
         let computed = hasher.hex();
         if computed != s.xxh3 {
             return Err(FormatError::StreamHash {

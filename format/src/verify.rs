@@ -136,6 +136,11 @@ fn verify_parts(c: &Container<'_>, window_bytes: usize, tensors: bool) -> Verify
             }
             start = end;
         }
+        // Everything up to this stream's end has been read (streams are checked in file order):
+        // hand it all back, including pages the kernel mapped around earlier faults.
+        if let Some(last) = s.frames.last() {
+            c.release(0, last.offset + last.stored);
+        }
         if failed {
             continue;
         }
