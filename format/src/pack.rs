@@ -18,7 +18,15 @@ use crate::index::{
 };
 use crate::layout::{self, align_up};
 use crate::policy::Policy;
-use crate::tensor::{quant_params_from, source_range, stream_range_from};
+use crate::quant;
+use crate::tensor::{
+    group_source_range, param_groups, quant_params_for, quant_params_from, quant_params_of_values,
+    source_range, stream_range_from, stream_range_of_values, ParamsMemo,
+};
+
+/// A tensor's quantization parameters are kept from its data frames for its scale frames up to
+/// this size; beyond it they are computed again.
+const PARAMS_MEMO_BYTES: usize = 16 << 20;
 use crate::Dtype;
 
 /// A source tensor's bytes: in memory, memory-mapped (pages handed back once read), or produced
@@ -143,6 +151,9 @@ struct Job {
     range: Range<usize>,
     /// The source bytes the frame is computed from (a quantized data stream's elements).
     source: Option<Range<usize>>,
+    /// The quantization groups the frame depends on (empty for lossless codecs); their
+    /// parameters are computed with the frame, so no tensor's parameters are ever held whole.
+    groups: Range<usize>,
     encoding: Encoding,
     effort: Effort,
     /// Source bytes this frame accounts for (progress only).
@@ -319,7 +330,6 @@ impl<'p, O: ShardOut> Packer<'p, O> {
     /// Writes one tensor into the current shard, or, when it would overflow a shard that already
     /// holds tensors, cuts the shard back and writes it at the start of a new one.
     fn tensor(&mut self, t: &SourceTensor<'_>, codec: Codec) -> Result<()> {
-        let params = quant_params_from(&t.name, codec, t.dtype, &t.shape, &t.bytes)?;
         let specs = codec.streams(&t.name, t.dtype, &t.shape)?;
         let mut jobs = Vec::new();
         for (si, spec) in specs.iter().enumerate() {
@@ -336,6 +346,7 @@ impl<'p, O: ShardOut> Packer<'p, O> {
                     stream: si,
                     source_bytes: share(&range),
                     source: source_range(codec, t.dtype, si, &range),
+                    groups: param_groups(codec, &t.shape, si, &range),
                     range,
                     encoding: spec.encoding,
                     effort: effort(codec, self.opts),
@@ -345,7 +356,7 @@ impl<'p, O: ShardOut> Packer<'p, O> {
         loop {
             let start = self.shards.last().expect("a shard is open").pos;
             let done_before = self.prog.source_done;
-            match self.tensor_frames(t, codec, &params, &specs, &jobs)? {
+            match self.tensor_frames(t, codec, &specs, &jobs)? {
                 (Flow::Done, entry) => {
                     let json = serde_json::to_vec(&entry)
                         .map_err(|e| FormatError::IndexJson(e.to_string()))?
@@ -383,7 +394,6 @@ impl<'p, O: ShardOut> Packer<'p, O> {
         &mut self,
         t: &SourceTensor<'_>,
         codec: Codec,
-        params: &crate::tensor::QuantParams,
         specs: &[crate::codec::StreamSpec],
         jobs: &[Job],
     ) -> Result<(Flow, TensorEntry)> {
@@ -397,25 +407,12 @@ impl<'p, O: ShardOut> Packer<'p, O> {
             })
             .collect();
         let mut hashers = vec![Hasher128::default(); specs.len()];
+        let memo = ParamsMemo::new(codec, &t.shape, PARAMS_MEMO_BYTES);
         let mut source_hash = Hasher128::default();
         let mut written = 0u64;
         let flow = self.run_jobs(
             jobs,
-            |job| {
-                let source = job.source.clone().map(|r| t.bytes.read(r));
-                let decoded = match (codec.is_lossless(), &source) {
-                    (true, Some(s)) => s.clone(),
-                    _ => Cow::Owned(stream_range_from(
-                        t.dtype,
-                        &t.shape,
-                        params,
-                        source.as_deref().unwrap_or(&[]),
-                        job.stream,
-                        job.range.clone(),
-                    )),
-                };
-                Produced { decoded, source }
-            },
+            |job| frame_bytes(t, codec, &memo, job),
             |job, produced, frame| {
                 hashers[job.stream].update(&produced.decoded);
                 if let (false, Some(s)) = (codec.is_lossless(), &produced.source) {
@@ -423,6 +420,10 @@ impl<'p, O: ShardOut> Packer<'p, O> {
                 }
                 if let Some(r) = &job.source {
                     t.bytes.done(r.clone());
+                    if !job.groups.is_empty() {
+                        t.bytes
+                            .done(group_source_range(codec, t.dtype, &t.shape, &job.groups));
+                    }
                 }
                 streams[job.stream].frames.push(frame);
                 written += 1;
@@ -458,6 +459,7 @@ impl<'p, O: ShardOut> Packer<'p, O> {
                 .map(|range| Job {
                     stream: 0,
                     source: None,
+                    groups: 0..0,
                     range,
                     encoding: Encoding::Zstd,
                     effort: Effort::Level(self.opts.zstd_level),
@@ -467,9 +469,11 @@ impl<'p, O: ShardOut> Packer<'p, O> {
             let mut frames = Vec::new();
             self.run_jobs(
                 &jobs,
-                |job| Produced {
-                    decoded: Cow::Borrowed(&bytes[job.range.clone()]),
-                    source: None,
+                |job| {
+                    Ok(Produced {
+                        decoded: Cow::Borrowed(&bytes[job.range.clone()]),
+                        source: None,
+                    })
                 },
                 |_, _, frame| {
                     frames.push(frame);
@@ -496,7 +500,7 @@ impl<'p, O: ShardOut> Packer<'p, O> {
     fn run_jobs<'s>(
         &mut self,
         jobs: &[Job],
-        produce: impl Fn(&Job) -> Produced<'s> + Sync,
+        produce: impl Fn(&Job) -> Result<Produced<'s>> + Sync,
         mut done: impl FnMut(&Job, &Produced<'s>, FrameEntry) -> u64,
     ) -> Result<Flow> {
         let mut start = 0;
@@ -504,8 +508,15 @@ impl<'p, O: ShardOut> Packer<'p, O> {
             let mut end = start;
             let mut bytes = 0;
             let cost = |j: &Job| j.range.len().max(j.source.as_ref().map_or(0, |r| r.len()));
+            // A tensor's scale frames start a window of their own, so that its data frames have
+            // kept their parameters (`ParamsMemo`) before they run.
+            let params_after_data =
+                |e: usize| jobs[e].source.is_none() && jobs[e - 1].source.is_some();
+            let quantized = |e: usize| !jobs[e].groups.is_empty();
             while end < jobs.len()
-                && (end == start || bytes + cost(&jobs[end]) <= self.opts.window_bytes)
+                && (end == start
+                    || (bytes + cost(&jobs[end]) <= self.opts.window_bytes
+                        && !(quantized(end) && params_after_data(end))))
             {
                 bytes += cost(&jobs[end]);
                 end += 1;
@@ -513,11 +524,11 @@ impl<'p, O: ShardOut> Packer<'p, O> {
             let encoded: Vec<(Produced, std::io::Result<Vec<u8>>)> = jobs[start..end]
                 .par_iter()
                 .map(|job| {
-                    let p = produce(job);
+                    let p = produce(job)?;
                     let e = encode_frame(job.encoding, &p.decoded, job.effort);
-                    (p, e)
+                    Ok((p, e))
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             for (job, (p, e)) in jobs[start..end].iter().zip(encoded) {
                 let stored = e?;
                 let sh = self.shards.last_mut().expect("a shard is open");
@@ -607,6 +618,70 @@ impl<'p, O: ShardOut> Packer<'p, O> {
 struct Produced<'s> {
     decoded: Cow<'s, [u8]>,
     source: Option<Cow<'s, [u8]>>,
+}
+
+/// Job `job`'s frame of tensor `t`. A quantized data frame reads the whole groups its codes fall
+/// in once, for their parameters and its codes; a scale or minimum frame computes its groups'
+/// parameters from the source a block at a time.
+fn frame_bytes<'s>(
+    t: &SourceTensor<'s>,
+    codec: Codec,
+    memo: &ParamsMemo,
+    job: &Job,
+) -> Result<Produced<'s>> {
+    let (name, dtype, shape) = (&t.name, t.dtype, &t.shape[..]);
+    let Some(source) = job.source.clone() else {
+        let params = match memo.get(&job.groups) {
+            Some(p) => p,
+            None => quant_params_for(name, codec, dtype, shape, &t.bytes, job.groups.clone())?,
+        };
+        let decoded = stream_range_from(dtype, shape, &params, &[], job.stream, job.range.clone());
+        return Ok(Produced {
+            decoded: Cow::Owned(decoded),
+            source: None,
+        });
+    };
+    if codec.is_lossless() {
+        let s = t.bytes.read(source);
+        return Ok(Produced {
+            decoded: s.clone(),
+            source: Some(s),
+        });
+    }
+    let span = group_source_range(codec, dtype, shape, &job.groups);
+    let read = span.start.min(source.start)..span.end.max(source.end);
+    let bytes = t.bytes.read(read.clone());
+    // One conversion to f32 serves the groups' parameters and the frame's codes.
+    let es = dtype.size();
+    let mut vals = Vec::new();
+    quant::to_f32(dtype, &bytes, &mut vals);
+    let at = |b: usize| (b - read.start) / es;
+    let params = quant_params_of_values(
+        name,
+        codec,
+        shape,
+        job.groups.clone(),
+        &vals[at(span.start)..at(span.end)],
+    )?;
+    memo.record(&params);
+    let decoded = stream_range_of_values(
+        shape,
+        &params,
+        &vals[at(source.start)..at(source.end)],
+        job.stream,
+        job.range.clone(),
+    );
+    drop(vals);
+    let part = source.start - read.start..source.end - read.start;
+    let source = match bytes {
+        Cow::Borrowed(b) => Cow::Borrowed(&b[part]),
+        Cow::Owned(v) if part == (0..v.len()) => Cow::Owned(v),
+        Cow::Owned(v) => Cow::Owned(v[part].to_vec()),
+    };
+    Ok(Produced {
+        decoded: Cow::Owned(decoded),
+        source: Some(source),
+    })
 }
 
 /// Packs `input` into `out` as one container. `progress` is called after every window.

@@ -78,11 +78,13 @@ impl std::fmt::Display for QuantError {
 /// the first NaN or infinite element.
 pub fn int8_scale(row: &[f32]) -> Result<f32, usize> {
     let mut amax = 0f32;
-    for (i, &x) in row.iter().enumerate() {
-        if !x.is_finite() {
-            return Err(i);
-        }
+    let mut finite = true;
+    for &x in row {
+        finite &= x.is_finite();
         amax = amax.max(x.abs());
+    }
+    if !finite {
+        return Err(row.iter().position(|x| !x.is_finite()).unwrap_or(0));
     }
     Ok(amax / 127.0)
 }
@@ -105,14 +107,19 @@ pub fn int8_dequantize(q: i8, scale: f32) -> f32 {
 
 /// Scale and min of one int4 group, as f16.
 pub fn int4_group_params(group: &[f32]) -> Result<(f16, f16), QuantError> {
+    // No early exit in the loop (it keeps the pipeline full); the same min/max calls in the same
+    // order as ever, so signed zeros resolve as they always have.
     let mut mn = f32::INFINITY;
     let mut mx = f32::NEG_INFINITY;
-    for (i, &x) in group.iter().enumerate() {
-        if !x.is_finite() {
-            return Err(QuantError::NonFinite { index: i });
-        }
+    let mut finite = true;
+    for &x in group {
+        finite &= x.is_finite();
         mn = mn.min(x);
         mx = mx.max(x);
+    }
+    if !finite {
+        let index = group.iter().position(|x| !x.is_finite()).unwrap_or(0);
+        return Err(QuantError::NonFinite { index });
     }
     let scale = f16::from_f32((mx - mn) / 15.0);
     let min = f16::from_f32(mn);

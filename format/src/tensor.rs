@@ -24,19 +24,115 @@ pub fn rows_cols(shape: &[u64]) -> (usize, usize) {
     }
 }
 
-/// What quantizing needs to know beyond each value: the per-row or per-group parameters.
+/// What quantizing needs to know beyond each value: the per-row or per-group parameters of the
+/// groups `first_group..first_group + scales.len()` (group `i` is column block `i % per_row` of
+/// row `i / per_row`).
 pub enum QuantParams {
     None,
     /// `int8` (one group per row: `group_size == cols`) and `int8g`.
     Int8 {
         group_size: usize,
+        first_group: usize,
         scales: Vec<f32>,
     },
     Int4 {
         group_size: usize,
+        first_group: usize,
         scales: Vec<f16>,
         mins: Vec<f16>,
     },
+}
+
+/// How a quantized codec's groups tile a tensor: `per_row` groups of `size` columns in each row
+/// (an `int8g` row's last group may be shorter; an `int8` row is one group, even when empty).
+#[derive(Clone, Copy)]
+struct Tiling {
+    cols: usize,
+    size: usize,
+    per_row: usize,
+}
+
+impl Tiling {
+    fn of(codec: Codec, shape: &[u64]) -> Option<Tiling> {
+        let (_, cols) = rows_cols(shape);
+        let (size, per_row) = match codec {
+            Codec::Int8Row => (cols.max(1), 1),
+            Codec::Int8Group { group_size } => {
+                let g = (group_size as usize).max(1);
+                (g, cols.div_ceil(g))
+            }
+            Codec::Int4 { group_size } => {
+                let g = (group_size as usize).max(1);
+                (g, cols / g)
+            }
+            _ => return None,
+        };
+        Some(Tiling {
+            cols,
+            size,
+            per_row,
+        })
+    }
+
+    fn groups(&self, shape: &[u64]) -> usize {
+        rows_cols(shape).0 * self.per_row
+    }
+
+    /// The group holding element `e` (row-major).
+    fn group_of(&self, e: usize) -> usize {
+        (e / self.cols) * self.per_row + (e % self.cols) / self.size
+    }
+
+    /// The elements of groups `groups` (consecutive groups are contiguous).
+    fn elements(&self, groups: &Range<usize>) -> Range<usize> {
+        if groups.is_empty() {
+            return 0..0;
+        }
+        let start = |g: usize| (g / self.per_row) * self.cols + (g % self.per_row) * self.size;
+        let last = groups.end - 1;
+        let end = (last / self.per_row) * self.cols
+            + ((last % self.per_row + 1) * self.size).min(self.cols);
+        start(groups.start)..end
+    }
+}
+
+/// The groups whose parameters the decoded bytes `range` of stream `stream` depend on: those its
+/// codes fall in for the data stream, those it holds for the scale and minimum streams.
+pub fn param_groups(
+    codec: Codec,
+    shape: &[u64],
+    stream: usize,
+    range: &Range<usize>,
+) -> Range<usize> {
+    let Some(tiling) = Tiling::of(codec, shape) else {
+        return 0..0;
+    };
+    let int4 = matches!(codec, Codec::Int4 { .. });
+    if range.is_empty() {
+        return 0..0;
+    }
+    match (stream, int4) {
+        (0, _) => {
+            let per_byte = if int4 { 2 } else { 1 };
+            tiling.group_of(range.start * per_byte)..tiling.group_of(range.end * per_byte - 1) + 1
+        }
+        (_, false) => range.start / 4..range.end.div_ceil(4),
+        (_, true) => range.start / 2..range.end.div_ceil(2),
+    }
+}
+
+/// The source bytes of groups `groups`: what [`quant_params_in`] reads.
+pub fn group_source_range(
+    codec: Codec,
+    dtype: Dtype,
+    shape: &[u64],
+    groups: &Range<usize>,
+) -> Range<usize> {
+    let es = dtype.size();
+    Tiling::of(codec, shape).map_or(0..0, |t| {
+        let e = t.elements(groups);
+        e.start * es..e.end * es
+    })
 }
 
 /// Computes the quantization parameters of a whole tensor (parallel over rows).
@@ -50,8 +146,7 @@ pub fn quant_params(
     quant_params_from(name, codec, dtype, shape, &SourceBytes::Slice(src))
 }
 
-/// [`quant_params`] over a source read a block of rows at a time (each block handed back with
-/// [`SourceBytes::done`] once read), so memory holds a few rows, never the tensor.
+/// [`quant_params`] over a source read a block of rows at a time.
 pub fn quant_params_from(
     name: &str,
     codec: Codec,
@@ -59,88 +154,240 @@ pub fn quant_params_from(
     shape: &[u64],
     src: &SourceBytes<'_>,
 ) -> Result<QuantParams> {
-    let (rows, cols) = rows_cols(shape);
-    let row_bytes = cols * dtype.size();
-    let qerr = |row: usize, msg: String| FormatError::Quantize {
-        tensor: name.to_string(),
-        msg: format!("row {row}: {msg}"),
+    let groups = Tiling::of(codec, shape).map_or(0, |t| t.groups(shape));
+    quant_params_for(name, codec, dtype, shape, src, 0..groups)
+}
+
+/// The parameters of groups `groups` of the tensor whose source is `src`, read in blocks of about
+/// 1 MiB (each handed back with [`SourceBytes::done`] once read), so memory holds a few rows and
+/// the parameters asked for, never the tensor.
+pub fn quant_params_for(
+    name: &str,
+    codec: Codec,
+    dtype: Dtype,
+    shape: &[u64],
+    src: &SourceBytes<'_>,
+    groups: Range<usize>,
+) -> Result<QuantParams> {
+    let Some(tiling) = Tiling::of(codec, shape) else {
+        return Ok(QuantParams::None);
     };
-    // Blocks of about 1 MiB of rows: few reads and releases, small memory per worker.
-    let block = ((1usize << 20) / row_bytes.max(1)).max(1);
-    let blocks = rows.div_ceil(block);
-    let read_rows = |b: usize| {
-        let (r0, r1) = (b * block, ((b + 1) * block).min(rows));
-        (r0, r1, r0 * row_bytes..r1 * row_bytes)
-    };
-    match codec {
-        Codec::Int8Row | Codec::Int8Group { .. } => {
-            let g = codec.group_size().map_or(cols, |g| g as usize).max(1);
-            let per_block = (0..blocks)
-                .into_par_iter()
-                .map_init(Vec::new, |buf, b| {
-                    let (r0, r1, range) = read_rows(b);
-                    let bytes = src.read(range.clone());
-                    let mut scales = Vec::new();
-                    for r in r0..r1 {
-                        let off = (r - r0) * row_bytes;
-                        quant::to_f32(dtype, &bytes[off..off + row_bytes], buf);
-                        // A per-row scale exists even for an empty row (its scale is 0).
-                        let groups: Vec<&[f32]> = if codec == Codec::Int8Row {
-                            vec![&buf[..]]
-                        } else {
-                            buf.chunks(g).collect()
-                        };
-                        for (k, group) in groups.into_iter().enumerate() {
-                            scales.push(quant::int8_scale(group).map_err(|j| {
-                                qerr(r, format!("element {} is NaN or infinite", k * g + j))
-                            })?);
-                        }
-                    }
-                    drop(bytes);
-                    src.done(range);
-                    Ok(scales)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(QuantParams::Int8 {
-                group_size: g,
-                scales: per_block.into_iter().flatten().collect(),
-            })
+    let per_block = ((1usize << 20) / (tiling.size * dtype.size()).max(1)).max(1);
+    let blocks: Vec<Range<usize>> = (groups.start..groups.end)
+        .step_by(per_block)
+        .map(|g| g..(g + per_block).min(groups.end))
+        .collect();
+    let parts = blocks
+        .into_par_iter()
+        .map(|block| {
+            let range = group_source_range(codec, dtype, shape, &block);
+            let bytes = src.read(range.clone());
+            let params = quant_params_in(name, codec, dtype, shape, block, &bytes);
+            drop(bytes);
+            src.done(range);
+            params
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut all = empty_params(codec, tiling, groups.start, groups.len());
+    for p in parts {
+        match (&mut all, p) {
+            (QuantParams::Int8 { scales, .. }, QuantParams::Int8 { scales: s, .. }) => {
+                scales.extend(s)
+            }
+            (
+                QuantParams::Int4 { scales, mins, .. },
+                QuantParams::Int4 {
+                    scales: s, mins: m, ..
+                },
+            ) => {
+                scales.extend(s);
+                mins.extend(m);
+            }
+            _ => {}
         }
-        Codec::Int4 { group_size } => {
-            let g = group_size as usize;
-            let per_block = (0..blocks)
-                .into_par_iter()
-                .map_init(Vec::new, |buf, b| {
-                    let (r0, r1, range) = read_rows(b);
-                    let bytes = src.read(range.clone());
-                    let mut params = Vec::new();
-                    for r in r0..r1 {
-                        let off = (r - r0) * row_bytes;
-                        quant::to_f32(dtype, &bytes[off..off + row_bytes], buf);
-                        for (k, group) in buf.chunks_exact(g).enumerate() {
-                            params.push(quant::int4_group_params(group).map_err(|e| match e {
-                                quant::QuantError::NonFinite { index } => {
-                                    qerr(r, format!("element {} is NaN or infinite", k * g + index))
-                                }
-                                quant::QuantError::ScaleOverflow { .. } => {
-                                    qerr(r, format!("group {k}: scale or min overflows f16"))
-                                }
-                            })?);
-                        }
+    }
+    Ok(all)
+}
+
+fn empty_params(codec: Codec, tiling: Tiling, first_group: usize, capacity: usize) -> QuantParams {
+    let group_size = tiling.size;
+    match codec {
+        Codec::Int8Row | Codec::Int8Group { .. } => QuantParams::Int8 {
+            group_size,
+            first_group,
+            scales: Vec::with_capacity(capacity),
+        },
+        Codec::Int4 { .. } => QuantParams::Int4 {
+            group_size,
+            first_group,
+            scales: Vec::with_capacity(capacity),
+            mins: Vec::with_capacity(capacity),
+        },
+        _ => QuantParams::None,
+    }
+}
+
+/// The parameters of groups `groups`, from `bytes`, their source bytes
+/// ([`group_source_range`]).
+pub fn quant_params_in(
+    name: &str,
+    codec: Codec,
+    dtype: Dtype,
+    shape: &[u64],
+    groups: Range<usize>,
+    bytes: &[u8],
+) -> Result<QuantParams> {
+    let mut vals = Vec::new();
+    quant::to_f32(dtype, bytes, &mut vals);
+    quant_params_of_values(name, codec, shape, groups, &vals)
+}
+
+/// [`quant_params_in`] from the groups' values, already converted to f32.
+pub fn quant_params_of_values(
+    name: &str,
+    codec: Codec,
+    shape: &[u64],
+    groups: Range<usize>,
+    vals: &[f32],
+) -> Result<QuantParams> {
+    let Some(tiling) = Tiling::of(codec, shape) else {
+        return Ok(QuantParams::None);
+    };
+    let base = tiling.elements(&groups).start;
+    let mut params = empty_params(codec, tiling, groups.start, groups.len());
+    for gi in groups {
+        let e = tiling.elements(&(gi..gi + 1));
+        let group = &vals[e.start - base..e.end - base];
+        let (row, k) = (gi / tiling.per_row, gi % tiling.per_row);
+        let qerr = |msg: String| FormatError::Quantize {
+            tensor: name.to_string(),
+            msg: format!("row {row}: {msg}"),
+        };
+        let col = |j: usize| k * tiling.size + j;
+        match &mut params {
+            QuantParams::Int8 { scales, .. } => scales.push(
+                quant::int8_scale(group)
+                    .map_err(|j| qerr(format!("element {} is NaN or infinite", col(j))))?,
+            ),
+            QuantParams::Int4 { scales, mins, .. } => {
+                let (s, m) = quant::int4_group_params(group).map_err(|e| match e {
+                    quant::QuantError::NonFinite { index } => {
+                        qerr(format!("element {} is NaN or infinite", col(index)))
                     }
-                    drop(bytes);
-                    src.done(range);
-                    Ok(params)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let (scales, mins) = per_block.into_iter().flatten().unzip();
-            Ok(QuantParams::Int4 {
-                group_size: g,
+                    quant::QuantError::ScaleOverflow { .. } => {
+                        qerr(format!("group {k}: scale or min overflows f16"))
+                    }
+                })?;
+                scales.push(s);
+                mins.push(m);
+            }
+            QuantParams::None => {}
+        }
+    }
+    Ok(params)
+}
+
+/// The parameters a tensor's data frames computed, kept for its scale and minimum frames (which
+/// come after them in the file) when the whole tensor's fit a fixed budget; frames whose groups
+/// are not all here compute theirs again from the source. Memory stays bounded at any size, and
+/// the usual tensor's parameters are computed once.
+pub struct ParamsMemo {
+    kept: Option<std::sync::Mutex<(QuantParams, Vec<u64>)>>,
+}
+
+impl ParamsMemo {
+    pub fn new(codec: Codec, shape: &[u64], budget_bytes: usize) -> ParamsMemo {
+        let kept = Tiling::of(codec, shape).and_then(|tiling| {
+            let groups = tiling.groups(shape);
+            (groups.saturating_mul(4) <= budget_bytes).then(|| {
+                let mut p = empty_params(codec, tiling, 0, groups);
+                match &mut p {
+                    QuantParams::Int8 { scales, .. } => scales.resize(groups, 0.0),
+                    QuantParams::Int4 { scales, mins, .. } => {
+                        scales.resize(groups, f16::ZERO);
+                        mins.resize(groups, f16::ZERO);
+                    }
+                    QuantParams::None => {}
+                }
+                std::sync::Mutex::new((p, vec![0u64; groups.div_ceil(64)]))
+            })
+        });
+        ParamsMemo { kept }
+    }
+
+    /// Keeps `p`'s groups.
+    pub fn record(&self, p: &QuantParams) {
+        let Some(kept) = &self.kept else { return };
+        let mut guard = kept.lock().unwrap_or_else(|e| e.into_inner());
+        let (all, filled) = &mut *guard;
+        let first = match (all, p) {
+            (
+                QuantParams::Int8 { scales, .. },
+                QuantParams::Int8 {
+                    first_group,
+                    scales: s,
+                    ..
+                },
+            ) => {
+                scales[*first_group..*first_group + s.len()].copy_from_slice(s);
+                *first_group..*first_group + s.len()
+            }
+            (
+                QuantParams::Int4 { scales, mins, .. },
+                QuantParams::Int4 {
+                    first_group,
+                    scales: s,
+                    mins: m,
+                    ..
+                },
+            ) => {
+                scales[*first_group..*first_group + s.len()].copy_from_slice(s);
+                mins[*first_group..*first_group + m.len()].copy_from_slice(m);
+                *first_group..*first_group + s.len()
+            }
+            _ => return,
+        };
+        for g in first {
+            filled[g / 64] |= 1 << (g % 64);
+        }
+    }
+
+    /// Groups `groups`' parameters, when every one of them was kept.
+    pub fn get(&self, groups: &Range<usize>) -> Option<QuantParams> {
+        let guard = self
+            .kept
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (all, filled) = &*guard;
+        if !groups
+            .clone()
+            .all(|g| filled[g / 64] & (1 << (g % 64)) != 0)
+        {
+            return None;
+        }
+        let g = groups.clone();
+        Some(match all {
+            QuantParams::Int8 {
+                group_size, scales, ..
+            } => QuantParams::Int8 {
+                group_size: *group_size,
+                first_group: g.start,
+                scales: scales[g].to_vec(),
+            },
+            QuantParams::Int4 {
+                group_size,
                 scales,
                 mins,
-            })
-        }
-        _ => Ok(QuantParams::None),
+                ..
+            } => QuantParams::Int4 {
+                group_size: *group_size,
+                first_group: g.start,
+                scales: scales[g.clone()].to_vec(),
+                mins: mins[g].to_vec(),
+            },
+            QuantParams::None => QuantParams::None,
+        })
     }
 }
 
@@ -192,19 +439,44 @@ pub fn stream_range_from(
     stream: usize,
     range: Range<usize>,
 ) -> Vec<u8> {
-    let (_, cols) = rows_cols(shape);
     match (params, stream) {
         (QuantParams::None, _) => part.to_vec(),
-        (QuantParams::Int8 { group_size, scales }, 0) => {
+        (_, 0) => {
             let mut vals = Vec::new();
             quant::to_f32(dtype, part, &mut vals);
+            stream_range_of_values(shape, params, &vals, stream, range)
+        }
+        _ => stream_range_of_values(shape, params, &[], stream, range),
+    }
+}
+
+/// [`stream_range_from`] for a quantized tensor, given its data range's source values in f32
+/// (`vals`; empty for the scale and minimum streams).
+pub fn stream_range_of_values(
+    shape: &[u64],
+    params: &QuantParams,
+    vals: &[f32],
+    stream: usize,
+    range: Range<usize>,
+) -> Vec<u8> {
+    let (_, cols) = rows_cols(shape);
+    match (params, stream) {
+        (QuantParams::None, _) => Vec::new(),
+        (
+            QuantParams::Int8 {
+                group_size,
+                first_group,
+                scales,
+            },
+            0,
+        ) => {
             let mut out = vec![0u8; range.len()];
             let groups_per_row = cols.div_ceil(*group_size);
             let mut at = 0;
             while at < range.len() {
                 let e = range.start + at;
                 let (row, col) = (e / cols, e % cols);
-                let gi = row * groups_per_row + col / group_size;
+                let gi = row * groups_per_row + col / group_size - first_group;
                 // Up to the end of this group (a group never spans rows).
                 let n = (group_size - col % group_size).min(range.len() - at);
                 quant::int8_quantize(&vals[at..at + n], scales[gi], &mut out[at..at + n]);
@@ -212,10 +484,17 @@ pub fn stream_range_from(
             }
             out
         }
-        (QuantParams::Int8 { scales, .. }, _) => {
+        (
+            QuantParams::Int8 {
+                first_group,
+                scales,
+                ..
+            },
+            _,
+        ) => {
             let first = range.start / 4;
             let last = range.end.div_ceil(4);
-            let bytes: Vec<u8> = scales[first..last]
+            let bytes: Vec<u8> = scales[first - first_group..last - first_group]
                 .iter()
                 .flat_map(|s| s.to_le_bytes())
                 .collect();
@@ -224,18 +503,17 @@ pub fn stream_range_from(
         (
             QuantParams::Int4 {
                 group_size,
+                first_group,
                 scales,
                 mins,
             },
             0,
         ) => {
             let e0 = range.start * 2;
-            let mut vals = Vec::new();
-            quant::to_f32(dtype, part, &mut vals);
             let groups_per_row = cols / group_size;
             let code = |e: usize, x: f32| {
                 let (row, col) = (e / cols, e % cols);
-                let gi = row * groups_per_row + col / group_size;
+                let gi = row * groups_per_row + col / group_size - first_group;
                 quant::int4_code(x, scales[gi], mins[gi])
             };
             vals.chunks_exact(2)
@@ -246,11 +524,19 @@ pub fn stream_range_from(
                 })
                 .collect()
         }
-        (QuantParams::Int4 { scales, mins, .. }, s) => {
+        (
+            QuantParams::Int4 {
+                first_group,
+                scales,
+                mins,
+                ..
+            },
+            s,
+        ) => {
             let v = if s == 1 { scales } else { mins };
             let first = range.start / 2;
             let last = range.end.div_ceil(2);
-            let bytes: Vec<u8> = v[first..last]
+            let bytes: Vec<u8> = v[first - first_group..last - first_group]
                 .iter()
                 .flat_map(|h| h.to_bits().to_le_bytes())
                 .collect();

@@ -170,3 +170,91 @@ fn output_is_identical_across_thread_counts() {
     assert_eq!(a, run(2));
     assert_eq!(a, run(4));
 }
+
+/// Packing computes each frame's quantization parameters from only the groups it touches (and
+/// keeps them for the scale frames within a budget); every window of every stream must equal the
+/// whole-tensor computation, for windows that start and end inside rows and groups.
+#[test]
+fn windowed_parameters_reproduce_the_whole_tensor() {
+    use cllm_format::codec::Codec;
+    use cllm_format::pack::SourceBytes;
+    // 7 x 96 (int8-row rows straddle windows; int8g and int4 groups of 32 tile rows), 5 x 100
+    // (rows of a width no window size divides) and 3 x 128 (groups of 64).
+    let mut seed = 7u64;
+    let mut value = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        half::bf16::from_f32(((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5)
+    };
+    for (shape, codecs) in [
+        (
+            vec![7u64, 96],
+            vec![
+                Codec::Int8Row,
+                Codec::Int8Group { group_size: 32 },
+                Codec::Int4 { group_size: 32 },
+            ],
+        ),
+        (vec![5u64, 100], vec![Codec::Int8Row]),
+        (
+            vec![3u64, 128],
+            vec![
+                Codec::Int8Group { group_size: 64 },
+                Codec::Int4 { group_size: 64 },
+            ],
+        ),
+    ] {
+        let n = (shape[0] * shape[1]) as usize;
+        let src: Vec<u8> = (0..n)
+            .flat_map(|_| value().to_bits().to_le_bytes())
+            .collect();
+        for codec in codecs {
+            let whole = tensor::quant_params("t", codec, Dtype::Bf16, &shape, &src).unwrap();
+            let specs = codec.streams("t", Dtype::Bf16, &shape).unwrap();
+            let memo = tensor::ParamsMemo::new(codec, &shape, 1 << 20);
+            let no_memo = tensor::ParamsMemo::new(codec, &shape, 0);
+            for (si, spec) in specs.iter().enumerate() {
+                let len = spec.len as usize;
+                let expect = tensor::stream_range(Dtype::Bf16, &shape, &whole, &src, si, 0..len);
+                for window in [1usize, 3, 10, 50, 64, len.max(1)] {
+                    let mut got = Vec::new();
+                    let mut at = 0;
+                    while at < len {
+                        let range = at..(at + window).min(len);
+                        let groups = tensor::param_groups(codec, &shape, si, &range);
+                        let sb = SourceBytes::Slice(&src);
+                        let params = if si == 0 {
+                            let p = tensor::quant_params_for(
+                                "t",
+                                codec,
+                                Dtype::Bf16,
+                                &shape,
+                                &sb,
+                                groups.clone(),
+                            )
+                            .unwrap();
+                            memo.record(&p);
+                            p
+                        } else {
+                            assert!(no_memo.get(&groups).is_none());
+                            memo.get(&groups).expect("kept by the data frames")
+                        };
+                        let from = tensor::source_range(codec, Dtype::Bf16, si, &range);
+                        let part = from.map_or(&[][..], |r| &src[r]);
+                        got.extend(tensor::stream_range_from(
+                            Dtype::Bf16,
+                            &shape,
+                            &params,
+                            part,
+                            si,
+                            range.clone(),
+                        ));
+                        at = range.end;
+                    }
+                    assert_eq!(got, expect, "{codec} {shape:?} stream {si} window {window}");
+                }
+            }
+        }
+    }
+}

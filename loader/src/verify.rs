@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cllm_format::index::TensorEntry;
+use cllm_format::pack::SourceBytes;
 use cllm_format::{
     lossless_source_failure, quant, tensor, verify, verify_except_tensors, Codec, FormatError,
     VerifyReport,
@@ -28,6 +29,13 @@ use crate::packed::Packed;
 
 /// Decoded bytes in flight while streaming a container's frames.
 const WINDOW_BYTES: usize = 64 << 20;
+
+/// A quantized tensor's parameters are kept from its data frames for its scale streams up to
+/// this size (as when packing); beyond it they are computed again.
+const PARAMS_MEMO_BYTES: usize = 16 << 20;
+
+/// Bytes of a scale or minimum stream re-computed and compared at a time.
+const PARAMS_WINDOW_BYTES: usize = 1 << 20;
 
 /// Why a container could not be verified at all.
 #[derive(Debug, thiserror::Error)]
@@ -79,23 +87,42 @@ impl Verification {
 
 /// Relative RMS, largest absolute error and SQNR of `approx` against `source`.
 pub fn error_figures(name: &str, codec: &str, source: &[f32], approx: &[f32]) -> QuantError {
-    let (mut sig, mut noise, mut max_abs) = (0f64, 0f64, 0f64);
-    for (&x, &y) in source.iter().zip(approx) {
-        let d = (x as f64) - (y as f64);
-        sig += (x as f64) * (x as f64);
-        noise += d * d;
-        max_abs = max_abs.max(d.abs());
+    let mut sums = ErrorSums::default();
+    sums.add(source, approx);
+    sums.figures(name, codec)
+}
+
+/// [`error_figures`]' sums, accumulated a window at a time.
+#[derive(Default)]
+struct ErrorSums {
+    signal: f64,
+    noise: f64,
+    max_abs: f64,
+}
+
+impl ErrorSums {
+    fn add(&mut self, source: &[f32], approx: &[f32]) {
+        for (&x, &y) in source.iter().zip(approx) {
+            let d = (x as f64) - (y as f64);
+            self.signal += (x as f64) * (x as f64);
+            self.noise += d * d;
+            self.max_abs = self.max_abs.max(d.abs());
+        }
     }
-    QuantError {
-        name: name.to_string(),
-        codec: codec.to_string(),
-        rel_rms: if sig > 0.0 { (noise / sig).sqrt() } else { 0.0 },
-        max_abs,
-        sqnr_db: if noise > 0.0 {
-            10.0 * (sig / noise).log10()
-        } else {
-            f64::INFINITY
-        },
+
+    fn figures(&self, name: &str, codec: &str) -> QuantError {
+        let (sig, noise) = (self.signal, self.noise);
+        QuantError {
+            name: name.to_string(),
+            codec: codec.to_string(),
+            rel_rms: if sig > 0.0 { (noise / sig).sqrt() } else { 0.0 },
+            max_abs: self.max_abs,
+            sqnr_db: if noise > 0.0 {
+                10.0 * (sig / noise).log10()
+            } else {
+                f64::INFINITY
+            },
+        }
     }
 }
 
@@ -160,6 +187,135 @@ fn compare_tensor(
     })
 }
 
+/// Where a stream first departs from what the source gives, met a window at a time.
+#[derive(Clone, Default)]
+struct FirstDifference(Option<usize>);
+
+impl FirstDifference {
+    fn check(&mut self, at: usize, stored: &[u8], again: &[u8]) {
+        if self.0.is_none() && stored != again {
+            self.0 = Some(at + first_difference(stored, again));
+        }
+    }
+}
+
+/// [`compare_tensor`] a frame at a time: the container's frames streamed (pages handed back as
+/// read), the source re-quantized only over the groups each frame needs, the error summed as it
+/// goes; memory holds a window, never the tensor (`cllm verify --against` at any model size).
+fn compare_tensor_streamed(
+    c: &Packed,
+    i: usize,
+    src: &HfTensor<'_>,
+    failures: &mut Vec<String>,
+) -> Result<Against, FormatError> {
+    let (t, codec) = (c.tensor(i), c.codec(i));
+    let source = SourceBytes::Mapped {
+        bytes: src.bytes,
+        release: &crate::packed::release_mapped,
+    };
+    let mut at = 0usize;
+    let mut diff = FirstDifference::default();
+    if codec.is_lossless() {
+        let decoded = c.stream_chunks(i, 0, |chunk| {
+            let range = at..at + chunk.len();
+            diff.check(at, chunk, src.bytes.get(range.clone()).unwrap_or(&[]));
+            source.done(range);
+            at += chunk.len();
+            Ok(())
+        });
+        if let Err(e) = decoded {
+            failures.push(e.to_string());
+            return Ok(Against::None);
+        }
+        return Ok(match diff.0 {
+            None if at == src.bytes.len() => Against::LosslessIdentical,
+            d => {
+                failures.push(format!(
+                    "tensor {}: decoded bytes differ from the source at byte {}",
+                    t.name,
+                    d.unwrap_or(at.min(src.bytes.len()))
+                ));
+                Against::None
+            }
+        });
+    }
+    let stored_params: Vec<Vec<u8>> = match (1..t.streams.len())
+        .map(|s| c.decode_stream(i, s))
+        .collect::<Result<_, _>>()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            failures.push(e.to_string());
+            return Ok(Against::None);
+        }
+    };
+    let (name, dtype, shape) = (&t.name, t.dtype, &t.shape[..]);
+    let memo = tensor::ParamsMemo::new(codec, shape, PARAMS_MEMO_BYTES);
+    let mut requantize_error = None;
+    let mut sums = ErrorSums::default();
+    let (mut orig, mut diffs) = (
+        Vec::new(),
+        vec![FirstDifference::default(); t.streams.len()],
+    );
+    let decoded = c.stream_chunks(i, 0, |codes| {
+        let range = at..at + codes.len();
+        let groups = tensor::param_groups(codec, shape, 0, &range);
+        let params = match tensor::quant_params_for(name, codec, dtype, shape, &source, groups) {
+            Ok(p) => p,
+            Err(e) => {
+                requantize_error.get_or_insert(e);
+                return Ok(());
+            }
+        };
+        memo.record(&params);
+        let from = tensor::source_range(codec, dtype, 0, &range).unwrap_or(0..0);
+        let part = &src.bytes[from.clone()];
+        let again = tensor::stream_range_from(dtype, shape, &params, part, 0, range.clone());
+        diffs[0].check(at, codes, &again);
+        quant::to_f32(dtype, part, &mut orig);
+        sums.add(
+            &orig,
+            &tensor::dequantize_range(codec, shape, codes, at, &stored_params),
+        );
+        source.done(from);
+        at += codes.len();
+        Ok(())
+    });
+    if let Some(e) = requantize_error {
+        return Err(e);
+    }
+    if let Err(e) = decoded {
+        failures.push(e.to_string());
+        return Ok(Against::None);
+    }
+    for (s, stored) in stored_params.iter().enumerate().map(|(k, p)| (k + 1, p)) {
+        for start in (0..stored.len()).step_by(PARAMS_WINDOW_BYTES) {
+            let range = start..(start + PARAMS_WINDOW_BYTES).min(stored.len());
+            let groups = tensor::param_groups(codec, shape, s, &range);
+            let params = match memo.get(&groups) {
+                Some(p) => p,
+                None => tensor::quant_params_for(name, codec, dtype, shape, &source, groups)?,
+            };
+            let again = tensor::stream_range_from(dtype, shape, &params, &[], s, range.clone());
+            diffs[s].check(start, &stored[range], &again);
+        }
+    }
+    let mut reproduced = true;
+    for (s, d) in diffs.iter().enumerate() {
+        if let Some(byte) = d.0 {
+            reproduced = false;
+            failures.push(format!(
+                "tensor {}: re-quantizing the source does not reproduce stream '{}' (first difference at byte {byte})",
+                t.name, t.streams[s].role,
+            ));
+        }
+    }
+    Ok(Against::Quantized {
+        reproduced,
+        error: sums.figures(&t.name, &codec.to_string()),
+    })
+}
+
 /// The source tensor of container tensor `i`, or the failure that says why there is none.
 fn source_of<'f>(t: &TensorEntry, folder: &'f HfFolder) -> Result<HfTensor<'f>, String> {
     let src = folder
@@ -206,18 +362,33 @@ fn open_packed(path: &Path) -> Result<Packed, VerifyError> {
     })
 }
 
-/// Every byte of every container of the set, each failure naming its shard's file when the set
-/// has several.
-fn verify_bytes(p: &Packed, tensors: bool) -> VerifyReport {
+/// Every byte of each container of the set (with its tensors' frames, or without them), one
+/// report per shard file.
+fn shard_reports(p: &Packed, tensors: bool) -> Vec<(PathBuf, VerifyReport)> {
+    p.shards()
+        .iter()
+        .map(|sh| {
+            let r = match tensors {
+                true => verify(&sh.container, WINDOW_BYTES),
+                false => verify_except_tensors(&sh.container, WINDOW_BYTES),
+            };
+            (sh.path.clone(), r)
+        })
+        .collect()
+}
+
+/// Every byte of each container of the set, one report per shard file.
+pub fn verify_shards(p: &Packed) -> Vec<(PathBuf, VerifyReport)> {
+    shard_reports(p, true)
+}
+
+/// The shards' reports summed; each failure starts with its shard's file where `name_files`.
+pub fn sum_reports(reports: Vec<(PathBuf, VerifyReport)>, name_files: bool) -> VerifyReport {
     let mut total = VerifyReport::default();
-    for sh in p.shards() {
-        let mut r = match tensors {
-            true => verify(&sh.container, WINDOW_BYTES),
-            false => verify_except_tensors(&sh.container, WINDOW_BYTES),
-        };
-        if p.shards().len() > 1 {
+    for (path, mut r) in reports {
+        if name_files {
             for f in &mut r.failures {
-                *f = format!("{}: {f}", sh.path.display());
+                *f = format!("{}: {f}", path.display());
             }
         }
         total.tensors += r.tensors;
@@ -228,6 +399,12 @@ fn verify_bytes(p: &Packed, tensors: bool) -> VerifyReport {
         total.failures.extend(r.failures);
     }
     total
+}
+
+/// Every byte of every container of the set, each failure naming its shard's file when the set
+/// has several.
+fn verify_bytes(p: &Packed, tensors: bool) -> VerifyReport {
+    sum_reports(shard_reports(p, tensors), p.shards().len() > 1)
 }
 
 fn version_of(p: &Packed) -> [u16; 2] {
@@ -258,14 +435,7 @@ pub fn verify_file(path: &Path, against: Option<&Path>) -> Result<Verification, 
                     }
                 };
                 rep.tensors_compared += 1;
-                let stored = match c.decode_tensor(i) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        bytes.failures.push(e.to_string());
-                        continue;
-                    }
-                };
-                let a = compare_tensor(t, c.codec(i), &stored, &src, &mut bytes.failures).map_err(
+                let a = compare_tensor_streamed(&c, i, &src, &mut bytes.failures).map_err(
                     |source| VerifyError::Requantize {
                         dir: dir.to_path_buf(),
                         source,

@@ -16,6 +16,7 @@ use std::time::Instant;
 use cllm_format::index::TensorEntry;
 use cllm_loader::error::LoadError;
 use cllm_loader::packed::Packed as LoadedPacked;
+use cllm_loader::verify;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyIndexError};
 use pyo3::prelude::*;
@@ -27,9 +28,6 @@ create_exception!(
     PyException,
     "A container could not be opened, decoded or checked; the message names the file, tensor and frame."
 );
-
-/// Decoded bytes in flight while verifying (as `cllm verify`).
-const VERIFY_WINDOW_BYTES: usize = 64 << 20;
 
 fn py_err(e: LoadError) -> PyErr {
     match &e {
@@ -178,40 +176,24 @@ impl Packed {
     /// check holds.
     fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let start = Instant::now();
-        let reports: Vec<(String, cllm_format::VerifyReport)> = py.detach(|| {
-            self.inner
-                .shards()
-                .iter()
-                .map(|s| {
-                    let r = cllm_format::verify(&s.container, VERIFY_WINDOW_BYTES);
-                    (s.path.display().to_string(), r)
-                })
-                .collect()
-        });
+        let reports = py.detach(|| verify::verify_shards(&self.inner));
         let seconds = start.elapsed().as_secs_f64();
+        let shards: Vec<String> = reports
+            .iter()
+            .map(|(p, _)| p.display().to_string())
+            .collect();
+        // A report handed to Python outlives the call that named the file: every failure names it.
+        let r = verify::sum_reports(reports, true);
         let d = PyDict::new(py);
-        let mut failures = Vec::new();
-        let (mut tensors, mut files, mut frames, mut stored, mut decoded) = (0, 0, 0, 0u64, 0u64);
-        for (path, r) in &reports {
-            tensors += r.tensors;
-            files += r.files;
-            frames += r.frames;
-            stored += r.stored_bytes;
-            decoded += r.decoded_bytes;
-            failures.extend(r.failures.iter().map(|f| format!("{path}: {f}")));
-        }
-        d.set_item("ok", failures.is_empty())?;
-        d.set_item(
-            "shards",
-            reports.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
-        )?;
-        d.set_item("tensors", tensors)?;
-        d.set_item("files", files)?;
-        d.set_item("frames", frames)?;
-        d.set_item("stored_bytes", stored)?;
-        d.set_item("decoded_bytes", decoded)?;
+        d.set_item("ok", r.failures.is_empty())?;
+        d.set_item("shards", shards)?;
+        d.set_item("tensors", r.tensors)?;
+        d.set_item("files", r.files)?;
+        d.set_item("frames", r.frames)?;
+        d.set_item("stored_bytes", r.stored_bytes)?;
+        d.set_item("decoded_bytes", r.decoded_bytes)?;
         d.set_item("seconds", seconds)?;
-        d.set_item("failures", failures)?;
+        d.set_item("failures", r.failures)?;
         Ok(d)
     }
 }

@@ -347,6 +347,7 @@ fn verify_exit_codes_name_the_tensor_and_frame() {
 fn quantized_verify_reports_error_figures() {
     let tmp = tempfile::tempdir().unwrap();
     let src = synth_model(tmp.path(), "small", Dtype::Bf16, 1, 4);
+    let other = synth_model(tmp.path(), "small", Dtype::Bf16, 1, 5);
     for (args, max_rel) in [
         (vec!["--policy", "all-linear"], 0.01),
         (
@@ -359,6 +360,18 @@ fn quantized_verify_reports_error_figures() {
                 "64",
             ],
             0.12,
+        ),
+        // Frames of 4 KiB: rows straddle frames, so verify re-quantizes windows inside rows.
+        (
+            vec![
+                "--policy",
+                "all-linear",
+                "--quant",
+                "int8-row",
+                "--frame-kib",
+                "4",
+            ],
+            0.01,
         ),
     ] {
         let out = tmp.path().join("q.cllm");
@@ -381,6 +394,25 @@ fn quantized_verify_reports_error_figures() {
             assert!(rel > 0.0 && rel < max_rel, "{t}");
             assert!(t["sqnr_db"].as_f64().unwrap() > 15.0, "{t}");
         }
+        // Against another model of the same shapes, no quantized tensor is reproduced, and each
+        // failure names its tensor and stream.
+        let r = cllm(&["verify", s(&out), "--against", s(&other), "--json"]);
+        assert_eq!(r.status.code(), Some(1));
+        let v = json(&String::from_utf8_lossy(&r.stdout));
+        assert_eq!(v["against"]["quantized_reproduced"], 0);
+        let failures: Vec<&str> = v["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.contains("model.layers.0.mlp.down_proj.weight")
+                    && f.contains("does not reproduce stream 'data'")),
+            "{failures:?}"
+        );
     }
 }
 
