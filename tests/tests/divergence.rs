@@ -403,6 +403,74 @@ fn diff_without_run_compares_weights() {
     assert!(v.get("mean_kld").is_none());
 }
 
+/// `--eval-text`: the user's own text, cut into consecutive windows from its start; the report
+/// says which text it scored. A text that is not UTF-8 is refused by name before any measuring.
+#[test]
+fn eval_text_scores_the_users_own_text() {
+    let r = real();
+    let text = r.tmp.join("domain.txt");
+    // About 1,000 tokens: more windows of 32 than --eval-windows allows.
+    let para = "The packer reads each tensor a window at a time, quantizes it where the policy \
+                says so, and writes zstd frames whose checksums the reader verifies. ";
+    std::fs::write(&text, para.repeat(30)).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "diff",
+            s(&r.hf),
+            s(&r.mlp_int8),
+            "--run",
+            "--json",
+            "--no-builtin-prompts",
+            "--window-tokens",
+            "32",
+            "--eval-text",
+            s(&text),
+        ];
+        args.extend_from_slice(extra);
+        let out = cllm(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_of(&out)
+    };
+    let v = run(&["--eval-windows", "3"]);
+    let o = &v["run"];
+    assert_eq!(o["eval_text"], s(&text));
+    assert_eq!(o["eval_windows"], 3);
+    // Each window scores its second half, as llama-perplexity does.
+    assert_eq!(o["divergence"]["positions"], 3 * 15);
+    assert!(
+        v["mean_kld"].as_f64().unwrap() > 0.0,
+        "int8 departs from bf16"
+    );
+    // Without a cap, every whole window of the text is scored; a different text, other figures.
+    let all = run(&[]);
+    let n = all["run"]["eval_windows"].as_u64().unwrap();
+    assert!(n > 15, "{n} windows");
+    assert_ne!(all["mean_kld"], v["mean_kld"]);
+
+    let latin1 = r.tmp.join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9").unwrap();
+    let out = cllm(&[
+        "diff",
+        s(&r.hf),
+        s(&r.mlp_int8),
+        "--run",
+        "--eval-text",
+        s(&latin1),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("latin1.txt") && err.contains("not UTF-8"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let r = real();

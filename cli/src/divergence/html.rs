@@ -184,7 +184,7 @@ pub fn render(o: &RunOutcome) -> String {
     );
     let _ = write!(
         s,
-        "<h1>Divergence report</h1><p>Test <code>{}</code> against reference <code>{}</code> on {}: {} prompts x {} generated tokens and {} evaluation windows x {} tokens, {} scored positions (those predicting a generated token, and the second half of each window), {:.1} s.</p>",
+        "<h1>Divergence report</h1><p>Test <code>{}</code> against reference <code>{}</code> on {}: {} prompts x {} generated tokens and {} evaluation windows x {} tokens of {}, {} scored positions (those predicting a generated token, and the second half of each window), {:.1} s.</p>",
         esc(&o.test),
         esc(&o.reference),
         esc(&super::summary::device(o)),
@@ -192,6 +192,7 @@ pub fn render(o: &RunOutcome) -> String {
         o.gen_tokens,
         r.eval.streams,
         o.window_tokens,
+        esc(&o.eval_text),
         r.positions,
         o.seconds
     );

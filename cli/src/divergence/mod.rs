@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail};
 use clap::Args;
 use cllm_loader::load_cpu;
-use cllm_runtime::divergence::text::read_prompts;
+use cllm_runtime::divergence::text::{read_prompts, EvalText};
 use cllm_runtime::divergence::weights::{self, WeightDiff};
 use cllm_runtime::divergence::{compare, RunOutcome, RunSpec};
 use cllm_runtime::{Device, Engine};
@@ -41,9 +41,15 @@ pub struct RunOptions {
     /// Tokens each model generates greedily from each prompt.
     #[arg(long, default_value_t = 32)]
     pub gen_tokens: usize,
-    /// Windows of the embedded evaluation text (the container specification); 0 for none.
-    #[arg(long, default_value_t = 4)]
-    pub eval_windows: usize,
+    /// Windows of the evaluation text: of the embedded one (the container specification), spread
+    /// over it, default 4, 0 for none; of --eval-text, the first N (default: every one).
+    #[arg(long, value_name = "N")]
+    pub eval_windows: Option<usize>,
+    /// Score the models on this UTF-8 text instead of the embedded one: tokenized whole and cut
+    /// into consecutive windows of --window-tokens from its start, as llama-perplexity cuts its
+    /// chunks (at most 64 MiB).
+    #[arg(long, value_name = "FILE")]
+    pub eval_text: Option<PathBuf>,
     /// Tokens per evaluation window.
     #[arg(long, default_value_t = 128)]
     pub window_tokens: usize,
@@ -64,6 +70,9 @@ impl RunOptions {
         }
         if self.prompts.is_some() {
             v.push("--prompts");
+        }
+        if self.eval_text.is_some() {
+            v.push("--eval-text");
         }
         if self.max_kld.is_some() {
             v.push("--max-kld");
@@ -91,9 +100,15 @@ impl RunOptions {
                 bail!("--min-top1 {t}: expected a fraction between 0 and 1 (0.97 for 97%)");
             }
         }
-        if self.no_builtin_prompts && self.prompts.is_none() && self.eval_windows == 0 {
+        if self.no_builtin_prompts && self.prompts.is_none() && self.eval_windows == Some(0) {
             bail!("nothing to run: no built-in prompts, no --prompts and --eval-windows 0");
         }
+        let eval_text = match &self.eval_text {
+            Some(f) => EvalText::read(f, self.eval_windows)?,
+            None => EvalText::Embedded {
+                windows: self.eval_windows.unwrap_or(4),
+            },
+        };
         let engine = Engine::new(self.device)?;
         let prompts = match &self.prompts {
             Some(f) => read_prompts(f)?,
@@ -103,7 +118,7 @@ impl RunOptions {
             prompts,
             builtin_prompts: !self.no_builtin_prompts,
             gen_tokens: self.gen_tokens,
-            eval_windows: self.eval_windows,
+            eval_text,
             window_tokens: self.window_tokens,
             max_kld: self.max_kld,
             min_top1: self.min_top1,

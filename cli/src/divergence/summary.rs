@@ -44,7 +44,7 @@ pub fn device(o: &RunOutcome) -> String {
 pub fn print_run(o: &RunOutcome) {
     let r = &o.divergence;
     println!(
-        "cllm divergence: {} against {} (reference) on {}: {} prompts x {} tokens + {} windows x {} tokens, {} scored positions, {:.1} s",
+        "cllm divergence: {} against {} (reference) on {}: {} prompts x {} tokens + {} windows x {} tokens of {}, {} scored positions, {:.1} s",
         o.test,
         o.reference,
         device(o),
@@ -52,6 +52,7 @@ pub fn print_run(o: &RunOutcome) {
         o.gen_tokens,
         r.eval.streams,
         o.window_tokens,
+        o.eval_text,
         r.positions,
         o.seconds
     );

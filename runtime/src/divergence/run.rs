@@ -23,8 +23,8 @@ pub struct RunSpec {
     pub builtin_prompts: bool,
     /// Tokens each model generates greedily from each prompt.
     pub gen_tokens: usize,
-    /// Windows of the evaluation text (the container specification).
-    pub eval_windows: usize,
+    /// The text scored teacher-forced: the embedded specification, or the user's own.
+    pub eval_text: text::EvalText,
     /// Tokens per evaluation window.
     pub window_tokens: usize,
     /// Fail when the mean KL divergence, in nats, exceeds this.
@@ -95,6 +95,8 @@ pub struct RunOutcome {
     pub lossless: Lossless,
     pub criteria: CriteriaJson,
     pub prompts: Vec<String>,
+    /// Where the evaluation windows come from: the embedded text, or the `--eval-text` file.
+    pub eval_text: String,
     pub eval_windows: usize,
     pub window_tokens: usize,
     pub gen_tokens: usize,
@@ -141,17 +143,9 @@ pub fn compare(
         prompts.extend(text::BUILTIN_PROMPTS.iter().map(|p| p.to_string()));
     }
     prompts.extend(spec.prompts.iter().cloned());
-    // As transformers' `tokenizer(text)`: the first window starts with BOS where the
-    // post-processor adds one.
-    let eval_ids = tok
-        .encode(text::EVAL_TEXT, true)
-        .map_err(|source| TextError::Tokenize {
-            what: "the evaluation text".into(),
-            source,
-        })?;
     let plan = Plan {
         prompts: text::encode_prompts(tok, &prompts)?,
-        windows: text::windows(&eval_ids, spec.eval_windows, spec.window_tokens),
+        windows: spec.eval_text.windows(tok, spec.window_tokens)?,
         gen_tokens: spec.gen_tokens,
         eos: reference.eos_token_ids().to_vec(),
     };
@@ -201,6 +195,7 @@ pub fn compare(
         },
         greedy_text: greedy_texts(tok, &prompts, &report)?,
         prompts,
+        eval_text: spec.eval_text.source(),
         eval_windows: plan.windows.len(),
         window_tokens: spec.window_tokens,
         gen_tokens: spec.gen_tokens,
