@@ -9,8 +9,8 @@
 # set, unpacks it and exports it to GGUF, each under `/usr/bin/time -v`. The source is generated
 # on the fly (`cllm pack synth:SHAPE`) so that a 70B model (140 GB of bf16) needs no disk for its
 # source; `--from-folder` writes the source folder with `cllm synth` first and packs from it
-# (memory-mapped), for the shapes whose folder fits the disk. A step whose output would not fit
-# the free disk is skipped and says so. Everything of a shape is deleted after it.
+# (memory-mapped), for the shapes whose folder fits the disk, and adds `verify --against` it.
+# A step whose output would not fit the free disk is skipped and says so. Everything of a shape is deleted after it.
 # One line per step: shape, step, source GB, wall seconds, GB/s (source bytes per second), peak
 # RSS MiB (`/usr/bin/time`), and the peaks of its anonymous and file-backed parts sampled every
 # 0.2 s.
@@ -94,6 +94,10 @@ for shape in "$@"; do
     first=$(ls "$dir"/m-00001-of-*.cllm)
     packed=$(du -cb "$dir"/m-*.cllm | tail -1 | cut -f1)
     step verify "$src_bytes" "$cllm" verify "$first"
+    if [[ $from_folder == 1 ]]; then
+        # Every byte again, then every tensor re-quantized from the folder and compared.
+        step verify-against "$src_bytes" "$cllm" verify "$first" --against "$dir/src"
+    fi
     if (( $(free_gb) * 1000000000 > src_bytes + 8000000000 )); then
         step unpack "$src_bytes" "$cllm" unpack "$first" -o "$dir/unpacked" --quiet
         rm -rf "$dir/unpacked"
