@@ -46,7 +46,7 @@ except ImportError:  # checksums are then skipped, and said so
 
 MAGIC = b"\x89CLM\r\n\x1a\n"
 END_MAGIC = b"CLLMEND\x1a"
-MAJOR, MINOR = 1, 2
+MAJOR, MINOR = 1, 3
 ALIGN = 64
 U64 = 1 << 64
 MIN_FILE_LEN = 64 + 2 + 32
@@ -158,7 +158,7 @@ def codec_streams(where, codec, group_size, dtype, shape):
         return [("data", "raw", size, nbytes)]
     if codec == "zstd":
         return [("data", "zstd", size, nbytes)]
-    if codec not in ("zstd-bp", "int8", "int8g", "int4"):
+    if codec not in ("zstd-bp", "int8", "int8g", "int4", "int4m"):
         raise CllmError(f"{where}: unknown codec '{codec}'")
     if dtype not in FLOATS:
         raise CllmError(f"{where}: codec {codec} needs bf16, f16 or f32, not {dtype}")
@@ -340,12 +340,16 @@ class Container:
                 raise CllmError(f"{where}: shape {json.dumps(shape)[:80]} is not a list of u64")
             codec = _get(t, "codec", str, where)
             gs = t.get("group_size")
-            if codec in ("int4", "int8g"):
+            if codec in ("int4", "int4m", "int8g"):
                 gs = _get(t, "group_size", "int", where)
             elif gs is not None:
-                raise CllmError(f"{where}: group_size on codec {codec} (int4 and int8g only)")
+                raise CllmError(f"{where}: group_size on codec {codec} (int4, int4m and int8g "
+                                f"only)")
             if codec == "int8g" and self.version[1] < 1:
                 raise CllmError(f"{where}: codec int8g needs format 1.1, the file says "
+                                f"1.{self.version[1]}")
+            if codec == "int4m" and self.version[1] < 3:
+                raise CllmError(f"{where}: codec int4m needs format 1.3, the file says "
                                 f"1.{self.version[1]}")
             specs = codec_streams(where, codec, gs, dtype, shape)
             src = _get(t, "source_xxh3", "hex32", where)
@@ -458,8 +462,8 @@ class Container:
         return bytes(self.decode_streams(name)["data"])
 
     def decode(self, name):
-        """Lossless: an array of the source dtype (bf16 as uint16 bit patterns). int8/int4/int8g:
-        the dequantized float32 values of sections 4.2 to 4.4, bit for bit."""
+        """Lossless: an array of the source dtype (bf16 as uint16 bit patterns). int8/int4/int8g/
+        int4m: the dequantized float32 values of sections 4.2 to 4.5, bit for bit."""
         t = self._tensor(name)
         st = self.decode_streams(name)
         if t.codec in LOSSLESS:

@@ -29,16 +29,19 @@ pub struct PackArgs {
     #[arg(long)]
     pub policy: Option<String>,
     /// Quantization the preset uses: int8 (a scale per group of --group-size columns; format 1.1),
-    /// int8-row (a scale per row; readable by format 1.0 readers) or int4.
+    /// int8-row (a scale per row; readable by format 1.0 readers), int4 (each group's min and
+    /// range) or int4m (int4 with each group's scale and min searched for least error; format
+    /// 1.3; slower to pack).
     #[arg(long)]
     pub quant: Option<String>,
-    /// Group size of int8 and int4: 32, 64 or 128 columns (default 64). A tensor whose width it
+    /// Group size of int8, int4 and int4m: 32, 64 or 128 columns (default 64). A tensor whose width it
     /// does not divide gets the largest smaller one that does (int8: per-row where none does).
     #[arg(long)]
     pub group_size: Option<u32>,
     /// Override PATTERN=CODEC (glob, or `re:` regex, over tensor names; the last match wins).
     /// Codecs: lossless, raw, zstd, zstd-bp, int8, int8-row, int8-g32, int8-g64, int8-g128, int4,
-    /// int4-g32, int4-g64, int4-g128 (int8 and int4 alone use --group-size).
+    /// int4-g32, int4-g64, int4-g128, int4m, int4m-g32, int4m-g64, int4m-g128 (int8, int4 and
+    /// int4m alone use --group-size).
     #[arg(long = "rule", value_name = "PATTERN=CODEC")]
     pub rules: Vec<String>,
     /// A TOML policy file (preset, quant, group_size, lossless, [[rule]] pattern/codec).
@@ -145,7 +148,7 @@ fn pack_input(a: &PackArgs, input: &PackInput<'_>, opts: &PackOptions) -> CmdRes
     let ratio = summary.source_bytes as f64 / summary.file_len as f64;
     let mut quantized = 0;
     for t in &summary.index.tensors {
-        if matches!(t.codec.as_str(), "int8" | "int8g" | "int4") {
+        if matches!(t.codec.as_str(), "int8" | "int8g" | "int4" | "int4m") {
             quantized += 1;
         }
     }

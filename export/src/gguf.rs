@@ -193,13 +193,13 @@ fn plan(
             }
         } else {
             let exact = match codec {
-                Codec::Int4 { group_size } if group_size as usize % QK == 0 => Ok((
+                Codec::Int4 { group_size, .. } if group_size as usize % QK == 0 => Ok((
                     GgmlType::Q4_1,
                     Conv::Int4 {
                         g: group_size as usize,
                     },
                 )),
-                Codec::Int4 { group_size } => Err(format!(
+                Codec::Int4 { group_size, .. } => Err(format!(
                     "int4 groups of {group_size} are not whole Q4_1 blocks of 32"
                 )),
                 Codec::Int8Row | Codec::Int8Group { .. } => {

@@ -16,9 +16,22 @@ pub enum Codec {
     Int8Group {
         group_size: u32,
     },
+    /// Asymmetric int4 per group of `group_size` columns: f16 scale and minimum per group.
     Int4 {
         group_size: u32,
+        fit: Int4Fit,
     },
+}
+
+/// How an int4 codec chooses each group's scale and minimum. The layout and the dequantization
+/// are the same for both; only the parameters (and so the codes) differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Int4Fit {
+    /// `int4`: the group's minimum, and its range / 15 (spec section 4.3).
+    MinMax,
+    /// `int4m` (format 1.3): of a fixed list of candidates, the one of least squared error
+    /// (spec section 4.5).
+    MinError,
 }
 
 /// How a frame's stored bytes become its decoded bytes.
@@ -50,7 +63,22 @@ impl Codec {
             Codec::ZstdBp => "zstd-bp",
             Codec::Int8Row => "int8",
             Codec::Int8Group { .. } => "int8g",
-            Codec::Int4 { .. } => "int4",
+            Codec::Int4 {
+                fit: Int4Fit::MinMax,
+                ..
+            } => "int4",
+            Codec::Int4 {
+                fit: Int4Fit::MinError,
+                ..
+            } => "int4m",
+        }
+    }
+
+    /// int4 fitted by min/max (`int4`) in groups of `group_size`.
+    pub fn int4(group_size: u32) -> Codec {
+        Codec::Int4 {
+            group_size,
+            fit: Int4Fit::MinMax,
         }
     }
 
@@ -58,6 +86,10 @@ impl Codec {
     pub fn min_minor(self) -> u16 {
         match self {
             Codec::Int8Group { .. } => 1,
+            Codec::Int4 {
+                fit: Int4Fit::MinError,
+                ..
+            } => 3,
             _ => 0,
         }
     }
@@ -68,7 +100,7 @@ impl Codec {
 
     pub fn group_size(self) -> Option<u32> {
         match self {
-            Codec::Int4 { group_size } | Codec::Int8Group { group_size } => Some(group_size),
+            Codec::Int4 { group_size, .. } | Codec::Int8Group { group_size } => Some(group_size),
             _ => None,
         }
     }
@@ -83,8 +115,10 @@ impl Codec {
             "int8g" => Codec::Int8Group {
                 group_size: group_size?,
             },
-            "int4" => Codec::Int4 {
+            "int4" => Codec::int4(group_size?),
+            "int4m" => Codec::Int4 {
                 group_size: group_size?,
+                fit: Int4Fit::MinError,
             },
             _ => return None,
         })
@@ -171,7 +205,7 @@ impl Codec {
                     })
                 };
                 match self {
-                    Codec::Int4 { group_size } => {
+                    Codec::Int4 { group_size, .. } => {
                         // cols is a multiple of g >= 32, so numel is even and rows * groups <= numel.
                         let count = rows * groups(group_size)?;
                         let scales = scales(2, count)?;
@@ -198,7 +232,7 @@ impl Codec {
 impl std::fmt::Display for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Codec::Int4 { group_size } => write!(f, "int4/g{group_size}"),
+            Codec::Int4 { group_size, .. } => write!(f, "{}/g{group_size}", self.id()),
             Codec::Int8Group { group_size } => write!(f, "int8/g{group_size}"),
             c => f.write_str(c.id()),
         }

@@ -85,7 +85,7 @@ impl WeightForm {
             Codec::Raw | Codec::Zstd | Codec::ZstdBp => WeightForm::of_dtype(dtype),
             Codec::Int8Row => Some(WeightForm::Int8Row),
             Codec::Int8Group { group_size } => Some(WeightForm::Int8Group { group_size }),
-            Codec::Int4 { group_size } => Some(WeightForm::Int4 { group_size }),
+            Codec::Int4 { group_size, .. } => Some(WeightForm::Int4 { group_size }),
         }
     }
 

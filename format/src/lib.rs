@@ -21,7 +21,7 @@ pub mod shard;
 pub mod tensor;
 pub mod verify;
 
-pub use codec::Codec;
+pub use codec::{Codec, Int4Fit};
 pub use dtype::Dtype;
 pub use error::{FormatError, Result};
 pub use form::WeightForm;

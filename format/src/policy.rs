@@ -7,7 +7,7 @@
 use cllm_model::{Part, Role, TensorId};
 use serde::Deserialize;
 
-use crate::codec::Codec;
+use crate::codec::{Codec, Int4Fit};
 use crate::error::{FormatError, Result};
 use crate::index::PolicyRecord;
 use crate::Dtype;
@@ -58,6 +58,13 @@ impl Preset {
     }
 }
 
+fn int4m(group_size: u32) -> Codec {
+    Codec::Int4 {
+        group_size,
+        fit: Int4Fit::MinError,
+    }
+}
+
 /// What a rule assigns. `Lossless` means the policy's lossless codec for the tensor's dtype.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleCodec {
@@ -66,8 +73,9 @@ pub enum RuleCodec {
     /// Group-wise int8 at the policy's group size (a smaller one where that does not divide the
     /// columns, per-row where none does).
     Int8Default,
-    /// int4 at the policy's group size (a smaller one where that does not divide the columns).
-    Int4Default,
+    /// int4 at the policy's group size (a smaller one where that does not divide the columns),
+    /// fitted as given.
+    Int4Default(Int4Fit),
 }
 
 impl RuleCodec {
@@ -82,13 +90,17 @@ impl RuleCodec {
             "int8-g32" => RuleCodec::Fixed(Codec::Int8Group { group_size: 32 }),
             "int8-g64" => RuleCodec::Fixed(Codec::Int8Group { group_size: 64 }),
             "int8-g128" => RuleCodec::Fixed(Codec::Int8Group { group_size: 128 }),
-            "int4" => RuleCodec::Int4Default,
-            "int4-g32" => RuleCodec::Fixed(Codec::Int4 { group_size: 32 }),
-            "int4-g64" => RuleCodec::Fixed(Codec::Int4 { group_size: 64 }),
-            "int4-g128" => RuleCodec::Fixed(Codec::Int4 { group_size: 128 }),
+            "int4" => RuleCodec::Int4Default(Int4Fit::MinMax),
+            "int4-g32" => RuleCodec::Fixed(Codec::int4(32)),
+            "int4-g64" => RuleCodec::Fixed(Codec::int4(64)),
+            "int4-g128" => RuleCodec::Fixed(Codec::int4(128)),
+            "int4m" => RuleCodec::Int4Default(Int4Fit::MinError),
+            "int4m-g32" => RuleCodec::Fixed(int4m(32)),
+            "int4m-g64" => RuleCodec::Fixed(int4m(64)),
+            "int4m-g128" => RuleCodec::Fixed(int4m(128)),
             _ => {
                 return Err(FormatError::Policy(format!(
-                    "unknown codec '{s}' (lossless, raw, zstd, zstd-bp, int8, int8-row, int8-g32, int8-g64, int8-g128, int4, int4-g32, int4-g64, int4-g128)"
+                    "unknown codec '{s}' (lossless, raw, zstd, zstd-bp, int8, int8-row, int8-g32, int8-g64, int8-g128, int4, int4-g32, int4-g64, int4-g128, int4m, int4m-g32, int4m-g64, int4m-g128)"
                 )))
             }
         })
@@ -154,10 +166,13 @@ fn codec_text(c: RuleCodec) -> String {
     match c {
         RuleCodec::Lossless => "lossless".into(),
         RuleCodec::Int8Default => "int8".into(),
-        RuleCodec::Int4Default => "int4".into(),
+        RuleCodec::Int4Default(Int4Fit::MinMax) => "int4".into(),
+        RuleCodec::Int4Default(Int4Fit::MinError) => "int4m".into(),
         RuleCodec::Fixed(Codec::Int8Row) => "int8-row".into(),
         RuleCodec::Fixed(Codec::Int8Group { group_size }) => format!("int8-g{group_size}"),
-        RuleCodec::Fixed(Codec::Int4 { group_size }) => format!("int4-g{group_size}"),
+        RuleCodec::Fixed(c @ Codec::Int4 { group_size, .. }) => {
+            format!("{}-g{group_size}", c.id())
+        }
         RuleCodec::Fixed(c) => c.id().into(),
     }
 }
@@ -171,6 +186,8 @@ pub enum Quant {
     Int8Row,
     /// Asymmetric int4 per group of `group_size` columns.
     Int4,
+    /// int4 with each group's scale and minimum chosen for least squared error (codec `int4m`).
+    Int4M,
 }
 
 impl Quant {
@@ -179,6 +196,7 @@ impl Quant {
             Quant::Int8Group => "int8",
             Quant::Int8Row => "int8-row",
             Quant::Int4 => "int4",
+            Quant::Int4M => "int4m",
         }
     }
 }
@@ -248,8 +266,9 @@ impl Policy {
             "int8" => Ok(Quant::Int8Group),
             "int8-row" => Ok(Quant::Int8Row),
             "int4" => Ok(Quant::Int4),
+            "int4m" => Ok(Quant::Int4M),
             _ => Err(FormatError::Policy(format!(
-                "unknown quantization '{s}' (int8, int8-row, int4)"
+                "unknown quantization '{s}' (int8, int8-row, int4, int4m)"
             ))),
         }
     }
@@ -330,10 +349,11 @@ impl Policy {
 
     /// int4 at the policy's group size (see [`Policy::group_for`]); a width no group size
     /// divides keeps the policy's size, and planning then names the tensor.
-    fn int4_for(&self, shape: &[u64]) -> Codec {
+    fn int4_for(&self, shape: &[u64], fit: Int4Fit) -> Codec {
         let cols = shape.get(1).copied().unwrap_or(0);
         Codec::Int4 {
             group_size: self.group_for(cols).unwrap_or(self.group_size),
+            fit,
         }
     }
 
@@ -341,7 +361,8 @@ impl Policy {
         match self.quant {
             Quant::Int8Group => self.int8_for(shape),
             Quant::Int8Row => Codec::Int8Row,
-            Quant::Int4 => self.int4_for(shape),
+            Quant::Int4 => self.int4_for(shape, Int4Fit::MinMax),
+            Quant::Int4M => self.int4_for(shape, Int4Fit::MinError),
         }
     }
 
@@ -369,7 +390,7 @@ impl Policy {
                     codec = match rule.codec {
                         RuleCodec::Lossless => self.lossless_for(dtype),
                         RuleCodec::Int8Default => self.int8_for(shape),
-                        RuleCodec::Int4Default => self.int4_for(shape),
+                        RuleCodec::Int4Default(fit) => self.int4_for(shape, fit),
                         RuleCodec::Fixed(c) => c,
                     };
                 }
@@ -460,10 +481,7 @@ mod tests {
         assert_eq!(plan(Quant::Int8Group, 576).unwrap(), [g(64)]);
         assert_eq!(plan(Quant::Int8Group, 160).unwrap(), [g(32)]);
         assert_eq!(plan(Quant::Int8Group, 40).unwrap(), [Codec::Int8Row]);
-        assert_eq!(
-            plan(Quant::Int4, 96).unwrap(),
-            [Codec::Int4 { group_size: 32 }]
-        );
+        assert_eq!(plan(Quant::Int4, 96).unwrap(), [Codec::int4(32)]);
         let e = plan(Quant::Int4, 40).unwrap_err().to_string();
         assert!(e.contains("up_proj") && e.contains("divisible"), "{e}");
     }
@@ -498,7 +516,7 @@ mod tests {
         let plan = resolve(&p).unwrap();
         assert_eq!(plan[2], Codec::ZstdBp);
         assert_eq!(plan[3], Codec::Int8Group { group_size: 32 });
-        assert_eq!(plan[4], Codec::Int4 { group_size: 32 });
+        assert_eq!(plan[4], Codec::int4(32));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::ops::Range;
 use half::f16;
 use rayon::prelude::*;
 
-use crate::codec::Codec;
+use crate::codec::{Codec, Int4Fit};
 use crate::error::{FormatError, Result};
 use crate::index::TensorEntry;
 use crate::pack::SourceBytes;
@@ -61,7 +61,7 @@ impl Tiling {
                 let g = (group_size as usize).max(1);
                 (g, cols.div_ceil(g))
             }
-            Codec::Int4 { group_size } => {
+            Codec::Int4 { group_size, .. } => {
                 let g = (group_size as usize).max(1);
                 (g, cols / g)
             }
@@ -270,7 +270,14 @@ pub fn quant_params_of_values(
                     .map_err(|j| qerr(format!("element {} is NaN or infinite", col(j))))?,
             ),
             QuantParams::Int4 { scales, mins, .. } => {
-                let (s, m) = quant::int4_group_params(group).map_err(|e| match e {
+                let fit = match codec {
+                    Codec::Int4 {
+                        fit: Int4Fit::MinError,
+                        ..
+                    } => quant::int4m_group_params,
+                    _ => quant::int4_group_params,
+                };
+                let (s, m) = fit(group).map_err(|e| match e {
                     quant::QuantError::NonFinite { index } => {
                         qerr(format!("element {} is NaN or infinite", col(index)))
                     }
@@ -566,7 +573,7 @@ pub fn dequantize(codec: Codec, shape: &[u64], streams: &[Vec<u8>]) -> Vec<f32> 
                 })
                 .collect()
         }
-        Codec::Int4 { group_size } => {
+        Codec::Int4 { group_size, .. } => {
             let g = group_size as usize;
             let h = |b: &[u8]| -> Vec<f16> {
                 b.chunks_exact(2)
@@ -618,7 +625,7 @@ pub fn dequantize_range(
                 })
                 .collect()
         }
-        Codec::Int4 { group_size } => {
+        Codec::Int4 { group_size, .. } => {
             let g = group_size as usize;
             let gpr = cols / g;
             let h = |v: &[u8], gi: usize| {

@@ -80,7 +80,7 @@ const PATTERNS: [&str; 8] = [
     "no.such.tensor",
 ];
 
-const RULE_CODECS: [&str; 9] = [
+const RULE_CODECS: [&str; 11] = [
     "lossless",
     "raw",
     "zstd",
@@ -90,6 +90,8 @@ const RULE_CODECS: [&str; 9] = [
     "int4-g32",
     "int4-g64",
     "int4-g128",
+    "int4m",
+    "int4m-g32",
 ];
 
 fn name(k: u8) -> String {

@@ -135,7 +135,10 @@ fn container_seeds(dir: &Path) {
     let quantized = Policy {
         preset: Preset::MlpOnly,
         quant: Quant::Int8Group,
-        rules: vec![Rule::parse(r"re:.*down_proj\.weight=int4-g32").unwrap()],
+        rules: vec![
+            Rule::parse(r"re:.*down_proj\.weight=int4-g32").unwrap(),
+            Rule::parse(r"re:.*gate_proj\.weight=int4m-g32").unwrap(),
+        ],
         ..Policy::default()
     };
     let seeds: Vec<(&str, Vec<u8>)> = vec![
@@ -164,6 +167,11 @@ fn container_seeds(dir: &Path) {
                         "model.layers.0.mlp.up_proj.weight",
                         Dtype::Bf16,
                         vec![32, 16],
+                    ),
+                    (
+                        "model.layers.0.mlp.gate_proj.weight",
+                        Dtype::Bf16,
+                        vec![4, 64],
                     ),
                     ("model.norm.weight", Dtype::F32, vec![16]),
                 ],

@@ -40,6 +40,9 @@ _STREAM_DTYPES = {
     ("int4", "data"): np.dtype("u1"),
     ("int4", "scales"): np.dtype("<f2"),
     ("int4", "mins"): np.dtype("<f2"),
+    ("int4m", "data"): np.dtype("u1"),
+    ("int4m", "scales"): np.dtype("<f2"),
+    ("int4m", "mins"): np.dtype("<f2"),
 }
 
 LOSSLESS_CODECS = ("raw", "zstd", "zstd-bp")
@@ -80,7 +83,7 @@ class TensorInfo:
     name: str
     dtype: str  # the source dtype, as the index spells it: "bf16", "f16", "f32", ...
     shape: Tuple[int, ...]
-    codec: str  # "raw", "zstd", "zstd-bp" (lossless) or "int8", "int8g", "int4"
+    codec: str  # "raw", "zstd", "zstd-bp" (lossless) or "int8", "int8g", "int4", "int4m"
     group_size: Optional[int]
     streams: Tuple[Tuple[str, int], ...]  # (role, decoded bytes): data, scales, mins
     stored_bytes: int  # compressed bytes on disk, all streams

@@ -361,6 +361,18 @@ fn quantized_verify_reports_error_figures() {
             ],
             0.12,
         ),
+        // int4m: parameters searched per group; verify re-runs the search bit for bit.
+        (
+            vec![
+                "--policy",
+                "all-linear",
+                "--quant",
+                "int4m",
+                "--group-size",
+                "64",
+            ],
+            0.12,
+        ),
         // Frames of 4 KiB: rows straddle frames, so verify re-quantizes windows inside rows.
         (
             vec![

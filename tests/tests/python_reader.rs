@@ -302,8 +302,16 @@ fn python_reader_agrees_with_rust_on_every_codec() {
         (Quant::Int8Row, 64, Codec::Int8Row),
         (Quant::Int8Group, 32, Codec::Int8Group { group_size: 32 }),
         (Quant::Int8Group, 64, Codec::Int8Group { group_size: 64 }),
-        (Quant::Int4, 32, Codec::Int4 { group_size: 32 }),
-        (Quant::Int4, 64, Codec::Int4 { group_size: 64 }),
+        (Quant::Int4, 32, Codec::int4(32)),
+        (Quant::Int4, 64, Codec::int4(64)),
+        (
+            Quant::Int4M,
+            64,
+            Codec::Int4 {
+                group_size: 64,
+                fit: cllm_format::Int4Fit::MinError,
+            },
+        ),
     ];
     for (quant, group_size, codec) in quants {
         let policy = Policy {

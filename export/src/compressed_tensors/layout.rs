@@ -192,7 +192,7 @@ pub fn layout(packed: &Packed) -> Result<Layout, ExportError> {
                 group: Some(group_size),
                 symmetric: true,
             }),
-            Codec::Int4 { group_size } => {
+            Codec::Int4 { group_size, .. } => {
                 let scales = packed.decode_stream(i, 1)?;
                 let mins = packed.decode_stream(i, 2)?;
                 let ks = int4_zero_points(&name, cols, group_size, &scales, &mins)?;
