@@ -147,6 +147,8 @@ pub fn int4m_group_params(group: &[f32]) -> Result<(f16, f16), QuantError> {
         return Ok(best);
     }
     let n = group.len() as f64;
+    // Neighbouring steps often fit the same pair; a repeat cannot be strictly better.
+    let mut last = first;
     for k in 0..=INT4M_STEPS {
         let iscale = (14.0 + k as f32 / 10.0) / range;
         let (mut sl2, mut sl, mut slx, mut sx) = (0f64, 0f64, 0f64, 0f64);
@@ -166,6 +168,10 @@ pub fn int4m_group_params(group: &[f32]) -> Result<(f16, f16), QuantError> {
         if !(scale.to_f32() > 0.0) || !scale.is_finite() || !min.is_finite() {
             continue;
         }
+        if (scale, min) == last {
+            continue;
+        }
+        last = (scale, min);
         let err = int4_squared_error(group, scale, min);
         if err < best_err {
             best = (scale, min);
