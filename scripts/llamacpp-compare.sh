@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# cllm's codecs against llama.cpp's quantization types on the same weights and the same text, in
+# one run on one machine: mean KL divergence against the bf16 model, top-1 agreement and the
+# perplexity ratio, each side scored by its own tool on the same consecutive windows.
+#
+#   scripts/llamacpp-compare.sh [--llama BUILD_DIR] [--model HF_DIR] [--text FILE] [--ctx N]
+#                               [--chunks N] [--threads N] [--codecs "int8 int4 int4m"]
+#                               [--types "Q8_0 Q4_0 Q4_K_M"]
+#
+# - llama.cpp: BUILD_DIR must hold bin/llama-quantize and bin/llama-perplexity (or tools/...).
+#   Without --llama the PyPI sdist llama-cpp-python (its vendor/llama.cpp) is downloaded into
+#   $CLLM_CACHE/llama.cpp and built for the CPU with cmake (needs network the first time).
+# - The model: a Hugging Face folder in bf16 (default: SmolLM2-135M-Instruct as `cllm demo`
+#   leaves it in ~/.cache/cllm/models/smollm2-135m-instruct/hf). Its GGUF comes from
+#   `cllm pack --policy lossless` then `cllm export --to gguf` (bf16 tensors bit for bit), and
+#   llama-quantize makes each --types entry from it.
+# - The text: default, the frozen container specification cllm's divergence report uses
+#   (runtime/src/divergence/eval_text.md). llama-perplexity cuts it into chunks of --ctx tokens
+#   and scores each chunk's second half; `cllm diff --run --eval-text` cuts and scores it the same
+#   way; --chunks N scores the first N windows on both sides (default: all). (llama.cpp puts BOS
+#   at each chunk's start where the vocabulary asks for one; cllm at the text's start only.
+#   SmolLM2's vocabulary adds none.)
+# - cllm's side: each --codecs entry packed from the folder with every projection quantized in
+#   groups of 64 (`--policy all-linear --group-size 64`), then `cllm diff HF m.cllm --run`.
+#
+# Prints one table row per form, and the JSON of every cllm run and the log of every llama.cpp run
+# under $OUT (default target/llamacpp-compare).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+llama=""
+model="${HOME}/.cache/cllm/models/smollm2-135m-instruct/hf"
+text="$root/runtime/src/divergence/eval_text.md"
+ctx=128
+chunks=""
+threads=$(nproc)
+codecs="int8 int4 int4m"
+types="Q8_0 Q4_0 Q4_K_M"
+out="${OUT:-$root/target/llamacpp-compare}"
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --llama) llama="$2"; shift 2 ;;
+        --model) model="$2"; shift 2 ;;
+        --text) text="$2"; shift 2 ;;
+        --ctx) ctx="$2"; shift 2 ;;
+        --chunks) chunks="$2"; shift 2 ;;
+        --threads) threads="$2"; shift 2 ;;
+        --codecs) codecs="$2"; shift 2 ;;
+        --types) types="$2"; shift 2 ;;
+        *) echo "llamacpp-compare: unknown option $1" >&2; exit 2 ;;
+    esac
+done
+[[ -d $model ]] || { echo "llamacpp-compare: no model folder $model (run \`cllm demo\` once to fetch SmolLM2, or pass --model)" >&2; exit 2; }
+[[ -f $text ]] || { echo "llamacpp-compare: no text file $text" >&2; exit 2; }
+mkdir -p "$out"
+llama_chunks=() cllm_chunks=()
+if [[ -n $chunks ]]; then
+    llama_chunks=(--chunks "$chunks")
+    cllm_chunks=(--eval-windows "$chunks")
+fi
+cllm="$root/target/release/cllm"
+[[ -x $cllm ]] || cargo build --release -p cllm
+
+tool() { # tool NAME: the llama.cpp binary NAME in the build
+    local t
+    for t in "$llama/bin/$1" "$llama/tools/$1" "$llama/$1"; do
+        [[ -x $t ]] && { echo "$t"; return; }
+    done
+    echo "llamacpp-compare: $1 not found in $llama" >&2
+    exit 2
+}
+if [[ -z $llama ]]; then
+    cache="${CLLM_CACHE:-$HOME/.cache/cllm}/llama.cpp"
+    src=$(ls -d "$cache"/llama_cpp_python-*/vendor/llama.cpp 2>/dev/null | head -1 || true)
+    if [[ -z $src ]]; then
+        mkdir -p "$cache"
+        python3 -m pip download --no-deps --no-binary :all: llama-cpp-python -d "$cache"
+        tar -xzf "$cache"/llama_cpp_python-*.tar.gz -C "$cache"
+        src=$(ls -d "$cache"/llama_cpp_python-*/vendor/llama.cpp | head -1)
+    fi
+    llama="$src/build-cllm"
+    if [[ ! -x $llama/bin/llama-perplexity ]]; then
+        cmake -S "$src" -B "$llama" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+            -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
+        cmake --build "$llama" -j "$threads" --target llama-perplexity llama-quantize >/dev/null
+    fi
+fi
+quantize=$(tool llama-quantize)
+perplexity=$(tool llama-perplexity)
+
+# The bf16 model as GGUF, and llama.cpp's base logits on the text.
+"$cllm" pack "$model" -o "$out/bf16.cllm" --policy lossless --quiet
+"$cllm" export "$out/bf16.cllm" --to gguf -o "$out/bf16.gguf" --quiet
+"$perplexity" -m "$out/bf16.gguf" -f "$text" -c "$ctx" -b "$ctx" -t "$threads" "${llama_chunks[@]}" \
+    --kl-divergence-base "$out/base.kld" >"$out/llama-bf16.log" 2>&1
+
+row() { printf '%-22s %-10s %10s %10s %10s %10s\n' "$@"; }
+row "form" "MiB" "mean KLD" "top-1 %" "PPL ratio" "positions"
+for t in $types; do
+    "$quantize" "$out/bf16.gguf" "$out/$t.gguf" "$t" >"$out/quantize-$t.log" 2>&1
+    "$perplexity" -m "$out/$t.gguf" -f "$text" -c "$ctx" -b "$ctx" -t "$threads" "${llama_chunks[@]}" \
+        --kl-divergence-base "$out/base.kld" --kl-divergence >"$out/llama-$t.log" 2>&1
+    python3 - "$out/llama-$t.log" "$out/$t.gguf" "llama.cpp $t" <<'EOF'
+import os, re, sys
+log, gguf, name = sys.argv[1:]
+t = open(log, errors="replace").read()
+kld = re.search(r"Mean\s+KLD:\s+([-\d.]+)", t)
+top = re.search(r"Same top p:\s+([-\d.]+)", t)
+ppl = re.search(r"Mean PPL\(Q\)/PPL\(base\)\s+:\s+([-\d.]+)", t)
+if not (kld and top and ppl):
+    sys.exit(f"llamacpp-compare: no KL divergence statistics in {log}")
+# Positions: each chunk scores its second half (n_ctx - 1 - n_ctx / 2 tokens).
+chunks = re.search(r"over (\d+) chunks, n_ctx=(\d+)", t)
+pos = int(chunks[1]) * (int(chunks[2]) - 1 - int(chunks[2]) // 2) if chunks else "?"
+print(f"{name:<22} {os.path.getsize(gguf) / 2**20:<10.1f} {float(kld[1]):>10.5f} "
+      f"{float(top[1]):>10.2f} {float(ppl[1]):>10.4f} {pos:>10}")
+EOF
+done
+for c in $codecs; do
+    "$cllm" pack "$model" -o "$out/$c.cllm" --policy all-linear --quant "$c" --group-size 64 --quiet
+    "$cllm" diff "$model" "$out/$c.cllm" --run --no-builtin-prompts --eval-text "$text" \
+        --window-tokens "$ctx" "${cllm_chunks[@]}" --threads "$threads" --json >"$out/cllm-$c.json" 2>/dev/null || true
+    python3 - "$out/cllm-$c.json" "$out/$c.cllm" "cllm $c g64" <<'EOF'
+import json, os, sys
+js, cllm, name = sys.argv[1:]
+v = json.load(open(js))
+d = v["run"]["divergence"]
+print(f"{name:<22} {os.path.getsize(cllm) / 2**20:<10.1f} {v['mean_kld']:>10.5f} "
+      f"{100 * v['top1_agreement']:>10.2f} {d['ppl_ratio']:>10.4f} {d['positions']:>10}")
+EOF
+done
