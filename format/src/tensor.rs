@@ -254,42 +254,67 @@ pub fn quant_params_of_values(
         return Ok(QuantParams::None);
     };
     let base = tiling.elements(&groups).start;
-    let mut params = empty_params(codec, tiling, groups.start, groups.len());
-    for gi in groups {
+    let group_of = |gi: usize| {
         let e = tiling.elements(&(gi..gi + 1));
-        let group = &vals[e.start - base..e.end - base];
-        let (row, k) = (gi / tiling.per_row, gi % tiling.per_row);
-        let qerr = |msg: String| FormatError::Quantize {
-            tensor: name.to_string(),
-            msg: format!("row {row}: {msg}"),
+        &vals[e.start - base..e.end - base]
+    };
+    let qerr = |gi: usize, msg: String| FormatError::Quantize {
+        tensor: name.to_string(),
+        msg: format!("row {}: {msg}", gi / tiling.per_row),
+    };
+    let col = |gi: usize, j: usize| (gi % tiling.per_row) * tiling.size + j;
+    let int4_fit =
+        |gi: usize, fit: fn(&[f32]) -> std::result::Result<(f16, f16), quant::QuantError>| {
+            fit(group_of(gi)).map_err(|e| match e {
+                quant::QuantError::NonFinite { index } => {
+                    qerr(gi, format!("element {} is NaN or infinite", col(gi, index)))
+                }
+                quant::QuantError::ScaleOverflow { .. } => qerr(
+                    gi,
+                    format!("group {}: scale or min overflows f16", gi % tiling.per_row),
+                ),
+            })
         };
-        let col = |j: usize| k * tiling.size + j;
-        match &mut params {
-            QuantParams::Int8 { scales, .. } => scales.push(
-                quant::int8_scale(group)
-                    .map_err(|j| qerr(format!("element {} is NaN or infinite", col(j))))?,
-            ),
-            QuantParams::Int4 { scales, mins, .. } => {
-                let fit = match codec {
-                    Codec::Int4 {
-                        fit: Int4Fit::MinError,
-                        ..
-                    } => quant::int4m_group_params,
-                    _ => quant::int4_group_params,
-                };
-                let (s, m) = fit(group).map_err(|e| match e {
-                    quant::QuantError::NonFinite { index } => {
-                        qerr(format!("element {} is NaN or infinite", col(index)))
-                    }
-                    quant::QuantError::ScaleOverflow { .. } => {
-                        qerr(format!("group {k}: scale or min overflows f16"))
-                    }
-                })?;
-                scales.push(s);
-                mins.push(m);
+    // int4m's search costs some twenty passes over each group: a frame's groups are spread over
+    // the threads (each group's result is its own; the first failing group, in order, is named).
+    let searched: Option<Vec<(f16, f16)>> = match codec {
+        Codec::Int4 {
+            fit: Int4Fit::MinError,
+            ..
+        } => Some(
+            groups
+                .clone()
+                .into_par_iter()
+                .with_min_len(64)
+                .map(|gi| int4_fit(gi, quant::int4m_group_params))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        _ => None,
+    };
+    let mut params = empty_params(codec, tiling, groups.start, groups.len());
+    match &mut params {
+        QuantParams::Int8 { scales, .. } => {
+            for gi in groups {
+                scales.push(
+                    quant::int8_scale(group_of(gi)).map_err(|j| {
+                        qerr(gi, format!("element {} is NaN or infinite", col(gi, j)))
+                    })?,
+                );
             }
-            QuantParams::None => {}
         }
+        QuantParams::Int4 { scales, mins, .. } => match searched {
+            Some(pairs) => (*scales, *mins) = pairs.into_iter().unzip(),
+            None => {
+                for gi in groups {
+                    let (s, m) = int4_fit(gi, quant::int4_group_params)?;
+                    scales.push(s);
+                    mins.push(m);
+                }
+            }
+        },
+        QuantParams::None => {}
     }
     Ok(params)
 }
