@@ -18,15 +18,10 @@ use crate::index::{
 };
 use crate::layout::{self, align_up};
 use crate::policy::Policy;
-use crate::quant;
 use crate::tensor::{
-    group_source_range, param_groups, quant_params_for, quant_params_from, quant_params_of_values,
-    source_range, stream_range_from, stream_range_of_values, ParamsMemo,
+    group_source_range, param_groups, quant_params_for, quant_params_from, quantize_data_range,
+    source_range, stream_range_from, ParamsMemo, PARAMS_MEMO_BYTES,
 };
-
-/// A tensor's quantization parameters are kept from its data frames for its scale frames up to
-/// this size; beyond it they are computed again.
-const PARAMS_MEMO_BYTES: usize = 16 << 20;
 use crate::Dtype;
 
 /// A source tensor's bytes: in memory, memory-mapped (pages handed back once read), or produced
@@ -418,12 +413,12 @@ impl<'p, O: ShardOut> Packer<'p, O> {
                 if let (false, Some(s)) = (codec.is_lossless(), &produced.source) {
                     source_hash.update(s);
                 }
+                // A quantized data frame read its groups, which hold its source range.
                 if let Some(r) = &job.source {
-                    t.bytes.done(r.clone());
-                    if !job.groups.is_empty() {
-                        t.bytes
-                            .done(group_source_range(codec, t.dtype, &t.shape, &job.groups));
-                    }
+                    t.bytes.done(match job.groups.is_empty() {
+                        true => r.clone(),
+                        false => group_source_range(codec, t.dtype, &t.shape, &job.groups),
+                    });
                 }
                 streams[job.stream].frames.push(frame);
                 written += 1;
@@ -648,38 +643,28 @@ fn frame_bytes<'s>(
             source: Some(s),
         });
     }
+    // The groups hold every element of the frame: one read of them serves both.
     let span = group_source_range(codec, dtype, shape, &job.groups);
-    let read = span.start.min(source.start)..span.end.max(source.end);
-    let bytes = t.bytes.read(read.clone());
-    // One conversion to f32 serves the groups' parameters and the frame's codes.
-    let es = dtype.size();
-    let mut vals = Vec::new();
-    quant::to_f32(dtype, &bytes, &mut vals);
-    let at = |b: usize| (b - read.start) / es;
-    let params = quant_params_of_values(
+    debug_assert!(span.start <= source.start && source.end <= span.end);
+    let bytes = t.bytes.read(span.clone());
+    let (codes, params) = quantize_data_range(
         name,
         codec,
+        dtype,
         shape,
-        job.groups.clone(),
-        &vals[at(span.start)..at(span.end)],
+        job.range.clone(),
+        &bytes,
+        &mut Vec::new(),
     )?;
     memo.record(&params);
-    let decoded = stream_range_of_values(
-        shape,
-        &params,
-        &vals[at(source.start)..at(source.end)],
-        job.stream,
-        job.range.clone(),
-    );
-    drop(vals);
-    let part = source.start - read.start..source.end - read.start;
+    let part = source.start - span.start..source.end - span.start;
     let source = match bytes {
         Cow::Borrowed(b) => Cow::Borrowed(&b[part]),
         Cow::Owned(v) if part == (0..v.len()) => Cow::Owned(v),
         Cow::Owned(v) => Cow::Owned(v[part].to_vec()),
     };
     Ok(Produced {
-        decoded: Cow::Owned(decoded),
+        decoded: Cow::Owned(codes),
         source: Some(source),
     })
 }

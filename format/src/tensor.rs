@@ -121,7 +121,8 @@ pub fn param_groups(
     }
 }
 
-/// The source bytes of groups `groups`: what [`quant_params_in`] reads.
+/// The source bytes of groups `groups`: what [`quant_params_in`] and [`quantize_data_range`]
+/// read.
 pub fn group_source_range(
     codec: Codec,
     dtype: Dtype,
@@ -243,7 +244,7 @@ pub fn quant_params_in(
 }
 
 /// [`quant_params_in`] from the groups' values, already converted to f32.
-pub fn quant_params_of_values(
+fn quant_params_of_values(
     name: &str,
     codec: Codec,
     shape: &[u64],
@@ -317,6 +318,34 @@ pub fn quant_params_of_values(
         QuantParams::None => {}
     }
     Ok(params)
+}
+
+/// A tensor's quantization parameters are kept from its data frames for its scale frames up to
+/// this size ([`ParamsMemo`]); beyond it they are computed again.
+pub const PARAMS_MEMO_BYTES: usize = 16 << 20;
+
+/// A quantized tensor's data-stream bytes `range` (its codes), and the parameters of the groups
+/// they fall in ([`param_groups`] of stream 0), from `span`, those groups' source bytes
+/// ([`group_source_range`]). One f32 conversion serves both; `vals` is left holding it (the
+/// span's values), for a caller that also needs the source values.
+pub fn quantize_data_range(
+    name: &str,
+    codec: Codec,
+    dtype: Dtype,
+    shape: &[u64],
+    range: Range<usize>,
+    span: &[u8],
+    vals: &mut Vec<f32>,
+) -> Result<(Vec<u8>, QuantParams)> {
+    let groups = param_groups(codec, shape, 0, &range);
+    let span_at = group_source_range(codec, dtype, shape, &groups).start;
+    let source = source_range(codec, dtype, 0, &range).unwrap_or(0..0);
+    quant::to_f32(dtype, span, vals);
+    let params = quant_params_of_values(name, codec, shape, groups, vals)?;
+    let es = dtype.size();
+    let part = &vals[(source.start - span_at) / es..(source.end - span_at) / es];
+    let codes = stream_range_of_values(shape, &params, part, 0, range);
+    Ok((codes, params))
 }
 
 /// The parameters a tensor's data frames computed, kept for its scale and minimum frames (which

@@ -30,10 +30,6 @@ use crate::packed::Packed;
 /// Decoded bytes in flight while streaming a container's frames.
 const WINDOW_BYTES: usize = 64 << 20;
 
-/// A quantized tensor's parameters are kept from its data frames for its scale streams up to
-/// this size (as when packing); beyond it they are computed again.
-const PARAMS_MEMO_BYTES: usize = 16 << 20;
-
 /// Bytes of a scale or minimum stream re-computed and compared at a time.
 const PARAMS_WINDOW_BYTES: usize = 1 << 20;
 
@@ -250,34 +246,43 @@ fn compare_tensor_streamed(
         }
     };
     let (name, dtype, shape) = (&t.name, t.dtype, &t.shape[..]);
-    let memo = tensor::ParamsMemo::new(codec, shape, PARAMS_MEMO_BYTES);
+    let memo = tensor::ParamsMemo::new(codec, shape, tensor::PARAMS_MEMO_BYTES);
     let mut requantize_error = None;
     let mut sums = ErrorSums::default();
-    let (mut orig, mut diffs) = (
+    let (mut vals, mut diffs) = (
         Vec::new(),
         vec![FirstDifference::default(); t.streams.len()],
     );
     let decoded = c.stream_chunks(i, 0, |codes| {
         let range = at..at + codes.len();
         let groups = tensor::param_groups(codec, shape, 0, &range);
-        let params = match tensor::quant_params_for(name, codec, dtype, shape, &source, groups) {
-            Ok(p) => p,
+        let span = tensor::group_source_range(codec, dtype, shape, &groups);
+        let (again, params) = match tensor::quantize_data_range(
+            name,
+            codec,
+            dtype,
+            shape,
+            range.clone(),
+            &src.bytes[span.clone()],
+            &mut vals,
+        ) {
+            Ok(r) => r,
             Err(e) => {
                 requantize_error.get_or_insert(e);
                 return Ok(());
             }
         };
         memo.record(&params);
-        let from = tensor::source_range(codec, dtype, 0, &range).unwrap_or(0..0);
-        let part = &src.bytes[from.clone()];
-        let again = tensor::stream_range_from(dtype, shape, &params, part, 0, range.clone());
         diffs[0].check(at, codes, &again);
-        quant::to_f32(dtype, part, &mut orig);
+        // The source values of this frame, from the conversion the re-quantization made.
+        let from = tensor::source_range(codec, dtype, 0, &range).unwrap_or(0..0);
+        let es = dtype.size();
+        let orig = &vals[(from.start - span.start) / es..(from.end - span.start) / es];
         sums.add(
-            &orig,
+            orig,
             &tensor::dequantize_range(codec, shape, codes, at, &stored_params),
         );
-        source.done(from);
+        source.done(span);
         at += codes.len();
         Ok(())
     });
