@@ -15,9 +15,11 @@ pub mod layout;
 pub mod limits;
 pub mod pack;
 pub mod policy;
+pub mod project;
 pub mod quant;
 pub mod reader;
 pub mod shard;
+pub mod source;
 pub mod tensor;
 pub mod verify;
 
@@ -27,10 +29,9 @@ pub use error::{FormatError, Result};
 pub use form::WeightForm;
 pub use index::Index;
 pub use limits::Limits;
-pub use pack::{
-    pack, pack_sharded, project, PackInput, PackOptions, PackSummary, Progress, Projection,
-    ShardOut, SourceBytes, SourceTensor,
-};
+pub use pack::{pack, pack_sharded, PackInput, PackOptions, PackSummary, Progress, ShardOut};
 pub use policy::{Policy, Preset, Quant, Rule};
+pub use project::{project, Projection};
 pub use reader::Container;
+pub use source::{SourceBytes, SourceTensor};
 pub use verify::{lossless_source_failure, verify, verify_except_tensors, VerifyReport};

@@ -18,81 +18,11 @@ use crate::index::{
 };
 use crate::layout::{self, align_up};
 use crate::policy::Policy;
+use crate::source::SourceTensor;
 use crate::tensor::{
-    group_source_range, param_groups, quant_params_for, quant_params_from, quantize_data_range,
-    source_range, stream_range_from, ParamsMemo, PARAMS_MEMO_BYTES,
+    group_source_range, param_groups, quant_params_for, quantize_data_range, source_range,
+    stream_range_from, ParamsMemo, PARAMS_MEMO_BYTES,
 };
-use crate::Dtype;
-
-/// A source tensor's bytes: in memory, memory-mapped (pages handed back once read), or produced
-/// on demand (a synthetic model larger than the disk). Packing reads them a window at a time.
-pub enum SourceBytes<'a> {
-    Slice(&'a [u8]),
-    /// Mapped bytes; `release` is called with each sub-slice once it has been read.
-    Mapped {
-        bytes: &'a [u8],
-        release: &'a (dyn Fn(&[u8]) + Sync),
-    },
-    /// `fill(offset, out)` writes the `out.len()` bytes at `offset`; the same bytes every call.
-    Generated {
-        len: usize,
-        fill: &'a (dyn Fn(usize, &mut [u8]) + Sync),
-    },
-}
-
-impl<'a> From<&'a [u8]> for SourceBytes<'a> {
-    fn from(b: &'a [u8]) -> Self {
-        SourceBytes::Slice(b)
-    }
-}
-
-impl<'a> From<&'a Vec<u8>> for SourceBytes<'a> {
-    fn from(b: &'a Vec<u8>) -> Self {
-        SourceBytes::Slice(b)
-    }
-}
-
-impl<'a> SourceBytes<'a> {
-    pub fn len(&self) -> usize {
-        match self {
-            SourceBytes::Slice(b) | SourceBytes::Mapped { bytes: b, .. } => b.len(),
-            SourceBytes::Generated { len, .. } => *len,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The bytes in `range` (borrowed where they are in memory).
-    pub fn read(&self, range: Range<usize>) -> Cow<'a, [u8]> {
-        match self {
-            SourceBytes::Slice(b) | SourceBytes::Mapped { bytes: b, .. } => {
-                Cow::Borrowed(&b[range])
-            }
-            SourceBytes::Generated { fill, .. } => {
-                let mut out = vec![0u8; range.len()];
-                fill(range.start, &mut out);
-                Cow::Owned(out)
-            }
-        }
-    }
-
-    /// `range` has been read and will not be needed again soon.
-    pub fn done(&self, range: Range<usize>) {
-        if let SourceBytes::Mapped { bytes, release } = self {
-            release(&bytes[range]);
-        }
-    }
-}
-
-/// A tensor of the source model: its little-endian row-major bytes.
-pub struct SourceTensor<'a> {
-    pub name: String,
-    pub dtype: Dtype,
-    pub shape: Vec<u64>,
-    pub bytes: SourceBytes<'a>,
-}
 
 pub struct PackInput<'a> {
     pub tensors: Vec<SourceTensor<'a>>,
@@ -815,87 +745,9 @@ fn check_sources(order: &[&SourceTensor<'_>]) -> Result<()> {
     Ok(())
 }
 
-/// What packing a tensor is expected to produce, for `--dry-run`.
-#[derive(Clone, Debug)]
-pub struct Projection {
-    pub name: String,
-    pub dtype: Dtype,
-    pub shape: Vec<u64>,
-    pub codec: Codec,
-    pub source_bytes: u64,
-    pub payload_bytes: u64,
-    /// Stored bytes, extrapolated from encoding each stream's first frame.
-    pub projected_bytes: u64,
-}
-
-/// Plans every tensor and projects its stored size by encoding a sample of each stream: the
-/// streams of the tensor's first rows (about a frame of source), extrapolated to the whole tensor.
-/// Reads only that sample of each source, so a dry run costs the same at any model size.
-pub fn project(input: &PackInput<'_>, opts: &PackOptions) -> Result<Vec<Projection>> {
-    let codecs = plan(&input.tensors, &opts.policy)?;
-    input
-        .tensors
-        .par_iter()
-        .zip(codecs)
-        .map(|(t, codec)| {
-            let specs = codec.streams(&t.name, t.dtype, &t.shape)?;
-            let (rows, cols) = crate::tensor::rows_cols(&t.shape);
-            let row_bytes = cols * t.dtype.size();
-            let sample_rows = match t.shape.len() {
-                0 | 1 => rows,
-                _ => rows.min((opts.frame_size / row_bytes.max(1)).max(1)),
-            };
-            let mut sub_shape = t.shape.clone();
-            if t.shape.len() >= 2 {
-                sub_shape = vec![sample_rows as u64, cols as u64];
-            }
-            let part = t.bytes.read(0..sample_rows * row_bytes);
-            let sub = SourceBytes::Slice(&part);
-            let params = quant_params_from(&t.name, codec, t.dtype, &sub_shape, &sub)?;
-            let sub_specs = codec.streams(&t.name, t.dtype, &sub_shape)?;
-            let mut projected = 0u64;
-            for (si, (spec, sub_spec)) in specs.iter().zip(&sub_specs).enumerate() {
-                let n = sub_spec.len as usize;
-                if n == 0 {
-                    continue;
-                }
-                let src = source_range(codec, t.dtype, si, &(0..n)).map(|r| sub.read(r));
-                let sample = stream_range_from(
-                    t.dtype,
-                    &sub_shape,
-                    &params,
-                    src.as_deref().unwrap_or(&[]),
-                    si,
-                    0..n,
-                );
-                let stored: usize = sample
-                    .chunks(opts.frame_size - opts.frame_size % spec.elem_size)
-                    .map(|f| encode_frame(spec.encoding, f, effort(codec, opts)).map(|e| e.len()))
-                    .sum::<std::io::Result<usize>>()?;
-                projected += (stored as u128 * spec.len as u128 / n as u128) as u64;
-            }
-            let mut entry = Projection {
-                name: t.name.clone(),
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-                codec,
-                source_bytes: t.bytes.len() as u64,
-                payload_bytes: specs.iter().map(|s| s.len).sum(),
-                projected_bytes: projected,
-            };
-            entry.projected_bytes = entry.projected_bytes.max(1);
-            Ok(entry)
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(|mut v| {
-            v.sort_by(|a, b| a.name.cmp(&b.name));
-            v
-        })
-}
-
 /// Float planes and quantized codes are coded for their symbol statistics; everything else at the
 /// configured zstd level.
-fn effort(codec: Codec, opts: &PackOptions) -> Effort {
+pub(crate) fn effort(codec: Codec, opts: &PackOptions) -> Effort {
     match codec {
         Codec::Raw | Codec::Zstd => Effort::Level(opts.zstd_level),
         Codec::ZstdBp | Codec::Int8Row | Codec::Int8Group { .. } | Codec::Int4 { .. } => {

@@ -9,8 +9,8 @@ use rayon::prelude::*;
 use crate::codec::{Codec, Int4Fit};
 use crate::error::{FormatError, Result};
 use crate::index::TensorEntry;
-use crate::pack::SourceBytes;
 use crate::quant;
+use crate::source::SourceBytes;
 use crate::Dtype;
 
 /// `(rows, cols)` as spec section 4 defines them.

@@ -203,7 +203,7 @@ fn output_is_identical_across_thread_counts() {
 #[test]
 fn windowed_parameters_reproduce_the_whole_tensor() {
     use cllm_format::codec::Codec;
-    use cllm_format::pack::SourceBytes;
+    use cllm_format::SourceBytes;
     // 7 x 96 (int8-row rows straddle windows; int8g and int4 groups of 32 tile rows), 5 x 100
     // (rows of a width no window size divides) and 3 x 128 (groups of 64).
     let mut seed = 7u64;

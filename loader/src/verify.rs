@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cllm_format::index::TensorEntry;
-use cllm_format::pack::SourceBytes;
+use cllm_format::SourceBytes;
 use cllm_format::{
     lossless_source_failure, quant, tensor, verify, verify_except_tensors, Codec, FormatError,
     VerifyReport,
