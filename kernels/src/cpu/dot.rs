@@ -12,9 +12,9 @@
 //! Weight rows come in any storage form through `rows::Row`, decoded exactly in registers.
 //!
 //! The implementations: `Portable` is plain Rust (the baseline path; LLVM's vectorizer does
-//! not reliably keep 16 accumulators in full registers), and `Avx2` holds lanes 0..8 and 8..16
-//! in two AVX registers. Both perform the identical sequence of IEEE operations per lane, hence
-//! identical bits (tests compare them).
+//! not reliably keep 16 accumulators in full registers), `Avx2` holds lanes 0..8 and 8..16 in
+//! two AVX registers, and `Avx512` all 16 in one. All perform the identical sequence of IEEE
+//! operations per lane, hence identical bits (tests compare them).
 
 use super::rows::Row;
 
@@ -42,6 +42,20 @@ pub(crate) trait Lanes: Copy + Send + Sync {
     fn dot_row<R: Row>(self, w: R, x: &[f32]) -> f32;
     /// Four [`Lanes::dot_row`]s of `w` against `x[0..4]`, same bits.
     fn dot4_row<R: Row>(self, w: R, x: [&[f32]; 4]) -> [f32; 4];
+    /// [`Lanes::dot_row`]s of four rows of one matrix against one `x`, same bits: four
+    /// independent accumulations side by side, so a single activation row (decode) is not held
+    /// to one addition's latency per chunk.
+    #[inline(always)]
+    fn dot_rows4<R: Row>(self, w: [R; 4], x: &[f32]) -> [f32; 4] {
+        w.map(|w| self.dot_row(w, x))
+    }
+    /// Widens f16 values to f32 (exact), `dst[i] = src[i]`; `dst.len() >= src.len()`.
+    #[inline(always)]
+    fn widen_f16(self, src: &[half::f16], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
 }
 
 /// The plain-Rust implementation of the fixed order.
@@ -87,6 +101,8 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use avx2::Avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::Avx512;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -170,6 +186,174 @@ mod avx2 {
             }
             s
         }
+
+        #[inline(always)]
+        fn dot_rows4<R: Row>(self, w: [R; 4], x: &[f32]) -> [f32; 4] {
+            let n = w[0].len();
+            let x = &x[..n];
+            let chunks = n / LANES;
+            // SAFETY: as in `dot_row`; the four rows have the same length.
+            let acc = unsafe {
+                let mut lo = [_mm256_setzero_ps(); 4];
+                let mut hi = [_mm256_setzero_ps(); 4];
+                for k in 0..chunks {
+                    let xp = x[k * LANES..(k + 1) * LANES].as_ptr();
+                    let (xl, xh) = (_mm256_loadu_ps(xp), _mm256_loadu_ps(xp.add(HALF)));
+                    for j in 0..4 {
+                        let (wl, wh) = w[j].chunk_avx2(k);
+                        lo[j] = _mm256_add_ps(lo[j], _mm256_mul_ps(wl, xl));
+                        hi[j] = _mm256_add_ps(hi[j], _mm256_mul_ps(wh, xh));
+                    }
+                }
+                [0, 1, 2, 3].map(|j| (lo[j], hi[j]))
+            };
+            let mut s = [0f32; 4];
+            for j in 0..4 {
+                s[j] = combine(lanes_of(acc[j].0), lanes_of(acc[j].1));
+                for (i, xv) in x.iter().enumerate().skip(chunks * LANES) {
+                    s[j] += w[j].get(i) * xv;
+                }
+            }
+            s
+        }
+
+        #[inline(always)]
+        fn widen_f16(self, src: &[half::f16], dst: &mut [f32]) {
+            widen_f16_f16c(src, dst)
+        }
+    }
+
+    /// F16C's exact widening, 8 values at a time, the rest one by one.
+    #[inline(always)]
+    pub(super) fn widen_f16_f16c(src: &[half::f16], dst: &mut [f32]) {
+        let dst = &mut dst[..src.len()];
+        let whole = src.len() / 8 * 8;
+        for (d, s) in dst[..whole].chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+            // SAFETY: F16C is present (`Avx2`/`Avx512` exist); 8 values are read and written.
+            unsafe {
+                let v = _mm_loadu_si128(s.as_ptr() as *const __m128i);
+                _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(v));
+            }
+        }
+        for (d, s) in dst[whole..].iter_mut().zip(&src[whole..]) {
+            *d = s.to_f32();
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{combine, Lanes, Row, HALF, LANES};
+
+    /// The fixed order with all 16 lanes in one `__m512` register. Only constructed after
+    /// AVX-512 F/BW, AVX2 and F16C were detected; its methods are meant to be inlined into
+    /// `#[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]` functions.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Avx512(());
+
+    impl Avx512 {
+        /// # Safety
+        /// The CPU must support AVX-512 F/BW, AVX2 and F16C.
+        pub(crate) unsafe fn new_unchecked() -> Avx512 {
+            Avx512(())
+        }
+    }
+
+    #[inline(always)]
+    fn combine16(v: __m512) -> f32 {
+        let mut l = [0f32; LANES];
+        // SAFETY: `l` holds 16 f32; `Avx512` exists only on CPUs with AVX-512 F.
+        unsafe { _mm512_storeu_ps(l.as_mut_ptr(), v) };
+        let mut lo = [0f32; HALF];
+        let mut hi = [0f32; HALF];
+        lo.copy_from_slice(&l[..HALF]);
+        hi.copy_from_slice(&l[HALF..]);
+        combine(lo, hi)
+    }
+
+    impl Lanes for Avx512 {
+        #[inline(always)]
+        fn dot_row<R: Row>(self, w: R, x: &[f32]) -> f32 {
+            let n = w.len();
+            let x = &x[..n];
+            let chunks = n / LANES;
+            let xp = x.as_ptr();
+            // SAFETY: AVX-512 is present (`Avx512` exists); chunk loads stay below `n`.
+            let acc = unsafe {
+                let mut acc = _mm512_setzero_ps();
+                w.chunks_avx512(chunks, |k, wv| {
+                    let xv = _mm512_loadu_ps(xp.add(k * LANES));
+                    acc = _mm512_add_ps(acc, _mm512_mul_ps(wv, xv));
+                });
+                acc
+            };
+            let mut s = combine16(acc);
+            for (i, xv) in x.iter().enumerate().skip(chunks * LANES) {
+                s += w.get(i) * xv;
+            }
+            s
+        }
+
+        #[inline(always)]
+        fn dot4_row<R: Row>(self, w: R, x: [&[f32]; 4]) -> [f32; 4] {
+            let n = w.len();
+            let x = x.map(|v| &v[..n]);
+            let chunks = n / LANES;
+            let xp = x.map(|v| v.as_ptr());
+            // SAFETY: as in `dot_row`.
+            let acc = unsafe {
+                let mut acc = [_mm512_setzero_ps(); 4];
+                w.chunks_avx512(chunks, |k, wv| {
+                    for j in 0..4 {
+                        let xv = _mm512_loadu_ps(xp[j].add(k * LANES));
+                        acc[j] = _mm512_add_ps(acc[j], _mm512_mul_ps(wv, xv));
+                    }
+                });
+                acc
+            };
+            let mut s = [0f32; 4];
+            for j in 0..4 {
+                s[j] = combine16(acc[j]);
+                for (i, xv) in x[j].iter().enumerate().skip(chunks * LANES) {
+                    s[j] += w.get(i) * xv;
+                }
+            }
+            s
+        }
+
+        #[inline(always)]
+        fn dot_rows4<R: Row>(self, w: [R; 4], x: &[f32]) -> [f32; 4] {
+            let n = w[0].len();
+            let x = &x[..n];
+            let chunks = n / LANES;
+            let xp = x.as_ptr();
+            // SAFETY: as in `dot_row`; the four rows have the same length.
+            let acc = unsafe {
+                let mut acc = [_mm512_setzero_ps(); 4];
+                R::chunks4_avx512(w, chunks, |k, wv| {
+                    let xv = _mm512_loadu_ps(xp.add(k * LANES));
+                    for j in 0..4 {
+                        acc[j] = _mm512_add_ps(acc[j], _mm512_mul_ps(wv[j], xv));
+                    }
+                });
+                acc
+            };
+            let mut s = [0f32; 4];
+            for j in 0..4 {
+                s[j] = combine16(acc[j]);
+                for (i, xv) in x.iter().enumerate().skip(chunks * LANES) {
+                    s[j] += w[j].get(i) * xv;
+                }
+            }
+            s
+        }
+
+        #[inline(always)]
+        fn widen_f16(self, src: &[half::f16], dst: &mut [f32]) {
+            super::avx2::widen_f16_f16c(src, dst)
+        }
     }
 }
 
@@ -209,7 +393,14 @@ mod tests {
                 .map(|_| (0..n).map(|_| lcg(&mut seed)).collect())
                 .collect();
             let four = lanes.dot4_row(&w[..], [&xs[0], &xs[1], &xs[2], &xs[3]]);
+            // Four weight rows (the activation rows reused as weights) against one `w`.
+            let rows4 = lanes.dot_rows4([&xs[0][..], &xs[1], &xs[2], &xs[3]], &w);
             for k in 0..4 {
+                assert_eq!(
+                    rows4[k].to_bits(),
+                    reference(&xs[k], &w).to_bits(),
+                    "n={n} k={k}"
+                );
                 let r = reference(&w, &xs[k]);
                 assert_eq!(
                     lanes.dot_row(&w[..], &xs[k]).to_bits(),
@@ -228,6 +419,11 @@ mod tests {
         if crate::cpu::isa::available().contains(&crate::cpu::isa::Isa::Avx2) {
             // SAFETY: AVX2 and F16C were just detected; the test body runs on this CPU.
             check(unsafe { Avx2::new_unchecked() });
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::isa::available().contains(&crate::cpu::isa::Isa::Avx512) {
+            // SAFETY: AVX-512 F/BW, AVX2 and F16C were just detected.
+            check(unsafe { Avx512::new_unchecked() });
         }
     }
 }

@@ -1,16 +1,19 @@
 //! Run-time choice of the instruction set that hot loops are compiled for.
 //!
-//! The project builds for baseline x86-64 (SSE2); AVX2 doubles the vector width. Both compiled
-//! versions perform the same lane-wise IEEE operations, so the choice changes speed, never bits
-//! (tests check this). `CLLM_CPU_ISA=baseline` forces the baseline version.
+//! The project builds for baseline x86-64 (SSE2); AVX2 doubles the vector width and AVX-512
+//! doubles it again. Every compiled version performs the same lane-wise IEEE operations, so the
+//! choice changes speed, never bits (tests compare every version this machine can run).
+//! `CLLM_CPU_ISA=baseline|avx2` caps the choice (for comparisons and benchmarks).
 
 use std::sync::OnceLock;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Isa {
     Baseline,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 pub(crate) fn isa() -> Isa {
@@ -19,34 +22,37 @@ pub(crate) fn isa() -> Isa {
 }
 
 fn detect() -> Isa {
-    if std::env::var("CLLM_CPU_ISA").is_ok_and(|v| v == "baseline") {
-        return Isa::Baseline;
+    let cap = std::env::var("CLLM_CPU_ISA").ok();
+    let best = available().into_iter().max().unwrap_or(Isa::Baseline);
+    match cap.as_deref() {
+        Some("baseline") => Isa::Baseline,
+        #[cfg(target_arch = "x86_64")]
+        Some("avx2") => best.min(Isa::Avx2),
+        _ => best,
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
-            return Isa::Avx2;
-        }
-    }
-    Isa::Baseline
 }
 
-/// Every ISA this machine can run, for tests that compare them.
-#[cfg(test)]
+/// Every ISA this machine can run, in increasing order.
 pub(crate) fn available() -> Vec<Isa> {
+    #[allow(unused_mut)]
     let mut v = vec![Isa::Baseline];
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
-        v.push(Isa::Avx2);
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("f16c") {
+            v.push(Isa::Avx2);
+            if has!("avx512f") && has!("avx512bw") {
+                v.push(Isa::Avx512);
+            }
+        }
     }
     v
 }
 
 /// Defines `$name(isa, args..)` that runs the `#[inline(always)]` function `$generic` compiled
 /// for the chosen ISA. `$generic` takes a [`Lanes`](super::dot::Lanes) first: `Portable` for the
-/// baseline copy, `Avx2` inside a `#[target_feature]` wrapper that inlines the same body.
+/// baseline copy, `Avx2` or `Avx512` inside a `#[target_feature]` wrapper that inlines the same
+/// body.
 macro_rules! multiversion {
     ($vis:vis fn $name:ident => $generic:ident ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
         $vis fn $name(isa: $crate::cpu::isa::Isa, $($arg: $ty),*) $(-> $ret)? {
@@ -56,11 +62,21 @@ macro_rules! multiversion {
                 // SAFETY: this function only runs after AVX2 was detected.
                 $generic(unsafe { $crate::cpu::dot::Avx2::new_unchecked() }, $($arg),*)
             }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                // SAFETY: this function only runs after AVX-512 F/BW was detected.
+                $generic(unsafe { $crate::cpu::dot::Avx512::new_unchecked() }, $($arg),*)
+            }
             match isa {
                 $crate::cpu::isa::Isa::Baseline => $generic($crate::cpu::dot::Portable, $($arg),*),
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Isa::Avx2` is only produced after detecting AVX2 and F16C at run time.
                 $crate::cpu::isa::Isa::Avx2 => unsafe { avx2($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx512` is only produced after detecting AVX-512 F/BW (and AVX2,
+                // F16C) at run time.
+                $crate::cpu::isa::Isa::Avx512 => unsafe { avx512($($arg),*) },
             }
         }
     };

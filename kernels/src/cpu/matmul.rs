@@ -10,7 +10,8 @@
 //! while group-wise int8 applies each group's scale to its values before the dot.
 //! Rayon splits the work by weight rows only, so the thread count changes nothing in the result.
 
-use half::slice::HalfFloatSliceExt;
+use std::array::from_fn;
+
 use rayon::prelude::*;
 
 use super::decode::decode_row_unscaled;
@@ -23,6 +24,10 @@ use crate::weights::{Weight, WeightData};
 /// Activation rows handled per pass over a block of weight rows: their f32 values stay in cache
 /// while the block's rows are decoded once and reused for all of them.
 const TOKEN_BLOCK: usize = 32;
+
+/// Weight rows taken side by side when fewer than four activation rows remain (decode): four
+/// independent accumulations, so the product is not held to one addition's latency per chunk.
+const ROW_BLOCK: usize = 4;
 
 /// Smallest amount of multiply-adds worth a rayon task.
 const MIN_TASK_WORK: usize = 32 * 1024;
@@ -82,7 +87,12 @@ pub(crate) fn matmul_with(
     for (w, y) in jobs.iter_mut() {
         let (rows, cols) = (w.rows, w.cols);
         let min_rows = MIN_TASK_WORK.div_ceil((cols * n.min(TOKEN_BLOCK)).max(1));
-        let chunk = rows.div_ceil(threads * 4).max(min_rows).max(1);
+        // Whole blocks of four rows, which single-token products take side by side.
+        let chunk = rows
+            .div_ceil(threads * 4)
+            .max(min_rows)
+            .max(1)
+            .next_multiple_of(ROW_BLOCK);
         let out: &mut [f32] = if n > 1 {
             match transposed_iter.next() {
                 Some(t) => t,
@@ -103,7 +113,7 @@ pub(crate) fn matmul_with(
         }
     }
     tasks.into_par_iter().for_each(|t| {
-        let mut buf = vec![0f32; t.w.cols];
+        let mut buf = vec![0f32; ROW_BLOCK * t.w.cols];
         rows_task(isa, t.w, x, n, t.row0, t.out, &mut buf);
     });
     for (yt, (w, y)) in transposed.iter().zip(jobs.iter_mut()) {
@@ -132,9 +142,9 @@ multiversion!(fn rows_task => rows_task_generic(
 ));
 
 /// Computes weight rows `row0..row0 + out.len() / n` against all `n` activation rows;
-/// `out[i * n + t]` receives row `row0 + i` times activation row `t`. `buf` (at least `cols`
-/// values) is scratch for int4 group parameters or, for group sizes the fused paths do not take,
-/// the decoded row.
+/// `out[i * n + t]` receives row `row0 + i` times activation row `t`. `buf` (at least
+/// `ROW_BLOCK * cols` values) is scratch for int4 group parameters or, for group sizes the fused
+/// paths do not take, the decoded rows.
 #[inline(always)]
 fn rows_task_generic(
     lanes: impl Lanes,
@@ -149,7 +159,15 @@ fn rows_task_generic(
     let nrows = out.len() / n;
     for t0 in (0..n).step_by(TOKEN_BLOCK) {
         let t1 = (t0 + TOKEN_BLOCK).min(n);
-        for i in 0..nrows {
+        let mut first = 0;
+        if t1 - t0 < 4 {
+            while first + ROW_BLOCK <= nrows {
+                let o = &mut out[first * n..(first + ROW_BLOCK) * n];
+                row_block(lanes, w, x, n, row0 + first, t0, t1, o, buf);
+                first += ROW_BLOCK;
+            }
+        }
+        for i in first..nrows {
             let r = row0 + i;
             let o = &mut out[i * n..(i + 1) * n];
             let span = r * cols..(r + 1) * cols;
@@ -193,10 +211,10 @@ fn rows_task_generic(
                         let groups = cols.div_ceil(*group_size);
                         let (s, rest) = buf.split_at_mut(groups);
                         let m = &mut rest[..groups];
-                        // Exact f16 -> f32, vectorized (one feature check per row, not per value).
+                        // Exact f16 -> f32, inlined for the ISA this copy is compiled for.
                         let gspan = r * groups..(r + 1) * groups;
-                        scales[gspan.clone()].convert_to_f32_slice(s);
-                        mins[gspan].convert_to_f32_slice(m);
+                        lanes.widen_f16(&scales[gspan.clone()], s);
+                        lanes.widen_f16(&mins[gspan], m);
                         let row = I4Row {
                             packed: &packed[span.start / 2..span.end / 2],
                             scales: s,
@@ -212,6 +230,134 @@ fn rows_task_generic(
                     }
                 },
             }
+        }
+    }
+}
+
+/// Weight rows `r0..r0 + 4` against activation rows `t0..t1`, one activation row at a time,
+/// the four weight rows side by side; `out[j * n + t]` receives row `r0 + j`. Each result has
+/// the bits the single-row path gives it.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn row_block(
+    lanes: impl Lanes,
+    w: &Weight,
+    x: &[f32],
+    n: usize,
+    r0: usize,
+    t0: usize,
+    t1: usize,
+    out: &mut [f32],
+    buf: &mut [f32],
+) {
+    let cols = w.cols;
+    let span = |j: usize| (r0 + j) * cols..(r0 + j + 1) * cols;
+    let rows4 = |j| r0 + j;
+    match &w.data {
+        WeightData::F32(v) => dots4(lanes, from_fn(|j| &v[span(j)]), x, n, t0, t1, out),
+        WeightData::Bf16(v) => dots4(lanes, from_fn(|j| Bf16Row(&v[span(j)])), x, n, t0, t1, out),
+        WeightData::F16(v) => dots4(lanes, from_fn(|j| F16Row(&v[span(j)])), x, n, t0, t1, out),
+        WeightData::Int8Row { q, scales } => {
+            dots4(lanes, from_fn(|j| I8Row(&q[span(j)])), x, n, t0, t1, out);
+            for j in 0..ROW_BLOCK {
+                for v in &mut out[j * n + t0..j * n + t1] {
+                    *v *= scales[rows4(j)];
+                }
+            }
+        }
+        WeightData::Int8Group {
+            q,
+            scales,
+            group_size,
+        } => match group_chunk_shift(*group_size) {
+            Some(chunk_shift) => {
+                let groups = cols / group_size;
+                let rows = from_fn(|j| I8GroupRow {
+                    q: &q[span(j)],
+                    scales: &scales[rows4(j) * groups..(rows4(j) + 1) * groups],
+                    chunk_shift,
+                });
+                dots4(lanes, rows, x, n, t0, t1, out);
+            }
+            None => decoded4(lanes, w, r0, x, n, t0, t1, out, buf),
+        },
+        WeightData::Int4 {
+            packed,
+            scales,
+            mins,
+            group_size,
+        } => match group_chunk_shift(*group_size) {
+            Some(chunk_shift) => {
+                let groups = cols.div_ceil(*group_size);
+                let (s, rest) = buf.split_at_mut(ROW_BLOCK * groups);
+                let m = &mut rest[..ROW_BLOCK * groups];
+                for j in 0..ROW_BLOCK {
+                    let gspan = rows4(j) * groups..(rows4(j) + 1) * groups;
+                    lanes.widen_f16(&scales[gspan.clone()], &mut s[j * groups..]);
+                    lanes.widen_f16(&mins[gspan], &mut m[j * groups..]);
+                }
+                let (s, m) = (&*s, &*m);
+                let rows = from_fn(|j| I4Row {
+                    packed: &packed[span(j).start / 2..span(j).end / 2],
+                    scales: &s[j * groups..(j + 1) * groups],
+                    mins: &m[j * groups..(j + 1) * groups],
+                    group_size: *group_size,
+                    chunk_shift,
+                });
+                dots4(lanes, rows, x, n, t0, t1, out);
+            }
+            None => decoded4(lanes, w, r0, x, n, t0, t1, out, buf),
+        },
+    }
+}
+
+/// [`row_block`] for group sizes the fused rows do not take: the four rows decoded into `buf`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn decoded4(
+    lanes: impl Lanes,
+    w: &Weight,
+    r0: usize,
+    x: &[f32],
+    n: usize,
+    t0: usize,
+    t1: usize,
+    out: &mut [f32],
+    buf: &mut [f32],
+) {
+    let cols = w.cols;
+    for (j, row) in buf.chunks_exact_mut(cols).take(ROW_BLOCK).enumerate() {
+        // Grouped forms decode to their dequantized values (no deferred scale).
+        decode_row_unscaled(w, r0 + j, row);
+    }
+    let buf = &*buf;
+    dots4(
+        lanes,
+        from_fn(|j| &buf[j * cols..(j + 1) * cols]),
+        x,
+        n,
+        t0,
+        t1,
+        out,
+    );
+}
+
+/// `out[j * n + t] = rows[j] . x[t]` for activation rows `t0..t1`.
+#[inline(always)]
+fn dots4<R: Row>(
+    lanes: impl Lanes,
+    rows: [R; ROW_BLOCK],
+    x: &[f32],
+    n: usize,
+    t0: usize,
+    t1: usize,
+    out: &mut [f32],
+) {
+    let cols = rows[0].len();
+    for t in t0..t1 {
+        let s = lanes.dot_rows4(rows, &x[t * cols..(t + 1) * cols]);
+        for (j, v) in s.into_iter().enumerate() {
+            out[j * n + t] = v;
         }
     }
 }

@@ -32,6 +32,51 @@ pub(crate) trait Row: Copy {
     /// The CPU must support AVX2 and F16C, and `16k + 16 <= len`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn chunk_avx2(self, k: usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256);
+    /// [`Row::chunk`] as one AVX-512 register.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW, AVX2 and F16C, and `16k + 16 <= len`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn chunk_avx512(self, k: usize) -> std::arch::x86_64::__m512;
+    /// Calls `f(k, chunk k)` for `k` in `0..chunks`, in order, each chunk as
+    /// [`Row::chunk_avx512`] gives it; forms with per-group set-up override this to do it once
+    /// per group.
+    ///
+    /// # Safety
+    /// As [`Row::chunk_avx512`], for every `k < chunks`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx512(
+        self,
+        chunks: usize,
+        mut f: impl FnMut(usize, std::arch::x86_64::__m512),
+    ) {
+        for k in 0..chunks {
+            f(k, self.chunk_avx512(k));
+        }
+    }
+    /// [`Row::chunks_avx512`] for four rows of one matrix side by side: `f(k, [chunk k of
+    /// each row])`.
+    ///
+    /// # Safety
+    /// As [`Row::chunk_avx512`], for every row and every `k < chunks`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks4_avx512(
+        rows: [Self; 4],
+        chunks: usize,
+        mut f: impl FnMut(usize, [std::arch::x86_64::__m512; 4]),
+    ) {
+        // Plain loops, not `array::map`: its closure would not inherit the caller's target
+        // features, and the intrinsics would be called rather than inlined.
+        for k in 0..chunks {
+            let mut w = [std::arch::x86_64::_mm512_setzero_ps(); 4];
+            for j in 0..4 {
+                w[j] = rows[j].chunk_avx512(k);
+            }
+            f(k, w);
+        }
+    }
 }
 
 impl Row for &[f32] {
@@ -55,6 +100,11 @@ impl Row for &[f32] {
         use std::arch::x86_64::*;
         let p = self[k * LANES..(k + 1) * LANES].as_ptr();
         (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk_avx512(self, k: usize) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(self[k * LANES..(k + 1) * LANES].as_ptr())
     }
 }
 
@@ -89,6 +139,15 @@ impl Row for Bf16Row<'_> {
         let w = |h: __m128i| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)));
         (w(_mm_loadu_si128(p)), w(_mm_loadu_si128(p.add(1))))
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk_avx512(self, k: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let p = self.0[k * LANES..(k + 1) * LANES].as_ptr() as *const __m256i;
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+            _mm256_loadu_si256(p),
+        )))
+    }
 }
 
 /// An f16 row: widened exactly (F16C `vcvtph2ps` on AVX2 machines).
@@ -118,6 +177,13 @@ impl Row for F16Row<'_> {
             _mm256_cvtph_ps(_mm_loadu_si128(p)),
             _mm256_cvtph_ps(_mm_loadu_si128(p.add(1))),
         )
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk_avx512(self, k: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let p = self.0[k * LANES..(k + 1) * LANES].as_ptr() as *const __m256i;
+        _mm512_cvtph_ps(_mm256_loadu_si256(p))
     }
 }
 
@@ -149,6 +215,13 @@ impl Row for I8Row<'_> {
             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)),
             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(v, v))),
         )
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk_avx512(self, k: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let p = self.0[k * LANES..(k + 1) * LANES].as_ptr() as *const __m128i;
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p)))
     }
 }
 
@@ -183,6 +256,52 @@ impl Row for I8GroupRow<'_> {
         let (lo, hi) = I8Row(self.q).chunk_avx2(k);
         // A separate multiply, like the portable `v * s`: same rounding, same bits.
         (_mm256_mul_ps(lo, s), _mm256_mul_ps(hi, s))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk_avx512(self, k: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let s = _mm512_set1_ps(self.scales[k >> self.chunk_shift]);
+        _mm512_mul_ps(I8Row(self.q).chunk_avx512(k), s)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx512(
+        self,
+        chunks: usize,
+        mut f: impl FnMut(usize, std::arch::x86_64::__m512),
+    ) {
+        use std::arch::x86_64::*;
+        let per_group = 1usize << self.chunk_shift;
+        for (g, &scale) in self.scales.iter().enumerate() {
+            let s = _mm512_set1_ps(scale);
+            for k in g * per_group..((g + 1) * per_group).min(chunks) {
+                f(k, _mm512_mul_ps(I8Row(self.q).chunk_avx512(k), s));
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks4_avx512(
+        rows: [Self; 4],
+        chunks: usize,
+        mut f: impl FnMut(usize, [std::arch::x86_64::__m512; 4]),
+    ) {
+        use std::arch::x86_64::*;
+        let per_group = 1usize << rows[0].chunk_shift;
+        for g in 0..rows[0].scales.len() {
+            let mut s = [_mm512_setzero_ps(); 4];
+            for j in 0..4 {
+                s[j] = _mm512_set1_ps(rows[j].scales[g]);
+            }
+            for k in g * per_group..((g + 1) * per_group).min(chunks) {
+                let mut w = [_mm512_setzero_ps(); 4];
+                for j in 0..4 {
+                    w[j] = _mm512_mul_ps(I8Row(rows[j].q).chunk_avx512(k), s[j]);
+                }
+                f(k, w);
+            }
+        }
     }
 }
 
@@ -240,6 +359,89 @@ impl Row for I4Row<'_> {
         let (s, m) = (_mm256_set1_ps(self.scales[g]), _mm256_set1_ps(self.mins[g]));
         i4_decode_avx2(&self.packed[k * LANES / 2..(k + 1) * LANES / 2], s, m)
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk_avx512(self, k: usize) -> std::arch::x86_64::__m512 {
+        let g = k >> self.chunk_shift;
+        let table = i4_table_avx512(self.scales[g], self.mins[g]);
+        i4_lookup_avx512(&self.packed[k * LANES / 2..(k + 1) * LANES / 2], table)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx512(
+        self,
+        chunks: usize,
+        mut f: impl FnMut(usize, std::arch::x86_64::__m512),
+    ) {
+        let per_group = 1usize << self.chunk_shift;
+        for (g, (&s, &m)) in self.scales.iter().zip(self.mins).enumerate() {
+            let table = i4_table_avx512(s, m);
+            for k in g * per_group..((g + 1) * per_group).min(chunks) {
+                f(
+                    k,
+                    i4_lookup_avx512(&self.packed[k * LANES / 2..(k + 1) * LANES / 2], table),
+                );
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks4_avx512(
+        rows: [Self; 4],
+        chunks: usize,
+        mut f: impl FnMut(usize, [std::arch::x86_64::__m512; 4]),
+    ) {
+        use std::arch::x86_64::*;
+        let per_group = 1usize << rows[0].chunk_shift;
+        for g in 0..rows[0].scales.len() {
+            let mut tables = [_mm512_setzero_ps(); 4];
+            for j in 0..4 {
+                tables[j] = i4_table_avx512(rows[j].scales[g], rows[j].mins[g]);
+            }
+            for k in g * per_group..((g + 1) * per_group).min(chunks) {
+                let mut w = [_mm512_setzero_ps(); 4];
+                for j in 0..4 {
+                    let bytes = &rows[j].packed[k * LANES / 2..(k + 1) * LANES / 2];
+                    w[j] = i4_lookup_avx512(bytes, tables[j]);
+                }
+                f(k, w);
+            }
+        }
+    }
+}
+
+/// The 16 values a group's nibbles decode to, `(nibble * s) + m` for nibble 0..16: the
+/// format's two roundings, done once per group instead of once per value.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn i4_table_avx512(s: f32, m: f32) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let nibbles = _mm512_setr_ps(
+        0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+    );
+    _mm512_add_ps(_mm512_mul_ps(nibbles, _mm512_set1_ps(s)), _mm512_set1_ps(m))
+}
+
+/// Decodes 8 int4 bytes (16 values, low nibble first) by looking each nibble up in `table`.
+///
+/// # Safety
+/// `bytes` holds at least 8 bytes; the CPU must support AVX-512 F and AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn i4_lookup_avx512(
+    bytes: &[u8],
+    table: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // Each byte to two 32-bit lanes (even lane: the low nibble in the low bits; odd lane: the
+    // byte shifted right by 4); the permute reads only each lane's low 4 bits.
+    let v = _mm_loadl_epi64(bytes[..8].as_ptr() as *const __m128i);
+    let pairs = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(v, v));
+    let shifts = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+    _mm512_permutexvar_ps(_mm512_srlv_epi32(pairs, shifts), table)
 }
 
 /// Decodes 8 int4 bytes (16 values, low nibble first) to `nibble * s + m` in two registers.
