@@ -5,7 +5,16 @@
 #
 #   scripts/llamacpp-compare.sh [--llama BUILD_DIR] [--model HF_DIR] [--text FILE] [--ctx N]
 #                               [--chunks N] [--threads N] [--codecs "int8 int4 int4m"]
-#                               [--types "Q8_0 Q4_0 Q4_K_M"]
+#                               [--types "Q8_0 Q4_0 Q4_K_M"] [--only quality|speed]
+#                               [--rounds N] [--new-tokens N]
+#
+# Two parts (--only runs one):
+# - quality: mean KL divergence, top-1 and perplexity ratio of each form (below).
+# - speed: CPU decode tokens/s in interleaved pairs, --rounds rounds of `cllm bench decode`
+#   against `llama-bench -p 0 -n N` (empty context, N generated tokens; cllm's 16-token prompt is
+#   not timed), --threads threads each, the median of each side printed. The pairs hold the same
+#   bytes per weight: bf16 against the bf16 GGUF; cllm int8 g32 against Q8_0 and int4 g32 against
+#   Q4_0, both with the tied embedding / LM head in int8 g32 as llama.cpp keeps it in Q8_0.
 #
 # - llama.cpp: BUILD_DIR must hold bin/llama-quantize and bin/llama-perplexity (or tools/...).
 #   Without --llama the PyPI sdist llama-cpp-python (its vendor/llama.cpp) is downloaded into
@@ -36,6 +45,9 @@ chunks=""
 threads=$(nproc)
 codecs="int8 int4 int4m"
 types="Q8_0 Q4_0 Q4_K_M"
+only=""
+rounds=5
+new_tokens=128
 out="${OUT:-$root/target/llamacpp-compare}"
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -47,6 +59,9 @@ while [[ $# -gt 0 ]]; do
         --threads) threads="$2"; shift 2 ;;
         --codecs) codecs="$2"; shift 2 ;;
         --types) types="$2"; shift 2 ;;
+        --only) only="$2"; shift 2 ;;
+        --rounds) rounds="$2"; shift 2 ;;
+        --new-tokens) new_tokens="$2"; shift 2 ;;
         *) echo "llamacpp-compare: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -82,15 +97,50 @@ if [[ -z $llama ]]; then
     if [[ ! -x $llama/bin/llama-perplexity ]]; then
         cmake -S "$src" -B "$llama" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
             -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
-        cmake --build "$llama" -j "$threads" --target llama-perplexity llama-quantize >/dev/null
+        cmake --build "$llama" -j "$threads" --target llama-perplexity llama-quantize llama-bench >/dev/null
     fi
 fi
 quantize=$(tool llama-quantize)
 perplexity=$(tool llama-perplexity)
 
-# The bf16 model as GGUF, and llama.cpp's base logits on the text.
+# The bf16 model as GGUF.
 "$cllm" pack "$model" -o "$out/bf16.cllm" --policy lossless --quiet
 "$cllm" export "$out/bf16.cllm" --to gguf -o "$out/bf16.gguf" --quiet
+
+if [[ $only != quality ]]; then
+    bench=$(tool llama-bench)
+    embed='re:.*embed_tokens\.weight=int8-g32'
+    "$cllm" pack "$model" -o "$out/speed-int8.cllm" --policy all-linear --quant int8 --group-size 32 \
+        --rule "$embed" --quiet
+    "$cllm" pack "$model" -o "$out/speed-int4.cllm" --policy all-linear --quant int4 --group-size 32 \
+        --rule "$embed" --quiet
+    for t in Q8_0 Q4_0; do
+        [[ -f $out/$t.gguf ]] || "$quantize" "$out/bf16.gguf" "$out/$t.gguf" "$t" >"$out/quantize-$t.log" 2>&1
+    done
+    printf '%-18s %10s   %-8s %10s %8s\n' "cllm" "tok/s" "llama.cpp" "tok/s" "ratio"
+    for pair in "bf16.cllm bf16" "speed-int8.cllm Q8_0" "speed-int4.cllm Q4_0"; do
+        set -- $pair
+        : >"$out/speed-$2.cllm.txt"; : >"$out/speed-$2.llama.txt"
+        for _ in $(seq "$rounds"); do
+            "$cllm" bench decode "$out/$1" --threads "$threads" --new-tokens "$new_tokens" --json |
+                python3 -c 'import json,sys; print(json.load(sys.stdin)["decode_tokens_per_second"])' \
+                >>"$out/speed-$2.cllm.txt"
+            "$bench" -m "$out/$2.gguf" -t "$threads" -p 0 -n "$new_tokens" -r 1 -o json 2>/dev/null |
+                python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["avg_ts"])' \
+                >>"$out/speed-$2.llama.txt"
+        done
+        python3 - "$1" "$2" "$out/speed-$2.cllm.txt" "$out/speed-$2.llama.txt" <<'EOF'
+import statistics, sys
+name, peer, a, b = sys.argv[1:]
+x = statistics.median(float(v) for v in open(a))
+y = statistics.median(float(v) for v in open(b))
+print(f"{name:<18} {x:>10.1f}   {peer:<8} {y:>10.1f} {x / y:>8.2f}")
+EOF
+    done
+fi
+[[ $only == speed ]] && exit 0
+
+# llama.cpp's base logits on the text.
 "$perplexity" -m "$out/bf16.gguf" -f "$text" -c "$ctx" -b "$ctx" -t "$threads" "${llama_chunks[@]}" \
     --kl-divergence-base "$out/base.kld" >"$out/llama-bf16.log" 2>&1
 
