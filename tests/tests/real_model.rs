@@ -208,3 +208,59 @@ fn cllm_run_json_reports_ids_and_speed() {
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("CUDA"));
 }
+
+/// The CPU backend's instruction sets (`CLLM_CPU_ISA` caps the one chosen) and thread counts
+/// give the same bits: the same greedy tokens and log-probabilities, on a model mixing int4 g32
+/// attention, int8 g64 MLPs and an int8 g32 embedding that is also the LM head.
+#[test]
+fn every_cpu_isa_and_thread_count_gives_the_same_logprobs() {
+    let mixed = cllm_tests::static_fixture_dir("real-model-isa").join("mixed.cllm");
+    cllm_ok(&[
+        "pack",
+        s(&real().hf),
+        "-o",
+        s(&mixed),
+        "--quiet",
+        "--policy",
+        "all-linear",
+        "--quant",
+        "int4",
+        "--group-size",
+        "32",
+        "--rule",
+        r"re:.*\.mlp\..*=int8-g64",
+        "--rule",
+        r"re:.*embed_tokens\.weight=int8-g32",
+    ]);
+    let mut seen: Option<(String, Value)> = None;
+    for isa in ["baseline", "avx2", "best"] {
+        for threads in ["1", "2"] {
+            let out = cllm_tests::cllm_env(
+                &[
+                    "run",
+                    s(&mixed),
+                    "--prompt",
+                    "The capital of France is",
+                    "-n",
+                    "6",
+                    "--threads",
+                    threads,
+                    "--json",
+                    "--logprobs",
+                    "5",
+                ],
+                &[("CLLM_CPU_ISA", isa)],
+            );
+            assert!(out.status.success(), "{isa} threads {threads}");
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let got = serde_json::json!([v["generated_ids"], v["logprobs"]]);
+            assert!(got[1].as_array().is_some_and(|a| a.len() == 6));
+            match &seen {
+                None => seen = Some((format!("{isa} threads {threads}"), got)),
+                Some((first, want)) => {
+                    assert_eq!(&got, want, "{isa} threads {threads} against {first}")
+                }
+            }
+        }
+    }
+}
