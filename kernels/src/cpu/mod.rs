@@ -8,9 +8,12 @@
 //! depend on the thread count, and a batched product gives each row exactly the bits the
 //! single-vector product gives.
 //!
-//! SIMD: inner loops are written to autovectorize; hot loops are compiled twice (baseline x86-64
-//! and AVX2) and picked at run time. Both versions perform the same IEEE operations lane by lane
-//! (no FMA contraction, which Rust never does implicitly), so they produce identical bits.
+//! SIMD: hot loops are compiled three times (baseline x86-64, AVX2, AVX-512) and picked at run
+//! time. Every version performs the same IEEE operations lane by lane (no FMA contraction, which
+//! Rust never does implicitly), so they produce identical bits; a faster version may only change
+//! how values reach the lanes (int4 nibbles looked up in a per-group table of their values, four
+//! weight rows side by side so one activation row is not held to an addition's latency), never
+//! what is added in which order. Decision record 0022.
 
 pub mod activation;
 pub mod attention;
