@@ -22,6 +22,7 @@ use cllm_kernels::cuda::{GpuSampler, SampleOutcome, SampleParams, Sampled, ATT_C
 use super::model::{GpuError, GpuModel};
 use super::plan::{Logits, Op, StepBuffers, STATE_ARGMAX, STATE_POS};
 use crate::error::ModelError;
+use crate::kv::KvPrecision;
 use crate::sampler::{Sampler, SamplerConfig, SamplerError, Xoshiro256};
 
 /// Tokens per prefill launch.
@@ -84,6 +85,13 @@ impl<'m> GpuSession<'m> {
                 capacity,
                 max_position_embeddings: cfg.max_position_embeddings,
             }
+            .into());
+        }
+        if model.kv != KvPrecision::F32 {
+            return Err(CudaError::Unsupported(format!(
+                "--kv-cache {} on the GPU is not implemented yet",
+                model.kv
+            ))
             .into());
         }
         let capacity = capacity.max(1);
