@@ -76,7 +76,7 @@ struct HeadArgs {
     int rotary_dim;
     int capacity;
     float eps;
-    int pad_;
+    int kv_stage;           // 1: kcache is the staging area, row = the token's index (GemvArgs)
 };
 
 // Where the QKV launch leaves RoPE out (q/k norms, partial rotary): each query head of each token
@@ -91,7 +91,8 @@ extern "C" __global__ void __launch_bounds__(32) head_norm_rope(HeadArgs a) {
     const bool is_q = head < a.heads;
     const int p = *a.pos + tok;
     float* x = is_q ? a.q + ((size_t)tok * a.heads + head) * a.head_dim
-                    : a.kcache + ((size_t)(head - a.heads) * a.capacity + p) * a.head_dim;
+                    : a.kcache + ((size_t)(head - a.heads) * a.capacity + (a.kv_stage ? tok : p)) *
+                                     a.head_dim;
     const float* w = is_q ? a.q_norm : a.k_norm;
     if (w != 0) {
         float s = 0.0f;

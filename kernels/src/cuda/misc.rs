@@ -52,7 +52,8 @@ pub struct HeadArgs {
     pub rotary_dim: i32,
     pub capacity: i32,
     pub eps: f32,
-    pub pad_: i32,
+    /// 1: `kcache` is the staging area of the Qkv launch (`GemvArgs::kv_stage`).
+    pub kv_stage: i32,
 }
 
 // SAFETY: #[repr(C)] twin of misc.cu's `struct HeadArgs` (see the layout test).

@@ -22,7 +22,6 @@ use cllm_kernels::cuda::{GpuSampler, SampleOutcome, SampleParams, Sampled, ATT_C
 use super::model::{GpuError, GpuModel};
 use super::plan::{Logits, Op, StepBuffers, STATE_ARGMAX, STATE_POS};
 use crate::error::ModelError;
-use crate::kv::KvPrecision;
 use crate::sampler::{Sampler, SamplerConfig, SamplerError, Xoshiro256};
 
 /// Tokens per prefill launch.
@@ -85,13 +84,6 @@ impl<'m> GpuSession<'m> {
                 capacity,
                 max_position_embeddings: cfg.max_position_embeddings,
             }
-            .into());
-        }
-        if model.kv != KvPrecision::F32 {
-            return Err(CudaError::Unsupported(format!(
-                "--kv-cache {} on the GPU is not implemented yet",
-                model.kv
-            ))
             .into());
         }
         let capacity = capacity.max(1);
@@ -224,6 +216,7 @@ impl<'m> GpuSession<'m> {
                 Op::Gemv(a, _) => k.gemv(a)?,
                 Op::Attention(a, chunks) => k.attention(a, *chunks)?,
                 Op::HeadNormRope(a) => k.head_norm_rope(a)?,
+                Op::KvStore(a) => k.kv_store(a)?,
                 Op::NormResidual(a) => k.norm_residual(a)?,
                 Op::LayerEnd(l) => {
                     at_layer_end(*l)?;

@@ -182,19 +182,19 @@ pub fn compare(
         require_identical: must_identical,
     });
     let mut notes = Vec::new();
-    if spec.kv_cache != KvPrecision::F32 {
-        notes.push(format!(
-            "the test model's KV cache stores {} (the reference's f32): its figures include the \
-             cache's rounding, and its KV parity is checked within that setting",
-            spec.kv_cache
-        ));
-    }
     if !report.tensor_attribution {
         notes.push(format!(
             "per-tensor attribution was not measured: the {} backend traces only each decoder \
              layer's output, so the error is placed by layer (and the weights are compared \
              tensor by tensor); --device cpu names the tensor that adds it",
             engine.device()
+        ));
+    }
+    if spec.kv_cache != KvPrecision::F32 {
+        notes.push(format!(
+            "the test model's KV cache stores {} (the reference's f32): its figures include the \
+             cache's rounding, and its KV parity is checked within that setting",
+            spec.kv_cache
         ));
     }
     Ok(RunOutcome {
