@@ -132,9 +132,31 @@ __device__ __forceinline__ unsigned short bf16_rn(float x) {
     return (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
 }
 
+// Rounds one vector x of hd values into cache row `row` (one warp, lane = threadIdx.x & 31):
+// bf16, or int8 with scale = max|x| / 127, q = rint(x / scale) clamped to [-127, 127] (0 where
+// the scale is 0) into scales[row], as runtime/src/kv.rs (the max is exact in any order).
+__device__ __forceinline__ void kv_round_row(const float* x, void* cache, float* scales,
+                                             size_t row, int hd, int kv, int lane) {
+    if (kv == KV_BF16) {
+        unsigned short* o = (unsigned short*)cache + row * hd;
+        for (int i = lane; i < hd; i += 32) o[i] = bf16_rn(x[i]);
+        return;
+    }
+    float m = 0.0f;
+    for (int i = lane; i < hd; i += 32) m = fmaxf(m, fabsf(x[i]));
+    m = warp_max(m);
+    const float scale = __fdiv_rn(m, 127.0f);
+    signed char* o = (signed char*)cache + row * hd;
+    for (int i = lane; i < hd; i += 32) {
+        const float r = scale == 0.0f ? 0.0f : rintf(__fdiv_rn(x[i], scale));
+        o[i] = (signed char)(int)fminf(fmaxf(r, -127.0f), 127.0f);
+    }
+    if (lane == 0) scales[row] = scale;
+}
+
 // Rounds the launch's new keys and values into the cache: block (kv head, token, k or v), one
-// warp a vector. int8: scale = max|x| / 127, q = rint(x / scale) clamped to [-127, 127] (0 where
-// the scale is 0), as runtime/src/kv.rs (the max is exact in any order).
+// warp a vector. (Where the family norms or rotates the heads in their own launch,
+// head_norm_rope does this instead, one launch fewer.)
 extern "C" __global__ void __launch_bounds__(32) kv_store(KvStoreArgs a) {
     pdl_wait();
     pdl_launch_dependents();
@@ -143,22 +165,7 @@ extern "C" __global__ void __launch_bounds__(32) kv_store(KvStoreArgs a) {
     const int hd = a.head_dim;
     const float* x = (is_v ? a.vstage : a.kstage) + ((size_t)g * a.nstage + tok) * hd;
     const size_t row = (size_t)g * a.capacity + *a.pos + tok;
-    void* c = is_v ? a.vcache : a.kcache;
-    if (a.kv == KV_BF16) {
-        unsigned short* o = (unsigned short*)c + row * hd;
-        for (int i = lane; i < hd; i += 32) o[i] = bf16_rn(x[i]);
-        return;
-    }
-    float m = 0.0f;
-    for (int i = lane; i < hd; i += 32) m = fmaxf(m, fabsf(x[i]));
-    m = warp_max(m);
-    const float scale = __fdiv_rn(m, 127.0f);
-    signed char* o = (signed char*)c + row * hd;
-    for (int i = lane; i < hd; i += 32) {
-        const float r = scale == 0.0f ? 0.0f : rintf(__fdiv_rn(x[i], scale));
-        o[i] = (signed char)(int)fminf(fmaxf(r, -127.0f), 127.0f);
-    }
-    if (lane == 0) (is_v ? a.vscale : a.kscale)[row] = scale;
+    kv_round_row(x, is_v ? a.vcache : a.kcache, is_v ? a.vscale : a.kscale, row, hd, a.kv, lane);
 }
 
 __device__ __forceinline__ float block_max128(float v, float* red) {

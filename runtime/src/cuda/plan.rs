@@ -356,10 +356,17 @@ impl StepBuffers {
                     rotary_dim: cfg.rotary_dim as i32,
                     capacity: out_rows as i32,
                     eps,
+                    // Rounding into the cache here saves kv_store's launch.
                     kv_stage: staged as i32,
+                    vstage: if staged { vout } else { 0 },
+                    kq: if staged { kbase } else { 0 },
+                    vq: if staged { vbase } else { 0 },
+                    kscale,
+                    vscale,
+                    kv: self.kv as i32,
+                    cache_capacity: self.capacity as i32,
                 }));
-            }
-            if staged {
+            } else if staged {
                 ops.push(Op::KvStore(KvStoreArgs {
                     kstage: self.kstage.ptr(),
                     vstage: self.vstage.ptr(),
