@@ -84,6 +84,8 @@ pub fn bf16_to_f32(b: u16) -> f32 {
 }
 
 /// Quantizes one vector to int8 (see the module's definition); returns its scale.
+// `max(-127).min(127)`, not `clamp`: a NaN becomes -127, as CUDA's `fminf(fmaxf(r, -127), 127)`.
+#[allow(clippy::manual_clamp)]
 pub fn int8_quantize(x: &[f32], q: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = amax / 127.0;
