@@ -477,6 +477,7 @@ fn eval_text_scores_the_users_own_text() {
 #[test]
 fn kv_cache_setting_is_measured_against_f32() {
     let r = real();
+    let report = r.tmp.join("kv-int8.html");
     let mut args = vec![
         "diff",
         s(&r.hf),
@@ -485,6 +486,8 @@ fn kv_cache_setting_is_measured_against_f32() {
         "--json",
         "--kv-cache",
         "int8",
+        "--report",
+        s(&report),
     ];
     args.extend_from_slice(SHORT_RUN);
     let out = cllm(&args);
@@ -516,6 +519,12 @@ fn kv_cache_setting_is_measured_against_f32() {
             .contains("KV cache stores int8")),
         "{}",
         run["notes"]
+    );
+    let html = std::fs::read_to_string(&report).unwrap();
+    check_well_formed(&html);
+    assert!(
+        html.contains(r#"data-key="kv_setting">f32 / int8<"#),
+        "the report names the cache settings"
     );
 }
 
