@@ -5,13 +5,18 @@ use std::path::Path;
 
 use anyhow::Context;
 use cllm_loader::{LoadError, Packed};
-use cllm_runtime::Device;
+use cllm_runtime::{Device, KvPrecision};
 
 use crate::Failure;
 
 /// `--device`: `cpu` or `cuda`, parsed once into the engine's [`Device`].
 pub fn parse_device(s: &str) -> Result<Device, String> {
     s.parse().map_err(|e| format!("--device {e}"))
+}
+
+/// `--kv-cache`: `f32`, `bf16` or `int8`, how the KV cache stores keys and values.
+pub fn parse_kv_cache(s: &str) -> Result<KvPrecision, String> {
+    s.parse().map_err(|e| format!("--kv-cache {e}"))
 }
 
 /// `--threads`: the global worker count (results do not depend on it); must run before anything

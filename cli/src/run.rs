@@ -7,10 +7,12 @@ use anyhow::anyhow;
 use clap::Args;
 use cllm_runtime::generate::TokenLogprobs;
 use cllm_runtime::sampler::MAX_TOP_LOGPROBS;
-use cllm_runtime::{Device, Engine, GenerateOptions, Model, OpenOptions, SamplerConfig, Tokenizer};
+use cllm_runtime::{
+    Device, Engine, GenerateOptions, KvPrecision, Model, OpenOptions, SamplerConfig, Tokenizer,
+};
 use serde_json::json;
 
-use crate::common::{parse_device, peak_rss_bytes, set_threads};
+use crate::common::{parse_device, parse_kv_cache, peak_rss_bytes, set_threads};
 use crate::progress::human_bytes;
 use crate::CmdResult;
 
@@ -56,6 +58,9 @@ pub struct RunArgs {
     /// and compare with the hash of the bytes decoded while loading; fail naming any mismatch.
     #[arg(long)]
     pub check_resident: bool,
+    /// How the KV cache stores keys and values: f32, bf16 or int8.
+    #[arg(long, default_value = "f32", value_parser = parse_kv_cache, value_name = "f32|bf16|int8")]
+    pub kv_cache: KvPrecision,
 }
 
 impl RunArgs {
@@ -131,13 +136,14 @@ pub fn run(a: RunArgs) -> CmdResult {
     }
     set_threads(a.threads)?;
     let engine = Engine::new(a.device)?;
-    let model = engine.open(
+    let mut model = engine.open(
         &a.model,
         &OpenOptions {
             need_tokenizer: true,
             check_resident: a.check_resident,
         },
     )?;
+    model.set_kv_cache(a.kv_cache);
     let ids = model.prompt_ids(&a.prompt, a.chat)?;
     let opts = a.generate_options(model.eos_token_ids().to_vec());
     // A plain prompt is continued, so the text reads on from it; a chat reply stands alone.
@@ -167,6 +173,8 @@ pub fn run(a: RunArgs) -> CmdResult {
             "prefill_tokens_per_second": r.prefill_tokens_per_second,
             "decode_tokens_per_second": r.decode_tokens_per_second,
             "weight_bytes": model.resident_bytes(), "peak_rss_bytes": peak_rss_bytes(),
+            "kv_cache": a.kv_cache.name(),
+            "kv_cache_bytes": model.kv_cache_bytes(ids.len() + a.max_new_tokens.saturating_sub(1)),
         });
         if let (Some(o), serde_json::Value::Object(g)) =
             (v.as_object_mut(), gpu_load_json(&engine, &model))

@@ -28,6 +28,7 @@ use crate::generate::{
     generate_scored, generation_config_eos, GenerateError, GenerateOptions, GenerationConfigError,
     GenerationResult,
 };
+use crate::kv::KvPrecision;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// Where a model runs, as the command line names it (`cpu`, `cuda`).
@@ -502,6 +503,31 @@ impl Model {
             BackendModel::Cpu(m) => m.as_ref(),
             BackendModel::Cuda(m) => m.as_ref(),
         }
+    }
+
+    /// Sets how the KV caches of later sessions, generations and divergence passes store keys
+    /// and values (f32 unless set).
+    pub fn set_kv_cache(&mut self, kv: KvPrecision) {
+        match &mut self.backend {
+            BackendModel::Cpu(m) => m.set_kv_precision(kv),
+            BackendModel::Cuda(m) => m.set_kv_precision(kv),
+        }
+    }
+
+    /// How the model's KV caches store keys and values.
+    pub fn kv_cache(&self) -> KvPrecision {
+        match &self.backend {
+            BackendModel::Cpu(m) => m.kv_precision(),
+            BackendModel::Cuda(m) => m.kv_precision(),
+        }
+    }
+
+    /// Bytes a KV cache of `capacity` positions holds in the model's setting (keys and values
+    /// of every layer, int8's scales included).
+    pub fn kv_cache_bytes(&self, capacity: usize) -> u64 {
+        let c = &self.config;
+        (2 * c.num_hidden_layers * c.num_key_value_heads * capacity) as u64
+            * self.kv_cache().vector_bytes(c.head_dim) as u64
     }
 
     /// Bytes of weights the model holds where it runs (payloads plus quantization scales).

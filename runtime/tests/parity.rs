@@ -2,7 +2,8 @@
 
 mod common;
 
-use cllm_runtime::cpu::CpuModel;
+use cllm_runtime::cpu::{CpuModel, KvCache};
+use cllm_runtime::KvPrecision;
 use common::{bits, model, Rng, FORMS};
 
 fn cached(model: &CpuModel, tokens: &[u32], prefix: usize) -> Vec<Vec<f32>> {
@@ -17,20 +18,27 @@ fn cached(model: &CpuModel, tokens: &[u32], prefix: usize) -> Vec<Vec<f32>> {
 
 #[test]
 fn cached_decode_matches_full_forward_bit_for_bit() {
-    for form in FORMS {
+    for (form, kv) in FORMS
+        .into_iter()
+        .flat_map(|f| KvPrecision::ALL.map(|kv| (f, kv)))
+    {
         for tied in [true, false] {
-            let m = model(tied, form, 11);
+            let mut m = model(tied, form, 11);
+            m.set_kv_precision(kv);
             let tokens = Rng(5).tokens(20, 300);
             let full = m.forward_all(&tokens).unwrap();
             assert_eq!(full.len(), 20);
-            assert!(full.iter().flatten().all(|v| v.is_finite()), "{form:?}");
+            assert!(
+                full.iter().flatten().all(|v| v.is_finite()),
+                "{form:?} {kv}"
+            );
             for prefix in [7, 1, 20] {
                 let inc = cached(&m, &tokens, prefix);
                 for (p, (a, b)) in full.iter().zip(&inc).enumerate() {
                     assert_eq!(
                         bits(a),
                         bits(b),
-                        "{form:?} tied={tied} prefix={prefix} position {p}"
+                        "{form:?} {kv} tied={tied} prefix={prefix} position {p}"
                     );
                 }
             }
@@ -44,7 +52,7 @@ fn cached_decode_matches_full_forward_bit_for_bit() {
                 assert_eq!(
                     bits(r),
                     bits(&full[9 + p]),
-                    "{form:?} chunked prefill position {}",
+                    "{form:?} {kv} chunked prefill position {}",
                     9 + p
                 );
             }
@@ -54,8 +62,12 @@ fn cached_decode_matches_full_forward_bit_for_bit() {
 
 #[test]
 fn logits_do_not_depend_on_thread_count() {
-    for form in FORMS {
-        let m = model(false, form, 12);
+    for (form, kv) in FORMS
+        .into_iter()
+        .flat_map(|f| KvPrecision::ALL.map(|kv| (f, kv)))
+    {
+        let mut m = model(false, form, 12);
+        m.set_kv_precision(kv);
         let tokens = Rng(6).tokens(20, 300);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -126,4 +138,36 @@ fn hidden_states_and_traces_are_consistent() {
             "trace lacks {want}: {names:?}"
         );
     }
+}
+
+/// A rounded cache changes the logits, a little, and only where attention reads rounded keys
+/// and values; its storage shrinks as the setting says.
+#[test]
+fn cache_precision_rounds_keys_and_values() {
+    let mut m = model(false, FORMS[0], 13);
+    let tokens = Rng(7).tokens(16, 300);
+    let exact = m.forward_all(&tokens).unwrap();
+    let scale = exact.iter().flatten().fold(0f32, |a, v| a.max(v.abs()));
+    let mut bytes = Vec::new();
+    for kv in [KvPrecision::Bf16, KvPrecision::Int8] {
+        m.set_kv_precision(kv);
+        let got = m.forward_all(&tokens).unwrap();
+        let max_diff = exact
+            .iter()
+            .flatten()
+            .zip(got.iter().flatten())
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(max_diff > 0.0, "{kv}: the cache's rounding changed nothing");
+        assert!(
+            max_diff < 0.05 * scale,
+            "{kv}: {max_diff} against logits up to {scale}"
+        );
+        let cache = KvCache::with_precision(m.config(), 64, kv).unwrap();
+        assert_eq!(cache.precision(), kv);
+        bytes.push(cache.resident_bytes());
+    }
+    let f32_bytes = KvCache::new(m.config(), 64).unwrap().resident_bytes();
+    let hd = m.config().head_dim;
+    assert_eq!(bytes[0] * 2, f32_bytes);
+    assert_eq!(bytes[1] * 4 * hd, f32_bytes * (hd + 4));
 }

@@ -471,6 +471,96 @@ fn eval_text_scores_the_users_own_text() {
     assert!(out.stdout.is_empty());
 }
 
+/// `diff m m --run --kv-cache int8`: the same weights on both sides, so the figures are the cache
+/// setting's alone (reference f32): nonzero but small, recorded in the JSON, and KV parity still
+/// holds within the setting. (bf16 and the definitions: runtime/tests/parity.rs, runtime/src/kv.rs.)
+#[test]
+fn kv_cache_setting_is_measured_against_f32() {
+    let r = real();
+    let report = r.tmp.join("kv-int8.html");
+    let mut args = vec![
+        "diff",
+        s(&r.hf),
+        s(&r.hf),
+        "--run",
+        "--json",
+        "--kv-cache",
+        "int8",
+        "--report",
+        s(&report),
+    ];
+    args.extend_from_slice(SHORT_RUN);
+    let out = cllm(&args);
+    let v = json_of(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The full default run gives 0.00080 (BENCHMARKS.md); this short one is a sample of it.
+    let kld = v["mean_kld"].as_f64().unwrap();
+    assert!(kld > 0.0 && kld < 3e-3, "mean KLD {kld}");
+    let run = &v["run"];
+    assert_eq!(run["kv_cache"]["reference"], "f32");
+    assert_eq!(run["kv_cache"]["test"], "int8");
+    // Same weights, yet not required identical: the cache rounds.
+    assert_eq!(run["lossless"]["logits_must_be_identical"], false);
+    let d = &run["divergence"];
+    assert_eq!(d["logits"]["identical"], false);
+    for side in ["reference", "test"] {
+        assert_eq!(d["kv_cache"][side]["identical"], true, "{side}");
+    }
+    assert!(d["kv_cache"]["test"]["positions"].as_u64().unwrap() > 0);
+    assert!(
+        run["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap_or_default()
+            .contains("KV cache stores int8")),
+        "{}",
+        run["notes"]
+    );
+    let html = std::fs::read_to_string(&report).unwrap();
+    check_well_formed(&html);
+    assert!(
+        html.contains(r#"data-key="kv_setting">f32 / int8<"#),
+        "the report names the cache settings"
+    );
+}
+
+#[test]
+fn kv_cache_flag_errors_exit_2() {
+    let r = real();
+    // An unknown setting names the flag; no panic, nothing measured.
+    for args in [
+        vec![
+            "diff",
+            s(&r.hf),
+            s(&r.lossless),
+            "--run",
+            "--kv-cache",
+            "int4",
+        ],
+        vec!["run", s(&r.hf), "-p", "hi", "--kv-cache", "fp8"],
+        vec!["bench", "decode", s(&r.hf), "--kv-cache", "q8"],
+    ] {
+        let out = cllm(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("--kv-cache") && err.contains("expected f32, bf16 or int8"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // A setting for the run without --run.
+    let out = cllm(&["diff", s(&r.hf), s(&r.lossless), "--kv-cache", "int8"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kv-cache need --run"), "{err}");
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let r = real();

@@ -150,19 +150,24 @@ fn lossless_container_gives_bit_identical_logits() {
 
 #[test]
 fn kv_cache_decode_is_bit_identical_to_recompute() {
-    let (model, _) = load(&real().mlp_int8);
+    let (mut model, _) = load(&real().mlp_int8);
     let tokens: Vec<u32> = vec![
         6403, 1980, 253, 655, 28, 665, 436, 253, 1838, 8085, 617, 1005, 314, 4649,
     ];
-    let full = model.forward_all(&tokens).unwrap();
-    for split in [1, 5] {
+    // Within each cache setting: the recompute reads the same rounded keys and values.
+    for (kv, split) in cllm_runtime::KvPrecision::ALL
+        .into_iter()
+        .flat_map(|kv| [(kv, 1), (kv, 5)])
+    {
+        model.set_kv_precision(kv);
+        let full = model.forward_all(&tokens).unwrap();
         let mut session = model.session(tokens.len()).unwrap();
         let mut got = session.prefill_all(&tokens[..split]).unwrap();
         for &t in &tokens[split..] {
             got.push(session.decode(t).unwrap());
         }
         for (pos, (x, y)) in full.iter().zip(&got).enumerate() {
-            assert_eq!(bits(x), bits(y), "position {pos}, prefill of {split}");
+            assert_eq!(bits(x), bits(y), "{kv}: position {pos}, prefill of {split}");
         }
     }
 }

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use cllm_runtime::{Engine, OpenOptions};
+use cllm_runtime::{Engine, KvPrecision, OpenOptions};
 use serde_json::json;
 
 use super::bench_request;
-use crate::common::set_threads;
+use crate::common::{parse_kv_cache, set_threads};
 use crate::progress::human_bytes;
 use crate::CmdResult;
 
@@ -25,6 +25,9 @@ pub struct DecodeBenchArgs {
     pub threads: Option<usize>,
     #[arg(long)]
     pub json: bool,
+    /// How the KV cache stores keys and values: f32, bf16 or int8.
+    #[arg(long, default_value = "f32", value_parser = parse_kv_cache, value_name = "f32|bf16|int8")]
+    pub kv_cache: KvPrecision,
 }
 
 /// Read bandwidth of this machine: a parallel sum over a buffer far larger than the caches.
@@ -47,7 +50,10 @@ fn measure_read_bandwidth() -> f64 {
 
 pub fn run(a: DecodeBenchArgs) -> CmdResult {
     set_threads(a.threads)?;
-    let model = Engine::cpu().open(&a.model, &OpenOptions::default())?;
+    let mut model = Engine::cpu().open(&a.model, &OpenOptions::default())?;
+    model.set_kv_cache(a.kv_cache);
+    // The last generated token is never fed back: the cache holds one position less.
+    let kv_bytes = model.kv_cache_bytes(a.prompt_tokens + a.new_tokens.saturating_sub(1));
     let (ids, opts) = bench_request(a.prompt_tokens, a.new_tokens, model.config().vocab_size);
     let r = model.generate(&ids, &opts, |_| {})?;
     let bytes_per_token = model.bytes_per_token() as f64;
@@ -61,6 +67,8 @@ pub fn run(a: DecodeBenchArgs) -> CmdResult {
         "prefill_tokens_per_second": r.prefill_tokens_per_second,
         "decode_tokens_per_second": r.decode_tokens_per_second,
         "weight_bytes": model.resident_bytes(),
+        "kv_cache": a.kv_cache.name(),
+        "kv_cache_bytes": kv_bytes,
         "bytes_read_per_token": bytes_per_token,
         "read_bandwidth_gb_s": bw / 1e9,
         "fraction_of_bandwidth": achieved / bw,
@@ -69,10 +77,12 @@ pub fn run(a: DecodeBenchArgs) -> CmdResult {
         println!("{v}");
     } else {
         println!(
-            "{}: decode {:.2} tokens/s, prefill {:.1} tokens/s, {} read per token -> {:.2} GB/s = {:.0}% of measured read bandwidth {:.2} GB/s ({} threads)",
+            "{}: decode {:.2} tokens/s, prefill {:.1} tokens/s, KV cache {} {}, {} read per token -> {:.2} GB/s = {:.0}% of measured read bandwidth {:.2} GB/s ({} threads)",
             a.model.display(),
             r.decode_tokens_per_second,
             r.prefill_tokens_per_second,
+            a.kv_cache,
+            human_bytes(kv_bytes),
             human_bytes(bytes_per_token as u64),
             achieved / 1e9,
             100.0 * achieved / bw,

@@ -5,10 +5,11 @@ use std::io::Write as _;
 
 use anyhow::Context;
 use clap::Args;
-use cllm_runtime::{Device, Engine, Model, OpenOptions};
+use cllm_runtime::{Device, Engine, KvPrecision, Model, OpenOptions};
 use serde_json::json;
 
 use super::bench_request;
+use crate::common::parse_kv_cache;
 use crate::CmdResult;
 
 #[derive(Args)]
@@ -38,6 +39,9 @@ pub struct GpuBenchArgs {
     /// built with tracing: `CLLM_NVRTC_DEFINES=-DCLLM_TRACE` (which slows every block a little).
     #[arg(long, value_name = "CSV")]
     pub trace: Option<std::path::PathBuf>,
+    /// How the KV cache stores keys and values: f32, bf16 or int8.
+    #[arg(long, default_value = "f32", value_parser = parse_kv_cache, value_name = "f32|bf16|int8")]
+    pub kv_cache: KvPrecision,
 }
 
 /// Reads every file of a model once, so the load that follows is timed from a warm page cache.
@@ -174,7 +178,8 @@ pub fn run(a: GpuBenchArgs) -> CmdResult {
     };
     for path in &a.models {
         let file_bytes = warm_page_cache(path)?;
-        let model = engine.open(path, &OpenOptions::default())?;
+        let mut model = engine.open(path, &OpenOptions::default())?;
+        model.set_kv_cache(a.kv_cache);
         let stats = model.load_stats().gpu.clone().unwrap_or_default();
         let (ids, opts) = bench_request(a.prompt_tokens, a.new_tokens, model.config().vocab_size);
         // One untimed run captures the decode graph's first use and warms the clocks.
@@ -225,6 +230,8 @@ pub fn run(a: GpuBenchArgs) -> CmdResult {
             "vram_used_bytes": stats.vram_used_bytes,
             "prompt_tokens": a.prompt_tokens,
             "new_tokens": a.new_tokens,
+            "kv_cache": a.kv_cache.name(),
+            "kv_cache_bytes": model.kv_cache_bytes(ids.len() + a.new_tokens.saturating_sub(1)),
             "decode_tokens_per_second": t,
             "decode_tokens_per_second_all": tps,
             "prefill_tokens_per_second": prefill[prefill.len() / 2],
@@ -236,12 +243,14 @@ pub fn run(a: GpuBenchArgs) -> CmdResult {
             println!("{row}");
         } else {
             println!(
-                "{:<60} decode {:>8.1} tok/s ({:>5.1}% of {:.0} GB/s, {:.0} MB/token) | load {:>6.2} s, {:>6.2} GB/s | VRAM {:.2} GB",
+                "{:<60} decode {:>8.1} tok/s ({:>5.1}% of {:.0} GB/s, {:.0} MB/token) | KV cache {} {:.1} MB | load {:>6.2} s, {:>6.2} GB/s | VRAM {:.2} GB",
                 path.display(),
                 t,
                 100.0 * bpt * t / bw,
                 bw / 1e9,
                 bpt / 1e6,
+                a.kv_cache,
+                model.kv_cache_bytes(ids.len() + a.new_tokens.saturating_sub(1)) as f64 / 1e6,
                 stats.seconds,
                 stats.gb_per_s(),
                 stats.vram_bytes as f64 / 1e9

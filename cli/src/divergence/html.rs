@@ -296,6 +296,12 @@ pub fn render(o: &RunOutcome) -> String {
             "no"
         },
     );
+    text_row(
+        &mut s,
+        "kv_setting",
+        "KV cache (reference / test)",
+        &format!("{} / {}", o.kv_cache.reference, o.kv_cache.test),
+    );
     for (key, side, p) in [
         (
             "kv_reference",

@@ -12,10 +12,10 @@ use cllm_loader::load_cpu;
 use cllm_runtime::divergence::text::{read_prompts, EvalText};
 use cllm_runtime::divergence::weights::{self, WeightDiff};
 use cllm_runtime::divergence::{compare, RunOutcome, RunSpec};
-use cllm_runtime::{Device, Engine};
+use cllm_runtime::{Device, Engine, KvPrecision};
 use serde::Serialize;
 
-use crate::common::{parse_device, set_threads};
+use crate::common::{parse_device, parse_kv_cache, set_threads};
 use crate::progress::progress_line;
 use crate::{CmdResult, Failure};
 
@@ -59,6 +59,10 @@ pub struct RunOptions {
     /// Worker threads (default: all cores); results do not depend on it.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// How the test model's KV cache stores keys and values: f32, bf16 or int8 (the reference's
+    /// is f32, so `diff m.cllm m.cllm --run --kv-cache int8` measures the cache alone).
+    #[arg(long, default_value = "f32", value_parser = parse_kv_cache, value_name = "f32|bf16|int8")]
+    pub kv_cache: KvPrecision,
 }
 
 impl RunOptions {
@@ -82,6 +86,9 @@ impl RunOptions {
         }
         if self.report.is_some() {
             v.push("--report");
+        }
+        if self.kv_cache != KvPrecision::F32 {
+            v.push("--kv-cache");
         }
         v
     }
@@ -122,6 +129,7 @@ impl RunOptions {
             window_tokens: self.window_tokens,
             max_kld: self.max_kld,
             min_top1: self.min_top1,
+            kv_cache: self.kv_cache,
         };
         Ok((engine, spec))
     }

@@ -131,7 +131,9 @@ pub fn print_run(o: &RunOutcome) {
         }
     };
     println!(
-        "KV cache  decode vs recompute: reference {}; test {}",
+        "KV cache  {} (reference) / {} (test); decode vs recompute: reference {}; test {}",
+        o.kv_cache.reference,
+        o.kv_cache.test,
         kv_side(&kv.reference),
         kv_side(&kv.test)
     );

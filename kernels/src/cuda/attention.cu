@@ -9,6 +9,15 @@
 // chunk finishes there (out = o / l). Otherwise every chunk writes (o, max, sum) and the last
 // block to finish (an atomic ticket) combines the chunks in chunk order. The arithmetic depends
 // only on the position, so a query gets the same bits in prefill and in decode.
+//
+// The cache stores keys and values as f32, bf16 or int8 with one f32 scale per vector (`kv`,
+// runtime/src/kv.rs defines the rounding): kv_store rounds the launch's new keys and values from
+// the QKV launch's staging area into the cache, and the attention reads every key and value back
+// as f32 (bf16 exactly, int8 as q * scale), so prefill and decode read the same stored form.
+
+#define KV_F32 0
+#define KV_BF16 1
+#define KV_INT8 2
 
 #define ATT_THREADS 128
 #define ATT_CHUNK 128
@@ -17,8 +26,8 @@
 // Must match `AttnArgs` in kernels/src/cuda/attention.rs.
 struct AttnArgs {
     const float* q;        // [ntok][heads * head_dim]
-    const float* kcache;   // this layer: [kv_heads][capacity][head_dim]
-    const float* vcache;
+    const void* kcache;    // this layer: [kv_heads][capacity][head_dim] of the `kv` form
+    const void* vcache;
     float* out;            // [ntok][heads * head_dim]
     float* part_o;         // [ntok][heads][cmax][head_dim]
     float* part_ml;        // [ntok][heads][cmax][2]
@@ -33,8 +42,131 @@ struct AttnArgs {
     int cmax;              // chunks per (token, head) in the scratch layout
     float scale;
     int prefetch;          // 2: the L2 fetches the chunk's keys and values before the launch wait
-    int pad_;
+    int kv;                // KV_F32, KV_BF16 or KV_INT8
+    const float* kscale;   // KV_INT8: this layer's scales [kv_heads][capacity]
+    const float* vscale;
 };
+
+// Element d of cached row `row` as f32, from the stored form KV.
+template <int KV>
+__device__ __forceinline__ float kv_at(const void* base, const float* scale, size_t row, int hd,
+                                       int d) {
+    if (KV == KV_BF16)
+        return __uint_as_float((u32)((const unsigned short*)base)[row * hd + d] << 16);
+    if (KV == KV_INT8)
+        return __fmul_rn((float)((const signed char*)base)[row * hd + d], scale[row]);
+    return ((const float*)base)[row * hd + d];
+}
+
+// q . k of cached key `row` over head_dim in order (one fmaf per element, as the f32 path).
+template <int KV>
+__device__ __forceinline__ float kv_score(const void* K, const float* ks, size_t row, int hd,
+                                          const float* s_q) {
+    float acc = 0.0f;
+    if (KV == KV_INT8 && hd % 16 == 0) {
+        const uint4* r = (const uint4*)((const signed char*)K + row * hd);
+        const float sc = ks[row];
+        for (int b = 0; b < hd / 16; b++) {
+            const uint4 w = r[b];
+            const u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                const float x = (float)(signed char)(ws[j >> 2] >> (8 * (j & 3)));
+                acc = fmaf(s_q[16 * b + j], __fmul_rn(x, sc), acc);
+            }
+        }
+        return acc;
+    }
+    if (KV == KV_BF16 && hd % 8 == 0) {
+        const uint4* r = (const uint4*)((const unsigned short*)K + row * hd);
+        for (int b = 0; b < hd / 8; b++) {
+            const uint4 w = r[b];
+            const u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const u32 h = (j & 1) ? (ws[j >> 1] & 0xffff0000u) : (ws[j >> 1] << 16);
+                acc = fmaf(s_q[8 * b + j], __uint_as_float(h), acc);
+            }
+        }
+        return acc;
+    }
+    for (int d = 0; d < hd; d++) acc = fmaf(s_q[d], kv_at<KV>(K, ks, row, hd, d), acc);
+    return acc;
+}
+
+// o[i] += e_j * v_j[lane + 32 i] over this warp's keys j = warp, warp + 4, ... < nk, in key
+// order, from a rounded cache (rows k0 + j).
+template <int KV>
+__device__ __forceinline__ void kv_values(const void* V, const float* vs, int k0, int nk, int hd,
+                                          int warp, int lane, const float* s_e, float* o) {
+#pragma unroll 4
+    for (int j = warp; j < nk; j += 4) {
+        const float e = s_e[j];
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_HD / 32; i++)
+            if (lane + 32 * i < hd) o[i] = fmaf(e, kv_at<KV>(V, vs, k0 + j, hd, lane + 32 * i), o[i]);
+    }
+}
+
+// Must match `KvStoreArgs` in kernels/src/cuda/attention.rs.
+struct KvStoreArgs {
+    const float* kstage;   // [kv_heads][nstage][head_dim]: the launch's new keys, row = token
+    const float* vstage;
+    void* kcache;          // this layer: [kv_heads][capacity][head_dim] of the `kv` form
+    void* vcache;
+    float* kscale;         // KV_INT8: this layer's scales [kv_heads][capacity]
+    float* vscale;
+    const int* pos;        // position of token 0
+    int ntok;
+    int kv_heads;
+    int head_dim;
+    int capacity;
+    int nstage;
+    int kv;                // KV_BF16 or KV_INT8
+};
+
+// bf16 bits of x, round-to-nearest-even (a NaN stays a quiet NaN): runtime/src/kv.rs.
+__device__ __forceinline__ unsigned short bf16_rn(float x) {
+    const u32 b = __float_as_uint(x);
+    if (isnan(x)) return (unsigned short)((b >> 16) | 0x40);
+    return (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+// Rounds one vector x of hd values into cache row `row` (one warp, lane = threadIdx.x & 31):
+// bf16, or int8 with scale = max|x| / 127, q = rint(x / scale) clamped to [-127, 127] (0 where
+// the scale is 0) into scales[row], as runtime/src/kv.rs (the max is exact in any order).
+__device__ __forceinline__ void kv_round_row(const float* x, void* cache, float* scales,
+                                             size_t row, int hd, int kv, int lane) {
+    if (kv == KV_BF16) {
+        unsigned short* o = (unsigned short*)cache + row * hd;
+        for (int i = lane; i < hd; i += 32) o[i] = bf16_rn(x[i]);
+        return;
+    }
+    float m = 0.0f;
+    for (int i = lane; i < hd; i += 32) m = fmaxf(m, fabsf(x[i]));
+    m = warp_max(m);
+    const float scale = __fdiv_rn(m, 127.0f);
+    signed char* o = (signed char*)cache + row * hd;
+    for (int i = lane; i < hd; i += 32) {
+        const float r = scale == 0.0f ? 0.0f : rintf(__fdiv_rn(x[i], scale));
+        o[i] = (signed char)(int)fminf(fmaxf(r, -127.0f), 127.0f);
+    }
+    if (lane == 0) scales[row] = scale;
+}
+
+// Rounds the launch's new keys and values into the cache: block (kv head, token, k or v), one
+// warp a vector. (Where the family norms or rotates the heads in their own launch,
+// head_norm_rope does this instead, one launch fewer.)
+extern "C" __global__ void __launch_bounds__(32) kv_store(KvStoreArgs a) {
+    pdl_wait();
+    pdl_launch_dependents();
+    const int g = blockIdx.x, tok = blockIdx.y, is_v = blockIdx.z, lane = threadIdx.x;
+    if (tok >= a.ntok) return;
+    const int hd = a.head_dim;
+    const float* x = (is_v ? a.vstage : a.kstage) + ((size_t)g * a.nstage + tok) * hd;
+    const size_t row = (size_t)g * a.capacity + *a.pos + tok;
+    kv_round_row(x, is_v ? a.vcache : a.kcache, is_v ? a.vscale : a.kscale, row, hd, a.kv, lane);
+}
 
 __device__ __forceinline__ float block_max128(float v, float* red) {
     v = warp_max(v);
@@ -164,8 +296,11 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) 
     const int tid = threadIdx.x;
     const int hd = a.head_dim;
     const int kvh = head / (a.heads / a.kv_heads);
-    const float* K = a.kcache + (size_t)kvh * a.capacity * hd;
-    const float* V = a.vcache + (size_t)kvh * a.capacity * hd;
+    const int esize = a.kv == KV_F32 ? 4 : a.kv == KV_BF16 ? 2 : 1;
+    const float* K = (const float*)((const char*)a.kcache + (size_t)kvh * a.capacity * hd * esize);
+    const float* V = (const float*)((const char*)a.vcache + (size_t)kvh * a.capacity * hd * esize);
+    const float* KS = a.kscale + (a.kv == KV_INT8 ? (size_t)kvh * a.capacity : 0);
+    const float* VS = a.vscale + (a.kv == KV_INT8 ? (size_t)kvh * a.capacity : 0);
     // The position is only advanced by a step's last kernel, which finished before this
     // launch's predecessor started, so it may be read before the wait.
     const int p = *a.pos + tok;
@@ -174,16 +309,16 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) 
     if (c < c_first || c > c_last) return;
     const int nch = c_last - c_first + 1;
     const int k0 = max(c * ATT_CHUNK, from), k1 = min(c * ATT_CHUNK + ATT_CHUNK, p + 1);
-    if (a.prefetch == 2 && tid == 0 && k1 <= a.capacity) {
+    if (a.prefetch == 2 && tid == 0 && k1 <= a.capacity && (hd * esize) % 16 == 0) {
         // The chunk's cache rows before the token's own (which the predecessor writes) are old:
         // they stream into the L2 while the predecessor finishes, so the loads below, on the
         // critical path, hit the L2 instead of memory (docs/decisions/0010). A hint only: no
         // value depends on it.
-        const u32 bytes = (u32)((k1 - k0) * hd * 4);
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(K + (size_t)k0 * hd),
-                     "r"(bytes) : "memory");
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(V + (size_t)k0 * hd),
-                     "r"(bytes) : "memory");
+        const u32 bytes = (u32)((k1 - k0) * hd * esize);
+        const char* kp = (const char*)K + (size_t)k0 * hd * esize;
+        const char* vp = (const char*)V + (size_t)k0 * hd * esize;
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(kp), "r"(bytes) : "memory");
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(vp), "r"(bytes) : "memory");
     }
     pdl_wait();
     pdl_launch_dependents();
@@ -196,7 +331,13 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) 
     // Scores.
     const int k = k0 + tid;
     float s = CLLM_NEG_INF;
-    if (ATT_STAGED && hd % 32 == 0 && hd <= 128) {
+    if (a.kv != KV_F32) {
+        if (k < k1) {
+            const float acc = a.kv == KV_BF16 ? kv_score<KV_BF16>(K, KS, k, hd, s_q)
+                                              : kv_score<KV_INT8>(K, KS, k, hd, s_q);
+            s = acc * a.scale;
+        }
+    } else if (ATT_STAGED && hd % 32 == 0 && hd <= 128) {
         // Block-uniform: the staged form's barriers need every thread.
         float acc = 0.0f;
         switch (hd) {
@@ -233,8 +374,9 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) 
     float o[ATT_MAX_HD / 32];
 #pragma unroll
     for (int i = 0; i < ATT_MAX_HD / 32; i++) o[i] = 0.0f;
-    const float* vbase = V + (size_t)k0 * hd;
-    attention_values(vbase, nk, hd, warp, lane, s_e, o);
+    if (a.kv == KV_BF16) kv_values<KV_BF16>(V, VS, k0, nk, hd, warp, lane, s_e, o);
+    else if (a.kv == KV_INT8) kv_values<KV_INT8>(V, VS, k0, nk, hd, warp, lane, s_e, o);
+    else attention_values(V + (size_t)k0 * hd, nk, hd, warp, lane, s_e, o);
 #pragma unroll
     for (int i = 0; i < ATT_MAX_HD / 32; i++)
         if (lane + 32 * i < hd) s_o[warp][lane + 32 * i] = o[i];

@@ -72,7 +72,9 @@ struct GemvArgs {
                               // each batch's products; 2 / 3 = batches of 4 / 2, the next batch's
                               // loads issued before this batch's products (same order, same bits)
     int act;                  // GATEUP: ACT_SILU or ACT_GELU_TANH
-    int pad_;
+    int kv_stage;             // QKV: 1 = k and v go to a staging area of `capacity` token rows,
+                              // row = the token's index in the launch (kv_store rounds them into
+                              // the cache); 0 = into the f32 cache at the token's position
 };
 
 // One-token launches whose weights include a float form may get a copy of the token's x in
@@ -599,7 +601,8 @@ __device__ __forceinline__ void epi_store(const GemvArgs& a, int tok, int pos, i
             o[rb] = yb;
         } else {
             const int kvh = ra / a.head_dim;
-            float* c = (seg == 1 ? a.kcache : a.vcache) + ((size_t)kvh * a.capacity + pos) * a.head_dim;
+            const int row = a.kv_stage ? tok : pos;
+            float* c = (seg == 1 ? a.kcache : a.vcache) + ((size_t)kvh * a.capacity + row) * a.head_dim;
             c[i] = ya;
             c[i + half] = yb;
         }

@@ -86,7 +86,9 @@ pub struct GemvArgs {
     pub pipe: i32,
     /// GateUp's activation ([`GateAct`]).
     pub act: i32,
-    pub pad_: i32,
+    /// Qkv: 1 writes k and v to a staging area (`kcache`/`vcache` of `capacity` rows, one per
+    /// token of the launch) for `kv_store` to round into the cache; 0 into the f32 cache.
+    pub kv_stage: i32,
 }
 
 /// The activation a [`GemvMode::GateUp`] launch applies (`act` in gemv.cu).

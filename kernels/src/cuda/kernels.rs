@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cllm_cuda::{CompileReport, CudaError, Gpu, Kernel, Module};
 use cllm_format::WeightForm;
 
-use super::attention::AttnArgs;
+use super::attention::{AttnArgs, KvStoreArgs};
 use super::gemv::{own_kernel, streams, GemvArgs, MMA_TOKENS, TOKENS};
 use super::misc::{EmbedArgs, HashArgs, HeadArgs, NormResidArgs, ReadArgs};
 use super::program::{
@@ -35,6 +35,7 @@ pub(crate) struct Funcs {
     pub mma_group: [Kernel<GemvArgs>; 4],
     pub x_pieces: Kernel<GemvArgs>,
     pub attention: Kernel<AttnArgs>,
+    pub kv_store: Kernel<KvStoreArgs>,
     pub embed: Kernel<EmbedArgs>,
     pub head_norm_rope: Kernel<HeadArgs>,
     pub norm_residual: Kernel<NormResidArgs>,
@@ -67,6 +68,7 @@ impl Funcs {
             mma_group: four(&|nt| mma_kernel_name(true, nt), MMA_TOKENS)?,
             x_pieces: m.kernel("x_pieces")?,
             attention: m.kernel("attention")?,
+            kv_store: m.kernel("kv_store")?,
             embed: m.kernel("embed")?,
             head_norm_rope: m.kernel("head_norm_rope")?,
             norm_residual: m.kernel("norm_residual")?,

@@ -76,13 +76,23 @@ struct HeadArgs {
     int rotary_dim;
     int capacity;
     float eps;
-    int pad_;
+    int kv_stage;           // 1: kcache is the staging area, row = the token's index (GemvArgs),
+                            // and this launch also rounds the new keys and values into the cache
+    const float* vstage;    // kv_stage: the new values [kv_heads][capacity][head_dim]
+    void* kq;               // kv_stage: this layer's cache [kv_heads][cache_capacity][head_dim]
+    void* vq;               //   in the stored form `kv` (attention.cu's kv_store)
+    float* kscale;          // KV_INT8: this layer's scales [kv_heads][cache_capacity]
+    float* vscale;
+    int kv;
+    int cache_capacity;
 };
 
 // Where the QKV launch leaves RoPE out (q/k norms, partial rotary): each query head of each token
 // and each new key in the cache, one warp a head: the head's RMSNorm (lane l sums elements
 // l, l + 32, ... in order, then the butterfly: the same order for any batch), then rotate-half
-// over the first rotary_dim elements. Block (head, token); heads past `heads` are key heads.
+// over the first rotary_dim elements. Block (head, token); heads past `heads` are key heads, and
+// with kv_stage the key heads also round their result into the cache, and blocks past those
+// round the value heads (kv_round_row).
 extern "C" __global__ void __launch_bounds__(32) head_norm_rope(HeadArgs a) {
     pdl_wait();
     pdl_launch_dependents();
@@ -90,8 +100,15 @@ extern "C" __global__ void __launch_bounds__(32) head_norm_rope(HeadArgs a) {
     if (tok >= a.ntok) return;
     const bool is_q = head < a.heads;
     const int p = *a.pos + tok;
+    if (head >= a.heads + a.kv_heads) {
+        const int g = head - a.heads - a.kv_heads;
+        kv_round_row(a.vstage + ((size_t)g * a.capacity + tok) * a.head_dim, a.vq, a.vscale,
+                     (size_t)g * a.cache_capacity + p, a.head_dim, a.kv, lane);
+        return;
+    }
     float* x = is_q ? a.q + ((size_t)tok * a.heads + head) * a.head_dim
-                    : a.kcache + ((size_t)(head - a.heads) * a.capacity + p) * a.head_dim;
+                    : a.kcache + ((size_t)(head - a.heads) * a.capacity + (a.kv_stage ? tok : p)) *
+                                     a.head_dim;
     const float* w = is_q ? a.q_norm : a.k_norm;
     if (w != 0) {
         float s = 0.0f;
@@ -109,6 +126,11 @@ extern "C" __global__ void __launch_bounds__(32) head_norm_rope(HeadArgs a) {
         const float xa = x[i], xb = x[i + half];
         x[i] = __fsub_rn(__fmul_rn(xa, c[i]), __fmul_rn(xb, sn[i]));
         x[i + half] = __fadd_rn(__fmul_rn(xb, c[i]), __fmul_rn(xa, sn[i]));
+    }
+    if (!is_q && a.kv_stage) {
+        __syncwarp();  // every lane's writes of x are seen
+        const int g = head - a.heads;
+        kv_round_row(x, a.kq, a.kscale, (size_t)g * a.cache_capacity + p, a.head_dim, a.kv, lane);
     }
 }
 

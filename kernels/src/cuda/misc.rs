@@ -52,13 +52,23 @@ pub struct HeadArgs {
     pub rotary_dim: i32,
     pub capacity: i32,
     pub eps: f32,
-    pub pad_: i32,
+    /// 1: `kcache` is the staging area of the Qkv launch (`GemvArgs::kv_stage`), and this
+    /// launch also rounds the new keys and the new values (`vstage`) into the cache (`kq`, `vq`,
+    /// their scales, of the form `kv`) at rows of `cache_capacity`, as `kv_store` does.
+    pub kv_stage: i32,
+    pub vstage: u64,
+    pub kq: u64,
+    pub vq: u64,
+    pub kscale: u64,
+    pub vscale: u64,
+    pub kv: i32,
+    pub cache_capacity: i32,
 }
 
 // SAFETY: #[repr(C)] twin of misc.cu's `struct HeadArgs` (see the layout test).
 unsafe impl KernelArgs for HeadArgs {}
 
-const _: () = assert!(std::mem::size_of::<HeadArgs>() == 88);
+const _: () = assert!(std::mem::size_of::<HeadArgs>() == 136);
 
 /// `struct NormResidArgs` of misc.cu: `h += norm(y)` and the next norm's inputs.
 #[repr(C)]
@@ -119,7 +129,11 @@ impl Kernels {
     /// Per-head norm (where given) and RoPE of `args.ntok` tokens' queries and new keys.
     pub fn head_norm_rope(&self, args: &HeadArgs) -> Result<(), CudaError> {
         let grid = Grid {
-            blocks: ((args.heads + args.kv_heads) as u32, args.ntok as u32, 1),
+            blocks: (
+                (args.heads + args.kv_heads * if args.kv_stage != 0 { 2 } else { 1 }) as u32,
+                args.ntok as u32,
+                1,
+            ),
             threads: 32,
             shared_bytes: 0,
         };
@@ -209,6 +223,8 @@ mod tests {
         let base = &h as *const _ as usize;
         assert_eq!(&h.ntok as *const _ as usize - base, 56);
         assert_eq!(&h.eps as *const _ as usize - base, 80);
+        assert_eq!(&h.vstage as *const _ as usize - base, 88);
+        assert_eq!(&h.kv as *const _ as usize - base, 128);
         let n = NormResidArgs::default();
         let base = &n as *const _ as usize;
         assert_eq!(&n.ntok as *const _ as usize - base, 48);

@@ -16,7 +16,7 @@ mod sample;
 mod trace;
 mod weight;
 
-pub use attention::{AttnArgs, ATT_CHUNK, ATT_MAX_HD};
+pub use attention::{AttnArgs, KvForm, KvStoreArgs, ATT_CHUNK, ATT_MAX_HD};
 pub use gemv::{tokens_per_block, GateAct, GemvArgs, GemvMode, FILL_BLOCKS, GEMV_WARPS, PSTRIDE};
 pub use kernels::Kernels;
 pub use misc::{EmbedArgs, HeadArgs, NormResidArgs};

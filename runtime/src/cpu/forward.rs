@@ -202,12 +202,13 @@ impl CpuModel {
             let q_ref = &q;
             let window = cfg.window(l);
             attn.par_chunks_mut(hd).enumerate().try_for_each_init(
-                Vec::new,
-                |scores, (idx, out)| {
+                || (Vec::new(), Vec::new(), Vec::new()),
+                |(scores, kbuf, vbuf), (idx, out)| {
                     let (i, head) = (idx / heads, idx % heads);
                     let pos = start + i;
                     let from = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                    let (keys, values) = cache_ref.span(l, head / group, from, pos + 1);
+                    let (keys, values) =
+                        cache_ref.span_into(l, head / group, from, pos + 1, kbuf, vbuf);
                     let qh = &q_ref[(i * heads + head) * hd..(i * heads + head + 1) * hd];
                     attend(qh, keys, values, scale, scores, out)
                 },
@@ -281,7 +282,7 @@ impl CpuModel {
         tokens: &[u32],
         tracer: &mut Tracer<'_>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let mut cache = KvCache::new(&self.cfg, tokens.len())?;
+        let mut cache = KvCache::with_precision(&self.cfg, tokens.len(), self.kv)?;
         let flat = self.forward_tokens(&mut cache, tokens, Logits::All, Some(tracer))?;
         Ok(flat
             .chunks_exact(self.lm_head().rows)

@@ -1,15 +1,40 @@
-//! The key/value cache: preallocated f32 storage for every layer's keys and values.
+//! The key/value cache: preallocated storage for every layer's keys and values, in the
+//! [`KvPrecision`] it was made with (f32, bf16, or int8 with one scale per vector).
 //!
 //! Layout: `[layer][kv_head][position][head_dim]`, so the keys one head attends over are one
 //! contiguous slice (`0..=t`). The capacity is fixed when the cache is made; appending past it
 //! is an error, never a reallocation. The RoPE cos/sin tables live here too (one per distinct
 //! RoPE of the model), sized to the same capacity, since positions and cache slots are the same
 //! thing; a `longrope` table's factors are chosen by that capacity.
+//!
+//! Keys and values are rounded to the storage form when written (`crate::kv`), and attention
+//! reads them back through [`KvCache::span_into`], so every read sees the stored form.
 
 use cllm_kernels::cpu::RopeTable;
 use cllm_model::ModelConfig;
 
 use crate::error::ModelError;
+use crate::kv::{bf16_from_f32, bf16_to_f32, int8_dequantize, int8_quantize, KvPrecision};
+
+/// The stored keys and values, `[layer][kv_head][position][head_dim]` each.
+#[derive(Clone, Debug)]
+enum Store {
+    F32 {
+        keys: Vec<f32>,
+        values: Vec<f32>,
+    },
+    Bf16 {
+        keys: Vec<u16>,
+        values: Vec<u16>,
+    },
+    /// The scales are `[layer][kv_head][position]`.
+    Int8 {
+        keys: Vec<i8>,
+        values: Vec<i8>,
+        key_scales: Vec<f32>,
+        value_scales: Vec<f32>,
+    },
+}
 
 /// Preallocated keys and values for `capacity` positions.
 #[derive(Clone, Debug)]
@@ -19,16 +44,25 @@ pub struct KvCache {
     head_dim: usize,
     capacity: usize,
     len: usize,
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    precision: KvPrecision,
+    store: Store,
     /// The model's rotary tables (`ModelConfig::ropes`) and which one each layer uses.
     ropes: Vec<RopeTable>,
     layer_rope: Vec<usize>,
 }
 
 impl KvCache {
-    /// A cache for `capacity` positions (at most `max_position_embeddings`).
+    /// An f32 cache for `capacity` positions (at most `max_position_embeddings`).
     pub fn new(cfg: &ModelConfig, capacity: usize) -> Result<KvCache, ModelError> {
+        KvCache::with_precision(cfg, capacity, KvPrecision::F32)
+    }
+
+    /// A cache for `capacity` positions storing keys and values as `precision`.
+    pub fn with_precision(
+        cfg: &ModelConfig,
+        capacity: usize,
+        precision: KvPrecision,
+    ) -> Result<KvCache, ModelError> {
         if capacity > cfg.max_position_embeddings {
             return Err(ModelError::CapacityTooLarge {
                 capacity,
@@ -66,8 +100,26 @@ impl KvCache {
             head_dim: cfg.head_dim,
             capacity,
             len: 0,
-            keys: vec![0.0; n],
-            values: vec![0.0; n],
+            precision,
+            store: match precision {
+                KvPrecision::F32 => Store::F32 {
+                    keys: vec![0.0; n],
+                    values: vec![0.0; n],
+                },
+                KvPrecision::Bf16 => Store::Bf16 {
+                    keys: vec![0; n],
+                    values: vec![0; n],
+                },
+                KvPrecision::Int8 => {
+                    let vectors = n / cfg.head_dim.max(1);
+                    Store::Int8 {
+                        keys: vec![0; n],
+                        values: vec![0; n],
+                        key_scales: vec![0.0; vectors],
+                        value_scales: vec![0.0; vectors],
+                    }
+                }
+            },
             ropes,
             layer_rope,
         })
@@ -96,9 +148,23 @@ impl KvCache {
         self.capacity
     }
 
-    /// Bytes held by keys and values.
+    /// How keys and values are stored.
+    pub fn precision(&self) -> KvPrecision {
+        self.precision
+    }
+
+    /// Bytes held by keys and values (int8's scales included).
     pub fn resident_bytes(&self) -> usize {
-        (self.keys.len() + self.values.len()) * 4
+        match &self.store {
+            Store::F32 { keys, values } => (keys.len() + values.len()) * 4,
+            Store::Bf16 { keys, values } => (keys.len() + values.len()) * 2,
+            Store::Int8 {
+                keys,
+                values,
+                key_scales,
+                value_scales,
+            } => keys.len() + values.len() + (key_scales.len() + value_scales.len()) * 4,
+        }
     }
 
     /// Forgets every position (the storage is kept).
@@ -123,31 +189,88 @@ impl KvCache {
         ((layer * self.kv_heads + kv_head) * self.capacity + pos) * self.head_dim
     }
 
-    /// Stores the keys and values of `n` consecutive positions starting at `start`;
-    /// `k` and `v` are `n x (kv_heads * head_dim)` row-major. Does not advance `len`.
+    /// Stores the keys and values of `n` consecutive positions starting at `start`, rounded to
+    /// the cache's storage form; `k` and `v` are `n x (kv_heads * head_dim)` row-major. Does not
+    /// advance `len`.
     pub(crate) fn write(&mut self, layer: usize, start: usize, k: &[f32], v: &[f32]) {
         let hd = self.head_dim;
         let row = self.kv_heads * hd;
         for (i, (kr, vr)) in k.chunks_exact(row).zip(v.chunks_exact(row)).enumerate() {
             for g in 0..self.kv_heads {
                 let o = self.offset(layer, g, start + i);
-                self.keys[o..o + hd].copy_from_slice(&kr[g * hd..(g + 1) * hd]);
-                self.values[o..o + hd].copy_from_slice(&vr[g * hd..(g + 1) * hd]);
+                let (ks, vs) = (&kr[g * hd..(g + 1) * hd], &vr[g * hd..(g + 1) * hd]);
+                match &mut self.store {
+                    Store::F32 { keys, values } => {
+                        keys[o..o + hd].copy_from_slice(ks);
+                        values[o..o + hd].copy_from_slice(vs);
+                    }
+                    Store::Bf16 { keys, values } => {
+                        for (d, s) in keys[o..o + hd].iter_mut().zip(ks) {
+                            *d = bf16_from_f32(*s);
+                        }
+                        for (d, s) in values[o..o + hd].iter_mut().zip(vs) {
+                            *d = bf16_from_f32(*s);
+                        }
+                    }
+                    Store::Int8 {
+                        keys,
+                        values,
+                        key_scales,
+                        value_scales,
+                    } => {
+                        key_scales[o / hd] = int8_quantize(ks, &mut keys[o..o + hd]);
+                        value_scales[o / hd] = int8_quantize(vs, &mut values[o..o + hd]);
+                    }
+                }
             }
         }
     }
 
-    /// Keys and values of positions `from..to` for one layer and kv head (`(to - from) x head_dim`).
-    pub(crate) fn span(
-        &self,
+    /// Keys and values of positions `from..to` for one layer and kv head (`(to - from) x
+    /// head_dim` f32), as stored: f32 storage is borrowed, other forms are read back into
+    /// `keys` and `values`.
+    pub(crate) fn span_into<'a>(
+        &'a self,
         layer: usize,
         kv_head: usize,
         from: usize,
         to: usize,
-    ) -> (&[f32], &[f32]) {
+        keys: &'a mut Vec<f32>,
+        values: &'a mut Vec<f32>,
+    ) -> (&'a [f32], &'a [f32]) {
+        let hd = self.head_dim;
         let a = self.offset(layer, kv_head, from);
         let b = self.offset(layer, kv_head, to);
-        (&self.keys[a..b], &self.values[a..b])
+        match &self.store {
+            Store::F32 {
+                keys: ks,
+                values: vs,
+            } => return (&ks[a..b], &vs[a..b]),
+            Store::Bf16 {
+                keys: ks,
+                values: vs,
+            } => {
+                keys.clear();
+                keys.extend(ks[a..b].iter().map(|&x| bf16_to_f32(x)));
+                values.clear();
+                values.extend(vs[a..b].iter().map(|&x| bf16_to_f32(x)));
+            }
+            Store::Int8 {
+                keys: ks,
+                values: vs,
+                key_scales,
+                value_scales,
+            } => {
+                keys.resize(b - a, 0.0);
+                values.resize(b - a, 0.0);
+                for (j, o) in (a..b).step_by(hd.max(1)).enumerate() {
+                    let out = j * hd..(j + 1) * hd;
+                    int8_dequantize(&ks[o..o + hd], key_scales[o / hd], &mut keys[out.clone()]);
+                    int8_dequantize(&vs[o..o + hd], value_scales[o / hd], &mut values[out]);
+                }
+            }
+        }
+        (&keys[..b - a], &values[..b - a])
     }
 
     pub(crate) fn advance(&mut self, n: usize) {

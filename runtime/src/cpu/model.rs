@@ -10,6 +10,7 @@ use cllm_kernels::Weight;
 use cllm_model::{ModelConfig, Module, TensorId};
 
 use crate::error::ModelError;
+use crate::kv::KvPrecision;
 use crate::tensors::{Shaped, Tensors};
 
 impl Shaped for Weight {
@@ -83,6 +84,8 @@ pub struct CpuModel {
     pub(crate) lm_head: Option<Weight>,
     resident_bytes: usize,
     unused_tensors: Vec<String>,
+    /// How the caches of this model's sessions store keys and values.
+    pub(crate) kv: KvPrecision,
 }
 
 /// Takes tensors out of the loader's map, checking them.
@@ -226,11 +229,21 @@ impl CpuModel {
             lm_head,
             resident_bytes,
             unused_tensors,
+            kv: KvPrecision::F32,
         })
     }
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Sets how the KV caches of later sessions and passes store keys and values.
+    pub fn set_kv_precision(&mut self, kv: KvPrecision) {
+        self.kv = kv;
+    }
+
+    pub fn kv_precision(&self) -> KvPrecision {
+        self.kv
     }
 
     /// Bytes of weight data the model holds (payloads plus quantization scales).

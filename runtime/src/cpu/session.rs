@@ -20,7 +20,7 @@ impl CpuModel {
     pub fn session(&self, capacity: usize) -> Result<CpuSession<'_>, ModelError> {
         Ok(CpuSession {
             model: self,
-            cache: KvCache::new(&self.cfg, capacity)?,
+            cache: KvCache::with_precision(&self.cfg, capacity, self.kv)?,
         })
     }
 }

@@ -11,6 +11,7 @@ use cllm_kernels::cuda::{GpuWeight, Kernels, WDesc, PSTRIDE};
 use cllm_model::{ModelConfig, Module, TensorId};
 
 use crate::error::ModelError;
+use crate::kv::KvPrecision;
 use crate::sampler::SamplerError;
 use crate::tensors::{Shaped, Tensors};
 
@@ -68,6 +69,8 @@ pub struct GpuModel {
     pub(crate) final_norm: DeviceBuffer,
     resident_bytes: u64,
     unused: Vec<String>,
+    /// How the caches of this model's sessions store keys and values.
+    pub(crate) kv: KvPrecision,
 }
 
 impl std::fmt::Debug for GpuModel {
@@ -305,6 +308,7 @@ impl GpuModel {
             final_norm,
             resident_bytes,
             unused,
+            kv: KvPrecision::F32,
         })
     }
 
@@ -318,6 +322,15 @@ impl GpuModel {
 
     pub fn kernels(&self) -> &Arc<Kernels> {
         &self.kernels
+    }
+
+    /// Sets how the KV caches of later sessions and passes store keys and values.
+    pub fn set_kv_precision(&mut self, kv: KvPrecision) {
+        self.kv = kv;
+    }
+
+    pub fn kv_precision(&self) -> KvPrecision {
+        self.kv
     }
 
     /// Bytes of weights the model holds on the GPU (payloads plus quantization scales).

@@ -10,8 +10,8 @@
 //! step; a variant the plan cannot run fails to compile here (`match` over it).
 
 use cllm_kernels::cuda::{
-    AttnArgs, EmbedArgs, GateAct, GemvArgs, GemvMode, HeadArgs, Kernels, NormResidArgs, ATT_CHUNK,
-    PSTRIDE,
+    AttnArgs, EmbedArgs, GateAct, GemvArgs, GemvMode, HeadArgs, Kernels, KvForm, KvStoreArgs,
+    NormResidArgs, ATT_CHUNK, PSTRIDE,
 };
 use cllm_model::{Activation, ModelConfig};
 
@@ -20,6 +20,7 @@ use cllm_kernels::cpu::RopeTable;
 
 use super::model::{GpuError, GpuLinear, GpuModel};
 use crate::error::ModelError;
+use crate::kv::KvPrecision;
 
 /// Device scalars: position, error flag, then (from byte 16) per-token argmax keys.
 pub(super) const STATE_POS: u64 = 0;
@@ -43,6 +44,8 @@ pub(super) enum Op {
     Attention(AttnArgs, usize),
     /// Per-head norm and RoPE of the new queries and keys.
     HeadNormRope(HeadArgs),
+    /// The new keys and values rounded into a bf16 or int8 cache.
+    KvStore(KvStoreArgs),
     /// A projection's output normed into the residual stream.
     NormResidual(NormResidArgs),
     /// Layer `l`'s output hidden state is complete.
@@ -56,6 +59,7 @@ impl Op {
             Op::Gemv(_, name) => name,
             Op::Attention(..) => "attention",
             Op::HeadNormRope(_) => "head norm/rope",
+            Op::KvStore(_) => "kv store",
             Op::NormResidual(_) => "norm residual",
             Op::LayerEnd(_) => "layer end",
         }
@@ -77,8 +81,17 @@ pub(super) struct StepBuffers {
     pub nmax: usize,
     /// Attention chunk slots per (head, token).
     pub cmax: usize,
+    /// How the cache stores keys and values.
+    pub kv: KvForm,
     kcache: DeviceBuffer,
     vcache: DeviceBuffer,
+    /// int8: the scales of `kcache` and `vcache`, `[layer][kv_head][position]`.
+    kscale: DeviceBuffer,
+    vscale: DeviceBuffer,
+    /// bf16 and int8: the launch's new keys and values in f32, `[kv_head][nmax][head_dim]`,
+    /// before `kv_store` rounds them into the cache.
+    kstage: DeviceBuffer,
+    vstage: DeviceBuffer,
     /// cos and sin of each of the model's RoPEs (`ModelConfig::ropes`), `rotary_dim / 2` wide.
     ropes: Vec<(DeviceBuffer, DeviceBuffer)>,
     /// A projection's output before its norm (families with norms around attention and MLP).
@@ -108,11 +121,27 @@ impl StepBuffers {
         let (hidden, hd) = (cfg.hidden_size, cfg.head_dim);
         let (heads, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let cache_floats = cfg.num_hidden_layers * kvh * capacity * hd;
+        let kv = match model.kv {
+            KvPrecision::F32 => KvForm::F32,
+            KvPrecision::Bf16 => KvForm::Bf16,
+            KvPrecision::Int8 => KvForm::Int8,
+        };
         let f = 4usize;
+        let cache_bytes = cache_floats * kv.element_bytes();
+        let scale_bytes = if kv == KvForm::Int8 {
+            cfg.num_hidden_layers * kvh * capacity * f
+        } else {
+            f
+        };
+        let stage_bytes = if kv == KvForm::F32 {
+            f
+        } else {
+            kvh * nmax * hd * f
+        };
         let half = cfg.rotary_dim / 2;
         let sizes = [
-            cache_floats * f,
-            cache_floats * f,
+            cache_bytes,
+            cache_bytes,
             capacity * half * f * cfg.ropes().len(),
             if cfg.family.sandwich_norms() {
                 nmax * hidden * f
@@ -133,6 +162,10 @@ impl StepBuffers {
             16 + nmax * 8,
             // x's pieces for batches over int8 weights (gemv_mma.cu), then the shifts.
             xq_pieces_bytes(cfg, nmax) + nmax * 4,
+            scale_bytes,
+            scale_bytes,
+            stage_bytes,
+            stage_bytes,
         ];
         let total: usize = sizes.iter().sum();
         gpu.check_free("the KV cache and activations", total as u64)?;
@@ -156,8 +189,13 @@ impl StepBuffers {
             capacity,
             nmax,
             cmax,
+            kv,
             kcache: a("keys", 0)?,
             vcache: a("values", 1)?,
+            kscale: a("key scales", 17)?,
+            vscale: a("value scales", 18)?,
+            kstage: a("new keys", 19)?,
+            vstage: a("new values", 20)?,
             ropes,
             proj: a("projection outputs", 3)?,
             h: a("hidden states", 4)?,
@@ -176,8 +214,22 @@ impl StepBuffers {
         };
         gpu.fill_u32(b.counters.ptr(), 0, nmax * heads)?;
         gpu.fill_u32(b.state.ptr(), 0, sizes[15] / 4)?;
-        gpu.fill_u32(b.kcache.ptr(), 0x7fc0_0000, cache_floats)?;
-        gpu.fill_u32(b.vcache.ptr(), 0x7fc0_0000, cache_floats)?;
+        // NaN everywhere a read of an unwritten position looks: f32 and bf16 values (two bf16
+        // NaNs a word), int8's scales.
+        match kv {
+            KvForm::F32 => {
+                gpu.fill_u32(b.kcache.ptr(), 0x7fc0_0000, cache_floats)?;
+                gpu.fill_u32(b.vcache.ptr(), 0x7fc0_0000, cache_floats)?;
+            }
+            KvForm::Bf16 => {
+                gpu.fill_u32(b.kcache.ptr(), 0x7fc0_7fc0, cache_bytes / 4)?;
+                gpu.fill_u32(b.vcache.ptr(), 0x7fc0_7fc0, cache_bytes / 4)?;
+            }
+            KvForm::Int8 => {
+                gpu.fill_u32(b.kscale.ptr(), 0x7fc0_0000, scale_bytes / 4)?;
+                gpu.fill_u32(b.vscale.ptr(), 0x7fc0_0000, scale_bytes / 4)?;
+            }
+        }
         gpu.sync()?;
         Ok(b)
     }
@@ -203,6 +255,8 @@ impl StepBuffers {
         let pos = state + STATE_POS;
         let argmax = state + STATE_ARGMAX;
         let layer_floats = (kvh * self.capacity * hd) as u64;
+        let esize = self.kv.element_bytes() as u64;
+        let staged = self.kv != KvForm::F32;
         let mut ops = Vec::with_capacity(2 + 6 * m.layers.len());
         ops.push(Op::Embed(EmbedArgs {
             w: m.embed.desc(0),
@@ -229,8 +283,24 @@ impl StepBuffers {
         // Norm partials per token of the last residual producer (the embedding writes one).
         let mut nparts = 1;
         for (l, layer) in m.layers.iter().enumerate() {
-            let kbase = self.kcache.ptr() + 4 * layer_floats * l as u64;
-            let vbase = self.vcache.ptr() + 4 * layer_floats * l as u64;
+            let kbase = self.kcache.ptr() + esize * layer_floats * l as u64;
+            let vbase = self.vcache.ptr() + esize * layer_floats * l as u64;
+            let layer_vectors = (kvh * self.capacity) as u64;
+            let (kscale, vscale) = if self.kv == KvForm::Int8 {
+                (
+                    self.kscale.ptr() + 4 * layer_vectors * l as u64,
+                    self.vscale.ptr() + 4 * layer_vectors * l as u64,
+                )
+            } else {
+                (0, 0)
+            };
+            // Where the QKV launch (and head_norm_rope) leave the new keys and values: the f32
+            // cache itself, or the staging area that kv_store rounds into the cache.
+            let (kout, vout, out_rows) = if staged {
+                (self.kstage.ptr(), self.vstage.ptr(), self.nmax)
+            } else {
+                (kbase, vbase, self.capacity)
+            };
             let (cos, sin) = &self.ropes[cfg.rope_index(l)];
             let (rope_cos, rope_sin) = if head_pass {
                 (0, 0)
@@ -249,8 +319,9 @@ impl StepBuffers {
                     rope_sin,
                     pos,
                     out: self.q.ptr(),
-                    kcache: kbase,
-                    vcache: vbase,
+                    kcache: kout,
+                    vcache: vout,
+                    kv_stage: staged as i32,
                     mode: GemvMode::Qkv as i32,
                     ntok: n as i32,
                     x_stride: hidden as i32,
@@ -259,7 +330,7 @@ impl StepBuffers {
                     u1: (qd / 2) as i32,
                     u2: ((qd + kvd) / 2) as i32,
                     head_dim: hd as i32,
-                    capacity: self.capacity as i32,
+                    capacity: out_rows as i32,
                     ksplit: layer.q.ksplit,
                     ..GemvArgs::default()
                 },
@@ -272,7 +343,7 @@ impl StepBuffers {
                     .map_or((0, 0), |(q, k)| (q.ptr(), k.ptr()));
                 ops.push(Op::HeadNormRope(HeadArgs {
                     q: self.q.ptr(),
-                    kcache: kbase,
+                    kcache: kout,
                     q_norm: qn,
                     k_norm: kn,
                     rope_cos: cos.ptr(),
@@ -283,9 +354,33 @@ impl StepBuffers {
                     kv_heads: kvh as i32,
                     head_dim: hd as i32,
                     rotary_dim: cfg.rotary_dim as i32,
-                    capacity: self.capacity as i32,
+                    capacity: out_rows as i32,
                     eps,
-                    pad_: 0,
+                    // Rounding into the cache here saves kv_store's launch.
+                    kv_stage: staged as i32,
+                    vstage: if staged { vout } else { 0 },
+                    kq: if staged { kbase } else { 0 },
+                    vq: if staged { vbase } else { 0 },
+                    kscale,
+                    vscale,
+                    kv: self.kv as i32,
+                    cache_capacity: self.capacity as i32,
+                }));
+            } else if staged {
+                ops.push(Op::KvStore(KvStoreArgs {
+                    kstage: self.kstage.ptr(),
+                    vstage: self.vstage.ptr(),
+                    kcache: kbase,
+                    vcache: vbase,
+                    kscale,
+                    vscale,
+                    pos,
+                    ntok: n as i32,
+                    kv_heads: kvh as i32,
+                    head_dim: hd as i32,
+                    capacity: self.capacity as i32,
+                    nstage: self.nmax as i32,
+                    kv: self.kv as i32,
                 }));
             }
             ops.push(Op::Attention(
@@ -308,6 +403,9 @@ impl StepBuffers {
                     // transformers: a Python float (`head_dim ** -0.5`, or Gemma's
                     // `query_pre_attn_scalar ** -0.5`), used in f32.
                     scale: cfg.attention_scale(),
+                    kv: self.kv as i32,
+                    kscale,
+                    vscale,
                     ..AttnArgs::default()
                 },
                 chunks,

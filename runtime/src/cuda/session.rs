@@ -216,6 +216,7 @@ impl<'m> GpuSession<'m> {
                 Op::Gemv(a, _) => k.gemv(a)?,
                 Op::Attention(a, chunks) => k.attention(a, *chunks)?,
                 Op::HeadNormRope(a) => k.head_norm_rope(a)?,
+                Op::KvStore(a) => k.kv_store(a)?,
                 Op::NormResidual(a) => k.norm_residual(a)?,
                 Op::LayerEnd(l) => {
                     at_layer_end(*l)?;

@@ -12,6 +12,7 @@ use super::text::{self, TextError};
 use super::weights::{self, WeightDiff};
 use super::{measure, Criteria, DivergenceError, DivergenceReport, Plan};
 use crate::engine::{Engine, EngineError, OpenOptions};
+use crate::kv::KvPrecision;
 use crate::tokenizer::Tokenizer;
 
 /// What to run the two models on, and how to judge them.
@@ -31,6 +32,9 @@ pub struct RunSpec {
     pub max_kld: Option<f64>,
     /// Fail when the top-1 agreement is below this.
     pub min_top1: Option<f64>,
+    /// The test model's KV cache (`--kv-cache`); the reference's is always f32, so the same
+    /// model on both sides measures what the cache setting alone costs.
+    pub kv_cache: KvPrecision,
 }
 
 /// Why a run could not be made (usage and I/O errors; failed checks are in the outcome).
@@ -58,6 +62,13 @@ pub struct Lossless {
     pub reference: bool,
     pub test: bool,
     pub logits_must_be_identical: bool,
+}
+
+/// How each side's KV cache stored keys and values.
+#[derive(Clone, Debug, Serialize)]
+pub struct KvCacheSetting {
+    pub reference: String,
+    pub test: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -93,6 +104,8 @@ pub struct RunOutcome {
     pub ok: bool,
     pub failures: Vec<String>,
     pub lossless: Lossless,
+    /// The KV cache settings (`--kv-cache` sets the test's; the reference's is f32).
+    pub kv_cache: KvCacheSetting,
     pub criteria: CriteriaJson,
     pub prompts: Vec<String>,
     /// Where the evaluation windows come from: the embedded text, or the `--eval-text` file.
@@ -124,7 +137,8 @@ pub fn compare(
     let weights = weights::compare(&reference.weights, &test.weights);
     let opts = OpenOptions::default();
     let reference = engine.build(reference, &opts)?;
-    let test = engine.build(test, &opts)?;
+    let mut test = engine.build(test, &opts)?;
+    test.set_kv_cache(spec.kv_cache);
     let (ref_name, test_name) = (
         reference.path().display().to_string(),
         test.path().display().to_string(),
@@ -159,7 +173,9 @@ pub fn compare(
         })?;
     progress("");
 
-    let must_identical = reference.is_lossless() && test.is_lossless();
+    // A rounded cache changes the test's logits even with the same weights.
+    let must_identical =
+        reference.is_lossless() && test.is_lossless() && spec.kv_cache == KvPrecision::F32;
     let failures = report.failures(&Criteria {
         max_kld: spec.max_kld,
         min_top1: spec.min_top1,
@@ -174,6 +190,13 @@ pub fn compare(
             engine.device()
         ));
     }
+    if spec.kv_cache != KvPrecision::F32 {
+        notes.push(format!(
+            "the test model's KV cache stores {} (the reference's f32): its figures include the \
+             cache's rounding, and its KV parity is checked within that setting",
+            spec.kv_cache
+        ));
+    }
     Ok(RunOutcome {
         reference: ref_name,
         test: test_name,
@@ -186,6 +209,10 @@ pub fn compare(
             reference: reference.is_lossless(),
             test: test.is_lossless(),
             logits_must_be_identical: must_identical,
+        },
+        kv_cache: KvCacheSetting {
+            reference: reference.kv_cache().to_string(),
+            test: test.kv_cache().to_string(),
         },
         criteria: CriteriaJson {
             max_kld: spec.max_kld,
