@@ -116,7 +116,30 @@ impl Linear {
 
 impl CpuModel {
     /// Runs `tokens` at positions `cache.len()..`, appending their keys and values to `cache`.
+    ///
+    /// An untraced pass runs on a thread of the current rayon pool: a caller outside the pool
+    /// hands it over once, instead of waking the pool and sleeping for each of the pass's
+    /// parallel steps. Which thread runs it changes nothing in the result.
     pub(crate) fn forward_tokens(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        logits: Logits,
+        tracer: Option<&mut Tracer<'_>>,
+    ) -> Result<Vec<f32>, ModelError> {
+        // A traced pass (its callback need not be `Send`) stays on the caller's thread.
+        if tracer.is_some() || rayon::current_thread_index().is_some() {
+            return self.forward_tokens_on_worker(cache, tokens, logits, tracer);
+        }
+        // `join` called from outside a pool runs both closures on the pool's threads.
+        rayon::join(
+            || self.forward_tokens_on_worker(cache, tokens, logits, None),
+            || (),
+        )
+        .0
+    }
+
+    fn forward_tokens_on_worker(
         &self,
         cache: &mut KvCache,
         tokens: &[u32],
