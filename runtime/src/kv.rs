@@ -71,16 +71,12 @@ impl fmt::Display for KvPrecision {
 
 /// `x` rounded to bf16 (round-to-nearest-even; a NaN stays a quiet NaN), as its bits.
 pub fn bf16_from_f32(x: f32) -> u16 {
-    let b = x.to_bits();
-    if x.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
-    }
-    (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    half::bf16::from_f32(x).to_bits()
 }
 
 /// The f32 value of bf16 bits (exact).
 pub fn bf16_to_f32(b: u16) -> f32 {
-    f32::from_bits((b as u32) << 16)
+    half::bf16::from_bits(b).to_f32()
 }
 
 /// Quantizes one vector to int8 (see the module's definition); returns its scale.
