@@ -502,13 +502,26 @@ fn gpu_load(path: &Path) -> (GpuModel, GpuModelWeights) {
 
 /// forward_all on the GPU agrees with the CPU, and every prefill/decode split gives its bits.
 fn check_model(cpu: &CpuModel, gpu_m: &GpuModel, tokens: &[u32], splits: &[usize], what: &str) {
+    check_model_within(cpu, gpu_m, tokens, splits, what, &|_| 1e-4)
+}
+
+/// [`check_model`] with the GPU-vs-CPU bound of each position given by `tol`.
+fn check_model_within(
+    cpu: &CpuModel,
+    gpu_m: &GpuModel,
+    tokens: &[u32],
+    splits: &[usize],
+    what: &str,
+    tol: &dyn Fn(usize) -> f64,
+) {
     let want = cpu.forward_all(tokens).unwrap();
     let full = gpu_m.forward_all(tokens).unwrap();
     for (pos, (g, c)) in full.iter().zip(&want).enumerate() {
         let e = rel_err(g, c);
+        let bound = tol(pos);
         assert!(
-            e <= 1e-4,
-            "{what}: position {pos}: GPU vs CPU relative error {e}"
+            e <= bound,
+            "{what}: position {pos}: GPU vs CPU relative error {e} (bound {bound})"
         );
     }
     let same_bits = |got: &[Vec<f32>], how: &str| {
@@ -677,17 +690,25 @@ fn gpu_real_model_kv_cache_settings_match_cpu_and_keep_decode_parity() {
     let tokens: Vec<u32> = vec![
         6403, 1980, 253, 655, 28, 665, 436, 253, 1838, 8085, 617, 1005, 314, 4649,
     ];
+    let f32_logits = cpu_model(&real().hf).forward_all(&tokens).unwrap();
     for kv in [KvPrecision::Bf16, KvPrecision::Int8] {
         let mut cpu = cpu_model(&real().hf);
         cpu.set_kv_precision(kv);
+        let own = cpu.forward_all(&tokens).unwrap();
         let mut g = real_gpu(&real().hf);
         g.set_kv_precision(kv);
-        check_model(
+        // A rounded cache turns the backends' small differences in a key or value into an
+        // occasional one-step difference of its stored form, of the order of the rounding
+        // itself, so 1e-4 cannot bind; the backends must still differ by less than half of
+        // what the setting itself changes.
+        let tol = |pos: usize| (0.5 * rel_err(&own[pos], &f32_logits[pos])).max(1e-4);
+        check_model_within(
             &cpu,
             &g,
             &tokens,
             &[1, 5, 13],
             &format!("real --kv-cache {kv}"),
+            &tol,
         );
     }
 }
