@@ -37,15 +37,33 @@ pub(crate) trait Row: Copy {
     /// The CPU must support AVX2 and F16C, and `16k + 16 <= len`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn chunk_avx2(self, k: usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256);
-    /// [`Row::chunk`] as one AVX-512 register.
+    /// log2 of the chunks that share one AVX-512 set-up ([`Row::group_avx512`]): a group of a
+    /// grouped form; a row without groups is one group.
+    #[inline(always)]
+    fn group_shift(self) -> u32 {
+        usize::BITS - 1
+    }
+    /// What decoding group `g`'s chunks needs, made once per group: a broadcast scale, int4's
+    /// table of values. Unused by forms without groups.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW, AVX2 and F16C, and `g` must be a group of the row.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn group_avx512(self, _g: usize) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_setzero_ps()
+    }
+    /// [`Row::chunk`] as one AVX-512 register, given its group's [`Row::group_avx512`].
     ///
     /// # Safety
     /// The CPU must support AVX-512 F/BW, AVX2 and F16C, and `16k + 16 <= len`.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn chunk_avx512(self, k: usize) -> std::arch::x86_64::__m512;
-    /// Calls `f(k, chunk k)` for `k` in `0..chunks`, in order, each chunk as
-    /// [`Row::chunk_avx512`] gives it; forms with per-group set-up override this to do it once
-    /// per group.
+    unsafe fn chunk_avx512(
+        self,
+        k: usize,
+        group: std::arch::x86_64::__m512,
+    ) -> std::arch::x86_64::__m512;
+    /// Calls `f(k, chunk k)` for `k` in `0..chunks`, in order, each group set up once.
     ///
     /// # Safety
     /// As [`Row::chunk_avx512`], for every `k < chunks`.
@@ -56,12 +74,16 @@ pub(crate) trait Row: Copy {
         chunks: usize,
         mut f: impl FnMut(usize, std::arch::x86_64::__m512),
     ) {
-        for k in 0..chunks {
-            f(k, self.chunk_avx512(k));
+        let shift = self.group_shift();
+        for g in 0..chunks.div_ceil(1 << shift) {
+            let group = self.group_avx512(g);
+            for k in g << shift..((g + 1) << shift).min(chunks) {
+                f(k, self.chunk_avx512(k, group));
+            }
         }
     }
-    /// [`Row::chunks_avx512`] for four rows of one matrix side by side: `f(k, [chunk k of
-    /// each row])`.
+    /// [`Row::chunks_avx512`] for four rows of one matrix side by side, `f(k, [chunk k of each
+    /// row])`, each row's bytes prefetched ([`Row::prefetch`]).
     ///
     /// # Safety
     /// As [`Row::chunk_avx512`], for every row and every `k < chunks`.
@@ -72,15 +94,23 @@ pub(crate) trait Row: Copy {
         chunks: usize,
         mut f: impl FnMut(usize, [std::arch::x86_64::__m512; 4]),
     ) {
+        use std::arch::x86_64::*;
+        let shift = rows[0].group_shift();
         // Plain loops, not `array::map`: its closure would not inherit the caller's target
         // features, and the intrinsics would be called rather than inlined.
-        for k in 0..chunks {
-            let mut w = [std::arch::x86_64::_mm512_setzero_ps(); 4];
+        for g in 0..chunks.div_ceil(1 << shift) {
+            let mut group = [_mm512_setzero_ps(); 4];
             for j in 0..4 {
-                rows[j].prefetch(k + 32);
-                w[j] = rows[j].chunk_avx512(k);
+                group[j] = rows[j].group_avx512(g);
             }
-            f(k, w);
+            for k in g << shift..((g + 1) << shift).min(chunks) {
+                let mut w = [_mm512_setzero_ps(); 4];
+                for j in 0..4 {
+                    rows[j].prefetch(k);
+                    w[j] = rows[j].chunk_avx512(k, group[j]);
+                }
+                f(k, w);
+            }
         }
     }
 }
@@ -125,7 +155,11 @@ impl Row for &[f32] {
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn chunk_avx512(self, k: usize) -> std::arch::x86_64::__m512 {
+    unsafe fn chunk_avx512(
+        self,
+        k: usize,
+        _: std::arch::x86_64::__m512,
+    ) -> std::arch::x86_64::__m512 {
         std::arch::x86_64::_mm512_loadu_ps(self[k * LANES..(k + 1) * LANES].as_ptr())
     }
 }
@@ -167,7 +201,11 @@ impl Row for Bf16Row<'_> {
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn chunk_avx512(self, k: usize) -> std::arch::x86_64::__m512 {
+    unsafe fn chunk_avx512(
+        self,
+        k: usize,
+        _: std::arch::x86_64::__m512,
+    ) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
         let p = self.0[k * LANES..(k + 1) * LANES].as_ptr() as *const __m256i;
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
@@ -206,7 +244,11 @@ impl Row for F16Row<'_> {
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn chunk_avx512(self, k: usize) -> std::arch::x86_64::__m512 {
+    unsafe fn chunk_avx512(
+        self,
+        k: usize,
+        _: std::arch::x86_64::__m512,
+    ) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
         let p = self.0[k * LANES..(k + 1) * LANES].as_ptr() as *const __m256i;
         _mm512_cvtph_ps(_mm256_loadu_si256(p))
@@ -248,7 +290,11 @@ impl Row for I8Row<'_> {
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn chunk_avx512(self, k: usize) -> std::arch::x86_64::__m512 {
+    unsafe fn chunk_avx512(
+        self,
+        k: usize,
+        _: std::arch::x86_64::__m512,
+    ) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
         let p = self.0[k * LANES..(k + 1) * LANES].as_ptr() as *const __m128i;
         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p)))
@@ -287,52 +333,29 @@ impl Row for I8GroupRow<'_> {
         // A separate multiply, like the portable `v * s`: same rounding, same bits.
         (_mm256_mul_ps(lo, s), _mm256_mul_ps(hi, s))
     }
-    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn chunk_avx512(self, k: usize) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        let s = _mm512_set1_ps(self.scales[k >> self.chunk_shift]);
-        _mm512_mul_ps(I8Row(self.q).chunk_avx512(k), s)
+    fn group_shift(self) -> u32 {
+        self.chunk_shift
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn chunks_avx512(
+    unsafe fn group_avx512(self, g: usize) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_set1_ps(self.scales[g])
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk_avx512(
         self,
-        chunks: usize,
-        mut f: impl FnMut(usize, std::arch::x86_64::__m512),
-    ) {
+        k: usize,
+        scale: std::arch::x86_64::__m512,
+    ) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
-        let per_group = 1usize << self.chunk_shift;
-        for (g, &scale) in self.scales.iter().enumerate() {
-            let s = _mm512_set1_ps(scale);
-            for k in g * per_group..((g + 1) * per_group).min(chunks) {
-                f(k, _mm512_mul_ps(I8Row(self.q).chunk_avx512(k), s));
-            }
-        }
+        // A separate multiply, like the portable `v * s`: same rounding, same bits.
+        _mm512_mul_ps(I8Row(self.q).chunk_avx512(k, scale), scale)
     }
-    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn chunks4_avx512(
-        rows: [Self; 4],
-        chunks: usize,
-        mut f: impl FnMut(usize, [std::arch::x86_64::__m512; 4]),
-    ) {
-        use std::arch::x86_64::*;
-        let per_group = 1usize << rows[0].chunk_shift;
-        for g in 0..rows[0].scales.len() {
-            let mut s = [_mm512_setzero_ps(); 4];
-            for j in 0..4 {
-                s[j] = _mm512_set1_ps(rows[j].scales[g]);
-            }
-            for k in g * per_group..((g + 1) * per_group).min(chunks) {
-                let mut w = [_mm512_setzero_ps(); 4];
-                for j in 0..4 {
-                    prefetch_bytes(rows[j].q, k * LANES);
-                    w[j] = _mm512_mul_ps(I8Row(rows[j].q).chunk_avx512(k), s[j]);
-                }
-                f(k, w);
-            }
-        }
+    fn prefetch(self, k: usize) {
+        prefetch_bytes(self.q, k * LANES);
     }
 }
 
@@ -390,55 +413,27 @@ impl Row for I4Row<'_> {
         let (s, m) = (_mm256_set1_ps(self.scales[g]), _mm256_set1_ps(self.mins[g]));
         i4_decode_avx2(&self.packed[k * LANES / 2..(k + 1) * LANES / 2], s, m)
     }
+    #[inline(always)]
+    fn group_shift(self) -> u32 {
+        self.chunk_shift
+    }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn chunk_avx512(self, k: usize) -> std::arch::x86_64::__m512 {
-        let g = k >> self.chunk_shift;
-        let table = i4_table_avx512(self.scales[g], self.mins[g]);
+    unsafe fn group_avx512(self, g: usize) -> std::arch::x86_64::__m512 {
+        i4_table_avx512(self.scales[g], self.mins[g])
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk_avx512(
+        self,
+        k: usize,
+        table: std::arch::x86_64::__m512,
+    ) -> std::arch::x86_64::__m512 {
         i4_lookup_avx512(&self.packed[k * LANES / 2..(k + 1) * LANES / 2], table)
     }
-    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn chunks_avx512(
-        self,
-        chunks: usize,
-        mut f: impl FnMut(usize, std::arch::x86_64::__m512),
-    ) {
-        let per_group = 1usize << self.chunk_shift;
-        for (g, (&s, &m)) in self.scales.iter().zip(self.mins).enumerate() {
-            let table = i4_table_avx512(s, m);
-            for k in g * per_group..((g + 1) * per_group).min(chunks) {
-                f(
-                    k,
-                    i4_lookup_avx512(&self.packed[k * LANES / 2..(k + 1) * LANES / 2], table),
-                );
-            }
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn chunks4_avx512(
-        rows: [Self; 4],
-        chunks: usize,
-        mut f: impl FnMut(usize, [std::arch::x86_64::__m512; 4]),
-    ) {
-        use std::arch::x86_64::*;
-        let per_group = 1usize << rows[0].chunk_shift;
-        for g in 0..rows[0].scales.len() {
-            let mut tables = [_mm512_setzero_ps(); 4];
-            for j in 0..4 {
-                tables[j] = i4_table_avx512(rows[j].scales[g], rows[j].mins[g]);
-            }
-            for k in g * per_group..((g + 1) * per_group).min(chunks) {
-                let mut w = [_mm512_setzero_ps(); 4];
-                for j in 0..4 {
-                    prefetch_bytes(rows[j].packed, k * LANES / 2);
-                    let bytes = &rows[j].packed[k * LANES / 2..(k + 1) * LANES / 2];
-                    w[j] = i4_lookup_avx512(bytes, tables[j]);
-                }
-                f(k, w);
-            }
-        }
+    fn prefetch(self, k: usize) {
+        prefetch_bytes(self.packed, k * LANES / 2);
     }
 }
 
