@@ -4,7 +4,7 @@
 # perplexity ratio, each side scored by its own tool on the same consecutive windows.
 #
 #   scripts/llamacpp-compare.sh [--llama BUILD_DIR] [--model HF_DIR] [--text FILE] [--ctx N]
-#                               [--chunks N] [--threads N] [--codecs "int8 int4 int4m"]
+#                               [--chunks N] [--threads N] [--codecs "int8 int4 int4m int4s-g32"]
 #                               [--types "Q8_0 Q4_0 Q4_K_M"] [--only quality|speed]
 #                               [--rounds N] [--new-tokens N]
 #
@@ -29,8 +29,9 @@
 #   way; --chunks N scores the first N windows on both sides (default: all). (llama.cpp puts BOS
 #   at each chunk's start where the vocabulary asks for one; cllm at the text's start only.
 #   SmolLM2's vocabulary adds none.)
-# - cllm's side: each --codecs entry packed from the folder with every projection quantized in
-#   groups of 64 (`--policy all-linear --group-size 64`), then `cllm diff HF m.cllm --run`.
+# - cllm's side: each --codecs entry (NAME, or NAME-gG for groups of G columns; default 64) packed
+#   from the folder with every projection quantized (`--policy all-linear --quant NAME
+#   --group-size G`), then `cllm diff HF m.cllm --run`.
 #
 # Prints one table row per form, and the JSON of every cllm run and the log of every llama.cpp run
 # under $OUT (default target/llamacpp-compare).
@@ -167,10 +168,14 @@ print(f"{name:<22} {os.path.getsize(gguf) / 2**20:<10.1f} {float(kld[1]):>10.5f}
 EOF
 done
 for c in $codecs; do
-    "$cllm" pack "$model" -o "$out/$c.cllm" --policy all-linear --quant "$c" --group-size 64 --quiet
+    # NAME or NAME-gG: --quant NAME --group-size G (default 64).
+    quant="${c%-g*}"
+    group=64
+    [[ "$c" == *-g* ]] && group="${c##*-g}"
+    "$cllm" pack "$model" -o "$out/$c.cllm" --policy all-linear --quant "$quant" --group-size "$group" --quiet
     "$cllm" diff "$model" "$out/$c.cllm" --run --no-builtin-prompts --eval-text "$text" \
         --window-tokens "$ctx" "${cllm_chunks[@]}" --threads "$threads" --json >"$out/cllm-$c.json" 2>/dev/null || true
-    python3 - "$out/cllm-$c.json" "$out/$c.cllm" "cllm $c g64" <<'EOF'
+    python3 - "$out/cllm-$c.json" "$out/$c.cllm" "cllm $quant g$group" <<'EOF'
 import json, os, sys
 js, cllm, name = sys.argv[1:]
 v = json.load(open(js))

@@ -46,7 +46,7 @@ except ImportError:  # checksums are then skipped, and said so
 
 MAGIC = b"\x89CLM\r\n\x1a\n"
 END_MAGIC = b"CLLMEND\x1a"
-MAJOR, MINOR = 1, 3
+MAJOR, MINOR = 1, 4
 ALIGN = 64
 U64 = 1 << 64
 MIN_FILE_LEN = 64 + 2 + 32
@@ -61,6 +61,7 @@ DTYPES = {"bool": (1, "?"), "u8": (1, "u1"), "i8": (1, "i1"), "u16": (2, "<u2"),
           "f64": (8, "<f8")}
 FLOATS = ("bf16", "f16", "f32")
 LOSSLESS = ("raw", "zstd", "zstd-bp")
+SUPER_BLOCK_GROUPS = 8  # int4s groups per super-block (section 4.6)
 FILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")
 
 
@@ -158,7 +159,7 @@ def codec_streams(where, codec, group_size, dtype, shape):
         return [("data", "raw", size, nbytes)]
     if codec == "zstd":
         return [("data", "zstd", size, nbytes)]
-    if codec not in ("zstd-bp", "int8", "int8g", "int4", "int4m"):
+    if codec not in ("zstd-bp", "int8", "int8g", "int4", "int4m", "int4s"):
         raise CllmError(f"{where}: unknown codec '{codec}'")
     if dtype not in FLOATS:
         raise CllmError(f"{where}: codec {codec} needs bf16, f16 or f32, not {dtype}")
@@ -174,9 +175,32 @@ def codec_streams(where, codec, group_size, dtype, shape):
                         f"divide the {cols} columns")
     if codec == "int8g":
         return [("data", "zstd", 1, numel), ("scales", "zstd", 4, rows * (cols // group_size) * 4)]
+    if codec == "int4s":
+        per_row = cols // group_size
+        blocks = rows * -(-per_row // SUPER_BLOCK_GROUPS)
+        return [("data", "zstd", 1, numel // 2), ("factors", "zstd", 4, blocks * 4),
+                ("subs", "zstd", 1, -(-rows * per_row * 12 // 8))]
     groups = rows * (cols // group_size) * 2
     return [("data", "zstd", 1, numel // 2), ("scales", "zstd", 2, groups),
             ("mins", "zstd", 2, groups)]
+
+
+def _int4s_group_params(factors, subs, rows, per_row):
+    """Section 4.6: every group's f32 scale and minimum, from the super-block factors and the
+    12-bit sub-codes."""
+    per_block = -(-per_row // SUPER_BLOCK_GROUPS)
+    f = np.frombuffer(factors, "<f2").astype(np.float32).reshape(rows, per_block, 2)
+    block = np.arange(per_row) // SUPER_BLOCK_GROUPS
+    d, dmin = f[:, block, 0], f[:, block, 1]
+    bit = np.arange(rows * per_row) * 12
+    b = np.frombuffer(bytes(subs) + b"\0", np.uint8).astype(np.uint32)
+    word = (b[bit // 8] | (b[bit // 8 + 1] << 8)) >> (bit % 8)
+    sc = (word & 63).astype(np.float32).reshape(rows, per_row)
+    mc = ((word >> 6) & 63).astype(np.float32).reshape(rows, per_row)
+    # One exact f32 product each, rounded to f16 (nearest even), as the format's parameters.
+    s = (d * sc).astype(np.float16).astype(np.float32)
+    m = (-(dmin * mc)).astype(np.float16).astype(np.float32)
+    return s, m
 
 
 def _zstd_frame_end(buf, where):
@@ -340,16 +364,19 @@ class Container:
                 raise CllmError(f"{where}: shape {json.dumps(shape)[:80]} is not a list of u64")
             codec = _get(t, "codec", str, where)
             gs = t.get("group_size")
-            if codec in ("int4", "int4m", "int8g"):
+            if codec in ("int4", "int4m", "int4s", "int8g"):
                 gs = _get(t, "group_size", "int", where)
             elif gs is not None:
-                raise CllmError(f"{where}: group_size on codec {codec} (int4, int4m and int8g "
-                                f"only)")
+                raise CllmError(f"{where}: group_size on codec {codec} (int4, int4m, int4s and "
+                                f"int8g only)")
             if codec == "int8g" and self.version[1] < 1:
                 raise CllmError(f"{where}: codec int8g needs format 1.1, the file says "
                                 f"1.{self.version[1]}")
             if codec == "int4m" and self.version[1] < 3:
                 raise CllmError(f"{where}: codec int4m needs format 1.3, the file says "
+                                f"1.{self.version[1]}")
+            if codec == "int4s" and self.version[1] < 4:
+                raise CllmError(f"{where}: codec int4s needs format 1.4, the file says "
                                 f"1.{self.version[1]}")
             specs = codec_streams(where, codec, gs, dtype, shape)
             src = _get(t, "source_xxh3", "hex32", where)
@@ -463,7 +490,7 @@ class Container:
 
     def decode(self, name):
         """Lossless: an array of the source dtype (bf16 as uint16 bit patterns). int8/int4/int8g/
-        int4m: the dequantized float32 values of sections 4.2 to 4.5, bit for bit."""
+        int4m/int4s: the dequantized float32 values of sections 4.2 to 4.6, bit for bit."""
         t = self._tensor(name)
         st = self.decode_streams(name)
         if t.codec in LOSSLESS:
@@ -487,8 +514,12 @@ class Container:
         q = np.empty(rows * cols, np.uint8)
         q[0::2], q[1::2] = b & 0x0F, b >> 4
         q = q.reshape(rows, cols // g, g).astype(np.float32)
-        s = np.frombuffer(st["scales"], "<f2").astype(np.float32).reshape(rows, cols // g, 1)
-        m = np.frombuffer(st["mins"], "<f2").astype(np.float32).reshape(rows, cols // g, 1)
+        if t.codec == "int4s":
+            s, m = _int4s_group_params(st["factors"], st["subs"], rows, cols // g)
+        else:
+            s = np.frombuffer(st["scales"], "<f2").astype(np.float32)
+            m = np.frombuffer(st["mins"], "<f2").astype(np.float32)
+        s, m = s.reshape(rows, cols // g, 1), m.reshape(rows, cols // g, 1)
         return ((q * s) + m).reshape(rows, cols)  # two f32 operations, each rounded
 
     def _check_set(self, rec):

@@ -193,13 +193,17 @@ fn plan(
             }
         } else {
             let exact = match codec {
-                Codec::Int4 { group_size, .. } if group_size as usize % QK == 0 => Ok((
-                    GgmlType::Q4_1,
-                    Conv::Int4 {
-                        g: group_size as usize,
-                    },
-                )),
-                Codec::Int4 { group_size, .. } => Err(format!(
+                Codec::Int4 { group_size, .. } | Codec::Int4S { group_size }
+                    if group_size as usize % QK == 0 =>
+                {
+                    Ok((
+                        GgmlType::Q4_1,
+                        Conv::Int4 {
+                            g: group_size as usize,
+                        },
+                    ))
+                }
+                Codec::Int4 { group_size, .. } | Codec::Int4S { group_size } => Err(format!(
                     "int4 groups of {group_size} are not whole Q4_1 blocks of 32"
                 )),
                 Codec::Int8Row | Codec::Int8Group { .. } => {
@@ -575,7 +579,7 @@ fn write_tensor<W: Write>(
         Conv::Int4 { .. } => cols / 2,
         Conv::Int8 { .. } => cols,
         Conv::Requant(_) => match p.codec {
-            Codec::Int4 { .. } => cols / 2,
+            Codec::Int4 { .. } | Codec::Int4S { .. } => cols / 2,
             _ => cols,
         },
     };
@@ -622,7 +626,7 @@ fn write_tensor<W: Write>(
         }),
         Conv::Int4 { g } => {
             let gpr = cols / g;
-            let (scales, mins) = (&params[0], &params[1]);
+            let (scales, mins) = packed.int4_param_bytes(i)?;
             Box::new(move |r, row: &[u8], out: &mut Vec<u8>| {
                 let span = 2 * gpr * r..2 * gpr * (r + 1);
                 blocks::int4_row_to_q4_1(row, &scales[span.clone()], &mins[span], g, out);

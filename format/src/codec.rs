@@ -21,6 +21,12 @@ pub enum Codec {
         group_size: u32,
         fit: Int4Fit,
     },
+    /// `int4s` (format 1.4): int4 whose groups' scales and minimums are 6-bit codes under two f16
+    /// factors per super-block of [`SUPER_BLOCK_GROUPS`] groups (spec section 4.6). Expands to
+    /// `int4`'s per-group f16 parameters, exactly.
+    Int4S {
+        group_size: u32,
+    },
 }
 
 /// How an int4 codec chooses each group's scale and minimum. The layout and the dequantization
@@ -52,8 +58,14 @@ pub struct StreamSpec {
     pub len: u64,
 }
 
-/// Group sizes of the group-wise codecs (`int4`, `int8g`).
+/// Group sizes of the group-wise codecs (`int4`, `int4m`, `int4s`, `int8g`).
 pub const GROUP_SIZES: [u32; 3] = [32, 64, 128];
+
+/// Groups per `int4s` super-block (a row's last one may hold fewer).
+pub const SUPER_BLOCK_GROUPS: usize = 8;
+
+/// Bits of one `int4s` group's sub-codes in the `subs` stream: a 6-bit scale and a 6-bit minimum.
+pub const SUB_CODE_BITS: usize = 12;
 
 impl Codec {
     pub fn id(self) -> &'static str {
@@ -71,6 +83,7 @@ impl Codec {
                 fit: Int4Fit::MinError,
                 ..
             } => "int4m",
+            Codec::Int4S { .. } => "int4s",
         }
     }
 
@@ -90,6 +103,7 @@ impl Codec {
                 fit: Int4Fit::MinError,
                 ..
             } => 3,
+            Codec::Int4S { .. } => 4,
             _ => 0,
         }
     }
@@ -100,7 +114,9 @@ impl Codec {
 
     pub fn group_size(self) -> Option<u32> {
         match self {
-            Codec::Int4 { group_size, .. } | Codec::Int8Group { group_size } => Some(group_size),
+            Codec::Int4 { group_size, .. }
+            | Codec::Int4S { group_size }
+            | Codec::Int8Group { group_size } => Some(group_size),
             _ => None,
         }
     }
@@ -119,6 +135,9 @@ impl Codec {
             "int4m" => Codec::Int4 {
                 group_size: group_size?,
                 fit: Int4Fit::MinError,
+            },
+            "int4s" => Codec::Int4S {
+                group_size: group_size?,
             },
             _ => return None,
         })
@@ -158,7 +177,7 @@ impl Codec {
                     format!("codec zstd-bp needs bf16, f16 or f32, not {dtype}"),
                 )),
             },
-            Codec::Int8Row | Codec::Int8Group { .. } | Codec::Int4 { .. } => {
+            Codec::Int8Row | Codec::Int8Group { .. } | Codec::Int4 { .. } | Codec::Int4S { .. } => {
                 if !dtype.is_float() {
                     return Err(FormatError::tensor(
                         name,
@@ -218,6 +237,29 @@ impl Codec {
                             },
                         ])
                     }
+                    Codec::Int4S { group_size } => {
+                        let per_row = groups(group_size)?;
+                        let blocks = per_row.div_ceil(SUPER_BLOCK_GROUPS as u64);
+                        let count = rows * per_row;
+                        let sub_bits = count
+                            .checked_mul(SUB_CODE_BITS as u64)
+                            .ok_or_else(overflow)?;
+                        Ok(vec![
+                            data(Encoding::Zstd, 1, numel / 2),
+                            StreamSpec {
+                                role: "factors",
+                                encoding: Encoding::Zstd,
+                                elem_size: 4,
+                                len: (rows * blocks).checked_mul(4).ok_or_else(overflow)?,
+                            },
+                            StreamSpec {
+                                role: "subs",
+                                encoding: Encoding::Zstd,
+                                elem_size: 1,
+                                len: sub_bits.div_ceil(8),
+                            },
+                        ])
+                    }
                     Codec::Int8Group { group_size } => {
                         let count = rows * groups(group_size)?;
                         Ok(vec![data(Encoding::Zstd, 1, numel), scales(4, count)?])
@@ -232,7 +274,9 @@ impl Codec {
 impl std::fmt::Display for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Codec::Int4 { group_size, .. } => write!(f, "{}/g{group_size}", self.id()),
+            Codec::Int4 { group_size, .. } | Codec::Int4S { group_size } => {
+                write!(f, "{}/g{group_size}", self.id())
+            }
             Codec::Int8Group { group_size } => write!(f, "int8/g{group_size}"),
             c => f.write_str(c.id()),
         }

@@ -85,7 +85,10 @@ impl WeightForm {
             Codec::Raw | Codec::Zstd | Codec::ZstdBp => WeightForm::of_dtype(dtype),
             Codec::Int8Row => Some(WeightForm::Int8Row),
             Codec::Int8Group { group_size } => Some(WeightForm::Int8Group { group_size }),
-            Codec::Int4 { group_size, .. } => Some(WeightForm::Int4 { group_size }),
+            // `int4s` expands to `int4`'s per-group parameters exactly (spec section 4.6).
+            Codec::Int4 { group_size, .. } | Codec::Int4S { group_size } => {
+                Some(WeightForm::Int4 { group_size })
+            }
         }
     }
 

@@ -6,9 +6,9 @@ pub const MAGIC: [u8; 8] = [0x89, b'C', b'L', b'M', b'\r', b'\n', 0x1a, b'\n'];
 pub const END_MAGIC: [u8; 8] = *b"CLLMEND\x1a";
 pub const MAJOR: u16 = 1;
 /// The newest minor version this implementation defines (1.1 added the `int8g` codec, 1.2 shard
-/// sets, 1.3 the `int4m` codec). A writer writes the lowest minor its features need
+/// sets, 1.3 the `int4m` codec, 1.4 `int4s`). A writer writes the lowest minor its features need
 /// ([`crate::Codec::min_minor`]).
-pub const MINOR: u16 = 3;
+pub const MINOR: u16 = 4;
 pub const PREAMBLE_LEN: u64 = 16;
 pub const FOOTER_LEN: u64 = 32;
 pub const ALIGNMENT: u64 = 64;

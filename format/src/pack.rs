@@ -750,8 +750,10 @@ fn check_sources(order: &[&SourceTensor<'_>]) -> Result<()> {
 pub(crate) fn effort(codec: Codec, opts: &PackOptions) -> Effort {
     match codec {
         Codec::Raw | Codec::Zstd => Effort::Level(opts.zstd_level),
-        Codec::ZstdBp | Codec::Int8Row | Codec::Int8Group { .. } | Codec::Int4 { .. } => {
-            Effort::Entropy
-        }
+        Codec::ZstdBp
+        | Codec::Int8Row
+        | Codec::Int8Group { .. }
+        | Codec::Int4 { .. }
+        | Codec::Int4S { .. } => Effort::Entropy,
     }
 }

@@ -76,6 +76,8 @@ pub enum RuleCodec {
     /// int4 at the policy's group size (a smaller one where that does not divide the columns),
     /// fitted as given.
     Int4Default(Int4Fit),
+    /// `int4s` at the policy's group size (a smaller one where that does not divide the columns).
+    Int4SDefault,
 }
 
 impl RuleCodec {
@@ -98,9 +100,13 @@ impl RuleCodec {
             "int4m-g32" => RuleCodec::Fixed(int4m(32)),
             "int4m-g64" => RuleCodec::Fixed(int4m(64)),
             "int4m-g128" => RuleCodec::Fixed(int4m(128)),
+            "int4s" => RuleCodec::Int4SDefault,
+            "int4s-g32" => RuleCodec::Fixed(Codec::Int4S { group_size: 32 }),
+            "int4s-g64" => RuleCodec::Fixed(Codec::Int4S { group_size: 64 }),
+            "int4s-g128" => RuleCodec::Fixed(Codec::Int4S { group_size: 128 }),
             _ => {
                 return Err(FormatError::Policy(format!(
-                    "unknown codec '{s}' (lossless, raw, zstd, zstd-bp, int8, int8-row, int8-g32, int8-g64, int8-g128, int4, int4-g32, int4-g64, int4-g128, int4m, int4m-g32, int4m-g64, int4m-g128)"
+                    "unknown codec '{s}' (lossless, raw, zstd, zstd-bp, int8, int8-row, int8-g32, int8-g64, int8-g128, int4, int4-g32, int4-g64, int4-g128, int4m, int4m-g32, int4m-g64, int4m-g128, int4s, int4s-g32, int4s-g64, int4s-g128)"
                 )))
             }
         })
@@ -168,9 +174,10 @@ fn codec_text(c: RuleCodec) -> String {
         RuleCodec::Int8Default => "int8".into(),
         RuleCodec::Int4Default(Int4Fit::MinMax) => "int4".into(),
         RuleCodec::Int4Default(Int4Fit::MinError) => "int4m".into(),
+        RuleCodec::Int4SDefault => "int4s".into(),
         RuleCodec::Fixed(Codec::Int8Row) => "int8-row".into(),
         RuleCodec::Fixed(Codec::Int8Group { group_size }) => format!("int8-g{group_size}"),
-        RuleCodec::Fixed(c @ Codec::Int4 { group_size, .. }) => {
+        RuleCodec::Fixed(c @ (Codec::Int4 { group_size, .. } | Codec::Int4S { group_size })) => {
             format!("{}-g{group_size}", c.id())
         }
         RuleCodec::Fixed(c) => c.id().into(),
@@ -188,6 +195,9 @@ pub enum Quant {
     Int4,
     /// int4 with each group's scale and minimum chosen for least squared error (codec `int4m`).
     Int4M,
+    /// int4m's parameters stored as 6-bit codes under f16 factors per super-block of 8 groups
+    /// (codec `int4s`): 4.5 bits per weight in groups of 32.
+    Int4S,
 }
 
 impl Quant {
@@ -197,6 +207,7 @@ impl Quant {
             Quant::Int8Row => "int8-row",
             Quant::Int4 => "int4",
             Quant::Int4M => "int4m",
+            Quant::Int4S => "int4s",
         }
     }
 }
@@ -267,8 +278,9 @@ impl Policy {
             "int8-row" => Ok(Quant::Int8Row),
             "int4" => Ok(Quant::Int4),
             "int4m" => Ok(Quant::Int4M),
+            "int4s" => Ok(Quant::Int4S),
             _ => Err(FormatError::Policy(format!(
-                "unknown quantization '{s}' (int8, int8-row, int4, int4m)"
+                "unknown quantization '{s}' (int8, int8-row, int4, int4m, int4s)"
             ))),
         }
     }
@@ -350,11 +362,15 @@ impl Policy {
     /// int4 at the policy's group size (see [`Policy::group_for`]); a width no group size
     /// divides keeps the policy's size, and planning then names the tensor.
     fn int4_for(&self, shape: &[u64], fit: Int4Fit) -> Codec {
-        let cols = shape.get(1).copied().unwrap_or(0);
         Codec::Int4 {
-            group_size: self.group_for(cols).unwrap_or(self.group_size),
+            group_size: self.int4_group_for(shape),
             fit,
         }
+    }
+
+    fn int4_group_for(&self, shape: &[u64]) -> u32 {
+        let cols = shape.get(1).copied().unwrap_or(0);
+        self.group_for(cols).unwrap_or(self.group_size)
     }
 
     fn quant_codec(&self, shape: &[u64]) -> Codec {
@@ -363,6 +379,9 @@ impl Policy {
             Quant::Int8Row => Codec::Int8Row,
             Quant::Int4 => self.int4_for(shape, Int4Fit::MinMax),
             Quant::Int4M => self.int4_for(shape, Int4Fit::MinError),
+            Quant::Int4S => Codec::Int4S {
+                group_size: self.int4_group_for(shape),
+            },
         }
     }
 
@@ -391,6 +410,9 @@ impl Policy {
                         RuleCodec::Lossless => self.lossless_for(dtype),
                         RuleCodec::Int8Default => self.int8_for(shape),
                         RuleCodec::Int4Default(fit) => self.int4_for(shape, fit),
+                        RuleCodec::Int4SDefault => Codec::Int4S {
+                            group_size: self.int4_group_for(shape),
+                        },
                         RuleCodec::Fixed(c) => c,
                     };
                 }

@@ -1,5 +1,5 @@
-//! Quantization exactly as spec/FORMAT.md sections 4.2 (int8), 4.3 (int4) and 4.4 (int8g) define
-//! it.
+//! Quantization exactly as spec/FORMAT.md sections 4.2 (int8), 4.3 (int4), 4.4 (int8g), 4.5
+//! (int4m) and 4.6 (int4s) define it.
 //!
 //! Every step is one IEEE f32 operation in a stated order, so quantizing the same source always
 //! gives the same bytes (verify re-quantizes and compares) and another implementation can match it.
@@ -203,6 +203,45 @@ pub fn int4_code(x: f32, scale: f16, min: f16) -> u8 {
 
 pub fn int4_dequantize(q: u8, scale: f16, min: f16) -> f32 {
     (q as f32 * scale.to_f32()) + min.to_f32()
+}
+
+/// The largest `int4s` sub-code (6 bits).
+pub const INT4S_SUB_MAX: f32 = 63.0;
+
+/// One `int4s` super-block's f16 factors (spec section 4.6): the scale factor `d` and the minimum
+/// factor `dmin`, from its groups' searched f16 (scale, min) pairs.
+pub fn int4s_factors(pairs: &[(f16, f16)]) -> (f16, f16) {
+    let (mut top_scale, mut top_neg_min) = (0f32, 0f32);
+    for &(s, m) in pairs {
+        top_scale = top_scale.max(s.to_f32());
+        top_neg_min = top_neg_min.max((-m.to_f32()).max(0.0));
+    }
+    (
+        f16::from_f32(top_scale / INT4S_SUB_MAX),
+        f16::from_f32(top_neg_min / INT4S_SUB_MAX),
+    )
+}
+
+/// A group's 12-bit `int4s` sub-code `sc | (mc << 6)` under its super-block's factors.
+pub fn int4s_sub_code((scale, min): (f16, f16), d: f16, dmin: f16) -> u16 {
+    let code = |v: f32, f: f16| {
+        let f = f.to_f32();
+        if f == 0.0 {
+            0
+        } else {
+            (v / f).round_ties_even().clamp(0.0, INT4S_SUB_MAX) as u16
+        }
+    };
+    code(scale.to_f32(), d) | (code((-min.to_f32()).max(0.0), dmin) << 6)
+}
+
+/// The f16 (scale, min) a group's sub-code stands for: `int4`'s parameters, exactly.
+pub fn int4s_group_params(code: u16, d: f16, dmin: f16) -> (f16, f16) {
+    let (sc, mc) = ((code & 63) as f32, ((code >> 6) & 63) as f32);
+    (
+        f16::from_f32(d.to_f32() * sc),
+        f16::from_f32(-(dmin.to_f32() * mc)),
+    )
 }
 
 #[cfg(test)]

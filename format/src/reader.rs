@@ -524,7 +524,7 @@ fn validate(
             ));
         }
         let codec = Codec::from_id(&t.codec, t.group_size).ok_or_else(|| {
-            if matches!(t.codec.as_str(), "int4" | "int4m" | "int8g") {
+            if matches!(t.codec.as_str(), "int4" | "int4m" | "int4s" | "int8g") {
                 FormatError::tensor(name, format!("{} without group_size", t.codec))
             } else {
                 FormatError::UnknownCodec {

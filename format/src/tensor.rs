@@ -6,7 +6,7 @@ use std::ops::Range;
 use half::f16;
 use rayon::prelude::*;
 
-use crate::codec::{Codec, Int4Fit};
+use crate::codec::{Codec, Int4Fit, SUB_CODE_BITS, SUPER_BLOCK_GROUPS};
 use crate::error::{FormatError, Result};
 use crate::index::TensorEntry;
 use crate::quant;
@@ -35,21 +35,37 @@ pub enum QuantParams {
         first_group: usize,
         scales: Vec<f32>,
     },
+    /// `int4`, `int4m` and `int4s` (whose `scales` and `mins` are the ones its `sub` stands for).
     Int4 {
         group_size: usize,
         first_group: usize,
         scales: Vec<f16>,
         mins: Vec<f16>,
+        /// `int4s` only: each group's sub-code and its super-block's factors.
+        sub: Option<Vec<SubParams>>,
     },
+}
+
+/// One `int4s` group's stored parameters (spec section 4.6).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SubParams {
+    /// `sc | (mc << 6)`.
+    pub code: u16,
+    /// Its super-block's factors.
+    pub d: f16,
+    pub dmin: f16,
 }
 
 /// How a quantized codec's groups tile a tensor: `per_row` groups of `size` columns in each row
 /// (an `int8g` row's last group may be shorter; an `int8` row is one group, even when empty).
+/// `int4s` groups also form super-blocks of up to [`SUPER_BLOCK_GROUPS`] groups of a row, whose
+/// parameters are computed together.
 #[derive(Clone, Copy)]
 struct Tiling {
     cols: usize,
     size: usize,
     per_row: usize,
+    super_blocks: bool,
 }
 
 impl Tiling {
@@ -61,7 +77,7 @@ impl Tiling {
                 let g = (group_size as usize).max(1);
                 (g, cols.div_ceil(g))
             }
-            Codec::Int4 { group_size, .. } => {
+            Codec::Int4 { group_size, .. } | Codec::Int4S { group_size } => {
                 let g = (group_size as usize).max(1);
                 (g, cols / g)
             }
@@ -71,7 +87,35 @@ impl Tiling {
             cols,
             size,
             per_row,
+            super_blocks: matches!(codec, Codec::Int4S { .. }),
         })
+    }
+
+    fn blocks_per_row(&self) -> usize {
+        self.per_row.div_ceil(SUPER_BLOCK_GROUPS)
+    }
+
+    /// The groups of super-block `j` (row-major over the tensor's super-blocks).
+    fn block_groups(&self, j: usize) -> Range<usize> {
+        let bpr = self.blocks_per_row().max(1);
+        let row_start = (j / bpr) * self.per_row;
+        let start = row_start + (j % bpr) * SUPER_BLOCK_GROUPS;
+        start..(start + SUPER_BLOCK_GROUPS).min(row_start + self.per_row)
+    }
+
+    /// The super-block holding group `g`.
+    fn block_of(&self, g: usize) -> usize {
+        let per_row = self.per_row.max(1);
+        (g / per_row) * self.blocks_per_row() + (g % per_row) / SUPER_BLOCK_GROUPS
+    }
+
+    /// `groups` widened to whole super-blocks (unchanged without super-blocks).
+    fn widen(&self, groups: Range<usize>) -> Range<usize> {
+        if !self.super_blocks || groups.is_empty() {
+            return groups;
+        }
+        self.block_groups(self.block_of(groups.start)).start
+            ..self.block_groups(self.block_of(groups.end - 1)).end
     }
 
     fn groups(&self, shape: &[u64]) -> usize {
@@ -107,18 +151,27 @@ pub fn param_groups(
     let Some(tiling) = Tiling::of(codec, shape) else {
         return 0..0;
     };
-    let int4 = matches!(codec, Codec::Int4 { .. });
+    let int4 = matches!(codec, Codec::Int4 { .. } | Codec::Int4S { .. });
     if range.is_empty() {
         return 0..0;
     }
-    match (stream, int4) {
+    let groups = match (stream, codec) {
         (0, _) => {
             let per_byte = if int4 { 2 } else { 1 };
             tiling.group_of(range.start * per_byte)..tiling.group_of(range.end * per_byte - 1) + 1
         }
-        (_, false) => range.start / 4..range.end.div_ceil(4),
-        (_, true) => range.start / 2..range.end.div_ceil(2),
-    }
+        (1, Codec::Int4S { .. }) => {
+            let (first, last) = (range.start / 4, (range.end - 1) / 4);
+            tiling.block_groups(first).start..tiling.block_groups(last).end
+        }
+        (_, Codec::Int4S { .. }) => {
+            let bits = |b: usize| b * 8 / SUB_CODE_BITS;
+            bits(range.start)..(bits(range.end) + 1).min(tiling.groups(shape))
+        }
+        _ if int4 => range.start / 2..range.end.div_ceil(2),
+        _ => range.start / 4..range.end.div_ceil(4),
+    };
+    tiling.widen(groups)
 }
 
 /// The source bytes of groups `groups`: what [`quant_params_in`] and [`quantize_data_range`]
@@ -174,10 +227,15 @@ pub fn quant_params_for(
         return Ok(QuantParams::None);
     };
     let per_block = ((1usize << 20) / (tiling.size * dtype.size()).max(1)).max(1);
-    let blocks: Vec<Range<usize>> = (groups.start..groups.end)
+    // Cuts fall on super-block starts (`groups` starts and ends on them), so each block's
+    // parameters are its own.
+    let mut cuts: Vec<usize> = (groups.start..groups.end)
         .step_by(per_block)
-        .map(|g| g..(g + per_block).min(groups.end))
+        .map(|g| tiling.widen(g..g + 1).start)
         .collect();
+    cuts.dedup();
+    cuts.push(groups.end);
+    let blocks: Vec<Range<usize>> = cuts.windows(2).map(|w| w[0]..w[1]).collect();
     let parts = blocks
         .into_par_iter()
         .map(|block| {
@@ -196,13 +254,21 @@ pub fn quant_params_for(
                 scales.extend(s)
             }
             (
-                QuantParams::Int4 { scales, mins, .. },
                 QuantParams::Int4 {
-                    scales: s, mins: m, ..
+                    scales, mins, sub, ..
+                },
+                QuantParams::Int4 {
+                    scales: s,
+                    mins: m,
+                    sub: u,
+                    ..
                 },
             ) => {
                 scales.extend(s);
                 mins.extend(m);
+                if let (Some(sub), Some(u)) = (sub, u) {
+                    sub.extend(u);
+                }
             }
             _ => {}
         }
@@ -218,11 +284,12 @@ fn empty_params(codec: Codec, tiling: Tiling, first_group: usize, capacity: usiz
             first_group,
             scales: Vec::with_capacity(capacity),
         },
-        Codec::Int4 { .. } => QuantParams::Int4 {
+        Codec::Int4 { .. } | Codec::Int4S { .. } => QuantParams::Int4 {
             group_size,
             first_group,
             scales: Vec::with_capacity(capacity),
             mins: Vec::with_capacity(capacity),
+            sub: matches!(codec, Codec::Int4S { .. }).then(|| Vec::with_capacity(capacity)),
         },
         _ => QuantParams::None,
     }
@@ -282,7 +349,8 @@ fn quant_params_of_values(
         Codec::Int4 {
             fit: Int4Fit::MinError,
             ..
-        } => Some(
+        }
+        | Codec::Int4S { .. } => Some(
             groups
                 .clone()
                 .into_par_iter()
@@ -303,6 +371,36 @@ fn quant_params_of_values(
                         qerr(gi, format!("element {} is NaN or infinite", col(gi, j)))
                     })?,
                 );
+            }
+        }
+        QuantParams::Int4 {
+            scales,
+            mins,
+            sub: Some(sub),
+            ..
+        } => {
+            // `groups` is whole super-blocks (see `param_groups`).
+            let pairs = searched.unwrap_or_default();
+            let mut at = groups.start;
+            while at < groups.end {
+                let block = tiling.widen(at..at + 1);
+                let part = &pairs[block.start - groups.start..block.end - groups.start];
+                let (d, dmin) = quant::int4s_factors(part);
+                for (k, &pair) in part.iter().enumerate() {
+                    let code = quant::int4s_sub_code(pair, d, dmin);
+                    let (s, m) = quant::int4s_group_params(code, d, dmin);
+                    if !s.is_finite() || !m.is_finite() {
+                        let gi = block.start + k;
+                        return Err(qerr(
+                            gi,
+                            format!("group {}: scale or min overflows f16", gi % tiling.per_row),
+                        ));
+                    }
+                    scales.push(s);
+                    mins.push(m);
+                    sub.push(SubParams { code, d, dmin });
+                }
+                at = block.end;
             }
         }
         QuantParams::Int4 { scales, mins, .. } => match searched {
@@ -364,9 +462,14 @@ impl ParamsMemo {
                 let mut p = empty_params(codec, tiling, 0, groups);
                 match &mut p {
                     QuantParams::Int8 { scales, .. } => scales.resize(groups, 0.0),
-                    QuantParams::Int4 { scales, mins, .. } => {
+                    QuantParams::Int4 {
+                        scales, mins, sub, ..
+                    } => {
                         scales.resize(groups, f16::ZERO);
                         mins.resize(groups, f16::ZERO);
+                        if let Some(sub) = sub {
+                            sub.resize(groups, SubParams::default());
+                        }
                     }
                     QuantParams::None => {}
                 }
@@ -394,17 +497,24 @@ impl ParamsMemo {
                 *first_group..*first_group + s.len()
             }
             (
-                QuantParams::Int4 { scales, mins, .. },
+                QuantParams::Int4 {
+                    scales, mins, sub, ..
+                },
                 QuantParams::Int4 {
                     first_group,
                     scales: s,
                     mins: m,
+                    sub: u,
                     ..
                 },
             ) => {
-                scales[*first_group..*first_group + s.len()].copy_from_slice(s);
-                mins[*first_group..*first_group + m.len()].copy_from_slice(m);
-                *first_group..*first_group + s.len()
+                let at = *first_group..*first_group + s.len();
+                scales[at.clone()].copy_from_slice(s);
+                mins[at.clone()].copy_from_slice(m);
+                if let (Some(sub), Some(u)) = (sub, u) {
+                    sub[at.clone()].copy_from_slice(u);
+                }
+                at
             }
             _ => return,
         };
@@ -440,12 +550,14 @@ impl ParamsMemo {
                 group_size,
                 scales,
                 mins,
+                sub,
                 ..
             } => QuantParams::Int4 {
                 group_size: *group_size,
                 first_group: g.start,
                 scales: scales[g.clone()].to_vec(),
-                mins: mins[g].to_vec(),
+                mins: mins[g.clone()].to_vec(),
+                sub: sub.as_ref().map(|u| u[g].to_vec()),
             },
             QuantParams::None => QuantParams::None,
         })
@@ -464,7 +576,9 @@ pub fn source_range(
     let es = dtype.size();
     match (codec, stream) {
         (c, 0) if c.is_lossless() => Some(range.clone()),
-        (Codec::Int4 { .. }, 0) => Some(range.start * 2 * es..range.end * 2 * es),
+        (Codec::Int4 { .. } | Codec::Int4S { .. }, 0) => {
+            Some(range.start * 2 * es..range.end * 2 * es)
+        }
         (_, 0) => Some(range.start * es..range.end * es),
         _ => None,
     }
@@ -567,6 +681,7 @@ pub fn stream_range_of_values(
                 first_group,
                 scales,
                 mins,
+                ..
             },
             0,
         ) => {
@@ -587,6 +702,50 @@ pub fn stream_range_of_values(
         }
         (
             QuantParams::Int4 {
+                group_size,
+                first_group,
+                sub: Some(sub),
+                ..
+            },
+            1,
+        ) => {
+            let tiling = Tiling {
+                cols,
+                size: *group_size,
+                per_row: cols / group_size,
+                super_blocks: true,
+            };
+            let (first, last) = (range.start / 4, range.end.div_ceil(4));
+            let bytes: Vec<u8> = (first..last)
+                .flat_map(|j| {
+                    let p = sub[tiling.block_groups(j).start - first_group];
+                    [p.d.to_bits().to_le_bytes(), p.dmin.to_bits().to_le_bytes()]
+                })
+                .flatten()
+                .collect();
+            bytes[range.start - first * 4..range.end - first * 4].to_vec()
+        }
+        (
+            QuantParams::Int4 {
+                first_group,
+                sub: Some(sub),
+                ..
+            },
+            _,
+        ) => range
+            .map(|b| {
+                // Byte b holds bits 8b..8b+8 of the stream: the end of group g's 12 bits and, when
+                // they end inside it, the start of group g + 1's.
+                let (g, shift) = (b * 8 / SUB_CODE_BITS, b * 8 % SUB_CODE_BITS);
+                let mut word = sub[g - first_group].code as u32;
+                if (g + 1) * SUB_CODE_BITS < b * 8 + 8 && g + 1 - first_group < sub.len() {
+                    word |= (sub[g + 1 - first_group].code as u32) << SUB_CODE_BITS;
+                }
+                (word >> shift) as u8
+            })
+            .collect(),
+        (
+            QuantParams::Int4 {
                 first_group,
                 scales,
                 mins,
@@ -603,6 +762,43 @@ pub fn stream_range_of_values(
                 .collect();
             bytes[range.start - first * 2..range.end - first * 2].to_vec()
         }
+    }
+}
+
+/// The f16 scale and minimum of each of groups `groups` of an `int4`, `int4m` or `int4s` tensor,
+/// from its parameter streams (`params`: the streams after `data`, as decoded): stored as they are
+/// for `int4` and `int4m`, expanded from the factors and sub-codes for `int4s` (spec section 4.6).
+/// Lengths are the codec's (a reader has checked them); `None` for any other codec.
+pub fn int4_group_params<B: AsRef<[u8]>>(
+    codec: Codec,
+    shape: &[u64],
+    params: &[B],
+    groups: Range<usize>,
+) -> Option<(Vec<f16>, Vec<f16>)> {
+    let h = |b: &[u8], i: usize| f16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]]));
+    match codec {
+        Codec::Int4 { .. } => {
+            let (s, m) = (params[0].as_ref(), params[1].as_ref());
+            Some(groups.map(|g| (h(s, g), h(m, g))).unzip())
+        }
+        Codec::Int4S { .. } => {
+            let tiling = Tiling::of(codec, shape)?;
+            let (factors, subs) = (params[0].as_ref(), params[1].as_ref());
+            Some(
+                groups
+                    .map(|g| {
+                        let j = tiling.block_of(g);
+                        let (d, dmin) = (h(factors, 2 * j), h(factors, 2 * j + 1));
+                        let bit = g * SUB_CODE_BITS;
+                        let at = bit / 8;
+                        let word = subs[at] as u32 | (*subs.get(at + 1).unwrap_or(&0) as u32) << 8;
+                        let code = ((word >> (bit % 8)) & 0xfff) as u16;
+                        quant::int4s_group_params(code, d, dmin)
+                    })
+                    .unzip(),
+            )
+        }
+        _ => None,
     }
 }
 
@@ -627,15 +823,11 @@ pub fn dequantize(codec: Codec, shape: &[u64], streams: &[Vec<u8>]) -> Vec<f32> 
                 })
                 .collect()
         }
-        Codec::Int4 { group_size, .. } => {
+        Codec::Int4 { group_size, .. } | Codec::Int4S { group_size } => {
             let g = group_size as usize;
-            let h = |b: &[u8]| -> Vec<f16> {
-                b.chunks_exact(2)
-                    .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-                    .collect()
-            };
-            let (scales, mins) = (h(&streams[1]), h(&streams[2]));
             let gpr = cols / g;
+            let (scales, mins) = int4_group_params(codec, shape, &streams[1..], 0..rows * gpr)
+                .expect("an int4 codec");
             let mut out = Vec::with_capacity(rows * cols);
             for (k, &b) in streams[0].iter().enumerate() {
                 for (j, q) in [b & 0x0f, b >> 4].into_iter().enumerate() {
@@ -679,22 +871,22 @@ pub fn dequantize_range(
                 })
                 .collect()
         }
-        Codec::Int4 { group_size, .. } => {
+        Codec::Int4 { group_size, .. } | Codec::Int4S { group_size } => {
             let g = group_size as usize;
             let gpr = cols / g;
-            let h = |v: &[u8], gi: usize| {
-                f16::from_bits(u16::from_le_bytes([v[2 * gi], v[2 * gi + 1]]))
-            };
+            let group = |e: usize| (e / cols) * gpr + (e % cols) / g;
+            if codes.is_empty() {
+                return Vec::new();
+            }
+            let first = group(2 * at);
+            let groups = first..group(2 * (at + codes.len()) - 1) + 1;
+            let (scales, mins) =
+                int4_group_params(codec, shape, params, groups).expect("an int4 codec");
             let mut out = Vec::with_capacity(codes.len() * 2);
             for (k, &b) in codes.iter().enumerate() {
                 for (j, q) in [b & 0x0f, b >> 4].into_iter().enumerate() {
-                    let e = 2 * (at + k) + j;
-                    let gi = (e / cols) * gpr + (e % cols) / g;
-                    out.push(quant::int4_dequantize(
-                        q,
-                        h(&params[0], gi),
-                        h(&params[1], gi),
-                    ));
+                    let gi = group(2 * (at + k) + j) - first;
+                    out.push(quant::int4_dequantize(q, scales[gi], mins[gi]));
                 }
             }
             out

@@ -80,7 +80,7 @@ const PATTERNS: [&str; 8] = [
     "no.such.tensor",
 ];
 
-const RULE_CODECS: [&str; 11] = [
+const RULE_CODECS: [&str; 13] = [
     "lossless",
     "raw",
     "zstd",
@@ -92,6 +92,8 @@ const RULE_CODECS: [&str; 11] = [
     "int4-g128",
     "int4m",
     "int4m-g32",
+    "int4s",
+    "int4s-g32",
 ];
 
 fn name(k: u8) -> String {

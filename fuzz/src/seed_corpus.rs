@@ -200,6 +200,23 @@ fn container_seeds(dir: &Path) {
             ),
         ),
         ("no_tensors", container(&[], Policy::default(), 4096, 4)),
+        (
+            // Super-blocks of 8 + 2 groups per row, and an odd group count (the last sub-code
+            // ends mid-byte).
+            "int4s_superblocks",
+            container(
+                &[
+                    ("model.layers.0.mlp.up_proj.weight", Dtype::Bf16, vec![6, 320]),
+                    ("model.layers.0.mlp.down_proj.weight", Dtype::F16, vec![5, 96]),
+                ],
+                Policy {
+                    rules: vec![Rule::parse(r"re:.*proj\.weight=int4s-g32").unwrap()],
+                    ..Policy::default()
+                },
+                512,
+                5,
+            ),
+        ),
     ];
     let mut seeds = seeds;
     seeds.extend(shard_seeds());

@@ -1,5 +1,7 @@
 //! Weights from a `.cllm` container into CPU memory. Quantized tensors stay quantized: their
-//! payload and scales become `WeightData::Int8Row`/`Int8Group`/`Int4` as they are, nothing is expanded to floats.
+//! payload and scales become `WeightData::Int8Row`/`Int8Group`/`Int4` as they are (an `int4s`
+//! tensor's super-block codes become `Int4`'s per-group f16 parameters), nothing is expanded to
+//! floats.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -85,12 +87,19 @@ pub fn weight_from_streams(
             q: codes(std::mem::take(&mut streams[0])),
             group_size: group_size as usize,
         },
-        WeightForm::Int4 { group_size } => WeightData::Int4 {
-            scales: u16s(&streams[1]).map(f16::from_bits).collect(),
-            mins: u16s(&streams[2]).map(f16::from_bits).collect(),
-            packed: std::mem::take(&mut streams[0]),
-            group_size: group_size as usize,
-        },
+        WeightForm::Int4 { group_size } => {
+            // `int4s` expands exactly to `int4`'s per-group parameters (spec section 4.6).
+            let groups = rows * (cols / (group_size as usize).max(1));
+            let (scales, mins) =
+                cllm_format::tensor::int4_group_params(codec, shape, &streams[1..], 0..groups)
+                    .expect("an int4 form comes from an int4 codec");
+            WeightData::Int4 {
+                scales,
+                mins,
+                packed: std::mem::take(&mut streams[0]),
+                group_size: group_size as usize,
+            }
+        }
     };
     Ok(Weight { rows, cols, data })
 }

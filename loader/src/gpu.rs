@@ -300,6 +300,12 @@ pub fn load_gpu(
     let mut items = Vec::new();
     let mut at = 0u64;
     let mut read = 0u64;
+    // An `int4s` tensor's super-block codes are expanded on the host to the per-group f16 scales
+    // and minimums the kernels read (spec section 4.6); its codes stream in as they are.
+    let expanded: HashMap<usize, [Vec<u8>; 2]> = (0..packed.len())
+        .filter(|&i| matches!(packed.codec(i), Codec::Int4S { .. }))
+        .map(|i| packed.int4_param_bytes(i).map(|(s, m)| (i, [s, m])))
+        .collect::<Result<_, _>>()?;
     for i in 0..packed.len() {
         let t = packed.tensor(i);
         let c = &packed.shards()[packed.locate(i).0].container;
@@ -307,7 +313,17 @@ pub fn load_gpu(
         let form = form_of(&t.name, t.dtype, codec)?;
         let (rows, cols) = cllm_format::tensor::rows_cols(&t.shape);
         let mut idx = Vec::new();
-        for (s, spec) in t.streams.iter().zip(packed.stream_specs(i)) {
+        let own_streams = if expanded.contains_key(&i) {
+            1
+        } else {
+            t.streams.len()
+        };
+        for (s, spec) in t
+            .streams
+            .iter()
+            .zip(packed.stream_specs(i))
+            .take(own_streams)
+        {
             let si = streams.len();
             streams.push(StreamPlan {
                 tensor: t.name.clone(),
@@ -332,6 +348,32 @@ pub fn load_gpu(
                 });
                 off += f.decoded;
                 read += f.stored;
+            }
+        }
+        if let Some(params) = expanded.get(&i) {
+            read += t.streams[1..]
+                .iter()
+                .flat_map(|s| &s.frames)
+                .map(|f| f.stored)
+                .sum::<u64>();
+            for (role, bytes) in ["scales", "mins"].into_iter().zip(params) {
+                let si = streams.len();
+                streams.push(StreamPlan {
+                    tensor: t.name.clone(),
+                    role: role.into(),
+                    len: bytes.len() as u64,
+                    at,
+                });
+                at = align(at + bytes.len() as u64);
+                idx.push(si);
+                for (k, chunk) in bytes.chunks(FOLDER_CHUNK).enumerate() {
+                    items.push(Item {
+                        stream: si,
+                        offset: (k * FOLDER_CHUNK) as u64,
+                        len: chunk.len(),
+                        src: Source::Plain(chunk),
+                    });
+                }
             }
         }
         plans.push(TensorPlan {

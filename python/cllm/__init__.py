@@ -24,6 +24,7 @@ from ._model import (
     VerificationError,
     VerifyReport,
     bf16_to_float32,
+    expand_int4s,
     open,
     unpack_int4,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "VerifyReport",
     "__version__",
     "bf16_to_float32",
+    "expand_int4s",
     "open",
     "unpack_int4",
 ]

@@ -43,7 +43,13 @@ _STREAM_DTYPES = {
     ("int4m", "data"): np.dtype("u1"),
     ("int4m", "scales"): np.dtype("<f2"),
     ("int4m", "mins"): np.dtype("<f2"),
+    ("int4s", "data"): np.dtype("u1"),
+    ("int4s", "factors"): np.dtype("<f2"),
+    ("int4s", "subs"): np.dtype("u1"),
 }
+
+# int4s groups per super-block (spec/FORMAT.md section 4.6).
+SUPER_BLOCK_GROUPS = 8
 
 LOSSLESS_CODECS = ("raw", "zstd", "zstd-bp")
 
@@ -76,6 +82,24 @@ def unpack_int4(data: np.ndarray) -> np.ndarray:
     return out
 
 
+def expand_int4s(factors: np.ndarray, subs: np.ndarray, rows: int, groups: int):
+    """An ``int4s`` tensor's per-group ``(scales, mins)``, ``float16 [rows, groups]`` each, from
+    its ``factors`` (``float16``, ``d`` and ``dmin`` per super-block of 8 groups) and ``subs``
+    (12-bit codes ``sc | mc << 6``, one per group, packed low bit first): ``scale = f16(d * sc)``,
+    ``min = f16(-(dmin * mc))``, exactly as spec/FORMAT.md section 4.6 defines them. Dequantize
+    as ``int4``: ``(q * scale) + min`` in float32."""
+    blocks = -(-groups // SUPER_BLOCK_GROUPS)
+    f = np.asarray(factors, dtype="<f2").astype(np.float32).reshape(rows, blocks, 2)
+    block = np.arange(groups) // SUPER_BLOCK_GROUPS
+    d, dmin = f[:, block, 0], f[:, block, 1]
+    bit = np.arange(rows * groups) * 12
+    b = np.append(np.asarray(subs, dtype=np.uint8).ravel(), np.uint8(0)).astype(np.uint32)
+    word = (b[bit // 8] | (b[bit // 8 + 1] << 8)) >> (bit % 8)
+    sc = (word & 63).astype(np.float32).reshape(rows, groups)
+    mc = ((word >> 6) & 63).astype(np.float32).reshape(rows, groups)
+    return (d * sc).astype(np.float16), (-(dmin * mc)).astype(np.float16)
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One tensor's index entry: what it is and how it is stored."""
@@ -83,7 +107,7 @@ class TensorInfo:
     name: str
     dtype: str  # the source dtype, as the index spells it: "bf16", "f16", "f32", ...
     shape: Tuple[int, ...]
-    codec: str  # "raw", "zstd", "zstd-bp" (lossless) or "int8", "int8g", "int4", "int4m"
+    codec: str  # "raw", "zstd", "zstd-bp" (lossless) or "int8", "int8g", "int4", "int4m", "int4s"
     group_size: Optional[int]
     streams: Tuple[Tuple[str, int], ...]  # (role, decoded bytes): data, scales, mins
     stored_bytes: int  # compressed bytes on disk, all streams
@@ -253,7 +277,9 @@ class Model(Mapping):
         ``data`` (``int8 [rows, cols]`` for int8/int8g; for int4 ``uint8 [rows, cols / 2]``, two
         codes a byte, see ``unpack_int4``), ``scales`` (``float32 [rows, groups]`` for
         int8/int8g, one group a row for int8; ``float16`` for int4) and, for int4, ``mins``
-        (``float16 [rows, groups]``). Lossless tensors: ``{"data": <the array>}``.
+        (``float16 [rows, groups]``); int4s has ``factors`` (``float16 [rows, 2 x super-blocks]``)
+        and ``subs`` (``uint8``, flat) instead of scales and mins: see ``expand_int4s``. Lossless
+        tensors: ``{"data": <the array>}``.
         """
         info = self._info(name)
         i = self._pos[name]
@@ -273,7 +299,9 @@ class Model(Mapping):
             if np_dtype is None:
                 raise CllmError(f"tensor {name}: codec {info.codec} has no stream {role!r}")
             flat = np.frombuffer(self._packed.stream_bytes(i, s), dtype=np_dtype)
-            if role == "data":
+            if role == "subs":
+                out[role] = flat  # 12-bit codes run across rows
+            elif role == "data":
                 out[role] = flat.reshape(rows, -1) if rows else flat.reshape(0, cols)
             else:
                 out[role] = flat.reshape(rows, -1) if rows else flat.reshape(0, 1)

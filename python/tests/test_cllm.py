@@ -70,6 +70,7 @@ class Fixture:
             "int8g": ["--policy", "mlp-only", "--quant", "int8", "--group-size", "32"],
             "int8row": ["--policy", "attn-only", "--quant", "int8-row"],
             "int4": ["--policy", "all-linear", "--quant", "int4", "--group-size", "64"],
+            "int4s": ["--policy", "all-linear", "--quant", "int4s", "--group-size", "32"],
         }
         for name, flags in packs.items():
             path = os.path.join(self.tmp, f"{name}.cllm")
@@ -224,7 +225,7 @@ class TestOpen(unittest.TestCase):
         self.assertTrue(m[name].flags.writeable)
 
     def test_quantized_equal_to_unpack(self):
-        for kind in ("int8g", "int8row", "int4"):
+        for kind in ("int8g", "int8row", "int4", "int4s"):
             m = cllm.open(FIX.containers[kind])
             unpacked = FIX.unpacked(kind)
             quantized = 0
@@ -239,7 +240,7 @@ class TestOpen(unittest.TestCase):
             self.assertGreater(quantized, 0, kind)
 
     def test_raw_codes_and_scales(self):
-        for kind in ("int8g", "int8row", "int4"):
+        for kind in ("int8g", "int8row", "int4", "int4s"):
             m = cllm.open(FIX.containers[kind])
             for name, info in m.tensors.items():
                 if info.lossless:
@@ -256,6 +257,15 @@ class TestOpen(unittest.TestCase):
                     s = raw["scales"].astype(np.float32)[..., None]
                     mn = raw["mins"].astype(np.float32)[..., None]
                     x = (q * s).astype(np.float32) + mn
+                elif info.codec == "int4s":
+                    g = info.group_size
+                    self.assertEqual(set(raw), {"data", "factors", "subs"})
+                    s16, m16 = cllm.expand_int4s(raw["factors"], raw["subs"], rows, cols // g)
+                    self.assertEqual((s16.dtype, s16.shape), (np.float16, (rows, cols // g)))
+                    self.assertTrue((m16.astype(np.float32) <= 0).all())
+                    q = cllm.unpack_int4(raw["data"]).astype(np.float32).reshape(rows, cols // g, g)
+                    s = s16.astype(np.float32)[..., None]
+                    x = (q * s).astype(np.float32) + m16.astype(np.float32)[..., None]
                 else:
                     g = info.group_size or cols
                     self.assertEqual(set(raw), {"data", "scales"})

@@ -373,6 +373,21 @@ fn quantized_verify_reports_error_figures() {
             ],
             0.12,
         ),
+        // int4s: super-blocks of searched parameters, their codes re-derived bit for bit, in
+        // frames of 4 KiB that cut rows and super-blocks.
+        (
+            vec![
+                "--policy",
+                "all-linear",
+                "--quant",
+                "int4s",
+                "--group-size",
+                "32",
+                "--frame-kib",
+                "4",
+            ],
+            0.12,
+        ),
         // Frames of 4 KiB: rows straddle frames, so verify re-quantizes windows inside rows.
         (
             vec![

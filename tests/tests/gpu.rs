@@ -595,6 +595,15 @@ fn gpu_synthetic_models_match_cpu_with_long_contexts() {
                     "--group-size",
                     "32",
                 ],
+                // int4s: super-block codes expanded on the host to int4's parameters.
+                vec![
+                    "--policy",
+                    "all-linear",
+                    "--quant",
+                    "int4s",
+                    "--group-size",
+                    "32",
+                ],
             ],
         ),
         (
@@ -944,6 +953,17 @@ fn gpu_real_model_check_resident_passes_for_every_preset() {
                 "mlp-only",
                 "--quant",
                 "int4",
+                "--group-size",
+                "32",
+            ],
+        ),
+        (
+            "all-linear-int4s-g32",
+            vec![
+                "--policy",
+                "all-linear",
+                "--quant",
+                "int4s",
                 "--group-size",
                 "32",
             ],

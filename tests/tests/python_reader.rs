@@ -312,6 +312,8 @@ fn python_reader_agrees_with_rust_on_every_codec() {
                 fit: cllm_format::Int4Fit::MinError,
             },
         ),
+        (Quant::Int4S, 32, Codec::Int4S { group_size: 32 }),
+        (Quant::Int4S, 64, Codec::Int4S { group_size: 64 }),
     ];
     for (quant, group_size, codec) in quants {
         let policy = Policy {

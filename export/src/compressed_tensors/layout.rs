@@ -192,9 +192,8 @@ pub fn layout(packed: &Packed) -> Result<Layout, ExportError> {
                 group: Some(group_size),
                 symmetric: true,
             }),
-            Codec::Int4 { group_size, .. } => {
-                let scales = packed.decode_stream(i, 1)?;
-                let mins = packed.decode_stream(i, 2)?;
+            Codec::Int4 { group_size, .. } | Codec::Int4S { group_size } => {
+                let (scales, mins) = packed.int4_param_bytes(i)?;
                 let ks = int4_zero_points(&name, cols, group_size, &scales, &mins)?;
                 Some(Scheme {
                     bits: 4,
@@ -405,8 +404,7 @@ pub fn emit(
                 )));
             };
             let cols = *groups * group as u64;
-            let scales = packed.decode_stream(*index, 1)?;
-            let mins = packed.decode_stream(*index, 2)?;
+            let (scales, mins) = packed.int4_param_bytes(*index)?;
             let ks = int4_zero_points(&t.name, cols, group, &scales, &mins)?;
             let (rows, groups) = (*rows as usize, *groups as usize);
             let mut out = Vec::with_capacity(rows.div_ceil(8) * groups * 4);
