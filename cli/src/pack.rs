@@ -46,6 +46,21 @@ pub struct PackArgs {
     /// int4s-g64, int4s-g128 (int8, int4, int4m and int4s alone use --group-size).
     #[arg(long = "rule", value_name = "PATTERN=CODEC")]
     pub rules: Vec<String>,
+    /// Weight int4m's and int4s's search by each input column's activation energy, measured by
+    /// running the source model on the CPU over a calibration text (spec section 4.7). The
+    /// vectors are embedded (format 1.4), so `verify --against` re-derives every code.
+    #[arg(long)]
+    pub calibrate: bool,
+    /// The calibration text, UTF-8 (default: a built-in text, the project's frozen design records,
+    /// which is not the text `verify --run` scores).
+    #[arg(long, value_name = "FILE", requires = "calibrate")]
+    pub calib_text: Option<PathBuf>,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub calib_window_tokens: usize,
+    /// At most N calibration windows (default: the whole text).
+    #[arg(long, value_name = "N", requires = "calibrate")]
+    pub calib_windows: Option<usize>,
     /// A TOML policy file (preset, quant, group_size, lossless, [[rule]] pattern/codec).
     #[arg(long)]
     pub policy_file: Option<PathBuf>,
@@ -113,7 +128,7 @@ pub fn run(a: PackArgs) -> CmdResult {
         return Err(anyhow::anyhow!("--frame-kib must be between 1 and 65536").into());
     }
     let policy = build_policy(&a)?;
-    let opts = PackOptions {
+    let mut opts = PackOptions {
         policy,
         frame_size: a.frame_kib * 1024,
         zstd_level: a.zstd_level,
@@ -122,12 +137,105 @@ pub fn run(a: PackArgs) -> CmdResult {
     };
     #[cfg(feature = "synth")]
     if let Some(name) = a.model_dir.to_str().and_then(|s| s.strip_prefix("synth:")) {
+        if a.calibrate {
+            return Err(anyhow::anyhow!("--calibrate needs a model folder, not {name}").into());
+        }
         let model = crate::synth::Generated::new(name)?;
         let fills = model.fills();
         return pack_input(&a, &model.pack_input(&fills), &opts);
     }
     let folder = HfFolder::open(&a.model_dir)?;
-    pack_input(&a, &folder.pack_input(), &opts)
+    let input = folder.pack_input();
+    if a.calibrate {
+        opts.importance = Some(std::sync::Arc::new(calibrate(&a, &input, &opts)?));
+    }
+    pack_input(&a, &input, &opts)
+}
+
+/// `--calibrate`: the importance vectors of the tensors the policy packs with a searched fit,
+/// from the source model run on the CPU over the calibration text.
+fn calibrate(
+    a: &PackArgs,
+    input: &PackInput<'_>,
+    opts: &PackOptions,
+) -> anyhow::Result<cllm_format::importance::Importance> {
+    use cllm_runtime::calibrate::{importance, CALIBRATION_TEXT};
+    use cllm_runtime::divergence::text::EvalText;
+    let keys: Vec<_> = input
+        .tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice()))
+        .collect();
+    let codecs = opts.policy.resolve(&keys)?;
+    let searched: Vec<&str> = keys
+        .iter()
+        .zip(&codecs)
+        .filter(|(_, c)| c.is_searched())
+        .map(|(k, _)| k.0)
+        .collect();
+    if searched.is_empty() {
+        anyhow::bail!(
+            "--calibrate weights the search of int4m and int4s, and this policy packs no tensor \
+             with either (add --quant int4s or int4m)"
+        );
+    }
+    if a.calib_window_tokens < 2 {
+        anyhow::bail!(
+            "--calib-window-tokens {}: a window needs at least 2 tokens",
+            a.calib_window_tokens
+        );
+    }
+    let text = match &a.calib_text {
+        Some(p) => EvalText::read(p, a.calib_windows)?,
+        None => EvalText::File {
+            path: PathBuf::from("the built-in calibration text"),
+            text: CALIBRATION_TEXT.to_string(),
+            max_windows: a.calib_windows,
+        },
+    };
+    let model = cllm_runtime::Engine::cpu()
+        .open(&a.model_dir, &cllm_runtime::OpenOptions::default())
+        .with_context(|| format!("opening {} to calibrate", a.model_dir.display()))?;
+    let tok = model.tokenizer().ok_or_else(|| {
+        anyhow::anyhow!("--calibrate: {} has no tokenizer", a.model_dir.display())
+    })?;
+    let windows = text.windows(tok, a.calib_window_tokens)?;
+    let positions: usize = windows.iter().map(Vec::len).sum();
+    if !a.quiet {
+        eprintln!(
+            "calibrating on {} ({} windows, {positions} positions) on the CPU",
+            text.source(),
+            windows.len()
+        );
+    }
+    let vectors = importance(model.backend(), &windows)
+        .map_err(|e| anyhow::anyhow!("calibration run: {e}"))?;
+    if let Some(missing) = searched.iter().find(|n| !vectors.contains_key(**n)) {
+        anyhow::bail!("--calibrate: the run gave no importance vector for {missing}");
+    }
+    let text_bytes = match &text {
+        EvalText::File { text, .. } => text.as_bytes(),
+        EvalText::Embedded { .. } => unreachable!("calibration texts are files or built in"),
+    };
+    let about = [
+        ("text", text.source()),
+        (
+            "text_xxh3",
+            format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text_bytes)),
+        ),
+        ("windows", windows.len().to_string()),
+        ("window_tokens", a.calib_window_tokens.to_string()),
+        ("positions", positions.to_string()),
+        ("device", "cpu".into()),
+        (
+            "weight",
+            "mean of x^2 over the positions, per input column".into(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Ok(cllm_format::importance::Importance { vectors, about })
 }
 
 /// Packs `input` as the flags say: the plan (`--dry-run`), a shard set or one container.

@@ -108,6 +108,18 @@ impl Codec {
         }
     }
 
+    /// Whether the codec searches its group parameters for least error, the fit a calibration's
+    /// importance vectors weight (spec section 4.7).
+    pub fn is_searched(self) -> bool {
+        matches!(
+            self,
+            Codec::Int4 {
+                fit: Int4Fit::MinError,
+                ..
+            } | Codec::Int4S { .. }
+        )
+    }
+
     pub fn is_lossless(self) -> bool {
         matches!(self, Codec::Raw | Codec::Zstd | Codec::ZstdBp)
     }

@@ -10,6 +10,7 @@ pub mod encoding;
 pub mod error;
 pub mod form;
 pub mod hash;
+pub mod importance;
 pub mod index;
 pub mod layout;
 pub mod limits;

@@ -13,6 +13,7 @@ use crate::codec::{Codec, Encoding};
 use crate::encoding::{encode_frame, Effort};
 use crate::error::{FormatError, Result};
 use crate::hash::Hasher128;
+use crate::importance::{Importance, IMPORTANCE_FILE};
 use crate::index::{
     FileEntry, FrameEntry, Index, Provenance, SourceFile, StreamEntry, TensorEntry,
 };
@@ -41,6 +42,9 @@ pub struct PackOptions {
     pub window_bytes: usize,
     /// Written into the provenance, e.g. "cllm 0.1.0".
     pub tool: String,
+    /// A calibration's importance vectors (spec section 4.7): they weight the searched fits of the
+    /// tensors they name and are embedded as [`crate::importance::IMPORTANCE_FILE`].
+    pub importance: Option<std::sync::Arc<Importance>>,
 }
 
 impl Default for PackOptions {
@@ -51,6 +55,7 @@ impl Default for PackOptions {
             zstd_level: 3,
             window_bytes: 64 << 20,
             tool: format!("cllm-format {}", env!("CARGO_PKG_VERSION")),
+            importance: None,
         }
     }
 }
@@ -333,11 +338,13 @@ impl<'p, O: ShardOut> Packer<'p, O> {
             .collect();
         let mut hashers = vec![Hasher128::default(); specs.len()];
         let memo = ParamsMemo::new(codec, &t.shape, PARAMS_MEMO_BYTES);
+        let weights = self.opts.importance.clone();
+        let importance = weights.as_deref().and_then(|i| i.get(&t.name));
         let mut source_hash = Hasher128::default();
         let mut written = 0u64;
         let flow = self.run_jobs(
             jobs,
-            |job| frame_bytes(t, codec, &memo, job),
+            |job| frame_bytes(t, codec, importance, &memo, job),
             |job, produced, frame| {
                 hashers[job.stream].update(&produced.decoded);
                 if let (false, Some(s)) = (codec.is_lossless(), &produced.source) {
@@ -551,6 +558,7 @@ struct Produced<'s> {
 fn frame_bytes<'s>(
     t: &SourceTensor<'s>,
     codec: Codec,
+    importance: Option<&[f32]>,
     memo: &ParamsMemo,
     job: &Job,
 ) -> Result<Produced<'s>> {
@@ -558,7 +566,15 @@ fn frame_bytes<'s>(
     let Some(source) = job.source.clone() else {
         let params = match memo.get(&job.groups) {
             Some(p) => p,
-            None => quant_params_for(name, codec, dtype, shape, &t.bytes, job.groups.clone())?,
+            None => quant_params_for(
+                name,
+                codec,
+                dtype,
+                shape,
+                importance,
+                &t.bytes,
+                job.groups.clone(),
+            )?,
         };
         let decoded = stream_range_from(dtype, shape, &params, &[], job.stream, job.range.clone());
         return Ok(Produced {
@@ -582,6 +598,7 @@ fn frame_bytes<'s>(
         codec,
         dtype,
         shape,
+        importance,
         job.range.clone(),
         &bytes,
         &mut Vec::new(),
@@ -652,12 +669,23 @@ fn pack_core<O: ShardOut>(
         .collect();
     check_sources(&order)?;
     let codecs = opts.policy.resolve(&keys)?;
-    let mut files: Vec<&(String, Vec<u8>)> = input.files.iter().collect();
+    let importance_file = match &opts.importance {
+        Some(imp) => Some(check_importance(imp, &keys, &codecs, &input.files)?),
+        None => None,
+    };
+    let mut files: Vec<&(String, Vec<u8>)> =
+        input.files.iter().chain(importance_file.as_ref()).collect();
     files.sort_by(|a, b| a.0.cmp(&b.0));
 
     let source_total: u64 = order.iter().map(|t| t.bytes.len() as u64).sum();
     // The lowest minor version whose features the file uses (spec section 1, "Versions").
     let codec_minor = codecs.iter().map(|c| c.min_minor()).max().unwrap_or(0);
+    // Importance vectors (spec section 4.7) are a 1.4 feature: an older verifier would not
+    // weight the search.
+    let codec_minor = match importance_file {
+        Some(_) => codec_minor.max(4),
+        None => codec_minor,
+    };
     let minor = match limit {
         Some(_) => codec_minor.max(crate::shard::MIN_MINOR),
         None => codec_minor,
@@ -743,6 +771,45 @@ fn check_sources(order: &[&SourceTensor<'_>]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The embedded file of a calibration's vectors: those of the tensors packed with a searched fit
+/// (`int4m`, `int4s`), which they weight; the others weight nothing and are left out. A vector
+/// must have one weight per column of its tensor.
+fn check_importance(
+    imp: &Importance,
+    tensors: &[(&str, crate::Dtype, &[u64])],
+    codecs: &[Codec],
+    files: &[(String, Vec<u8>)],
+) -> Result<(String, Vec<u8>)> {
+    if files.iter().any(|(n, _)| n == IMPORTANCE_FILE) {
+        return Err(FormatError::File {
+            name: IMPORTANCE_FILE.into(),
+            msg: "the source already has a file of this name".into(),
+        });
+    }
+    let mut used = Importance {
+        about: imp.about.clone(),
+        ..Importance::default()
+    };
+    for (&(name, _, shape), &codec) in tensors.iter().zip(codecs) {
+        let Some(v) = imp.get(name) else { continue };
+        if !codec.is_searched() {
+            continue;
+        }
+        let cols = crate::tensor::rows_cols(shape).1;
+        if v.len() != cols {
+            return Err(FormatError::tensor(
+                name,
+                format!(
+                    "importance vector of {} weights for {cols} columns",
+                    v.len()
+                ),
+            ));
+        }
+        used.vectors.insert(name.to_string(), v.to_vec());
+    }
+    Ok((IMPORTANCE_FILE.to_string(), used.to_bytes()))
 }
 
 /// Float planes and quantized codes are coded for their symbol statistics; everything else at the

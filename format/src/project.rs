@@ -47,7 +47,8 @@ pub fn project(input: &PackInput<'_>, opts: &PackOptions) -> Result<Vec<Projecti
             }
             let part = t.bytes.read(0..sample_rows * row_bytes);
             let sub = SourceBytes::Slice(&part);
-            let params = quant_params_from(&t.name, codec, t.dtype, &sub_shape, &sub)?;
+            let importance = opts.importance.as_ref().and_then(|i| i.get(&t.name));
+            let params = quant_params_from(&t.name, codec, t.dtype, &sub_shape, importance, &sub)?;
             let sub_specs = codec.streams(&t.name, t.dtype, &sub_shape)?;
             let mut projected = 0u64;
             for (si, (spec, sub_spec)) in specs.iter().zip(&sub_specs).enumerate() {

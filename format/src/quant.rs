@@ -136,28 +136,37 @@ pub const INT4M_STEPS: u32 = 20;
 /// least-squares fit per candidate inverse scale, the pair whose dequantized group is nearest the
 /// group in squared error; the earliest candidate wins a tie. Every step is a stated IEEE operation
 /// in a stated order, so the result is the same on every machine and `verify` reproduces it.
-pub fn int4m_group_params(group: &[f32]) -> Result<(f16, f16), QuantError> {
+///
+/// `weights` (one per value, from a calibration's importance vector; spec section 4.7) weight
+/// each value's squared error and its term in the fits. Without them every weight is 1, which
+/// gives the same bits as the unweighted sums.
+pub fn int4m_group_params(
+    group: &[f32],
+    weights: Option<&[f32]>,
+) -> Result<(f16, f16), QuantError> {
+    let weight = |i: usize| weights.map_or(1.0, |w| w[i] as f64);
     let first = int4_group_params(group)?;
     let mut best = first;
-    let mut best_err = int4_squared_error(group, first.0, first.1);
+    let mut best_err = int4_squared_error(group, weights, first.0, first.1);
     let mn = group.iter().fold(f32::INFINITY, |a, &x| a.min(x));
     let mx = group.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
     let range = mx - mn;
     if !(range > 0.0) {
         return Ok(best);
     }
-    let n = group.len() as f64;
+    let n = (0..group.len()).fold(0f64, |a, i| a + weight(i));
     // Neighbouring steps often fit the same pair; a repeat cannot be strictly better.
     let mut last = first;
     for k in 0..=INT4M_STEPS {
         let iscale = (14.0 + k as f32 / 10.0) / range;
         let (mut sl2, mut sl, mut slx, mut sx) = (0f64, 0f64, 0f64, 0f64);
-        for &x in group {
+        for (i, &x) in group.iter().enumerate() {
             let l = ((x - mn) * iscale).round_ties_even().clamp(0.0, 15.0) as f64;
-            sl2 += l * l;
-            sl += l;
-            slx += l * x as f64;
-            sx += x as f64;
+            let w = weight(i);
+            sl2 += w * (l * l);
+            sl += w * l;
+            slx += w * (l * x as f64);
+            sx += w * x as f64;
         }
         let det = n * sl2 - sl * sl;
         if !(det > 0.0) {
@@ -172,7 +181,7 @@ pub fn int4m_group_params(group: &[f32]) -> Result<(f16, f16), QuantError> {
             continue;
         }
         last = (scale, min);
-        let err = int4_squared_error(group, scale, min);
+        let err = int4_squared_error(group, weights, scale, min);
         if err < best_err {
             best = (scale, min);
             best_err = err;
@@ -181,13 +190,15 @@ pub fn int4m_group_params(group: &[f32]) -> Result<(f16, f16), QuantError> {
     Ok(best)
 }
 
-/// Sum over the group, in order, of (x - x')^2 in f64, x' the f32 dequantization of x's code.
-fn int4_squared_error(group: &[f32], scale: f16, min: f16) -> f64 {
+/// Sum over the group, in order, of w (x - x')^2 in f64 (w = 1 without weights), x' the f32
+/// dequantization of x's code.
+fn int4_squared_error(group: &[f32], weights: Option<&[f32]>, scale: f16, min: f16) -> f64 {
     group
         .iter()
-        .map(|&x| {
+        .enumerate()
+        .map(|(i, &x)| {
             let d = x as f64 - int4_dequantize(int4_code(x, scale, min), scale, min) as f64;
-            d * d
+            weights.map_or(1.0, |w| w[i] as f64) * (d * d)
         })
         .fold(0.0, |a, d| a + d)
 }
@@ -306,28 +317,67 @@ mod tests {
                 x[7] = 0.9;
             }
             let (s0, m0) = int4_group_params(&x).unwrap();
-            let (s1, m1) = int4m_group_params(&x).unwrap();
+            let (s1, m1) = int4m_group_params(&x, None).unwrap();
             let (e0, e1) = (
-                int4_squared_error(&x, s0, m0),
-                int4_squared_error(&x, s1, m1),
+                int4_squared_error(&x, None, s0, m0),
+                int4_squared_error(&x, None, s1, m1),
             );
             assert!(e1 <= e0, "group {g}: {e1} > {e0}");
             better += usize::from(e1 < e0);
             total += 1;
-            assert_eq!(int4m_group_params(&x).unwrap(), (s1, m1), "deterministic");
+            assert_eq!(
+                int4m_group_params(&x, None).unwrap(),
+                (s1, m1),
+                "deterministic"
+            );
         }
         assert!(better * 2 > total, "{better} of {total} improved");
         let flat = [0.25f32; 32];
         assert_eq!(
-            int4m_group_params(&flat).unwrap(),
+            int4m_group_params(&flat, None).unwrap(),
             int4_group_params(&flat).unwrap()
         );
         let mut nan = [0.0f32; 32];
         nan[3] = f32::NAN;
         assert_eq!(
-            int4m_group_params(&nan),
+            int4m_group_params(&nan, None),
             Err(QuantError::NonFinite { index: 3 })
         );
+    }
+
+    #[test]
+    fn importance_weights_steer_the_search_and_unit_weights_change_nothing() {
+        // Groups whose columns matter unequally: the weighted search lowers the weighted error
+        // it is asked to lower, in total and never above int4's own pair.
+        let (mut e_weighted, mut e_plain, mut moved) = (0.0, 0.0, 0);
+        for seed in 0..50u32 {
+            let g: Vec<f32> = (0..32)
+                .map(|i| ((i as f32 * 1.7 + seed as f32) * 0.37).sin() * 0.1)
+                .collect();
+            let w: Vec<f32> = (0..32)
+                .map(|i| if (i + seed) % 5 == 0 { 20.0 } else { 0.05 })
+                .collect();
+            let plain = int4m_group_params(&g, None).unwrap();
+            let weighted = int4m_group_params(&g, Some(&w)).unwrap();
+            let err = |(s, m): (f16, f16)| int4_squared_error(&g, Some(&w), s, m);
+            let minmax = int4_group_params(&g).unwrap();
+            assert!(err(weighted) <= err(minmax));
+            e_weighted += err(weighted);
+            e_plain += err(plain);
+            moved += usize::from(weighted != plain);
+        }
+        assert!(moved > 10, "{moved} of 50 groups moved");
+        assert!(e_weighted < 0.9 * e_plain, "{e_weighted} vs {e_plain}");
+        // Weights of 1 are the unweighted search, bit for bit.
+        for seed in 0..50u32 {
+            let g: Vec<f32> = (0..64)
+                .map(|i| ((i as f32 + seed as f32 * 3.1) * 0.37).sin() * (1.0 + seed as f32))
+                .collect();
+            assert_eq!(
+                int4m_group_params(&g, Some(&[1.0; 64])).unwrap(),
+                int4m_group_params(&g, None).unwrap()
+            );
+        }
     }
 
     #[test]

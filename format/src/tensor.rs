@@ -6,7 +6,7 @@ use std::ops::Range;
 use half::f16;
 use rayon::prelude::*;
 
-use crate::codec::{Codec, Int4Fit, SUB_CODE_BITS, SUPER_BLOCK_GROUPS};
+use crate::codec::{Codec, SUB_CODE_BITS, SUPER_BLOCK_GROUPS};
 use crate::error::{FormatError, Result};
 use crate::index::TensorEntry;
 use crate::quant;
@@ -195,9 +195,17 @@ pub fn quant_params(
     codec: Codec,
     dtype: Dtype,
     shape: &[u64],
+    importance: Option<&[f32]>,
     src: &[u8],
 ) -> Result<QuantParams> {
-    quant_params_from(name, codec, dtype, shape, &SourceBytes::Slice(src))
+    quant_params_from(
+        name,
+        codec,
+        dtype,
+        shape,
+        importance,
+        &SourceBytes::Slice(src),
+    )
 }
 
 /// [`quant_params`] over a source read a block of rows at a time.
@@ -206,10 +214,11 @@ pub fn quant_params_from(
     codec: Codec,
     dtype: Dtype,
     shape: &[u64],
+    importance: Option<&[f32]>,
     src: &SourceBytes<'_>,
 ) -> Result<QuantParams> {
     let groups = Tiling::of(codec, shape).map_or(0, |t| t.groups(shape));
-    quant_params_for(name, codec, dtype, shape, src, 0..groups)
+    quant_params_for(name, codec, dtype, shape, importance, src, 0..groups)
 }
 
 /// The parameters of groups `groups` of the tensor whose source is `src`, read in blocks of about
@@ -220,6 +229,7 @@ pub fn quant_params_for(
     codec: Codec,
     dtype: Dtype,
     shape: &[u64],
+    importance: Option<&[f32]>,
     src: &SourceBytes<'_>,
     groups: Range<usize>,
 ) -> Result<QuantParams> {
@@ -241,7 +251,7 @@ pub fn quant_params_for(
         .map(|block| {
             let range = group_source_range(codec, dtype, shape, &block);
             let bytes = src.read(range.clone());
-            let params = quant_params_in(name, codec, dtype, shape, block, &bytes);
+            let params = quant_params_in(name, codec, dtype, shape, importance, block, &bytes);
             drop(bytes);
             src.done(range);
             params
@@ -302,19 +312,23 @@ pub fn quant_params_in(
     codec: Codec,
     dtype: Dtype,
     shape: &[u64],
+    importance: Option<&[f32]>,
     groups: Range<usize>,
     bytes: &[u8],
 ) -> Result<QuantParams> {
     let mut vals = Vec::new();
     quant::to_f32(dtype, bytes, &mut vals);
-    quant_params_of_values(name, codec, shape, groups, &vals)
+    quant_params_of_values(name, codec, shape, importance, groups, &vals)
 }
 
 /// [`quant_params_in`] from the groups' values, already converted to f32.
+/// `importance`, one weight per column, weights the searched fits (`int4m`, `int4s`; spec section
+/// 4.7); the other fits ignore it.
 fn quant_params_of_values(
     name: &str,
     codec: Codec,
     shape: &[u64],
+    importance: Option<&[f32]>,
     groups: Range<usize>,
     vals: &[f32],
 ) -> Result<QuantParams> {
@@ -331,31 +345,33 @@ fn quant_params_of_values(
         msg: format!("row {}: {msg}", gi / tiling.per_row),
     };
     let col = |gi: usize, j: usize| (gi % tiling.per_row) * tiling.size + j;
-    let int4_fit =
-        |gi: usize, fit: fn(&[f32]) -> std::result::Result<(f16, f16), quant::QuantError>| {
-            fit(group_of(gi)).map_err(|e| match e {
-                quant::QuantError::NonFinite { index } => {
-                    qerr(gi, format!("element {} is NaN or infinite", col(gi, index)))
-                }
-                quant::QuantError::ScaleOverflow { .. } => qerr(
-                    gi,
-                    format!("group {}: scale or min overflows f16", gi % tiling.per_row),
-                ),
-            })
-        };
+    // A searched fit's weights: the group's columns of the importance vector.
+    let weights_of =
+        |gi: usize| importance.map(|w| &w[col(gi, 0)..col(gi, 0) + group_of(gi).len()]);
+    let int4_fit = |gi: usize,
+                    fit: &dyn Fn(
+        &[f32],
+        Option<&[f32]>,
+    ) -> std::result::Result<(f16, f16), quant::QuantError>| {
+        fit(group_of(gi), weights_of(gi)).map_err(|e| match e {
+            quant::QuantError::NonFinite { index } => {
+                qerr(gi, format!("element {} is NaN or infinite", col(gi, index)))
+            }
+            quant::QuantError::ScaleOverflow { .. } => qerr(
+                gi,
+                format!("group {}: scale or min overflows f16", gi % tiling.per_row),
+            ),
+        })
+    };
     // int4m's search costs some twenty passes over each group: a frame's groups are spread over
     // the threads (each group's result is its own; the first failing group, in order, is named).
     let searched: Option<Vec<(f16, f16)>> = match codec {
-        Codec::Int4 {
-            fit: Int4Fit::MinError,
-            ..
-        }
-        | Codec::Int4S { .. } => Some(
+        c if c.is_searched() => Some(
             groups
                 .clone()
                 .into_par_iter()
                 .with_min_len(64)
-                .map(|gi| int4_fit(gi, quant::int4m_group_params))
+                .map(|gi| int4_fit(gi, &quant::int4m_group_params))
                 .collect::<Vec<_>>()
                 .into_iter()
                 .collect::<Result<Vec<_>>>()?,
@@ -407,7 +423,7 @@ fn quant_params_of_values(
             Some(pairs) => (*scales, *mins) = pairs.into_iter().unzip(),
             None => {
                 for gi in groups {
-                    let (s, m) = int4_fit(gi, quant::int4_group_params)?;
+                    let (s, m) = int4_fit(gi, &|g, _| quant::int4_group_params(g))?;
                     scales.push(s);
                     mins.push(m);
                 }
@@ -426,11 +442,13 @@ pub const PARAMS_MEMO_BYTES: usize = 16 << 20;
 /// they fall in ([`param_groups`] of stream 0), from `span`, those groups' source bytes
 /// ([`group_source_range`]). One f32 conversion serves both; `vals` is left holding it (the
 /// span's values), for a caller that also needs the source values.
+#[allow(clippy::too_many_arguments)]
 pub fn quantize_data_range(
     name: &str,
     codec: Codec,
     dtype: Dtype,
     shape: &[u64],
+    importance: Option<&[f32]>,
     range: Range<usize>,
     span: &[u8],
     vals: &mut Vec<f32>,
@@ -439,7 +457,7 @@ pub fn quantize_data_range(
     let span_at = group_source_range(codec, dtype, shape, &groups).start;
     let source = source_range(codec, dtype, 0, &range).unwrap_or(0..0);
     quant::to_f32(dtype, span, vals);
-    let params = quant_params_of_values(name, codec, shape, groups, vals)?;
+    let params = quant_params_of_values(name, codec, shape, importance, groups, vals)?;
     let es = dtype.size();
     let part = &vals[(source.start - span_at) / es..(source.end - span_at) / es];
     let codes = stream_range_of_values(shape, &params, part, 0, range);

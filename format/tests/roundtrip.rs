@@ -129,7 +129,7 @@ fn quantized_tensors_requantize_to_the_same_payload() {
                 assert!(!name.contains("proj"), "{name} should be quantized");
                 continue;
             }
-            let params = tensor::quant_params(name, codec, Dtype::Bf16, shape, src).unwrap();
+            let params = tensor::quant_params(name, codec, Dtype::Bf16, shape, None, src).unwrap();
             let stored = c.decode_tensor(i).unwrap();
             for (si, s) in stored.iter().enumerate() {
                 let again = tensor::stream_range(Dtype::Bf16, shape, &params, src, si, 0..s.len());
@@ -163,7 +163,7 @@ fn quantized_tensors_requantize_to_the_same_payload() {
                     .sum()
             };
             let plain = cllm_format::codec::Codec::int4(gs);
-            let p4 = tensor::quant_params(name, plain, Dtype::Bf16, shape, src).unwrap();
+            let p4 = tensor::quant_params(name, plain, Dtype::Bf16, shape, None, src).unwrap();
             let streams: Vec<Vec<u8>> = (0..3)
                 .map(|si| {
                     let len = plain.streams(name, Dtype::Bf16, shape).unwrap()[si].len as usize;
@@ -251,8 +251,15 @@ fn windowed_parameters_reproduce_the_whole_tensor() {
         let src: Vec<u8> = (0..n)
             .flat_map(|_| value().to_bits().to_le_bytes())
             .collect();
-        for codec in codecs {
-            let whole = tensor::quant_params("t", codec, Dtype::Bf16, &shape, &src).unwrap();
+        // Searched fits also run weighted by an importance vector (spec section 4.7).
+        let weights: Vec<f32> = (0..shape[1]).map(|j| (j % 7) as f32 * 0.5).collect();
+        let runs = codecs.iter().flat_map(|&c| {
+            let weighted = c.is_searched().then_some((c, Some(weights.as_slice())));
+            [(c, None)].into_iter().chain(weighted)
+        });
+        for (codec, importance) in runs {
+            let whole =
+                tensor::quant_params("t", codec, Dtype::Bf16, &shape, importance, &src).unwrap();
             let specs = codec.streams("t", Dtype::Bf16, &shape).unwrap();
             let memo = tensor::ParamsMemo::new(codec, &shape, 1 << 20);
             let no_memo = tensor::ParamsMemo::new(codec, &shape, 0);
@@ -272,6 +279,7 @@ fn windowed_parameters_reproduce_the_whole_tensor() {
                                 codec,
                                 Dtype::Bf16,
                                 &shape,
+                                importance,
                                 &sb,
                                 groups.clone(),
                             )
@@ -294,7 +302,12 @@ fn windowed_parameters_reproduce_the_whole_tensor() {
                         ));
                         at = range.end;
                     }
-                    assert_eq!(got, expect, "{codec} {shape:?} stream {si} window {window}");
+                    assert_eq!(
+                        got,
+                        expect,
+                        "{codec} {shape:?} weighted {} stream {si} window {window}",
+                        importance.is_some()
+                    );
                 }
             }
         }

@@ -366,6 +366,16 @@ impl Packed {
     }
 
     /// An embedded file (config, tokenizer, ...), checked; from the first container.
+    /// The calibration's importance vectors, when the container has them (spec section 4.7).
+    pub fn importance(&self) -> Result<Option<cllm_format::importance::Importance>, LoadError> {
+        let Some(bytes) = self.read_file(cllm_format::importance::IMPORTANCE_FILE)? else {
+            return Ok(None);
+        };
+        cllm_format::importance::Importance::from_bytes(&bytes)
+            .map(Some)
+            .map_err(self.err(0))
+    }
+
     pub fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>, LoadError> {
         self.shards[0]
             .container

@@ -144,6 +144,7 @@ enum Against {
 fn compare_tensor(
     t: &TensorEntry,
     codec: Codec,
+    importance: Option<&[f32]>,
     stored: &[Vec<u8>],
     src: &HfTensor<'_>,
     failures: &mut Vec<String>,
@@ -160,7 +161,7 @@ fn compare_tensor(
             Against::None
         });
     }
-    let params = tensor::quant_params(&t.name, codec, t.dtype, &t.shape, src.bytes)?;
+    let params = tensor::quant_params(&t.name, codec, t.dtype, &t.shape, importance, src.bytes)?;
     let mut reproduced = true;
     for (si, s) in stored.iter().enumerate() {
         let again = tensor::stream_range(t.dtype, &t.shape, &params, src.bytes, si, 0..s.len());
@@ -201,6 +202,7 @@ impl FirstDifference {
 fn compare_tensor_streamed(
     c: &Packed,
     i: usize,
+    importance: Option<&[f32]>,
     src: &HfTensor<'_>,
     failures: &mut Vec<String>,
 ) -> Result<Against, FormatError> {
@@ -262,6 +264,7 @@ fn compare_tensor_streamed(
             codec,
             dtype,
             shape,
+            importance,
             range.clone(),
             &src.bytes[span.clone()],
             &mut vals,
@@ -299,7 +302,9 @@ fn compare_tensor_streamed(
             let groups = tensor::param_groups(codec, shape, s, &range);
             let params = match memo.get(&groups) {
                 Some(p) => p,
-                None => tensor::quant_params_for(name, codec, dtype, shape, &source, groups)?,
+                None => tensor::quant_params_for(
+                    name, codec, dtype, shape, importance, &source, groups,
+                )?,
             };
             let again = tensor::stream_range_from(dtype, shape, &params, &[], s, range.clone());
             diffs[s].check(start, &stored[range], &again);
@@ -425,6 +430,7 @@ pub fn verify_file(path: &Path, against: Option<&Path>) -> Result<Verification, 
     let mut bytes = verify_bytes(&c, true);
     let against = match against {
         Some(dir) => {
+            let importance = c.importance()?;
             let folder = HfFolder::open(dir).map_err(LoadError::from)?;
             let mut rep = AgainstReport {
                 dir: folder.dir().display().to_string(),
@@ -440,12 +446,12 @@ pub fn verify_file(path: &Path, against: Option<&Path>) -> Result<Verification, 
                     }
                 };
                 rep.tensors_compared += 1;
-                let a = compare_tensor_streamed(&c, i, &src, &mut bytes.failures).map_err(
-                    |source| VerifyError::Requantize {
+                let weights = importance.as_ref().and_then(|m| m.get(&t.name));
+                let a = compare_tensor_streamed(&c, i, weights, &src, &mut bytes.failures)
+                    .map_err(|source| VerifyError::Requantize {
                         dir: dir.to_path_buf(),
                         source,
-                    },
-                )?;
+                    })?;
                 tally(&mut rep, a);
             }
             missing_from_container(&c, &folder, &mut bytes.failures);
@@ -474,6 +480,7 @@ pub fn verify_and_load(
     let folder = HfFolder::open(against).map_err(LoadError::from)?;
     let mut bytes = verify_bytes(&c, false);
     let files = ModelFiles::from_packed(&c)?;
+    let importance = c.importance()?;
 
     struct Checked {
         failures: Vec<String>,
@@ -503,12 +510,18 @@ pub fn verify_and_load(
             let (compared, against) = match source_of(t, &folder) {
                 Ok(src) => (
                     true,
-                    compare_tensor(t, c.codec(i), &stored, &src, &mut failures).map_err(
-                        |source| VerifyError::Requantize {
-                            dir: against.to_path_buf(),
-                            source,
-                        },
-                    )?,
+                    compare_tensor(
+                        t,
+                        c.codec(i),
+                        importance.as_ref().and_then(|m| m.get(&t.name)),
+                        &stored,
+                        &src,
+                        &mut failures,
+                    )
+                    .map_err(|source| VerifyError::Requantize {
+                        dir: against.to_path_buf(),
+                        source,
+                    })?,
                 ),
                 Err(f) => {
                     failures.push(f);

@@ -13,6 +13,7 @@
 //! Logits are deterministic: bit-identical across prefill/decode splits and, on the CPU, rayon
 //! thread counts.
 
+pub mod calibrate;
 pub mod chat;
 pub mod cpu;
 pub mod cuda;

@@ -469,3 +469,96 @@ fn an_existing_good_file_survives_a_failed_pack() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// `pack --calibrate`: the source model runs over a calibration text, its columns' activation
+/// energy weights int4s's search, the vectors are embedded, and `verify --against` re-derives
+/// every code from them. A different text gives different codes that verify just the same.
+#[test]
+fn calibrated_int4s_is_reproduced_by_verify_from_its_embedded_vectors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = synth_model(tmp.path(), "small", Dtype::Bf16, 1, 11);
+    let text = tmp.path().join("calib.txt");
+    std::fs::write(
+        &text,
+        "Calibration runs the model over text like the text it will meet. ".repeat(40),
+    )
+    .unwrap();
+    let pack = |out: &std::path::Path, extra: &[&str]| {
+        let mut a = vec![
+            "pack",
+            s(&src),
+            "-o",
+            s(out),
+            "--quiet",
+            "--policy",
+            "all-linear",
+            "--quant",
+            "int4s",
+            "--group-size",
+            "32",
+            "--frame-kib",
+            "4",
+        ];
+        a.extend(extra);
+        cllm_ok(&a);
+        std::fs::read(out).unwrap()
+    };
+    let small = ["--calib-window-tokens", "32", "--calib-windows", "4"];
+    let plain = pack(&tmp.path().join("plain.cllm"), &[]);
+    let built_in = tmp.path().join("a.cllm");
+    let a = pack(&built_in, &[&["--calibrate"][..], &small].concat());
+    let own = tmp.path().join("b.cllm");
+    let b = pack(
+        &own,
+        &[&["--calibrate", "--calib-text", s(&text)][..], &small].concat(),
+    );
+    let codes = |bytes: &[u8]| {
+        let c = Container::open(bytes, &Limits::default()).unwrap();
+        let i = c.find("model.layers.0.mlp.down_proj.weight").unwrap();
+        (c.index.version, c.decode_tensor(i).unwrap())
+    };
+    let (va, ca) = codes(&a);
+    assert_eq!(va, [1, 4]);
+    assert_ne!(ca, codes(&plain).1, "the weights changed no parameter");
+    assert_ne!(ca, codes(&b).1, "two texts gave the same parameters");
+    for file in [&built_in, &own] {
+        let v = json(&cllm_ok(&[
+            "verify",
+            s(file),
+            "--against",
+            s(&src),
+            "--json",
+        ]));
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!(v["against"]["quantized_reproduced"], 28, "{v}");
+        let inspect = json(&cllm_ok(&["inspect", s(file), "--json"]));
+        assert!(
+            inspect.to_string().contains("importance.safetensors"),
+            "{inspect}"
+        );
+    }
+    // Nothing to weight, and a missing text: clear errors before anything is written.
+    for (extra, expect) in [
+        (vec!["--quant", "int8"], "int4m and int4s"),
+        (
+            vec!["--quant", "int4s", "--calib-text", "/nonexistent/text"],
+            "/nonexistent/text",
+        ),
+    ] {
+        let out = tmp.path().join("bad.cllm");
+        let mut a = vec![
+            "pack",
+            s(&src),
+            "-o",
+            s(&out),
+            "--policy",
+            "all-linear",
+            "--calibrate",
+        ];
+        a.extend(extra);
+        let r = cllm(&a);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success() && err.contains(expect), "{err}");
+        assert!(!out.exists());
+    }
+}
