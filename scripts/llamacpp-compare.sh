@@ -6,7 +6,8 @@
 #   scripts/llamacpp-compare.sh [--llama BUILD_DIR] [--model HF_DIR] [--text FILE] [--ctx N]
 #                               [--chunks N] [--threads N] [--codecs "int8 int4 int4m int4s-g32"]
 #                               [--types "Q8_0 Q4_0 Q4_K_M"] [--only quality|speed]
-#                               [--rounds N] [--new-tokens N]
+#                               [--rounds N] [--new-tokens N] [--base-gguf FILE]
+#                               [--quantize-args "..."] [--calibrate [--calib-windows N]]
 #
 # Two parts (--only runs one):
 # - quality: mean KL divergence, top-1 and perplexity ratio of each form (below).
@@ -33,6 +34,15 @@
 #   from the folder with every projection quantized (`--policy all-linear --quant NAME
 #   --group-size G`), then `cllm diff HF m.cllm --run`.
 #
+# - --base-gguf FILE: llama.cpp's base model is FILE instead of the folder's `cllm export` (for a
+#   family the export does not write yet, e.g. Gemma 3, whose folder `cllm import-gguf` made from
+#   FILE); its types are then re-quantized from it (pass --quantize-args "--allow-requantize ...";
+#   the speed part needs the export). --quantize-args go to every llama-quantize.
+# - --calibrate: calibrated rows too. llama.cpp: `llama-imatrix` over the calibration text (cllm's
+#   built-in runtime/src/calibrate_text.md, windows of 512 tokens, the first --calib-windows of
+#   them), each type quantized with `--imatrix`. cllm: each codec packed with `--calibrate` over
+#   the same windows.
+#
 # Prints one table row per form, and the JSON of every cllm run and the log of every llama.cpp run
 # under $OUT (default target/llamacpp-compare).
 set -euo pipefail
@@ -50,6 +60,10 @@ only=""
 rounds=5
 new_tokens=128
 out="${OUT:-$root/target/llamacpp-compare}"
+base_gguf=""
+quantize_args=""
+calibrate=""
+calib_windows=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --llama) llama="$2"; shift 2 ;;
@@ -63,6 +77,10 @@ while [[ $# -gt 0 ]]; do
         --only) only="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
         --new-tokens) new_tokens="$2"; shift 2 ;;
+        --base-gguf) base_gguf="$2"; shift 2 ;;
+        --quantize-args) quantize_args="$2"; shift 2 ;;
+        --calibrate) calibrate=1; shift ;;
+        --calib-windows) calib_windows="$2"; shift 2 ;;
         *) echo "llamacpp-compare: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -98,15 +116,27 @@ if [[ -z $llama ]]; then
     if [[ ! -x $llama/bin/llama-perplexity ]]; then
         cmake -S "$src" -B "$llama" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
             -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
-        cmake --build "$llama" -j "$threads" --target llama-perplexity llama-quantize llama-bench >/dev/null
+        cmake --build "$llama" -j "$threads" --target llama-perplexity llama-quantize llama-bench llama-imatrix >/dev/null
     fi
 fi
 quantize=$(tool llama-quantize)
 perplexity=$(tool llama-perplexity)
 
-# The bf16 model as GGUF.
-"$cllm" pack "$model" -o "$out/bf16.cllm" --policy lossless --quiet
-"$cllm" export "$out/bf16.cllm" --to gguf -o "$out/bf16.gguf" --quiet
+# The bf16 model as GGUF, or the given base.
+base="$out/bf16.gguf"
+if [[ -n $base_gguf ]]; then
+    base="$base_gguf"
+    [[ $only == quality ]] || { echo "llamacpp-compare: --base-gguf needs --only quality" >&2; exit 2; }
+else
+    "$cllm" pack "$model" -o "$out/bf16.cllm" --policy lossless --quiet
+    "$cllm" export "$out/bf16.cllm" --to gguf -o "$out/bf16.gguf" --quiet
+fi
+calib_text="$root/runtime/src/calibrate_text.md"
+calib_llama=() calib_cllm=()
+if [[ -n $calib_windows ]]; then
+    calib_llama=(--chunks "$calib_windows")
+    calib_cllm=(--calib-windows "$calib_windows")
+fi
 
 if [[ $only != quality ]]; then
     bench=$(tool llama-bench)
@@ -142,16 +172,27 @@ fi
 [[ $only == speed ]] && exit 0
 
 # llama.cpp's base logits on the text.
-"$perplexity" -m "$out/bf16.gguf" -f "$text" -c "$ctx" -b "$ctx" -t "$threads" "${llama_chunks[@]}" \
+"$perplexity" -m "$base" -f "$text" -c "$ctx" -b "$ctx" -t "$threads" "${llama_chunks[@]}" \
     --kl-divergence-base "$out/base.kld" >"$out/llama-bf16.log" 2>&1
+llama_forms=()
+for t in $types; do llama_forms+=("$t"); done
+if [[ -n $calibrate ]]; then
+    "$(tool llama-imatrix)" -m "$base" -f "$calib_text" -c 512 "${calib_llama[@]}" -t "$threads" \
+        -o "$out/imatrix.gguf" >"$out/imatrix.log" 2>&1
+    for t in $types; do llama_forms+=("$t+imatrix"); done
+fi
 
 row() { printf '%-22s %-10s %10s %10s %10s %10s\n' "$@"; }
 row "form" "MiB" "mean KLD" "top-1 %" "PPL ratio" "positions"
-for t in $types; do
-    "$quantize" "$out/bf16.gguf" "$out/$t.gguf" "$t" >"$out/quantize-$t.log" 2>&1
-    "$perplexity" -m "$out/$t.gguf" -f "$text" -c "$ctx" -b "$ctx" -t "$threads" "${llama_chunks[@]}" \
-        --kl-divergence-base "$out/base.kld" --kl-divergence >"$out/llama-$t.log" 2>&1
-    python3 - "$out/llama-$t.log" "$out/$t.gguf" "llama.cpp $t" <<'EOF'
+for f in "${llama_forms[@]}"; do
+    t="${f%+imatrix}"
+    imatrix=()
+    [[ $f == *+imatrix ]] && imatrix=(--imatrix "$out/imatrix.gguf")
+    # shellcheck disable=SC2086 # --quantize-args is a list of flags
+    "$quantize" $quantize_args "${imatrix[@]}" "$base" "$out/$f.gguf" "$t" >"$out/quantize-$f.log" 2>&1
+    "$perplexity" -m "$out/$f.gguf" -f "$text" -c "$ctx" -b "$ctx" -t "$threads" "${llama_chunks[@]}" \
+        --kl-divergence-base "$out/base.kld" --kl-divergence >"$out/llama-$f.log" 2>&1
+    python3 - "$out/llama-$f.log" "$out/$f.gguf" "llama.cpp $f" <<'EOF'
 import os, re, sys
 log, gguf, name = sys.argv[1:]
 t = open(log, errors="replace").read()
@@ -167,15 +208,28 @@ print(f"{name:<22} {os.path.getsize(gguf) / 2**20:<10.1f} {float(kld[1]):>10.5f}
       f"{float(top[1]):>10.2f} {float(ppl[1]):>10.4f} {pos:>10}")
 EOF
 done
-for c in $codecs; do
+cllm_forms=()
+for c in $codecs; do cllm_forms+=("$c"); done
+if [[ -n $calibrate ]]; then
+    for c in $codecs; do cllm_forms+=("$c+cal"); done
+fi
+for f in "${cllm_forms[@]}"; do
+    c="${f%+cal}"
     # NAME or NAME-gG: --quant NAME --group-size G (default 64).
     quant="${c%-g*}"
     group=64
     [[ "$c" == *-g* ]] && group="${c##*-g}"
-    "$cllm" pack "$model" -o "$out/$c.cllm" --policy all-linear --quant "$quant" --group-size "$group" --quiet
-    "$cllm" diff "$model" "$out/$c.cllm" --run --no-builtin-prompts --eval-text "$text" \
-        --window-tokens "$ctx" "${cllm_chunks[@]}" --threads "$threads" --json >"$out/cllm-$c.json" 2>/dev/null || true
-    python3 - "$out/cllm-$c.json" "$out/$c.cllm" "cllm $quant g$group" <<'EOF'
+    cal=()
+    label="cllm $quant g$group"
+    if [[ $f == *+cal ]]; then
+        cal=(--calibrate --calib-window-tokens 512 "${calib_cllm[@]}")
+        label="$label cal"
+    fi
+    "$cllm" pack "$model" -o "$out/$f.cllm" --policy all-linear --quant "$quant" --group-size "$group" \
+        "${cal[@]}" --quiet
+    "$cllm" diff "$model" "$out/$f.cllm" --run --no-builtin-prompts --eval-text "$text" \
+        --window-tokens "$ctx" "${cllm_chunks[@]}" --threads "$threads" --json >"$out/cllm-$f.json" 2>/dev/null || true
+    python3 - "$out/cllm-$f.json" "$out/$f.cllm" "$label" <<'EOF'
 import json, os, sys
 js, cllm, name = sys.argv[1:]
 v = json.load(open(js))
