@@ -562,3 +562,34 @@ fn calibrated_int4s_is_reproduced_by_verify_from_its_embedded_vectors() {
         assert!(!out.exists());
     }
 }
+
+/// `cllm inspect m.cllm | head`: a reader that goes away is not a panic; the command stops with
+/// the shell's status for SIGPIPE (or 0 when everything was written before it went).
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = synth_model(tmp.path(), "small", Dtype::Bf16, 1, 2);
+    let out = tmp.path().join("m.cllm");
+    cllm_ok(&["pack", s(&src), "-o", s(&out), "--quiet"]);
+    for _ in 0..3 {
+        let mut child = Command::new(cllm_tests::cllm_bin())
+            .args(["inspect", s(&out)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(matches!(status.code(), Some(0 | 141)), "{status:?}: {err}");
+    }
+}
