@@ -208,7 +208,8 @@ fn calibrate(
             windows.len()
         );
     }
-    let vectors = importance(model.backend(), &windows)
+    let lm_head = searched.iter().any(|n| *n == "lm_head.weight");
+    let vectors = importance(model.backend(), &windows, lm_head)
         .map_err(|e| anyhow::anyhow!("calibration run: {e}"))?;
     if let Some(missing) = searched.iter().find(|n| !vectors.contains_key(**n)) {
         anyhow::bail!("--calibrate: the run gave no importance vector for {missing}");

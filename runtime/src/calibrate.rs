@@ -51,10 +51,13 @@ impl Energy {
 }
 
 /// Importance vectors of every projection the model ran (weight name → one value per input
-/// column), from `windows`, each run teacher-forced from a fresh cache.
+/// column), from `windows`, each run teacher-forced from a fresh cache. The LM head's needs every
+/// position's final norm, and so the full vocabulary's logits (`lm_head`); without it the
+/// passes stop at the layers, which on a large vocabulary is most of the work saved.
 pub fn importance(
     backend: &dyn Backend,
     windows: &[Vec<u32>],
+    lm_head: bool,
 ) -> Result<BTreeMap<String, Vec<f32>>, BackendError> {
     let cfg = backend.config();
     let (family, act) = (cfg.family, cfg.activation);
@@ -64,7 +67,7 @@ pub fn importance(
     for tokens in windows {
         // The gate's output of the layer being run, until its up output arrives.
         let mut gate: Option<Vec<f32>> = None;
-        backend.forward_traced(tokens, &mut |p: &TracePoint<'_>| {
+        let mut record = |p: &TracePoint<'_>| {
             if let (Point::Projection(m), Some(l)) = (p.point, p.layer) {
                 if !modules.contains(&(m, l)) {
                     modules.push((m, l));
@@ -103,12 +106,19 @@ pub fn importance(
                 }
                 _ => {}
             }
-        })?;
+        };
+        if lm_head {
+            backend.forward_traced(tokens, &mut record)?;
+        } else {
+            backend.trace_layers(tokens, &mut record)?;
+        }
         if let Some(e) = failure.take() {
             return Err(e);
         }
     }
-    modules.push((Module::LmHead, 0));
+    if lm_head {
+        modules.push((Module::LmHead, 0));
+    }
     let mut out = BTreeMap::new();
     for (module, layer) in modules {
         let Some(input) = family.input(module) else {

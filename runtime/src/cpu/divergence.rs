@@ -5,6 +5,8 @@
 use cllm_kernels::cpu::matmul;
 use cllm_model::ModelConfig;
 
+use super::forward::Logits;
+use super::kv_cache::KvCache;
 use super::model::CpuModel;
 use crate::divergence::{greedy_loop, Backend, BackendError, Greedy};
 use crate::trace::Tracer;
@@ -20,6 +22,12 @@ impl Backend for CpuModel {
         tracer: &mut Tracer<'_>,
     ) -> Result<Vec<Vec<f32>>, BackendError> {
         Ok(self.forward_all_traced(tokens, tracer)?)
+    }
+
+    fn trace_layers(&self, tokens: &[u32], tracer: &mut Tracer<'_>) -> Result<(), BackendError> {
+        let mut cache = KvCache::with_precision(&self.cfg, tokens.len(), self.kv)?;
+        self.forward_tokens(&mut cache, tokens, Logits::Last, Some(tracer))?;
+        Ok(())
     }
 
     fn greedy(&self, prompt: &[u32], max_new: usize, eos: &[u32]) -> Result<Greedy, BackendError> {

@@ -64,6 +64,12 @@ pub trait Backend {
         tracer: &mut Tracer<'_>,
     ) -> Result<Vec<Vec<f32>>, BackendError>;
 
+    /// [`Backend::forward_traced`] where only the layers' values are wanted: a backend may skip
+    /// the final norm and LM head for every position but the last (calibration runs this).
+    fn trace_layers(&self, tokens: &[u32], tracer: &mut Tracer<'_>) -> Result<(), BackendError> {
+        self.forward_traced(tokens, tracer).map(|_| ())
+    }
+
     /// Greedy continuation of `prompt` through the KV cache (prefill, then one decode per token),
     /// stopping after `max_new` tokens or an `eos` token.
     fn greedy(&self, prompt: &[u32], max_new: usize, eos: &[u32]) -> Result<Greedy, BackendError>;
