@@ -1,4 +1,5 @@
-//! `cllm inspect`: what a container holds, per tensor and in total, read from its index alone.
+//! `cllm inspect`: what a container holds, per tensor and in total, read from its index (and, for
+//! a calibrated container, its importance vectors' record).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ pub fn run(a: InspectArgs) -> CmdResult {
     let packed = crate::common::open_packed(&a.file)?;
     let c = &packed.shards()[0].container;
     let idx = packed.index();
+    let calibration = packed.importance()?;
     let all: Vec<&TensorEntry> = packed.tensors().collect();
     let mut by_codec: BTreeMap<String, Totals> = BTreeMap::new();
     for t in &all {
@@ -100,6 +102,9 @@ pub fn run(a: InspectArgs) -> CmdResult {
                 "file": a.file.display().to_string(), "file_bytes": file_len,
                 "version": [c.framing.major, c.framing.minor],
                 "provenance": idx.provenance, "policy": idx.policy, "files": files,
+                "calibration": calibration.as_ref().map(|c| json!({
+                    "tensors": c.vectors.len(), "about": c.about,
+                })),
                 "tensors": tensors, "codecs": codecs,
                 "set": idx.set.as_ref().map(|s| s.id.clone()),
                 "shards": shards.iter().map(|(p, b, t)| json!({"path": p, "bytes": b, "tensors": t})).collect::<Vec<_>>(),
@@ -155,6 +160,18 @@ pub fn run(a: InspectArgs) -> CmdResult {
         .map(|f| format!("{} ({})", f.name, human_bytes(f.len)))
         .collect();
     println!("embedded   {}", files.join(", "));
+    if let Some(cal) = &calibration {
+        let about = |k: &str| cal.about.get(k).map_or("?", String::as_str);
+        println!(
+            "calibrated {} tensors on {} (xxh3 {}): {} windows of {} tokens, {} positions",
+            cal.vectors.len(),
+            about("text"),
+            about("text_xxh3"),
+            about("windows"),
+            about("window_tokens"),
+            about("positions")
+        );
+    }
     println!();
     println!(
         "{:<52} {:>10} {:>5} {:>14} {:>11} {:>11} {:>6}",

@@ -504,7 +504,10 @@ fn calibrated_int4s_is_reproduced_by_verify_from_its_embedded_vectors() {
         std::fs::read(out).unwrap()
     };
     let small = ["--calib-window-tokens", "32", "--calib-windows", "4"];
-    let plain = pack(&tmp.path().join("plain.cllm"), &[]);
+    let plain_path = tmp.path().join("plain.cllm");
+    let plain = pack(&plain_path, &[]);
+    let inspect = json(&cllm_ok(&["inspect", s(&plain_path), "--json"]));
+    assert!(inspect["calibration"].is_null(), "{inspect}");
     let built_in = tmp.path().join("a.cllm");
     let a = pack(&built_in, &[&["--calibrate"][..], &small].concat());
     let own = tmp.path().join("b.cllm");
@@ -536,6 +539,13 @@ fn calibrated_int4s_is_reproduced_by_verify_from_its_embedded_vectors() {
             inspect.to_string().contains("importance.safetensors"),
             "{inspect}"
         );
+        // What the calibration ran on: every quantized projection, 4 windows of 32 tokens.
+        let cal = &inspect["calibration"];
+        assert_eq!(cal["tensors"], 28, "{cal}");
+        assert_eq!(cal["about"]["windows"], "4", "{cal}");
+        assert_eq!(cal["about"]["window_tokens"], "32", "{cal}");
+        let text = cllm_ok(&["inspect", s(file)]);
+        assert!(text.contains("calibrated 28 tensors on "), "{text}");
     }
     // Nothing to weight, and a missing text: clear errors before anything is written.
     for (extra, expect) in [
