@@ -626,7 +626,9 @@ fn write_tensor<W: Write>(
         }),
         Conv::Int4 { g } => {
             let gpr = cols / g;
-            let (scales, mins) = packed.int4_param_bytes(i)?;
+            // The streams decoded above, as int4's f16 pairs (expanded for int4s).
+            let (scales, mins) = cllm_format::tensor::int4_param_bytes(p.codec, &p.shape, &params)
+                .ok_or_else(|| refused(&t.name, format!("codec {} is not int4", p.codec)))?;
             Box::new(move |r, row: &[u8], out: &mut Vec<u8>| {
                 let span = 2 * gpr * r..2 * gpr * (r + 1);
                 blocks::int4_row_to_q4_1(row, &scales[span.clone()], &mins[span], g, out);

@@ -820,6 +820,26 @@ pub fn int4_group_params<B: AsRef<[u8]>>(
     }
 }
 
+/// [`int4_group_params`] of every group of the tensor.
+pub fn int4_params<B: AsRef<[u8]>>(
+    codec: Codec,
+    shape: &[u64],
+    params: &[B],
+) -> Option<(Vec<f16>, Vec<f16>)> {
+    let groups = Tiling::of(codec, shape)?.groups(shape);
+    int4_group_params(codec, shape, params, 0..groups)
+}
+
+/// [`int4_params`] as `int4`'s `scales` and `mins` streams: little-endian f16, row-major.
+pub fn int4_param_bytes<B: AsRef<[u8]>>(
+    codec: Codec,
+    shape: &[u64],
+    params: &[B],
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    let bytes = |v: Vec<f16>| v.iter().flat_map(|h| h.to_le_bytes()).collect();
+    int4_params(codec, shape, params).map(|(s, m)| (bytes(s), bytes(m)))
+}
+
 /// Dequantizes a quantized tensor's streams to f32 values (row-major).
 pub fn dequantize(codec: Codec, shape: &[u64], streams: &[Vec<u8>]) -> Vec<f32> {
     let (rows, cols) = rows_cols(shape);
@@ -844,8 +864,7 @@ pub fn dequantize(codec: Codec, shape: &[u64], streams: &[Vec<u8>]) -> Vec<f32> 
         Codec::Int4 { group_size, .. } | Codec::Int4S { group_size } => {
             let g = group_size as usize;
             let gpr = cols / g;
-            let (scales, mins) = int4_group_params(codec, shape, &streams[1..], 0..rows * gpr)
-                .expect("an int4 codec");
+            let (scales, mins) = int4_params(codec, shape, &streams[1..]).expect("an int4 codec");
             let mut out = Vec::with_capacity(rows * cols);
             for (k, &b) in streams[0].iter().enumerate() {
                 for (j, q) in [b & 0x0f, b >> 4].into_iter().enumerate() {

@@ -89,10 +89,8 @@ pub fn weight_from_streams(
         },
         WeightForm::Int4 { group_size } => {
             // `int4s` expands exactly to `int4`'s per-group parameters (spec section 4.6).
-            let groups = rows * (cols / (group_size as usize).max(1));
-            let (scales, mins) =
-                cllm_format::tensor::int4_group_params(codec, shape, &streams[1..], 0..groups)
-                    .expect("an int4 form comes from an int4 codec");
+            let (scales, mins) = cllm_format::tensor::int4_params(codec, shape, &streams[1..])
+                .expect("an int4 form comes from an int4 codec");
             WeightData::Int4 {
                 scales,
                 mins,

@@ -303,6 +303,7 @@ pub fn load_gpu(
     // An `int4s` tensor's super-block codes are expanded on the host to the per-group f16 scales
     // and minimums the kernels read (spec section 4.6); its codes stream in as they are.
     let expanded: HashMap<usize, [Vec<u8>; 2]> = (0..packed.len())
+        .into_par_iter()
         .filter(|&i| matches!(packed.codec(i), Codec::Int4S { .. }))
         .map(|i| packed.int4_param_bytes(i).map(|(s, m)| (i, [s, m])))
         .collect::<Result<_, _>>()?;

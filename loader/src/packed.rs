@@ -420,20 +420,12 @@ impl Packed {
         let params = (1..t.streams.len())
             .map(|s| self.decode_stream(i, s))
             .collect::<Result<Vec<_>, _>>()?;
-        let groups = match (codec.group_size(), t.shape.as_slice()) {
-            (Some(g), [rows, cols]) => (rows * (cols / g as u64)) as usize,
-            _ => 0,
-        };
-        let bytes = |v: Vec<half::f16>| v.iter().flat_map(|h| h.to_le_bytes()).collect();
-        match cllm_format::tensor::int4_group_params(codec, &t.shape, &params, 0..groups) {
-            Some((s, m)) => Ok((bytes(s), bytes(m))),
-            None => Err(self.err(self.tensors[i].0)(
-                cllm_format::FormatError::Tensor {
-                    tensor: t.name.clone(),
-                    msg: format!("codec {codec} is not an int4 codec"),
-                },
-            )),
-        }
+        cllm_format::tensor::int4_param_bytes(codec, &t.shape, &params).ok_or_else(|| {
+            self.err(self.tensors[i].0)(cllm_format::FormatError::Tensor {
+                tensor: t.name.clone(),
+                msg: format!("codec {codec} is not an int4 codec"),
+            })
+        })
     }
 
     /// Tensor `i` in its source dtype, a frame at a time (see [`Container::source_chunks`]).
