@@ -238,7 +238,7 @@ fn every_cpu_isa_and_thread_count_gives_the_same_logprobs() {
         r"re:.*embed_tokens\.weight=int8-g32",
     ]);
     let mut seen: Option<(String, Value)> = None;
-    for isa in ["baseline", "avx2", "best"] {
+    for isa in ["baseline", "avx2", "avx512", "best"] {
         for threads in ["1", "2"] {
             let out = cllm_tests::cllm_env(
                 &[

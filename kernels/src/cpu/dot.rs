@@ -22,11 +22,11 @@ use super::rows::Row;
 pub const LANES: usize = 16;
 
 /// Half the lane accumulators: lanes `0..8` in one `[f32; 8]` (one AVX register), `8..16` in another.
-const HALF: usize = LANES / 2;
+pub(crate) const HALF: usize = LANES / 2;
 
 /// The fixed tree combine of the 16 lane accumulators, given as lanes `0..8` and `8..16`.
 #[inline(always)]
-fn combine(lo: [f32; HALF], hi: [f32; HALF]) -> f32 {
+pub(crate) fn combine(lo: [f32; HALF], hi: [f32; HALF]) -> f32 {
     let mut a8 = [0f32; HALF];
     for l in 0..HALF {
         a8[l] = lo[l] + hi[l];

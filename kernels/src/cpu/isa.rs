@@ -3,7 +3,8 @@
 //! The project builds for baseline x86-64 (SSE2); AVX2 doubles the vector width and AVX-512
 //! doubles it again. Every compiled version performs the same lane-wise IEEE operations, so the
 //! choice changes speed, never bits (tests compare every version this machine can run).
-//! `CLLM_CPU_ISA=baseline|avx2` caps the choice (for comparisons and benchmarks).
+//! `CLLM_CPU_ISA=baseline|avx2|avx512` caps the choice (for comparisons and benchmarks);
+//! `avx512` leaves out VNNI, which only the int8 products use (decision record 0025).
 
 use std::sync::OnceLock;
 
@@ -14,6 +15,9 @@ pub(crate) enum Isa {
     Avx2,
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// AVX-512 with VNNI: the AVX-512 copies, and VNNI's integer dot products for int8 weights.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
 }
 
 pub(crate) fn isa() -> Isa {
@@ -28,6 +32,8 @@ fn detect() -> Isa {
         Some("baseline") => Isa::Baseline,
         #[cfg(target_arch = "x86_64")]
         Some("avx2") => best.min(Isa::Avx2),
+        #[cfg(target_arch = "x86_64")]
+        Some("avx512") => best.min(Isa::Avx512),
         _ => best,
     }
 }
@@ -43,6 +49,9 @@ pub(crate) fn available() -> Vec<Isa> {
             v.push(Isa::Avx2);
             if has!("avx512f") && has!("avx512bw") {
                 v.push(Isa::Avx512);
+                if super::fixed::has_vnni() {
+                    v.push(Isa::Avx512Vnni);
+                }
             }
         }
     }
@@ -76,7 +85,9 @@ macro_rules! multiversion {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Isa::Avx512` is only produced after detecting AVX-512 F/BW (and AVX2,
                 // F16C) at run time.
-                $crate::cpu::isa::Isa::Avx512 => unsafe { avx512($($arg),*) },
+                $crate::cpu::isa::Isa::Avx512 | $crate::cpu::isa::Isa::Avx512Vnni => unsafe {
+                    avx512($($arg),*)
+                },
             }
         }
     };

@@ -14,6 +14,10 @@
 //! how values reach the lanes (int4 nibbles looked up in a per-group table of their values, four
 //! weight rows side by side so one activation row is not held to an addition's latency), never
 //! what is added in which order. Decision record 0022.
+//!
+//! Int8 weights multiply the activation row held in exact fixed point (module `fixed`): integer lane
+//! sums, exact whatever the instructions (VNNI, AVX2 or plain loops), each rounded once to f32.
+//! Decision record 0025.
 
 pub mod activation;
 pub mod attention;
@@ -21,6 +25,7 @@ pub mod decode;
 pub mod dot;
 pub mod embed;
 pub mod error;
+mod fixed;
 mod isa;
 pub mod matmul;
 pub mod norm;
