@@ -541,7 +541,7 @@ mod tests {
                         .map(|_| (rng.next_u64() % 255) as i8)
                         .collect();
                     let q = |j: usize| &q[j * cols..(j + 1) * cols];
-                    let per = if gs == 0 { 1 } else { cols / gs };
+                    let per = cols.checked_div(gs).unwrap_or(1);
                     let scales: Vec<f32> = (0..4 * per).map(|_| rng.f32() * 0.01).collect();
                     let src = |j: usize| Int8Src {
                         q: q(j),

@@ -64,6 +64,7 @@ pub(crate) fn available() -> Vec<Isa> {
 /// body.
 macro_rules! multiversion {
     ($vis:vis fn $name:ident => $generic:ident ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
+        #[allow(clippy::too_many_arguments)]
         $vis fn $name(isa: $crate::cpu::isa::Isa, $($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,f16c")]

@@ -158,6 +158,33 @@ fn is_int8(w: &Weight) -> bool {
     )
 }
 
+/// Row `r` of an int8 weight and its scales.
+fn int8_src(w: &Weight, r: usize) -> Int8Src<'_> {
+    let cols = w.cols;
+    let span = r * cols..(r + 1) * cols;
+    match &w.data {
+        WeightData::Int8Row { q, scales } => Int8Src {
+            q: &q[span],
+            scales: Scales::Row(scales[r]),
+        },
+        WeightData::Int8Group {
+            q,
+            scales,
+            group_size,
+        } => {
+            let groups = cols / group_size;
+            Int8Src {
+                q: &q[span],
+                scales: Scales::Groups {
+                    scales: &scales[r * groups..(r + 1) * groups],
+                    group_size: *group_size,
+                },
+            }
+        }
+        _ => unreachable!("int8_src is called on int8 weights only"),
+    }
+}
+
 /// [`rows_task`] for int8 weights: each weight row against each activation row with a fixed
 /// form (`fixed[t]`), in the fixed-point arithmetic, four weight rows side by side while four
 /// remain (each with the bits it has alone); activation rows without one take the float path.
@@ -177,31 +204,7 @@ fn int8_task(
             rows_task(isa, w, x, n, row0, out, buf, t..t + 1);
         }
     }
-    let cols = w.cols;
-    let src = |r: usize| -> Int8Src<'_> {
-        let span = r * cols..(r + 1) * cols;
-        match &w.data {
-            WeightData::Int8Row { q, scales } => Int8Src {
-                q: &q[span],
-                scales: Scales::Row(scales[r]),
-            },
-            WeightData::Int8Group {
-                q,
-                scales,
-                group_size,
-            } => {
-                let groups = cols / group_size;
-                Int8Src {
-                    q: &q[span],
-                    scales: Scales::Groups {
-                        scales: &scales[r * groups..(r + 1) * groups],
-                        group_size: *group_size,
-                    },
-                }
-            }
-            _ => unreachable!("int8_task runs on int8 weights only"),
-        }
-    };
+    let src = |r: usize| int8_src(w, r);
     let nrows = out.len() / n;
     let mut i = 0;
     while i < nrows {
@@ -226,34 +229,42 @@ fn int8_dots(isa: Isa, rows: &[Int8Src<'_>], x: &FixedRow, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni {
         // SAFETY: `Isa::Avx512Vnni` is only produced after detecting AVX-512 F/BW and VNNI.
-        unsafe {
-            match rows {
-                [a, b, c, d] => y.copy_from_slice(&fixed::dots_vnni([*a, *b, *c, *d], x)),
-                _ => {
-                    for (v, r) in y.iter_mut().zip(rows) {
-                        *v = fixed::dots_vnni([*r], x)[0];
-                    }
-                }
-            }
-        }
-        return;
+        return by_rows(
+            rows,
+            y,
+            |r| unsafe { fixed::dots_vnni(r, x) },
+            |r| unsafe { fixed::dots_vnni(r, x) },
+        );
     }
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 {
         // SAFETY: `Isa::Avx2` and above are only produced after detecting AVX2.
-        unsafe {
-            match rows {
-                [a, b, c, d] => y.copy_from_slice(&fixed::dots_avx2([*a, *b, *c, *d], x)),
-                _ => {
-                    for (v, r) in y.iter_mut().zip(rows) {
-                        *v = fixed::dots_avx2([*r], x)[0];
-                    }
-                }
-            }
-        }
-        return;
+        return by_rows(
+            rows,
+            y,
+            |r| unsafe { fixed::dots_avx2(r, x) },
+            |r| unsafe { fixed::dots_avx2(r, x) },
+        );
     }
     int8_dots_plain(isa, rows, x, y);
+}
+
+/// `y = four(rows)` for four rows, else `one` row by row.
+#[inline(always)]
+fn by_rows<'a>(
+    rows: &[Int8Src<'a>],
+    y: &mut [f32],
+    four: impl FnOnce([Int8Src<'a>; 4]) -> [f32; 4],
+    one: impl Fn([Int8Src<'a>; 1]) -> [f32; 1],
+) {
+    match rows {
+        [a, b, c, d] => y.copy_from_slice(&four([*a, *b, *c, *d])),
+        _ => {
+            for (v, r) in y.iter_mut().zip(rows) {
+                *v = one([*r])[0];
+            }
+        }
+    }
 }
 
 multiversion!(fn int8_dots_plain => int8_dots_generic(
@@ -264,14 +275,12 @@ multiversion!(fn int8_dots_plain => int8_dots_generic(
 
 #[inline(always)]
 fn int8_dots_generic(_lanes: impl Lanes, rows: &[Int8Src<'_>], x: &FixedRow, y: &mut [f32]) {
-    match rows {
-        [a, b, c, d] => y.copy_from_slice(&fixed::dots_portable([*a, *b, *c, *d], x)),
-        _ => {
-            for (v, r) in y.iter_mut().zip(rows) {
-                *v = fixed::dots_portable([*r], x)[0];
-            }
-        }
-    }
+    by_rows(
+        rows,
+        y,
+        |r| fixed::dots_portable(r, x),
+        |r| fixed::dots_portable(r, x),
+    );
 }
 
 multiversion!(fn rows_task => rows_task_generic(
@@ -689,27 +698,7 @@ mod tests {
                 match FixedRow::new(xt) {
                     Some(fx) => {
                         for (r, y) in yt.iter_mut().enumerate() {
-                            let src = match &w.data {
-                                WeightData::Int8Row { q, scales } => Int8Src {
-                                    q: &q[r * cols..(r + 1) * cols],
-                                    scales: Scales::Row(scales[r]),
-                                },
-                                WeightData::Int8Group {
-                                    q,
-                                    scales,
-                                    group_size,
-                                } => {
-                                    let g = cols / group_size;
-                                    Int8Src {
-                                        q: &q[r * cols..(r + 1) * cols],
-                                        scales: Scales::Groups {
-                                            scales: &scales[r * g..(r + 1) * g],
-                                            group_size: *group_size,
-                                        },
-                                    }
-                                }
-                                _ => unreachable!(),
-                            };
+                            let src = int8_src(&w, r);
                             *y = fixed::dots_portable([src], &fx)[0];
                         }
                     }
