@@ -96,10 +96,7 @@ impl FixedRow {
                 // Exact scaling by a power of two, then one rounding; |X| <= 2^21.
                 let xi = round_ties_even(v * scale);
                 is[c] = xi;
-                let d0 = xi as i8;
-                let x1 = (xi - d0 as i32) >> 8;
-                let d1 = x1 as i8;
-                let d2 = ((x1 - d1 as i32) >> 8) as i8;
+                let [d0, d1, d2] = FixedRow::digits(xi);
                 step.digits[0][c] = d0;
                 step.digits[1][c] = d1;
                 step.digits[2][c] = d2;
@@ -122,6 +119,33 @@ impl FixedRow {
             unscale: 2f32.powi(-shift),
             cols: x.len(),
         })
+    }
+}
+
+impl FixedRow {
+    /// `X = D0 + 256 D1 + 65536 D2`: the three signed base-256 digits of `|X| <= 2^21`.
+    #[inline(always)]
+    pub(crate) fn digits(xi: i32) -> [i8; 3] {
+        let d0 = xi as i8;
+        let x1 = (xi - d0 as i32) >> 8;
+        let d1 = x1 as i8;
+        let d2 = ((x1 - d1 as i32) >> 8) as i8;
+        [d0, d1, d2]
+    }
+
+    /// `X`, zero-padded to whole 64-column steps.
+    pub(crate) fn ints(&self) -> &[i32] {
+        &self.ints
+    }
+
+    /// The row's width.
+    pub(crate) fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `2^-S`.
+    pub(crate) fn unscale(&self) -> f32 {
+        self.unscale
     }
 }
 
@@ -263,7 +287,7 @@ pub(crate) unsafe fn dots_avx2<const N: usize>(rows: [Int8Src<'_>; N], x: &Fixed
             let mut tail = [0i8; STEP];
             let q = if c0 + STEP <= cols {
                 let p = rows[j].q.as_ptr().add(c0);
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * cols));
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_ROWS * cols));
                 p
             } else {
                 tail[..cols - c0].copy_from_slice(&rows[j].q[c0..cols]);
@@ -449,7 +473,7 @@ mod vnni {
                 let p = ptr[j].add(s * STEP);
                 let q = if s < full {
                     // The same bytes of a row further down: rows of one task are contiguous.
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead));
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead));
                     _mm512_loadu_si512(p as *const __m512i)
                 } else {
                     _mm512_maskz_loadu_epi8((1u64 << (cols - s * STEP)) - 1, p)
@@ -480,7 +504,7 @@ mod vnni {
 
 /// How many rows ahead the VNNI kernel prefetches a row's bytes: the rows of a task are
 /// contiguous, and its reads are short row streams the hardware prefetchers follow too late.
-const PREFETCH_ROWS: usize = 8;
+pub(crate) const PREFETCH_ROWS: usize = 8;
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,7 @@
 //! point ([`fixed`](super::fixed)); an activation row without a fixed form (a non-finite value)
 //! takes the float path, where per-row int8 runs on the unscaled `q as f32` row and is then
 //! multiplied by the row scale, and group-wise int8 applies each group's scale to its values.
-//! Rayon splits the work by weight rows only, so the thread count changes nothing in the result.
+//! The work is split by weight rows only ([`pool`](super::pool)), so the thread count changes nothing in the result.
 
 use std::array::from_fn;
 
@@ -20,7 +20,9 @@ use super::decode::decode_row_unscaled;
 use super::dot::Lanes;
 use super::error::{check_len, KernelError};
 use super::fixed::{self, FixedRow, Int8Src, Scales};
+use super::fixed4::{self, Fixed4, Int4Src};
 use super::isa::{isa, multiversion, Isa};
+use super::pool;
 use super::rows::{group_chunk_shift, Bf16Row, F16Row, I4Row, I8GroupRow, I8Row, Row};
 use crate::weights::{Weight, WeightData};
 
@@ -78,14 +80,20 @@ pub(crate) fn matmul_with(
         return Ok(());
     }
     let threads = rayon::current_num_threads().max(1);
-    // Int8 weights multiply the activation rows in fixed point, made once for all of them.
-    let fixed: Vec<Option<FixedRow>> = if jobs.iter().any(|(w, _)| is_int8(w)) {
+    // Int8 and int4 weights multiply the activation rows in fixed point, made once for all of
+    // them (with the int4 layout where an int4 weight needs it).
+    let fixed: Vec<Option<FixedRow>> = if jobs.iter().any(|(w, _)| is_fixed(w)) {
         let cols = x.len() / n;
         if n == 1 {
             vec![FixedRow::new(x)]
         } else {
             x.par_chunks(cols).map(FixedRow::new).collect()
         }
+    } else {
+        Vec::new()
+    };
+    let fixed4: Vec<Option<Fixed4>> = if jobs.iter().any(|(w, _)| is_fixed_int4(w)) {
+        fixed.iter().map(|f| f.as_ref().map(Fixed4::new)).collect()
     } else {
         Vec::new()
     };
@@ -126,10 +134,14 @@ pub(crate) fn matmul_with(
             });
         }
     }
-    tasks.into_par_iter().for_each(|t| {
+    pool::for_each(tasks, |t| {
         let mut buf = vec![0f32; ROW_BLOCK * t.w.cols];
-        if is_int8(t.w) {
-            int8_task(isa, t.w, x, n, t.row0, t.out, &mut buf, &fixed);
+        if is_fixed(t.w) {
+            let fixed = Fixed {
+                rows: &fixed,
+                int4: &fixed4,
+            };
+            fixed_task(isa, t.w, x, n, t.row0, t.out, &mut buf, fixed);
         } else {
             rows_task(isa, t.w, x, n, t.row0, t.out, &mut buf, 0..n);
         }
@@ -150,15 +162,50 @@ pub(crate) fn matmul_with(
     Ok(())
 }
 
-/// Whether `w` is multiplied in fixed point ([`int8_task`]).
-fn is_int8(w: &Weight) -> bool {
+/// Whether `w` is multiplied in fixed point ([`fixed_task`]): int8, and int4 of the group
+/// sizes [`fixed4`] takes.
+fn is_fixed(w: &Weight) -> bool {
     matches!(
         w.data,
         WeightData::Int8Row { .. } | WeightData::Int8Group { .. }
-    )
+    ) || is_fixed_int4(w)
+}
+
+fn is_fixed_int4(w: &Weight) -> bool {
+    matches!(w.data, WeightData::Int4 { group_size, .. } if fixed4::takes_fixed(group_size))
+}
+
+/// The activation rows in fixed point (`None` where a row has no fixed form), and their int4
+/// layout where an int4 weight is among the jobs.
+#[derive(Clone, Copy)]
+struct Fixed<'a> {
+    rows: &'a [Option<FixedRow>],
+    int4: &'a [Option<Fixed4>],
+}
+
+/// Rows `r..r + k` of an int4 weight and their parameters.
+#[inline(always)]
+fn int4_src(w: &Weight, r: usize, k: usize) -> Int4Src<'_> {
+    let WeightData::Int4 {
+        packed,
+        scales,
+        mins,
+        group_size,
+    } = &w.data
+    else {
+        unreachable!("int4_src is called on int4 weights only")
+    };
+    let (half, groups) = (w.cols / 2, w.cols.div_ceil(*group_size));
+    Int4Src {
+        packed: &packed[r * half..(r + k) * half],
+        scales: &scales[r * groups..(r + k) * groups],
+        mins: &mins[r * groups..(r + k) * groups],
+        group_size: *group_size,
+    }
 }
 
 /// Row `r` of an int8 weight and its scales.
+#[inline(always)]
 fn int8_src(w: &Weight, r: usize) -> Int8Src<'_> {
     let cols = w.cols;
     let span = r * cols..(r + 1) * cols;
@@ -185,11 +232,11 @@ fn int8_src(w: &Weight, r: usize) -> Int8Src<'_> {
     }
 }
 
-/// [`rows_task`] for int8 weights: each weight row against each activation row with a fixed
-/// form (`fixed[t]`), in the fixed-point arithmetic, four weight rows side by side while four
-/// remain (each with the bits it has alone); activation rows without one take the float path.
+/// [`rows_task`] for weights multiplied in fixed point (int8, int4): each weight row against
+/// each activation row with a fixed form, four weight rows side by side while four remain (each
+/// with the bits it has alone); activation rows without one take the float path.
 #[allow(clippy::too_many_arguments)]
-fn int8_task(
+fn fixed_task(
     isa: Isa,
     w: &Weight,
     x: &[f32],
@@ -197,28 +244,79 @@ fn int8_task(
     row0: usize,
     out: &mut [f32],
     buf: &mut [f32],
-    fixed: &[Option<FixedRow>],
+    fixed: Fixed<'_>,
 ) {
-    for (t, f) in fixed.iter().enumerate() {
+    for (t, f) in fixed.rows.iter().enumerate() {
         if f.is_none() {
             rows_task(isa, w, x, n, row0, out, buf, t..t + 1);
         }
     }
-    let src = |r: usize| int8_src(w, r);
+    let int4 = matches!(w.data, WeightData::Int4 { .. });
     let nrows = out.len() / n;
     let mut i = 0;
     while i < nrows {
         let k = if i + ROW_BLOCK <= nrows { ROW_BLOCK } else { 1 };
-        let rows: [Int8Src<'_>; ROW_BLOCK] = from_fn(|j| src(row0 + i + j.min(k - 1)));
-        for (t, fx) in fixed.iter().enumerate() {
+        let r = |j: usize| row0 + i + j.min(k - 1);
+        for (t, fx) in fixed.rows.iter().enumerate() {
             let Some(fx) = fx else { continue };
             let mut y = [0f32; ROW_BLOCK];
-            int8_dots(isa, &rows[..k], fx, &mut y[..k]);
+            if int4 {
+                let Some(f4) = &fixed.int4[t] else { continue };
+                int4_dots(isa, int4_src(w, row0 + i, k), fx, f4, &mut y[..k]);
+            } else {
+                // Written out, not `from_fn`: its closure call is not inlined and costs more
+                // than the short rows' products.
+                let rows = [
+                    int8_src(w, r(0)),
+                    int8_src(w, r(1)),
+                    int8_src(w, r(2)),
+                    int8_src(w, r(3)),
+                ];
+                int8_dots(isa, &rows[..k], fx, &mut y[..k]);
+            }
             for (j, v) in y[..k].iter().enumerate() {
                 out[(i + j) * n + t] = *v;
             }
         }
         i += k;
+    }
+}
+
+/// `y[j] = row j of the block . x` (a block of one or four rows) in the int4 fixed-point
+/// arithmetic, by VNNI where the ISA has it and plain loops (vectorized by the compiler)
+/// elsewhere: the same bits.
+fn int4_dots(isa: Isa, rows: Int4Src<'_>, x: &FixedRow, x4: &Fixed4, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        // SAFETY: `Isa::Avx512Vnni` is only produced after detecting AVX-512 F/BW and VNNI, and
+        // the block has `y.len()` rows of `x.cols()` columns.
+        match y.len() {
+            4 => y.copy_from_slice(&unsafe { fixed4::dots4_vnni::<4>(rows, x, x4) }),
+            _ => y.copy_from_slice(&unsafe { fixed4::dots4_vnni::<1>(rows, x, x4) }),
+        }
+        return;
+    }
+    int4_dots_plain(isa, rows, x, x4, y);
+}
+
+multiversion!(fn int4_dots_plain => int4_dots_generic(
+    rows: Int4Src<'_>,
+    x: &FixedRow,
+    x4: &Fixed4,
+    y: &mut [f32],
+));
+
+#[inline(always)]
+fn int4_dots_generic(
+    _lanes: impl Lanes,
+    rows: Int4Src<'_>,
+    x: &FixedRow,
+    x4: &Fixed4,
+    y: &mut [f32],
+) {
+    match y.len() {
+        4 => y.copy_from_slice(&fixed4::dots4_portable::<4>(rows, x, x4)),
+        _ => y.copy_from_slice(&fixed4::dots4_portable::<1>(rows, x, x4)),
     }
 }
 
@@ -565,9 +663,10 @@ mod tests {
                         mag += t.abs();
                     }
                     let err = (y[r] as f64 - want).abs();
-                    // Int8 products round each x to the fixed point, by up to 2^-22 of the
-                    // row's largest |x| (decision 0025): an error of order 2^-22 * mag.
-                    let fixed = matches!(form, Form::Int8 | Form::Int8Group(_));
+                    // Int8 and int4 products round each x to the fixed point, by up to 2^-22 of
+                    // the row's largest |x| (decisions 0025, 0026): an error of order
+                    // 2^-22 * mag.
+                    let fixed = matches!(form, Form::Int8 | Form::Int8Group(_) | Form::Int4(_));
                     let floor = mag * if fixed { 1e-6 } else { 1e-7 };
                     assert!(
                         err <= (1e-5 * want.abs()).max(floor).max(1e-30),
@@ -669,9 +768,10 @@ mod tests {
     }
 
     #[test]
-    fn int8_products_follow_the_fixed_point_arithmetic_on_every_isa() {
-        // Every int8 form, on every ISA, for one and six activation rows: the bits of the
-        // fixed-point definition (`fixed::dots_portable`); an activation row with a NaN takes
+    fn fixed_point_products_follow_their_definition_on_every_isa() {
+        // Every int8 form and the int4 group sizes taken in fixed point, on every ISA, for one
+        // and six activation rows: the bits of the fixed-point definitions
+        // (`fixed::dots_portable`, `fixed4::dots4_portable`); an activation row with a NaN takes
         // the float path (the bits of the dequantized f32 matrix) without touching the others.
         let mut rng = Rng(7);
         for form in [
@@ -681,6 +781,10 @@ mod tests {
             Form::Int8Group(64),
             Form::Int8Group(128),
             Form::Int8Group(48),
+            Form::Int4(32),
+            Form::Int4(64),
+            Form::Int4(48),
+            Form::Int4(8),
         ] {
             let (rows, cols) = (19, 384);
             let w = random_weight(&mut rng, rows, cols, form);
@@ -697,9 +801,14 @@ mod tests {
                 let yt = &mut want[t * rows..(t + 1) * rows];
                 match FixedRow::new(xt) {
                     Some(fx) => {
+                        let f4 = Fixed4::new(&fx);
                         for (r, y) in yt.iter_mut().enumerate() {
-                            let src = int8_src(&w, r);
-                            *y = fixed::dots_portable([src], &fx)[0];
+                            *y = match form {
+                                Form::Int4(_) => {
+                                    fixed4::dots4_portable::<1>(int4_src(&w, r, 1), &fx, &f4)[0]
+                                }
+                                _ => fixed::dots_portable([int8_src(&w, r)], &fx)[0],
+                            };
                         }
                     }
                     None => gemv(&wide, xt, yt).unwrap(),

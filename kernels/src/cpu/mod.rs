@@ -3,7 +3,7 @@
 //! Determinism is the contract of this module. Every dot product (a matrix row against a vector,
 //! a query against a key, a vector against itself in RMSNorm) goes through [`dot::dot`] or its
 //! multi-vector twin, which share one fixed reduction order (16 lane accumulators over
-//! `chunks_exact(16)`, a fixed tree combine, then the tail in order). Work is split across rayon
+//! `chunks_exact(16)`, a fixed tree combine, then the tail in order). Work is split across
 //! threads by output rows or by (token, head) only, never inside a reduction, so results do not
 //! depend on the thread count, and a batched product gives each row exactly the bits the
 //! single-vector product gives.
@@ -17,7 +17,11 @@
 //!
 //! Int8 weights multiply the activation row held in exact fixed point (module `fixed`): integer lane
 //! sums, exact whatever the instructions (VNNI, AVX2 or plain loops), each rounded once to f32.
-//! Decision record 0025.
+//! Decision record 0025. Int4 weights (group sizes a multiple of 8) follow in the same fixed point
+//! (module `fixed4`, decision record 0026).
+//!
+//! Parallel sections (blocks of weight rows, attention heads) run on [`pool`], whose workers spin
+//! between the many short sections of a token instead of sleeping (decision record 0026).
 
 pub mod activation;
 pub mod attention;
@@ -26,9 +30,11 @@ pub mod dot;
 pub mod embed;
 pub mod error;
 mod fixed;
+mod fixed4;
 mod isa;
 pub mod matmul;
 pub mod norm;
+pub mod pool;
 pub mod rope;
 mod rows;
 

@@ -46,10 +46,11 @@ impl Form {
     }
 }
 
-/// Int4 group sizes 32 and 64 take the fused path; 48 (3 chunks) and 8 (under a chunk) the
-/// decode-to-buffer path. Int8 group sizes 32, 64 and 128 are the container's and take the fused
+/// Int4 group sizes that are multiples of 8 (32, 64, 48, 8) take the fixed-point products of
+/// `fixed4` (and, for rows without a fixed form, the fused path for 32 and 64, the
+/// decode-to-buffer path for 48 and 8); 10 keeps the float path. Int8 group sizes 32, 64 and 128 are the container's and take the fused
 /// path; 48 (valid, but 3 chunks) takes the decode-to-buffer path.
-pub(crate) const FORMS: [Form; 12] = [
+pub(crate) const FORMS: [Form; 13] = [
     Form::F32,
     Form::Bf16,
     Form::F16,
@@ -62,6 +63,7 @@ pub(crate) const FORMS: [Form; 12] = [
     Form::Int4(64),
     Form::Int4(48),
     Form::Int4(8),
+    Form::Int4(10),
 ];
 
 pub(crate) fn random_weight(rng: &mut Rng, rows: usize, cols: usize, form: Form) -> Weight {

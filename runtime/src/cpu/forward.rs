@@ -9,16 +9,25 @@
 //! a position do not depend on how the sequence was split into prefill and decode calls, nor on
 //! the number of rayon threads.
 
+use std::cell::RefCell;
+use std::sync::Mutex;
+
 use cllm_kernels::cpu::{
-    attend, embedding_row, geglu_tanh, matmul, matmul_many, swiglu, KernelError,
+    attend, embedding_row, geglu_tanh, matmul, matmul_many, pool, swiglu, KernelError,
 };
 use cllm_model::{Activation, Module, Point};
-use rayon::prelude::*;
 
 use super::kv_cache::KvCache;
 use super::model::{CpuModel, Linear, Projections};
 use crate::error::ModelError;
 use crate::trace::{HiddenStates, TracePoint, Tracer};
+
+thread_local! {
+    /// Each thread's attention scratch (scores, and a cache span's keys and values as f32),
+    /// kept from one head and layer to the next.
+    static ATTENTION_SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
 
 /// Which logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,29 +126,10 @@ impl Linear {
 impl CpuModel {
     /// Runs `tokens` at positions `cache.len()..`, appending their keys and values to `cache`.
     ///
-    /// An untraced pass runs on a thread of the current rayon pool: a caller outside the pool
-    /// hands it over once, instead of waking the pool and sleeping for each of the pass's
-    /// parallel steps. Which thread runs it changes nothing in the result.
+    /// The pass runs on the caller's thread; its parallel sections go to the kernels' spinning
+    /// pool ([`pool`]), so no rayon worker is woken (or left yielding the core) per section.
+    /// Which thread runs what changes nothing in the result.
     pub(crate) fn forward_tokens(
-        &self,
-        cache: &mut KvCache,
-        tokens: &[u32],
-        logits: Logits,
-        tracer: Option<&mut Tracer<'_>>,
-    ) -> Result<Vec<f32>, ModelError> {
-        // A traced pass (its callback need not be `Send`) stays on the caller's thread.
-        if tracer.is_some() || rayon::current_thread_index().is_some() {
-            return self.forward_tokens_on_worker(cache, tokens, logits, tracer);
-        }
-        // `join` called from outside a pool runs both closures on the pool's threads.
-        rayon::join(
-            || self.forward_tokens_on_worker(cache, tokens, logits, None),
-            || (),
-        )
-        .0
-    }
-
-    fn forward_tokens_on_worker(
         &self,
         cache: &mut KvCache,
         tokens: &[u32],
@@ -224,18 +214,27 @@ impl CpuModel {
             let cache_ref = &*cache;
             let q_ref = &q;
             let window = cfg.window(l);
-            attn.par_chunks_mut(hd).enumerate().try_for_each_init(
-                || (Vec::new(), Vec::new(), Vec::new()),
-                |(scores, kbuf, vbuf), (idx, out)| {
-                    let (i, head) = (idx / heads, idx % heads);
-                    let pos = start + i;
-                    let from = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let failed = Mutex::new(None);
+            pool::for_each(attn.chunks_mut(hd).enumerate().collect(), |(idx, out)| {
+                let (i, head) = (idx / heads, idx % heads);
+                let pos = start + i;
+                let from = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let done = ATTENTION_SCRATCH.with_borrow_mut(|(scores, kbuf, vbuf)| {
                     let (keys, values) =
                         cache_ref.span_into(l, head / group, from, pos + 1, kbuf, vbuf);
                     let qh = &q_ref[(i * heads + head) * hd..(i * heads + head + 1) * hd];
                     attend(qh, keys, values, scale, scores, out)
-                },
-            )?;
+                });
+                if let Err(e) = done {
+                    failed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                }
+            });
+            if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                return Err(e.into());
+            }
             trace.emit(Point::Attention, ly, &attn);
             layer.o_proj.forward(&attn, n, &mut o)?;
             trace.emit(Point::Projection(Module::OProj), ly, &o);

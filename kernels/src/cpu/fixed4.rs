@@ -1,0 +1,487 @@
+//! Products of int4 weights (a scale and a minimum per group) with an activation row in the
+//! exact fixed point of [`fixed`](super::fixed): integer sums of nibbles times X, each group's
+//! scale and minimum applied once per lane and step.
+//!
+//! The arithmetic, which every instruction set performs identically (decision record 0026):
+//!
+//! - **x in fixed point** exactly as for int8 ([`FixedRow`]): `X[c]`, shift `S`. A row without a
+//!   fixed form takes the float path.
+//! - **Exact lane sums.** Columns are taken in steps of 128; lane `l` (0..16) of step `s` holds
+//!   the eight columns `c = 128s + 8l + j` (columns past the row count as zero), and has the
+//!   exact integers `I = sum n[c] * X[c]` over its nibbles `n` (`|I| < 2^28`) and
+//!   `J = sum X[c]` (`|J| <= 2^24`, so `f32(J)` is exact).
+//! - **One rounding per term.** `acc[l]` starts at +0.0 and takes, step after step,
+//!   `acc[l] += f32(I) * scale + f32(J) * min` (conversion rounded to nearest even; each
+//!   product, their sum and the addition to `acc` rounded, never fused), with the f16 scale and
+//!   minimum (widened exactly) of the group holding the lane: group sizes are multiples of 8, so
+//!   a lane never straddles two.
+//! - **Finish.** The 16 lanes combine by the fixed tree of [`dot`](super::dot), then
+//!   `y = tree * 2^-S`.
+//!
+//! Weights with other group sizes keep the float path of `rows`. AVX-512 VNNI's `vpdpbusd`
+//! multiplies unsigned by signed bytes, which is what a nibble and a base-256 digit of X are: a
+//! packed byte's low nibble is an even column and its high nibble the odd one after it, so each
+//! step keeps X's three digits as an even-column and an odd-column plane of 64 bytes.
+
+use half::f16;
+
+use super::dot::{combine, LANES};
+use super::fixed::FixedRow;
+
+/// Columns per step: 16 lanes of 8 columns, 64 packed bytes.
+pub(crate) const STEP4: usize = 128;
+
+/// Columns per lane.
+const LANE_COLS: usize = STEP4 / LANES;
+
+/// One step of a fixed-point row laid out for packed nibbles: digit `d` of X at the even
+/// (`digits[0][d]`) and odd (`digits[1][d]`) column of each of the step's 64 bytes, and each
+/// lane's `f32(J)`. 448 bytes, cache-line aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Step4 {
+    digits: [[[i8; STEP4 / 2]; 3]; 2],
+    sums: [f32; LANES],
+}
+
+/// The int4 layout of a [`FixedRow`]: one [`Step4`] per 128 columns.
+pub(crate) struct Fixed4 {
+    steps: Vec<Step4>,
+}
+
+impl Fixed4 {
+    pub(crate) fn new(x: &FixedRow) -> Fixed4 {
+        let ints = x.ints();
+        let zero = Step4 {
+            digits: [[[0; STEP4 / 2]; 3]; 2],
+            sums: [0.0; LANES],
+        };
+        let mut steps = vec![zero; x.cols().div_ceil(STEP4)];
+        for (s, step) in steps.iter_mut().enumerate() {
+            for l in 0..LANES {
+                let mut sum = 0i32;
+                for j in 0..LANE_COLS {
+                    let c = s * STEP4 + l * LANE_COLS + j;
+                    let xi = ints.get(c).copied().unwrap_or(0);
+                    sum += xi;
+                    let [d0, d1, d2] = FixedRow::digits(xi);
+                    let (parity, byte) = (j % 2, (l * LANE_COLS + j) / 2);
+                    step.digits[parity][0][byte] = d0;
+                    step.digits[parity][1][byte] = d1;
+                    step.digits[parity][2][byte] = d2;
+                }
+                step.sums[l] = sum as f32;
+            }
+        }
+        Fixed4 { steps }
+    }
+}
+
+/// Consecutive rows of one int4 weight (a block of one or four): `cols / 2` packed bytes per row
+/// and each row's group scales and minimums, the rows one after another.
+#[derive(Clone, Copy)]
+pub(crate) struct Int4Src<'a> {
+    pub packed: &'a [u8],
+    pub scales: &'a [f16],
+    pub mins: &'a [f16],
+    pub group_size: usize,
+}
+
+impl<'a> Int4Src<'a> {
+    /// Row `j` of the block, for rows of `cols` columns.
+    #[inline(always)]
+    fn row(&self, j: usize, cols: usize) -> Int4Src<'a> {
+        let (half, groups) = (cols / 2, cols.div_ceil(self.group_size));
+        Int4Src {
+            packed: &self.packed[j * half..(j + 1) * half],
+            scales: &self.scales[j * groups..(j + 1) * groups],
+            mins: &self.mins[j * groups..(j + 1) * groups],
+            group_size: self.group_size,
+        }
+    }
+
+    /// The scale and minimum of lane `l` of step `s` of a one-row block (zero past the row,
+    /// where the lane's sums are 0 and the accumulator, never -0.0, is unchanged either way).
+    #[inline(always)]
+    fn lane_params(&self, s: usize, l: usize) -> (f32, f32) {
+        let g = (s * STEP4 + l * LANE_COLS) / self.group_size;
+        match (self.scales.get(g), self.mins.get(g)) {
+            (Some(sc), Some(m)) => (sc.to_f32(), m.to_f32()),
+            _ => (0.0, 0.0),
+        }
+    }
+
+    #[inline(always)]
+    fn nibble(&self, c: usize) -> i32 {
+        let b = self.packed[c / 2];
+        (if c.is_multiple_of(2) {
+            b & 0x0f
+        } else {
+            b >> 4
+        }) as i32
+    }
+}
+
+/// Whether an int4 weight of `group_size` takes the fixed-point products.
+pub(crate) fn takes_fixed(group_size: usize) -> bool {
+    group_size > 0 && group_size.is_multiple_of(LANE_COLS)
+}
+
+/// `row j of rows . x` for the `N` rows of the block, in the module's arithmetic, by plain
+/// loops (the baseline path and the AVX2 / AVX-512 copies' without VNNI, which vectorize it).
+#[inline(always)]
+pub(crate) fn dots4_portable<const N: usize>(
+    rows: Int4Src<'_>,
+    x: &FixedRow,
+    x4: &Fixed4,
+) -> [f32; N] {
+    let cols = x.cols();
+    let ints = x.ints();
+    let mut out = [0f32; N];
+    for (j, o) in out.iter_mut().enumerate() {
+        let row = rows.row(j, cols);
+        let mut acc = [0f32; LANES];
+        for (s, step) in x4.steps.iter().enumerate() {
+            for (l, a) in acc.iter_mut().enumerate() {
+                let c0 = s * STEP4 + l * LANE_COLS;
+                let mut i = 0i32;
+                for c in c0..(c0 + LANE_COLS).min(cols) {
+                    i += row.nibble(c) * ints[c];
+                }
+                let (sc, m) = row.lane_params(s, l);
+                *a += i as f32 * sc + step.sums[l] * m;
+            }
+        }
+        let (lo, hi) = acc.split_at(LANES / 2);
+        *o = combine(lo.try_into().unwrap(), hi.try_into().unwrap()) * x.unscale();
+    }
+    out
+}
+
+/// [`dots4_portable`] with AVX-512 VNNI, the same bits.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW and VNNI ([`has_vnni`](super::fixed::has_vnni)); `rows`
+/// holds `N` rows of `x.cols()` columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(crate) unsafe fn dots4_vnni<const N: usize>(
+    rows: Int4Src<'_>,
+    x: &FixedRow,
+    x4: &Fixed4,
+) -> [f32; N] {
+    use vnni::*;
+    let gs = rows.group_size;
+    let groups = x.cols().div_ceil(gs);
+    assert!(rows.packed.len() >= N * (x.cols() / 2));
+    assert!(rows.scales.len() >= N * groups && rows.mins.len() >= N * groups);
+    if gs.is_power_of_two() && gs <= STEP4 {
+        run::<N, _>(rows, x, x4, Spread::new(gs, groups))
+    } else {
+        run::<N, _>(
+            rows,
+            x,
+            x4,
+            Lookup {
+                groups,
+                group_size: gs,
+            },
+        )
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    //! The int4 VNNI kernel's loop and its ways to build a step's lane scales and minimums (all
+    //! inlined into [`dots4_vnni`](super::dots4_vnni), which carries the target features).
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::{combine, Fixed4, FixedRow, Int4Src, LANES, LANE_COLS, STEP4};
+    use crate::cpu::fixed::PREFETCH_ROWS;
+
+    /// A step's 16 lane scales and minimums for one row, as [`Int4Src::lane_params`] gives them.
+    pub(super) trait LaneParams: Copy {
+        /// # Safety
+        /// AVX-512 F/BW are present; `scales` and `mins` are a row's, `s` is a step of the row.
+        unsafe fn at(self, scales: *const f16, mins: *const f16, s: usize) -> (__m512, __m512);
+    }
+
+    /// Power-of-two groups of 8 to 128 columns: a step's `128 / group_size` parameters, lane `l`
+    /// taking `8l / group_size`.
+    #[derive(Clone, Copy)]
+    pub(super) struct Spread {
+        groups: usize,
+        per_step: usize,
+        index: __m512i,
+    }
+    impl Spread {
+        #[inline(always)]
+        pub(super) unsafe fn new(group_size: usize, groups: usize) -> Spread {
+            let lane = _mm512_setr_epi32(
+                0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120,
+            );
+            let shift = _mm_cvtsi32_si128(group_size.trailing_zeros() as i32);
+            Spread {
+                groups,
+                per_step: STEP4 / group_size,
+                index: _mm512_srl_epi32(lane, shift),
+            }
+        }
+    }
+    impl LaneParams for Spread {
+        #[inline(always)]
+        unsafe fn at(self, scales: *const f16, mins: *const f16, s: usize) -> (__m512, __m512) {
+            let first = s * self.per_step;
+            // Fewer than `per_step` groups remain only in a last, partial step.
+            let count = self.per_step.min(self.groups - first);
+            let mask = ((1u64 << count) - 1) as u32;
+            let widen = |p: *const f16| {
+                let h = _mm512_maskz_loadu_epi16(mask, p.add(first) as *const i16);
+                let f = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+                _mm512_permutexvar_ps(self.index, f)
+            };
+            (widen(scales), widen(mins))
+        }
+    }
+
+    /// Any other group size: the lane parameters one by one.
+    #[derive(Clone, Copy)]
+    pub(super) struct Lookup {
+        pub groups: usize,
+        pub group_size: usize,
+    }
+    impl LaneParams for Lookup {
+        #[inline(always)]
+        unsafe fn at(self, scales: *const f16, mins: *const f16, s: usize) -> (__m512, __m512) {
+            let row = Int4Src {
+                packed: &[],
+                scales: std::slice::from_raw_parts(scales, self.groups),
+                mins: std::slice::from_raw_parts(mins, self.groups),
+                group_size: self.group_size,
+            };
+            let (mut sc, mut m) = ([0f32; LANES], [0f32; LANES]);
+            for l in 0..LANES {
+                (sc[l], m[l]) = row.lane_params(s, l);
+            }
+            (_mm512_loadu_ps(sc.as_ptr()), _mm512_loadu_ps(m.as_ptr()))
+        }
+    }
+
+    /// The kernel: per step, X's digit planes and lane sums once, then each row's 64 bytes.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW and VNNI are present; `rows` holds `N` rows of `x.cols()` columns.
+    #[inline(always)]
+    pub(super) unsafe fn run<const N: usize, P: LaneParams>(
+        rows: Int4Src<'_>,
+        x: &FixedRow,
+        x4: &Fixed4,
+        params: P,
+    ) -> [f32; N] {
+        let bytes = x.cols() / 2;
+        let groups = x.cols().div_ceil(rows.group_size);
+        let per_step = STEP4 / 2;
+        let full = bytes / per_step;
+        let ahead = PREFETCH_ROWS * bytes;
+        let low = _mm512_set1_epi8(0x0f);
+        let zero = _mm512_setzero_si512();
+        let (packed, scales, mins) = (
+            rows.packed.as_ptr(),
+            rows.scales.as_ptr(),
+            rows.mins.as_ptr(),
+        );
+        let mut acc = [_mm512_setzero_ps(); N];
+        debug_assert_eq!(LANE_COLS * LANES, STEP4);
+        for (s, step) in x4.steps.iter().enumerate() {
+            let plane = |p: usize, d: usize| {
+                _mm512_load_si512(step.digits[p][d].as_ptr() as *const __m512i)
+            };
+            let (e0, e1, e2) = (plane(0, 0), plane(0, 1), plane(0, 2));
+            let (o0, o1, o2) = (plane(1, 0), plane(1, 1), plane(1, 2));
+            let sums = _mm512_load_ps(step.sums.as_ptr());
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let p = packed.add(j * bytes + s * per_step);
+                let q = if s < full {
+                    // The same bytes of a row further down: a block's rows are contiguous.
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead) as *const i8);
+                    _mm512_loadu_si512(p as *const __m512i)
+                } else {
+                    _mm512_maskz_loadu_epi8((1u64 << (bytes - s * per_step)) - 1, p as *const i8)
+                };
+                let even = _mm512_and_si512(q, low);
+                let odd = _mm512_and_si512(_mm512_srli_epi16::<4>(q), low);
+                let d0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, even, e0), odd, o0);
+                let d1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, even, e1), odd, o1);
+                let d2 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, even, e2), odd, o2);
+                let ints = _mm512_add_epi32(
+                    d0,
+                    _mm512_slli_epi32::<8>(_mm512_add_epi32(d1, _mm512_slli_epi32::<8>(d2))),
+                );
+                let (sc, m) = params.at(scales.add(j * groups), mins.add(j * groups), s);
+                let t = _mm512_add_ps(
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(ints), sc),
+                    _mm512_mul_ps(sums, m),
+                );
+                *acc = _mm512_add_ps(*acc, t);
+            }
+        }
+        let mut out = [0f32; N];
+        for (o, acc) in out.iter_mut().zip(acc) {
+            let mut l = [0f32; LANES];
+            _mm512_storeu_ps(l.as_mut_ptr(), acc);
+            let (lo, hi) = l.split_at(LANES / 2);
+            *o = combine(lo.try_into().unwrap(), hi.try_into().unwrap()) * x.unscale();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::testutil::Rng;
+
+    /// The module's arithmetic written out from its documentation, with i64 sums.
+    fn reference(row: Int4Src<'_>, x: &[f32]) -> Option<f32> {
+        if x.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        let m = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = if m == 0.0 {
+            0
+        } else {
+            20 - (m as f64).log2().floor() as i32
+        };
+        let xi: Vec<i64> = x
+            .iter()
+            .map(|v| (v * 2f32.powi(s)).round_ties_even() as i64)
+            .collect();
+        let mut acc = [0f32; LANES];
+        for step in 0..x.len().div_ceil(STEP4) {
+            for (l, a) in acc.iter_mut().enumerate() {
+                let c0 = step * STEP4 + 8 * l;
+                let cs = c0..(c0 + 8).min(x.len());
+                let nib = |c: usize| {
+                    let b = row.packed[c / 2];
+                    (if c % 2 == 0 { b & 15 } else { b >> 4 }) as i64
+                };
+                let i: i64 = cs.clone().map(|c| nib(c) * xi[c]).sum();
+                let j: i64 = cs.map(|c| xi[c]).sum();
+                assert!(i.abs() < 1 << 28 && j.abs() <= 1 << 24);
+                let g = c0 / row.group_size;
+                let (sc, mn) = match (row.scales.get(g), row.mins.get(g)) {
+                    (Some(a), Some(b)) => (a.to_f32(), b.to_f32()),
+                    _ => (0.0, 0.0),
+                };
+                *a += i as f32 * sc + j as f32 * mn;
+            }
+        }
+        let (lo, hi) = acc.split_at(LANES / 2);
+        Some(combine(lo.try_into().unwrap(), hi.try_into().unwrap()) * 2f32.powi(-s))
+    }
+
+    struct Rows {
+        packed: Vec<u8>,
+        scales: Vec<f16>,
+        mins: Vec<f16>,
+        cols: usize,
+        gs: usize,
+    }
+
+    impl Rows {
+        fn random(rng: &mut Rng, n: usize, cols: usize, gs: usize) -> Rows {
+            let groups = cols.div_ceil(gs);
+            Rows {
+                packed: (0..n * cols / 2).map(|_| rng.next_u64() as u8).collect(),
+                scales: (0..n * groups)
+                    .map(|_| f16::from_f32(rng.f32() * 0.02))
+                    .collect(),
+                mins: (0..n * groups)
+                    .map(|_| f16::from_f32(rng.f32() * -0.1))
+                    .collect(),
+                cols,
+                gs,
+            }
+        }
+        /// Rows `r..r + n`.
+        fn block(&self, r: usize, n: usize) -> Int4Src<'_> {
+            let groups = self.cols.div_ceil(self.gs);
+            Int4Src {
+                packed: &self.packed[r * self.cols / 2..(r + n) * self.cols / 2],
+                scales: &self.scales[r * groups..(r + n) * groups],
+                mins: &self.mins[r * groups..(r + n) * groups],
+                group_size: self.gs,
+            }
+        }
+        fn row(&self, r: usize) -> Int4Src<'_> {
+            self.block(r, 1)
+        }
+    }
+
+    #[test]
+    fn every_path_gives_the_bits_of_the_definition() {
+        let mut rng = Rng(41);
+        for (cols, gs) in [
+            (576, 32),
+            (576, 64),
+            (1536, 128),
+            (384, 16),
+            (200, 8),
+            (250, 40),
+            (300, 256),
+            (96, 48),
+            (130, 32),
+        ] {
+            let rows = Rows::random(&mut rng, 4, cols, gs);
+            for scale in [1.0f32, 1e-20, 3e25] {
+                let mut x: Vec<f32> = rng.vec(cols).iter().map(|v| v * scale).collect();
+                if scale == 1.0 {
+                    x[cols / 3] = 4.0; // the largest |x|, whose X is +2^20
+                }
+                let want: Vec<u32> = (0..4)
+                    .map(|r| reference(rows.row(r), &x).unwrap().to_bits())
+                    .collect();
+                let fx = FixedRow::new(&x).unwrap();
+                let f4 = Fixed4::new(&fx);
+                let one = |f: &dyn Fn(Int4Src<'_>) -> [f32; 1]| -> Vec<u32> {
+                    (0..4).map(|r| f(rows.row(r))[0].to_bits()).collect()
+                };
+                let what = format!("cols {cols} group {gs} scale {scale}");
+                assert_eq!(one(&|r| dots4_portable(r, &fx, &f4)), want, "{what}");
+                let four: [f32; 4] = dots4_portable(rows.block(0, 4), &fx, &f4);
+                assert_eq!(four.map(f32::to_bits).to_vec(), want, "{what}");
+                #[cfg(target_arch = "x86_64")]
+                if crate::cpu::fixed::has_vnni() {
+                    // SAFETY: VNNI was detected.
+                    let v1 = one(&|r| unsafe { dots4_vnni(r, &fx, &f4) });
+                    assert_eq!(v1, want, "vnni, {what}");
+                    let v4: [f32; 4] = unsafe { dots4_vnni(rows.block(0, 4), &fx, &f4) };
+                    assert_eq!(v4.map(f32::to_bits).to_vec(), want, "vnni x4, {what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_fixed_point_product_is_close_to_the_exact_one() {
+        // The definition's error against f64 of the dequantized weights: X's rounding (2^-22
+        // of the largest |x|) and f32 sums.
+        let mut rng = Rng(43);
+        let (cols, gs) = (576, 32);
+        let rows = Rows::random(&mut rng, 1, cols, gs);
+        let x = rng.vec(cols);
+        let fx = FixedRow::new(&x).unwrap();
+        let got = dots4_portable::<1>(rows.row(0), &fx, &Fixed4::new(&fx))[0] as f64;
+        let row = rows.row(0);
+        let (mut want, mut mag) = (0f64, 0f64);
+        for (c, &xv) in x.iter().enumerate() {
+            let g = c / gs;
+            let w = row.nibble(c) as f64 * row.scales[g].to_f64() + row.mins[g].to_f64();
+            want += w * xv as f64;
+            mag += (w * xv as f64).abs();
+        }
+        assert!((got - want).abs() <= 1e-6 * mag, "{got} vs {want}");
+    }
+}
