@@ -432,6 +432,13 @@ fn gpu_int8_tensor_core_products_are_exact_for_every_batch() {
             }
             let w = random_weight(&mut rng, rows, cols, form);
             let gw = GpuWeight::upload(&gpu, &w).unwrap();
+            // The f32 products of the dequantized weights (the CPU's own int8 products are
+            // fixed point too, with coarser x: decision 0025).
+            let wide = Weight {
+                rows,
+                cols,
+                data: WeightData::F32(w.to_f32_vec().unwrap()),
+            };
             let probe = GemvArgs {
                 w: [gw.desc(0), Default::default(), Default::default()],
                 mode: GemvMode::Logits as i32,
@@ -459,7 +466,7 @@ fn gpu_int8_tensor_core_products_are_exact_for_every_batch() {
                 let x: Vec<f32> = (0..n).flat_map(|t| xs[t % xs.len()].clone()).collect();
                 let got = gpu_matmul(&gpu, &gw, &x, n);
                 let mut want_f = vec![0f32; n * rows];
-                matmul(&w, &x, n, &mut want_f).unwrap();
+                matmul(&wide, &x, n, &mut want_f).unwrap();
                 for t in 0..n {
                     let xt = &x[t * cols..(t + 1) * cols];
                     let want = match form {

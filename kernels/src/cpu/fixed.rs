@@ -25,7 +25,8 @@
 //! `128 * sum X` is precomputed per lane and step and subtracted, all in wrapping i32 arithmetic
 //! whose result is the exact `I` because `I` itself fits.
 
-use super::dot::{combine, LANES};
+use super::dot::{combine, Lanes, LANES};
+use super::isa::{isa, multiversion};
 
 /// Columns per step: 16 lanes of 4 columns.
 pub(crate) const STEP: usize = 64;
@@ -48,7 +49,7 @@ struct Step {
 /// An activation row in fixed point; see the module documentation.
 pub(crate) struct FixedRow {
     steps: Vec<Step>,
-    /// `X`, zero-padded to whole steps (the plain loops' operand).
+    /// `X`, zero-padded to whole 128-column steps (the plain loops' operand).
     ints: Vec<i32>,
     /// `X = halves[1] * 2^16 + halves[0]`, the low half signed (AVX2's 16-bit operands).
     halves: [Vec<i16>; 2],
@@ -61,66 +62,80 @@ impl FixedRow {
     /// The fixed form of `x`, or `None` when it has a non-finite value or a shift outside the
     /// allowed range (such rows take the float path).
     pub(crate) fn new(x: &[f32]) -> Option<FixedRow> {
-        let mut m = 0f32;
-        for &v in x {
-            if !v.is_finite() {
-                return None;
-            }
-            m = m.max(v.abs());
-        }
-        let shift = if m == 0.0 {
-            0
-        } else {
-            if m < f32::MIN_POSITIVE {
-                return None; // subnormal: its shift is out of range anyway
-            }
-            let e = ((m.to_bits() >> 23) & 0xff) as i32 - 127;
-            X_BITS - 1 - e
-        };
-        if !(-MAX_SHIFT..=MAX_SHIFT).contains(&shift) {
-            return None;
-        }
-        let scale = 2f32.powi(shift);
-        let zero = Step {
-            digits: [[0; STEP]; 3],
-            correction: [0; LANES],
-        };
-        let mut steps = vec![zero; x.len().div_ceil(STEP)];
-        let mut ints = vec![0i32; steps.len() * STEP];
-        for ((step, xs), is) in steps
-            .iter_mut()
-            .zip(x.chunks(STEP))
-            .zip(ints.chunks_mut(STEP))
-        {
-            for (c, &v) in xs.iter().enumerate() {
-                // Exact scaling by a power of two, then one rounding; |X| <= 2^21.
-                let xi = round_ties_even(v * scale);
-                is[c] = xi;
-                let [d0, d1, d2] = FixedRow::digits(xi);
-                step.digits[0][c] = d0;
-                step.digits[1][c] = d1;
-                step.digits[2][c] = d2;
-                step.correction[c / 4] = step.correction[c / 4].wrapping_add(xi);
-            }
-            for v in &mut step.correction {
-                *v = v.wrapping_mul(128);
-            }
-        }
-        let lo: Vec<i16> = ints.iter().map(|&v| v as i16).collect();
-        let hi = ints
-            .iter()
-            .zip(&lo)
-            .map(|(&v, &l)| ((v - l as i32) >> 16) as i16)
-            .collect();
-        Some(FixedRow {
-            steps,
-            ints,
-            halves: [lo, hi],
-            unscale: 2f32.powi(-shift),
-            cols: x.len(),
-        })
+        build(isa(), x)
     }
 }
+
+// Building a row is on the decode's serial path (once per product of a token), so its passes are
+// plain loops the compiler vectorizes, compiled per ISA; they are integer or exact operations, so
+// every copy builds the same row.
+multiversion!(fn build => build_generic(x: &[f32]) -> Option<FixedRow>);
+
+#[inline(always)]
+fn build_generic(_lanes: impl Lanes, x: &[f32]) -> Option<FixedRow> {
+    // max |x| by its bits: the order of non-negative floats is their bits' order, and
+    // every non-finite value is at or above infinity's.
+    let top = x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
+    if top >= f32::INFINITY.to_bits() {
+        return None;
+    }
+    let m = f32::from_bits(top);
+    let shift = if m == 0.0 {
+        0
+    } else {
+        if m < f32::MIN_POSITIVE {
+            return None; // subnormal: its shift is out of range anyway
+        }
+        let e = ((top >> 23) & 0xff) as i32 - 127;
+        X_BITS - 1 - e
+    };
+    if !(-MAX_SHIFT..=MAX_SHIFT).contains(&shift) {
+        return None;
+    }
+    let scale = 2f32.powi(shift);
+    // Padded to whole int4 steps (128 columns), which are whole int8 steps too.
+    let mut ints = vec![0i32; x.len().div_ceil(PAD) * PAD];
+    for (i, &v) in ints.iter_mut().zip(x) {
+        // Exact scaling by a power of two, then one rounding; |X| <= 2^21.
+        *i = round_ties_even(v * scale);
+    }
+    let zero = Step {
+        digits: [[0; STEP]; 3],
+        correction: [0; LANES],
+    };
+    let mut steps = vec![zero; x.len().div_ceil(STEP)];
+    for (step, is) in steps.iter_mut().zip(ints.chunks_exact(STEP)) {
+        for (c, &xi) in is.iter().enumerate() {
+            let [d0, d1, d2] = FixedRow::digits(xi);
+            step.digits[0][c] = d0;
+            step.digits[1][c] = d1;
+            step.digits[2][c] = d2;
+        }
+        for (l, v) in step.correction.iter_mut().enumerate() {
+            let sum = is[4 * l]
+                .wrapping_add(is[4 * l + 1])
+                .wrapping_add(is[4 * l + 2])
+                .wrapping_add(is[4 * l + 3]);
+            *v = sum.wrapping_mul(128);
+        }
+    }
+    let lo: Vec<i16> = ints.iter().map(|&v| v as i16).collect();
+    let hi = ints
+        .iter()
+        .zip(&lo)
+        .map(|(&v, &l)| ((v - l as i32) >> 16) as i16)
+        .collect();
+    Some(FixedRow {
+        steps,
+        ints,
+        halves: [lo, hi],
+        unscale: 2f32.powi(-shift),
+        cols: x.len(),
+    })
+}
+
+/// What `ints` is padded to: whole steps of int8's and int4's layouts.
+const PAD: usize = 128;
 
 impl FixedRow {
     /// `X = D0 + 256 D1 + 65536 D2`: the three signed base-256 digits of `|X| <= 2^21`.
@@ -133,7 +148,7 @@ impl FixedRow {
         [d0, d1, d2]
     }
 
-    /// `X`, zero-padded to whole 64-column steps.
+    /// `X`, zero-padded to whole 128-column steps.
     pub(crate) fn ints(&self) -> &[i32] {
         &self.ints
     }

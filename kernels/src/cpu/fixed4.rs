@@ -25,8 +25,9 @@
 
 use half::f16;
 
-use super::dot::{combine, LANES};
+use super::dot::{combine, Lanes, LANES};
 use super::fixed::FixedRow;
+use super::isa::{isa, multiversion};
 
 /// Columns per step: 16 lanes of 8 columns, 64 packed bytes.
 pub(crate) const STEP4: usize = 128;
@@ -51,30 +52,35 @@ pub(crate) struct Fixed4 {
 
 impl Fixed4 {
     pub(crate) fn new(x: &FixedRow) -> Fixed4 {
-        let ints = x.ints();
-        let zero = Step4 {
-            digits: [[[0; STEP4 / 2]; 3]; 2],
-            sums: [0.0; LANES],
-        };
-        let mut steps = vec![zero; x.cols().div_ceil(STEP4)];
-        for (s, step) in steps.iter_mut().enumerate() {
-            for l in 0..LANES {
-                let mut sum = 0i32;
-                for j in 0..LANE_COLS {
-                    let c = s * STEP4 + l * LANE_COLS + j;
-                    let xi = ints.get(c).copied().unwrap_or(0);
-                    sum += xi;
-                    let [d0, d1, d2] = FixedRow::digits(xi);
-                    let (parity, byte) = (j % 2, (l * LANE_COLS + j) / 2);
-                    step.digits[parity][0][byte] = d0;
-                    step.digits[parity][1][byte] = d1;
-                    step.digits[parity][2][byte] = d2;
-                }
-                step.sums[l] = sum as f32;
+        build4(isa(), x)
+    }
+}
+
+// On the decode's serial path like `FixedRow`'s own build: plain loops, compiled per ISA.
+multiversion!(fn build4 => build4_generic(x: &FixedRow) -> Fixed4);
+
+#[inline(always)]
+fn build4_generic(_lanes: impl Lanes, x: &FixedRow) -> Fixed4 {
+    let zero = Step4 {
+        digits: [[[0; STEP4 / 2]; 3]; 2],
+        sums: [0.0; LANES],
+    };
+    let mut steps = vec![zero; x.cols().div_ceil(STEP4)];
+    // `ints` is padded to whole steps of 128 columns.
+    for (step, is) in steps.iter_mut().zip(x.ints().chunks_exact(STEP4)) {
+        for (b, pair) in is.chunks_exact(2).enumerate() {
+            for (parity, &xi) in pair.iter().enumerate() {
+                let [d0, d1, d2] = FixedRow::digits(xi);
+                step.digits[parity][0][b] = d0;
+                step.digits[parity][1][b] = d1;
+                step.digits[parity][2][b] = d2;
             }
         }
-        Fixed4 { steps }
+        for (sum, lane) in step.sums.iter_mut().zip(is.chunks_exact(LANE_COLS)) {
+            *sum = lane.iter().sum::<i32>() as f32;
+        }
     }
+    Fixed4 { steps }
 }
 
 /// Consecutive rows of one int4 weight (a block of one or four): `cols / 2` packed bytes per row
@@ -111,7 +117,7 @@ impl<'a> Int4Src<'a> {
         }
     }
 
-    #[inline(always)]
+    #[cfg(test)]
     fn nibble(&self, c: usize) -> i32 {
         let b = self.packed[c / 2];
         (if c.is_multiple_of(2) {
@@ -128,7 +134,7 @@ pub(crate) fn takes_fixed(group_size: usize) -> bool {
 }
 
 /// `row j of rows . x` for the `N` rows of the block, in the module's arithmetic, by plain
-/// loops (the baseline path and the AVX2 / AVX-512 copies' without VNNI, which vectorize it).
+/// loops (the baseline path).
 #[inline(always)]
 pub(crate) fn dots4_portable<const N: usize>(
     rows: Int4Src<'_>,
@@ -141,18 +147,138 @@ pub(crate) fn dots4_portable<const N: usize>(
     for (j, o) in out.iter_mut().enumerate() {
         let row = rows.row(j, cols);
         let mut acc = [0f32; LANES];
+        // Consecutive lanes share a group: widen its f16 pair once.
+        let mut group = (usize::MAX, 0f32, 0f32);
         for (s, step) in x4.steps.iter().enumerate() {
+            let bytes = &row.packed[(s * STEP4 / 2).min(row.packed.len())..];
+            let xs = &ints[s * STEP4..(s + 1) * STEP4];
             for (l, a) in acc.iter_mut().enumerate() {
-                let c0 = s * STEP4 + l * LANE_COLS;
                 let mut i = 0i32;
-                for c in c0..(c0 + LANE_COLS).min(cols) {
-                    i += row.nibble(c) * ints[c];
+                for (b, &byte) in bytes
+                    .iter()
+                    .skip(l * LANE_COLS / 2)
+                    .take(LANE_COLS / 2)
+                    .enumerate()
+                {
+                    let c = l * LANE_COLS + 2 * b;
+                    i += (byte & 0x0f) as i32 * xs[c] + (byte >> 4) as i32 * xs[c + 1];
                 }
-                let (sc, m) = row.lane_params(s, l);
-                *a += i as f32 * sc + step.sums[l] * m;
+                let g = (s * STEP4 + l * LANE_COLS) / row.group_size;
+                if g != group.0 {
+                    group = match (row.scales.get(g), row.mins.get(g)) {
+                        (Some(sc), Some(m)) => (g, sc.to_f32(), m.to_f32()),
+                        _ => (g, 0.0, 0.0),
+                    };
+                }
+                *a += i as f32 * group.1 + step.sums[l] * group.2;
             }
         }
         let (lo, hi) = acc.split_at(LANES / 2);
+        *o = combine(lo.try_into().unwrap(), hi.try_into().unwrap()) * x.unscale();
+    }
+    out
+}
+
+/// [`dots4_portable`] with AVX2, the same bits: `vpmaddubsw` of the nibbles and X's digits (pairs
+/// of at most 2 * 15 * 128, never saturating), the even and odd planes added, then `vpmaddwd`
+/// by ones gives each lane's exact digit sums, as VNNI's `vpdpbusd` does.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C; `rows` holds `N` rows of `x.cols()` columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) unsafe fn dots4_avx2<const N: usize>(
+    rows: Int4Src<'_>,
+    x: &FixedRow,
+    x4: &Fixed4,
+) -> [f32; N] {
+    use std::arch::x86_64::*;
+    let cols = x.cols();
+    let bytes = cols / 2;
+    let gs = rows.group_size;
+    let groups = cols.div_ceil(gs);
+    assert!(rows.packed.len() >= N * bytes);
+    assert!(rows.scales.len() >= N * groups && rows.mins.len() >= N * groups);
+    // Power-of-two groups of at least 8 columns: the eight lanes of a half step (64 columns)
+    // take groups `g0 + 8l / gs`, eight values at most from `g0`.
+    let spread = gs.is_power_of_two();
+    let shift = gs.trailing_zeros();
+    let index = _mm256_srlv_epi32(
+        _mm256_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56),
+        _mm256_set1_epi32(shift as i32),
+    );
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let ahead = super::fixed::PREFETCH_ROWS * bytes;
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    for (s, step) in x4.steps.iter().enumerate() {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let row = rows.row(j, cols);
+            let b0 = s * STEP4 / 2;
+            let mut tail = [0u8; STEP4 / 2];
+            let q = if b0 + STEP4 / 2 <= bytes {
+                let p = row.packed.as_ptr().add(b0);
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead) as *const i8);
+                p
+            } else {
+                tail[..bytes - b0].copy_from_slice(&row.packed[b0..]);
+                tail.as_ptr()
+            };
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let v = _mm256_loadu_si256(q.add(32 * h) as *const __m256i);
+                let even = _mm256_and_si256(v, low);
+                let odd = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
+                let digit = |d: usize| {
+                    let e =
+                        _mm256_load_si256(step.digits[0][d].as_ptr().add(32 * h) as *const __m256i);
+                    let o =
+                        _mm256_load_si256(step.digits[1][d].as_ptr().add(32 * h) as *const __m256i);
+                    let pairs = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(even, e),
+                        _mm256_maddubs_epi16(odd, o),
+                    );
+                    _mm256_madd_epi16(pairs, ones)
+                };
+                let (d0, d1, d2) = (digit(0), digit(1), digit(2));
+                let ints = _mm256_add_epi32(
+                    d0,
+                    _mm256_slli_epi32::<8>(_mm256_add_epi32(d1, _mm256_slli_epi32::<8>(d2))),
+                );
+                let (sc, m) = if spread {
+                    let g0 = (s * STEP4 + 64 * h) >> shift;
+                    let n = groups.saturating_sub(g0).min(8);
+                    let (mut hs, mut hm) = ([0u16; 8], [0u16; 8]);
+                    for k in 0..n {
+                        hs[k] = row.scales[g0 + k].to_bits();
+                        hm[k] = row.mins[g0 + k].to_bits();
+                    }
+                    let widen = |v: &[u16; 8]| {
+                        let f = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr() as *const __m128i));
+                        _mm256_permutevar8x32_ps(f, index)
+                    };
+                    (widen(&hs), widen(&hm))
+                } else {
+                    let (mut sc, mut m) = ([0f32; 8], [0f32; 8]);
+                    for l in 0..8 {
+                        (sc[l], m[l]) = row.lane_params(s, 8 * h + l);
+                    }
+                    (_mm256_loadu_ps(sc.as_ptr()), _mm256_loadu_ps(m.as_ptr()))
+                };
+                let sums = _mm256_load_ps(step.sums.as_ptr().add(8 * h));
+                let t = _mm256_add_ps(
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(ints), sc),
+                    _mm256_mul_ps(sums, m),
+                );
+                *acc = _mm256_add_ps(*acc, t);
+            }
+        }
+    }
+    let mut out = [0f32; N];
+    for (o, acc) in out.iter_mut().zip(acc) {
+        let mut l = [0f32; LANES];
+        _mm256_storeu_ps(l.as_mut_ptr(), acc[0]);
+        _mm256_storeu_ps(l.as_mut_ptr().add(8), acc[1]);
+        let (lo, hi) = l.split_at(LANES / 2);
         *o = combine(lo.try_into().unwrap(), hi.try_into().unwrap()) * x.unscale();
     }
     out
@@ -365,7 +491,7 @@ mod tests {
                 let cs = c0..(c0 + 8).min(x.len());
                 let nib = |c: usize| {
                     let b = row.packed[c / 2];
-                    (if c % 2 == 0 { b & 15 } else { b >> 4 }) as i64
+                    (if c.is_multiple_of(2) { b & 15 } else { b >> 4 }) as i64
                 };
                 let i: i64 = cs.clone().map(|c| nib(c) * xi[c]).sum();
                 let j: i64 = cs.map(|c| xi[c]).sum();
@@ -452,6 +578,16 @@ mod tests {
                 assert_eq!(one(&|r| dots4_portable(r, &fx, &f4)), want, "{what}");
                 let four: [f32; 4] = dots4_portable(rows.block(0, 4), &fx, &f4);
                 assert_eq!(four.map(f32::to_bits).to_vec(), want, "{what}");
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("f16c")
+                {
+                    // SAFETY: AVX2 and F16C were detected.
+                    let a1 = one(&|r| unsafe { dots4_avx2(r, &fx, &f4) });
+                    assert_eq!(a1, want, "avx2, {what}");
+                    let a4: [f32; 4] = unsafe { dots4_avx2(rows.block(0, 4), &fx, &f4) };
+                    assert_eq!(a4.map(f32::to_bits).to_vec(), want, "avx2 x4, {what}");
+                }
                 #[cfg(target_arch = "x86_64")]
                 if crate::cpu::fixed::has_vnni() {
                     // SAFETY: VNNI was detected.

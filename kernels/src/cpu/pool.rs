@@ -185,7 +185,7 @@ fn worker(s: &'static State, mut seen: u64) {
                 break e;
             }
             polls = polls.wrapping_add(1);
-            if polls % 64 != 0 {
+            if !polls.is_multiple_of(64) {
                 std::hint::spin_loop();
                 continue;
             }
