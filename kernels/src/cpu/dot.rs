@@ -36,6 +36,13 @@ pub(crate) fn combine(lo: [f32; HALF], hi: [f32; HALF]) -> f32 {
     a2[0] + a2[1]
 }
 
+/// [`combine`] of the 16 lane accumulators held in one array.
+#[inline(always)]
+pub(crate) fn combine_lanes(l: &[f32; LANES]) -> f32 {
+    let (lo, hi) = l.split_at(HALF);
+    combine(lo.try_into().unwrap(), hi.try_into().unwrap())
+}
+
 /// A way to run the fixed-order dot products; see the module documentation.
 pub(crate) trait Lanes: Copy + Send + Sync {
     /// `sum(w[i] * x[i])` over `w.len()` values (`x` may be longer; callers pass equal lengths).
@@ -245,7 +252,7 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{combine, Lanes, Row, HALF, LANES};
+    use super::{combine_lanes, Lanes, Row, LANES};
 
     /// The fixed order with all 16 lanes in one `__m512` register. Only constructed after
     /// AVX-512 F/BW, AVX2 and F16C were detected; its methods are meant to be inlined into
@@ -266,11 +273,7 @@ mod avx512 {
         let mut l = [0f32; LANES];
         // SAFETY: `l` holds 16 f32; `Avx512` exists only on CPUs with AVX-512 F.
         unsafe { _mm512_storeu_ps(l.as_mut_ptr(), v) };
-        let mut lo = [0f32; HALF];
-        let mut hi = [0f32; HALF];
-        lo.copy_from_slice(&l[..HALF]);
-        hi.copy_from_slice(&l[HALF..]);
-        combine(lo, hi)
+        combine_lanes(&l)
     }
 
     impl Lanes for Avx512 {

@@ -25,7 +25,7 @@
 //! `128 * sum X` is precomputed per lane and step and subtracted, all in wrapping i32 arithmetic
 //! whose result is the exact `I` because `I` itself fits.
 
-use super::dot::{combine, Lanes, LANES};
+use super::dot::{combine_lanes, Lanes, LANES};
 use super::isa::{isa, multiversion};
 
 /// Columns per step: 16 lanes of 4 columns.
@@ -270,8 +270,7 @@ pub(crate) fn dots_portable<const N: usize>(rows: [Int8Src<'_>; N], x: &FixedRow
                 acc[l] += i as f32 * scales[l];
             }
         }
-        let (lo, hi) = acc.split_at(LANES / 2);
-        let tree = combine(lo.try_into().unwrap(), hi.try_into().unwrap());
+        let tree = combine_lanes(&acc);
         *o = (tree * row.row_scale()) * x.unscale;
     }
     out
@@ -332,8 +331,7 @@ pub(crate) unsafe fn dots_avx2<const N: usize>(rows: [Int8Src<'_>; N], x: &Fixed
         let mut l = [0f32; LANES];
         _mm256_storeu_ps(l.as_mut_ptr(), acc[j][0]);
         _mm256_storeu_ps(l.as_mut_ptr().add(8), acc[j][1]);
-        let (a, b) = l.split_at(LANES / 2);
-        let tree = combine(a.try_into().unwrap(), b.try_into().unwrap());
+        let tree = combine_lanes(&l);
         out[j] = (tree * rows[j].row_scale()) * x.unscale;
     }
     out
@@ -383,7 +381,7 @@ mod vnni {
     //! [`dots_vnni`](super::dots_vnni), which carries the target features).
     use std::arch::x86_64::*;
 
-    use super::{combine, FixedRow, Int8Src, LANES, STEP};
+    use super::{combine_lanes, FixedRow, Int8Src, LANES, STEP};
 
     /// A step's 16 lane scales for one row, as [`Int8Src::lane_scale`] gives them.
     pub(super) trait LaneScales: Copy {
@@ -509,8 +507,7 @@ mod vnni {
         for j in 0..N {
             let mut l = [0f32; LANES];
             _mm512_storeu_ps(l.as_mut_ptr(), acc[j]);
-            let (lo, hi) = l.split_at(LANES / 2);
-            let tree = combine(lo.try_into().unwrap(), hi.try_into().unwrap());
+            let tree = combine_lanes(&l);
             out[j] = (tree * rows[j].row_scale()) * x.unscale;
         }
         out
@@ -563,8 +560,7 @@ mod tests {
             Scales::Row(s) => s,
             Scales::Groups { .. } => 1.0,
         };
-        let (lo, hi) = acc.split_at(8);
-        Some((combine(lo.try_into().unwrap(), hi.try_into().unwrap()) * row) * 2f32.powi(-s))
+        Some((combine_lanes(&acc) * row) * 2f32.powi(-s))
     }
 
     #[test]

@@ -25,7 +25,7 @@
 
 use half::f16;
 
-use super::dot::{combine, Lanes, LANES};
+use super::dot::{combine_lanes, Lanes, LANES};
 use super::fixed::FixedRow;
 use super::isa::{isa, multiversion};
 
@@ -173,8 +173,7 @@ pub(crate) fn dots4_portable<const N: usize>(
                 *a += i as f32 * group.1 + step.sums[l] * group.2;
             }
         }
-        let (lo, hi) = acc.split_at(LANES / 2);
-        *o = combine(lo.try_into().unwrap(), hi.try_into().unwrap()) * x.unscale();
+        *o = combine_lanes(&acc) * x.unscale();
     }
     out
 }
@@ -278,8 +277,7 @@ pub(crate) unsafe fn dots4_avx2<const N: usize>(
         let mut l = [0f32; LANES];
         _mm256_storeu_ps(l.as_mut_ptr(), acc[0]);
         _mm256_storeu_ps(l.as_mut_ptr().add(8), acc[1]);
-        let (lo, hi) = l.split_at(LANES / 2);
-        *o = combine(lo.try_into().unwrap(), hi.try_into().unwrap()) * x.unscale();
+        *o = combine_lanes(&l) * x.unscale();
     }
     out
 }
@@ -324,7 +322,7 @@ mod vnni {
 
     use half::f16;
 
-    use super::{combine, Fixed4, FixedRow, Int4Src, LANES, LANE_COLS, STEP4};
+    use super::{combine_lanes, Fixed4, FixedRow, Int4Src, LANES, LANE_COLS, STEP4};
     use crate::cpu::fixed::PREFETCH_ROWS;
 
     /// A step's 16 lane scales and minimums for one row, as [`Int4Src::lane_params`] gives them.
@@ -457,8 +455,7 @@ mod vnni {
         for (o, acc) in out.iter_mut().zip(acc) {
             let mut l = [0f32; LANES];
             _mm512_storeu_ps(l.as_mut_ptr(), acc);
-            let (lo, hi) = l.split_at(LANES / 2);
-            *o = combine(lo.try_into().unwrap(), hi.try_into().unwrap()) * x.unscale();
+            *o = combine_lanes(&l) * x.unscale();
         }
         out
     }
@@ -504,8 +501,7 @@ mod tests {
                 *a += i as f32 * sc + j as f32 * mn;
             }
         }
-        let (lo, hi) = acc.split_at(LANES / 2);
-        Some(combine(lo.try_into().unwrap(), hi.try_into().unwrap()) * 2f32.powi(-s))
+        Some(combine_lanes(&acc) * 2f32.powi(-s))
     }
 
     struct Rows {
