@@ -464,23 +464,11 @@ mod vnni {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::testutil::Rng;
+    use crate::cpu::testutil::{reference_fixed_point, Rng};
 
     /// The module's arithmetic written out from its documentation, with i64 sums.
     fn reference(row: Int4Src<'_>, x: &[f32]) -> Option<f32> {
-        if x.iter().any(|v| !v.is_finite()) {
-            return None;
-        }
-        let m = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let s = if m == 0.0 {
-            0
-        } else {
-            20 - (m as f64).log2().floor() as i32
-        };
-        let xi: Vec<i64> = x
-            .iter()
-            .map(|v| (v * 2f32.powi(s)).round_ties_even() as i64)
-            .collect();
+        let (s, xi) = reference_fixed_point(x)?;
         let mut acc = [0f32; LANES];
         for step in 0..x.len().div_ceil(STEP4) {
             for (l, a) in acc.iter_mut().enumerate() {

@@ -663,8 +663,7 @@ mod tests {
                     // Int8 and int4 products round each x to the fixed point, by up to 2^-22 of
                     // the row's largest |x| (decisions 0025, 0026): an error of order
                     // 2^-22 * mag.
-                    let fixed = matches!(form, Form::Int8 | Form::Int8Group(_) | Form::Int4(_));
-                    let floor = mag * if fixed { 1e-6 } else { 1e-7 };
+                    let floor = mag * if form.fixed_point() { 1e-6 } else { 1e-7 };
                     assert!(
                         err <= (1e-5 * want.abs()).max(floor).max(1e-30),
                         "{form:?} {rows}x{cols} row {r}: {} vs {want}",
@@ -771,18 +770,8 @@ mod tests {
         // (`fixed::dots_portable`, `fixed4::dots4_portable`); an activation row with a NaN takes
         // the float path (the bits of the dequantized f32 matrix) without touching the others.
         let mut rng = Rng(7);
-        for form in [
-            Form::Int8,
-            Form::Int8Group(16),
-            Form::Int8Group(32),
-            Form::Int8Group(64),
-            Form::Int8Group(128),
-            Form::Int8Group(48),
-            Form::Int4(32),
-            Form::Int4(64),
-            Form::Int4(48),
-            Form::Int4(8),
-        ] {
+        let forms = FORMS.into_iter().filter(|f| f.fixed_point());
+        for form in forms.chain([Form::Int8Group(16)]) {
             let (rows, cols) = (19, 384);
             let w = random_weight(&mut rng, rows, cols, form);
             let wide = Weight {

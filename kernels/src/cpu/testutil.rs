@@ -35,6 +35,16 @@ pub(crate) enum Form {
 }
 
 impl Form {
+    /// Whether products with this form take the fixed point of `fixed` / `fixed4` (decisions
+    /// 0025, 0026) on activation rows that have one.
+    pub fn fixed_point(self) -> bool {
+        match self {
+            Form::Int8 | Form::Int8Group(_) => true,
+            Form::Int4(gs) => crate::cpu::fixed4::takes_fixed(gs),
+            _ => false,
+        }
+    }
+
     /// Whether a weight with `cols` columns can take this form: group-wise int8 groups must
     /// divide the row (other forms take any width the tests use). Tests skip shapes a form does
     /// not fit and check that each form still ran on some shape.
@@ -48,8 +58,9 @@ impl Form {
 
 /// Int4 group sizes that are multiples of 8 (32, 64, 48, 8) take the fixed-point products of
 /// `fixed4` (and, for rows without a fixed form, the fused path for 32 and 64, the
-/// decode-to-buffer path for 48 and 8); 10 keeps the float path. Int8 group sizes 32, 64 and 128 are the container's and take the fused
-/// path; 48 (valid, but 3 chunks) takes the decode-to-buffer path.
+/// decode-to-buffer path for 48 and 8); 10 keeps the float path. Int8 group sizes 32, 64 and
+/// 128 are the container's and take the fused path; 48 (valid, but 3 chunks) takes the
+/// decode-to-buffer path.
 pub(crate) const FORMS: [Form; 13] = [
     Form::F32,
     Form::Bf16,
@@ -137,4 +148,25 @@ pub(crate) fn reference_element(w: &Weight, r: usize, c: usize) -> f64 {
             ((nib as f32 * scales[g].to_f32()) + mins[g].to_f32()) as f64
         }
     }
+}
+
+/// The fixed point of decisions 0025 and 0026 written out independently of `fixed`: the shift
+/// `S = 20 - floor(log2 max|x|)` (0 for a zero row) and `X = round_ties_even(x * 2^S)`, or
+/// `None` for a row with a non-finite value.
+pub(crate) fn reference_fixed_point(x: &[f32]) -> Option<(i32, Vec<i64>)> {
+    if x.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let m = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let s = if m == 0.0 {
+        0
+    } else {
+        20 - (m as f64).log2().floor() as i32
+    };
+    let xi: Vec<i64> = x
+        .iter()
+        .map(|v| (v * 2f32.powi(s)).round_ties_even() as i64)
+        .collect();
+    assert!(xi.iter().all(|v| v.abs() <= 1 << 21));
+    Some((s, xi))
 }
