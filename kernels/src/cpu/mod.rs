@@ -31,6 +31,7 @@ pub mod embed;
 pub mod error;
 mod fixed;
 mod fixed4;
+mod fixed_task;
 mod isa;
 pub mod matmul;
 pub mod norm;
