@@ -11,7 +11,7 @@
 //! `fixed4`); an activation row without a fixed form (a non-finite value) takes the float path,
 //! where per-row int8 runs on the unscaled `q as f32` row and is then multiplied by the row
 //! scale, and group-wise int8 and int4 apply each group's parameters to its values. The work is
-//! split by weight rows only ([`pool`](super::pool)), so the thread count changes nothing in the
+//! split by weight rows only (module `pool`), so the thread count changes nothing in the
 //! result.
 
 use std::array::from_fn;
