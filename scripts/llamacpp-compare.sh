@@ -108,12 +108,17 @@ if [[ -z $llama ]]; then
     src=$(ls -d "$cache"/llama_cpp_python-*/vendor/llama.cpp 2>/dev/null | head -1 || true)
     if [[ -z $src ]]; then
         mkdir -p "$cache"
-        python3 -m pip download --no-deps --no-binary :all: llama-cpp-python -d "$cache"
+        # Only this package from source: `--no-binary :all:` would also build its build
+        # dependencies (CMake itself) from source to read its metadata.
+        python3 -m pip download --no-deps --no-binary llama-cpp-python "llama-cpp-python==0.3.36" \
+            -d "$cache"
         tar -xzf "$cache"/llama_cpp_python-*.tar.gz -C "$cache"
         src=$(ls -d "$cache"/llama_cpp_python-*/vendor/llama.cpp | head -1)
     fi
     llama="$src/build-cllm"
     if [[ ! -x $llama/bin/llama-perplexity ]]; then
+        command -v cmake >/dev/null ||
+            { echo "cmake not found: install it (e.g. python3 -m pip install cmake)" >&2; exit 2; }
         cmake -S "$src" -B "$llama" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
             -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
         cmake --build "$llama" -j "$threads" --target llama-perplexity llama-quantize llama-bench llama-imatrix >/dev/null
