@@ -143,7 +143,7 @@ pub fn run(a: RunArgs) -> CmdResult {
             check_resident: a.check_resident,
         },
     )?;
-    model.set_kv_cache(a.kv_cache);
+    model.set_kv_cache(a.kv_cache)?;
     let ids = model.prompt_ids(&a.prompt, a.chat)?;
     let opts = a.generate_options(model.eos_token_ids().to_vec());
     // A plain prompt is continued, so the text reads on from it; a chat reply stands alone.

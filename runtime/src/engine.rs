@@ -506,12 +506,19 @@ impl Model {
     }
 
     /// Sets how the KV caches of later sessions, generations and divergence passes store keys
-    /// and values (f32 unless set).
-    pub fn set_kv_cache(&mut self, kv: KvPrecision) {
+    /// and values (f32 unless set). Fails, naming the model, where its heads cannot take the
+    /// form (int8 needs a head_dim that is a multiple of 32).
+    pub fn set_kv_cache(&mut self, kv: KvPrecision) -> Result<(), EngineError> {
+        kv.check(self.config.head_dim)
+            .map_err(|reason| EngineError::Model {
+                path: self.path.clone(),
+                source: ModelError::KvCacheForm { reason },
+            })?;
         match &mut self.backend {
             BackendModel::Cpu(m) => m.set_kv_precision(kv),
             BackendModel::Cuda(m) => m.set_kv_precision(kv),
         }
+        Ok(())
     }
 
     /// How the model's KV caches store keys and values.

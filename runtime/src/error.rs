@@ -37,6 +37,8 @@ pub enum ModelError {
         capacity: usize,
         max_position_embeddings: usize,
     },
+    #[error("KV cache: {reason}")]
+    KvCacheForm { reason: String },
     #[error("kernel error: {0}")]
     Kernel(#[from] KernelError),
 }

@@ -169,5 +169,7 @@ fn cache_precision_rounds_keys_and_values() {
     let f32_bytes = KvCache::new(m.config(), 64).unwrap().resident_bytes();
     let hd = m.config().head_dim;
     assert_eq!(bytes[0] * 2, f32_bytes);
-    assert_eq!(bytes[1] * 4 * hd, f32_bytes * (hd + 4));
+    // int8: a byte a value and a bf16 scale per block.
+    let block = cllm_runtime::kv::int8_block(hd);
+    assert_eq!(bytes[1] * 4 * hd, f32_bytes * (hd + 2 * hd / block));
 }

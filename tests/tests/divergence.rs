@@ -549,9 +549,10 @@ fn kv_cache_setting_is_measured_against_f32() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The full default run gives 0.00080 (BENCHMARKS.md); this short one is a sample of it.
+    // The bound is 0.001 (BENCHMARKS.md has the full default run); this short one is a
+    // sample of it.
     let kld = v["mean_kld"].as_f64().unwrap();
-    assert!(kld > 0.0 && kld < 3e-3, "mean KLD {kld}");
+    assert!(kld > 0.0 && kld < 1e-3, "mean KLD {kld}");
     let run = &v["run"];
     assert_eq!(run["kv_cache"]["reference"], "f32");
     assert_eq!(run["kv_cache"]["test"], "int8");

@@ -51,7 +51,7 @@ fn measure_read_bandwidth() -> f64 {
 pub fn run(a: DecodeBenchArgs) -> CmdResult {
     set_threads(a.threads)?;
     let mut model = Engine::cpu().open(&a.model, &OpenOptions::default())?;
-    model.set_kv_cache(a.kv_cache);
+    model.set_kv_cache(a.kv_cache)?;
     // The last generated token is never fed back: the cache holds one position less.
     let kv_bytes = model.kv_cache_bytes(a.prompt_tokens + a.new_tokens.saturating_sub(1));
     let (ids, opts) = bench_request(a.prompt_tokens, a.new_tokens, model.config().vocab_size);

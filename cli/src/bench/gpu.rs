@@ -179,7 +179,7 @@ pub fn run(a: GpuBenchArgs) -> CmdResult {
     for path in &a.models {
         let file_bytes = warm_page_cache(path)?;
         let mut model = engine.open(path, &OpenOptions::default())?;
-        model.set_kv_cache(a.kv_cache);
+        model.set_kv_cache(a.kv_cache)?;
         let stats = model.load_stats().gpu.clone().unwrap_or_default();
         let (ids, opts) = bench_request(a.prompt_tokens, a.new_tokens, model.config().vocab_size);
         // One untimed run captures the decode graph's first use and warms the clocks.

@@ -10,10 +10,13 @@
 // block to finish (an atomic ticket) combines the chunks in chunk order. The arithmetic depends
 // only on the position, so a query gets the same bits in prefill and in decode.
 //
-// The cache stores keys and values as f32, bf16 or int8 with one f32 scale per vector (`kv`,
-// runtime/src/kv.rs defines the rounding): kv_store rounds the launch's new keys and values from
-// the QKV launch's staging area into the cache, and the attention reads every key and value back
-// as f32 (bf16 exactly, int8 as q * scale), so prefill and decode read the same stored form.
+// The cache stores keys and values as f32, bf16 or int8 (`kv`; runtime/src/kv.rs defines the
+// rounding): kv_store rounds the launch's new keys and values from the QKV launch's staging area
+// into the cache, and the attention reads every key and value back as f32 (bf16 exactly, int8 as
+// q * scale), so prefill and decode read the same stored form. int8 stores blocks of B values
+// (kv_block) rotated by the Walsh-Hadamard transform, each with a bf16 scale; the attention
+// rotates the query's blocks (times 1/B) before its scores and the output's blocks (times 1/B)
+// after its sum of values, as the CPU does.
 
 #define KV_F32 0
 #define KV_BF16 1
@@ -43,36 +46,62 @@ struct AttnArgs {
     float scale;
     int prefetch;          // 2: the L2 fetches the chunk's keys and values before the launch wait
     int kv;                // KV_F32, KV_BF16 or KV_INT8
-    const float* kscale;   // KV_INT8: this layer's scales [kv_heads][capacity]
-    const float* vscale;
+    const unsigned short* kscale;  // KV_INT8: this layer's bf16 scales [kv_heads][capacity][hd/B]
+    const unsigned short* vscale;
 };
 
-// Element d of cached row `row` as f32, from the stored form KV.
+// The f32 value of bf16 bits (exact).
+__device__ __forceinline__ float bf16_f32(unsigned short b) { return __uint_as_float((u32)b << 16); }
+
+// Values per int8 block (runtime/src/kv.rs's int8_block): 32, or the largest power of two
+// dividing hd where that is smaller.
+__device__ __forceinline__ int kv_block(int hd) { return min(32, hd & -hd); }
+// Its log2: blocks are indexed by shifts (a division by a runtime value costs tens of
+// instructions per element).
+__device__ __forceinline__ int kv_block_log2(int hd) { return 31 - __clz(kv_block(hd)); }
+
+// Blocks of B lanes (B a power of two up to 32; lane l holds element l % B of its block) rotated
+// by the unnormalized Walsh-Hadamard transform, runtime/src/kv.rs's hadamard: at distances 1, 2,
+// 4, ... < B the lower element of each pair becomes a + b and the higher a - b. The whole warp
+// must call it.
+__device__ __forceinline__ float hadamard_lanes(float v, int lane, int B) {
+    for (int h = 1; h < B; h <<= 1) {
+        const float p = __shfl_xor_sync(0xffffffffu, v, h);
+        v = (lane & h) ? __fsub_rn(p, v) : __fadd_rn(v, p);
+    }
+    return v;
+}
+
+// Element d of cached row `row` as f32, from the stored form KV (lb: kv_block_log2(hd)).
 template <int KV>
-__device__ __forceinline__ float kv_at(const void* base, const float* scale, size_t row, int hd,
-                                       int d) {
+__device__ __forceinline__ float kv_at(const void* base, const unsigned short* scale, size_t row,
+                                       int hd, int d, int lb) {
     if (KV == KV_BF16)
         return __uint_as_float((u32)((const unsigned short*)base)[row * hd + d] << 16);
     if (KV == KV_INT8)
-        return __fmul_rn((float)((const signed char*)base)[row * hd + d], scale[row]);
+        return __fmul_rn((float)((const signed char*)base)[row * hd + d],
+                         bf16_f32(scale[row * (hd >> lb) + (d >> lb)]));
     return ((const float*)base)[row * hd + d];
 }
 
 // q . k of cached key `row` over head_dim in order (one fmaf per element, as the f32 path).
 template <int KV>
-__device__ __forceinline__ float kv_score(const void* K, const float* ks, size_t row, int hd,
-                                          const float* s_q) {
+__device__ __forceinline__ float kv_score(const void* K, const unsigned short* ks, size_t row,
+                                          int hd, int lb, const float* s_q) {
     float acc = 0.0f;
     if (KV == KV_INT8 && hd % 16 == 0) {
         const uint4* r = (const uint4*)((const signed char*)K + row * hd);
-        const float sc = ks[row];
+        const unsigned short* sr = ks + row * (hd >> lb);
         for (int b = 0; b < hd / 16; b++) {
+            // Blocks of 8 put two scales in one 16-byte load.
+            const float sc0 = bf16_f32(sr[(16 * b) >> lb]);
+            const float sc1 = lb >= 4 ? sc0 : bf16_f32(sr[(16 * b + 8) >> lb]);
             const uint4 w = r[b];
             const u32 ws[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
             for (int j = 0; j < 16; j++) {
                 const float x = (float)(signed char)(ws[j >> 2] >> (8 * (j & 3)));
-                acc = fmaf(s_q[16 * b + j], __fmul_rn(x, sc), acc);
+                acc = fmaf(s_q[16 * b + j], __fmul_rn(x, j < 8 ? sc0 : sc1), acc);
             }
         }
         return acc;
@@ -90,21 +119,23 @@ __device__ __forceinline__ float kv_score(const void* K, const float* ks, size_t
         }
         return acc;
     }
-    for (int d = 0; d < hd; d++) acc = fmaf(s_q[d], kv_at<KV>(K, ks, row, hd, d), acc);
+    for (int d = 0; d < hd; d++) acc = fmaf(s_q[d], kv_at<KV>(K, ks, row, hd, d, lb), acc);
     return acc;
 }
 
 // o[i] += e_j * v_j[lane + 32 i] over this warp's keys j = warp, warp + 4, ... < nk, in key
 // order, from a rounded cache (rows k0 + j).
 template <int KV>
-__device__ __forceinline__ void kv_values(const void* V, const float* vs, int k0, int nk, int hd,
+__device__ __forceinline__ void kv_values(const void* V, const unsigned short* vs, int k0, int nk,
+                                          int hd, int lb,
                                           int warp, int lane, const float* s_e, float* o) {
 #pragma unroll 4
     for (int j = warp; j < nk; j += 4) {
         const float e = s_e[j];
 #pragma unroll
         for (int i = 0; i < ATT_MAX_HD / 32; i++)
-            if (lane + 32 * i < hd) o[i] = fmaf(e, kv_at<KV>(V, vs, k0 + j, hd, lane + 32 * i), o[i]);
+            if (lane + 32 * i < hd)
+                o[i] = fmaf(e, kv_at<KV>(V, vs, k0 + j, hd, lane + 32 * i, lb), o[i]);
     }
 }
 
@@ -114,8 +145,8 @@ struct KvStoreArgs {
     const float* vstage;
     void* kcache;          // this layer: [kv_heads][capacity][head_dim] of the `kv` form
     void* vcache;
-    float* kscale;         // KV_INT8: this layer's scales [kv_heads][capacity]
-    float* vscale;
+    unsigned short* kscale;  // KV_INT8: this layer's bf16 scales [kv_heads][capacity][hd/B]
+    unsigned short* vscale;
     const int* pos;        // position of token 0
     int ntok;
     int kv_heads;
@@ -132,26 +163,39 @@ __device__ __forceinline__ unsigned short bf16_rn(float x) {
     return (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
 }
 
+// x rounded up to the next bf16 (x >= 0 and not NaN), as its bits: runtime/src/kv.rs.
+__device__ __forceinline__ unsigned short bf16_up(float x) {
+    const u32 b = __float_as_uint(x);
+    return (unsigned short)(((b & 0xffffu) ? (b | 0xffffu) + 1u : b) >> 16);
+}
+
 // Rounds one vector x of hd values into cache row `row` (one warp, lane = threadIdx.x & 31):
-// bf16, or int8 with scale = max|x| / 127, q = rint(x / scale) clamped to [-127, 127] (0 where
-// the scale is 0) into scales[row], as runtime/src/kv.rs (the max is exact in any order).
-__device__ __forceinline__ void kv_round_row(const float* x, void* cache, float* scales,
+// bf16, or int8 per block of B = kv_block(hd): the block rotated (hadamard_lanes), then
+// scale = max|y| / 127 rounded up to bf16, q = rint(y / scale) clamped to [-127, 127] (0 where
+// the scale is 0), the scale's bits into scales[row][block], as runtime/src/kv.rs (the max is
+// exact in any order, and skips NaNs as the CPU's does).
+__device__ __forceinline__ void kv_round_row(const float* x, void* cache, unsigned short* scales,
                                              size_t row, int hd, int kv, int lane) {
     if (kv == KV_BF16) {
         unsigned short* o = (unsigned short*)cache + row * hd;
         for (int i = lane; i < hd; i += 32) o[i] = bf16_rn(x[i]);
         return;
     }
-    float m = 0.0f;
-    for (int i = lane; i < hd; i += 32) m = fmaxf(m, fabsf(x[i]));
-    m = warp_max(m);
-    const float scale = __fdiv_rn(m, 127.0f);
     signed char* o = (signed char*)cache + row * hd;
-    for (int i = lane; i < hd; i += 32) {
-        const float r = scale == 0.0f ? 0.0f : rintf(__fdiv_rn(x[i], scale));
-        o[i] = (signed char)(int)fminf(fmaxf(r, -127.0f), 127.0f);
+    const int B = kv_block(hd);
+    for (int base = 0; base < hd; base += 32) {  // warp-uniform: every lane shuffles
+        const int i = base + lane;
+        const float y = hadamard_lanes(i < hd ? x[i] : 0.0f, lane, B);
+        float m = fmaxf(0.0f, fabsf(y));
+        for (int h = 1; h < B; h <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, h));
+        const unsigned short bits = bf16_up(__fdiv_rn(m, 127.0f));
+        const float scale = bf16_f32(bits);
+        const float r = scale == 0.0f ? 0.0f : rintf(__fdiv_rn(y, scale));
+        if (i < hd) {
+            o[i] = (signed char)(int)fminf(fmaxf(r, -127.0f), 127.0f);
+            if ((lane & (B - 1)) == 0) scales[row * (hd / B) + i / B] = bits;
+        }
     }
-    if (lane == 0) scales[row] = scale;
 }
 
 // Rounds the launch's new keys and values into the cache: block (kv head, token, k or v), one
@@ -238,6 +282,7 @@ __device__ __forceinline__ void attention_values(const float* vbase, int nk, int
 #endif
 #define ATT_SLICE 32  // dimensions per staged slice
 
+
 // The chain q . k of key k0 + tid (tid < nk; the others' results are unused) for a head width
 // of 4 NF (a multiple of ATT_SLICE, at most 128): every thread first issues all its loads of
 // the chunk's rows, coalesced (eight lanes take one key's 128 bytes of a slice), then the slices
@@ -299,8 +344,10 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) 
     const int esize = a.kv == KV_F32 ? 4 : a.kv == KV_BF16 ? 2 : 1;
     const float* K = (const float*)((const char*)a.kcache + (size_t)kvh * a.capacity * hd * esize);
     const float* V = (const float*)((const char*)a.vcache + (size_t)kvh * a.capacity * hd * esize);
-    const float* KS = a.kscale + (a.kv == KV_INT8 ? (size_t)kvh * a.capacity : 0);
-    const float* VS = a.vscale + (a.kv == KV_INT8 ? (size_t)kvh * a.capacity : 0);
+    const int lb = a.kv == KV_INT8 ? kv_block_log2(hd) : 0;
+    const size_t scale_row0 = a.kv == KV_INT8 ? ((size_t)kvh * a.capacity * hd) >> lb : 0;
+    const unsigned short* KS = a.kscale + scale_row0;
+    const unsigned short* VS = a.vscale + scale_row0;
     // The position is only advanced by a step's last kernel, which finished before this
     // launch's predecessor started, so it may be read before the wait.
     const int p = *a.pos + tok;
@@ -324,7 +371,17 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) 
     pdl_launch_dependents();
     const size_t qo = ((size_t)tok * a.heads + head) * hd;
 
-    for (int d = tid; d < hd; d += ATT_THREADS) s_q[d] = a.q[qo + d];
+    // int8's cache holds rotated blocks: the query's blocks are rotated to match (times 1/B,
+    // exact); the loops over dimensions step whole warps, whose lanes shuffle together.
+    const bool rotated = a.kv == KV_INT8;
+    const int B = rotated ? kv_block(hd) : 1;
+    const float inv_b = 1.0f / (float)B;
+    for (int base = tid & ~31; base < hd; base += ATT_THREADS) {
+        const int d = base + (tid & 31);
+        const float x = d < hd ? a.q[qo + d] : 0.0f;
+        const float y = rotated ? __fmul_rn(hadamard_lanes(x, tid & 31, B), inv_b) : x;
+        if (d < hd) s_q[d] = y;
+    }
     __syncthreads();
     TRACE_MARK(1);
 
@@ -333,8 +390,8 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) 
     float s = CLLM_NEG_INF;
     if (a.kv != KV_F32) {
         if (k < k1) {
-            const float acc = a.kv == KV_BF16 ? kv_score<KV_BF16>(K, KS, k, hd, s_q)
-                                              : kv_score<KV_INT8>(K, KS, k, hd, s_q);
+            const float acc = a.kv == KV_BF16 ? kv_score<KV_BF16>(K, KS, k, hd, lb, s_q)
+                                              : kv_score<KV_INT8>(K, KS, k, hd, lb, s_q);
             s = acc * a.scale;
         }
     } else if (ATT_STAGED && hd % 32 == 0 && hd <= 128) {
@@ -374,18 +431,24 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) 
     float o[ATT_MAX_HD / 32];
 #pragma unroll
     for (int i = 0; i < ATT_MAX_HD / 32; i++) o[i] = 0.0f;
-    if (a.kv == KV_BF16) kv_values<KV_BF16>(V, VS, k0, nk, hd, warp, lane, s_e, o);
-    else if (a.kv == KV_INT8) kv_values<KV_INT8>(V, VS, k0, nk, hd, warp, lane, s_e, o);
+    if (a.kv == KV_BF16) kv_values<KV_BF16>(V, VS, k0, nk, hd, lb, warp, lane, s_e, o);
+    else if (a.kv == KV_INT8) kv_values<KV_INT8>(V, VS, k0, nk, hd, lb, warp, lane, s_e, o);
     else attention_values(V + (size_t)k0 * hd, nk, hd, warp, lane, s_e, o);
 #pragma unroll
     for (int i = 0; i < ATT_MAX_HD / 32; i++)
         if (lane + 32 * i < hd) s_o[warp][lane + 32 * i] = o[i];
     __syncthreads();
     TRACE_MARK(4);
-    for (int d = tid; d < hd; d += ATT_THREADS) {
-        float od = ((s_o[0][d] + s_o[1][d]) + s_o[2][d]) + s_o[3][d];
-        if (nch == 1) a.out[qo + d] = od / l;
-        else a.part_o[slot * hd + d] = od;
+    for (int base = tid & ~31; base < hd; base += ATT_THREADS) {
+        const int d = base + (tid & 31);
+        const float od = d < hd ? ((s_o[0][d] + s_o[1][d]) + s_o[2][d]) + s_o[3][d] : 0.0f;
+        if (nch == 1) {
+            const float r = od / l;
+            const float y = rotated ? __fmul_rn(hadamard_lanes(r, tid & 31, B), inv_b) : r;
+            if (d < hd) a.out[qo + d] = y;
+        } else if (d < hd) {
+            a.part_o[slot * hd + d] = od;
+        }
     }
     if (nch == 1) return;
     if (tid == 0) {
@@ -410,13 +473,18 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(AttnArgs a) 
         float w = expf(__ldcg(&a.part_ml[(base + cc) * 2]) - M);
         L = fmaf(w, __ldcg(&a.part_ml[(base + cc) * 2 + 1]), L);
     }
-    for (int d = tid; d < hd; d += ATT_THREADS) {
+    for (int dbase = tid & ~31; dbase < hd; dbase += ATT_THREADS) {
+        const int d = dbase + (tid & 31);
         float o = 0.0f;
-        for (int cc = c_first; cc <= c_last; cc++) {
-            float w = expf(__ldcg(&a.part_ml[(base + cc) * 2]) - M);
-            o = fmaf(w, __ldcg(&a.part_o[(base + cc) * hd + d]), o);
+        if (d < hd) {
+            for (int cc = c_first; cc <= c_last; cc++) {
+                float w = expf(__ldcg(&a.part_ml[(base + cc) * 2]) - M);
+                o = fmaf(w, __ldcg(&a.part_o[(base + cc) * hd + d]), o);
+            }
         }
-        a.out[qo + d] = o / L;
+        const float r = o / L;
+        const float y = rotated ? __fmul_rn(hadamard_lanes(r, tid & 31, B), inv_b) : r;
+        if (d < hd) a.out[qo + d] = y;
     }
     if (tid == 0) a.counters[tok * a.heads + head] = 0;
 }

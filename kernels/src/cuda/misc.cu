@@ -81,8 +81,8 @@ struct HeadArgs {
     const float* vstage;    // kv_stage: the new values [kv_heads][capacity][head_dim]
     void* kq;               // kv_stage: this layer's cache [kv_heads][cache_capacity][head_dim]
     void* vq;               //   in the stored form `kv` (attention.cu's kv_store)
-    float* kscale;          // KV_INT8: this layer's scales [kv_heads][cache_capacity]
-    float* vscale;
+    unsigned short* kscale; // KV_INT8: this layer's bf16 scales [kv_heads][cache_capacity][hd/B]
+    unsigned short* vscale;
     int kv;
     int cache_capacity;
 };

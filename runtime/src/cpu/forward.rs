@@ -20,6 +20,7 @@ use cllm_model::{Activation, Module, Point};
 use super::kv_cache::KvCache;
 use super::model::{CpuModel, Linear, Projections};
 use crate::error::ModelError;
+use crate::kv::{hadamard_scaled, int8_block, KvPrecision};
 use crate::trace::{HiddenStates, TracePoint, Tracer};
 
 thread_local! {
@@ -210,6 +211,10 @@ impl CpuModel {
                 rope.apply(&mut k[i * cfg.kv_dim()..(i + 1) * cfg.kv_dim()], start + i)?;
             }
             cache.write(l, start, &k, &v);
+            let rotated = cache.precision() == KvPrecision::Int8;
+            if rotated {
+                hadamard_scaled(&mut q, int8_block(hd));
+            }
 
             let cache_ref = &*cache;
             let q_ref = &q;
@@ -234,6 +239,9 @@ impl CpuModel {
             });
             if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
                 return Err(e.into());
+            }
+            if rotated {
+                hadamard_scaled(&mut attn, int8_block(hd));
             }
             trace.emit(Point::Attention, ly, &attn);
             layer.o_proj.forward(&attn, n, &mut o)?;

@@ -1,5 +1,5 @@
 //! The key/value cache: preallocated storage for every layer's keys and values, in the
-//! [`KvPrecision`] it was made with (f32, bf16, or int8 with one scale per vector).
+//! [`KvPrecision`] it was made with (f32, bf16, or int8 in rotated blocks with a scale each).
 //!
 //! Layout: `[layer][kv_head][position][head_dim]`, so the keys one head attends over are one
 //! contiguous slice (`0..=t`). The capacity is fixed when the cache is made; appending past it
@@ -8,13 +8,16 @@
 //! thing; a `longrope` table's factors are chosen by that capacity.
 //!
 //! Keys and values are rounded to the storage form when written (`crate::kv`), and attention
-//! reads them back through [`KvCache::span_into`], so every read sees the stored form.
+//! reads them back through [`KvCache::span_into`], so every read sees the stored form. An int8
+//! span is read back still rotated: the forward pass rotates the queries and outputs to match.
 
 use cllm_kernels::cpu::RopeTable;
 use cllm_model::ModelConfig;
 
 use crate::error::ModelError;
-use crate::kv::{bf16_from_f32, bf16_to_f32, int8_dequantize, int8_quantize, KvPrecision};
+use crate::kv::{
+    bf16_from_f32, bf16_to_f32, int8_block, int8_dequantize, int8_quantize, KvPrecision,
+};
 
 /// The stored keys and values, `[layer][kv_head][position][head_dim]` each.
 #[derive(Clone, Debug)]
@@ -27,12 +30,12 @@ enum Store {
         keys: Vec<u16>,
         values: Vec<u16>,
     },
-    /// The scales are `[layer][kv_head][position]`.
+    /// The scales (bf16 bits) are `[layer][kv_head][position][block]` (`crate::kv::int8_block`).
     Int8 {
         keys: Vec<i8>,
         values: Vec<i8>,
-        key_scales: Vec<f32>,
-        value_scales: Vec<f32>,
+        key_scales: Vec<u16>,
+        value_scales: Vec<u16>,
     },
 }
 
@@ -63,6 +66,9 @@ impl KvCache {
         capacity: usize,
         precision: KvPrecision,
     ) -> Result<KvCache, ModelError> {
+        precision
+            .check(cfg.head_dim)
+            .map_err(|reason| ModelError::KvCacheForm { reason })?;
         if capacity > cfg.max_position_embeddings {
             return Err(ModelError::CapacityTooLarge {
                 capacity,
@@ -111,12 +117,12 @@ impl KvCache {
                     values: vec![0; n],
                 },
                 KvPrecision::Int8 => {
-                    let vectors = n / cfg.head_dim.max(1);
+                    let blocks = n / int8_block(cfg.head_dim);
                     Store::Int8 {
                         keys: vec![0; n],
                         values: vec![0; n],
-                        key_scales: vec![0.0; vectors],
-                        value_scales: vec![0.0; vectors],
+                        key_scales: vec![0; blocks],
+                        value_scales: vec![0; blocks],
                     }
                 }
             },
@@ -163,7 +169,7 @@ impl KvCache {
                 values,
                 key_scales,
                 value_scales,
-            } => keys.len() + values.len() + (key_scales.len() + value_scales.len()) * 4,
+            } => keys.len() + values.len() + (key_scales.len() + value_scales.len()) * 2,
         }
     }
 
@@ -218,8 +224,22 @@ impl KvCache {
                         key_scales,
                         value_scales,
                     } => {
-                        key_scales[o / hd] = int8_quantize(ks, &mut keys[o..o + hd]);
-                        value_scales[o / hd] = int8_quantize(vs, &mut values[o..o + hd]);
+                        let bl = int8_block(hd);
+                        let blocks = o / bl..(o + hd) / bl;
+                        for ((x, q), s) in ks
+                            .chunks_exact(bl)
+                            .zip(keys[o..o + hd].chunks_exact_mut(bl))
+                            .zip(&mut key_scales[blocks.clone()])
+                        {
+                            *s = int8_quantize(x, q);
+                        }
+                        for ((x, q), s) in vs
+                            .chunks_exact(bl)
+                            .zip(values[o..o + hd].chunks_exact_mut(bl))
+                            .zip(&mut value_scales[blocks])
+                        {
+                            *s = int8_quantize(x, q);
+                        }
                     }
                 }
             }
@@ -238,7 +258,6 @@ impl KvCache {
         keys: &'a mut Vec<f32>,
         values: &'a mut Vec<f32>,
     ) -> (&'a [f32], &'a [f32]) {
-        let hd = self.head_dim;
         let a = self.offset(layer, kv_head, from);
         let b = self.offset(layer, kv_head, to);
         match &self.store {
@@ -263,10 +282,21 @@ impl KvCache {
             } => {
                 keys.resize(b - a, 0.0);
                 values.resize(b - a, 0.0);
-                for (j, o) in (a..b).step_by(hd.max(1)).enumerate() {
-                    let out = j * hd..(j + 1) * hd;
-                    int8_dequantize(&ks[o..o + hd], key_scales[o / hd], &mut keys[out.clone()]);
-                    int8_dequantize(&vs[o..o + hd], value_scales[o / hd], &mut values[out]);
+                let bl = int8_block(self.head_dim);
+                let scales = a / bl..b / bl;
+                for ((q, s), out) in ks[a..b]
+                    .chunks_exact(bl)
+                    .zip(&key_scales[scales.clone()])
+                    .zip(keys.chunks_exact_mut(bl))
+                {
+                    int8_dequantize(q, *s, out);
+                }
+                for ((q, s), out) in vs[a..b]
+                    .chunks_exact(bl)
+                    .zip(&value_scales[scales])
+                    .zip(values.chunks_exact_mut(bl))
+                {
+                    int8_dequantize(q, *s, out);
                 }
             }
         }

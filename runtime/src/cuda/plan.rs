@@ -20,7 +20,7 @@ use cllm_kernels::cpu::RopeTable;
 
 use super::model::{GpuError, GpuLinear, GpuModel};
 use crate::error::ModelError;
-use crate::kv::KvPrecision;
+use crate::kv::{int8_block, KvPrecision};
 
 /// Device scalars: position, error flag, then (from byte 16) per-token argmax keys.
 pub(super) const STATE_POS: u64 = 0;
@@ -121,6 +121,10 @@ impl StepBuffers {
         let (hidden, hd) = (cfg.hidden_size, cfg.head_dim);
         let (heads, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let cache_floats = cfg.num_hidden_layers * kvh * capacity * hd;
+        model
+            .kv
+            .check(hd)
+            .map_err(|reason| ModelError::KvCacheForm { reason })?;
         let kv = match model.kv {
             KvPrecision::F32 => KvForm::F32,
             KvPrecision::Bf16 => KvForm::Bf16,
@@ -128,8 +132,10 @@ impl StepBuffers {
         };
         let f = 4usize;
         let cache_bytes = cache_floats * kv.element_bytes();
+        // int8: a bf16 scale per block of values, rounded up to whole words for the poison
+        // fill below.
         let scale_bytes = if kv == KvForm::Int8 {
-            cfg.num_hidden_layers * kvh * capacity * f
+            (cfg.num_hidden_layers * kvh * capacity * (hd / int8_block(hd)) * 2).next_multiple_of(4)
         } else {
             f
         };
@@ -226,8 +232,8 @@ impl StepBuffers {
                 gpu.fill_u32(b.vcache.ptr(), 0x7fc0_7fc0, cache_bytes / 4)?;
             }
             KvForm::Int8 => {
-                gpu.fill_u32(b.kscale.ptr(), 0x7fc0_0000, scale_bytes / 4)?;
-                gpu.fill_u32(b.vscale.ptr(), 0x7fc0_0000, scale_bytes / 4)?;
+                gpu.fill_u32(b.kscale.ptr(), 0x7fc0_7fc0, scale_bytes / 4)?;
+                gpu.fill_u32(b.vscale.ptr(), 0x7fc0_7fc0, scale_bytes / 4)?;
             }
         }
         gpu.sync()?;
@@ -285,11 +291,11 @@ impl StepBuffers {
         for (l, layer) in m.layers.iter().enumerate() {
             let kbase = self.kcache.ptr() + esize * layer_floats * l as u64;
             let vbase = self.vcache.ptr() + esize * layer_floats * l as u64;
-            let layer_vectors = (kvh * self.capacity) as u64;
+            let layer_scale_bytes = (kvh * self.capacity * (hd / int8_block(hd)) * 2) as u64;
             let (kscale, vscale) = if self.kv == KvForm::Int8 {
                 (
-                    self.kscale.ptr() + 4 * layer_vectors * l as u64,
-                    self.vscale.ptr() + 4 * layer_vectors * l as u64,
+                    self.kscale.ptr() + layer_scale_bytes * l as u64,
+                    self.vscale.ptr() + layer_scale_bytes * l as u64,
                 )
             } else {
                 (0, 0)

@@ -138,7 +138,7 @@ pub fn compare(
     let opts = OpenOptions::default();
     let reference = engine.build(reference, &opts)?;
     let mut test = engine.build(test, &opts)?;
-    test.set_kv_cache(spec.kv_cache);
+    test.set_kv_cache(spec.kv_cache)?;
     let (ref_name, test_name) = (
         reference.path().display().to_string(),
         test.path().display().to_string(),
