@@ -127,6 +127,20 @@ pub const SHORT_RUN: &[&str] = &[
     "64",
 ];
 
+/// Runs `cllm ARGS`, asserts the exit code, returns stdout as JSON.
+pub fn cllm_json(args: &[&str], code: i32) -> serde_json::Value {
+    let out = cllm(args);
+    let v = json_of(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "cllm {args:?}: failures {}\nstderr: {}",
+        v["failures"],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    v
+}
+
 /// A command's stdout as JSON; panics with its stdout and stderr where it is not JSON.
 pub fn json_of(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

@@ -22,7 +22,7 @@ use cllm_model::ModelConfig;
 use cllm_runtime::cpu::CpuModel;
 use cllm_runtime::cuda::{generate_gpu, GpuModel};
 use cllm_runtime::{GenerateOptions, KvPrecision};
-use cllm_tests::{cllm, cllm_ok, json_of, SHORT_RUN};
+use cllm_tests::{cllm, cllm_json, cllm_ok, SHORT_RUN};
 use serde_json::Value;
 
 /// GPU tests are `#[ignore]`d, so a machine without a GPU reports them as ignored rather than
@@ -740,29 +740,34 @@ fn gpu_real_model_kv_cache_settings_match_cpu_and_keep_decode_parity() {
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-tests.sh"]
 fn gpu_divergence_real_model_int8_kv_cache() {
     gpu_test!();
-    let hf = real().hf.to_str().unwrap();
-    let v = cllm_json(
-        &[
-            "diff",
-            hf,
-            hf,
-            "--run",
-            "--json",
-            "--device",
-            "cuda",
-            "--kv-cache",
-            "int8",
-        ],
-        0,
-    );
+    check_int8_kv_cache_on_the_gpu(&real().hf, &[], 30);
+}
+
+/// `cllm diff hf hf --run --device cuda --kv-cache int8 EXTRA`: the bound on the mean
+/// KLD, the settings recorded, the GPU run's layers and KV parity ([`check_gpu_run`]).
+fn check_int8_kv_cache_on_the_gpu(hf: &Path, extra: &[&str], layers: usize) {
+    let h = hf.to_str().unwrap();
+    let mut args = vec![
+        "diff",
+        h,
+        h,
+        "--run",
+        "--json",
+        "--device",
+        "cuda",
+        "--kv-cache",
+        "int8",
+    ];
+    args.extend_from_slice(extra);
+    let v = cllm_json(&args, 0);
     let kld = v["mean_kld"].as_f64().unwrap();
     let top1 = v["top1_agreement"].as_f64().unwrap();
-    eprintln!("real model, int8 KV cache on the GPU: mean KLD {kld}, top-1 {top1}");
+    eprintln!("{h}, int8 KV cache on the GPU: mean KLD {kld}, top-1 {top1}");
     assert!(kld > 0.0 && kld <= 0.001, "mean KLD {kld}");
     let run = &v["run"];
     assert_eq!(run["kv_cache"]["reference"], "f32");
     assert_eq!(run["kv_cache"]["test"], "int8");
-    check_gpu_run(run, 30);
+    check_gpu_run(run, layers);
 }
 
 #[test]
@@ -1529,20 +1534,6 @@ fn gpu_sampled_generation_is_reproducible_and_matches_the_cpu_sampler() {
 // The divergence run on the GPU (`cllm verify --run --device cuda`, `cllm diff --run --device
 // cuda`): the same figures as the CPU's, per layer but without per-tensor attribution.
 
-/// Runs `cllm ARGS`, asserts the exit code, returns stdout as JSON.
-fn cllm_json(args: &[&str], code: i32) -> Value {
-    let out = cllm(args);
-    let v = json_of(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "cllm {args:?}: failures {}\nstderr: {}",
-        v["failures"],
-        String::from_utf8_lossy(&out.stderr)
-    );
-    v
-}
-
 /// `cllm verify MODEL --against DIR --run --json` with `extra`.
 fn verify_run(model: &Path, dir: &Path, extra: &[&str], code: i32) -> Value {
     let mut args = vec![
@@ -1981,22 +1972,5 @@ fn gpu_real_gemma3_270m_matches_transformers_and_the_cpu() {
         "gemma3-270m --kv-cache int8",
         &tol,
     );
-    let h = hf.to_str().unwrap();
-    let mut args = vec![
-        "diff",
-        h,
-        h,
-        "--run",
-        "--json",
-        "--device",
-        "cuda",
-        "--kv-cache",
-        "int8",
-    ];
-    args.extend_from_slice(cllm_tests::SHORT_RUN);
-    let v = cllm_json(&args, 0);
-    let kld = v["mean_kld"].as_f64().unwrap();
-    eprintln!("gemma3-270m, int8 KV cache on the GPU: mean KLD {kld}");
-    assert!(kld > 0.0 && kld < 1e-3, "mean KLD {kld}");
-    check_gpu_run(&v["run"], 18);
+    check_int8_kv_cache_on_the_gpu(&hf, cllm_tests::SHORT_RUN, 18);
 }

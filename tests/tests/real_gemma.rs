@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use cllm_runtime::{Engine, OpenOptions};
 use cllm_tests::reference::{check_files, compare, Reference, Tolerances};
-use cllm_tests::{cllm, json_of, root, s, SHORT_RUN};
+use cllm_tests::{cllm_json, root, s, SHORT_RUN};
 
 /// The imported folder, imported once for the tests of this file (they run in parallel).
 fn gemma_hf() -> PathBuf {
@@ -61,14 +61,7 @@ fn gemma3_270m_int8_kv_cache_stays_under_the_kld_bound() {
         "int8",
     ];
     args.extend_from_slice(SHORT_RUN);
-    let out = cllm(&args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = json_of(&out);
+    let v = cllm_json(&args, 0);
     let kld = v["mean_kld"].as_f64().unwrap();
     assert!(kld > 0.0 && kld < 1e-3, "mean KLD {kld}");
     assert_eq!(v["run"]["kv_cache"]["test"], "int8");
