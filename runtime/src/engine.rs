@@ -507,7 +507,7 @@ impl Model {
 
     /// Sets how the KV caches of later sessions, generations and divergence passes store keys
     /// and values (f32 unless set). Fails, naming the model, where its heads cannot take the
-    /// form (int8 needs a head_dim that is a multiple of 32).
+    /// form (int8 needs a head_dim that is a multiple of 8).
     pub fn set_kv_cache(&mut self, kv: KvPrecision) -> Result<(), EngineError> {
         kv.check(self.config.head_dim)
             .map_err(|reason| EngineError::Model {

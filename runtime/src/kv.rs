@@ -49,7 +49,7 @@ impl KvPrecision {
         match self {
             KvPrecision::F32 => 4 * head_dim,
             KvPrecision::Bf16 => 2 * head_dim,
-            KvPrecision::Int8 => head_dim + 2 * (head_dim / int8_block(head_dim)),
+            KvPrecision::Int8 => head_dim + int8_scale_bytes(head_dim),
         }
     }
 
@@ -117,6 +117,11 @@ pub fn int8_block(head_dim: usize) -> usize {
     } else {
         INT8_MAX_BLOCK.min(1 << head_dim.trailing_zeros())
     }
+}
+
+/// Bytes of an int8 vector's scales: one bf16 per block.
+pub fn int8_scale_bytes(head_dim: usize) -> usize {
+    2 * (head_dim / int8_block(head_dim))
 }
 
 /// The unnormalized Walsh-Hadamard transform of one block (a power of two long), in place: at
@@ -192,6 +197,29 @@ pub fn int8_dequantize(q: &[i8], scale: u16, out: &mut [f32]) {
     let scale = bf16_to_f32(scale);
     for (o, &qi) in out.iter_mut().zip(q) {
         *o = qi as f32 * scale;
+    }
+}
+
+/// [`int8_quantize`] over consecutive blocks of `block` values: `x` into `q`, one scale each
+/// into `scales`.
+pub fn int8_quantize_blocks(x: &[f32], q: &mut [i8], scales: &mut [u16], block: usize) {
+    for ((x, q), s) in x
+        .chunks_exact(block)
+        .zip(q.chunks_exact_mut(block))
+        .zip(scales)
+    {
+        *s = int8_quantize(x, q);
+    }
+}
+
+/// [`int8_dequantize`] over consecutive blocks of `block` values.
+pub fn int8_dequantize_blocks(q: &[i8], scales: &[u16], out: &mut [f32], block: usize) {
+    for ((q, &s), out) in q
+        .chunks_exact(block)
+        .zip(scales)
+        .zip(out.chunks_exact_mut(block))
+    {
+        int8_dequantize(q, s, out);
     }
 }
 

@@ -282,7 +282,6 @@ __device__ __forceinline__ void attention_values(const float* vbase, int nk, int
 #endif
 #define ATT_SLICE 32  // dimensions per staged slice
 
-
 // The chain q . k of key k0 + tid (tid < nk; the others' results are unused) for a head width
 // of 4 NF (a multiple of ATT_SLICE, at most 128): every thread first issues all its loads of
 // the chunk's rows, coalesced (eight lanes take one key's 128 bytes of a slice), then the slices

@@ -36,8 +36,8 @@ pub struct AttnArgs {
     pub prefetch: i32,
     /// How the cache stores keys and values ([`KvForm`]).
     pub kv: i32,
-    /// [`KvForm::Int8`]: this layer's key and value scales, `[kv_heads][capacity][head_dim / 32]`
-    /// bf16.
+    /// [`KvForm::Int8`]: this layer's key and value scales, bf16, `[kv_heads][capacity][block]`
+    /// (blocks of `cllm_runtime::kv::int8_block(head_dim)` values).
     pub kscale: u64,
     pub vscale: u64,
 }
@@ -49,7 +49,7 @@ pub struct AttnArgs {
 pub enum KvForm {
     F32 = 0,
     Bf16 = 1,
-    /// int8 in Hadamard-rotated blocks of 32 values with a bf16 scale each.
+    /// int8 in Hadamard-rotated blocks of up to 32 values with a bf16 scale each.
     Int8 = 2,
 }
 

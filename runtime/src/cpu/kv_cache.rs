@@ -16,7 +16,8 @@ use cllm_model::ModelConfig;
 
 use crate::error::ModelError;
 use crate::kv::{
-    bf16_from_f32, bf16_to_f32, int8_block, int8_dequantize, int8_quantize, KvPrecision,
+    bf16_from_f32, bf16_to_f32, int8_block, int8_dequantize_blocks, int8_quantize_blocks,
+    KvPrecision,
 };
 
 /// The stored keys and values, `[layer][kv_head][position][head_dim]` each.
@@ -226,20 +227,14 @@ impl KvCache {
                     } => {
                         let bl = int8_block(hd);
                         let blocks = o / bl..(o + hd) / bl;
-                        for ((x, q), s) in ks
-                            .chunks_exact(bl)
-                            .zip(keys[o..o + hd].chunks_exact_mut(bl))
-                            .zip(&mut key_scales[blocks.clone()])
-                        {
-                            *s = int8_quantize(x, q);
-                        }
-                        for ((x, q), s) in vs
-                            .chunks_exact(bl)
-                            .zip(values[o..o + hd].chunks_exact_mut(bl))
-                            .zip(&mut value_scales[blocks])
-                        {
-                            *s = int8_quantize(x, q);
-                        }
+                        let q = o..o + hd;
+                        int8_quantize_blocks(
+                            ks,
+                            &mut keys[q.clone()],
+                            &mut key_scales[blocks.clone()],
+                            bl,
+                        );
+                        int8_quantize_blocks(vs, &mut values[q], &mut value_scales[blocks], bl);
                     }
                 }
             }
@@ -284,20 +279,8 @@ impl KvCache {
                 values.resize(b - a, 0.0);
                 let bl = int8_block(self.head_dim);
                 let scales = a / bl..b / bl;
-                for ((q, s), out) in ks[a..b]
-                    .chunks_exact(bl)
-                    .zip(&key_scales[scales.clone()])
-                    .zip(keys.chunks_exact_mut(bl))
-                {
-                    int8_dequantize(q, *s, out);
-                }
-                for ((q, s), out) in vs[a..b]
-                    .chunks_exact(bl)
-                    .zip(&value_scales[scales])
-                    .zip(values.chunks_exact_mut(bl))
-                {
-                    int8_dequantize(q, *s, out);
-                }
+                int8_dequantize_blocks(&ks[a..b], &key_scales[scales.clone()], keys, bl);
+                int8_dequantize_blocks(&vs[a..b], &value_scales[scales], values, bl);
             }
         }
         (&keys[..b - a], &values[..b - a])

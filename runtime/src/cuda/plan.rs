@@ -20,7 +20,7 @@ use cllm_kernels::cpu::RopeTable;
 
 use super::model::{GpuError, GpuLinear, GpuModel};
 use crate::error::ModelError;
-use crate::kv::{int8_block, KvPrecision};
+use crate::kv::{int8_scale_bytes, KvPrecision};
 
 /// Device scalars: position, error flag, then (from byte 16) per-token argmax keys.
 pub(super) const STATE_POS: u64 = 0;
@@ -135,7 +135,7 @@ impl StepBuffers {
         // int8: a bf16 scale per block of values, rounded up to whole words for the poison
         // fill below.
         let scale_bytes = if kv == KvForm::Int8 {
-            (cfg.num_hidden_layers * kvh * capacity * (hd / int8_block(hd)) * 2).next_multiple_of(4)
+            (cfg.num_hidden_layers * kvh * capacity * int8_scale_bytes(hd)).next_multiple_of(4)
         } else {
             f
         };
@@ -291,7 +291,7 @@ impl StepBuffers {
         for (l, layer) in m.layers.iter().enumerate() {
             let kbase = self.kcache.ptr() + esize * layer_floats * l as u64;
             let vbase = self.vcache.ptr() + esize * layer_floats * l as u64;
-            let layer_scale_bytes = (kvh * self.capacity * (hd / int8_block(hd)) * 2) as u64;
+            let layer_scale_bytes = (kvh * self.capacity * int8_scale_bytes(hd)) as u64;
             let (kscale, vscale) = if self.kv == KvForm::Int8 {
                 (
                     self.kscale.ptr() + layer_scale_bytes * l as u64,
