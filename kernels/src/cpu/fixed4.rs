@@ -325,19 +325,37 @@ mod vnni {
     use super::{combine_lanes, Fixed4, FixedRow, Int4Src, LANES, LANE_COLS, STEP4};
     use crate::cpu::fixed::PREFETCH_ROWS;
 
-    /// A step's 16 lane scales and minimums for one row, as [`Int4Src::lane_params`] gives them.
+    /// A step's 16 lane scales and minimums for one row, as [`Int4Src::lane_params`] gives them:
+    /// widened from f16 once per span of steps ([`load`](LaneParams::load)), then spread to the
+    /// lanes per step ([`pick`](LaneParams::pick)).
     pub(super) trait LaneParams: Copy {
+        /// Steps one [`load`](LaneParams::load) covers.
+        fn span(self) -> usize;
+        /// What [`pick`](LaneParams::pick) selects from for steps `s..s + span` of a row.
+        ///
         /// # Safety
-        /// AVX-512 F/BW are present; `scales` and `mins` are a row's, `s` is a step of the row.
-        unsafe fn at(self, scales: *const f16, mins: *const f16, s: usize) -> (__m512, __m512);
+        /// AVX-512 F/BW are present; `scales` and `mins` are a row's, `s` is a step of the row
+        /// and a multiple of the span.
+        unsafe fn load(self, scales: *const f16, mins: *const f16, s: usize) -> (__m512, __m512);
+        /// Which loaded value each lane of the step at `phase` of its span takes.
+        ///
+        /// # Safety
+        /// AVX-512 F is present.
+        unsafe fn at(self, phase: usize) -> __m512i;
+        /// A step's lane scales and minimums from its span's [`load`](LaneParams::load).
+        ///
+        /// # Safety
+        /// AVX-512 F is present.
+        unsafe fn pick(self, loaded: (__m512, __m512), at: __m512i) -> (__m512, __m512);
     }
 
-    /// Power-of-two groups of 8 to 128 columns: a step's `128 / group_size` parameters, lane `l`
-    /// taking `8l / group_size`.
+    /// Power-of-two groups of 8 to 128 columns: the groups of `16 / (128 / group_size)` steps
+    /// widened at once (16 values), lane `l` of step `s` taking the step's `8l / group_size`-th.
     #[derive(Clone, Copy)]
     pub(super) struct Spread {
         groups: usize,
         per_step: usize,
+        span: usize,
         index: __m512i,
     }
     impl Spread {
@@ -347,30 +365,49 @@ mod vnni {
                 0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120,
             );
             let shift = _mm_cvtsi32_si128(group_size.trailing_zeros() as i32);
+            let per_step = STEP4 / group_size;
             Spread {
                 groups,
-                per_step: STEP4 / group_size,
+                per_step,
+                span: LANES / per_step,
                 index: _mm512_srl_epi32(lane, shift),
             }
         }
     }
     impl LaneParams for Spread {
         #[inline(always)]
-        unsafe fn at(self, scales: *const f16, mins: *const f16, s: usize) -> (__m512, __m512) {
+        fn span(self) -> usize {
+            self.span
+        }
+        #[inline(always)]
+        unsafe fn load(self, scales: *const f16, mins: *const f16, s: usize) -> (__m512, __m512) {
             let first = s * self.per_step;
-            // Fewer than `per_step` groups remain only in a last, partial step.
-            let count = self.per_step.min(self.groups - first);
+            // Fewer than 16 groups remain only in a row's last span.
+            let count = LANES.min(self.groups - first);
             let mask = ((1u64 << count) - 1) as u32;
             let widen = |p: *const f16| {
                 let h = _mm512_maskz_loadu_epi16(mask, p.add(first) as *const i16);
-                let f = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
-                _mm512_permutexvar_ps(self.index, f)
+                _mm512_cvtph_ps(_mm512_castsi512_si256(h))
             };
             (widen(scales), widen(mins))
         }
+        #[inline(always)]
+        unsafe fn at(self, phase: usize) -> __m512i {
+            _mm512_add_epi32(
+                self.index,
+                _mm512_set1_epi32((phase * self.per_step) as i32),
+            )
+        }
+        #[inline(always)]
+        unsafe fn pick(self, loaded: (__m512, __m512), at: __m512i) -> (__m512, __m512) {
+            (
+                _mm512_permutexvar_ps(at, loaded.0),
+                _mm512_permutexvar_ps(at, loaded.1),
+            )
+        }
     }
 
-    /// Any other group size: the lane parameters one by one.
+    /// Any other group size: the lane parameters one by one, every step.
     #[derive(Clone, Copy)]
     pub(super) struct Lookup {
         pub groups: usize,
@@ -378,7 +415,11 @@ mod vnni {
     }
     impl LaneParams for Lookup {
         #[inline(always)]
-        unsafe fn at(self, scales: *const f16, mins: *const f16, s: usize) -> (__m512, __m512) {
+        fn span(self) -> usize {
+            1
+        }
+        #[inline(always)]
+        unsafe fn load(self, scales: *const f16, mins: *const f16, s: usize) -> (__m512, __m512) {
             let row = Int4Src {
                 packed: &[],
                 scales: std::slice::from_raw_parts(scales, self.groups),
@@ -390,6 +431,14 @@ mod vnni {
                 (sc[l], m[l]) = row.lane_params(s, l);
             }
             (_mm512_loadu_ps(sc.as_ptr()), _mm512_loadu_ps(m.as_ptr()))
+        }
+        #[inline(always)]
+        unsafe fn at(self, _phase: usize) -> __m512i {
+            _mm512_setzero_si512()
+        }
+        #[inline(always)]
+        unsafe fn pick(self, loaded: (__m512, __m512), _at: __m512i) -> (__m512, __m512) {
+            loaded
         }
     }
 
@@ -417,15 +466,28 @@ mod vnni {
             rows.mins.as_ptr(),
         );
         let mut acc = [_mm512_setzero_ps(); N];
+        let mut loaded = [(_mm512_setzero_ps(), _mm512_setzero_ps()); N];
+        let mut phase = 0;
         debug_assert_eq!(LANE_COLS * LANES, STEP4);
         for (s, step) in x4.steps.iter().enumerate() {
+            // The step's place in its span (a counter: the span is a runtime value).
+            if phase == params.span() {
+                phase = 0;
+            }
+            if phase == 0 {
+                for (j, l) in loaded.iter_mut().enumerate() {
+                    *l = params.load(scales.add(j * groups), mins.add(j * groups), s);
+                }
+            }
+            let at = params.at(phase);
+            phase += 1;
             let plane = |p: usize, d: usize| {
                 _mm512_load_si512(step.digits[p][d].as_ptr() as *const __m512i)
             };
             let (e0, e1, e2) = (plane(0, 0), plane(0, 1), plane(0, 2));
             let (o0, o1, o2) = (plane(1, 0), plane(1, 1), plane(1, 2));
             let sums = _mm512_load_ps(step.sums.as_ptr());
-            for (j, acc) in acc.iter_mut().enumerate() {
+            for (j, (acc, loaded)) in acc.iter_mut().zip(&loaded).enumerate() {
                 let p = packed.add(j * bytes + s * per_step);
                 let q = if s < full {
                     // The same bytes of a row further down: a block's rows are contiguous.
@@ -436,14 +498,20 @@ mod vnni {
                 };
                 let even = _mm512_and_si512(q, low);
                 let odd = _mm512_and_si512(_mm512_srli_epi16::<4>(q), low);
-                let d0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, even, e0), odd, o0);
-                let d1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, even, e1), odd, o1);
+                // Horner in base 256, from the top digit down (wrapping i32, exact: see
+                // `fixed`): no separate digit sums to add.
                 let d2 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, even, e2), odd, o2);
-                let ints = _mm512_add_epi32(
-                    d0,
-                    _mm512_slli_epi32::<8>(_mm512_add_epi32(d1, _mm512_slli_epi32::<8>(d2))),
+                let d21 = _mm512_dpbusd_epi32(
+                    _mm512_dpbusd_epi32(_mm512_slli_epi32::<8>(d2), even, e1),
+                    odd,
+                    o1,
                 );
-                let (sc, m) = params.at(scales.add(j * groups), mins.add(j * groups), s);
+                let ints = _mm512_dpbusd_epi32(
+                    _mm512_dpbusd_epi32(_mm512_slli_epi32::<8>(d21), even, e0),
+                    odd,
+                    o0,
+                );
+                let (sc, m) = params.pick(*loaded, at);
                 let t = _mm512_add_ps(
                     _mm512_mul_ps(_mm512_cvtepi32_ps(ints), sc),
                     _mm512_mul_ps(sums, m),
@@ -543,6 +611,9 @@ mod tests {
             (300, 256),
             (96, 48),
             (130, 32),
+            // More steps than one widening of 16 groups covers, the last one partial.
+            (2304, 128),
+            (2200, 64),
         ] {
             let rows = Rows::random(&mut rng, 4, cols, gs);
             for scale in [1.0f32, 1e-20, 3e25] {
