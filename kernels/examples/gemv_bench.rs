@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use cllm_kernels::cpu::{gemv, matmul};
+use cllm_kernels::cpu::{gemv, matmul, prepare};
 use cllm_kernels::{Weight, WeightData};
 use half::{bf16, f16};
 
@@ -36,7 +36,7 @@ fn weight(rows: usize, cols: usize, form: &str) -> Weight {
         }
         _ => WeightData::Bf16((0..n).map(|i| bf16::from_f32(v(i))).collect()),
     };
-    Weight { rows, cols, data }
+    prepare(Weight { rows, cols, data })
 }
 
 /// Plain read bandwidth of this machine (xor over 256 MiB, split over the rayon threads): the
@@ -87,6 +87,28 @@ fn main() {
             dt * 1e6,
             bytes / dt / 1e9,
             y[0]
+        );
+    }
+    // The same shape streamed from memory: enough copies that they do not fit the caches, one
+    // product each in turn, as a decode step reads its layers.
+    for (rows, cols) in [(1536, 576), (576, 1536)] {
+        let one = weight(rows, cols, &form).resident_bytes();
+        let copies = ((256usize << 20) / one).max(2);
+        let ws: Vec<Weight> = (0..copies).map(|_| weight(rows, cols, &form)).collect();
+        let x: Vec<f32> = (0..cols).map(|i| (i as f32).sin()).collect();
+        let mut y = vec![0f32; rows];
+        let mut dt = f64::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            for w in &ws {
+                gemv(w, &x, &mut y).unwrap();
+            }
+            dt = dt.min(t.elapsed().as_secs_f64() / copies as f64);
+        }
+        println!(
+            "{rows:>6} x {cols:<5} {:>8.1} us/call  {:>6.2} GB/s  from memory ({copies} copies)",
+            dt * 1e6,
+            one as f64 / dt / 1e9,
         );
     }
     // Batched product (prefill): 128 activation rows against one matrix, in multiply-adds/s.

@@ -6,4 +6,4 @@ pub mod cpu;
 pub mod cuda;
 pub mod weights;
 
-pub use weights::{Weight, WeightData};
+pub use weights::{Int4Blocks, Weight, WeightData};

@@ -6,6 +6,8 @@
 use cllm_format::WeightForm;
 use half::{bf16, f16};
 
+pub use crate::cpu::int4_blocks::Int4Blocks;
+
 /// A weight's elements in CPU memory, one variant per [`WeightForm`]. Quantization schemes are
 /// exactly those of spec/FORMAT.md.
 #[derive(Clone, Debug)]
@@ -35,6 +37,10 @@ pub enum WeightData {
         mins: Vec<f16>,
         group_size: usize,
     },
+    /// [`Int4`](WeightData::Int4)'s values laid out for the CPU's products (decision record
+    /// 0028): what [`cpu::prepare`](crate::cpu::prepare) makes of an int4 weight whose group
+    /// size is a multiple of 8.
+    Int4Blocked(Int4Blocks),
 }
 
 /// A weight as a `rows x cols` row-major matrix; a 1-D tensor (a norm's weight) has `rows == 1`.
@@ -58,6 +64,9 @@ impl WeightData {
             },
             WeightData::Int4 { group_size, .. } => WeightForm::Int4 {
                 group_size: *group_size as u32,
+            },
+            WeightData::Int4Blocked(b) => WeightForm::Int4 {
+                group_size: b.group_size() as u32,
             },
         }
     }
@@ -84,6 +93,7 @@ impl Weight {
                 mins,
                 ..
             } => packed.len() + (scales.len() + mins.len()) * 2,
+            WeightData::Int4Blocked(b) => b.resident_bytes(),
         }
     }
 }

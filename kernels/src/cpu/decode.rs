@@ -20,6 +20,7 @@ impl Weight {
             WeightData::Int4 { group_size, .. } if *group_size > 0 => {
                 Some(self.cols.div_ceil(*group_size))
             }
+            WeightData::Int4Blocked(b) => Some(self.cols.div_ceil(b.group_size())),
             _ => None,
         }
     }
@@ -87,6 +88,10 @@ impl Weight {
                 check("int4 packed bytes", n / 2, packed.len())?;
                 check("int4 group scales", groups, scales.len())?;
                 check("int4 group mins", groups, mins.len())
+            }
+            WeightData::Int4Blocked(b) => {
+                check("int4 block rows", rows, b.rows())?;
+                check("int4 block columns", cols, b.cols())
             }
         }
     }
@@ -194,6 +199,10 @@ pub(crate) fn decode_row_unscaled(w: &Weight, row: usize, out: &mut [f32]) -> Op
                     pair[1] = (b >> 4) as f32 * scale + min;
                 }
             }
+            None
+        }
+        WeightData::Int4Blocked(b) => {
+            b.decode_row(row, out);
             None
         }
     }

@@ -1,11 +1,12 @@
 //! The tasks of a matrix product ([`matmul`](super::matmul)) whose weights are multiplied in
-//! fixed point, int8 and int4 (decision records 0025, 0026): each block of weight rows described
+//! fixed point, int8 and int4 (decision records 0025, 0028): each block of weight rows described
 //! once, the kernel picked per ISA (VNNI, AVX2, plain loops), every choice giving the
 //! definition's bits. Activation rows without a fixed form take the float path of `matmul`.
 
 use super::dot::Lanes;
 use super::fixed::{self, FixedRow, Int8Src, Scales};
-use super::fixed4::{self, Fixed4, Int4Src};
+use super::fixed4::{self, Fixed4, Int4Rows};
+use super::int4_blocks::{Int4Blocks, BLOCK_ROWS};
 use super::isa::{multiversion, Isa};
 use super::matmul::{rows_task, ROW_BLOCK};
 use crate::weights::{Weight, WeightData};
@@ -20,7 +21,19 @@ pub(super) fn is_fixed(w: &Weight) -> bool {
 }
 
 pub(super) fn is_fixed_int4(w: &Weight) -> bool {
-    matches!(w.data, WeightData::Int4 { group_size, .. } if fixed4::takes_fixed(group_size))
+    match w.data {
+        WeightData::Int4 { group_size, .. } => fixed4::takes_fixed(group_size),
+        WeightData::Int4Blocked(_) => true,
+        _ => false,
+    }
+}
+
+/// The rows a task of `w` starts at a multiple of: whole blocks of an [`Int4Blocks`] weight.
+pub(super) fn row_alignment(w: &Weight) -> usize {
+    match w.data {
+        WeightData::Int4Blocked(_) => BLOCK_ROWS,
+        _ => ROW_BLOCK,
+    }
 }
 
 /// The activation rows in fixed point (`None` where a row has no fixed form), and their int4
@@ -29,27 +42,6 @@ pub(super) fn is_fixed_int4(w: &Weight) -> bool {
 pub(super) struct Fixed<'a> {
     pub rows: &'a [Option<FixedRow>],
     pub int4: &'a [Option<Fixed4>],
-}
-
-/// Rows `r..r + k` of an int4 weight and their parameters.
-#[inline(always)]
-pub(super) fn int4_src(w: &Weight, r: usize, k: usize) -> Int4Src<'_> {
-    let WeightData::Int4 {
-        packed,
-        scales,
-        mins,
-        group_size,
-    } = &w.data
-    else {
-        unreachable!("int4_src is called on int4 weights only")
-    };
-    let (half, groups) = (w.cols / 2, w.cols.div_ceil(*group_size));
-    Int4Src {
-        packed: &packed[r * half..(r + k) * half],
-        scales: &scales[r * groups..(r + k) * groups],
-        mins: &mins[r * groups..(r + k) * groups],
-        group_size: *group_size,
-    }
 }
 
 /// Row `r` of an int8 weight and its scales.
@@ -100,8 +92,36 @@ pub(super) fn fixed_task(
             }
         }
     }
-    let int4 = matches!(w.data, WeightData::Int4 { .. });
     let nrows = out.len() / n;
+    match &w.data {
+        WeightData::Int4Blocked(blocks) => {
+            return int4_block_task(isa, blocks, n, row0, out, fixed);
+        }
+        WeightData::Int4 {
+            packed,
+            scales,
+            mins,
+            group_size,
+        } => {
+            // Not prepared for the CPU: the plain loops, the same bits.
+            let rows = Int4Rows {
+                packed,
+                scales,
+                mins,
+                cols: w.cols,
+                group_size: *group_size,
+            };
+            for i in 0..nrows {
+                for (t, fx) in fixed.rows.iter().enumerate() {
+                    if let Some(fx) = fx {
+                        out[i * n + t] = fixed4::dot_portable(&rows, row0 + i, fx);
+                    }
+                }
+            }
+            return;
+        }
+        _ => {}
+    }
     let mut i = 0;
     while i < nrows {
         let k = if i + ROW_BLOCK <= nrows { ROW_BLOCK } else { 1 };
@@ -109,20 +129,15 @@ pub(super) fn fixed_task(
         for (t, fx) in fixed.rows.iter().enumerate() {
             let Some(fx) = fx else { continue };
             let mut y = [0f32; ROW_BLOCK];
-            if int4 {
-                let Some(f4) = &fixed.int4[t] else { continue };
-                int4_dots(isa, int4_src(w, row0 + i, k), fx, f4, &mut y[..k]);
-            } else {
-                // Written out, not `from_fn`: its closure call is not inlined and costs more
-                // than the short rows' products.
-                let rows = [
-                    int8_src(w, r(0)),
-                    int8_src(w, r(1)),
-                    int8_src(w, r(2)),
-                    int8_src(w, r(3)),
-                ];
-                int8_dots(isa, &rows[..k], fx, &mut y[..k]);
-            }
+            // Written out, not `from_fn`: its closure call is not inlined and costs more than
+            // the short rows' products.
+            let rows = [
+                int8_src(w, r(0)),
+                int8_src(w, r(1)),
+                int8_src(w, r(2)),
+                int8_src(w, r(3)),
+            ];
+            int8_dots(isa, &rows[..k], fx, &mut y[..k]);
             for (j, v) in y[..k].iter().enumerate() {
                 out[(i + j) * n + t] = *v;
             }
@@ -131,33 +146,49 @@ pub(super) fn fixed_task(
     }
 }
 
-/// `y[j] = row j of the block . x` (a block of one or four rows) in the int4 fixed-point
-/// arithmetic, by VNNI where the ISA has it, AVX2's byte multiply-adds on other AVX2 / AVX-512
-/// machines and plain loops on the baseline: the same bits.
-fn int4_dots(isa: Isa, rows: Int4Src<'_>, x: &FixedRow, x4: &Fixed4, y: &mut [f32]) {
+/// Rows `row0..row0 + out.len() / n` (`row0` a multiple of [`BLOCK_ROWS`]) of an int4 weight in
+/// blocks, against each activation row with a fixed form.
+fn int4_block_task(
+    isa: Isa,
+    w: &Int4Blocks,
+    n: usize,
+    row0: usize,
+    out: &mut [f32],
+    fixed: Fixed<'_>,
+) {
+    debug_assert!(row0.is_multiple_of(BLOCK_ROWS));
+    let nrows = out.len() / n;
+    for b in row0 / BLOCK_ROWS..(row0 + nrows).div_ceil(BLOCK_ROWS) {
+        let first = b * BLOCK_ROWS - row0;
+        for (t, (fx, f4)) in fixed.rows.iter().zip(fixed.int4).enumerate() {
+            let (Some(fx), Some(f4)) = (fx, f4) else {
+                continue;
+            };
+            let y = int4_block(isa, w, b, fx, f4);
+            for (j, v) in y.iter().take(nrows - first).enumerate() {
+                out[(first + j) * n + t] = *v;
+            }
+        }
+    }
+}
+
+/// Block `b` of `w` . x in the int4 fixed-point arithmetic, by VNNI where the ISA has it, AVX2's
+/// byte multiply-adds on other AVX2 / AVX-512 machines and plain loops on the baseline: the same
+/// bits.
+fn int4_block(isa: Isa, w: &Int4Blocks, b: usize, x: &FixedRow, x4: &Fixed4) -> [f32; BLOCK_ROWS] {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni {
-        // SAFETY: `Isa::Avx512Vnni` is only produced after detecting AVX-512 F/BW and VNNI, and
-        // the block has `y.len()` rows of `x.cols()` columns.
-        match y.len() {
-            4 => y.copy_from_slice(&unsafe { fixed4::dots4_vnni::<4>(rows, x, x4) }),
-            _ => y.copy_from_slice(&unsafe { fixed4::dots4_vnni::<1>(rows, x, x4) }),
-        }
-        return;
+        // SAFETY: `Isa::Avx512Vnni` is only produced after detecting AVX-512 F/BW and VNNI; the
+        // activation row has the weight's columns (checked by `matmul`).
+        return unsafe { fixed4::block_vnni(w, b, x, x4) };
     }
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 {
         // SAFETY: `Isa::Avx2` and above are only produced after detecting AVX2 and F16C.
-        match y.len() {
-            4 => y.copy_from_slice(&unsafe { fixed4::dots4_avx2::<4>(rows, x, x4) }),
-            _ => y.copy_from_slice(&unsafe { fixed4::dots4_avx2::<1>(rows, x, x4) }),
-        }
-        return;
+        return unsafe { fixed4::block_avx2(w, b, x, x4) };
     }
-    match y.len() {
-        4 => y.copy_from_slice(&fixed4::dots4_portable::<4>(rows, x, x4)),
-        _ => y.copy_from_slice(&fixed4::dots4_portable::<1>(rows, x, x4)),
-    }
+    let _ = (isa, x4);
+    fixed4::block_portable(w, b, x)
 }
 
 /// `y[j] = rows[j] . x` (one or four rows) in the fixed-point arithmetic, by VNNI where the ISA

@@ -23,7 +23,7 @@ use super::dot::Lanes;
 use super::error::{check_len, KernelError};
 use super::fixed::FixedRow;
 use super::fixed4::Fixed4;
-use super::fixed_task::{fixed_task, is_fixed, is_fixed_int4, Fixed};
+use super::fixed_task::{fixed_task, is_fixed, is_fixed_int4, row_alignment, Fixed};
 use super::isa::{isa, multiversion, Isa};
 use super::pool;
 use super::rows::{group_chunk_shift, Bf16Row, F16Row, I4Row, I8GroupRow, I8Row, Row};
@@ -116,12 +116,12 @@ pub(crate) fn matmul_with(
     for (w, y) in jobs.iter_mut() {
         let (rows, cols) = (w.rows, w.cols);
         let min_rows = MIN_TASK_WORK.div_ceil((cols * n.min(TOKEN_BLOCK)).max(1));
-        // Whole blocks of four rows, which single-token products take side by side.
+        // Whole blocks of rows, which single-token products take side by side.
         let chunk = rows
             .div_ceil(threads * TASKS_PER_THREAD)
             .max(min_rows)
             .max(1)
-            .next_multiple_of(ROW_BLOCK);
+            .next_multiple_of(row_alignment(w));
         let out: &mut [f32] = if n > 1 {
             match transposed_iter.next() {
                 Some(t) => t,
@@ -269,6 +269,12 @@ fn rows_task_generic(
                         dots(lanes, &buf[..cols], x, t0, t1, o);
                     }
                 },
+                // Activation rows without a fixed form only: the decoded values, the same bits
+                // as the row-major layout's fused rows.
+                WeightData::Int4Blocked(_) => {
+                    decode_row_unscaled(w, r, buf);
+                    dots(lanes, &buf[..cols], x, t0, t1, o);
+                }
             }
         }
     }
@@ -348,6 +354,7 @@ fn row_block(
             }
             None => decoded4(lanes, w, r0, x, n, t0, t1, out, buf),
         },
+        WeightData::Int4Blocked(_) => decoded4(lanes, w, r0, x, n, t0, t1, out, buf),
     }
 }
 
@@ -421,7 +428,8 @@ fn dots<R: Row>(lanes: impl Lanes, row: R, x: &[f32], t0: usize, t1: usize, o: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::fixed_task::{int4_src, int8_src};
+    use crate::cpu::fixed4::Int4Rows;
+    use crate::cpu::fixed_task::int8_src;
     use crate::cpu::isa::available;
     use crate::cpu::testutil::{random_weight, reference_element, Form, Rng, FORMS};
     use crate::cpu::{fixed, fixed4};
@@ -560,8 +568,9 @@ mod tests {
     fn fixed_point_products_follow_their_definition_on_every_isa() {
         // Every int8 form and the int4 group sizes taken in fixed point, on every ISA, for one
         // and six activation rows: the bits of the fixed-point definitions
-        // (`fixed::dots_portable`, `fixed4::dots4_portable`); an activation row with a NaN takes
-        // the float path (the bits of the dequantized f32 matrix) without touching the others.
+        // (`fixed::dots_portable`, `fixed4::dot_portable`), int4 in both layouts; an activation row
+        // with a NaN takes the float path (the bits of the dequantized f32 matrix) without
+        // touching the others.
         let mut rng = Rng(7);
         let forms = FORMS.into_iter().filter(|f| f.fixed_point());
         for form in forms.chain([Form::Int8Group(16)]) {
@@ -580,11 +589,26 @@ mod tests {
                 let yt = &mut want[t * rows..(t + 1) * rows];
                 match FixedRow::new(xt) {
                     Some(fx) => {
-                        let f4 = Fixed4::new(&fx);
                         for (r, y) in yt.iter_mut().enumerate() {
                             *y = match form {
                                 Form::Int4(_) => {
-                                    fixed4::dots4_portable::<1>(int4_src(&w, r, 1), &fx, &f4)[0]
+                                    let WeightData::Int4 {
+                                        packed,
+                                        scales,
+                                        mins,
+                                        group_size,
+                                    } = &w.data
+                                    else {
+                                        unreachable!()
+                                    };
+                                    let rows = Int4Rows {
+                                        packed,
+                                        scales,
+                                        mins,
+                                        cols,
+                                        group_size: *group_size,
+                                    };
+                                    fixed4::dot_portable(&rows, r, &fx)
                                 }
                                 _ => fixed::dots_portable([int8_src(&w, r)], &fx)[0],
                             };
@@ -594,11 +618,18 @@ mod tests {
                 }
             }
             assert!(want[3 * rows..4 * rows].iter().all(|v| v.is_nan()));
-            for isa in available() {
-                for n in [1, 6] {
-                    let mut y = vec![0f32; n * rows];
-                    matmul_with(isa, &x[..n * cols], n, &mut [(&w, &mut y[..])]).unwrap();
-                    assert_eq!(bits(&y), bits(&want[..n * rows]), "{form:?} {isa:?} n={n}");
+            let blocked = crate::cpu::prepare(w.clone());
+            assert_eq!(
+                matches!(blocked.data, WeightData::Int4Blocked(_)),
+                matches!(form, Form::Int4(_))
+            );
+            for w in [&w, &blocked] {
+                for isa in available() {
+                    for n in [1, 6] {
+                        let mut y = vec![0f32; n * rows];
+                        matmul_with(isa, &x[..n * cols], n, &mut [(w, &mut y[..])]).unwrap();
+                        assert_eq!(bits(&y), bits(&want[..n * rows]), "{form:?} {isa:?} n={n}");
+                    }
                 }
             }
         }

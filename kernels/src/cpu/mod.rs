@@ -18,7 +18,8 @@
 //! Int8 weights multiply the activation row held in exact fixed point (module `fixed`): integer lane
 //! sums, exact whatever the instructions (VNNI, AVX2 or plain loops), each rounded once to f32.
 //! Decision record 0025. Int4 weights (group sizes a multiple of 8) follow in the same fixed point
-//! (module `fixed4`, decision record 0026).
+//! (module `fixed4`, decision records 0026 and 0028), read from a layout of sixteen interleaved
+//! rows that [`prepare`] makes at load (module `int4_blocks`).
 //!
 //! Parallel sections (blocks of weight rows, attention heads) run on [`pool`], whose workers spin
 //! between the many short sections of a token instead of sleeping (decision record 0026).
@@ -32,6 +33,7 @@ pub mod error;
 mod fixed;
 mod fixed4;
 mod fixed_task;
+pub(crate) mod int4_blocks;
 mod isa;
 pub mod matmul;
 pub mod norm;
@@ -47,6 +49,33 @@ pub use error::KernelError;
 pub use matmul::{gemv, matmul, matmul_many};
 pub use norm::{rms_norm, RmsNorm};
 pub use rope::{inv_freq, RopeTable};
+
+use crate::weights::{Int4Blocks, Weight, WeightData};
+
+/// `w` in the layout the CPU's kernels read fastest, with the same values: int4 weights whose
+/// group size is a multiple of 8 as [`Int4Blocks`] (decision record 0028); anything else as it
+/// is. The CPU runtime prepares every weight it loads.
+pub fn prepare(w: Weight) -> Weight {
+    let Weight { rows, cols, data } = w;
+    let data = match data {
+        WeightData::Int4 {
+            packed,
+            scales,
+            mins,
+            group_size,
+        } => match Int4Blocks::from_rows(rows, cols, &packed, &scales, &mins, group_size) {
+            Some(b) => WeightData::Int4Blocked(b),
+            None => WeightData::Int4 {
+                packed,
+                scales,
+                mins,
+                group_size,
+            },
+        },
+        other => other,
+    };
+    Weight { rows, cols, data }
+}
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -147,6 +147,10 @@ pub(crate) fn reference_element(w: &Weight, r: usize, c: usize) -> f64 {
             };
             ((nib as f32 * scales[g].to_f32()) + mins[g].to_f32()) as f64
         }
+        WeightData::Int4Blocked(b) => {
+            let (s, m) = b.params(r, c / b.group_size());
+            ((b.nibble(r, c) as f32 * s.to_f32()) + m.to_f32()) as f64
+        }
     }
 }
 

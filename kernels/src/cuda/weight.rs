@@ -161,6 +161,7 @@ impl GpuWeight {
             // SAFETY: plain-old-data values viewed as bytes.
             unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
         }
+        let unblocked;
         let parts: Vec<&[u8]> = match &w.data {
             WeightData::F32(v) => vec![bytes(v)],
             WeightData::Bf16(v) => vec![bytes(v)],
@@ -174,6 +175,11 @@ impl GpuWeight {
                 mins,
                 ..
             } => vec![bytes(packed), bytes(scales), bytes(mins)],
+            WeightData::Int4Blocked(b) => {
+                unblocked = b.to_rows();
+                let (packed, scales, mins) = &unblocked;
+                vec![bytes(packed), bytes(scales), bytes(mins)]
+            }
         };
         let mut offsets = Vec::new();
         let mut at = 0usize;

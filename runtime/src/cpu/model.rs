@@ -99,6 +99,8 @@ impl Take<'_> {
         let (name, w) = self.t.take(id)?;
         w.validate()
             .map_err(|source| ModelError::InvalidWeight { name, source })?;
+        // The layout the CPU's kernels read fastest, the same values.
+        let w = cllm_kernels::cpu::prepare(w);
         self.bytes += w.resident_bytes();
         Ok(w)
     }
