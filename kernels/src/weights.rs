@@ -43,6 +43,17 @@ pub enum WeightData {
     Int4Blocked(Int4Blocks),
 }
 
+/// The nibble of column `c` in its packed int4 byte: the low nibble for an even column, the high
+/// one for an odd column.
+#[inline(always)]
+pub(crate) fn int4_nibble(byte: u8, c: usize) -> u8 {
+    if c.is_multiple_of(2) {
+        byte & 0x0f
+    } else {
+        byte >> 4
+    }
+}
+
 /// A weight as a `rows x cols` row-major matrix; a 1-D tensor (a norm's weight) has `rows == 1`.
 #[derive(Clone, Debug)]
 pub struct Weight {

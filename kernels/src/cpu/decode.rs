@@ -192,12 +192,8 @@ pub(crate) fn decode_row_unscaled(w: &Weight, row: usize, out: &mut [f32]) -> Op
                 let c1 = (c0 + gs).min(cols);
                 let scale = scales[row * groups + g].to_f32();
                 let min = mins[row * groups + g].to_f32();
-                let bytes = &row_bytes[c0 / 2..c1 / 2];
-                // Two f32 roundings, in the format's order: (nibble * scale) + min.
-                for (pair, &b) in out[c0..c1].chunks_exact_mut(2).zip(bytes) {
-                    pair[0] = (b & 0x0f) as f32 * scale + min;
-                    pair[1] = (b >> 4) as f32 * scale + min;
-                }
+                let bytes = row_bytes[c0 / 2..c1 / 2].iter().copied();
+                decode_int4_group(bytes, scale, min, &mut out[c0..c1]);
             }
             None
         }
@@ -205,5 +201,20 @@ pub(crate) fn decode_row_unscaled(w: &Weight, row: usize, out: &mut [f32]) -> Op
             b.decode_row(row, out);
             None
         }
+    }
+}
+
+/// One int4 group's packed bytes (low nibble first) dequantized into `out`: two f32 roundings,
+/// in the format's order, `(nibble * scale) + min`.
+#[inline(always)]
+pub(crate) fn decode_int4_group(
+    bytes: impl Iterator<Item = u8>,
+    scale: f32,
+    min: f32,
+    out: &mut [f32],
+) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = (b & 0x0f) as f32 * scale + min;
+        pair[1] = (b >> 4) as f32 * scale + min;
     }
 }

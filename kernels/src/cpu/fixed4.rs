@@ -30,6 +30,7 @@ use half::f16;
 
 use super::fixed::FixedRow;
 use super::int4_blocks::{Int4Blocks, BLOCK_ROWS, PIECE_COLS};
+use crate::weights::{int4_nibble, Weight, WeightData};
 
 /// The columns of a unit for groups of `group_size` (a positive multiple of 8).
 pub(crate) fn unit_cols(group_size: usize) -> usize {
@@ -96,6 +97,27 @@ pub(crate) struct Int4Rows<'a> {
     pub group_size: usize,
 }
 
+impl<'a> Int4Rows<'a> {
+    /// The row-major int4 weight `w` (`None` for any other form).
+    pub(crate) fn of(w: &'a Weight) -> Option<Int4Rows<'a>> {
+        match &w.data {
+            WeightData::Int4 {
+                packed,
+                scales,
+                mins,
+                group_size,
+            } => Some(Int4Rows {
+                packed,
+                scales,
+                mins,
+                cols: w.cols,
+                group_size: *group_size,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Where the plain loops read a weight's values: either layout.
 pub(crate) trait Int4Values {
     fn group_size(&self) -> usize;
@@ -109,12 +131,7 @@ impl Int4Values for Int4Rows<'_> {
     }
     #[inline(always)]
     fn nibble(&self, r: usize, c: usize) -> u8 {
-        let b = self.packed[(r * self.cols + c) / 2];
-        if c.is_multiple_of(2) {
-            b & 0x0f
-        } else {
-            b >> 4
-        }
+        int4_nibble(self.packed[(r * self.cols + c) / 2], c)
     }
     #[inline(always)]
     fn params(&self, r: usize, g: usize) -> (f16, f16) {

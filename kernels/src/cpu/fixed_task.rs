@@ -93,34 +93,19 @@ pub(super) fn fixed_task(
         }
     }
     let nrows = out.len() / n;
-    match &w.data {
-        WeightData::Int4Blocked(blocks) => {
-            return int4_block_task(isa, blocks, n, row0, out, fixed);
-        }
-        WeightData::Int4 {
-            packed,
-            scales,
-            mins,
-            group_size,
-        } => {
-            // Not prepared for the CPU: the plain loops, the same bits.
-            let rows = Int4Rows {
-                packed,
-                scales,
-                mins,
-                cols: w.cols,
-                group_size: *group_size,
-            };
-            for i in 0..nrows {
-                for (t, fx) in fixed.rows.iter().enumerate() {
-                    if let Some(fx) = fx {
-                        out[i * n + t] = fixed4::dot_portable(&rows, row0 + i, fx);
-                    }
+    if let WeightData::Int4Blocked(blocks) = &w.data {
+        return int4_block_task(isa, blocks, n, row0, out, fixed);
+    }
+    if let Some(rows) = Int4Rows::of(w) {
+        // Not prepared for the CPU: the plain loops, the same bits.
+        for i in 0..nrows {
+            for (t, fx) in fixed.rows.iter().enumerate() {
+                if let Some(fx) = fx {
+                    out[i * n + t] = fixed4::dot_portable(&rows, row0 + i, fx);
                 }
             }
-            return;
         }
-        _ => {}
+        return;
     }
     let mut i = 0;
     while i < nrows {

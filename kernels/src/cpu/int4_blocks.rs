@@ -10,6 +10,9 @@
 
 use half::f16;
 
+use super::decode::decode_int4_group;
+use crate::weights::int4_nibble;
+
 /// Rows interleaved in one block: the lanes of a 512-bit vector of i32.
 pub const BLOCK_ROWS: usize = 16;
 
@@ -92,8 +95,9 @@ impl Int4Blocks {
             return (packed, scales, mins);
         }
         for (r, row) in packed.chunks_exact_mut(self.cols / 2).enumerate() {
-            for (i, byte) in row.iter_mut().enumerate() {
-                *byte = self.nibble(r, 2 * i) | self.nibble(r, 2 * i + 1) << 4;
+            let bytes = (0..groups).flat_map(|g| self.group_bytes(r, g));
+            for (to, byte) in row.iter_mut().zip(bytes) {
+                *to = byte;
             }
             for g in 0..groups {
                 let (s, m) = self.params(r, g);
@@ -171,11 +175,7 @@ impl Int4Blocks {
         let g = c / self.group_size;
         let p = (c % self.group_size) / PIECE_COLS;
         let byte = self.lines[block + self.group_line(g) + p].0[4 * lane + (c % PIECE_COLS) / 2];
-        if c.is_multiple_of(2) {
-            byte & 0x0f
-        } else {
-            byte >> 4
-        }
+        int4_nibble(byte, c)
     }
 
     /// The scale and minimum of row `r`, group `g`.
@@ -187,16 +187,23 @@ impl Int4Blocks {
         (at(2 * lane), at(32 + 2 * lane))
     }
 
-    /// Row `r` dequantized into `out` (`cols` values): `(nibble * scale) + min`, two f32
-    /// roundings, as the format defines it.
+    /// Row `r`'s packed bytes of group `g` in column order (`group_cols(g) / 2` of them).
+    fn group_bytes(&self, r: usize, g: usize) -> impl Iterator<Item = u8> + '_ {
+        let (block, lane) = self.block_lane(r);
+        let at = block + self.group_line(g);
+        self.lines[at..at + self.pieces(g)]
+            .iter()
+            .flat_map(move |line| line.0[4 * lane..4 * lane + 4].iter().copied())
+            .take(self.group_cols(g) / 2)
+    }
+
+    /// Row `r` dequantized into `out` (`cols` values), as the row-major form decodes it.
     pub(crate) fn decode_row(&self, r: usize, out: &mut [f32]) {
         for g in 0..self.groups() {
             let (s, m) = self.params(r, g);
-            let (s, m) = (s.to_f32(), m.to_f32());
             let c0 = g * self.group_size;
-            for (c, o) in out[c0..c0 + self.group_cols(g)].iter_mut().enumerate() {
-                *o = self.nibble(r, c0 + c) as f32 * s + m;
-            }
+            let out = &mut out[c0..c0 + self.group_cols(g)];
+            decode_int4_group(self.group_bytes(r, g), s.to_f32(), m.to_f32(), out);
         }
     }
 }

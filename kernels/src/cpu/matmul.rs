@@ -592,22 +592,7 @@ mod tests {
                         for (r, y) in yt.iter_mut().enumerate() {
                             *y = match form {
                                 Form::Int4(_) => {
-                                    let WeightData::Int4 {
-                                        packed,
-                                        scales,
-                                        mins,
-                                        group_size,
-                                    } = &w.data
-                                    else {
-                                        unreachable!()
-                                    };
-                                    let rows = Int4Rows {
-                                        packed,
-                                        scales,
-                                        mins,
-                                        cols,
-                                        group_size: *group_size,
-                                    };
+                                    let rows = Int4Rows::of(&w).unwrap();
                                     fixed4::dot_portable(&rows, r, &fx)
                                 }
                                 _ => fixed::dots_portable([int8_src(&w, r)], &fx)[0],

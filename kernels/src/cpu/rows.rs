@@ -397,12 +397,7 @@ impl Row for I4Row<'_> {
     #[inline(always)]
     fn get(self, i: usize) -> f32 {
         let g = i / self.group_size;
-        let byte = self.packed[i / 2];
-        let nib = if i.is_multiple_of(2) {
-            byte & 0x0f
-        } else {
-            byte >> 4
-        };
+        let nib = crate::weights::int4_nibble(self.packed[i / 2], i);
         nib as f32 * self.scales[g] + self.mins[g]
     }
     #[cfg(target_arch = "x86_64")]
